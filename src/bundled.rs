@@ -1,0 +1,47 @@
+//! The bundled models and MNIST data, embedded in the binary so `qscope` runs from any folder
+//! (how they were made: assets/README.md).
+
+use crate::error::{Error, Result};
+use crate::model::{load_dataset_bytes, load_model_bytes, Dataset, Model};
+
+/// The bundled MLP 784-256-128-10 (spec embedded).
+pub const MLP: &[u8] = include_bytes!("../assets/mnist-mlp.safetensors");
+/// The bundled CNN (spec embedded).
+pub const CNN: &[u8] = include_bytes!("../assets/mnist-cnn.safetensors");
+/// 1,000 MNIST calibration digits (U8).
+pub const CALIB: &[u8] = include_bytes!("../assets/mnist-calib.safetensors");
+/// 2,000 MNIST test digits (U8).
+pub const TEST: &[u8] = include_bytes!("../assets/mnist-test.safetensors");
+
+/// Names of the bundled models.
+pub const MODEL_NAMES: [&str; 2] = ["mnist-mlp", "mnist-cnn"];
+
+/// The raw bytes of a bundled model by name.
+pub fn model_bytes(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "mnist-mlp" => Some(MLP),
+        "mnist-cnn" => Some(CNN),
+        _ => None,
+    }
+}
+
+/// Loads a bundled model by name (`mnist-mlp` or `mnist-cnn`).
+pub fn model(name: &str) -> Result<Model> {
+    let bytes = model_bytes(name).ok_or_else(|| {
+        Error::config(
+            "model",
+            format!("no bundled model '{name}' (bundled: {})", MODEL_NAMES.join(", ")),
+        )
+    })?;
+    load_model_bytes(&format!("bundled {name}"), name, bytes, None)
+}
+
+/// The bundled calibration set.
+pub fn calib() -> Dataset {
+    load_dataset_bytes("bundled mnist-calib", CALIB).expect("the bundled calibration set is valid")
+}
+
+/// The bundled test set.
+pub fn test() -> Dataset {
+    load_dataset_bytes("bundled mnist-test", TEST).expect("the bundled test set is valid")
+}

@@ -1,0 +1,126 @@
+//! Command-line arguments (formats.md §3).
+
+use clap::{Args, Parser, Subcommand};
+use qscope::eval::sensitivity::Target;
+use qscope::{Granularity, Scheme, Strategy};
+use std::path::PathBuf;
+
+/// A workbench for post-training quantization: clipping strategies, calibration, an
+/// integer-only engine and a terminal UI. Without a subcommand it opens the UI.
+#[derive(Debug, Parser)]
+#[command(name = "qscope", version, about)]
+pub struct Cli {
+    /// What to do (default: the terminal UI).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Model and quantization options for the default UI.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The interactive explorer.
+    Tui(Common),
+    /// Quantize weights, calibrate activations, run the integer engine, report accuracy.
+    Eval(EvalArgs),
+    /// Per weight layer: accuracy with that layer alone at each of --bits.
+    Sensitivity(SensitivityArgs),
+    /// Per-tensor statistics and int8/int4 weight error of any safetensors file.
+    Inspect(InspectArgs),
+}
+
+/// Options shared by the commands that load a model and quantize it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Common {
+    /// Model: `mnist-mlp`, `mnist-cnn` (bundled) or a .safetensors path [default: mnist-mlp].
+    #[arg(long, global = true)]
+    pub model: Option<String>,
+    /// Spec TOML (otherwise the spec embedded in the model file).
+    #[arg(long, global = true)]
+    pub spec: Option<PathBuf>,
+    /// Calibration set (.safetensors or .npz) [default: bundled MNIST, 1,000 digits].
+    #[arg(long, global = true)]
+    pub calib: Option<PathBuf>,
+    /// Evaluation set (.safetensors or .npz) [default: bundled MNIST, 2,000 digits].
+    #[arg(long = "eval", global = true)]
+    pub eval_set: Option<PathBuf>,
+    /// Use only the first N calibration samples.
+    #[arg(long, global = true)]
+    pub calib_samples: Option<usize>,
+    /// Weight bits, 2..=8 [default: 8].
+    #[arg(long, global = true)]
+    pub weight_bits: Option<u8>,
+    /// Activation bits, 2..=8, for every quantization point [default: 8].
+    #[arg(long, global = true)]
+    pub act_bits: Option<u8>,
+    /// minmax, percentile, kl, mse or aciq [default: minmax].
+    #[arg(long, global = true)]
+    pub weight_strategy: Option<Strategy>,
+    /// minmax, percentile, kl, mse or aciq [default: minmax].
+    #[arg(long, global = true)]
+    pub act_strategy: Option<Strategy>,
+    /// Percentile P for the percentile strategy, in (0, 100] [default: 99.99].
+    #[arg(long, global = true)]
+    pub percentile: Option<f64>,
+    /// per-tensor, per-channel or group:N (weights) [default: per-channel].
+    #[arg(long, global = true)]
+    pub granularity: Option<Granularity>,
+    /// symmetric or asymmetric [default: symmetric].
+    #[arg(long, global = true)]
+    pub weight_scheme: Option<Scheme>,
+    /// symmetric or asymmetric [default: asymmetric].
+    #[arg(long, global = true)]
+    pub act_scheme: Option<Scheme>,
+    /// Leave these weight layers in float (comma-separated names).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub keep_float: Option<Vec<String>>,
+    /// TOML file with any of these options and [layers.NAME] overrides.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Exported parameters to use instead of calibrating.
+    #[arg(long, global = true)]
+    pub params: Option<PathBuf>,
+    /// Use parameters made for another model anyway.
+    #[arg(long, global = true)]
+    pub force: bool,
+}
+
+/// `qscope eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model and quantization options.
+    #[command(flatten)]
+    pub common: Common,
+    /// One JSON object on stdout (formats.md §4).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qscope sensitivity`.
+#[derive(Debug, Args)]
+pub struct SensitivityArgs {
+    /// Model and quantization options.
+    #[command(flatten)]
+    pub common: Common,
+    /// Bit widths to try per layer.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub bits: Vec<u8>,
+    /// weights, activations or both.
+    #[arg(long, default_value = "weights")]
+    pub target: Target,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qscope inspect FILE`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Any safetensors file (or a bundled model name).
+    pub file: String,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

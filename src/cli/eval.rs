@@ -1,0 +1,94 @@
+//! `qscope eval`: the whole flow, as a table or the JSON report of formats.md §4.
+
+use super::args::EvalArgs;
+use super::setup::setup;
+use super::table::{db, pct, render};
+use super::progress::spinner;
+use anyhow::Result;
+use qscope::pipeline::{run, Cancel};
+use qscope::Report;
+
+/// Runs `qscope eval`.
+pub fn main(args: &EvalArgs) -> Result<()> {
+    let s = setup(&args.common)?;
+    let pb = spinner("calibrating and evaluating");
+    let outcome = run(&s.model, &s.calib, &s.eval, &s.config, &Cancel::new())?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+    } else {
+        print!("{}", human(&outcome.report));
+    }
+    Ok(())
+}
+
+/// The report as a human-readable summary and per-layer table.
+pub fn human(r: &Report) -> String {
+    let c = &r.config;
+    let mut out = format!(
+        "model {}  ·  calib {}  ·  eval {}  ·  kernel {}\nconfig: W{} {} {} {}  ·  A{} {} {}{}\n\n",
+        r.model,
+        r.calib_samples,
+        r.eval_samples,
+        r.kernel,
+        c.weight_bits,
+        c.weight_scheme,
+        c.granularity,
+        c.weight_strategy,
+        c.act_bits,
+        c.act_scheme,
+        c.act_strategy,
+        if c.keep_float.is_empty() { String::new() } else { format!("  ·  float: {}", c.keep_float.join(",")) },
+    );
+    let delta = match (r.fp32_accuracy, r.quant_accuracy) {
+        (Some(f), Some(q)) => format!(" ({:+.2} points)", (q - f) * 100.0),
+        _ => String::new(),
+    };
+    out += &format!(
+        "float top-1 {}   int top-1 {}{}   agreement {}   output SQNR {} dB\n\n",
+        pct(r.fp32_accuracy),
+        pct(r.quant_accuracy),
+        delta,
+        pct(r.agreement),
+        db(r.output_sqnr_db)
+    );
+    let opt = |v: Option<u8>| v.map_or("float".into(), |b| b.to_string());
+    let mut rows = vec![vec![
+        "input".into(),
+        "-".into(),
+        "-".into(),
+        r.input.act_bits.to_string(),
+        "-".into(),
+        r.input.act_strategy.clone(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        format!("[{:.3}, {:.3}]", r.input.act_range[0], r.input.act_range[1]),
+    ]];
+    for l in &r.layers {
+        rows.push(vec![
+            l.name.clone(),
+            l.op.clone(),
+            opt(l.weight_bits),
+            opt(l.act_bits),
+            l.weight_strategy.clone().unwrap_or("-".into()),
+            l.act_strategy.clone().unwrap_or("-".into()),
+            db(l.weight_sqnr_db),
+            db(l.act_sqnr_db),
+            db(l.act_sqnr_isolated_db),
+            l.act_range.map_or("-".into(), |[a, b]| format!("[{a:.3}, {b:.3}]")),
+        ]);
+    }
+    out += &render(
+        &["layer", "op", "W bits", "A bits", "W strategy", "A strategy", "W SQNR", "A SQNR", "A SQNR iso", "act range"],
+        &rows,
+    );
+    let t = r.timings_ms;
+    out += &format!(
+        "\nSQNR in dB; 'A SQNR' accumulates error from earlier layers, 'iso' is the layer alone.\ntimings: weights {:.1} ms · calibration {:.1} ms · eval {:.1} ms\n",
+        t.weights, t.calibration, t.eval
+    );
+    out
+}

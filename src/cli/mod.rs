@@ -1,0 +1,9 @@
+//! The command line: argument parsing, one module per subcommand, table output.
+
+pub mod args;
+pub mod eval;
+pub mod inspect;
+pub mod progress;
+pub mod sensitivity;
+pub mod setup;
+pub mod table;

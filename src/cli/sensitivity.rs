@@ -1,0 +1,54 @@
+//! `qscope sensitivity`: per weight layer, accuracy with that layer alone at each bit width.
+
+use super::args::SensitivityArgs;
+use super::progress::bar;
+use super::setup::setup;
+use super::table::{db, pct, render};
+use anyhow::Result;
+use qscope::eval::sensitivity::sensitivity;
+use qscope::pipeline::Cancel;
+
+/// Runs `qscope sensitivity`.
+pub fn main(args: &SensitivityArgs) -> Result<()> {
+    let s = setup(&args.common)?;
+    let layers = s.model.weight_layers().len();
+    let pb = bar((layers * args.bits.len()) as u64, "sensitivity");
+    let result = sensitivity(&s.model, &s.calib, &s.eval, &s.config, &args.bits, args.target, &Cancel::new(), |done, _| {
+        if let Some(pb) = &pb {
+            pb.set_position(done as u64);
+        }
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    println!(
+        "model {}  ·  target {:?}  ·  float top-1 {}  ·  as configured {}\n",
+        result.model,
+        result.target,
+        pct(result.fp32_accuracy),
+        pct(result.baseline_accuracy)
+    );
+    let rows: Vec<Vec<String>> = result
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.layer.clone(),
+                r.bits.to_string(),
+                pct(r.quant_accuracy),
+                match (r.quant_accuracy, result.baseline_accuracy) {
+                    (Some(a), Some(b)) => format!("{:+.2}", (a - b) * 100.0),
+                    _ => "-".into(),
+                },
+                pct(r.agreement),
+                db(r.output_sqnr_db),
+            ]
+        })
+        .collect();
+    print!("{}", render(&["layer", "bits", "int top-1", "Δ points", "agreement", "output SQNR dB"], &rows));
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The two engines: the f32 reference and the integer-only engine, plus the kernels they share.
+
+pub mod float;
+pub mod im2col;
+pub mod int;
+pub mod kernels;
+pub mod pool;
+
+pub use float::argmax;
+pub use int::{Act, IntModel};

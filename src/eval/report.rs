@@ -1,0 +1,90 @@
+//! The `qscope eval --json` report (formats.md §4).
+
+use crate::config::QuantConfig;
+use serde::{Deserialize, Serialize};
+
+/// One run's results: accuracy of both engines, agreement and per-layer error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// This crate's version.
+    pub qscope_version: String,
+    /// Model name.
+    pub model: String,
+    /// The configuration that was run.
+    pub config: QuantConfig,
+    /// Calibration samples used (0 when parameters were loaded instead).
+    pub calib_samples: usize,
+    /// Evaluation samples.
+    pub eval_samples: usize,
+    /// Float top-1 (null without labels or float weights).
+    pub fp32_accuracy: Option<f64>,
+    /// Integer-engine top-1 (null without labels).
+    pub quant_accuracy: Option<f64>,
+    /// Share of samples where both engines predict the same class (null without float weights).
+    pub agreement: Option<f64>,
+    /// SQNR of the integer engine's final output against the float model's.
+    pub output_sqnr_db: Option<f64>,
+    /// The weight layers, in network order.
+    pub layers: Vec<LayerReport>,
+    /// The network input's quantization.
+    pub input: InputReport,
+    /// Wall-clock time of each stage.
+    pub timings_ms: Timings,
+    /// The int8 matrix kernel that ran ("avx2", "portable", ...).
+    pub kernel: String,
+}
+
+/// Per weight layer: settings and error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// `linear` or `conv2d`.
+    pub op: String,
+    /// Weight bits (null when kept in float).
+    pub weight_bits: Option<u8>,
+    /// Output activation bits (null when kept in float).
+    pub act_bits: Option<u8>,
+    /// Weight strategy (`manual` when a hand-set factor applies).
+    pub weight_strategy: Option<String>,
+    /// Activation strategy.
+    pub act_strategy: Option<String>,
+    /// Weight granularity.
+    pub granularity: Option<String>,
+    /// Weight scheme.
+    pub weight_scheme: Option<String>,
+    /// Activation scheme.
+    pub act_scheme: Option<String>,
+    /// SQNR of the dequantized weights against the float weights.
+    pub weight_sqnr_db: Option<f64>,
+    /// SQNR of the integer engine's output at this layer (error accumulated from earlier layers).
+    pub act_sqnr_db: Option<f64>,
+    /// SQNR of this layer alone in integers, fed the float model's input.
+    pub act_sqnr_isolated_db: Option<f64>,
+    /// Clipping range of the (fused) output.
+    pub act_range: Option<[f32; 2]>,
+    /// Whether the layer stays in float.
+    pub float: bool,
+}
+
+/// The network input's quantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputReport {
+    /// Bits.
+    pub act_bits: u8,
+    /// Strategy.
+    pub act_strategy: String,
+    /// Clipping range.
+    pub act_range: [f32; 2],
+}
+
+/// Stage timings in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Weight quantization.
+    pub weights: f64,
+    /// Calibration (histograms and range choice).
+    pub calibration: f64,
+    /// Evaluation of both engines.
+    pub eval: f64,
+}

@@ -1,0 +1,95 @@
+//! Minimal `.npz` reader: a zip of `.npy` arrays (little-endian numeric dtypes, C order).
+
+use super::dataset::RawTensor;
+use crate::error::{Error, Result};
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::io::Read;
+
+/// Reads every array of an npz archive by name (without the `.npy` suffix).
+pub(super) fn read_npz(label: &str, bytes: &[u8]) -> Result<HashMap<String, RawTensor>> {
+    let bad = |msg: String| Error::format(label, msg);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| bad(format!("not a valid npz (zip) archive: {e}")))?;
+    let mut out = HashMap::new();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad(format!("npz entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| bad(format!("npz entry {i}: {e}")))?
+            .trim_end_matches(".npy")
+            .to_string();
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| bad(format!("npz entry '{name}': {e}")))?;
+        let t = parse_npy(&data).map_err(|m| bad(format!("npz array '{name}': {m}")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+fn parse_npy(data: &[u8]) -> std::result::Result<RawTensor, String> {
+    if data.len() < 10 || &data[..6] != b"\x93NUMPY" {
+        return Err("not a .npy array".into());
+    }
+    let (header_len, start) = match data[6] {
+        1 => (u16::from_le_bytes([data[8], data[9]]) as usize, 10),
+        2 | 3 if data.len() >= 12 => (
+            u32::from_le_bytes(data[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = data
+        .get(start..start + header_len)
+        .ok_or("truncated .npy header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "non-UTF-8 .npy header")?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))?;
+        Some(header[i + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr = field("descr").ok_or("no 'descr' in .npy header")?;
+    let descr = descr.trim_start_matches('\'').split('\'').next().unwrap_or("");
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err("Fortran-order arrays are not supported".into());
+    }
+    let shape_text = field("shape").ok_or("no 'shape' in .npy header")?;
+    let inner = shape_text
+        .trim_start_matches('(')
+        .split(')')
+        .next()
+        .unwrap_or("");
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape '{shape_text}'")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let dtype = match descr {
+        "<f4" => Dtype::F32,
+        "<f8" => Dtype::F64,
+        "<f2" => Dtype::F16,
+        "|u1" | "<u1" => Dtype::U8,
+        "|i1" | "<i1" => Dtype::I8,
+        "<i2" => Dtype::I16,
+        "<i4" => Dtype::I32,
+        "<i8" => Dtype::I64,
+        "<u2" => Dtype::U16,
+        "<u4" => Dtype::U32,
+        "<u8" => Dtype::U64,
+        d => return Err(format!("unsupported dtype '{d}'")),
+    };
+    let body = &data[start + header_len..];
+    let want = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+    if body.len() < want {
+        return Err(format!("truncated: {} bytes of data, shape needs {want}", body.len()));
+    }
+    Ok(RawTensor {
+        dtype,
+        shape,
+        bytes: body[..want].to_vec(),
+    })
+}

@@ -1,0 +1,12 @@
+//! Quantization arithmetic: schemes, qparams, fixed-point multipliers, weight quantization and
+//! the calibration strategies that choose clipping ranges.
+
+pub mod calib;
+pub mod fixed_point;
+pub mod qparams;
+pub mod scheme;
+pub mod weights;
+
+pub use fixed_point::FixedMultiplier;
+pub use qparams::{ClipRange, QParams};
+pub use scheme::{Granularity, Scheme, Strategy};

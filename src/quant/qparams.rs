@@ -1,0 +1,240 @@
+//! Scale and zero point from a clipping range, and the rounding/clamping rules of formats.md §3.
+
+use super::scheme::Scheme;
+use serde::{Deserialize, Serialize};
+
+/// A clipping range `[lo, hi]` chosen by a strategy (lo ≤ hi).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClipRange {
+    /// Lower end.
+    pub lo: f32,
+    /// Upper end.
+    pub hi: f32,
+}
+
+impl ClipRange {
+    /// A range from its two ends.
+    pub fn new(lo: f32, hi: f32) -> Self {
+        ClipRange { lo, hi }
+    }
+
+    /// The range scaled about zero by `factor` (used to narrow or widen it by hand).
+    pub fn scaled(self, factor: f32) -> Self {
+        ClipRange::new(self.lo * factor, self.hi * factor)
+    }
+}
+
+/// The affine map between reals and B-bit signed integers: x ≈ scale · (q − zero_point).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QParams {
+    /// Real value of one integer step (> 0).
+    pub scale: f32,
+    /// The integer that represents real 0.
+    pub zero_point: i32,
+    /// Bit width, 2..=8.
+    pub bits: u8,
+    /// Symmetric or asymmetric.
+    pub scheme: Scheme,
+}
+
+/// Rounds half away from zero (the rule of formats.md §3).
+pub fn round_half_away(x: f64) -> f64 {
+    x.round()
+}
+
+impl QParams {
+    /// Scale and zero point for `range` at `bits` with `scheme`, exactly as formats.md §3 says.
+    pub fn from_range(range: ClipRange, bits: u8, scheme: Scheme) -> Self {
+        let (lo, hi) = (range.lo as f64, range.hi as f64);
+        match scheme {
+            Scheme::Symmetric => {
+                let amax = lo.abs().max(hi.abs());
+                let levels = ((1i64 << (bits - 1)) - 1) as f64;
+                let scale = if amax > 0.0 && amax.is_finite() {
+                    amax / levels
+                } else {
+                    1.0
+                };
+                QParams {
+                    scale: scale as f32,
+                    zero_point: 0,
+                    bits,
+                    scheme,
+                }
+            }
+            Scheme::Asymmetric => {
+                let lo = lo.min(0.0);
+                let hi = hi.max(0.0);
+                let levels = ((1i64 << bits) - 1) as f64;
+                let width = hi - lo;
+                let scale = if width > 0.0 && width.is_finite() {
+                    (width / levels) as f32
+                } else {
+                    1.0
+                };
+                let qmin = -(1i64 << (bits - 1)) as f64;
+                let zp = round_half_away(qmin - lo / scale as f64);
+                let zp = zp.clamp(qmin, (1i64 << (bits - 1)) as f64 - 1.0) as i32;
+                QParams {
+                    scale,
+                    zero_point: zp,
+                    bits,
+                    scheme,
+                }
+            }
+        }
+    }
+
+    /// Smallest integer this bit width and scheme may hold.
+    pub fn qmin(&self) -> i32 {
+        qmin(self.bits, self.scheme)
+    }
+
+    /// Largest integer this bit width may hold.
+    pub fn qmax(&self) -> i32 {
+        qmax(self.bits)
+    }
+
+    /// The integer for `x`: round(x / scale) + zero_point, clamped to [qmin, qmax].
+    pub fn quantize(&self, x: f32) -> i32 {
+        let q = round_half_away(x as f64 / self.scale as f64);
+        let q = q.clamp(-1e9, 1e9) as i64 + self.zero_point as i64;
+        q.clamp(self.qmin() as i64, self.qmax() as i64) as i32
+    }
+
+    /// The real value of integer `q`.
+    pub fn dequantize(&self, q: i32) -> f32 {
+        (self.scale as f64 * (q - self.zero_point) as f64) as f32
+    }
+
+    /// `x` quantized and dequantized again (fake quantization).
+    pub fn fake_quant(&self, x: f32) -> f32 {
+        self.dequantize(self.quantize(x))
+    }
+
+    /// The real interval that the integers can represent.
+    pub fn representable(&self) -> ClipRange {
+        ClipRange::new(self.dequantize(self.qmin()), self.dequantize(self.qmax()))
+    }
+
+    /// Checks a loaded scale and zero point; `key` names their place in the error.
+    pub fn validate(&self, key: &str) -> crate::Result<()> {
+        crate::quant::scheme::check_bits(&format!("{key}.bits"), self.bits)?;
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(crate::Error::config(
+                format!("{key}.scale"),
+                format!("scale {} must be finite and > 0", self.scale),
+            ));
+        }
+        if self.zero_point < self.qmin() || self.zero_point > self.qmax() {
+            return Err(crate::Error::config(
+                format!("{key}.zero_point"),
+                format!(
+                    "zero point {} is outside [{}, {}] for {} bits",
+                    self.zero_point,
+                    self.qmin(),
+                    self.qmax(),
+                    self.bits
+                ),
+            ));
+        }
+        if self.scheme == Scheme::Symmetric && self.zero_point != 0 {
+            return Err(crate::Error::config(
+                format!("{key}.zero_point"),
+                "a symmetric scheme needs zero point 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Smallest integer of a `bits`-bit signed value under `scheme`.
+pub fn qmin(bits: u8, scheme: Scheme) -> i32 {
+    match scheme {
+        Scheme::Symmetric => -((1i32 << (bits - 1)) - 1),
+        Scheme::Asymmetric => -(1i32 << (bits - 1)),
+    }
+}
+
+/// Largest integer of a `bits`-bit signed value.
+pub fn qmax(bits: u8) -> i32 {
+    (1i32 << (bits - 1)) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_int8_and_int4_by_hand() {
+        let q = QParams::from_range(ClipRange::new(-0.5, 1.27), 8, Scheme::Symmetric);
+        assert!((q.scale - 0.01).abs() < 1e-7);
+        assert_eq!(q.zero_point, 0);
+        assert_eq!((q.qmin(), q.qmax()), (-127, 127));
+        assert_eq!(q.quantize(1.27), 127);
+        assert_eq!(q.quantize(-5.0), -127);
+        assert_eq!(q.quantize(0.005), 1); // half away from zero
+        assert_eq!(q.quantize(-0.005), -1);
+        let q4 = QParams::from_range(ClipRange::new(-0.7, 0.3), 4, Scheme::Symmetric);
+        assert!((q4.scale - 0.1).abs() < 1e-7);
+        assert_eq!((q4.qmin(), q4.qmax()), (-7, 7));
+        assert_eq!(q4.quantize(0.25), 3); // 2.5 rounds to 3
+        assert_eq!(q4.quantize(-0.25), -3);
+    }
+
+    #[test]
+    fn asymmetric_by_hand() {
+        // [0, 2.55] at 8 bits: scale 0.01, zero point round(-128 - 0) = -128.
+        let q = QParams::from_range(ClipRange::new(0.0, 2.55), 8, Scheme::Asymmetric);
+        assert!((q.scale - 0.01).abs() < 1e-7);
+        assert_eq!(q.zero_point, -128);
+        assert_eq!(q.quantize(0.0), -128);
+        assert_eq!(q.quantize(2.55), 127);
+        // [1, 2] is widened to [0, 2]: scale 2/15 at 4 bits, zero point -8.
+        let q4 = QParams::from_range(ClipRange::new(1.0, 2.0), 4, Scheme::Asymmetric);
+        assert!((q4.scale as f64 - 2.0 / 15.0).abs() < 1e-7);
+        assert_eq!(q4.zero_point, -8);
+        // [-1, 3] at 8 bits: scale 4/255, zp = round(-128 + 63.75) = -64.
+        let q = QParams::from_range(ClipRange::new(-1.0, 3.0), 8, Scheme::Asymmetric);
+        assert_eq!(q.zero_point, -64);
+        assert_eq!(q.quantize(0.0), -64);
+    }
+
+    #[test]
+    fn zero_range_gives_scale_one() {
+        for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+            let q = QParams::from_range(ClipRange::new(0.0, 0.0), 8, scheme);
+            assert_eq!(q.scale, 1.0);
+            assert_eq!(q.dequantize(q.quantize(0.0)), 0.0);
+        }
+    }
+
+    #[test]
+    fn quantization_error_is_at_most_half_a_step_inside_the_range() {
+        for bits in 2..=8 {
+            for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+                let q = QParams::from_range(ClipRange::new(-0.8, 1.9), bits, scheme);
+                let r = q.representable();
+                for i in 0..=1000 {
+                    let x = r.lo + (r.hi - r.lo) * i as f32 / 1000.0;
+                    let err = (q.fake_quant(x) - x).abs();
+                    assert!(err <= q.scale * 0.5 + 1e-6, "bits {bits} {scheme}: x {x} err {err}");
+                    assert!((q.qmin()..=q.qmax()).contains(&q.quantize(x)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validate_rejects_bad_params() {
+        let mut q = QParams::from_range(ClipRange::new(0.0, 1.0), 8, Scheme::Asymmetric);
+        assert!(q.validate("x").is_ok());
+        q.scale = 0.0;
+        assert!(q.validate("x").unwrap_err().to_string().contains("x.scale"));
+        q.scale = f32::NAN;
+        assert!(q.validate("x").is_err());
+        q.scale = 0.1;
+        q.zero_point = 200;
+        assert!(q.validate("x").unwrap_err().to_string().contains("x.zero_point"));
+    }
+}

@@ -1,0 +1,205 @@
+//! Weight quantization: one clipping range and one set of qparams per tensor, output channel or
+//! group, and the integer weights they give.
+
+use super::calib::{choose_range, Histogram, StrategyParams};
+use super::{ClipRange, Granularity, QParams, Strategy};
+use crate::config::WeightSettings;
+use rayon::prelude::*;
+
+/// A weight matrix [rows = output channels, cols = in·kh·kw] in integers with its qparams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QWeights {
+    /// Output channels.
+    pub rows: usize,
+    /// Elements per output channel.
+    pub cols: usize,
+    /// Integer weights, row-major (any bit width stored in i8).
+    pub q: Vec<i8>,
+    /// Granularity of `params`.
+    pub granularity: Granularity,
+    /// One entry per block: 1 (per tensor), rows (per channel) or rows × groups (row-major).
+    pub params: Vec<QParams>,
+    /// The clipping range each block's params came from.
+    pub ranges: Vec<ClipRange>,
+}
+
+/// Number of groups per row for `granularity` over rows of `cols` elements.
+pub fn groups_per_row(granularity: Granularity, cols: usize) -> usize {
+    match granularity {
+        Granularity::Group(n) => cols.div_ceil(n),
+        _ => 1,
+    }
+}
+
+/// Number of blocks (scale/zero-point pairs) for a [rows, cols] tensor.
+pub fn block_count(granularity: Granularity, rows: usize, cols: usize) -> usize {
+    match granularity {
+        Granularity::PerTensor => 1,
+        Granularity::PerChannel => rows,
+        Granularity::Group(_) => rows * groups_per_row(granularity, cols),
+    }
+}
+
+impl QWeights {
+    /// Columns covered by one group (cols for per-tensor and per-channel).
+    pub fn group_size(&self) -> usize {
+        match self.granularity {
+            Granularity::Group(n) => n.min(self.cols),
+            _ => self.cols,
+        }
+    }
+
+    /// Groups per row (1 unless grouped).
+    pub fn groups(&self) -> usize {
+        groups_per_row(self.granularity, self.cols)
+    }
+
+    /// The qparams that apply to row `r`, group `g`.
+    pub fn param(&self, r: usize, g: usize) -> &QParams {
+        match self.granularity {
+            Granularity::PerTensor => &self.params[0],
+            Granularity::PerChannel => &self.params[r],
+            Granularity::Group(_) => &self.params[r * self.groups() + g],
+        }
+    }
+
+    /// Bit width (the same for every block).
+    pub fn bits(&self) -> u8 {
+        self.params[0].bits
+    }
+
+    /// The real weights these integers stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let gs = self.group_size();
+        let mut out = vec![0.0; self.q.len()];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let i = r * self.cols + c;
+                out[i] = self.param(r, c / gs).dequantize(self.q[i] as i32);
+            }
+        }
+        out
+    }
+}
+
+/// The range a weight block gets under `s` (strategy, then the hand-set factor).
+fn block_range(values: &[f32], s: &WeightSettings) -> ClipRange {
+    let base = match s.strategy {
+        Strategy::MinMax | Strategy::Manual => {
+            let (lo, hi) = values
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            if lo > hi {
+                ClipRange::new(0.0, 0.0)
+            } else {
+                ClipRange::new(lo, hi)
+            }
+        }
+        strategy => choose_range(
+            &Histogram::from_values(values),
+            strategy,
+            &StrategyParams {
+                bits: s.bits,
+                scheme: s.scheme,
+                percentile: s.percentile,
+            },
+        ),
+    };
+    match s.clip {
+        Some(f) => base.scaled(f),
+        None => base,
+    }
+}
+
+/// Quantizes a row-major [rows, cols] weight matrix under `s`.
+pub fn quantize_weights(w: &[f32], rows: usize, cols: usize, s: &WeightSettings) -> QWeights {
+    assert_eq!(w.len(), rows * cols, "weight matrix size");
+    let groups = groups_per_row(s.granularity, cols);
+    let gs = match s.granularity {
+        Granularity::Group(n) => n.min(cols),
+        _ => cols,
+    };
+    let ranges: Vec<ClipRange> = match s.granularity {
+        Granularity::PerTensor => vec![block_range(w, s)],
+        Granularity::PerChannel => w.par_chunks(cols).map(|row| block_range(row, s)).collect(),
+        Granularity::Group(_) => (0..rows * groups)
+            .into_par_iter()
+            .map(|b| {
+                let (r, g) = (b / groups, b % groups);
+                let start = r * cols + g * gs;
+                let end = r * cols + ((g + 1) * gs).min(cols);
+                block_range(&w[start..end], s)
+            })
+            .collect(),
+    };
+    let params: Vec<QParams> = ranges
+        .iter()
+        .map(|&r| QParams::from_range(r, s.bits, s.scheme))
+        .collect();
+    let mut qw = QWeights {
+        rows,
+        cols,
+        q: vec![0; w.len()],
+        granularity: s.granularity,
+        params,
+        ranges,
+    };
+    for r in 0..rows {
+        for c in 0..cols {
+            let i = r * cols + c;
+            qw.q[i] = qw.param(r, c / gs).quantize(w[i]) as i8;
+        }
+    }
+    qw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::Scheme;
+
+    fn settings(bits: u8, granularity: Granularity, scheme: Scheme) -> WeightSettings {
+        WeightSettings {
+            bits,
+            scheme,
+            granularity,
+            strategy: Strategy::MinMax,
+            percentile: 99.99,
+            clip: None,
+        }
+    }
+
+    #[test]
+    fn per_channel_int4_by_hand() {
+        // Row 0: amax 0.7 → scale 0.1; row 1: all zero → scale 1, all q = 0.
+        let w = [0.7, -0.35, 0.05, 0.0, 0.0, 0.0];
+        let q = quantize_weights(&w, 2, 3, &settings(4, Granularity::PerChannel, Scheme::Symmetric));
+        assert_eq!(q.q, vec![7, -4, 1, 0, 0, 0]); // -3.5 → -4, 0.5 → 1 (half away from zero)
+        assert!((q.params[0].scale - 0.1).abs() < 1e-7);
+        assert_eq!(q.params[1].scale, 1.0);
+        assert!(q.dequantize().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn groups_split_each_row_and_the_last_may_be_short() {
+        let w: Vec<f32> = (0..10).map(|i| i as f32 - 4.0).collect(); // 2 rows × 5
+        let q = quantize_weights(&w, 2, 5, &settings(8, Granularity::Group(2), Scheme::Symmetric));
+        assert_eq!(q.groups(), 3);
+        assert_eq!(q.params.len(), 6);
+        // Row 0 group 0 holds [-4, -3]: amax 4; row 1 group 2 holds [5]: amax 5.
+        assert!((q.param(0, 0).scale - 4.0 / 127.0).abs() < 1e-7);
+        assert!((q.param(1, 2).scale - 5.0 / 127.0).abs() < 1e-7);
+        for (a, b) in q.dequantize().iter().zip(&w) {
+            assert!((a - b).abs() <= 5.0 / 127.0 / 2.0 + 1e-6);
+        }
+    }
+
+    #[test]
+    fn per_tensor_shares_one_scale_and_asymmetric_uses_the_full_range() {
+        let w = [-1.0, 0.5, 2.0, 3.0];
+        let q = quantize_weights(&w, 2, 2, &settings(8, Granularity::PerTensor, Scheme::Asymmetric));
+        assert_eq!(q.params.len(), 1);
+        assert_eq!(q.q[0] as i32, -128);
+        assert_eq!(q.q[3] as i32, 127);
+    }
+}
