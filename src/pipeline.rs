@@ -381,3 +381,67 @@ fn build_report(model: &Model, config: &QuantConfig, params: &ModelParams, ev: &
         kernel: crate::engine::kernels::kernel_name().to_string(),
     }
 }
+
+/// The weight-side settings of every weight layer: when they are unchanged, quantized weights
+/// and calibration histograms can be reused.
+fn weight_key(model: &Model, config: &QuantConfig) -> Vec<Option<crate::config::WeightSettings>> {
+    model
+        .weight_layers()
+        .iter()
+        .map(|&i| {
+            let name = &model.layers[i].name;
+            (!config.is_float(name)).then(|| config.weight_settings(name))
+        })
+        .collect()
+}
+
+/// A model with its data sets that re-runs configurations, reusing the quantized weights and
+/// calibration histograms while the weight settings stay the same (the UI's worker uses it).
+pub struct Session {
+    /// The model.
+    pub model: Model,
+    /// Calibration data.
+    pub calib: Dataset,
+    /// Evaluation data.
+    pub eval: Dataset,
+    cache: Option<(Vec<Option<crate::config::WeightSettings>>, Vec<Option<WeightQuant>>, Calibration)>,
+}
+
+impl Session {
+    /// A session with nothing cached yet.
+    pub fn new(model: Model, calib: Dataset, eval: Dataset) -> Self {
+        Session {
+            model,
+            calib,
+            eval,
+            cache: None,
+        }
+    }
+
+    /// Runs `config`, recalibrating only if its weight settings differ from the last run's.
+    pub fn run(&mut self, config: &QuantConfig, cancel: &Cancel) -> Result<Outcome> {
+        config.validate(Some(&self.model))?;
+        let key = weight_key(&self.model, config);
+        let mut timings = Timings::default();
+        let reuse = matches!(&self.cache, Some((k, _, _)) if *k == key);
+        if !reuse {
+            let t = Instant::now();
+            let weights = quantize_weights(&self.model, config);
+            timings.weights = ms(t);
+            let t = Instant::now();
+            let calibration = calibrate(&self.model, &weights, &self.calib, cancel)?;
+            timings.calibration = ms(t);
+            self.cache = Some((key, weights, calibration));
+        }
+        let (_, weights, calibration) = self.cache.as_ref().expect("filled above");
+        let t = Instant::now();
+        let params = choose_ranges(&self.model, config, weights, calibration);
+        timings.calibration += ms(t);
+        let mut outcome = evaluate_params(&self.model, params, &self.eval, config, true, cancel)?;
+        outcome.report.calib_samples = calibration.samples;
+        outcome.report.timings_ms.weights = timings.weights;
+        outcome.report.timings_ms.calibration = timings.calibration;
+        outcome.calibration = Some(calibration.clone());
+        Ok(outcome)
+    }
+}
