@@ -17,6 +17,8 @@ pub struct Setup {
     pub eval: Dataset,
     /// The resolved quantization config.
     pub config: QuantConfig,
+    /// Parameters loaded with --params (used instead of calibrating).
+    pub params: Option<qscope::params::ModelParams>,
 }
 
 /// Loads the model named by a flag or config value: a bundled name or a path.
@@ -72,5 +74,9 @@ pub fn setup(c: &Common) -> Result<Setup> {
         calib = calib.take(n);
     }
     let eval = load_data(c.eval_set.as_ref().or(file.eval.as_ref()), &model, "eval", bundled::test)?;
-    Ok(Setup { model, calib, eval, config })
+    let params = match &c.params {
+        Some(p) => Some(qscope::export::load_params(p, &model, c.force)?),
+        None => None,
+    };
+    Ok(Setup { model, calib, eval, config, params })
 }
