@@ -14,8 +14,11 @@ pub mod export;
 pub mod inspect;
 pub mod model;
 pub mod params;
+pub mod params_config;
 pub mod pipeline;
 pub mod quant;
+#[cfg(feature = "tui")]
+pub mod tui;
 
 pub use config::{LayerOverride, QuantConfig};
 pub use error::{Error, Result};

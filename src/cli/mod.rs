@@ -7,3 +7,4 @@ pub mod progress;
 pub mod sensitivity;
 pub mod setup;
 pub mod table;
+pub mod tui;

@@ -1,0 +1,61 @@
+//! What a person can ask the UI to do. Keys map to these through [`super::keymap::KEYMAP`];
+//! mouse clicks produce [`Action::Select`].
+
+/// One user intent, applied by [`super::app::App::update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Select the layer above.
+    SelectPrev,
+    /// Select the layer below.
+    SelectNext,
+    /// Select the row at this index (0 = the network input).
+    Select(usize),
+    /// Switch the side that the editing keys act on: weights ↔ activations.
+    ToggleFocus,
+    /// Next clipping strategy on the focused side.
+    NextStrategy,
+    /// Previous clipping strategy on the focused side.
+    PrevStrategy,
+    /// One bit more on the focused side.
+    BitsUp,
+    /// One bit less on the focused side.
+    BitsDown,
+    /// Next weight granularity.
+    CycleGranularity,
+    /// Symmetric ↔ asymmetric on the focused side.
+    ToggleScheme,
+    /// Raise the percentile (one step on the ladder 90 … 100).
+    PercentileUp,
+    /// Lower the percentile.
+    PercentileDown,
+    /// Narrow the focused clipping range by 5% (strategy becomes `manual`).
+    Narrow,
+    /// Widen the focused clipping range by 5%.
+    Widen,
+    /// Back to the strategy's range.
+    ResetRange,
+    /// Keep the selected layer in float (or quantize it again).
+    ToggleFloat,
+    /// Apply the selected layer's settings to all layers.
+    ApplyToAll,
+    /// Undo the last change.
+    Undo,
+    /// Run again.
+    Rerun,
+    /// Export the current parameters.
+    Export,
+    /// Linear ↔ logarithmic counts in the histograms.
+    ToggleLog,
+    /// Previous output channel of the weights.
+    PrevChannel,
+    /// Next output channel of the weights.
+    NextChannel,
+    /// Per-channel weights: one channel's histogram → range plot of all channels → whole tensor.
+    CycleWeightView,
+    /// Show or hide the help overlay.
+    ToggleHelp,
+    /// Close the help overlay (or nothing).
+    Close,
+    /// Leave.
+    Quit,
+}

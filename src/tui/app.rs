@@ -1,0 +1,683 @@
+//! The UI's state and how actions and events change it. Nothing here computes figures: a change
+//! edits the [`QuantConfig`] and returns an [`Effect::Submit`] with a new generation; the
+//! worker's results are stored only when their generation is the latest.
+
+use super::action::Action;
+use super::event::Event;
+use super::keymap::action_for;
+use super::ui;
+use super::worker::{Computed, Job, SensitivityCell, WorkerMsg, SENSITIVITY_BITS};
+use crate::config::{QuantConfig, INPUT_POINT};
+use crate::model::Model;
+use crate::params::ModelParams;
+use crate::quant::{ClipRange, Granularity, Scheme, Strategy};
+use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Percentiles that `p`/`P` step through.
+pub const PERCENTILES: [f64; 10] = [90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 100.0];
+/// Granularities that `g` cycles through.
+pub const GRANULARITIES: [Granularity; 4] = [
+    Granularity::PerChannel,
+    Granularity::PerTensor,
+    Granularity::Group(128),
+    Granularity::Group(32),
+];
+/// Factor of one `[` press.
+pub const NARROW: f32 = 0.95;
+/// Factor of one `]` press.
+pub const WIDEN: f32 = 1.05;
+
+/// One row of the layer list: the network input, then each weight layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowInfo {
+    /// Layer name (`input` for the network input).
+    pub name: String,
+    /// `input`, `linear` or `conv2d`.
+    pub op: String,
+    /// Weight shape (input: the sample shape), e.g. `256×784`.
+    pub shape: String,
+    /// Whether the row has weights.
+    pub weights: bool,
+}
+
+/// Which side the editing keys act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The layer's weights.
+    Weights,
+    /// The layer's (fused) output activation.
+    Activations,
+}
+
+/// How per-channel weights are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightMode {
+    /// One output channel's histogram.
+    Channel,
+    /// Every channel's extent and range.
+    Ranges,
+    /// The whole tensor's histogram.
+    Tensor,
+}
+
+/// What the event loop must do after an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Put this job in the worker's slot.
+    Submit(Job),
+    /// Write these parameters to this file.
+    Export {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        params: ModelParams,
+    },
+}
+
+/// A result shown as current (or, once a newer job is out, as the last one).
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// Its generation.
+    pub generation: u64,
+    /// What the worker computed.
+    pub computed: Computed,
+    /// When it arrived.
+    pub at: Instant,
+    /// From the change (key press) to its arrival.
+    pub took: Duration,
+}
+
+/// A sensitivity figure with the generation it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SensShown {
+    /// Its generation.
+    pub generation: u64,
+    /// The figure.
+    pub cell: SensitivityCell,
+}
+
+/// A message in the status line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// The text.
+    pub text: String,
+    /// Whether it reports an error.
+    pub error: bool,
+}
+
+/// The whole UI state.
+#[derive(Debug)]
+pub struct App {
+    /// Model name.
+    pub model: String,
+    /// Calibration samples.
+    pub calib_samples: usize,
+    /// Evaluation samples.
+    pub eval_samples: usize,
+    /// The rows of the layer list.
+    pub rows: Vec<RowInfo>,
+    /// The configuration being explored (what the next job runs, what export describes).
+    pub config: QuantConfig,
+    /// Earlier configs, the one before the last change on top.
+    pub undo: Vec<QuantConfig>,
+    /// Selected row.
+    pub selected: usize,
+    /// First visible row of the layer list.
+    pub offset: usize,
+    /// Side the editing keys act on.
+    pub focus: Side,
+    /// Log-scale counts.
+    pub log_scale: bool,
+    /// Help overlay shown.
+    pub help: bool,
+    /// How per-channel weights are shown.
+    pub weight_mode: WeightMode,
+    /// Selected output channel of the weights.
+    pub channel: usize,
+    /// The latest generation sent to the worker.
+    pub generation: u64,
+    /// When the latest job was sent.
+    pub sent_at: Option<Instant>,
+    /// The last result of the latest-or-earlier generation.
+    pub shown: Option<Shown>,
+    /// The error of the latest generation, if it failed.
+    pub failed: Option<String>,
+    /// Per weight layer, per [`SENSITIVITY_BITS`]: the last figure received.
+    pub sens: Vec<[Option<SensShown>; 2]>,
+    /// The status line's message.
+    pub status: Option<Status>,
+    /// Where `x` writes.
+    pub export_path: PathBuf,
+    /// Export as soon as the current result arrives.
+    pub export_pending: bool,
+    /// Loaded parameters with the config they give and the file they came from.
+    pub seed: Option<(QuantConfig, ModelParams, String)>,
+    /// Terminal size (columns, rows).
+    pub size: (u16, u16),
+    /// Leave the loop.
+    pub quit: bool,
+}
+
+fn shape_str(shape: &[usize]) -> String {
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
+impl App {
+    /// A UI over `model` with `config`; `seed` is loaded parameters and the file they came from.
+    pub fn new(model: &Model, calib_samples: usize, eval_samples: usize, config: QuantConfig, seed: Option<(ModelParams, String)>) -> App {
+        let mut rows = vec![RowInfo {
+            name: INPUT_POINT.to_string(),
+            op: "input".into(),
+            shape: shape_str(&model.input_shape),
+            weights: false,
+        }];
+        for i in model.weight_layers() {
+            let l = &model.layers[i];
+            let shape = match &l.op {
+                crate::model::Op::Linear { weight, .. } => shape_str(weight.shape()),
+                crate::model::Op::Conv2d { weight, .. } => shape_str(weight.shape()),
+                _ => String::new(),
+            };
+            rows.push(RowInfo {
+                name: l.name.clone(),
+                op: l.op.kind().to_string(),
+                shape,
+                weights: true,
+            });
+        }
+        let (config, seed) = match seed {
+            Some((params, label)) => {
+                let c = params.to_config(&config);
+                (c.clone(), Some((c, params, label)))
+            }
+            None => (config, None),
+        };
+        let layers = rows.len() - 1;
+        App {
+            model: model.name.clone(),
+            calib_samples,
+            eval_samples,
+            rows,
+            config,
+            undo: Vec::new(),
+            selected: usize::from(layers > 0),
+            offset: 0,
+            focus: Side::Weights,
+            log_scale: false,
+            help: false,
+            weight_mode: WeightMode::Channel,
+            channel: 0,
+            generation: 0,
+            sent_at: None,
+            shown: None,
+            failed: None,
+            sens: vec![[None; 2]; layers],
+            status: None,
+            export_path: PathBuf::from(format!("{}.params.json", model.name)),
+            export_pending: false,
+            seed,
+            size: (120, 40),
+            quit: false,
+        }
+    }
+
+    /// The first job.
+    pub fn start(&mut self) -> Vec<Effect> {
+        vec![self.submit(false)]
+    }
+
+    /// The selected row's name.
+    pub fn selected_name(&self) -> &str {
+        &self.rows[self.selected].name
+    }
+
+    /// Whether the shown result is the latest generation's.
+    pub fn is_current(&self) -> bool {
+        self.shown.as_ref().is_some_and(|s| s.generation == self.generation)
+    }
+
+    /// Whether a job is out whose result has not arrived.
+    pub fn is_running(&self) -> bool {
+        !self.is_current() && self.failed.is_none()
+    }
+
+    /// Whether the current result evaluates loaded parameters.
+    pub fn loaded_label(&self) -> Option<&str> {
+        match (&self.seed, &self.shown) {
+            (Some((c, _, label)), Some(s)) if s.computed.loaded && *c == self.config => Some(label),
+            _ => None,
+        }
+    }
+
+    /// Histogram bins that fit the current layout.
+    pub fn bins(&self) -> usize {
+        ui::layout(ui::full(self.size), self.rows.len())
+            .map_or(64, |a| a.weights.width.saturating_sub(2).max(8) as usize)
+    }
+
+    fn submit(&mut self, rerun: bool) -> Effect {
+        self.generation += 1;
+        self.sent_at = Some(Instant::now());
+        self.failed = None;
+        let seed = self.seed.as_ref().filter(|(c, _, _)| *c == self.config).map(|(_, p, _)| p.clone());
+        Effect::Submit(Job {
+            generation: self.generation,
+            config: self.config.clone(),
+            bins: self.bins(),
+            rerun,
+            seed,
+        })
+    }
+
+    fn say(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: false,
+        });
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: true,
+        });
+    }
+
+    /// Reacts to one event.
+    pub fn handle(&mut self, ev: Event) -> Vec<Effect> {
+        match ev {
+            Event::Key(k) => match action_for(&k) {
+                Some(a) => self.update(a),
+                None => Vec::new(),
+            },
+            Event::Mouse(m) => self.mouse(m),
+            Event::Resize(w, h) => self.resize(w, h),
+            Event::Tick => Vec::new(),
+            Event::Worker(msg) => self.worker(msg),
+        }
+    }
+
+    /// The terminal changed size: keep the layout, and ask for histograms of the new width.
+    pub fn resize(&mut self, w: u16, h: u16) -> Vec<Effect> {
+        let before = self.bins();
+        self.size = (w, h);
+        self.keep_visible();
+        match &self.shown {
+            Some(s) if self.bins() != before && s.computed.views.iter().any(|v| v.act.is_some() || v.weight.is_some()) => {
+                vec![self.submit(false)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn mouse(&mut self, m: MouseEvent) -> Vec<Effect> {
+        match m.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                match ui::row_at(ui::full(self.size), self.rows.len(), self.offset, m.column, m.row) {
+                    Some(i) => self.update(Action::Select(i)),
+                    None => Vec::new(),
+                }
+            }
+            MouseEventKind::ScrollDown => self.update(Action::SelectNext),
+            MouseEventKind::ScrollUp => self.update(Action::SelectPrev),
+            _ => Vec::new(),
+        }
+    }
+
+    fn worker(&mut self, msg: WorkerMsg) -> Vec<Effect> {
+        match msg {
+            WorkerMsg::Done { generation, result } => {
+                if generation != self.generation {
+                    return Vec::new(); // outdated: never shown as current
+                }
+                let took = self.sent_at.map_or(result.compute, |t| t.elapsed());
+                self.shown = Some(Shown {
+                    generation,
+                    computed: *result,
+                    at: Instant::now(),
+                    took,
+                });
+                self.failed = None;
+                if self.export_pending {
+                    self.export_pending = false;
+                    return self.export();
+                }
+            }
+            WorkerMsg::Failed { generation, msg } => {
+                if generation == self.generation {
+                    self.error(format!("run failed: {msg}"));
+                    self.failed = Some(msg);
+                    self.export_pending = false;
+                }
+            }
+            WorkerMsg::Sensitivity { generation, cell } => {
+                if generation == self.generation
+                    && let Some(slots) = self.sens.get_mut(cell.layer)
+                    && let Some(k) = SENSITIVITY_BITS.iter().position(|&b| b == cell.bits)
+                {
+                    slots[k] = Some(SensShown { generation, cell });
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// What the event loop reports after writing an export.
+    pub fn exported(&mut self, path: &std::path::Path, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.say(format!("exported the parameters to {}", path.display())),
+            Err(e) => self.error(format!("export failed: {e}")),
+        }
+    }
+
+    fn export(&mut self) -> Vec<Effect> {
+        match &self.shown {
+            Some(s) if s.generation == self.generation => vec![Effect::Export {
+                path: self.export_path.clone(),
+                params: s.computed.params.clone(),
+            }],
+            _ if self.failed.is_some() => {
+                self.error("nothing to export: the last run failed");
+                Vec::new()
+            }
+            _ => {
+                self.export_pending = true;
+                self.say(format!("exporting to {} when the run finishes…", self.export_path.display()));
+                Vec::new()
+            }
+        }
+    }
+
+    fn keep_visible(&mut self) {
+        let visible = ui::layout(ui::full(self.size), self.rows.len()).map_or(1, |a| ui::table_rows(a.table)).max(1);
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if self.selected >= self.offset + visible {
+            self.offset = self.selected + 1 - visible;
+        }
+    }
+
+    fn select(&mut self, i: usize) {
+        if i < self.rows.len() && i != self.selected {
+            self.selected = i;
+            self.channel = 0;
+        }
+        self.keep_visible();
+    }
+
+    /// Applies one action.
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        if self.help && !matches!(action, Action::Quit) {
+            self.help = false;
+            return Vec::new();
+        }
+        match action {
+            Action::SelectPrev => self.select(self.selected.saturating_sub(1)),
+            Action::SelectNext => self.select((self.selected + 1).min(self.rows.len() - 1)),
+            Action::Select(i) => self.select(i),
+            Action::ToggleFocus => {
+                self.focus = match self.focus {
+                    Side::Weights => Side::Activations,
+                    Side::Activations => Side::Weights,
+                }
+            }
+            Action::ToggleLog => self.log_scale = !self.log_scale,
+            Action::ToggleHelp => self.help = true,
+            Action::Close => {}
+            Action::Quit => self.quit = true,
+            Action::PrevChannel => self.channel = self.channel.saturating_sub(1),
+            Action::NextChannel => {
+                if self.channel + 1 < self.channels() {
+                    self.channel += 1;
+                }
+            }
+            Action::CycleWeightView => {
+                self.weight_mode = match self.weight_mode {
+                    WeightMode::Channel => WeightMode::Ranges,
+                    WeightMode::Ranges => WeightMode::Tensor,
+                    WeightMode::Tensor => WeightMode::Channel,
+                }
+            }
+            Action::Undo => {
+                return match self.undo.pop() {
+                    Some(c) => {
+                        self.config = c;
+                        self.say("undone");
+                        vec![self.submit(false)]
+                    }
+                    None => {
+                        self.error("nothing to undo");
+                        Vec::new()
+                    }
+                };
+            }
+            Action::Rerun => {
+                self.say("re-running");
+                return vec![self.submit(true)];
+            }
+            Action::Export => return self.export(),
+            edit => return self.edit(edit),
+        }
+        Vec::new()
+    }
+
+    /// Output channels of the selected layer's weights (0 without weights).
+    pub fn channels(&self) -> usize {
+        self.shown
+            .as_ref()
+            .and_then(|s| s.computed.views.get(self.selected))
+            .and_then(|v| v.weight.as_ref())
+            .map_or(0, |w| w.rows)
+    }
+
+    /// The clipping range currently used for the selected point's activations, if the shown
+    /// result was made with the settings the config has now.
+    fn current_act_range(&self, name: &str) -> Option<ClipRange> {
+        let s = self.shown.as_ref()?;
+        let a = if name == INPUT_POINT {
+            Some(&s.computed.params.input)
+        } else {
+            s.computed.params.by_name(name)?.act.as_ref()
+        }?;
+        (a.settings == self.config.act_settings(name)).then_some(a.range)
+    }
+
+    /// A change to the config: on success it is pushed on the undo stack and run.
+    fn edit(&mut self, action: Action) -> Vec<Effect> {
+        let name = self.selected_name().to_string();
+        let mut c = self.config.clone();
+        match self.apply_edit(&mut c, &name, action) {
+            Ok(msg) => {
+                c.prune();
+                if c == self.config {
+                    self.say(format!("{msg} (no change)"));
+                    return Vec::new();
+                }
+                self.undo.push(std::mem::replace(&mut self.config, c));
+                self.say(msg);
+                vec![self.submit(false)]
+            }
+            Err(msg) => {
+                self.error(msg);
+                Vec::new()
+            }
+        }
+    }
+
+    fn apply_edit(&self, c: &mut QuantConfig, name: &str, action: Action) -> Result<String, String> {
+        let is_input = name == INPUT_POINT;
+        let side = self.focus;
+        let weights = side == Side::Weights;
+        if weights && is_input && !matches!(action, Action::ApplyToAll) {
+            return Err("the network input has no weights: press Tab to edit its activations".into());
+        }
+        if c.is_float(name) && !matches!(action, Action::ToggleFloat | Action::ApplyToAll) {
+            return Err(format!("{name} is kept in float: press f to quantize it"));
+        }
+        let what = if weights { format!("{name} weights") } else { format!("{name} activations") };
+        match action {
+            Action::BitsUp | Action::BitsDown => {
+                let up = action == Action::BitsUp;
+                let cur = if weights { c.weight_settings(name).bits } else { c.act_settings(name).bits };
+                let new = if up { cur + 1 } else { cur - 1 };
+                if !(crate::quant::scheme::MIN_BITS..=crate::quant::scheme::MAX_BITS).contains(&new) {
+                    return Err(format!("{what}: already {cur} bits (2–8)"));
+                }
+                let o = c.layer_mut(name);
+                if weights {
+                    o.weight_bits = Some(new);
+                } else {
+                    o.act_bits = Some(new);
+                }
+                Ok(format!("{what}: int{new}"))
+            }
+            Action::NextStrategy | Action::PrevStrategy => {
+                let o = c.layer(name);
+                let cur = if weights {
+                    o.weight_strategy.unwrap_or(c.weight_strategy)
+                } else {
+                    o.act_strategy.unwrap_or(c.act_strategy)
+                };
+                let all = Strategy::CHOOSABLE;
+                let i = all.iter().position(|&s| s == cur).unwrap_or(0);
+                let n = all.len();
+                let new = all[if action == Action::NextStrategy { (i + 1) % n } else { (i + n - 1) % n }];
+                let o = c.layer_mut(name);
+                if weights {
+                    o.weight_strategy = Some(new);
+                    o.weight_clip = None;
+                } else {
+                    o.act_strategy = Some(new);
+                    o.act_range = None;
+                }
+                Ok(format!("{what}: {new}"))
+            }
+            Action::CycleGranularity => {
+                if !weights {
+                    return Err("granularity applies to weights: press Tab to edit them".into());
+                }
+                let cur = c.weight_settings(name).granularity;
+                let i = GRANULARITIES.iter().position(|&g| g == cur).map_or(0, |i| (i + 1) % GRANULARITIES.len());
+                c.layer_mut(name).granularity = Some(GRANULARITIES[i]);
+                Ok(format!("{what}: {}", GRANULARITIES[i]))
+            }
+            Action::ToggleScheme => {
+                let cur = if weights { c.weight_settings(name).scheme } else { c.act_settings(name).scheme };
+                let new = match cur {
+                    Scheme::Symmetric => Scheme::Asymmetric,
+                    Scheme::Asymmetric => Scheme::Symmetric,
+                };
+                let o = c.layer_mut(name);
+                if weights {
+                    o.weight_scheme = Some(new);
+                } else {
+                    o.act_scheme = Some(new);
+                }
+                Ok(format!("{what}: {new}"))
+            }
+            Action::PercentileUp | Action::PercentileDown => {
+                let cur = c.act_settings(name).percentile;
+                let new = if action == Action::PercentileUp {
+                    PERCENTILES.iter().copied().find(|&p| p > cur + 1e-9)
+                } else {
+                    PERCENTILES.iter().rev().copied().find(|&p| p < cur - 1e-9)
+                };
+                let Some(new) = new else {
+                    return Err(format!("{name}: percentile is already {cur} (range 90–100)"));
+                };
+                let o = c.layer_mut(name);
+                o.percentile = Some(new);
+                if weights {
+                    o.weight_strategy = Some(Strategy::Percentile);
+                    o.weight_clip = None;
+                } else {
+                    o.act_strategy = Some(Strategy::Percentile);
+                    o.act_range = None;
+                }
+                Ok(format!("{what}: percentile {new}"))
+            }
+            Action::Narrow | Action::Widen => {
+                let f = if action == Action::Narrow { NARROW } else { WIDEN };
+                if weights {
+                    let cur = c.layer(name).weight_clip.unwrap_or(1.0);
+                    let new = cur * f;
+                    c.layer_mut(name).weight_clip = Some(new);
+                    Ok(format!("{what}: manual, ×{new:.3} the {} ranges", c.weight_settings(name).strategy))
+                } else {
+                    let base = match c.layer(name).act_range {
+                        Some([lo, hi]) => ClipRange::new(lo, hi),
+                        None => self
+                            .current_act_range(name)
+                            .ok_or_else(|| format!("{what}: the range is not known yet; wait for the run to finish"))?,
+                    };
+                    let r = base.scaled(f);
+                    c.layer_mut(name).act_range = Some([r.lo, r.hi]);
+                    Ok(format!("{what}: manual range [{:.4}, {:.4}]", r.lo, r.hi))
+                }
+            }
+            Action::ResetRange => {
+                let o = c.layer_mut(name);
+                let had = if weights { o.weight_clip.take() } else { o.act_range.take().map(|_| 0.0) };
+                if had.is_none() {
+                    return Err(format!("{what}: already the strategy's range"));
+                }
+                let s = if weights { c.weight_settings(name).strategy } else { c.act_settings(name).strategy };
+                Ok(format!("{what}: back to the {s} range"))
+            }
+            Action::ToggleFloat => {
+                if is_input {
+                    return Err("the network input cannot stay in float".into());
+                }
+                if c.is_float(name) {
+                    c.keep_float.retain(|n| n != name);
+                    Ok(format!("{name}: quantized"))
+                } else {
+                    c.keep_float.push(name.to_string());
+                    Ok(format!("{name}: kept in float"))
+                }
+            }
+            Action::ApplyToAll => Ok(apply_to_all(c, name, is_input)),
+            _ => Err(format!("{action:?} is not an edit")),
+        }
+    }
+}
+
+/// Makes `name`'s settings the global ones and drops every layer's overrides of them; hand-set
+/// ranges stay with their layer.
+fn apply_to_all(c: &mut QuantConfig, name: &str, is_input: bool) -> String {
+    let a = c.act_settings(name);
+    let o = c.layer(name);
+    c.act_bits = a.bits;
+    c.act_scheme = a.scheme;
+    c.act_strategy = o.act_strategy.unwrap_or(c.act_strategy);
+    c.percentile = a.percentile;
+    if !is_input {
+        let w = c.weight_settings(name);
+        c.weight_bits = w.bits;
+        c.weight_scheme = w.scheme;
+        c.granularity = w.granularity;
+        c.weight_strategy = w.strategy;
+    }
+    for o in c.layers.values_mut() {
+        o.act_bits = None;
+        o.act_scheme = None;
+        o.act_strategy = None;
+        o.percentile = None;
+        if !is_input {
+            o.weight_bits = None;
+            o.weight_scheme = None;
+            o.granularity = None;
+            o.weight_strategy = None;
+        }
+    }
+    if is_input {
+        format!("{name}'s activation settings apply to every layer (hand-set ranges stay)")
+    } else {
+        format!("{name}'s settings apply to every layer (hand-set ranges stay)")
+    }
+}
+
+#[cfg(test)]
+mod tests;
