@@ -3,7 +3,7 @@
 //! multiplier, ReLU is a clamp, pooling works on integers, and only the final output (or a layer
 //! kept in float) goes back to f32.
 
-use super::im2col::{im2col, nhwc_rows_to_nchw, ConvGeom};
+use super::im2col::{im2col, nhwc_rows_to_nchw, samples_per_block, ConvGeom};
 use super::kernels::{gemm_i8, PackedWeights};
 use super::pool::pool;
 use crate::model::{Layer, Model, Op};
@@ -149,6 +149,20 @@ impl IntGemm {
         let out = self.out;
         let mut y = vec![0i8; m * out];
         let mut c = vec![0i32; m * out];
+        if self.groups == 1 && self.w_zp.is_empty() {
+            // The common case: Σ(x − z_x)·w + bias = Σ x·w + (bias − z_x·Σw), one constant per row.
+            gemm_i8(a, m, self.k, &self.packed[0], &mut c);
+            let konst: Vec<i32> = (0..out)
+                .map(|r| self.bias[r].saturating_sub(self.in_zp.saturating_mul(self.w_sum[r])))
+                .collect();
+            for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+                for r in 0..out {
+                    let v = self.out_zp + self.out_mult[r].apply(crow[r].saturating_add(konst[r]));
+                    yrow[r] = v.clamp(self.lo, self.hi) as i8;
+                }
+            }
+            return y;
+        }
         if self.groups == 1 {
             gemm_i8(a, m, self.k, &self.packed[0], &mut c);
             for i in 0..m {
@@ -324,13 +338,16 @@ fn run_step(step: &Step, act: Act, n: usize) -> Act {
             match conv {
                 None => Act::Int { data: gemm.run(&data, n), qp: gemm.out_q },
                 Some(g) => {
-                    let cols = im2col(&data, n, g, gemm.in_zp as i8);
-                    let rows = n * g.out_pixels();
-                    let y = gemm.run(&cols, rows);
-                    Act::Int {
-                        data: nhwc_rows_to_nchw(&y, n, g.out_pixels(), gemm.out_channels()),
-                        qp: gemm.out_q,
+                    let in_len = g.c * g.h * g.w;
+                    let block = samples_per_block(g);
+                    let mut out = Vec::with_capacity(n * gemm.out_channels() * g.out_pixels());
+                    for s0 in (0..n).step_by(block) {
+                        let bn = block.min(n - s0);
+                        let cols = im2col(&data[s0 * in_len..(s0 + bn) * in_len], bn, g, gemm.in_zp as i8);
+                        let y = gemm.run(&cols, bn * g.out_pixels());
+                        out.extend(nhwc_rows_to_nchw(&y, bn, g.out_pixels(), gemm.out_channels()));
                     }
+                    Act::Int { data: out, qp: gemm.out_q }
                 }
             }
         }
