@@ -1,5 +1,12 @@
-//! Criterion benches (filled in as the engines land).
-use criterion::{criterion_group, criterion_main, Criterion};
-fn placeholder(_c: &mut Criterion) {}
-criterion_group!(benches, placeholder);
+//! qscope's criterion benches: `cargo bench --bench qscope [-- FILTER]`.
+//! Groups: kernels (int8 GEMM vs reference vs f32 sgemm), engines (float vs integer engine at
+//! batch 256), full_rerun (the UI's re-run budget).
+
+mod engines;
+mod kernels;
+mod pipeline;
+
+use criterion::{criterion_group, criterion_main};
+
+criterion_group!(benches, kernels::kernels, engines::engines, pipeline::pipeline);
 criterion_main!(benches);

@@ -7,7 +7,18 @@ use cli::args::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: ").to_string();
+            eprintln!("qscope: error: {first} (see qscope --help)");
+            return ExitCode::from(2);
+        }
+    };
     let result = match &args.command {
         Some(Command::Eval(a)) => cli::eval::main(a),
         Some(Command::Sensitivity(a)) => cli::sensitivity::main(a),

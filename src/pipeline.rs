@@ -264,8 +264,13 @@ pub fn evaluate(model: &Model, params: &ModelParams, data: &Dataset, has_float: 
             });
             if has_float {
                 for (j, &i) in wl.iter().enumerate() {
-                    let input = if i == 0 { &x } else { &float_outs[i - 1] };
-                    if let Some(y) = int.run_layer_isolated(i, input, n) {
+                    if i == 0 {
+                        // Fed the quantized network input, the first layer alone is exactly what
+                        // the whole engine ran: isolated and accumulated coincide.
+                        ev.isolated[j] = ev.act[j];
+                        continue;
+                    }
+                    if let Some(y) = int.run_layer_isolated(i, &float_outs[i - 1], n) {
                         ev.isolated[j].add(&float_outs[point_of(model, i)], &y);
                     }
                 }

@@ -1,7 +1,7 @@
 //! The f32 reference engine: runs a [`Model`] on a batch, layer by layer, with ndarray's matrix
 //! multiply for linear and (im2col) convolution layers.
 
-use super::im2col::{im2col, nhwc_rows_to_nchw, ConvGeom};
+use super::im2col::{im2col, nhwc_rows_to_nchw, samples_per_block, ConvGeom};
 use crate::model::{Layer, Model, Op};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -28,19 +28,26 @@ pub fn run_layer(layer: &Layer, x: &[f32], n: usize) -> Vec<f32> {
         } => {
             let (o, _, kh, kw) = weight.dim();
             let geom = ConvGeom::new(&layer.in_shape, (kh, kw), *stride, *padding);
-            let cols = im2col(x, n, &geom, 0.0f32);
-            let rows = n * geom.out_pixels();
-            let k = geom.k();
-            let mut y = vec![0.0f32; rows * o];
-            for row in y.chunks_mut(o) {
-                row.copy_from_slice(bias.as_slice().expect("contiguous bias"));
-            }
+            let (k, pixels) = (geom.k(), geom.out_pixels());
+            let in_len = layer.in_shape.iter().product::<usize>();
             let w2 = ArrayView2::from_shape((o, k), weight.as_slice().expect("contiguous weight"))
                 .expect("weight size");
-            let cv = ArrayView2::from_shape((rows, k), &cols).expect("im2col size");
-            let mut yv = ArrayViewMut2::from_shape((rows, o), &mut y).expect("output size");
-            general_mat_mul(1.0, &cv, &w2.t(), 1.0, &mut yv);
-            nhwc_rows_to_nchw(&y, n, geom.out_pixels(), o)
+            let bias = bias.as_slice().expect("contiguous bias");
+            let mut out = Vec::with_capacity(n * o * pixels);
+            let block = samples_per_block(&geom);
+            let mut y = Vec::new();
+            for s0 in (0..n).step_by(block) {
+                let bn = block.min(n - s0);
+                let cols = im2col(&x[s0 * in_len..(s0 + bn) * in_len], bn, &geom, 0.0f32);
+                let rows = bn * pixels;
+                y.clear();
+                y.extend(std::iter::repeat_n(bias, rows).flatten());
+                let cv = ArrayView2::from_shape((rows, k), &cols).expect("im2col size");
+                let mut yv = ArrayViewMut2::from_shape((rows, o), &mut y).expect("output size");
+                general_mat_mul(1.0, &cv, &w2.t(), 1.0, &mut yv);
+                out.extend(nhwc_rows_to_nchw(&y, bn, pixels, o));
+            }
+            out
         }
         Op::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
         Op::Flatten => x.to_vec(),

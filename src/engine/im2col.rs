@@ -55,26 +55,32 @@ pub fn im2col<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
     let k = g.k();
     let mut out = vec![pad; n * g.out_pixels() * k];
     let plane = g.h * g.w;
+    // For each output column, the kernel taps that fall inside the image: kx in [lo, hi).
+    let kx_range: Vec<(usize, usize)> = (0..g.ow)
+        .map(|ox| {
+            let x0 = (ox * g.stride.1) as isize - g.padding.1 as isize;
+            let lo = (-x0).max(0) as usize;
+            let hi = ((g.w as isize - x0).max(0) as usize).min(kw);
+            (lo, hi.max(lo))
+        })
+        .collect();
     for s in 0..n {
         let xs = &x[s * g.c * plane..(s + 1) * g.c * plane];
         for oy in 0..g.oh {
-            for ox in 0..g.ow {
+            for (ox, &(lo, hi)) in kx_range.iter().enumerate() {
                 let row = (s * g.out_pixels() + oy * g.ow + ox) * k;
                 let dst = &mut out[row..row + k];
+                let x0 = (ox * g.stride.1) as isize - g.padding.1 as isize;
                 for c in 0..g.c {
                     for ky in 0..kh {
                         let iy = (oy * g.stride.0 + ky) as isize - g.padding.0 as isize;
-                        if iy < 0 || iy >= g.h as isize {
+                        if iy < 0 || iy >= g.h as isize || lo == hi {
                             continue;
                         }
-                        let src_row = c * plane + iy as usize * g.w;
+                        let src = c * plane + iy as usize * g.w;
                         let d0 = (c * kh + ky) * kw;
-                        for kx in 0..kw {
-                            let ix = (ox * g.stride.1 + kx) as isize - g.padding.1 as isize;
-                            if ix >= 0 && ix < g.w as isize {
-                                dst[d0 + kx] = xs[src_row + ix as usize];
-                            }
-                        }
+                        let s0 = (x0 + lo as isize) as usize;
+                        dst[d0 + lo..d0 + hi].copy_from_slice(&xs[src + s0..src + s0 + (hi - lo)]);
                     }
                 }
             }
@@ -95,4 +101,9 @@ pub fn nhwc_rows_to_nchw<T: Copy + Default>(y: &[T], n: usize, pixels: usize, o:
         }
     }
     out
+}
+
+/// Samples per im2col block so that one block's patch matrix stays cache-sized (~4096 rows).
+pub fn samples_per_block(g: &ConvGeom) -> usize {
+    (4096 / g.out_pixels().max(1)).max(1)
 }

@@ -3,7 +3,7 @@
 //! multiplier, ReLU is a clamp, pooling works on integers, and only the final output (or a layer
 //! kept in float) goes back to f32.
 
-use super::im2col::{im2col, nhwc_rows_to_nchw, ConvGeom};
+use super::im2col::{im2col, nhwc_rows_to_nchw, samples_per_block, ConvGeom};
 use super::kernels::{gemm_i8, PackedWeights};
 use super::pool::pool;
 use crate::model::{Layer, Model, Op};
@@ -43,6 +43,9 @@ impl Act {
     }
 }
 
+/// Fraction bits of the wide accumulator that sums rescaled group partial sums.
+const GROUP_FRAC: i32 = 16;
+
 /// A weight layer in integers: y = clamp(z_out + M · (Σ (x − z_x)(w − z_w) + bias)).
 #[derive(Debug)]
 pub struct IntGemm {
@@ -55,11 +58,12 @@ pub struct IntGemm {
     w_zp: Vec<i32>,
     /// Σ w per (row, group).
     w_sum: Vec<i32>,
-    /// Per (row, group): s_w(row, group) / s_w_ref(row), when there are several groups.
+    /// Per (row, group): 2^GROUP_FRAC · s_w(row, group) / s_w_ref(row), when there are several
+    /// groups (partial sums are rescaled into a wide accumulator with GROUP_FRAC fraction bits).
     group_mult: Vec<FixedMultiplier>,
     /// Bias at scale s_in · s_w_ref(row).
     bias: Vec<i32>,
-    /// Per row: s_in · s_w_ref(row) / s_out.
+    /// Per row: s_in · s_w_ref(row) / s_out (divided by 2^GROUP_FRAC with several groups).
     out_mult: Vec<FixedMultiplier>,
     in_zp: i32,
     out_zp: i32,
@@ -102,12 +106,14 @@ impl IntGemm {
                 let (c0, c1) = (g * gs, ((g + 1) * gs).min(k));
                 w_sum[r * groups + g] = w.q[r * k + c0..r * k + c1].iter().map(|&v| v as i32).sum();
                 if groups > 1 {
-                    group_mult.push(FixedMultiplier::from_f64(p.scale as f64 / s_ref));
+                    let ratio = p.scale as f64 / s_ref * (1i64 << GROUP_FRAC) as f64;
+                    group_mult.push(FixedMultiplier::from_f64(ratio));
                 }
             }
             let acc_scale = in_q.scale as f64 * s_ref;
             bias_q[r] = (bias[r] as f64 / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32;
-            out_mult[r] = FixedMultiplier::from_f64(acc_scale / out_q.scale as f64);
+            let frac = if groups > 1 { (1i64 << GROUP_FRAC) as f64 } else { 1.0 };
+            out_mult[r] = FixedMultiplier::from_f64(acc_scale / out_q.scale as f64 / frac);
         }
         if w_zp.iter().all(|&z| z == 0) {
             w_zp.clear();
@@ -140,41 +146,87 @@ impl IntGemm {
 
     /// Runs `m` rows of `k` integers (row-major) to `m × out` integers.
     pub fn run(&self, a: &[i8], m: usize) -> Vec<i8> {
-        let (out, k, groups) = (self.out, self.k, self.groups);
-        let mut acc = vec![0i32; m * out];
+        let out = self.out;
+        let mut y = vec![0i8; m * out];
         let mut c = vec![0i32; m * out];
-        let zx = self.in_zp;
-        for g in 0..groups {
-            let c0 = g * self.group_size;
-            let len = self.packed[g].k();
-            gemm_i8(&a[c0..], m, k, &self.packed[g], &mut c);
-            for i in 0..m {
-                let xsum: i32 = if self.w_zp.is_empty() {
-                    0
-                } else {
-                    a[i * k + c0..i * k + c0 + len].iter().map(|&v| v as i32).sum()
-                };
-                let crow = &c[i * out..(i + 1) * out];
-                let arow = &mut acc[i * out..(i + 1) * out];
+        if self.groups == 1 && self.w_zp.is_empty() {
+            // The common case: Σ(x − z_x)·w + bias = Σ x·w + (bias − z_x·Σw), one constant per row.
+            gemm_i8(a, m, self.k, &self.packed[0], &mut c);
+            let konst: Vec<i32> = (0..out)
+                .map(|r| self.bias[r].saturating_sub(self.in_zp.saturating_mul(self.w_sum[r])))
+                .collect();
+            for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
                 for r in 0..out {
-                    let rg = r * groups + g;
-                    let mut v = crow[r] - zx * self.w_sum[rg];
-                    if !self.w_zp.is_empty() {
-                        let zw = self.w_zp[rg];
-                        v += -zw * xsum + len as i32 * zx * zw;
-                    }
-                    arow[r] += if groups > 1 { self.group_mult[rg].apply(v) } else { v };
+                    let v = self.out_zp + self.out_mult[r].apply(crow[r].saturating_add(konst[r]));
+                    yrow[r] = v.clamp(self.lo, self.hi) as i8;
+                }
+            }
+            return y;
+        }
+        if self.groups == 1 {
+            gemm_i8(a, m, self.k, &self.packed[0], &mut c);
+            for i in 0..m {
+                let xsum = self.row_sum(a, i, 0);
+                for r in 0..out {
+                    let acc = self.corrected(c[i * out + r], r, 0, xsum);
+                    let v = self.out_zp + self.out_mult[r].apply(acc.saturating_add(self.bias[r]));
+                    y[i * out + r] = v.clamp(self.lo, self.hi) as i8;
+                }
+            }
+            return y;
+        }
+        // Several groups: each partial sum is rescaled to the row's reference scale in a wide
+        // accumulator with GROUP_FRAC fraction bits, then requantized once.
+        let mut wide: Vec<i64> = (0..m * out)
+            .map(|j| (self.bias[j % out] as i64) << GROUP_FRAC)
+            .collect();
+        for g in 0..self.groups {
+            gemm_i8(&a[g * self.group_size..], m, self.k, &self.packed[g], &mut c);
+            for i in 0..m {
+                let xsum = self.row_sum(a, i, g);
+                for r in 0..out {
+                    let v = self.corrected(c[i * out + r], r, g, xsum);
+                    wide[i * out + r] += self.group_mult[r * self.groups + g].apply_i64(v as i64);
                 }
             }
         }
-        let mut y = vec![0i8; m * out];
-        for (row_acc, row_y) in acc.chunks(out).zip(y.chunks_mut(out)) {
-            for r in 0..out {
-                let v = self.out_zp + self.out_mult[r].apply(row_acc[r].saturating_add(self.bias[r]));
-                row_y[r] = v.clamp(self.lo, self.hi) as i8;
-            }
+        for (j, &acc) in wide.iter().enumerate() {
+            let v = self.out_zp as i64 + self.out_mult[j % out].apply_i64(acc);
+            y[j] = v.clamp(self.lo as i64, self.hi as i64) as i8;
         }
         y
+    }
+
+    /// Σ x over row `i`'s group `g` (only needed when weights have zero points).
+    fn row_sum(&self, a: &[i8], i: usize, g: usize) -> i32 {
+        if self.w_zp.is_empty() {
+            return 0;
+        }
+        let c0 = i * self.k + g * self.group_size;
+        a[c0..c0 + self.packed[g].k()].iter().map(|&v| v as i32).sum()
+    }
+
+    /// Σ (x − z_x)(w − z_w) from the raw Σ x·w of row r, group g.
+    #[inline]
+    fn corrected(&self, raw: i32, r: usize, g: usize, xsum: i32) -> i32 {
+        let rg = r * self.groups + g;
+        let mut v = raw - self.in_zp * self.w_sum[rg];
+        if !self.w_zp.is_empty() {
+            let zw = self.w_zp[rg];
+            v += -zw * xsum + self.packed[g].k() as i32 * self.in_zp * zw;
+        }
+        v
+    }
+
+    /// The real scale of row `r`'s i32 bias (s_in · the row's reference weight scale).
+    pub fn bias_scale(&self, w: &QWeights, r: usize) -> f64 {
+        let s_ref = (0..self.groups).map(|g| w.param(r, g).scale as f64).fold(0.0, f64::max);
+        self.in_q.scale as f64 * s_ref
+    }
+
+    /// The i32 biases (at `bias_scale` of each row).
+    pub fn bias_q(&self) -> &[i32] {
+        &self.bias
     }
 }
 
@@ -286,13 +338,16 @@ fn run_step(step: &Step, act: Act, n: usize) -> Act {
             match conv {
                 None => Act::Int { data: gemm.run(&data, n), qp: gemm.out_q },
                 Some(g) => {
-                    let cols = im2col(&data, n, g, gemm.in_zp as i8);
-                    let rows = n * g.out_pixels();
-                    let y = gemm.run(&cols, rows);
-                    Act::Int {
-                        data: nhwc_rows_to_nchw(&y, n, g.out_pixels(), gemm.out_channels()),
-                        qp: gemm.out_q,
+                    let in_len = g.c * g.h * g.w;
+                    let block = samples_per_block(g);
+                    let mut out = Vec::with_capacity(n * gemm.out_channels() * g.out_pixels());
+                    for s0 in (0..n).step_by(block) {
+                        let bn = block.min(n - s0);
+                        let cols = im2col(&data[s0 * in_len..(s0 + bn) * in_len], bn, g, gemm.in_zp as i8);
+                        let y = gemm.run(&cols, bn * g.out_pixels());
+                        out.extend(nhwc_rows_to_nchw(&y, bn, g.out_pixels(), gemm.out_channels()));
                     }
+                    Act::Int { data: out, qp: gemm.out_q }
                 }
             }
         }

@@ -67,6 +67,24 @@ impl FixedMultiplier {
     }
 }
 
+impl FixedMultiplier {
+    /// x · M for a wide accumulator, rounded half away from zero (no intermediate rounding).
+    #[inline]
+    pub fn apply_i64(self, x: i64) -> i64 {
+        let prod = x as i128 * self.mantissa as i128;
+        let right = 31 - self.shift;
+        if right <= 0 {
+            return (prod << (-right).min(64)).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        }
+        if right >= 126 {
+            return 0;
+        }
+        let half = 1i128 << (right - 1);
+        let q = if prod >= 0 { (prod + half) >> right } else { -((-prod + half) >> right) };
+        q.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    }
+}
+
 /// (a · b · 2) / 2^32 rounded to nearest, saturating the one overflow case (gemmlowp's SRDHM).
 #[inline]
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
@@ -109,6 +127,17 @@ mod tests {
         assert_eq!(rounding_divide_by_pot(7, 2), 2); // 1.75 → 2
         assert_eq!(rounding_divide_by_pot(-6, 2), -2); // -1.5 → -2
         assert_eq!(rounding_divide_by_pot(-5, 2), -1); // -1.25 → -1
+    }
+
+    #[test]
+    fn apply_i64_rounds_half_away_from_zero() {
+        let half = FixedMultiplier::from_f64(0.5);
+        assert_eq!(half.apply_i64(5), 3);
+        assert_eq!(half.apply_i64(-5), -3);
+        assert_eq!(half.apply_i64(4), 2);
+        let f = FixedMultiplier::from_f64(3.0e-5);
+        let x = 1i64 << 40;
+        assert!((f.apply_i64(x) as f64 - x as f64 * 3.0e-5).abs() <= 1.0);
     }
 
     #[test]

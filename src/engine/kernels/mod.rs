@@ -1,20 +1,250 @@
-//! TEMPORARY STUB kernels (replaced by the SIMD module).
-/// Stub.
-#[derive(Debug)]
-pub struct PackedWeights { b: Vec<i8>, n: usize, k: usize }
+//! Exact int8 matrix kernels of the integer-only engine.
+//!
+//! Everything computes `C = A · Bᵀ` with `A: m × k` (i8, row stride `lda ≥ k`),
+//! `B: n × k` (i8, row-major: one row per output channel) and `C: m × n` (i32), with
+//! results bit-identical to the i32 triple loop [`gemm_i8_reference`] for every input,
+//! including -128 on both sides (no intermediate saturation anywhere).
+//!
+//! Weights are prepared once per layer with [`PackedWeights::new`], which picks the
+//! fastest kernel for this CPU (see [`Kernel::detect`]) and lays B out for it; then
+//! [`gemm_i8`] runs that kernel single-threaded (callers split the batch rows across
+//! threads themselves).
+//!
+//! Kernels:
+//! * `avx512-vnni` (x86/x86_64 with AVX-512F + VNNI): `vpdpbusd` on `a + 128` with a
+//!   per-column correction. Untested on the development machine (no AVX-512 there).
+//! * `avx2` (x86/x86_64 with AVX2): i8 widened to i16, `vpmaddwd` with a 6×16 register tile.
+//! * `portable`: plain Rust that LLVM autovectorizes; used on every other target.
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx2;
+mod portable;
+mod reference;
+#[cfg(test)]
+mod tests;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod vnni;
+
+pub use reference::gemm_i8_reference;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// A GEMM implementation `gemm_i8` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// AVX-512 VNNI (`vpdpbusd`), x86 only. Not exercised on AVX2-only development machines.
+    Avx512Vnni,
+    /// AVX2 (`vpmaddwd` on i16-widened operands), x86 only.
+    Avx2,
+    /// Autovectorized plain Rust; available everywhere.
+    Portable,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable];
+
+    /// Short name: `"avx512-vnni"`, `"avx2"` or `"portable"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run the kernel (runtime feature detection).
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Kernel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Kernel::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Kernel::Avx512Vnni | Kernel::Avx2 => false,
+            Kernel::Portable => true,
+        }
+    }
+
+    /// The fastest supported kernel; detected once and cached.
+    pub fn detect() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            Kernel::ALL
+                .into_iter()
+                .find(|k| k.is_supported())
+                .unwrap_or(Kernel::Portable)
+        })
+    }
+
+    /// The supported kernels, fastest first (always ends with `Portable`).
+    pub fn supported() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which kernel [`gemm_i8`] uses on this machine: `"avx512-vnni"`, `"avx2"` or `"portable"`.
+pub fn kernel_name() -> &'static str {
+    Kernel::detect().name()
+}
+
+/// Kernel-specific packed layouts.
+#[derive(Clone, Debug)]
+enum Inner {
+    /// `n == 0` or `k == 0`: nothing to pack, the product is all zeros.
+    Empty,
+    Portable(portable::Packed),
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Avx2(avx2::Packed),
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Vnni(vnni::Packed),
+}
+
+/// Weights B (`n` rows × `k`, row-major i8, any value in -128..=127) prepared once per
+/// layer for the fastest kernel on this CPU.
+///
+/// The packed form is immutable, `Send + Sync`, and can be shared by threads that each
+/// call [`gemm_i8`] on their own rows of A.
+#[derive(Clone)]
+pub struct PackedWeights {
+    n: usize,
+    k: usize,
+    kernel: Kernel,
+    inner: Inner,
+}
+
 impl PackedWeights {
-    /// Stub.
-    pub fn new(b: &[i8], n: usize, k: usize) -> Self { PackedWeights { b: b.to_vec(), n, k } }
-    /// Stub.
-    pub fn n(&self) -> usize { self.n }
-    /// Stub.
-    pub fn k(&self) -> usize { self.k }
+    /// Packs `b` (`n × k` row-major, `b.len() == n*k`) for [`Kernel::detect`].
+    ///
+    /// # Panics
+    /// If `b.len() != n * k`.
+    pub fn new(b: &[i8], n: usize, k: usize) -> Self {
+        Self::with_kernel(b, n, k, Kernel::detect())
+    }
+
+    /// Packs `b` for a specific kernel (tests, benchmarks, forcing the fallback).
+    ///
+    /// # Panics
+    /// If `b.len() != n * k` or `!kernel.is_supported()`.
+    pub fn with_kernel(b: &[i8], n: usize, k: usize, kernel: Kernel) -> Self {
+        assert_eq!(b.len(), n * k, "b.len() must be n*k");
+        assert!(
+            kernel.is_supported(),
+            "kernel {kernel} is not supported on this CPU"
+        );
+        let inner = if n == 0 || k == 0 {
+            Inner::Empty
+        } else {
+            match kernel {
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                Kernel::Avx512Vnni => Inner::Vnni(vnni::pack(b, n, k)),
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                Kernel::Avx2 => Inner::Avx2(avx2::pack(b, n, k)),
+                Kernel::Portable => Inner::Portable(portable::pack(b, n, k)),
+                #[allow(unreachable_patterns)]
+                _ => unreachable!("unsupported kernels are rejected above"),
+            }
+        };
+        PackedWeights {
+            n,
+            k,
+            kernel,
+            inner,
+        }
+    }
+
+    /// Number of weight rows (output columns of C).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Reduction length (columns of A and B).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel these weights were packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Bytes of packed weight data (padding and widening included).
+    pub fn packed_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::Empty => 0,
+            Inner::Portable(p) => p.bytes(),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Inner::Avx2(p) => p.bytes(),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Inner::Vnni(p) => p.bytes(),
+        }
+    }
 }
-/// Stub.
-pub fn gemm_i8(a: &[i8], m: usize, lda: usize, w: &PackedWeights, c: &mut [i32]) { gemm_i8_reference(a, m, lda, &w.b, w.n, w.k, c) }
-/// Stub.
-pub fn gemm_i8_reference(a: &[i8], m: usize, lda: usize, b: &[i8], n: usize, k: usize, c: &mut [i32]) {
-    for i in 0..m { for j in 0..n { let mut s = 0i32; for t in 0..k { s += a[i * lda + t] as i32 * b[j * k + t] as i32; } c[i * n + j] = s; } }
+
+impl fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackedWeights")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .field("kernel", &self.kernel)
+            .field("packed_bytes", &self.packed_bytes())
+            .finish()
+    }
 }
-/// Stub.
-pub fn kernel_name() -> &'static str { "stub" }
+
+/// Checks that `a` holds `m` rows of `k` values at stride `lda`.
+fn check_a(a: &[i8], m: usize, lda: usize, k: usize) {
+    assert!(lda >= k, "lda ({lda}) must be >= k ({k})");
+    if m > 0 {
+        let need = (m - 1) * lda + k;
+        assert!(
+            a.len() >= need,
+            "a.len() ({}) too short for m={m}, lda={lda}, k={k} (needs {need})",
+            a.len()
+        );
+    }
+}
+
+/// `C = A · Bᵀ`: `C[i*n + j] = Σ_{t<k} A[i*lda + t] as i32 * B[j*k + t] as i32`
+/// for `i < m`, `j < n`, with `n`, `k` and `B` taken from `w`.
+///
+/// Overwrites `c` (length `m*n`). `A` is i8 row-major with row stride `lda ≥ k`, so a
+/// column slice of a wider matrix can be passed; only `a[i*lda .. i*lda + k]` is read for
+/// row `i`, and never anything past `a.len()`. Exact (bit-identical to
+/// [`gemm_i8_reference`]) for all inputs; sums wrap on i32 overflow, which needs
+/// `k ≥ 131_072`. Single-threaded; allocates a small scratch buffer per call.
+///
+/// # Panics
+/// If `lda < w.k()`, `c.len() != m * w.n()`, or `a.len() < (m-1)*lda + w.k()`.
+pub fn gemm_i8(a: &[i8], m: usize, lda: usize, w: &PackedWeights, c: &mut [i32]) {
+    let (n, k) = (w.n, w.k);
+    check_a(a, m, lda, k);
+    assert_eq!(c.len(), m * n, "c.len() must be m*n");
+    if m == 0 {
+        return;
+    }
+    match &w.inner {
+        Inner::Empty => c.fill(0),
+        Inner::Portable(p) => portable::gemm(a, m, lda, p, n, k, c),
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `Inner::Avx2` is only built by `with_kernel` after
+        // `Kernel::Avx2.is_supported()` confirmed AVX2; arguments were checked above.
+        Inner::Avx2(p) => unsafe { avx2::gemm(a, m, lda, p, n, k, c) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `Inner::Vnni` is only built after AVX-512F + VNNI were detected;
+        // arguments were checked above.
+        Inner::Vnni(p) => unsafe { vnni::gemm(a, m, lda, p, n, k, c) },
+    }
+}

@@ -1,0 +1,70 @@
+//! int8 GEMM kernels vs the reference triple loop vs f32 sgemm (ndarray/matrixmultiply)
+//! on the engine's layer shapes. Throughput is reported in elements = multiply-adds.
+//!
+//! `cargo bench --bench qscope -- kernels`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use ndarray::Array2;
+use qscope::engine::kernels::{PackedWeights, gemm_i8, gemm_i8_reference, kernel_name};
+
+/// (name, m, k, n). The conv shapes use 16 images instead of 256 (m = 16·784, 16·196).
+const SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("mlp_784x256", 256, 784, 256),
+    ("mlp_256x128", 256, 256, 128),
+    ("mlp_128x10", 256, 128, 10),
+    ("conv1_k25_n8", 16 * 784, 25, 8),
+    ("conv2_k200_n16", 16 * 196, 200, 16),
+    ("cnn_fc_784x64", 256, 784, 64),
+    ("cnn_fc_64x10", 256, 64, 10),
+];
+
+/// Deterministic pseudo-random i8 data covering the full range (-128 included).
+fn data(len: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as i8
+        })
+        .collect()
+}
+
+pub fn kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("kernels[{}]", kernel_name()));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for &(name, m, k, n) in SHAPES {
+        let a = data(m * k, 1);
+        let b = data(n * k, 2);
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+
+        let w = PackedWeights::new(&b, n, k);
+        let mut out = vec![0i32; m * n];
+        g.bench_function(BenchmarkId::new("gemm_i8", name), |bch| {
+            bch.iter(|| gemm_i8(black_box(&a), m, k, &w, &mut out))
+        });
+
+        g.bench_function(BenchmarkId::new("reference", name), |bch| {
+            bch.iter(|| gemm_i8_reference(black_box(&a), m, k, &b, n, k, &mut out))
+        });
+
+        // Same shapes in f32: C = A · Bᵀ through matrixmultiply's sgemm, written into a
+        // preallocated C like the int8 kernels (`a.dot(&b.t())` plus an allocation).
+        let af = Array2::from_shape_fn((m, k), |(i, t)| a[i * k + t] as f32);
+        let bf = Array2::from_shape_fn((n, k), |(j, t)| b[j * k + t] as f32);
+        let mut cf = Array2::<f32>::zeros((m, n));
+        g.bench_function(BenchmarkId::new("f32_sgemm", name), |bch| {
+            bch.iter(|| {
+                ndarray::linalg::general_mat_mul(1.0, black_box(&af), &bf.t(), 0.0, &mut cf)
+            })
+        });
+    }
+    g.finish();
+}
+

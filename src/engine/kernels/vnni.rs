@@ -1,0 +1,219 @@
+//! AVX-512 VNNI kernel (`vpdpbusd`).
+//!
+//! **Untested on the development machine** (AMD EPYC Zen 3: AVX2 only). Only the packing
+//! layout and the offset correction are exercised there, through the scalar emulation
+//! `emulate` in the tests; the intrinsic path runs only where
+//! `is_x86_feature_detected!("avx512vnni")` holds.
+//!
+//! Scheme: `vpdpbusd` multiplies *unsigned* bytes by signed bytes, summing 4 products
+//! into each i32 lane without intermediate saturation. A is shifted to unsigned,
+//! `a + 128 = a ^ 0x80 ∈ 0..=255`, and the excess removed at the end:
+//! `Σ a·b = Σ (a+128)·b − 128·Σ_t b[j][t]`, with the per-column `128·Σ b` computed at
+//! pack time. All sums wrap mod 2^32 like the reference, so the result is exact.
+//! B is packed in 16-column panels holding, per k-quad, 16 columns × 4 bytes (one zmm);
+//! the micro-kernel holds an 8×16 C tile in 8 zmm accumulators.
+
+#[cfg(target_arch = "x86")]
+use std::arch::x86::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// One 512-bit vector of bytes, 64-byte aligned.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+struct V64([i8; 64]);
+
+const ZERO: V64 = V64([0; 64]);
+
+/// Rows per micro-kernel call.
+const MR: usize = 8;
+
+/// B packed for [`gemm`]: 16-column panels of k-quads, plus the offset correction.
+#[derive(Clone, Debug)]
+pub(super) struct Packed {
+    /// Panel `q` starts at vector `q * kq`.
+    data: Vec<V64>,
+    /// `128 · Σ_t B[j][t]` (wrapping) for each column, padded to a multiple of 16.
+    corr: Vec<i32>,
+    /// Number of k-quads, `ceil(k / 4)`.
+    kq: usize,
+}
+
+impl Packed {
+    /// Bytes held by the packed weights.
+    pub(super) fn bytes(&self) -> usize {
+        self.data.len() * 64 + self.corr.len() * 4
+    }
+}
+
+/// Packs `b` (`n × k` row-major, `n, k ≥ 1`).
+pub(super) fn pack(b: &[i8], n: usize, k: usize) -> Packed {
+    let kq = k.div_ceil(4);
+    let npanels = n.div_ceil(16);
+    let mut data = vec![ZERO; npanels * kq];
+    let mut corr = vec![0i32; npanels * 16];
+    for j in 0..n {
+        let row = &b[j * k..(j + 1) * k];
+        let (panel, lane) = (j / 16, j % 16);
+        for (t, &x) in row.iter().enumerate() {
+            data[panel * kq + t / 4].0[lane * 4 + t % 4] = x;
+        }
+        let sum = row.iter().fold(0i32, |s, &x| s.wrapping_add(x as i32));
+        corr[j] = sum.wrapping_mul(128);
+    }
+    Packed { data, corr, kq }
+}
+
+/// Row stride (bytes) of the unsigned A scratch block: `k` rounded up to 4.
+fn astride(kq: usize) -> usize {
+    kq * 4
+}
+
+/// Writes `a[start .. start + k] ^ 0x80` (i.e. `a + 128` as u8) into `dst`, padding
+/// the k-quad tail with 0x80 (it meets zero-padded B, so any value would do).
+fn shift_row(a: &[i8], start: usize, k: usize, dst: &mut [u8]) {
+    for (d, &s) in dst.iter_mut().zip(&a[start..start + k]) {
+        *d = (s as u8) ^ 0x80;
+    }
+    dst[k..].fill(0x80);
+}
+
+/// `c = A · Bᵀ` with `B` packed by [`pack`]; arguments validated by the caller.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn gemm(
+    a: &[i8],
+    m: usize,
+    lda: usize,
+    p: &Packed,
+    n: usize,
+    k: usize,
+    c: &mut [i32],
+) {
+    let kq = p.kq;
+    let ks = astride(kq);
+    let mut abuf = vec![0u8; MR * ks];
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = MR.min(m - i0);
+        for r in 0..rows {
+            shift_row(a, (i0 + r) * lda, k, &mut abuf[r * ks..(r + 1) * ks]);
+        }
+        for (q, col0) in (0..n).step_by(16).enumerate() {
+            let ncols = 16.min(n - col0);
+            let coff = i0 * n + col0;
+            assert!(coff + (rows - 1) * n + ncols <= c.len());
+            let tile = Tile {
+                a: abuf.as_ptr(),
+                ks,
+                b: p.data[q * kq..].as_ptr(),
+                kq,
+                corr: p.corr[16 * q..].as_ptr(),
+                c: c[coff..].as_mut_ptr(),
+                ldc: n,
+                ncols,
+            };
+            // SAFETY: AVX-512F/VNNI per this fn's contract; `abuf` holds `rows` rows of
+            // `ks = 4·kq` bytes, panel `q` holds `kq` vectors, `corr` 16 values from
+            // `16q`, and the C tile lies inside `c` (asserted above).
+            unsafe {
+                match rows {
+                    8 => kernel::<8>(&tile),
+                    7 => kernel::<7>(&tile),
+                    6 => kernel::<6>(&tile),
+                    5 => kernel::<5>(&tile),
+                    4 => kernel::<4>(&tile),
+                    3 => kernel::<3>(&tile),
+                    2 => kernel::<2>(&tile),
+                    _ => kernel::<1>(&tile),
+                }
+            }
+        }
+        i0 += rows;
+    }
+}
+
+/// Pointers for one micro-kernel call.
+struct Tile {
+    /// Unsigned A block, row stride `ks` bytes.
+    a: *const u8,
+    ks: usize,
+    /// Panel start (`kq` vectors).
+    b: *const V64,
+    kq: usize,
+    /// 16 correction values of the panel.
+    corr: *const i32,
+    /// Top-left of the C tile, row stride `ldc`, `ncols ≤ 16` valid columns.
+    c: *mut i32,
+    ldc: usize,
+    ncols: usize,
+}
+
+/// `R`×16 tile (`R ≤ 8`): `vpdpbusd` over k-quads, then subtract the correction.
+///
+/// # Safety
+/// AVX-512F + VNNI available; `t.a` valid for `R` rows of `t.ks = 4·t.kq` bytes, `t.b` for
+/// `t.kq` vectors, `t.corr` for 16 i32, `t.c` for `R` rows of `t.ncols` i32 at stride `t.ldc`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn kernel<const R: usize>(t: &Tile) {
+    let mut acc = [_mm512_setzero_si512(); R];
+    for q in 0..t.kq {
+        // SAFETY: q < kq vectors in the panel; row r < R has bytes 4q .. 4q+4 < ks.
+        unsafe {
+            let bv = _mm512_load_si512(t.b.add(q).cast());
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let x = t.a.add(r * t.ks + 4 * q).cast::<i32>().read_unaligned();
+                *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(x), bv);
+            }
+        }
+    }
+    // SAFETY: 16 correction values; row r < R of C holds `ncols ≤ 16` i32.
+    unsafe {
+        let cv = _mm512_loadu_si512(t.corr.cast());
+        for (r, acc_r) in acc.iter().enumerate() {
+            let v = _mm512_sub_epi32(*acc_r, cv);
+            let dst = t.c.add(r * t.ldc);
+            if t.ncols == 16 {
+                _mm512_storeu_si512(dst.cast(), v);
+            } else {
+                let mut tmp = [0i32; 16];
+                _mm512_storeu_si512(tmp.as_mut_ptr().cast(), v);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, t.ncols);
+            }
+        }
+    }
+}
+
+/// Scalar emulation of [`gemm`] on the same packed layout and unsigned-shift
+/// correction (what `vpdpbusd` computes lane by lane). Lets the layout be tested on
+/// machines without AVX-512 VNNI.
+#[cfg(test)]
+pub(super) fn emulate(
+    a: &[i8],
+    m: usize,
+    lda: usize,
+    p: &Packed,
+    n: usize,
+    k: usize,
+    c: &mut [i32],
+) {
+    let kq = p.kq;
+    let ks = astride(kq);
+    let mut arow = vec![0u8; ks];
+    for i in 0..m {
+        shift_row(a, i * lda, k, &mut arow);
+        for j in 0..n {
+            let (q, lane) = (j / 16, j % 16);
+            let mut acc = 0i32;
+            for t in 0..kq {
+                let bv = &p.data[q * kq + t].0[lane * 4..lane * 4 + 4];
+                for u in 0..4 {
+                    acc = acc.wrapping_add(arow[4 * t + u] as i32 * bv[u] as i32);
+                }
+            }
+            c[i * n + j] = acc.wrapping_sub(p.corr[j]);
+        }
+    }
+}

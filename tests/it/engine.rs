@@ -1,0 +1,131 @@
+//! The integer engine against a float "fake-quant" simulation of the same parameters.
+
+use crate::util::{f32t, safetensors_bytes, Rng};
+use proptest::prelude::*;
+use qscope::config::{ActSettings, WeightSettings};
+use qscope::engine::{float, IntModel};
+use qscope::model::load_model_bytes;
+use qscope::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
+use qscope::quant::weights::quantize_weights;
+use qscope::{ClipRange, Granularity, Model, QParams, Scheme, Strategy};
+
+fn act_quant(range: ClipRange, bits: u8, scheme: Scheme) -> ActQuant {
+    ActQuant {
+        settings: ActSettings {
+            bits,
+            scheme,
+            strategy: Strategy::MinMax,
+            percentile: 99.99,
+            range: None,
+        },
+        range,
+        qparams: QParams::from_range(range, bits, scheme),
+    }
+}
+
+fn minmax(v: &[f32]) -> ClipRange {
+    let lo = v.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    ClipRange::new(lo, hi)
+}
+
+/// A random one-layer model (linear or conv, maybe followed by relu) from `rng`.
+fn random_layer(rng: &mut Rng) -> (Model, usize) {
+    let relu = rng.below(2) == 0;
+    let relu_toml = if relu { "\n[[layers]]\nop = \"relu\"\n" } else { "" };
+    if rng.below(2) == 0 {
+        let (inp, out) = (1 + rng.below(70), 1 + rng.below(20));
+        let w = rng.vec(out * inp, -1.0, 1.0);
+        let b = rng.vec(out, -0.5, 0.5);
+        let spec = format!("input_shape = [{inp}]\n[[layers]]\nname = \"l\"\nop = \"linear\"\nweight = \"w\"\nbias = \"b\"\n{relu_toml}");
+        let bytes = safetensors_bytes(&[f32t("w", &[out, inp], &w), f32t("b", &[out], &b)], Some(&spec));
+        (load_model_bytes("random", "random", &bytes, None).unwrap(), inp)
+    } else {
+        let (c, o, k) = (1 + rng.below(3), 1 + rng.below(5), 1 + rng.below(3));
+        let (h, w_) = (k + rng.below(6), k + rng.below(6));
+        let (s, p) = (1 + rng.below(2), rng.below(2));
+        let w = rng.vec(o * c * k * k, -1.0, 1.0);
+        let b = rng.vec(o, -0.5, 0.5);
+        let spec = format!(
+            "input_shape = [{c}, {h}, {w_}]\n[[layers]]\nname = \"l\"\nop = \"conv2d\"\nweight = \"w\"\nbias = \"b\"\nstride = {s}\npadding = {p}\n{relu_toml}"
+        );
+        let bytes = safetensors_bytes(&[f32t("w", &[o, c, k, k], &w), f32t("b", &[o], &b)], Some(&spec));
+        (load_model_bytes("random", "random", &bytes, None).unwrap(), c * h * w_)
+    }
+}
+
+fn check_one(seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let (model, in_len) = random_layer(&mut rng);
+    let n = 1 + rng.below(6);
+    let x = rng.vec(n * in_len, -2.0, 3.0);
+    let schemes = [Scheme::Symmetric, Scheme::Asymmetric];
+    let (wb, ab) = (2 + rng.below(7) as u8, 2 + rng.below(7) as u8);
+    let granularity = [Granularity::PerTensor, Granularity::PerChannel, Granularity::Group(1 + rng.below(8))][rng.below(3)];
+    let wsettings = WeightSettings {
+        bits: wb,
+        scheme: schemes[rng.below(2)],
+        granularity,
+        strategy: Strategy::MinMax,
+        percentile: 99.99,
+        clip: None,
+    };
+    let (w, rows, cols) = model.layers[0].op.weight_rows().unwrap();
+    let qw = quantize_weights(w, rows, cols, &wsettings);
+    let input = act_quant(minmax(&x), ab, schemes[rng.below(2)]);
+
+    // The fake-quant simulation: quantize-dequantize the input, dequantized weights, f32 layer.
+    let xq: Vec<f32> = x.iter().map(|&v| input.qparams.fake_quant(v)).collect();
+    let mut sim_model = qscope::pipeline::with_quantized_weights(&model, &[Some(WeightQuant { settings: wsettings, q: qw.clone() })]);
+    // The bias is an i32 at scale s_in · (the row's largest weight scale): simulate that too.
+    let bias = match &mut sim_model.layers[0].op {
+        qscope::model::Op::Linear { bias, .. } | qscope::model::Op::Conv2d { bias, .. } => bias,
+        _ => unreachable!(),
+    };
+    for (r, b) in bias.iter_mut().enumerate() {
+        let s_ref = (0..qw.groups()).map(|g| qw.param(r, g).scale as f64).fold(0.0, f64::max);
+        let unit = input.qparams.scale as f64 * s_ref;
+        *b = ((*b as f64 / unit).round() * unit) as f32;
+    }
+    let y = float::forward(&sim_model, &xq, n, |_, _| {});
+    let out = act_quant(minmax(&y), ab, schemes[rng.below(2)]);
+    let sim: Vec<f32> = y.iter().map(|&v| out.qparams.fake_quant(v)).collect();
+
+    let params = ModelParams {
+        input,
+        layers: vec![LayerParams {
+            name: "l".into(),
+            index: 0,
+            weight: Some(WeightQuant { settings: wsettings, q: qw }),
+            act: Some(out.clone()),
+        }],
+    };
+    let got = IntModel::new(&model, &params).forward(&x, n, |_, _| {});
+    assert_eq!(got.len(), sim.len());
+    let step = out.qparams.scale;
+    for (i, (g, s)) in got.iter().zip(&sim).enumerate() {
+        assert!(
+            (g - s).abs() <= step * 1.0001 + 1e-6,
+            "seed {seed}: element {i}: integer {g} vs fake-quant {s} (step {step}, W{wb} A{ab} {granularity})"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn integer_layer_equals_fake_quant_within_one_step(seed in any::<u64>()) {
+        check_one(seed);
+    }
+}
+
+#[test]
+fn whole_bundled_cnn_runs_in_integers_close_to_fake_quant() {
+    // The per-layer error stays bounded through a whole network: int vs float within a few %.
+    let model = qscope::bundled::model("mnist-cnn").unwrap();
+    let calib = qscope::bundled::calib().take(64);
+    let eval = qscope::bundled::test().take(64);
+    let out = qscope::pipeline::run(&model, &calib, &eval, &Default::default(), &Default::default()).unwrap();
+    assert!(out.report.output_sqnr_db.unwrap() > 25.0, "{:?}", out.report.output_sqnr_db);
+}
+

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: tiny models and data sets written as safetensors.
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+pub struct T {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// An F32 tensor.
+pub fn f32t(name: &str, shape: &[usize], v: &[f32]) -> T {
+    T {
+        name: name.into(),
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// A U8 tensor.
+pub fn u8t(name: &str, shape: &[usize], v: &[u8]) -> T {
+    T {
+        name: name.into(),
+        dtype: Dtype::U8,
+        shape: shape.to_vec(),
+        bytes: v.to_vec(),
+    }
+}
+
+/// Serializes tensors (and optional `qscope.spec` metadata) to safetensors bytes.
+pub fn safetensors_bytes(tensors: &[T], spec: Option<&str>) -> Vec<u8> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap()))
+        .collect();
+    let meta = spec.map(|s| HashMap::from([("qscope.spec".to_string(), s.to_string())]));
+    safetensors::serialize(views, meta).unwrap()
+}
+
+/// A deterministic pseudo-random generator (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Writes bytes to a file in `dir` and returns its path.
+pub fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Runs the qscope binary; returns (exit success, stdout, stderr).
+pub fn qscope(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qscope"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
