@@ -2,7 +2,7 @@
 //! (`--params`) become a [`QuantConfig`] whose `[layers.NAME]` overrides reproduce their
 //! settings, so that a change made afterwards re-calibrates from the same settings.
 
-use crate::config::{ActSettings, LayerOverride, QuantConfig, INPUT_POINT};
+use crate::config::{ActSettings, INPUT_POINT, LayerOverride, QuantConfig};
 use crate::params::{ActQuant, ModelParams};
 use crate::quant::Strategy;
 
@@ -71,7 +71,7 @@ impl ModelParams {
 #[cfg(test)]
 mod tests {
     use crate::config::QuantConfig;
-    use crate::pipeline::{run, Cancel};
+    use crate::pipeline::{Cancel, run};
     use crate::quant::Strategy;
 
     #[test]
@@ -91,7 +91,11 @@ mod tests {
             assert_eq!(back.act_settings(name), config.act_settings(name), "{name}");
         }
         for name in ["fc1", "fc2"] {
-            assert_eq!(back.weight_settings(name), config.weight_settings(name), "{name}");
+            assert_eq!(
+                back.weight_settings(name),
+                config.weight_settings(name),
+                "{name}"
+            );
         }
         assert_eq!(back.keep_float, vec!["fc3".to_string()]);
     }

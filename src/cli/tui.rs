@@ -1,7 +1,7 @@
 //! `qscope` / `qscope tui`: the interactive explorer. Refuses to start without a terminal.
 
 use super::args::Common;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use std::io::IsTerminal;
 
 /// Runs the terminal UI on the model and data that `c` names (the bundled MLP by default).
@@ -9,7 +9,11 @@ pub fn main(c: &Common) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!(
             "the interactive UI needs a terminal, and {} is not one; for a report without a terminal use `qscope eval` (add --json for JSON)",
-            if std::io::stdout().is_terminal() { "stdin" } else { "stdout" }
+            if std::io::stdout().is_terminal() {
+                "stdin"
+            } else {
+                "stdout"
+            }
         );
     }
     run(c)
@@ -18,7 +22,14 @@ pub fn main(c: &Common) -> Result<()> {
 #[cfg(feature = "tui")]
 fn run(c: &Common) -> Result<()> {
     let s = super::setup::setup(c)?;
-    let seed = s.params.map(|p| (p, c.params.as_ref().map_or(String::new(), |f| f.display().to_string())));
+    let seed = s.params.map(|p| {
+        (
+            p,
+            c.params
+                .as_ref()
+                .map_or(String::new(), |f| f.display().to_string()),
+        )
+    });
     qscope::tui::run(s.model, s.calib, s.eval, s.config, seed)?;
     Ok(())
 }

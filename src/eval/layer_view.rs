@@ -131,7 +131,12 @@ fn finish(hist: &Histogram, clip: Option<ClipRange>, clipped: u64, bins: usize) 
         hi,
         counts: hist.rebin(bins, lo, hi),
         clip,
-        clip_bins: clip.map(|c| (bin_of(c.lo as f64, lo, hi, bins), bin_of(c.hi as f64, lo, hi, bins))),
+        clip_bins: clip.map(|c| {
+            (
+                bin_of(c.lo as f64, lo, hi, bins),
+                bin_of(c.hi as f64, lo, hi, bins),
+            )
+        }),
         clipped,
         total: hist.count(),
         stats: hist.stats(),
@@ -158,12 +163,24 @@ fn clipped_in_row(values: &[f32], params: &[QParams], group: usize) -> u64 {
 
 /// The envelope of several intervals.
 fn envelope(ranges: impl Iterator<Item = ClipRange>) -> ClipRange {
-    let (lo, hi) = ranges.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| (lo.min(r.lo), hi.max(r.hi)));
-    if lo > hi { ClipRange::new(0.0, 0.0) } else { ClipRange::new(lo, hi) }
+    let (lo, hi) = ranges.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
+        (lo.min(r.lo), hi.max(r.hi))
+    });
+    if lo > hi {
+        ClipRange::new(0.0, 0.0)
+    } else {
+        ClipRange::new(lo, hi)
+    }
 }
 
 /// A weight matrix `[rows, cols]` (row-major, float) with its quantization `wq`.
-pub fn weight_view(w: &[f32], rows: usize, cols: usize, wq: &WeightQuant, bins: usize) -> WeightView {
+pub fn weight_view(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    wq: &WeightQuant,
+    bins: usize,
+) -> WeightView {
     let q = &wq.q;
     let groups = q.groups();
     let gs = q.group_size().max(1);
@@ -188,7 +205,8 @@ pub fn weight_view(w: &[f32], rows: usize, cols: usize, wq: &WeightQuant, bins: 
             channels.push(finish(&hist, Some(clip), clipped, bins));
         }
     }
-    let tensor_clip = (q.granularity == Granularity::PerTensor).then(|| clip_limits(&q.params[0]).0);
+    let tensor_clip =
+        (q.granularity == Granularity::PerTensor).then(|| clip_limits(&q.params[0]).0);
     WeightView {
         granularity: q.granularity,
         rows,
@@ -201,7 +219,12 @@ pub fn weight_view(w: &[f32], rows: usize, cols: usize, wq: &WeightQuant, bins: 
 
 /// The views of every quantization point of a run: the network input first, then each weight
 /// layer in network order (`params.layers` order). `bins` is the number of bins to draw.
-pub fn layer_views(model: &Model, params: &ModelParams, calibration: Option<&Calibration>, bins: usize) -> Vec<LayerView> {
+pub fn layer_views(
+    model: &Model,
+    params: &ModelParams,
+    calibration: Option<&Calibration>,
+    bins: usize,
+) -> Vec<LayerView> {
     let bins = bins.max(1);
     let mut out = Vec::with_capacity(params.layers.len() + 1);
     out.push(LayerView {
@@ -257,7 +280,9 @@ mod tests {
         assert_eq!(v.ranges.iter().map(|r| r.clipped).sum::<u64>(), 0);
         assert_eq!(v.channels.len(), 2);
         assert!(v.tensor.clip.is_none());
-        assert!((v.ranges[1].clip.hi - 1.4).abs() < 1e-5 && (v.ranges[1].clip.lo + 1.4).abs() < 1e-5);
+        assert!(
+            (v.ranges[1].clip.hi - 1.4).abs() < 1e-5 && (v.ranges[1].clip.lo + 1.4).abs() < 1e-5
+        );
 
         // Half the range: row 0 keeps ±0.35 (step 0.05), so 0.7 is clipped and -0.35 is not;
         // row 1 keeps ±0.7, so 1.4 and -1.0 are clipped.

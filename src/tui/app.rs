@@ -6,8 +6,8 @@ use super::action::Action;
 use super::event::Event;
 use super::keymap::action_for;
 use super::ui;
-use super::worker::{Computed, Job, SensitivityCell, WorkerMsg, SENSITIVITY_BITS};
-use crate::config::{QuantConfig, INPUT_POINT};
+use super::worker::{Computed, Job, SENSITIVITY_BITS, SensitivityCell, WorkerMsg};
+use crate::config::{INPUT_POINT, QuantConfig};
 use crate::model::Model;
 use crate::params::ModelParams;
 use crate::quant::{ClipRange, Granularity, Scheme, Strategy};
@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Percentiles that `p`/`P` step through.
-pub const PERCENTILES: [f64; 10] = [90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 100.0];
+pub const PERCENTILES: [f64; 10] = [
+    90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 100.0,
+];
 /// Granularities that `g` cycles through.
 pub const GRANULARITIES: [Granularity; 4] = [
     Granularity::PerChannel,
@@ -138,8 +140,10 @@ pub struct App {
     pub channel: usize,
     /// The latest generation sent to the worker.
     pub generation: u64,
-    /// When the latest job was sent.
+    /// When the latest change (or re-run) was sent.
     pub sent_at: Option<Instant>,
+    /// The latest job only redraws the shown result at a new size.
+    pub view_only: bool,
     /// The last result of the latest-or-earlier generation.
     pub shown: Option<Shown>,
     /// The error of the latest generation, if it failed.
@@ -161,12 +165,22 @@ pub struct App {
 }
 
 fn shape_str(shape: &[usize]) -> String {
-    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
 }
 
 impl App {
     /// A UI over `model` with `config`; `seed` is loaded parameters and the file they came from.
-    pub fn new(model: &Model, calib_samples: usize, eval_samples: usize, config: QuantConfig, seed: Option<(ModelParams, String)>) -> App {
+    pub fn new(
+        model: &Model,
+        calib_samples: usize,
+        eval_samples: usize,
+        config: QuantConfig,
+        seed: Option<(ModelParams, String)>,
+    ) -> App {
         let mut rows = vec![RowInfo {
             name: INPUT_POINT.to_string(),
             op: "input".into(),
@@ -211,6 +225,7 @@ impl App {
             channel: 0,
             generation: 0,
             sent_at: None,
+            view_only: false,
             shown: None,
             failed: None,
             sens: vec![[None; 2]; layers],
@@ -235,7 +250,9 @@ impl App {
 
     /// Whether the shown result is the latest generation's.
     pub fn is_current(&self) -> bool {
-        self.shown.as_ref().is_some_and(|s| s.generation == self.generation)
+        self.shown
+            .as_ref()
+            .is_some_and(|s| s.generation == self.generation)
     }
 
     /// Whether a job is out whose result has not arrived.
@@ -260,8 +277,13 @@ impl App {
     fn submit(&mut self, rerun: bool) -> Effect {
         self.generation += 1;
         self.sent_at = Some(Instant::now());
+        self.view_only = false;
         self.failed = None;
-        let seed = self.seed.as_ref().filter(|(c, _, _)| *c == self.config).map(|(_, p, _)| p.clone());
+        let seed = self
+            .seed
+            .as_ref()
+            .filter(|(c, _, _)| *c == self.config)
+            .map(|(_, p, _)| p.clone());
         Effect::Submit(Job {
             generation: self.generation,
             config: self.config.clone(),
@@ -305,8 +327,22 @@ impl App {
         self.size = (w, h);
         self.keep_visible();
         match &self.shown {
-            Some(s) if self.bins() != before && s.computed.views.iter().any(|v| v.act.is_some() || v.weight.is_some()) => {
-                vec![self.submit(false)]
+            Some(s)
+                if self.bins() != before
+                    && s.computed
+                        .views
+                        .iter()
+                        .any(|v| v.act.is_some() || v.weight.is_some()) =>
+            {
+                // With nothing else pending only the drawing changes: the figures keep the time
+                // they were computed at and how long their run took.
+                let redraw_only =
+                    s.generation == self.generation && s.computed.report.config == self.config;
+                let sent_at = self.sent_at;
+                let e = self.submit(false);
+                self.view_only = redraw_only;
+                self.sent_at = sent_at;
+                vec![e]
             }
             _ => Vec::new(),
         }
@@ -315,7 +351,13 @@ impl App {
     fn mouse(&mut self, m: MouseEvent) -> Vec<Effect> {
         match m.kind {
             MouseEventKind::Down(MouseButton::Left) => {
-                match ui::row_at(ui::full(self.size), self.rows.len(), self.offset, m.column, m.row) {
+                match ui::row_at(
+                    ui::full(self.size),
+                    self.rows.len(),
+                    self.offset,
+                    m.column,
+                    m.row,
+                ) {
                     Some(i) => self.update(Action::Select(i)),
                     None => Vec::new(),
                 }
@@ -332,11 +374,17 @@ impl App {
                 if generation != self.generation {
                     return Vec::new(); // outdated: never shown as current
                 }
-                let took = self.sent_at.map_or(result.compute, |t| t.elapsed());
+                let (at, took) = match (&self.shown, self.view_only) {
+                    (Some(prev), true) => (prev.at, prev.took),
+                    _ => (
+                        Instant::now(),
+                        self.sent_at.map_or(result.compute, |t| t.elapsed()),
+                    ),
+                };
                 self.shown = Some(Shown {
                     generation,
                     computed: *result,
-                    at: Instant::now(),
+                    at,
                     took,
                 });
                 self.failed = None;
@@ -384,14 +432,21 @@ impl App {
             }
             _ => {
                 self.export_pending = true;
-                self.say(format!("exporting to {} when the run finishes…", self.export_path.display()));
+                self.say(format!(
+                    "exporting to {} when the run finishes…",
+                    self.export_path.display()
+                ));
                 Vec::new()
             }
         }
     }
 
     fn keep_visible(&mut self) {
-        let visible = ui::layout(ui::full(self.size), self.rows.len()).map_or(1, |a| ui::table_rows(a.table)).max(1);
+        let Some(a) = ui::layout(ui::full(self.size), self.rows.len()) else {
+            return;
+        };
+        let visible = ui::table_rows(a.table).max(1);
+        self.offset = self.offset.min(self.rows.len().saturating_sub(visible));
         if self.selected < self.offset {
             self.offset = self.selected;
         } else if self.selected >= self.offset + visible {
@@ -506,23 +561,39 @@ impl App {
         }
     }
 
-    fn apply_edit(&self, c: &mut QuantConfig, name: &str, action: Action) -> Result<String, String> {
+    fn apply_edit(
+        &self,
+        c: &mut QuantConfig,
+        name: &str,
+        action: Action,
+    ) -> Result<String, String> {
         let is_input = name == INPUT_POINT;
         let side = self.focus;
         let weights = side == Side::Weights;
         if weights && is_input && !matches!(action, Action::ApplyToAll) {
-            return Err("the network input has no weights: press Tab to edit its activations".into());
+            return Err(
+                "the network input has no weights: press Tab to edit its activations".into(),
+            );
         }
         if c.is_float(name) && !matches!(action, Action::ToggleFloat | Action::ApplyToAll) {
             return Err(format!("{name} is kept in float: press f to quantize it"));
         }
-        let what = if weights { format!("{name} weights") } else { format!("{name} activations") };
+        let what = if weights {
+            format!("{name} weights")
+        } else {
+            format!("{name} activations")
+        };
         match action {
             Action::BitsUp | Action::BitsDown => {
                 let up = action == Action::BitsUp;
-                let cur = if weights { c.weight_settings(name).bits } else { c.act_settings(name).bits };
+                let cur = if weights {
+                    c.weight_settings(name).bits
+                } else {
+                    c.act_settings(name).bits
+                };
                 let new = if up { cur + 1 } else { cur - 1 };
-                if !(crate::quant::scheme::MIN_BITS..=crate::quant::scheme::MAX_BITS).contains(&new) {
+                if !(crate::quant::scheme::MIN_BITS..=crate::quant::scheme::MAX_BITS).contains(&new)
+                {
                     return Err(format!("{what}: already {cur} bits (2–8)"));
                 }
                 let o = c.layer_mut(name);
@@ -543,7 +614,11 @@ impl App {
                 let all = Strategy::CHOOSABLE;
                 let i = all.iter().position(|&s| s == cur).unwrap_or(0);
                 let n = all.len();
-                let new = all[if action == Action::NextStrategy { (i + 1) % n } else { (i + n - 1) % n }];
+                let new = all[if action == Action::NextStrategy {
+                    (i + 1) % n
+                } else {
+                    (i + n - 1) % n
+                }];
                 let o = c.layer_mut(name);
                 if weights {
                     o.weight_strategy = Some(new);
@@ -559,12 +634,19 @@ impl App {
                     return Err("granularity applies to weights: press Tab to edit them".into());
                 }
                 let cur = c.weight_settings(name).granularity;
-                let i = GRANULARITIES.iter().position(|&g| g == cur).map_or(0, |i| (i + 1) % GRANULARITIES.len());
+                let i = GRANULARITIES
+                    .iter()
+                    .position(|&g| g == cur)
+                    .map_or(0, |i| (i + 1) % GRANULARITIES.len());
                 c.layer_mut(name).granularity = Some(GRANULARITIES[i]);
                 Ok(format!("{what}: {}", GRANULARITIES[i]))
             }
             Action::ToggleScheme => {
-                let cur = if weights { c.weight_settings(name).scheme } else { c.act_settings(name).scheme };
+                let cur = if weights {
+                    c.weight_settings(name).scheme
+                } else {
+                    c.act_settings(name).scheme
+                };
                 let new = match cur {
                     Scheme::Symmetric => Scheme::Asymmetric,
                     Scheme::Asymmetric => Scheme::Symmetric,
@@ -585,7 +667,9 @@ impl App {
                     PERCENTILES.iter().rev().copied().find(|&p| p < cur - 1e-9)
                 };
                 let Some(new) = new else {
-                    return Err(format!("{name}: percentile is already {cur} (range 90–100)"));
+                    return Err(format!(
+                        "{name}: percentile is already {cur} (range 90–100)"
+                    ));
                 };
                 let o = c.layer_mut(name);
                 o.percentile = Some(new);
@@ -599,18 +683,27 @@ impl App {
                 Ok(format!("{what}: percentile {new}"))
             }
             Action::Narrow | Action::Widen => {
-                let f = if action == Action::Narrow { NARROW } else { WIDEN };
+                let f = if action == Action::Narrow {
+                    NARROW
+                } else {
+                    WIDEN
+                };
                 if weights {
                     let cur = c.layer(name).weight_clip.unwrap_or(1.0);
                     let new = cur * f;
                     c.layer_mut(name).weight_clip = Some(new);
-                    Ok(format!("{what}: manual, ×{new:.3} the {} ranges", c.weight_settings(name).strategy))
+                    Ok(format!(
+                        "{what}: manual, ×{new:.3} the {} ranges",
+                        c.weight_settings(name).strategy
+                    ))
                 } else {
                     let base = match c.layer(name).act_range {
                         Some([lo, hi]) => ClipRange::new(lo, hi),
-                        None => self
-                            .current_act_range(name)
-                            .ok_or_else(|| format!("{what}: the range is not known yet; wait for the run to finish"))?,
+                        None => self.current_act_range(name).ok_or_else(|| {
+                            format!(
+                                "{what}: the range is not known yet; wait for the run to finish"
+                            )
+                        })?,
                     };
                     let r = base.scaled(f);
                     c.layer_mut(name).act_range = Some([r.lo, r.hi]);
@@ -619,11 +712,19 @@ impl App {
             }
             Action::ResetRange => {
                 let o = c.layer_mut(name);
-                let had = if weights { o.weight_clip.take() } else { o.act_range.take().map(|_| 0.0) };
+                let had = if weights {
+                    o.weight_clip.take()
+                } else {
+                    o.act_range.take().map(|_| 0.0)
+                };
                 if had.is_none() {
                     return Err(format!("{what}: already the strategy's range"));
                 }
-                let s = if weights { c.weight_settings(name).strategy } else { c.act_settings(name).strategy };
+                let s = if weights {
+                    c.weight_settings(name).strategy
+                } else {
+                    c.act_settings(name).strategy
+                };
                 Ok(format!("{what}: back to the {s} range"))
             }
             Action::ToggleFloat => {

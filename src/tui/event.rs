@@ -2,9 +2,9 @@
 
 use super::worker::WorkerMsg;
 use crossterm::event::{self as ct, KeyEvent, MouseEvent};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,23 +25,29 @@ pub enum Event {
 
 /// Reads terminal events until `stop` is set or the receiver is gone, sending a `Tick` whenever
 /// `tick` passes without input.
-pub fn spawn_input(tx: Sender<Event>, stop: Arc<AtomicBool>, tick: Duration) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("qscope-input".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let ev = match ct::poll(tick) {
-                Ok(true) => match ct::read() {
-                    Ok(ct::Event::Key(k)) => Event::Key(k),
-                    Ok(ct::Event::Mouse(m)) => Event::Mouse(m),
-                    Ok(ct::Event::Resize(w, h)) => Event::Resize(w, h),
-                    Ok(_) => continue,
+pub fn spawn_input(
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    tick: Duration,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("qscope-input".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let ev = match ct::poll(tick) {
+                    Ok(true) => match ct::read() {
+                        Ok(ct::Event::Key(k)) => Event::Key(k),
+                        Ok(ct::Event::Mouse(m)) => Event::Mouse(m),
+                        Ok(ct::Event::Resize(w, h)) => Event::Resize(w, h),
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    },
+                    Ok(false) => Event::Tick,
                     Err(_) => break,
-                },
-                Ok(false) => Event::Tick,
-                Err(_) => break,
-            };
-            if tx.send(ev).is_err() {
-                break;
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
             }
-        }
-    })
+        })
 }

@@ -39,33 +39,164 @@ pub struct Binding {
 
 /// Every key of the UI.
 pub const KEYMAP: &[Binding] = &[
-    Binding { keys: &[code(KeyCode::Up), ch('k')], label: "↑ / k", action: Action::SelectPrev, desc: "select the layer above" },
-    Binding { keys: &[code(KeyCode::Down), ch('j')], label: "↓ / j", action: Action::SelectNext, desc: "select the layer below" },
-    Binding { keys: &[code(KeyCode::Tab), code(KeyCode::BackTab)], label: "Tab", action: Action::ToggleFocus, desc: "edit weights ↔ activations" },
-    Binding { keys: &[ch('s')], label: "s", action: Action::NextStrategy, desc: "next strategy (minmax percentile kl mse aciq)" },
-    Binding { keys: &[ch('S')], label: "S", action: Action::PrevStrategy, desc: "previous strategy" },
-    Binding { keys: &[ch('b')], label: "b", action: Action::BitsUp, desc: "one bit more (2–8)" },
-    Binding { keys: &[ch('B')], label: "B", action: Action::BitsDown, desc: "one bit less" },
-    Binding { keys: &[ch('g')], label: "g", action: Action::CycleGranularity, desc: "weight granularity: per-channel, per-tensor, group:128, group:32" },
-    Binding { keys: &[ch('m')], label: "m", action: Action::ToggleScheme, desc: "scheme: symmetric ↔ asymmetric" },
-    Binding { keys: &[ch('p')], label: "p", action: Action::PercentileUp, desc: "percentile up (strategy becomes percentile)" },
-    Binding { keys: &[ch('P')], label: "P", action: Action::PercentileDown, desc: "percentile down" },
-    Binding { keys: &[ch('[')], label: "[", action: Action::Narrow, desc: "narrow the clipping range by 5% (manual)" },
-    Binding { keys: &[ch(']')], label: "]", action: Action::Widen, desc: "widen the clipping range by 5% (manual)" },
-    Binding { keys: &[ch('=')], label: "=", action: Action::ResetRange, desc: "back to the strategy's range" },
-    Binding { keys: &[ch('f')], label: "f", action: Action::ToggleFloat, desc: "keep the layer in float / quantize it" },
-    Binding { keys: &[ch('a')], label: "a", action: Action::ApplyToAll, desc: "apply the selected layer's settings to all" },
-    Binding { keys: &[ch('u')], label: "u", action: Action::Undo, desc: "undo the last change" },
-    Binding { keys: &[ch('r')], label: "r", action: Action::Rerun, desc: "re-run" },
-    Binding { keys: &[ch('x')], label: "x", action: Action::Export, desc: "export the current parameters (JSON)" },
-    Binding { keys: &[ch('l')], label: "l", action: Action::ToggleLog, desc: "log-scale counts" },
-    Binding { keys: &[code(KeyCode::Left), ch('<'), ch(',')], label: "← / ,", action: Action::PrevChannel, desc: "previous weight channel" },
-    Binding { keys: &[code(KeyCode::Right), ch('>'), ch('.')], label: "→ / .", action: Action::NextChannel, desc: "next weight channel" },
-    Binding { keys: &[ch('c')], label: "c", action: Action::CycleWeightView, desc: "weights: channel histogram → range plot → whole tensor" },
-    Binding { keys: &[ch('?'), code(KeyCode::F(1))], label: "?", action: Action::ToggleHelp, desc: "this help" },
-    Binding { keys: &[code(KeyCode::Esc)], label: "Esc", action: Action::Close, desc: "close the help" },
     Binding {
-        keys: &[ch('q'), Key { code: KeyCode::Char('c'), ctrl: true }],
+        keys: &[code(KeyCode::Up), ch('k')],
+        label: "↑ / k",
+        action: Action::SelectPrev,
+        desc: "select the layer above",
+    },
+    Binding {
+        keys: &[code(KeyCode::Down), ch('j')],
+        label: "↓ / j",
+        action: Action::SelectNext,
+        desc: "select the layer below",
+    },
+    Binding {
+        keys: &[code(KeyCode::Tab), code(KeyCode::BackTab)],
+        label: "Tab",
+        action: Action::ToggleFocus,
+        desc: "edit weights ↔ activations",
+    },
+    Binding {
+        keys: &[ch('s')],
+        label: "s",
+        action: Action::NextStrategy,
+        desc: "next strategy (minmax percentile kl mse aciq)",
+    },
+    Binding {
+        keys: &[ch('S')],
+        label: "S",
+        action: Action::PrevStrategy,
+        desc: "previous strategy",
+    },
+    Binding {
+        keys: &[ch('b')],
+        label: "b",
+        action: Action::BitsUp,
+        desc: "one bit more (2–8)",
+    },
+    Binding {
+        keys: &[ch('B')],
+        label: "B",
+        action: Action::BitsDown,
+        desc: "one bit less",
+    },
+    Binding {
+        keys: &[ch('g')],
+        label: "g",
+        action: Action::CycleGranularity,
+        desc: "weight granularity: per-channel, per-tensor, group:128, group:32",
+    },
+    Binding {
+        keys: &[ch('m')],
+        label: "m",
+        action: Action::ToggleScheme,
+        desc: "scheme: symmetric ↔ asymmetric",
+    },
+    Binding {
+        keys: &[ch('p')],
+        label: "p",
+        action: Action::PercentileUp,
+        desc: "percentile up (strategy becomes percentile)",
+    },
+    Binding {
+        keys: &[ch('P')],
+        label: "P",
+        action: Action::PercentileDown,
+        desc: "percentile down",
+    },
+    Binding {
+        keys: &[ch('[')],
+        label: "[",
+        action: Action::Narrow,
+        desc: "narrow the clipping range by 5% (manual)",
+    },
+    Binding {
+        keys: &[ch(']')],
+        label: "]",
+        action: Action::Widen,
+        desc: "widen the clipping range by 5% (manual)",
+    },
+    Binding {
+        keys: &[ch('=')],
+        label: "=",
+        action: Action::ResetRange,
+        desc: "back to the strategy's range",
+    },
+    Binding {
+        keys: &[ch('f')],
+        label: "f",
+        action: Action::ToggleFloat,
+        desc: "keep the layer in float / quantize it",
+    },
+    Binding {
+        keys: &[ch('a')],
+        label: "a",
+        action: Action::ApplyToAll,
+        desc: "apply the selected layer's settings to all",
+    },
+    Binding {
+        keys: &[ch('u')],
+        label: "u",
+        action: Action::Undo,
+        desc: "undo the last change",
+    },
+    Binding {
+        keys: &[ch('r')],
+        label: "r",
+        action: Action::Rerun,
+        desc: "re-run",
+    },
+    Binding {
+        keys: &[ch('x')],
+        label: "x",
+        action: Action::Export,
+        desc: "export the current parameters (JSON)",
+    },
+    Binding {
+        keys: &[ch('l')],
+        label: "l",
+        action: Action::ToggleLog,
+        desc: "log-scale counts",
+    },
+    Binding {
+        keys: &[code(KeyCode::Left), ch('<'), ch(',')],
+        label: "← / ,",
+        action: Action::PrevChannel,
+        desc: "previous weight channel",
+    },
+    Binding {
+        keys: &[code(KeyCode::Right), ch('>'), ch('.')],
+        label: "→ / .",
+        action: Action::NextChannel,
+        desc: "next weight channel",
+    },
+    Binding {
+        keys: &[ch('c')],
+        label: "c",
+        action: Action::CycleWeightView,
+        desc: "weights: channel histogram → range plot → whole tensor",
+    },
+    Binding {
+        keys: &[ch('?'), code(KeyCode::F(1))],
+        label: "?",
+        action: Action::ToggleHelp,
+        desc: "this help",
+    },
+    Binding {
+        keys: &[code(KeyCode::Esc)],
+        label: "Esc",
+        action: Action::Close,
+        desc: "close the help",
+    },
+    Binding {
+        keys: &[
+            ch('q'),
+            Key {
+                code: KeyCode::Char('c'),
+                ctrl: true,
+            },
+        ],
         label: "q / Ctrl-c",
         action: Action::Quit,
         desc: "quit",
@@ -103,11 +234,26 @@ mod tests {
     #[test]
     fn keys_dispatch_with_and_without_shift_and_ctrl() {
         let k = |c, m| KeyEvent::new(KeyCode::Char(c), m);
-        assert_eq!(action_for(&k('b', KeyModifiers::NONE)), Some(Action::BitsUp));
-        assert_eq!(action_for(&k('B', KeyModifiers::SHIFT)), Some(Action::BitsDown));
-        assert_eq!(action_for(&k('c', KeyModifiers::CONTROL)), Some(Action::Quit));
-        assert_eq!(action_for(&k('c', KeyModifiers::NONE)), Some(Action::CycleWeightView));
-        assert_eq!(action_for(&KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)), Some(Action::SelectNext));
+        assert_eq!(
+            action_for(&k('b', KeyModifiers::NONE)),
+            Some(Action::BitsUp)
+        );
+        assert_eq!(
+            action_for(&k('B', KeyModifiers::SHIFT)),
+            Some(Action::BitsDown)
+        );
+        assert_eq!(
+            action_for(&k('c', KeyModifiers::CONTROL)),
+            Some(Action::Quit)
+        );
+        assert_eq!(
+            action_for(&k('c', KeyModifiers::NONE)),
+            Some(Action::CycleWeightView)
+        );
+        assert_eq!(
+            action_for(&KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)),
+            Some(Action::SelectNext)
+        );
         assert_eq!(action_for(&k('z', KeyModifiers::NONE)), None);
     }
 }

@@ -18,10 +18,10 @@ use crate::config::QuantConfig;
 use crate::model::{Dataset, Model};
 use crate::params::ModelParams;
 use app::{App, Effect};
-use event::{spawn_input, Event};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use event::{Event, spawn_input};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 use terminal::Tui;
 use worker::{SessionEngine, Worker};
@@ -31,7 +31,13 @@ pub const TICK: Duration = Duration::from_millis(250);
 
 /// Runs the UI until the user quits. `seed` is parameters loaded with `--params` and the file
 /// they came from. The terminal is restored on return, on error and on a panic.
-pub fn run(model: Model, calib: Dataset, eval: Dataset, config: QuantConfig, seed: Option<(ModelParams, String)>) -> std::io::Result<()> {
+pub fn run(
+    model: Model,
+    calib: Dataset,
+    eval: Dataset,
+    config: QuantConfig,
+    seed: Option<(ModelParams, String)>,
+) -> std::io::Result<()> {
     let mut app = App::new(&model, calib.n, eval.n, config, seed);
     let export_model = model.clone();
     let mut tui = Tui::enter()?;
@@ -54,14 +60,21 @@ fn perform(effects: Vec<Effect>, app: &mut App, worker: &Worker, model: &Model) 
             Effect::Submit(job) => worker.submit(job),
             Effect::Export { path, params } => {
                 let shown = std::path::absolute(&path).unwrap_or(path.clone());
-                let r = crate::export::save_params(&path, model, &params).map_err(|e| e.to_string());
+                let r =
+                    crate::export::save_params(&path, model, &params).map_err(|e| e.to_string());
                 app.exported(&shown, r);
             }
         }
     }
 }
 
-fn event_loop(tui: &mut Tui, app: &mut App, worker: &Worker, rx: &Receiver<Event>, model: &Model) -> std::io::Result<()> {
+fn event_loop(
+    tui: &mut Tui,
+    app: &mut App,
+    worker: &Worker,
+    rx: &Receiver<Event>,
+    model: &Model,
+) -> std::io::Result<()> {
     let first = app.start();
     perform(first, app, worker, model);
     while !app.quit {

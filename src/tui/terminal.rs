@@ -5,10 +5,12 @@
 
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture};
 use crossterm::execute;
-use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
-use ratatui::backend::CrosstermBackend;
+use crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
 use ratatui::Terminal;
-use std::io::{stdout, Stdout};
+use ratatui::backend::CrosstermBackend;
+use std::io::{Stdout, stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 use std::thread::ThreadId;
@@ -26,7 +28,12 @@ pub fn take_panic_location() -> Option<String> {
 /// Leaves the UI mode if it is on (safe to call more than once).
 pub fn restore() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
-        let _ = execute!(stdout(), DisableMouseCapture, LeaveAlternateScreen, crossterm::cursor::Show);
+        let _ = execute!(
+            stdout(),
+            DisableMouseCapture,
+            LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
         let _ = disable_raw_mode();
     }
 }
@@ -38,7 +45,9 @@ fn install_panic_hook() {
             let ui = *UI_THREAD.lock().unwrap_or_else(|e| e.into_inner());
             let on_ui = ui == Some(std::thread::current().id());
             if ACTIVE.load(Ordering::SeqCst) && !on_ui {
-                let loc = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+                let loc = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
                 *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = loc;
                 return;
             }

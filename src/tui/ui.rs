@@ -6,11 +6,11 @@ use super::widgets::{help::Help, histogram::HistogramWidget, ranges::RangePlot};
 use crate::eval::layer_view::HistView;
 use crate::quant::calib::Stats;
 use crate::quant::{ClipRange, Granularity};
+use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, Wrap};
-use ratatui::Frame;
 
 /// The smallest terminal the layout fits in.
 pub const MIN_W: u16 = 100;
@@ -58,7 +58,8 @@ pub fn layout(area: Rect, rows: usize) -> Option<Areas> {
         Constraint::Length(1),
     ])
     .areas(area);
-    let [weights, acts] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(panels);
+    let [weights, acts] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(panels);
     Some(Areas {
         title,
         results,
@@ -118,11 +119,22 @@ fn range_str(r: ClipRange) -> String {
 }
 
 fn clipped_str(v: &HistView) -> String {
-    format!("clipped {} of {} ({:.2}%)", v.clipped, v.total, v.clipped_share() * 100.0)
+    format!(
+        "clipped {}/{} ({:.2}%)",
+        v.clipped,
+        v.total,
+        v.clipped_share() * 100.0
+    )
 }
 
 fn stats_line(s: &Stats) -> Line<'static> {
-    let item = |k: &'static str, v: String| vec![Span::styled(k, Style::new().fg(Color::DarkGray)), Span::raw(v), Span::raw("  ")];
+    let item = |k: &'static str, v: String| {
+        vec![
+            Span::styled(k, Style::new().fg(Color::DarkGray)),
+            Span::raw(v),
+            Span::raw("  "),
+        ]
+    };
     Line::from(
         [
             item("min ", num(s.min as f64)),
@@ -165,22 +177,42 @@ pub fn render(app: &App, f: &mut Frame) {
 fn too_small(f: &mut Frame, area: Rect) {
     let text = vec![
         Line::from("qscope: the terminal is too small".bold()),
-        Line::from(format!("it is {}×{}; the layout needs at least {MIN_W}×{MIN_H}", area.width, area.height)),
+        Line::from(format!(
+            "it is {}×{}; the layout needs at least {MIN_W}×{MIN_H}",
+            area.width, area.height
+        )),
         Line::from("enlarge the window, or press q to quit"),
     ];
     let y = area.height.saturating_sub(3) / 2;
-    let r = Rect::new(area.x, area.y + y, area.width, area.height.saturating_sub(y).min(3));
-    f.render_widget(Paragraph::new(text).alignment(Alignment::Center).wrap(Wrap { trim: true }), r);
+    let r = Rect::new(
+        area.x,
+        area.y + y,
+        area.width,
+        area.height.saturating_sub(y).min(3),
+    );
+    f.render_widget(
+        Paragraph::new(text)
+            .alignment(Alignment::Center)
+            .wrap(Wrap { trim: true }),
+        r,
+    );
 }
 
 fn title(app: &App, f: &mut Frame, r: Rect) {
-    let kernel = app.shown.as_ref().map(|s| s.computed.report.kernel.clone()).unwrap_or_else(|| "…".into());
+    let kernel = app
+        .shown
+        .as_ref()
+        .map(|s| s.computed.report.kernel.clone())
+        .unwrap_or_else(|| "…".into());
     let side = match app.focus {
         Side::Weights => "weights",
         Side::Activations => "activations",
     };
     let line = Line::from(vec![
-        Span::styled(" qscope ", Style::new().fg(Color::Black).bg(Color::Cyan).bold()),
+        Span::styled(
+            " qscope ",
+            Style::new().fg(Color::Black).bg(Color::Cyan).bold(),
+        ),
         Span::raw(format!(
             " {} · calib {} · eval {} · kernel {} · editing ",
             app.model, app.calib_samples, app.eval_samples, kernel
@@ -206,7 +238,11 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         return;
     };
     let current = app.is_current();
-    let fig = if current { Style::new().bold() } else { Style::new().add_modifier(Modifier::DIM) };
+    let fig = if current {
+        Style::new().bold()
+    } else {
+        Style::new().add_modifier(Modifier::DIM)
+    };
     let rep = &s.computed.report;
     let delta = match (rep.fp32_accuracy, rep.quant_accuracy) {
         (Some(a), Some(b)) => format!("{:+.2} pts", (b - a) * 100.0),
@@ -229,7 +265,10 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
     let state = if current {
         Span::styled("● current", Style::new().fg(Color::Green).bold())
     } else if app.failed.is_some() {
-        Span::styled("✗ last run failed; showing the one before", Style::new().fg(Color::Red).bold())
+        Span::styled(
+            "✗ last run failed; showing the one before",
+            Style::new().fg(Color::Red).bold(),
+        )
     } else {
         Span::styled("◌ recomputing…", Style::new().fg(Color::Yellow).bold())
     };
@@ -246,7 +285,10 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         )),
     ];
     if let Some(l) = app.loaded_label() {
-        spans.push(Span::styled(format!(" · parameters loaded from {l}"), Style::new().fg(Color::Magenta)));
+        spans.push(Span::styled(
+            format!(" · parameters loaded from {l}"),
+            Style::new().fg(Color::Magenta),
+        ));
     }
     f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), inner);
 }
@@ -258,7 +300,19 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
     let dim = Style::new().add_modifier(Modifier::DIM);
     let fig_style = if current.is_some() { Style::new() } else { dim };
     let header = Row::new([
-        "", "layer", "op", "shape", "W/A", "gran", "W strategy", "A strategy", "W SQNR", "A SQNR", "int8", "int4", "Δ4 pts",
+        "",
+        "layer",
+        "op",
+        "shape",
+        "W/A",
+        "gran",
+        "W strategy",
+        "A strategy",
+        "W SQNR",
+        "A SQNR",
+        "int8",
+        "int4",
+        "Δ4 pts",
     ])
     .style(Style::new().fg(Color::DarkGray).bold());
     let visible = table_rows(r);
@@ -276,12 +330,26 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
             let w = c.weight_settings(name);
             let rep = shown.and_then(|s| s.computed.report.layers.iter().find(|l| &l.name == name));
             let (bits, gran, wstrat, astrat) = if !row.weights {
-                (format!("-/{}", a.bits), "-".into(), "-".into(), a.strategy.to_string())
+                (
+                    format!("-/{}", a.bits),
+                    "-".into(),
+                    "-".into(),
+                    a.strategy.to_string(),
+                )
             } else if float {
                 ("float".into(), "-".into(), "-".into(), "-".into())
             } else {
-                let ws = if w.clip.is_some() { "manual".into() } else { w.strategy.to_string() };
-                (format!("{}/{}", w.bits, a.bits), gran_short(w.granularity), ws, a.strategy.to_string())
+                let ws = if w.clip.is_some() {
+                    "manual".into()
+                } else {
+                    w.strategy.to_string()
+                };
+                (
+                    format!("{}/{}", w.bits, a.bits),
+                    gran_short(w.granularity),
+                    ws,
+                    a.strategy.to_string(),
+                )
             };
             let sens = |k: usize| -> Cell {
                 if !row.weights {
@@ -295,19 +363,29 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
                 }
             };
             let d4 = match app.sens.get(i.wrapping_sub(1)).map(|s| (s[0], s[1])) {
-                Some((Some(s4), Some(s8))) if row.weights => match (s4.cell.accuracy, s8.cell.accuracy) {
-                    (Some(x), Some(y)) => {
-                        let d = (x - y) * 100.0;
-                        let color = if d > -0.5 { Color::Green } else if d > -2.0 { Color::Yellow } else { Color::Red };
-                        let style = if s4.generation == app.generation && s8.generation == app.generation {
-                            Style::new().fg(color)
-                        } else {
-                            dim
-                        };
-                        Cell::from(format!("{d:+.2}")).style(style)
+                Some((Some(s4), Some(s8))) if row.weights => {
+                    match (s4.cell.accuracy, s8.cell.accuracy) {
+                        (Some(x), Some(y)) => {
+                            let d = (x - y) * 100.0;
+                            let color = if d > -0.5 {
+                                Color::Green
+                            } else if d > -2.0 {
+                                Color::Yellow
+                            } else {
+                                Color::Red
+                            };
+                            let style = if s4.generation == app.generation
+                                && s8.generation == app.generation
+                            {
+                                Style::new().fg(color)
+                            } else {
+                                dim
+                            };
+                            Cell::from(format!("{d:+.2}")).style(style)
+                        }
+                        _ => Cell::from("-"),
                     }
-                    _ => Cell::from("-"),
-                },
+                }
                 _ => Cell::from(""),
             };
             let mut style = Style::new();
@@ -315,7 +393,8 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
                 style = style.bg(Color::DarkGray).add_modifier(Modifier::BOLD);
             }
             Row::new(vec![
-                Cell::from(if marked { "*" } else { " " }).style(Style::new().fg(Color::Yellow).bold()),
+                Cell::from(if marked { "*" } else { " " })
+                    .style(Style::new().fg(Color::Yellow).bold()),
                 Cell::from(name.clone()),
                 Cell::from(row.op.clone()),
                 Cell::from(row.shape.clone()),
@@ -337,8 +416,20 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
             .style(style)
         })
         .collect();
-    let name_w = app.rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(5).clamp(5, 16) as u16;
-    let shape_w = app.rows.iter().map(|r| r.shape.chars().count()).max().unwrap_or(5).clamp(5, 14) as u16;
+    let name_w = app
+        .rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 16) as u16;
+    let shape_w = app
+        .rows
+        .iter()
+        .map(|r| r.shape.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 14) as u16;
     let widths = [
         Constraint::Length(1),
         Constraint::Length(name_w),
@@ -354,30 +445,68 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
         Constraint::Length(6),
         Constraint::Length(6),
     ];
-    let more = if app.rows.len() > visible { format!(" ({}–{} of {})", app.offset + 1, (app.offset + visible).min(app.rows.len()), app.rows.len()) } else { String::new() };
+    let more = if app.rows.len() > visible {
+        format!(
+            " ({}–{} of {})",
+            app.offset + 1,
+            (app.offset + visible).min(app.rows.len()),
+            app.rows.len()
+        )
+    } else {
+        String::new()
+    };
     let block = Block::bordered().title(format!(" Layers{more} · * differs from the defaults · int8/int4: accuracy with that layer's weights alone at 8/4 bits "));
-    f.render_widget(Table::new(rows, widths).header(header).block(block).column_spacing(1), r);
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(block)
+            .column_spacing(1),
+        r,
+    );
 }
 
 fn panel_block(title: String, focused: bool) -> Block<'static> {
     let (style, mark) = if focused {
-        (Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD), "▶ ")
+        (
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            "▶ ",
+        )
     } else {
         (Style::new().fg(Color::Gray), "")
     };
-    Block::new().borders(Borders::ALL).border_style(style).title(format!(" {mark}{title} "))
+    Block::new()
+        .borders(Borders::ALL)
+        .border_style(style)
+        .title(format!(" {mark}{title} "))
 }
 
 /// Info line, histogram, stats line inside `inner`.
 fn hist_body(f: &mut Frame, inner: Rect, info: Line<'static>, v: &HistView, app: &App, dim: bool) {
-    let [info_r, plot, stats_r] = Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(inner);
+    let [info_r, plot, stats_r] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(inner);
     f.render_widget(Paragraph::new(info), info_r);
-    f.render_widget(HistogramWidget { view: v, log: app.log_scale, dim }, plot);
+    f.render_widget(
+        HistogramWidget {
+            view: v,
+            log: app.log_scale,
+            dim,
+        },
+        plot,
+    );
     f.render_widget(Paragraph::new(stats_line(&v.stats)), stats_r);
 }
 
 fn message(f: &mut Frame, inner: Rect, text: String) {
-    f.render_widget(Paragraph::new(text).fg(Color::DarkGray).wrap(Wrap { trim: true }), inner);
+    f.render_widget(
+        Paragraph::new(text)
+            .fg(Color::DarkGray)
+            .wrap(Wrap { trim: true }),
+        inner,
+    );
 }
 
 fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
@@ -388,54 +517,115 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
     let float = c.is_float(name);
     let strat = match w.clip {
         Some(k) => format!("manual ×{k:.3} of {}", w.strategy),
-        None if w.strategy == crate::quant::Strategy::Percentile => format!("percentile {}", w.percentile),
+        None if w.strategy == crate::quant::Strategy::Percentile => {
+            format!("percentile {}", w.percentile)
+        }
         None => w.strategy.to_string(),
     };
     let title = if !row.weights || float {
         format!("Weights · {name}")
     } else {
-        format!("Weights · {name} · int{} {} {} {}", w.bits, w.scheme, w.granularity, strat)
+        format!(
+            "Weights · {name} · int{} {} {} {}",
+            w.bits, w.scheme, w.granularity, strat
+        )
     };
-    let block = panel_block(title, app.focus == Side::Weights);
+    let mut block = panel_block(title, app.focus == Side::Weights);
+    if row.weights && !float {
+        block = block.title_bottom(
+            Line::from(" ←/→ channel · c view · [ ] clip · l log ").fg(Color::DarkGray),
+        );
+    }
     let inner = block.inner(r);
     f.render_widget(block, r);
     if !row.weights {
-        return message(f, inner, "the network input has no weights; Tab edits its activations".into());
+        return message(
+            f,
+            inner,
+            "the network input has no weights; Tab edits its activations".into(),
+        );
     }
     if float {
-        return message(f, inner, format!("{name} is kept in float (f quantizes it)"));
+        return message(
+            f,
+            inner,
+            format!("{name} is kept in float (f quantizes it)"),
+        );
     }
     let Some(s) = &app.shown else {
         return message(f, inner, "waiting for the first run…".into());
     };
-    let Some(v) = s.computed.views.get(app.selected).and_then(|v| v.weight.as_ref()) else {
-        return message(f, inner, "no weights in this result (it is being recomputed)".into());
+    let Some(v) = s
+        .computed
+        .views
+        .get(app.selected)
+        .and_then(|v| v.weight.as_ref())
+    else {
+        return message(
+            f,
+            inner,
+            "no weights in this result (it is being recomputed)".into(),
+        );
     };
     let dim = !app.is_current();
     let ch = app.channel.min(v.rows.saturating_sub(1));
-    let mode = if v.granularity == Granularity::PerTensor { WeightMode::Tensor } else { app.weight_mode };
-    let hint = Span::styled(" (c: view)", Style::new().fg(Color::DarkGray));
+    let mode = if v.granularity == Granularity::PerTensor {
+        WeightMode::Tensor
+    } else {
+        app.weight_mode
+    };
     match mode {
         WeightMode::Channel if !v.channels.is_empty() => {
             let h = &v.channels[ch];
-            let groups = if let Granularity::Group(n) = v.granularity { format!(" envelope of groups of {n}") } else { String::new() };
+            let groups = if let Granularity::Group(n) = v.granularity {
+                format!(" envelope of groups of {n}")
+            } else {
+                String::new()
+            };
             let info = Line::from(vec![
-                Span::styled(format!("channel {}/{} (←/→)", ch + 1, v.rows), Style::new().bold()),
-                Span::raw(format!(" · clip{groups} {} · {}", h.clip.map_or("-".into(), range_str), clipped_str(h))),
-                hint,
+                Span::styled(
+                    format!("channel {}/{}", ch + 1, v.rows),
+                    Style::new().bold(),
+                ),
+                Span::raw(format!(
+                    " · clip{groups} {} · {}",
+                    h.clip.map_or("-".into(), range_str),
+                    clipped_str(h)
+                )),
             ]);
             hist_body(f, inner, info, h, app, dim);
         }
         WeightMode::Ranges if !v.ranges.is_empty() => {
-            let [info_r, plot, stats_r] = Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(inner);
+            let [info_r, plot, stats_r] = Layout::vertical([
+                Constraint::Length(1),
+                Constraint::Min(3),
+                Constraint::Length(1),
+            ])
+            .areas(inner);
             let cr = v.ranges[ch];
             let info = Line::from(vec![
-                Span::styled(format!("ranges of {} channels", v.rows), Style::new().bold()),
-                Span::raw(format!(" · channel {}: [{}, {}] clip {} · {}", ch + 1, num(cr.min as f64), num(cr.max as f64), range_str(cr.clip), clipped_str(&v.tensor))),
-                hint,
+                Span::styled(
+                    format!("ranges of {} channels", v.rows),
+                    Style::new().bold(),
+                ),
+                Span::raw(format!(
+                    " · channel {}: [{}, {}] clip {} · {}",
+                    ch + 1,
+                    num(cr.min as f64),
+                    num(cr.max as f64),
+                    range_str(cr.clip),
+                    clipped_str(&v.tensor)
+                )),
             ]);
             f.render_widget(Paragraph::new(info), info_r);
-            f.render_widget(RangePlot { ranges: &v.ranges, selected: ch, dim }, plot);
+            f.render_widget(
+                RangePlot {
+                    ranges: &v.ranges,
+                    selected: ch,
+                    dim,
+                },
+                plot,
+            );
             f.render_widget(Paragraph::new(stats_line(&v.tensor.stats)), stats_r);
         }
         _ => {
@@ -447,7 +637,6 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
                     h.clip.map_or_else(|| "one per channel".into(), range_str),
                     clipped_str(h)
                 )),
-                if v.granularity == Granularity::PerTensor { Span::raw("") } else { hint },
             ]);
             hist_body(f, inner, info, h, app, dim);
         }
@@ -463,18 +652,39 @@ fn act_panel(app: &App, f: &mut Frame, r: Rect) {
         crate::quant::Strategy::Percentile => format!("percentile {}", a.percentile),
         s => s.to_string(),
     };
-    let what = if app.rows[app.selected].weights { format!("{name} output") } else { name.to_string() };
-    let title = if float { format!("Activations · {what}") } else { format!("Activations · {what} · int{} {} {}", a.bits, a.scheme, strat) };
-    let block = panel_block(title, app.focus == Side::Activations);
+    let what = if app.rows[app.selected].weights {
+        format!("{name} output")
+    } else {
+        name.to_string()
+    };
+    let title = if float {
+        format!("Activations · {what}")
+    } else {
+        format!(
+            "Activations · {what} · int{} {} {}",
+            a.bits, a.scheme, strat
+        )
+    };
+    let block = panel_block(title, app.focus == Side::Activations)
+        .title_bottom(Line::from(" [ ] clip by hand · = reset · l log ").fg(Color::DarkGray));
     let inner = block.inner(r);
     f.render_widget(block, r);
     if float {
-        return message(f, inner, format!("{name} is kept in float (f quantizes it)"));
+        return message(
+            f,
+            inner,
+            format!("{name} is kept in float (f quantizes it)"),
+        );
     }
     let Some(s) = &app.shown else {
         return message(f, inner, "waiting for the first run…".into());
     };
-    let Some(v) = s.computed.views.get(app.selected).and_then(|v| v.act.as_ref()) else {
+    let Some(v) = s
+        .computed
+        .views
+        .get(app.selected)
+        .and_then(|v| v.act.as_ref())
+    else {
         let why = if s.computed.loaded {
             "no calibration histogram: the parameters were loaded, not calibrated; a change re-calibrates"
         } else {
@@ -483,16 +693,26 @@ fn act_panel(app: &App, f: &mut Frame, r: Rect) {
         return message(f, inner, why.into());
     };
     let info = Line::from(vec![
-        Span::styled("calibration set", Style::new().bold()),
-        Span::raw(format!(" · clip {} · {}", v.clip.map_or("-".into(), range_str), clipped_str(v))),
+        Span::styled("calibration", Style::new().bold()),
+        Span::raw(format!(
+            " · clip {} · {}",
+            v.clip.map_or("-".into(), range_str),
+            clipped_str(v)
+        )),
     ]);
     hist_body(f, inner, info, v, app, !app.is_current());
 }
 
 fn status(app: &App, f: &mut Frame, r: Rect) {
     let line = match &app.status {
-        Some(s) if s.error => Line::from(Span::styled(format!(" ✗ {}", s.text), Style::new().fg(Color::Red).bold())),
-        Some(s) => Line::from(Span::styled(format!(" {}", s.text), Style::new().fg(Color::Green))),
+        Some(s) if s.error => Line::from(Span::styled(
+            format!(" ✗ {}", s.text),
+            Style::new().fg(Color::Red).bold(),
+        )),
+        Some(s) => Line::from(Span::styled(
+            format!(" {}", s.text),
+            Style::new().fg(Color::Green),
+        )),
         None => Line::from(Span::styled(
             format!(
                 " ↑↓ select · Tab side · s strategy · b/B bits · p/P percentile · [ ] clip · = reset · u undo · x export → {} · ? help",

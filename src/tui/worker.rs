@@ -6,15 +6,15 @@
 //! the UI's one event channel, tagged with their generation.
 
 use super::event::Event;
+use crate::Report;
 use crate::config::QuantConfig;
 use crate::error::Error;
-use crate::eval::layer_view::{layer_views, LayerView};
-use crate::eval::sensitivity::{with_layer_bits, Target};
+use crate::eval::layer_view::{LayerView, layer_views};
+use crate::eval::sensitivity::{Target, with_layer_bits};
 use crate::model::{Dataset, Model};
 use crate::params::ModelParams;
-use crate::pipeline::{evaluate_params, Cancel, Outcome, Session};
-use crate::Report;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use crate::pipeline::{Cancel, Outcome, Session, evaluate_params};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -139,33 +139,38 @@ impl Worker {
     pub fn spawn<E: Engine>(mut engine: E, tx: Sender<Event>) -> std::io::Result<Worker> {
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        let thread = std::thread::Builder::new().name("qscope-worker".into()).spawn(move || {
-            loop {
-                let (job, cancel) = {
-                    let mut slot = lock(&sh);
-                    while slot.pending.is_none() && !slot.shutdown {
-                        slot = sh.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+        let thread = std::thread::Builder::new()
+            .name("qscope-worker".into())
+            .spawn(move || {
+                loop {
+                    let (job, cancel) = {
+                        let mut slot = lock(&sh);
+                        while slot.pending.is_none() && !slot.shutdown {
+                            slot = sh.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if slot.shutdown {
+                            return;
+                        }
+                        let cancel = Cancel::new();
+                        slot.running = Some(cancel.clone());
+                        (slot.pending.take().expect("checked above"), cancel)
+                    };
+                    let mut emit = |m: WorkerMsg| {
+                        let _ = tx.send(Event::Worker(m));
+                    };
+                    let r = catch_unwind(AssertUnwindSafe(|| engine.run(&job, &cancel, &mut emit)));
+                    if let Err(payload) = r {
+                        emit(WorkerMsg::Failed {
+                            generation: job.generation,
+                            msg: format!(
+                                "the worker panicked: {}",
+                                panic_message(payload.as_ref())
+                            ),
+                        });
                     }
-                    if slot.shutdown {
-                        return;
-                    }
-                    let cancel = Cancel::new();
-                    slot.running = Some(cancel.clone());
-                    (slot.pending.take().expect("checked above"), cancel)
-                };
-                let mut emit = |m: WorkerMsg| {
-                    let _ = tx.send(Event::Worker(m));
-                };
-                let r = catch_unwind(AssertUnwindSafe(|| engine.run(&job, &cancel, &mut emit)));
-                if let Err(payload) = r {
-                    emit(WorkerMsg::Failed {
-                        generation: job.generation,
-                        msg: format!("the worker panicked: {}", panic_message(payload.as_ref())),
-                    });
+                    lock(&sh).running = None;
                 }
-                lock(&sh).running = None;
-            }
-        })?;
+            })?;
         Ok(Worker {
             shared,
             thread: Some(thread),
@@ -237,7 +242,10 @@ impl SessionEngine {
         let (outcome, loaded) = match &job.seed {
             Some(p) => {
                 let m = &self.main;
-                (evaluate_params(&m.model, p.clone(), &m.eval, &job.config, true, cancel)?, true)
+                (
+                    evaluate_params(&m.model, p.clone(), &m.eval, &job.config, true, cancel)?,
+                    true,
+                )
             }
             None => (self.main.run(&job.config, cancel)?, false),
         };
@@ -246,12 +254,18 @@ impl SessionEngine {
     }
 
     fn sensitivity(&mut self, job: &Job, cancel: &Cancel, emit: &mut dyn FnMut(WorkerMsg)) {
-        let Some((config, outcome, _)) = &self.last else { return };
+        let Some((config, outcome, _)) = &self.last else {
+            return;
+        };
         if !matches!(&self.sens_cache, Some((c, _)) if c == config) {
             self.sens_cache = Some((config.clone(), Vec::new()));
         }
         let model = &self.main.model;
-        let names: Vec<String> = model.weight_layers().iter().map(|&i| model.layers[i].name.clone()).collect();
+        let names: Vec<String> = model
+            .weight_layers()
+            .iter()
+            .map(|&i| model.layers[i].name.clone())
+            .collect();
         for bits in SENSITIVITY_BITS {
             for (layer, name) in names.iter().enumerate() {
                 if cancel.is_cancelled() {
@@ -261,10 +275,15 @@ impl SessionEngine {
                 let cell = match cache.iter().find(|c| c.layer == layer && c.bits == bits) {
                     Some(c) => *c,
                     None => {
-                        let (accuracy, agreement) = if !config.is_float(name) && config.weight_settings(name).bits == bits {
+                        let (accuracy, agreement) = if !config.is_float(name)
+                            && config.weight_settings(name).bits == bits
+                        {
                             (outcome.report.quant_accuracy, outcome.report.agreement)
                         } else {
-                            match self.sens.run(&with_layer_bits(config, name, bits, Target::Weights), cancel) {
+                            match self.sens.run(
+                                &with_layer_bits(config, name, bits, Target::Weights),
+                                cancel,
+                            ) {
                                 Ok(o) => (o.report.quant_accuracy, o.report.agreement),
                                 Err(_) => return,
                             }
@@ -303,7 +322,12 @@ impl Engine for SessionEngine {
             }
         }
         let (_, outcome, loaded) = self.last.as_ref().expect("main_run filled it");
-        let views = layer_views(&self.main.model, &outcome.params, outcome.calibration.as_ref(), job.bins);
+        let views = layer_views(
+            &self.main.model,
+            &outcome.params,
+            outcome.calibration.as_ref(),
+            job.bins,
+        );
         emit(WorkerMsg::Done {
             generation: job.generation,
             result: Box::new(Computed {

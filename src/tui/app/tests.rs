@@ -1,6 +1,6 @@
 use super::*;
 use crate::eval::layer_view::layer_views;
-use crate::pipeline::{run, Cancel};
+use crate::pipeline::{Cancel, run};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent};
 
 fn model() -> Model {
@@ -14,7 +14,11 @@ fn app() -> App {
 }
 
 fn key(c: char) -> Event {
-    let m = if c.is_ascii_uppercase() { KeyModifiers::SHIFT } else { KeyModifiers::NONE };
+    let m = if c.is_ascii_uppercase() {
+        KeyModifiers::SHIFT
+    } else {
+        KeyModifiers::NONE
+    };
     Event::Key(KeyEvent::new(KeyCode::Char(c), m))
 }
 
@@ -35,7 +39,14 @@ fn jobs(effects: &[Effect]) -> Vec<&Job> {
 /// A real result for `config` on a few samples.
 fn computed(config: &QuantConfig) -> Box<Computed> {
     let m = model();
-    let out = run(&m, &crate::bundled::calib().take(64), &crate::bundled::test().take(64), config, &Cancel::new()).unwrap();
+    let out = run(
+        &m,
+        &crate::bundled::calib().take(64),
+        &crate::bundled::test().take(64),
+        config,
+        &Cancel::new(),
+    )
+    .unwrap();
     Box::new(Computed {
         views: layer_views(&m, &out.params, out.calibration.as_ref(), 32),
         report: out.report,
@@ -56,7 +67,10 @@ fn done(app: &App, generation: u64) -> Event {
 fn starts_on_the_first_layer_and_sends_generation_one() {
     let mut app = app();
     assert_eq!(app.selected_name(), "fc1");
-    assert_eq!(app.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["input", "fc1", "fc2", "fc3"]);
+    assert_eq!(
+        app.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["input", "fc1", "fc2", "fc3"]
+    );
     assert_eq!(app.rows[1].shape, "256×784");
     let e = app.start();
     let j = jobs(&e);
@@ -98,7 +112,10 @@ fn a_key_sequence_gives_the_expected_config_and_one_job_per_change() {
     assert_eq!(app.config.keep_float, ["fc3"]);
     // What the config file would hold.
     let toml = toml::to_string(&app.config.layers).unwrap();
-    assert!(toml.contains("[fc1]") && toml.contains("weight_bits = 4"), "{toml}");
+    assert!(
+        toml.contains("[fc1]") && toml.contains("weight_bits = 4"),
+        "{toml}"
+    );
     // Undo walks back one change at a time.
     press(&mut app, "uuuuu");
     assert_eq!(app.config.act_settings("fc2").bits, 7);
@@ -113,24 +130,47 @@ fn a_stale_result_is_discarded_and_only_the_latest_counts() {
     let old = done(&app, 1);
     press(&mut app, "B"); // generation 2
     app.handle(old);
-    assert!(app.shown.is_none(), "a result of generation 1 must not be shown once 2 is out");
+    assert!(
+        app.shown.is_none(),
+        "a result of generation 1 must not be shown once 2 is out"
+    );
     assert!(app.is_running());
     app.handle(done(&app, 2));
     assert!(app.is_current());
-    assert_eq!(app.shown.as_ref().unwrap().computed.report.layers[0].weight_bits, Some(7));
+    assert_eq!(
+        app.shown.as_ref().unwrap().computed.report.layers[0].weight_bits,
+        Some(7)
+    );
     // A newer change makes the shown result not current, and a failure of an old job is ignored.
     press(&mut app, "B"); // generation 3
     assert!(!app.is_current());
-    app.handle(Event::Worker(WorkerMsg::Failed { generation: 2, msg: "old".into() }));
+    app.handle(Event::Worker(WorkerMsg::Failed {
+        generation: 2,
+        msg: "old".into(),
+    }));
     assert!(app.failed.is_none());
-    app.handle(Event::Worker(WorkerMsg::Failed { generation: 3, msg: "the worker panicked: boom".into() }));
+    app.handle(Event::Worker(WorkerMsg::Failed {
+        generation: 3,
+        msg: "the worker panicked: boom".into(),
+    }));
     assert_eq!(app.failed.as_deref(), Some("the worker panicked: boom"));
     assert!(app.status.as_ref().unwrap().text.contains("boom"));
     // Sensitivity figures of old generations are dropped too.
-    let cell = SensitivityCell { layer: 0, bits: 4, accuracy: Some(0.9), agreement: Some(0.9) };
-    app.handle(Event::Worker(WorkerMsg::Sensitivity { generation: 2, cell }));
+    let cell = SensitivityCell {
+        layer: 0,
+        bits: 4,
+        accuracy: Some(0.9),
+        agreement: Some(0.9),
+    };
+    app.handle(Event::Worker(WorkerMsg::Sensitivity {
+        generation: 2,
+        cell,
+    }));
     assert!(app.sens[0][0].is_none());
-    app.handle(Event::Worker(WorkerMsg::Sensitivity { generation: 3, cell }));
+    app.handle(Event::Worker(WorkerMsg::Sensitivity {
+        generation: 3,
+        cell,
+    }));
     assert_eq!(app.sens[0][0].unwrap().cell, cell);
 }
 
@@ -139,9 +179,23 @@ fn narrowing_an_activation_range_starts_from_the_strategy_range_and_resets() {
     let mut app = app();
     app.start();
     app.focus = Side::Activations;
-    assert!(press(&mut app, "[").is_empty(), "no range known before the first result");
+    assert!(
+        press(&mut app, "[").is_empty(),
+        "no range known before the first result"
+    );
     app.handle(done(&app, 1));
-    let range = app.shown.as_ref().unwrap().computed.params.by_name("fc1").unwrap().act.as_ref().unwrap().range;
+    let range = app
+        .shown
+        .as_ref()
+        .unwrap()
+        .computed
+        .params
+        .by_name("fc1")
+        .unwrap()
+        .act
+        .as_ref()
+        .unwrap()
+        .range;
     let e = press(&mut app, "[");
     let [lo, hi] = jobs(&e)[0].config.layer("fc1").act_range.unwrap();
     assert!((hi - range.hi * 0.95).abs() < 1e-6 && (lo - range.lo * 0.95).abs() < 1e-6);
@@ -193,7 +247,11 @@ fn apply_to_all_makes_the_layer_settings_global() {
     for n in ["fc1", "fc2", "fc3"] {
         assert_eq!(c.weight_settings(n).bits, 4, "{n}");
     }
-    assert_eq!(c.layer("fc2").act_range, Some([0.0, 1.0]), "hand-set ranges stay");
+    assert_eq!(
+        c.layer("fc2").act_range,
+        Some([0.0, 1.0]),
+        "hand-set ranges stay"
+    );
     assert!(!c.layers.contains_key("fc1"));
 }
 
@@ -207,7 +265,9 @@ fn the_input_row_has_only_activations_and_clicks_select_rows() {
     app.focus = Side::Activations;
     let e = press(&mut app, "B");
     assert_eq!(jobs(&e)[0].config.act_settings("input").bits, 7);
-    let t = ui::layout(ui::full(app.size), app.rows.len()).unwrap().table;
+    let t = ui::layout(ui::full(app.size), app.rows.len())
+        .unwrap()
+        .table;
     let click = |y| {
         Event::Mouse(MouseEvent {
             kind: MouseEventKind::Down(MouseButton::Left),
@@ -239,7 +299,10 @@ fn help_toggles_and_any_key_closes_it_without_acting() {
 fn a_resize_asks_for_histograms_of_the_new_width() {
     let mut app = app();
     app.start();
-    assert!(app.resize(150, 40).is_empty(), "nothing to redraw before a result");
+    assert!(
+        app.resize(150, 40).is_empty(),
+        "nothing to redraw before a result"
+    );
     app.handle(done(&app, 1));
     let e = app.resize(120, 40);
     let j = jobs(&e);

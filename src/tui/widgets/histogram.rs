@@ -25,7 +25,11 @@ fn eighths(v: f64, max: f64, rows: u16, log: bool) -> usize {
     if v <= 0.0 || max <= 0.0 {
         return 0;
     }
-    let frac = if log { (1.0 + v).ln() / (1.0 + max).ln() } else { v / max };
+    let frac = if log {
+        (1.0 + v).ln() / (1.0 + max).ln()
+    } else {
+        v / max
+    };
     ((frac * rows as f64 * 8.0).round() as usize).max(1)
 }
 
@@ -39,10 +43,18 @@ impl Widget for HistogramWidget<'_> {
         let max = v.max_count();
         let n = v.counts.len().min(area.width as usize);
         let inside = |i: usize| v.clip_bins.is_none_or(|(a, b)| i >= a && i <= b);
-        let base = if self.dim { Style::new().add_modifier(Modifier::DIM) } else { Style::new() };
+        let base = if self.dim {
+            Style::new().add_modifier(Modifier::DIM)
+        } else {
+            Style::new()
+        };
         for (i, &c) in v.counts.iter().take(n).enumerate() {
             let x = area.x + i as u16;
-            let color = if inside(i) { Color::Cyan } else { Color::LightRed };
+            let color = if inside(i) {
+                Color::Cyan
+            } else {
+                Color::LightRed
+            };
             let h = eighths(c, max, rows, self.log);
             let marker = v.clip_bins.is_some_and(|(a, b)| i == a || i == b);
             for r in 0..rows {
@@ -64,7 +76,9 @@ impl Widget for HistogramWidget<'_> {
                 Some(_) => ("─", Color::LightRed),
                 None => ("─", Color::DarkGray),
             };
-            buf[(x, axis_y)].set_symbol(sym).set_style(base.fg(color).add_modifier(Modifier::BOLD));
+            buf[(x, axis_y)]
+                .set_symbol(sym)
+                .set_style(base.fg(color).add_modifier(Modifier::BOLD));
         }
         let label_y = area.y + rows + 1;
         let w = n as u16;
@@ -75,7 +89,11 @@ impl Widget for HistogramWidget<'_> {
         if w as usize > lo.chars().count() + hi.chars().count() + 1 {
             buf.set_string(area.x + w - hi.chars().count() as u16, label_y, &hi, style);
         }
-        let mid = if self.log { "counts: log (l)" } else { "counts: linear (l)" };
+        let mid = if self.log {
+            "counts: log (l)"
+        } else {
+            "counts: linear (l)"
+        };
         if (w as usize) > lo.len() + hi.len() + mid.len() + 4 {
             buf.set_string(area.x + (w - mid.len() as u16) / 2, label_y, mid, style);
         }

@@ -34,10 +34,17 @@ impl Widget for RangePlot<'_> {
             return;
         }
         let rows = area.height - 1;
-        let (lo, hi) = self.ranges.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
-            (lo.min(r.min).min(r.clip.lo), hi.max(r.max).max(r.clip.hi))
-        });
-        let (lo, hi) = if hi > lo { (lo as f64, hi as f64) } else { (lo as f64 - 0.5, hi as f64 + 0.5) };
+        let (lo, hi) = self
+            .ranges
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
+                (lo.min(r.min).min(r.clip.lo), hi.max(r.max).max(r.clip.hi))
+            });
+        let (lo, hi) = if hi > lo {
+            (lo as f64, hi as f64)
+        } else {
+            (lo as f64 - 0.5, hi as f64 + 0.5)
+        };
         let width = area.width as usize;
         let n = self.ranges.len();
         let start = first_channel(self.selected, n, width);
@@ -45,26 +52,33 @@ impl Widget for RangePlot<'_> {
             let t = (hi - v as f64) / (hi - lo) * rows as f64;
             (t.floor().max(0.0) as u16).min(rows - 1)
         };
-        let value_at = |r: u16| hi - (r as f64 + 0.5) / rows as f64 * (hi - lo);
-        let base = if self.dim { Style::new().add_modifier(Modifier::DIM) } else { Style::new() };
+        let base = if self.dim {
+            Style::new().add_modifier(Modifier::DIM)
+        } else {
+            Style::new()
+        };
         for (k, cr) in self.ranges.iter().enumerate().skip(start).take(width) {
             let x = area.x + (k - start) as u16;
             let sel = k == self.selected;
+            let (top, bottom) = (row_of(cr.clip.hi), row_of(cr.clip.lo));
             for r in row_of(cr.max)..=row_of(cr.min) {
-                let v = value_at(r);
-                let inside = v >= cr.clip.lo as f64 && v <= cr.clip.hi as f64;
+                let inside = r >= top && r <= bottom;
                 let color = match (sel, inside) {
                     (true, _) => Color::Yellow,
                     (false, true) => Color::Cyan,
                     (false, false) => Color::LightRed,
                 };
                 let sym = if inside { "│" } else { "┃" };
-                buf[(x, area.y + r)].set_symbol(sym).set_style(base.fg(color));
+                buf[(x, area.y + r)]
+                    .set_symbol(sym)
+                    .set_style(base.fg(color));
             }
             for end in [cr.clip.lo, cr.clip.hi] {
                 let r = row_of(end);
                 if end < cr.min || end > cr.max {
-                    buf[(x, area.y + r)].set_symbol("·").set_style(base.fg(if sel { Color::Yellow } else { Color::DarkGray }));
+                    buf[(x, area.y + r)]
+                        .set_symbol("·")
+                        .set_style(base.fg(if sel { Color::Yellow } else { Color::DarkGray }));
                 }
             }
         }
@@ -77,7 +91,13 @@ impl Widget for RangePlot<'_> {
             num(lo),
             num(hi)
         );
-        buf.set_stringn(area.x, area.y + rows, label, width, base.fg(Color::DarkGray));
+        buf.set_stringn(
+            area.x,
+            area.y + rows,
+            label,
+            width,
+            base.fg(Color::DarkGray),
+        );
     }
 }
 
