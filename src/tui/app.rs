@@ -545,7 +545,7 @@ impl App {
         let mut c = self.config.clone();
         match self.apply_edit(&mut c, &name, action) {
             Ok(msg) => {
-                c.prune();
+                tidy(&mut c);
                 if c == self.config {
                     self.say(format!("{msg} (no change)"));
                     return Vec::new();
@@ -661,15 +661,28 @@ impl App {
             }
             Action::PercentileUp | Action::PercentileDown => {
                 let cur = c.act_settings(name).percentile;
-                let new = if action == Action::PercentileUp {
-                    PERCENTILES.iter().copied().find(|&p| p > cur + 1e-9)
+                let on = if weights {
+                    c.weight_settings(name).strategy == Strategy::Percentile
+                        && c.layer(name).weight_clip.is_none()
                 } else {
-                    PERCENTILES.iter().rev().copied().find(|&p| p < cur - 1e-9)
+                    c.act_settings(name).strategy == Strategy::Percentile
                 };
-                let Some(new) = new else {
-                    return Err(format!(
-                        "{name}: percentile is already {cur} (range 90–100)"
-                    ));
+                // The first press switches to the percentile strategy at the current P.
+                let new = if !on {
+                    cur
+                } else if action == Action::PercentileUp {
+                    PERCENTILES
+                        .iter()
+                        .copied()
+                        .find(|&p| p > cur + 1e-9)
+                        .ok_or_else(|| format!("{what}: percentile is already {cur} (90–100)"))?
+                } else {
+                    PERCENTILES
+                        .iter()
+                        .rev()
+                        .copied()
+                        .find(|&p| p < cur - 1e-9)
+                        .ok_or_else(|| format!("{what}: percentile is already {cur} (90–100)"))?
                 };
                 let o = c.layer_mut(name);
                 o.percentile = Some(new);
@@ -743,6 +756,35 @@ impl App {
             _ => Err(format!("{action:?} is not an edit")),
         }
     }
+}
+
+/// Drops per-layer values that equal the global ones (so the mark shows real differences and
+/// a config file holds only them), then empty tables.
+pub fn tidy(c: &mut QuantConfig) {
+    let g = c.clone();
+    for o in c.layers.values_mut() {
+        macro_rules! same {
+            ($($f:ident),*) => {$(if o.$f == Some(g.$f) { o.$f = None; })*};
+        }
+        same!(
+            weight_bits,
+            act_bits,
+            granularity,
+            weight_scheme,
+            act_scheme,
+            percentile
+        );
+        if o.weight_strategy == Some(g.weight_strategy) {
+            o.weight_strategy = None;
+        }
+        if o.act_strategy == Some(g.act_strategy) {
+            o.act_strategy = None;
+        }
+        if o.weight_clip == Some(1.0) {
+            o.weight_clip = None;
+        }
+    }
+    c.prune();
 }
 
 /// Makes `name`'s settings the global ones and drops every layer's overrides of them; hand-set

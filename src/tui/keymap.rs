@@ -61,7 +61,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('s')],
         label: "s",
         action: Action::NextStrategy,
-        desc: "next strategy (minmax percentile kl mse aciq)",
+        desc: "next strategy (minmax … aciq)",
     },
     Binding {
         keys: &[ch('S')],
@@ -85,7 +85,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('g')],
         label: "g",
         action: Action::CycleGranularity,
-        desc: "weight granularity: per-channel, per-tensor, group:128, group:32",
+        desc: "granularity: channel/tensor/g128/g32",
     },
     Binding {
         keys: &[ch('m')],
@@ -97,25 +97,25 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('p')],
         label: "p",
         action: Action::PercentileUp,
-        desc: "percentile up (strategy becomes percentile)",
+        desc: "percentile strategy / raise P",
     },
     Binding {
         keys: &[ch('P')],
         label: "P",
         action: Action::PercentileDown,
-        desc: "percentile down",
+        desc: "percentile strategy / lower P",
     },
     Binding {
         keys: &[ch('[')],
         label: "[",
         action: Action::Narrow,
-        desc: "narrow the clipping range by 5% (manual)",
+        desc: "narrow the clip range 5% (manual)",
     },
     Binding {
         keys: &[ch(']')],
         label: "]",
         action: Action::Widen,
-        desc: "widen the clipping range by 5% (manual)",
+        desc: "widen the clip range 5% (manual)",
     },
     Binding {
         keys: &[ch('=')],
@@ -127,13 +127,13 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('f')],
         label: "f",
         action: Action::ToggleFloat,
-        desc: "keep the layer in float / quantize it",
+        desc: "keep the layer in float / quantize",
     },
     Binding {
         keys: &[ch('a')],
         label: "a",
         action: Action::ApplyToAll,
-        desc: "apply the selected layer's settings to all",
+        desc: "apply this layer's settings to all",
     },
     Binding {
         keys: &[ch('u')],
@@ -151,7 +151,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('x')],
         label: "x",
         action: Action::Export,
-        desc: "export the current parameters (JSON)",
+        desc: "export the parameters (JSON)",
     },
     Binding {
         keys: &[ch('l')],
@@ -175,7 +175,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('c')],
         label: "c",
         action: Action::CycleWeightView,
-        desc: "weights: channel histogram → range plot → whole tensor",
+        desc: "weights: channel / ranges / tensor",
     },
     Binding {
         keys: &[ch('?'), code(KeyCode::F(1))],

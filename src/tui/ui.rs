@@ -19,7 +19,7 @@ pub const MIN_H: u16 = 24;
 /// Rows of the results block.
 const RESULTS_H: u16 = 4;
 /// The least height of the histogram panels.
-const PANELS_MIN_H: u16 = 12;
+const PANELS_MIN_H: u16 = 10;
 
 /// Where each part of the screen goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ pub fn num(x: f64) -> String {
     } else if a >= 1.0 {
         format!("{x:.3}")
     } else {
-        format!("{x:.4}")
+        format!("{x:.3}")
     }
 }
 
@@ -146,6 +146,13 @@ fn stats_line(s: &Stats) -> Line<'static> {
         ]
         .concat(),
     )
+}
+
+fn scheme_short(s: crate::quant::Scheme) -> &'static str {
+    match s {
+        crate::quant::Scheme::Symmetric => "sym",
+        crate::quant::Scheme::Asymmetric => "asym",
+    }
 }
 
 fn gran_short(g: Granularity) -> String {
@@ -260,7 +267,6 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         Span::styled(pct(rep.agreement), fig),
         label("   output SQNR ".into()),
         Span::styled(format!("{} dB", db(rep.output_sqnr_db)), fig),
-        label(format!("   ({} eval samples)", rep.eval_samples)),
     ]);
     let state = if current {
         Span::styled("● current", Style::new().fg(Color::Green).bold())
@@ -276,7 +282,7 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
     let mut spans = vec![
         state,
         Span::raw(format!(
-            " · computed {} s ago · change → result {:.2} s (weights {:.0} ms, calibration {:.0} ms, eval {:.0} ms)",
+            " · computed {} s ago · change → result {:.2} s · weights {:.0} ms · calib {:.0} ms · eval {:.0} ms",
             s.at.elapsed().as_secs(),
             s.took.as_secs_f64(),
             t.weights,
@@ -455,7 +461,7 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
     } else {
         String::new()
     };
-    let block = Block::bordered().title(format!(" Layers{more} · * differs from the defaults · int8/int4: accuracy with that layer's weights alone at 8/4 bits "));
+    let block = Block::bordered().title(format!(" Layers{more} · * changed · int8/int4: accuracy with that layer's weights alone at 8/4 bits "));
     f.render_widget(
         Table::new(rows, widths)
             .header(header)
@@ -481,14 +487,26 @@ fn panel_block(title: String, focused: bool) -> Block<'static> {
 }
 
 /// Info line, histogram, stats line inside `inner`.
-fn hist_body(f: &mut Frame, inner: Rect, info: Line<'static>, v: &HistView, app: &App, dim: bool) {
+/// The rows of a panel: info (wrapped onto two lines when narrow), plot, statistics.
+fn panel_rows(inner: Rect, info: Line<'static>, f: &mut Frame) -> (Rect, Rect) {
+    let info_h = if info.width() > inner.width as usize {
+        2
+    } else {
+        1
+    };
     let [info_r, plot, stats_r] = Layout::vertical([
-        Constraint::Length(1),
+        Constraint::Length(info_h),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
     .areas(inner);
-    f.render_widget(Paragraph::new(info), info_r);
+    f.render_widget(Paragraph::new(info).wrap(Wrap { trim: true }), info_r);
+    (plot, stats_r)
+}
+
+/// Info line, histogram, stats line inside `inner`.
+fn hist_body(f: &mut Frame, inner: Rect, info: Line<'static>, v: &HistView, app: &App, dim: bool) {
+    let (plot, stats_r) = panel_rows(inner, info, f);
     f.render_widget(
         HistogramWidget {
             view: v,
@@ -523,11 +541,14 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
         None => w.strategy.to_string(),
     };
     let title = if !row.weights || float {
-        format!("Weights · {name}")
+        format!("Weights {name}")
     } else {
         format!(
-            "Weights · {name} · int{} {} {} {}",
-            w.bits, w.scheme, w.granularity, strat
+            "Weights {name} · int{} {} {} {}",
+            w.bits,
+            scheme_short(w.scheme),
+            w.granularity,
+            strat
         )
     };
     let mut block = panel_block(title, app.focus == Side::Weights);
@@ -596,12 +617,6 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
             hist_body(f, inner, info, h, app, dim);
         }
         WeightMode::Ranges if !v.ranges.is_empty() => {
-            let [info_r, plot, stats_r] = Layout::vertical([
-                Constraint::Length(1),
-                Constraint::Min(3),
-                Constraint::Length(1),
-            ])
-            .areas(inner);
             let cr = v.ranges[ch];
             let info = Line::from(vec![
                 Span::styled(
@@ -617,7 +632,7 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
                     clipped_str(&v.tensor)
                 )),
             ]);
-            f.render_widget(Paragraph::new(info), info_r);
+            let (plot, stats_r) = panel_rows(inner, info, f);
             f.render_widget(
                 RangePlot {
                     ranges: &v.ranges,
@@ -658,11 +673,13 @@ fn act_panel(app: &App, f: &mut Frame, r: Rect) {
         name.to_string()
     };
     let title = if float {
-        format!("Activations · {what}")
+        format!("Activations {what}")
     } else {
         format!(
-            "Activations · {what} · int{} {} {}",
-            a.bits, a.scheme, strat
+            "Activations {what} · int{} {} {}",
+            a.bits,
+            scheme_short(a.scheme),
+            strat
         )
     };
     let block = panel_block(title, app.focus == Side::Activations)

@@ -88,8 +88,8 @@ fn the_screen_shows_every_panel_and_follows_a_change_to_int4() {
     for needle in [
         " Results ",
         " Layers",
-        "Weights · fc1 · int8 symmetric per-channel minmax",
-        "Activations · fc1 output · int8 asymmetric minmax",
+        "Weights fc1 · int8 sym per-channel minmax",
+        "Activations fc1 output · int8 asym minmax",
         "fc1",
         "fc2",
         "fc3",
@@ -133,7 +133,7 @@ fn the_screen_shows_every_panel_and_follows_a_change_to_int4() {
     assert!(screen(&app, 160, 48).contains("◌ recomputing"));
     settle(&mut app, &worker, &rx, effects, 0);
     let after = screen(&app, 160, 48);
-    assert!(after.contains("Weights · fc1 · int4 symmetric"), "{after}");
+    assert!(after.contains("Weights fc1 · int4 sym"), "{after}");
     assert!(
         after.contains("* fc1") || after.contains("*fc1"),
         "fc1 is marked as changed\n{after}"
@@ -177,7 +177,7 @@ fn help_lists_every_key_and_a_small_terminal_gets_a_message() {
     app.help = false;
     let s = screen(&app, ui::MIN_W, ui::MIN_H);
     assert!(
-        s.contains("calibrating and evaluating the first run") && s.contains("Weights · fc1"),
+        s.contains("calibrating and evaluating the first run") && s.contains("Weights fc1"),
         "{s}"
     );
 }

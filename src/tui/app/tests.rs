@@ -98,7 +98,15 @@ fn a_key_sequence_gives_the_expected_config_and_one_job_per_change() {
     let e = press(&mut app, "pB");
     let c = &jobs(&e)[1].config;
     assert_eq!(c.act_settings("fc2").strategy, Strategy::Percentile);
-    assert_eq!(c.act_settings("fc2").percentile, 99.995);
+    assert_eq!(
+        c.act_settings("fc2").percentile,
+        99.99,
+        "the first p switches to percentile"
+    );
+    let e = press(&mut app, "pp");
+    assert_eq!(jobs(&e)[1].config.act_settings("fc2").percentile, 99.999);
+    let e = press(&mut app, "P");
+    assert_eq!(jobs(&e)[0].config.act_settings("fc2").percentile, 99.995);
     assert_eq!(c.act_settings("fc2").bits, 7);
     assert_eq!(c.act_settings("fc1").bits, 8);
     // Strategy and scheme on fc2's weights, float on fc3.
@@ -120,7 +128,14 @@ fn a_key_sequence_gives_the_expected_config_and_one_job_per_change() {
     press(&mut app, "uuuuu");
     assert_eq!(app.config.act_settings("fc2").bits, 7);
     assert!(app.config.keep_float.is_empty());
-    assert_eq!(app.generation, 17);
+    assert_eq!(app.generation, 20);
+    // Back to the global value: the override goes and so does the mark.
+    press(&mut app, "kkbbbb");
+    assert!(
+        !app.config.layers.contains_key("fc1"),
+        "{:?}",
+        app.config.layers
+    );
 }
 
 #[test]

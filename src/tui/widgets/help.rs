@@ -43,8 +43,9 @@ impl Widget for Help {
             .border_style(Style::new().fg(Color::Yellow));
         let inner = block.inner(r);
         block.render(r, buf);
-        let areas =
-            Layout::horizontal(vec![Constraint::Ratio(1, cols as u32); cols as usize]).split(inner);
+        let areas = Layout::horizontal(vec![Constraint::Ratio(1, cols as u32); cols as usize])
+            .spacing(2)
+            .split(inner);
         for (chunk, a) in lines.chunks(per_col).zip(areas.iter()) {
             Paragraph::new(chunk.to_vec()).render(*a, buf);
         }
