@@ -323,29 +323,26 @@ impl App {
 
     /// The terminal changed size: keep the layout, and ask for histograms of the new width.
     pub fn resize(&mut self, w: u16, h: u16) -> Vec<Effect> {
-        let before = self.bins();
         self.size = (w, h);
         self.keep_visible();
         match &self.shown {
-            Some(s)
-                if self.bins() != before
-                    && s.computed
-                        .views
-                        .iter()
-                        .any(|v| v.act.is_some() || v.weight.is_some()) =>
-            {
-                // With nothing else pending only the drawing changes: the figures keep the time
-                // they were computed at and how long their run took.
-                let redraw_only =
-                    s.generation == self.generation && s.computed.report.config == self.config;
-                let sent_at = self.sent_at;
-                let e = self.submit(false);
-                self.view_only = redraw_only;
-                self.sent_at = sent_at;
-                vec![e]
-            }
+            // A running job's result is checked when it arrives.
+            Some(s) if self.is_current() && s.computed.bins != self.bins() => self.redraw_job(),
             _ => Vec::new(),
         }
+    }
+
+    /// A job for histograms of the current width. With nothing else pending only the drawing
+    /// changes: the figures keep the time they were computed at and how long their run took.
+    fn redraw_job(&mut self) -> Vec<Effect> {
+        let redraw_only = self.shown.as_ref().is_some_and(|s| {
+            s.generation == self.generation && s.computed.report.config == self.config
+        });
+        let sent_at = self.sent_at;
+        let e = self.submit(false);
+        self.view_only = redraw_only;
+        self.sent_at = sent_at;
+        vec![e]
     }
 
     fn mouse(&mut self, m: MouseEvent) -> Vec<Effect> {
@@ -391,6 +388,14 @@ impl App {
                 if self.export_pending {
                     self.export_pending = false;
                     return self.export();
+                }
+                if self
+                    .shown
+                    .as_ref()
+                    .is_some_and(|s| s.computed.bins != self.bins())
+                {
+                    // The terminal changed size while this was computed: redraw the histograms.
+                    return self.redraw_job();
                 }
             }
             WorkerMsg::Failed { generation, msg } => {

@@ -357,41 +357,43 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
                     a.strategy.to_string(),
                 )
             };
+            let sens_row = if row.weights {
+                app.sens.get(i - 1).copied()
+            } else {
+                None
+            };
             let sens = |k: usize| -> Cell {
                 if !row.weights {
                     return Cell::from("-");
                 }
-                match app.sens.get(i - 1).and_then(|s| s[k]) {
+                match sens_row.and_then(|s| s[k]) {
                     Some(s) if s.generation == app.generation => Cell::from(pct(s.cell.accuracy)),
                     Some(s) => Cell::from(pct(s.cell.accuracy)).style(dim),
                     None if app.is_current() => Cell::from("…").style(dim),
                     None => Cell::from("-").style(dim),
                 }
             };
-            let d4 = match app.sens.get(i.wrapping_sub(1)).map(|s| (s[0], s[1])) {
-                Some((Some(s4), Some(s8))) if row.weights => {
-                    match (s4.cell.accuracy, s8.cell.accuracy) {
-                        (Some(x), Some(y)) => {
-                            let d = (x - y) * 100.0;
-                            let color = if d > -0.5 {
-                                Color::Green
-                            } else if d > -2.0 {
-                                Color::Yellow
-                            } else {
-                                Color::Red
-                            };
-                            let style = if s4.generation == app.generation
-                                && s8.generation == app.generation
-                            {
+            let d4 = match sens_row {
+                Some([Some(s4), Some(s8)]) => match (s4.cell.accuracy, s8.cell.accuracy) {
+                    (Some(x), Some(y)) => {
+                        let d = (x - y) * 100.0;
+                        let color = if d > -0.5 {
+                            Color::Green
+                        } else if d > -2.0 {
+                            Color::Yellow
+                        } else {
+                            Color::Red
+                        };
+                        let style =
+                            if s4.generation == app.generation && s8.generation == app.generation {
                                 Style::new().fg(color)
                             } else {
                                 dim
                             };
-                            Cell::from(format!("{d:+.2}")).style(style)
-                        }
-                        _ => Cell::from("-"),
+                        Cell::from(format!("{d:+.2}")).style(style)
                     }
-                }
+                    _ => Cell::from("-"),
+                },
                 _ => Cell::from(""),
             };
             let mut style = Style::new();

@@ -51,6 +51,8 @@ pub struct Computed {
     pub loaded: bool,
     /// Time the worker spent on this job.
     pub compute: Duration,
+    /// The histogram bins the views were made with.
+    pub bins: usize,
 }
 
 /// Accuracy of the model with one weight layer at one bit width.
@@ -336,6 +338,7 @@ impl Engine for SessionEngine {
                 views,
                 loaded: *loaded,
                 compute: t.elapsed(),
+                bins: job.bins,
             }),
         });
         self.sensitivity(job, cancel, emit);

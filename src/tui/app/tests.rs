@@ -37,7 +37,7 @@ fn jobs(effects: &[Effect]) -> Vec<&Job> {
 }
 
 /// A real result for `config` on a few samples.
-fn computed(config: &QuantConfig) -> Box<Computed> {
+fn computed(config: &QuantConfig, bins: usize) -> Box<Computed> {
     let m = model();
     let out = run(
         &m,
@@ -48,18 +48,19 @@ fn computed(config: &QuantConfig) -> Box<Computed> {
     )
     .unwrap();
     Box::new(Computed {
-        views: layer_views(&m, &out.params, out.calibration.as_ref(), 32),
+        views: layer_views(&m, &out.params, out.calibration.as_ref(), bins),
         report: out.report,
         params: out.params,
         loaded: false,
         compute: Duration::from_millis(1),
+        bins,
     })
 }
 
 fn done(app: &App, generation: u64) -> Event {
     Event::Worker(WorkerMsg::Done {
         generation,
-        result: computed(&app.config),
+        result: computed(&app.config, app.bins()),
     })
 }
 
@@ -308,6 +309,20 @@ fn help_toggles_and_any_key_closes_it_without_acting() {
     assert_eq!(app.config, QuantConfig::default());
     press(&mut app, "?q");
     assert!(app.quit);
+}
+
+#[test]
+fn a_result_drawn_for_another_width_is_redrawn_for_this_one() {
+    let mut app = app();
+    app.start();
+    let e = app.handle(Event::Worker(WorkerMsg::Done {
+        generation: 1,
+        result: computed(&app.config, 10),
+    }));
+    let j = jobs(&e);
+    assert_eq!(j.len(), 1);
+    assert_eq!((j[0].generation, j[0].bins), (2, app.bins()));
+    assert!(app.view_only, "the figures keep their timing");
 }
 
 #[test]
