@@ -175,11 +175,13 @@ mod tests {
         assert_eq!(q.quantize(-5.0), -127);
         assert_eq!(q.quantize(0.005), 1); // half away from zero
         assert_eq!(q.quantize(-0.005), -1);
-        let q4 = QParams::from_range(ClipRange::new(-0.7, 0.3), 4, Scheme::Symmetric);
-        assert!((q4.scale - 0.1).abs() < 1e-7);
+        // amax 0.875 at 4 bits: scale 0.125 exactly, so halves are exact halves.
+        let q4 = QParams::from_range(ClipRange::new(-0.875, 0.3), 4, Scheme::Symmetric);
+        assert_eq!(q4.scale, 0.125);
         assert_eq!((q4.qmin(), q4.qmax()), (-7, 7));
-        assert_eq!(q4.quantize(0.25), 3); // 2.5 rounds to 3
-        assert_eq!(q4.quantize(-0.25), -3);
+        assert_eq!(q4.quantize(0.3125), 3); // 2.5 rounds to 3
+        assert_eq!(q4.quantize(-0.3125), -3);
+        assert_eq!(q4.quantize(5.0), 7);
     }
 
     #[test]

@@ -171,11 +171,11 @@ mod tests {
 
     #[test]
     fn per_channel_int4_by_hand() {
-        // Row 0: amax 0.7 → scale 0.1; row 1: all zero → scale 1, all q = 0.
-        let w = [0.7, -0.35, 0.05, 0.0, 0.0, 0.0];
+        // Row 0: amax 0.875 → scale 0.125; row 1: all zero → scale 1, all q = 0.
+        let w = [0.875, -0.4375, 0.0625, 0.0, 0.0, 0.0];
         let q = quantize_weights(&w, 2, 3, &settings(4, Granularity::PerChannel, Scheme::Symmetric));
         assert_eq!(q.q, vec![7, -4, 1, 0, 0, 0]); // -3.5 → -4, 0.5 → 1 (half away from zero)
-        assert!((q.params[0].scale - 0.1).abs() < 1e-7);
+        assert_eq!(q.params[0].scale, 0.125);
         assert_eq!(q.params[1].scale, 1.0);
         assert!(q.dequantize().iter().all(|v| v.is_finite()));
     }
