@@ -8,5 +8,10 @@ mod pipeline;
 
 use criterion::{criterion_group, criterion_main};
 
-criterion_group!(benches, kernels::kernels, engines::engines, pipeline::pipeline);
+criterion_group!(
+    benches,
+    kernels::kernels,
+    engines::engines,
+    pipeline::pipeline
+);
 criterion_main!(benches);

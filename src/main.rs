@@ -14,7 +14,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: ").to_string();
+            let first = e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ")
+                .to_string();
             eprintln!("qscope: error: {first} (see qscope --help)");
             return ExitCode::from(2);
         }
@@ -23,7 +29,9 @@ fn main() -> ExitCode {
         Some(Command::Eval(a)) => cli::eval::main(a),
         Some(Command::Sensitivity(a)) => cli::sensitivity::main(a),
         Some(Command::Inspect(a)) => cli::inspect::main(a),
-        Some(Command::Tui(_)) | None => Err(anyhow::anyhow!("the terminal UI is not built yet; use `qscope eval`")),
+        Some(Command::Tui(_)) | None => Err(anyhow::anyhow!(
+            "the terminal UI is not built yet; use `qscope eval`"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

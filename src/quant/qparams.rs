@@ -220,7 +220,10 @@ mod tests {
                 for i in 0..=1000 {
                     let x = r.lo + (r.hi - r.lo) * i as f32 / 1000.0;
                     let err = (q.fake_quant(x) - x).abs();
-                    assert!(err <= q.scale * 0.5 + 1e-6, "bits {bits} {scheme}: x {x} err {err}");
+                    assert!(
+                        err <= q.scale * 0.5 + 1e-6,
+                        "bits {bits} {scheme}: x {x} err {err}"
+                    );
                     assert!((q.qmin()..=q.qmax()).contains(&q.quantize(x)));
                 }
             }
@@ -237,6 +240,11 @@ mod tests {
         assert!(q.validate("x").is_err());
         q.scale = 0.1;
         q.zero_point = 200;
-        assert!(q.validate("x").unwrap_err().to_string().contains("x.zero_point"));
+        assert!(
+            q.validate("x")
+                .unwrap_err()
+                .to_string()
+                .contains("x.zero_point")
+        );
     }
 }
