@@ -3,4 +3,5 @@
 mod bad_input;
 mod engine;
 mod figures;
+mod loading;
 mod util;
