@@ -36,10 +36,9 @@ impl Act {
 
     /// Quantizes real values with `qp`.
     pub fn quantize(x: &[f32], qp: QParams) -> Act {
-        Act::Int {
-            data: x.iter().map(|&v| qp.quantize(v) as i8).collect(),
-            qp,
-        }
+        let mut data = vec![0i8; x.len()];
+        qp.quantize_into(x, &mut data);
+        Act::Int { data, qp }
     }
 }
 
@@ -165,12 +164,15 @@ impl IntGemm {
             let konst: Vec<i32> = (0..out)
                 .map(|r| self.bias[r].saturating_sub(self.in_zp.saturating_mul(self.w_sum[r])))
                 .collect();
-            for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
-                for r in 0..out {
-                    let v = self.out_zp + self.out_mult[r].apply(crow[r].saturating_add(konst[r]));
-                    yrow[r] = v.clamp(self.lo, self.hi) as i8;
-                }
-            }
+            super::requant::requantize_rows(
+                &c,
+                &konst,
+                &self.out_mult,
+                self.out_zp,
+                self.lo,
+                self.hi,
+                &mut y,
+            );
             return y;
         }
         if self.groups == 1 {
