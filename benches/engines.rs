@@ -2,9 +2,9 @@
 //! (the pipeline splits batches across threads the same way for both).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use qscope::engine::{float, IntModel};
-use qscope::pipeline::{run, Cancel};
-use qscope::{bundled, QuantConfig};
+use qscope::engine::{IntModel, float};
+use qscope::pipeline::{Cancel, run};
+use qscope::{QuantConfig, bundled};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -20,7 +20,14 @@ pub fn engines(c: &mut Criterion) {
     for name in bundled::MODEL_NAMES {
         let model = bundled::model(name).unwrap();
         let test = bundled::test();
-        let out = run(&model, &bundled::calib(), &test.take(16), &QuantConfig::default(), &Cancel::new()).unwrap();
+        let out = run(
+            &model,
+            &bundled::calib(),
+            &test.take(16),
+            &QuantConfig::default(),
+            &Cancel::new(),
+        )
+        .unwrap();
         let int = IntModel::new(&model, &out.params);
         let mut x = test.samples(0, BATCH).to_vec();
         model.normalize(&mut x);

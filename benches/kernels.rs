@@ -67,4 +67,3 @@ pub fn kernels(c: &mut Criterion) {
     }
     g.finish();
 }
-

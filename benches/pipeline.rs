@@ -3,8 +3,8 @@
 //! (MLP < 150 ms, CNN < 1 s), and the activation-only re-run that reuses histograms.
 
 use criterion::{BenchmarkId, Criterion};
-use qscope::pipeline::{run, Cancel, Session};
-use qscope::{bundled, QuantConfig, Strategy};
+use qscope::pipeline::{Cancel, Session, run};
+use qscope::{QuantConfig, Strategy, bundled};
 use std::time::Duration;
 
 pub fn pipeline(c: &mut Criterion) {
@@ -21,8 +21,14 @@ pub fn pipeline(c: &mut Criterion) {
         });
         let mut session = Session::new(model.clone(), calib.clone(), test.clone());
         let configs = [
-            QuantConfig { act_strategy: Strategy::Kl, ..Default::default() },
-            QuantConfig { act_bits: 4, ..Default::default() },
+            QuantConfig {
+                act_strategy: Strategy::Kl,
+                ..Default::default()
+            },
+            QuantConfig {
+                act_bits: 4,
+                ..Default::default()
+            },
         ];
         session.run(&configs[0], &Cancel::new()).unwrap();
         let mut i = 0;

@@ -1,12 +1,20 @@
 //! qscope's criterion benches: `cargo bench --bench qscope [-- FILTER]`.
-//! Groups: kernels (int8 GEMM vs reference vs f32 sgemm), engines (float vs integer engine at
-//! batch 256), full_rerun (the UI's re-run budget).
+//! Groups: kernels (int8 GEMM vs reference vs f32 sgemm), calibration (histograms and
+//! strategies), engines (float vs integer engine at batch 256), full_rerun (the UI's re-run
+//! budget).
 
+mod calibration;
 mod engines;
 mod kernels;
 mod pipeline;
 
 use criterion::{criterion_group, criterion_main};
 
-criterion_group!(benches, kernels::kernels, engines::engines, pipeline::pipeline);
+criterion_group!(
+    benches,
+    kernels::kernels,
+    calibration::calibration,
+    engines::engines,
+    pipeline::pipeline
+);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! (how they were made: assets/README.md).
 
 use crate::error::{Error, Result};
-use crate::model::{load_dataset_bytes, load_model_bytes, Dataset, Model};
+use crate::model::{Dataset, Model, load_dataset_bytes, load_model_bytes};
 
 /// The bundled MLP 784-256-128-10 (spec embedded).
 pub const MLP: &[u8] = include_bytes!("../assets/mnist-mlp.safetensors");
@@ -30,7 +30,10 @@ pub fn model(name: &str) -> Result<Model> {
     let bytes = model_bytes(name).ok_or_else(|| {
         Error::config(
             "model",
-            format!("no bundled model '{name}' (bundled: {})", MODEL_NAMES.join(", ")),
+            format!(
+                "no bundled model '{name}' (bundled: {})",
+                MODEL_NAMES.join(", ")
+            ),
         )
     })?;
     load_model_bytes(&format!("bundled {name}"), name, bytes, None)

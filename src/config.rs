@@ -2,7 +2,7 @@
 //! file (formats.md §3) that the command line layers its flags on.
 
 use crate::error::{Error, Result};
-use crate::model::{spec::toml_error_one_line, Model};
+use crate::model::{Model, spec::toml_error_one_line};
 use crate::quant::scheme::{check_bits, check_percentile};
 use crate::quant::{ClipRange, Granularity, Scheme, Strategy};
 use serde::{Deserialize, Serialize};
@@ -204,12 +204,18 @@ impl QuantConfig {
             if let Some([lo, hi]) = o.act_range
                 && !(lo.is_finite() && hi.is_finite() && lo <= hi)
             {
-                return Err(Error::config(key("act_range"), format!("[{lo}, {hi}] is not a finite range with lo <= hi")));
+                return Err(Error::config(
+                    key("act_range"),
+                    format!("[{lo}, {hi}] is not a finite range with lo <= hi"),
+                ));
             }
             if let Some(c) = o.weight_clip
                 && !(c.is_finite() && c > 0.0)
             {
-                return Err(Error::config(key("weight_clip"), format!("{c} must be finite and > 0")));
+                return Err(Error::config(
+                    key("weight_clip"),
+                    format!("{c} must be finite and > 0"),
+                ));
             }
             if let Some(m) = model
                 && name != INPUT_POINT
@@ -309,7 +315,17 @@ impl ConfigFile {
         macro_rules! set {
             ($($f:ident),*) => {$(if let Some(v) = self.$f.clone() { base.$f = v; })*};
         }
-        set!(weight_bits, act_bits, weight_strategy, act_strategy, percentile, granularity, weight_scheme, act_scheme, keep_float);
+        set!(
+            weight_bits,
+            act_bits,
+            weight_strategy,
+            act_strategy,
+            percentile,
+            granularity,
+            weight_scheme,
+            act_scheme,
+            keep_float
+        );
         for (k, v) in &self.layers {
             base.layers.insert(k.clone(), v.clone());
         }
@@ -342,20 +358,39 @@ mod tests {
             weight_bits: 9,
             ..Default::default()
         };
-        assert!(c.validate(None).unwrap_err().to_string().starts_with("weight_bits"));
+        assert!(
+            c.validate(None)
+                .unwrap_err()
+                .to_string()
+                .starts_with("weight_bits")
+        );
         c.weight_bits = 8;
         c.layer_mut("fc2").act_bits = Some(1);
-        assert!(c.validate(None).unwrap_err().to_string().starts_with("layers.fc2.act_bits"));
+        assert!(
+            c.validate(None)
+                .unwrap_err()
+                .to_string()
+                .starts_with("layers.fc2.act_bits")
+        );
         c.layers.clear();
         c.percentile = 0.0;
-        assert!(c.validate(None).unwrap_err().to_string().starts_with("percentile"));
+        assert!(
+            c.validate(None)
+                .unwrap_err()
+                .to_string()
+                .starts_with("percentile")
+        );
     }
 
     #[test]
     fn unknown_keys_and_syntax_errors_are_refused() {
-        let e = ConfigFile::parse("c.toml", "weight_bitz = 4\n").unwrap_err().to_string();
+        let e = ConfigFile::parse("c.toml", "weight_bitz = 4\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.toml") && e.contains("weight_bitz"), "{e}");
-        let e = ConfigFile::parse("c.toml", "\nact_bits = = 4\n").unwrap_err().to_string();
+        let e = ConfigFile::parse("c.toml", "\nact_bits = = 4\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
     }
 }

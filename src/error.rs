@@ -81,7 +81,11 @@ impl Error {
     }
 
     /// A tensor error in `file`.
-    pub fn tensor(file: impl Into<String>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn tensor(
+        file: impl Into<String>,
+        tensor: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Tensor {
             file: file.into(),
             tensor: tensor.into(),

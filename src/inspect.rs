@@ -3,7 +3,7 @@
 use crate::config::WeightSettings;
 use crate::error::Result;
 use crate::eval::sqnr::sqnr_db;
-use crate::model::tensors::{decode_float, decode_int, TensorFile};
+use crate::model::tensors::{TensorFile, decode_float, decode_int};
 use crate::quant::calib::Stats;
 use crate::quant::weights::quantize_weights;
 use crate::quant::{Granularity, Scheme, Strategy};
@@ -56,7 +56,11 @@ pub struct Inspection {
 }
 
 fn sqnr_at(values: &[f32], shape: &[usize], bits: u8, granularity: Granularity) -> Option<f64> {
-    let rows = if granularity == Granularity::PerTensor { 1 } else { *shape.first()? };
+    let rows = if granularity == Granularity::PerTensor {
+        1
+    } else {
+        *shape.first()?
+    };
     if rows == 0 || values.is_empty() {
         return None;
     }
@@ -82,13 +86,29 @@ pub fn inspect_bytes(label: &str, bytes: &[u8]) -> Result<Inspection> {
         let raw = file.raw(&name)?;
         let (values, is_float) = match decode_float(dtype, raw) {
             Some(v) => (Some(v), true),
-            None => (decode_int(dtype, raw).map(|v| v.into_iter().map(|x| x as f32).collect()), false),
+            None => (
+                decode_int(dtype, raw).map(|v| v.into_iter().map(|x| x as f32).collect()),
+                false,
+            ),
         };
-        let stats = values.as_ref().filter(|v| !v.is_empty()).map(|v| Stats::of(v));
-        let finite = values.as_ref().is_some_and(|v| v.iter().all(|x| x.is_finite()));
-        let weight = (is_float && finite && !shape.is_empty()).then_some(values.as_deref()).flatten();
+        let stats = values
+            .as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| Stats::of(v));
+        let finite = values
+            .as_ref()
+            .is_some_and(|v| v.iter().all(|x| x.is_finite()));
+        let weight = (is_float && finite && !shape.is_empty())
+            .then_some(values.as_deref())
+            .flatten();
         let sq = |bits, g| weight.and_then(|v| sqnr_at(v, &shape, bits, g));
-        let per_channel = |bits| if shape.len() >= 2 { sq(bits, Granularity::PerChannel) } else { None };
+        let per_channel = |bits| {
+            if shape.len() >= 2 {
+                sq(bits, Granularity::PerChannel)
+            } else {
+                None
+            }
+        };
         tensors.push(TensorInfo {
             dtype: format!("{dtype:?}"),
             bytes: raw.len(),

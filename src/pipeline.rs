@@ -1,20 +1,20 @@
 //! The whole PTQ flow: quantize weights → calibrate activations → choose ranges → evaluate.
 //! `qscope eval` and the UI's worker both call [`run`] (or its steps), so their figures agree.
 
-use crate::config::{QuantConfig, INPUT_POINT};
-use crate::engine::{float, Act, IntModel};
+use crate::config::{INPUT_POINT, QuantConfig};
+use crate::engine::{Act, IntModel, float};
 use crate::error::{Error, Result};
 use crate::eval::accuracy::AccuracyCounts;
 use crate::eval::report::{InputReport, LayerReport, Report, Timings};
-use crate::eval::sqnr::{sqnr_db, SqnrAcc};
+use crate::eval::sqnr::{SqnrAcc, sqnr_db};
 use crate::model::{Dataset, Model};
 use crate::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
-use crate::quant::calib::{choose_range, Histogram, StrategyParams};
+use crate::quant::calib::{Histogram, StrategyParams, choose_range};
 use crate::quant::weights::quantize_weights as quantize_matrix;
 use crate::quant::{QParams, Strategy};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Samples per batch in calibration and evaluation (batches run in parallel).
@@ -90,12 +90,14 @@ pub fn with_quantized_weights(model: &Model, weights: &[Option<WeightQuant>]) ->
         let Some(wq) = wq else { continue };
         let deq = wq.q.dequantize();
         match &mut m.layers[i].op {
-            crate::model::Op::Linear { weight, .. } => {
-                weight.as_slice_mut().expect("contiguous").copy_from_slice(&deq)
-            }
-            crate::model::Op::Conv2d { weight, .. } => {
-                weight.as_slice_mut().expect("contiguous").copy_from_slice(&deq)
-            }
+            crate::model::Op::Linear { weight, .. } => weight
+                .as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&deq),
+            crate::model::Op::Conv2d { weight, .. } => weight
+                .as_slice_mut()
+                .expect("contiguous")
+                .copy_from_slice(&deq),
             _ => unreachable!("weight layers are linear or conv2d"),
         }
     }
@@ -118,7 +120,12 @@ fn batches(n: usize) -> Vec<(usize, usize)> {
 
 /// Step 2: runs the calibration set through the model with quantized weights and float
 /// activations, collecting one streaming histogram per quantization point.
-pub fn calibrate(model: &Model, weights: &[Option<WeightQuant>], data: &Dataset, cancel: &Cancel) -> Result<Calibration> {
+pub fn calibrate(
+    model: &Model,
+    weights: &[Option<WeightQuant>],
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<Calibration> {
     if data.n == 0 {
         return Err(Error::data(&data.label, "the calibration set is empty"));
     }
@@ -180,7 +187,12 @@ fn act_quant(config: &QuantConfig, name: &str, hist: &Histogram) -> ActQuant {
 }
 
 /// Step 3: chooses every activation range from the histograms and assembles the parameters.
-pub fn choose_ranges(model: &Model, config: &QuantConfig, weights: &[Option<WeightQuant>], calib: &Calibration) -> ModelParams {
+pub fn choose_ranges(
+    model: &Model,
+    config: &QuantConfig,
+    weights: &[Option<WeightQuant>],
+    calib: &Calibration,
+) -> ModelParams {
     let wl = model.weight_layers();
     let layers = wl
         .iter()
@@ -231,7 +243,13 @@ impl Evaluation {
 
 /// Step 4: runs the float model and the integer engine on `data` and compares them.
 /// With `has_float == false` (no float weights) only the integer side is measured.
-pub fn evaluate(model: &Model, params: &ModelParams, data: &Dataset, has_float: bool, cancel: &Cancel) -> Result<Evaluation> {
+pub fn evaluate(
+    model: &Model,
+    params: &ModelParams,
+    data: &Dataset,
+    has_float: bool,
+    cancel: &Cancel,
+) -> Result<Evaluation> {
     data.check_fits(model.input_len(), &model.input_shape)?;
     let int = IntModel::new(model, params);
     let wl = model.weight_layers();
@@ -249,15 +267,16 @@ pub fn evaluate(model: &Model, params: &ModelParams, data: &Dataset, has_float: 
             let x = normalized_batch(model, data, s, e);
             let mut ev = zero();
             let mut float_outs: Vec<Vec<f32>> = Vec::new();
-            let float_logits = has_float.then(|| {
-                float::forward(model, &x, n, |_, out| float_outs.push(out.to_vec()))
-            });
+            let float_logits = has_float
+                .then(|| float::forward(model, &x, n, |_, out| float_outs.push(out.to_vec())));
             let quant_logits = int.forward(&x, n, |li, act: &Act| {
                 if !has_float {
                     return;
                 }
                 for (j, &i) in wl.iter().enumerate() {
-                    if point_of(model, i) == li && params.by_index(i).is_some_and(|p| p.weight.is_some()) {
+                    if point_of(model, i) == li
+                        && params.by_index(i).is_some_and(|p| p.weight.is_some())
+                    {
                         ev.act[j].add(&float_outs[li], &act.to_f32());
                     }
                 }
@@ -276,7 +295,8 @@ pub fn evaluate(model: &Model, params: &ModelParams, data: &Dataset, has_float: 
                 }
             }
             let labels = data.labels.as_ref().map(|l| &l[s..e]);
-            ev.counts.add(float_logits.as_deref(), &quant_logits, classes, labels);
+            ev.counts
+                .add(float_logits.as_deref(), &quant_logits, classes, labels);
             if let Some(f) = &float_logits {
                 ev.output.add(f, &quant_logits);
             }
@@ -301,7 +321,13 @@ fn ms(t: Instant) -> f64 {
 }
 
 /// The whole flow on `model`: quantize weights, calibrate on `calib`, evaluate on `eval`.
-pub fn run(model: &Model, calib: &Dataset, eval: &Dataset, config: &QuantConfig, cancel: &Cancel) -> Result<Outcome> {
+pub fn run(
+    model: &Model,
+    calib: &Dataset,
+    eval: &Dataset,
+    config: &QuantConfig,
+    cancel: &Cancel,
+) -> Result<Outcome> {
     config.validate(Some(model))?;
     let t = Instant::now();
     let weights = quantize_weights(model, config);
@@ -320,11 +346,29 @@ pub fn run(model: &Model, calib: &Dataset, eval: &Dataset, config: &QuantConfig,
 }
 
 /// Evaluates ready-made parameters (from calibration or a `--params` file) and builds the report.
-pub fn evaluate_params(model: &Model, params: ModelParams, eval: &Dataset, config: &QuantConfig, has_float: bool, cancel: &Cancel) -> Result<Outcome> {
+pub fn evaluate_params(
+    model: &Model,
+    params: ModelParams,
+    eval: &Dataset,
+    config: &QuantConfig,
+    has_float: bool,
+    cancel: &Cancel,
+) -> Result<Outcome> {
     let t = Instant::now();
     let ev = evaluate(model, &params, eval, has_float, cancel)?;
     let t_eval = ms(t);
-    let report = build_report(model, config, &params, &ev, eval.n, has_float, Timings { eval: t_eval, ..Default::default() });
+    let report = build_report(
+        model,
+        config,
+        &params,
+        &ev,
+        eval.n,
+        has_float,
+        Timings {
+            eval: t_eval,
+            ..Default::default()
+        },
+    );
     Ok(Outcome {
         report,
         params,
@@ -332,7 +376,15 @@ pub fn evaluate_params(model: &Model, params: ModelParams, eval: &Dataset, confi
     })
 }
 
-fn build_report(model: &Model, config: &QuantConfig, params: &ModelParams, ev: &Evaluation, eval_samples: usize, has_float: bool, timings_ms: Timings) -> Report {
+fn build_report(
+    model: &Model,
+    config: &QuantConfig,
+    params: &ModelParams,
+    ev: &Evaluation,
+    eval_samples: usize,
+    has_float: bool,
+    timings_ms: Timings,
+) -> Report {
     let layers = params
         .layers
         .iter()
@@ -341,7 +393,10 @@ fn build_report(model: &Model, config: &QuantConfig, params: &ModelParams, ev: &
             let layer = &model.layers[lp.index];
             let float = lp.weight.is_none();
             let weight_sqnr_db = match (&lp.weight, has_float) {
-                (Some(wq), true) => sqnr_db(layer.op.weight_rows().expect("weight layer").0, &wq.q.dequantize()),
+                (Some(wq), true) => sqnr_db(
+                    layer.op.weight_rows().expect("weight layer").0,
+                    &wq.q.dequantize(),
+                ),
                 _ => None,
             };
             let ws = lp.weight.as_ref().map(|w| w.settings);
@@ -352,7 +407,12 @@ fn build_report(model: &Model, config: &QuantConfig, params: &ModelParams, ev: &
                 weight_bits: ws.map(|s| s.bits),
                 act_bits: act.map(|a| a.settings.bits),
                 weight_strategy: ws.map(|s| {
-                    if s.clip.is_some() { Strategy::Manual } else { s.strategy }.to_string()
+                    if s.clip.is_some() {
+                        Strategy::Manual
+                    } else {
+                        s.strategy
+                    }
+                    .to_string()
                 }),
                 act_strategy: act.map(|a| a.settings.strategy.to_string()),
                 granularity: ws.map(|s| s.granularity.to_string()),
@@ -372,9 +432,17 @@ fn build_report(model: &Model, config: &QuantConfig, params: &ModelParams, ev: &
         config: config.clone(),
         calib_samples: 0,
         eval_samples,
-        fp32_accuracy: if has_float { ev.counts.float_accuracy() } else { None },
+        fp32_accuracy: if has_float {
+            ev.counts.float_accuracy()
+        } else {
+            None
+        },
         quant_accuracy: ev.counts.quant_accuracy(),
-        agreement: if has_float { ev.counts.agreement() } else { None },
+        agreement: if has_float {
+            ev.counts.agreement()
+        } else {
+            None
+        },
         output_sqnr_db: ev.output.db(),
         layers,
         input: InputReport {
@@ -400,6 +468,14 @@ fn weight_key(model: &Model, config: &QuantConfig) -> Vec<Option<crate::config::
         .collect()
 }
 
+/// What a [`Session`] keeps between runs: the weight settings it was made for, the quantized
+/// weights and the calibration histograms.
+struct Cached {
+    key: Vec<Option<crate::config::WeightSettings>>,
+    weights: Vec<Option<WeightQuant>>,
+    calibration: Calibration,
+}
+
 /// A model with its data sets that re-runs configurations, reusing the quantized weights and
 /// calibration histograms while the weight settings stay the same (the UI's worker uses it).
 pub struct Session {
@@ -409,7 +485,7 @@ pub struct Session {
     pub calib: Dataset,
     /// Evaluation data.
     pub eval: Dataset,
-    cache: Option<(Vec<Option<crate::config::WeightSettings>>, Vec<Option<WeightQuant>>, Calibration)>,
+    cache: Option<Cached>,
 }
 
 impl Session {
@@ -428,7 +504,7 @@ impl Session {
         config.validate(Some(&self.model))?;
         let key = weight_key(&self.model, config);
         let mut timings = Timings::default();
-        let reuse = matches!(&self.cache, Some((k, _, _)) if *k == key);
+        let reuse = matches!(&self.cache, Some(c) if c.key == key);
         if !reuse {
             let t = Instant::now();
             let weights = quantize_weights(&self.model, config);
@@ -436,9 +512,17 @@ impl Session {
             let t = Instant::now();
             let calibration = calibrate(&self.model, &weights, &self.calib, cancel)?;
             timings.calibration = ms(t);
-            self.cache = Some((key, weights, calibration));
+            self.cache = Some(Cached {
+                key,
+                weights,
+                calibration,
+            });
         }
-        let (_, weights, calibration) = self.cache.as_ref().expect("filled above");
+        let Cached {
+            weights,
+            calibration,
+            ..
+        } = self.cache.as_ref().expect("filled above");
         let t = Instant::now();
         let params = choose_ranges(&self.model, config, weights, calibration);
         timings.calibration += ms(t);

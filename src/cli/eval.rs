@@ -1,12 +1,12 @@
 //! `qscope eval`: the whole flow, as a table or the JSON report of formats.md §4.
 
 use super::args::EvalArgs;
+use super::progress::spinner;
 use super::setup::setup;
 use super::table::{db, pct, render};
-use super::progress::spinner;
 use anyhow::Result;
-use qscope::pipeline::{run, Cancel};
 use qscope::Report;
+use qscope::pipeline::{Cancel, run};
 
 /// Runs `qscope eval`.
 pub fn main(args: &EvalArgs) -> Result<()> {
@@ -40,7 +40,11 @@ pub fn human(r: &Report) -> String {
         c.act_bits,
         c.act_scheme,
         c.act_strategy,
-        if c.keep_float.is_empty() { String::new() } else { format!("  ·  float: {}", c.keep_float.join(",")) },
+        if c.keep_float.is_empty() {
+            String::new()
+        } else {
+            format!("  ·  float: {}", c.keep_float.join(","))
+        },
     );
     let delta = match (r.fp32_accuracy, r.quant_accuracy) {
         (Some(f), Some(q)) => format!(" ({:+.2} points)", (q - f) * 100.0),
@@ -78,11 +82,23 @@ pub fn human(r: &Report) -> String {
             db(l.weight_sqnr_db),
             db(l.act_sqnr_db),
             db(l.act_sqnr_isolated_db),
-            l.act_range.map_or("-".into(), |[a, b]| format!("[{a:.3}, {b:.3}]")),
+            l.act_range
+                .map_or("-".into(), |[a, b]| format!("[{a:.3}, {b:.3}]")),
         ]);
     }
     out += &render(
-        &["layer", "op", "W bits", "A bits", "W strategy", "A strategy", "W SQNR", "A SQNR", "A SQNR iso", "act range"],
+        &[
+            "layer",
+            "op",
+            "W bits",
+            "A bits",
+            "W strategy",
+            "A strategy",
+            "W SQNR",
+            "A SQNR",
+            "A SQNR iso",
+            "act range",
+        ],
         &rows,
     );
     let t = r.timings_ms;

@@ -12,7 +12,8 @@ pub fn main(args: &InspectArgs) -> Result<()> {
     let bytes: &[u8] = match bundled::model_bytes(&args.file) {
         Some(b) if !std::path::Path::new(&args.file).exists() => b,
         _ => {
-            owned = std::fs::read(&args.file).with_context(|| format!("{}: cannot read", args.file))?;
+            owned =
+                std::fs::read(&args.file).with_context(|| format!("{}: cannot read", args.file))?;
             &owned
         }
     };
@@ -26,7 +27,11 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         ins.file,
         ins.file_bytes,
         ins.tensors.len(),
-        if ins.metadata_keys.is_empty() { "none".into() } else { ins.metadata_keys.join(", ") }
+        if ins.metadata_keys.is_empty() {
+            "none".into()
+        } else {
+            ins.metadata_keys.join(", ")
+        }
     );
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     let rows: Vec<Vec<String>> = ins
@@ -53,7 +58,10 @@ pub fn main(args: &InspectArgs) -> Result<()> {
     print!(
         "{}",
         render(
-            &["tensor", "dtype", "shape", "min", "max", "mean", "std", "skew", "kurt", "int8 T", "int8 C", "int4 T", "int4 C"],
+            &[
+                "tensor", "dtype", "shape", "min", "max", "mean", "std", "skew", "kurt", "int8 T",
+                "int8 C", "int4 T", "int4 C"
+            ],
             &rows
         )
     );

@@ -6,18 +6,26 @@ use super::setup::setup;
 use super::table::{db, pct, render};
 use anyhow::Result;
 use qscope::eval::sensitivity::sensitivity;
-use qscope::pipeline::Cancel;
+use qscope::pipeline::{Cancel, Session};
 
 /// Runs `qscope sensitivity`.
 pub fn main(args: &SensitivityArgs) -> Result<()> {
     let s = setup(&args.common)?;
     let layers = s.model.weight_layers().len();
     let pb = bar((layers * args.bits.len()) as u64, "sensitivity");
-    let result = sensitivity(&s.model, &s.calib, &s.eval, &s.config, &args.bits, args.target, &Cancel::new(), |done, _| {
-        if let Some(pb) = &pb {
-            pb.set_position(done as u64);
-        }
-    })?;
+    let mut session = Session::new(s.model, s.calib, s.eval);
+    let result = sensitivity(
+        &mut session,
+        &s.config,
+        &args.bits,
+        args.target,
+        &Cancel::new(),
+        |done, _| {
+            if let Some(pb) = &pb {
+                pb.set_position(done as u64);
+            }
+        },
+    )?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -49,6 +57,19 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
             ]
         })
         .collect();
-    print!("{}", render(&["layer", "bits", "int top-1", "Δ points", "agreement", "output SQNR dB"], &rows));
+    print!(
+        "{}",
+        render(
+            &[
+                "layer",
+                "bits",
+                "int top-1",
+                "Δ points",
+                "agreement",
+                "output SQNR dB"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! Turning flags and a config file into a loaded model, data sets and a quantization config.
 
 use super::args::Common;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use qscope::config::ConfigFile;
 use qscope::model::{load_dataset, load_model};
-use qscope::{bundled, Dataset, Model, QuantConfig};
+use qscope::{Dataset, Model, QuantConfig, bundled};
 use std::path::PathBuf;
 
 /// Everything a command needs to run the pipeline.
@@ -29,10 +29,18 @@ pub fn load_model_arg(name: &str, spec: Option<&PathBuf>) -> Result<Model> {
         }
         return Ok(bundled::model(name)?);
     }
-    Ok(load_model(std::path::Path::new(name), spec.map(PathBuf::as_path))?)
+    Ok(load_model(
+        std::path::Path::new(name),
+        spec.map(PathBuf::as_path),
+    )?)
 }
 
-fn load_data(path: Option<&PathBuf>, model: &Model, which: &str, bundled: fn() -> Dataset) -> Result<Dataset> {
+fn load_data(
+    path: Option<&PathBuf>,
+    model: &Model,
+    which: &str,
+    bundled: fn() -> Dataset,
+) -> Result<Dataset> {
     let data = match path {
         Some(p) => load_dataset(p)?,
         None if model.input_len() == 784 => bundled(),
@@ -57,26 +65,57 @@ pub fn setup(c: &Common) -> Result<Setup> {
     macro_rules! flag {
         ($($f:ident),*) => {$(if let Some(v) = c.$f.clone() { config.$f = v; })*};
     }
-    flag!(weight_bits, act_bits, weight_strategy, act_strategy, percentile, granularity, weight_scheme, act_scheme, keep_float);
-    let model_name = c.model.clone().or(file.model.clone()).unwrap_or_else(|| "mnist-mlp".into());
+    flag!(
+        weight_bits,
+        act_bits,
+        weight_strategy,
+        act_strategy,
+        percentile,
+        granularity,
+        weight_scheme,
+        act_scheme,
+        keep_float
+    );
+    let model_name = c
+        .model
+        .clone()
+        .or(file.model.clone())
+        .unwrap_or_else(|| "mnist-mlp".into());
     let spec = c.spec.clone().or(file.spec.clone());
     config.validate(None)?;
-    let model = load_model_arg(&model_name, spec.as_ref()).with_context(|| format!("loading model '{model_name}'"))?;
+    let model = load_model_arg(&model_name, spec.as_ref())
+        .with_context(|| format!("loading model '{model_name}'"))?;
     for note in &model.notes {
         eprintln!("qscope: note: {note}");
     }
     config.validate(Some(&model))?;
-    let mut calib = load_data(c.calib.as_ref().or(file.calib.as_ref()), &model, "calib", bundled::calib)?;
+    let mut calib = load_data(
+        c.calib.as_ref().or(file.calib.as_ref()),
+        &model,
+        "calib",
+        bundled::calib,
+    )?;
     if let Some(n) = c.calib_samples.or(file.calib_samples) {
         if n == 0 {
             bail!("--calib-samples: 0 leaves an empty calibration set");
         }
         calib = calib.take(n);
     }
-    let eval = load_data(c.eval_set.as_ref().or(file.eval.as_ref()), &model, "eval", bundled::test)?;
+    let eval = load_data(
+        c.eval_set.as_ref().or(file.eval.as_ref()),
+        &model,
+        "eval",
+        bundled::test,
+    )?;
     let params = match &c.params {
         Some(p) => Some(qscope::export::load_params(p, &model, c.force)?),
         None => None,
     };
-    Ok(Setup { model, calib, eval, config, params })
+    Ok(Setup {
+        model,
+        calib,
+        eval,
+        config,
+        params,
+    })
 }

@@ -1,7 +1,7 @@
 //! The f32 reference engine: runs a [`Model`] on a batch, layer by layer, with ndarray's matrix
 //! multiply for linear and (im2col) convolution layers.
 
-use super::im2col::{im2col, nhwc_rows_to_nchw, samples_per_block, ConvGeom};
+use super::im2col::{ConvGeom, im2col, nhwc_rows_to_nchw, samples_per_block};
 use crate::model::{Layer, Model, Op};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -51,9 +51,16 @@ pub fn run_layer(layer: &Layer, x: &[f32], n: usize) -> Vec<f32> {
         }
         Op::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
         Op::Flatten => x.to_vec(),
-        Op::MaxPool2d { kernel, stride } => {
-            super::pool::pool(x, n, &layer.in_shape, *kernel, *stride, f32::NEG_INFINITY, f32::max, |m, _| m)
-        }
+        Op::MaxPool2d { kernel, stride } => super::pool::pool(
+            x,
+            n,
+            &layer.in_shape,
+            *kernel,
+            *stride,
+            f32::NEG_INFINITY,
+            f32::max,
+            |m, _| m,
+        ),
         Op::AvgPool2d { kernel, stride } => super::pool::pool(
             x,
             n,
@@ -119,8 +126,12 @@ mod tests {
         // 2 samples, 2 input channels 5x4, 3 output channels 3x3 kernel, stride (2,1), padding (1,2).
         let (n, c, h, w, o, kh, kw) = (2, 2, 5, 4, 3, 3, 3);
         let (sh, sw, ph, pw) = (2, 1, 1, 2);
-        let wt: Vec<f32> = (0..o * c * kh * kw).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
-        let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let wt: Vec<f32> = (0..o * c * kh * kw)
+            .map(|i| ((i * 7) % 11) as f32 - 5.0)
+            .collect();
+        let x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 5) % 13) as f32 - 6.0)
+            .collect();
         let bias = vec![0.25, -1.0, 2.0];
         let oh = (h + 2 * ph - kh) / sh + 1;
         let ow = (w + 2 * pw - kw) / sw + 1;

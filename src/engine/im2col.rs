@@ -23,7 +23,12 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     /// Geometry for an input of shape [c, h, w].
-    pub fn new(in_shape: &[usize], kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Self {
+    pub fn new(
+        in_shape: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Self {
         let (c, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
         ConvGeom {
             c,

@@ -3,8 +3,8 @@
 //! multiplier, ReLU is a clamp, pooling works on integers, and only the final output (or a layer
 //! kept in float) goes back to f32.
 
-use super::im2col::{im2col, nhwc_rows_to_nchw, samples_per_block, ConvGeom};
-use super::kernels::{gemm_i8, PackedWeights};
+use super::im2col::{ConvGeom, im2col, nhwc_rows_to_nchw, samples_per_block};
+use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::pool;
 use crate::model::{Layer, Model, Op};
 use crate::params::ModelParams;
@@ -36,10 +36,9 @@ impl Act {
 
     /// Quantizes real values with `qp`.
     pub fn quantize(x: &[f32], qp: QParams) -> Act {
-        Act::Int {
-            data: x.iter().map(|&v| qp.quantize(v) as i8).collect(),
-            qp,
-        }
+        let mut data = vec![0i8; x.len()];
+        qp.quantize_into(x, &mut data);
+        Act::Int { data, qp }
     }
 }
 
@@ -111,14 +110,24 @@ impl IntGemm {
                 }
             }
             let acc_scale = in_q.scale as f64 * s_ref;
-            bias_q[r] = (bias[r] as f64 / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32;
-            let frac = if groups > 1 { (1i64 << GROUP_FRAC) as f64 } else { 1.0 };
+            bias_q[r] = (bias[r] as f64 / acc_scale)
+                .round()
+                .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
+            let frac = if groups > 1 {
+                (1i64 << GROUP_FRAC) as f64
+            } else {
+                1.0
+            };
             out_mult[r] = FixedMultiplier::from_f64(acc_scale / out_q.scale as f64 / frac);
         }
         if w_zp.iter().all(|&z| z == 0) {
             w_zp.clear();
         }
-        let lo = if relu { out_q.qmin().max(out_q.zero_point) } else { out_q.qmin() };
+        let lo = if relu {
+            out_q.qmin().max(out_q.zero_point)
+        } else {
+            out_q.qmin()
+        };
         IntGemm {
             out,
             k,
@@ -155,12 +164,15 @@ impl IntGemm {
             let konst: Vec<i32> = (0..out)
                 .map(|r| self.bias[r].saturating_sub(self.in_zp.saturating_mul(self.w_sum[r])))
                 .collect();
-            for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
-                for r in 0..out {
-                    let v = self.out_zp + self.out_mult[r].apply(crow[r].saturating_add(konst[r]));
-                    yrow[r] = v.clamp(self.lo, self.hi) as i8;
-                }
-            }
+            super::requant::requantize_rows(
+                &c,
+                &konst,
+                &self.out_mult,
+                self.out_zp,
+                self.lo,
+                self.hi,
+                &mut y,
+            );
             return y;
         }
         if self.groups == 1 {
@@ -181,7 +193,13 @@ impl IntGemm {
             .map(|j| (self.bias[j % out] as i64) << GROUP_FRAC)
             .collect();
         for g in 0..self.groups {
-            gemm_i8(&a[g * self.group_size..], m, self.k, &self.packed[g], &mut c);
+            gemm_i8(
+                &a[g * self.group_size..],
+                m,
+                self.k,
+                &self.packed[g],
+                &mut c,
+            );
             for i in 0..m {
                 let xsum = self.row_sum(a, i, g);
                 for r in 0..out {
@@ -203,7 +221,10 @@ impl IntGemm {
             return 0;
         }
         let c0 = i * self.k + g * self.group_size;
-        a[c0..c0 + self.packed[g].k()].iter().map(|&v| v as i32).sum()
+        a[c0..c0 + self.packed[g].k()]
+            .iter()
+            .map(|&v| v as i32)
+            .sum()
     }
 
     /// Σ (x − z_x)(w − z_w) from the raw Σ x·w of row r, group g.
@@ -220,7 +241,9 @@ impl IntGemm {
 
     /// The real scale of row `r`'s i32 bias (s_in · the row's reference weight scale).
     pub fn bias_scale(&self, w: &QWeights, r: usize) -> f64 {
-        let s_ref = (0..self.groups).map(|g| w.param(r, g).scale as f64).fold(0.0, f64::max);
+        let s_ref = (0..self.groups)
+            .map(|g| w.param(r, g).scale as f64)
+            .fold(0.0, f64::max);
         self.in_q.scale as f64 * s_ref
     }
 
@@ -234,9 +257,16 @@ impl IntGemm {
 #[derive(Debug)]
 enum Step {
     /// A linear (conv = None) or conv layer in integers.
-    Gemm { gemm: IntGemm, conv: Option<ConvGeom> },
+    Gemm {
+        gemm: IntGemm,
+        conv: Option<ConvGeom>,
+    },
     /// A weight layer kept in float: dequantize in, run in f32, quantize out (if `out_q`).
-    Float { layer: Layer, relu: bool, out_q: Option<QParams> },
+    Float {
+        layer: Layer,
+        relu: bool,
+        out_q: Option<QParams>,
+    },
     /// A layer without weights (relu, pooling, flatten), on integers or floats.
     Plain { layer: Layer },
 }
@@ -258,7 +288,11 @@ impl IntModel {
         while i < model.layers.len() {
             let layer = &model.layers[i];
             let relu = model.relu_follows(i);
-            let last = if relu && layer.op.has_weights() { i + 1 } else { i };
+            let last = if relu && layer.op.has_weights() {
+                i + 1
+            } else {
+                i
+            };
             let step = match params.by_index(i) {
                 Some(lp) if layer.op.has_weights() => {
                     let out_q = lp.act.as_ref().map(|a| a.qparams);
@@ -266,18 +300,37 @@ impl IntModel {
                         (Some(wq), Some(in_q), Some(out_q)) => {
                             let bias = layer.op.bias().expect("weight layer has a bias").to_vec();
                             let conv = match &layer.op {
-                                Op::Conv2d { weight, stride, padding, .. } => {
+                                Op::Conv2d {
+                                    weight,
+                                    stride,
+                                    padding,
+                                    ..
+                                } => {
                                     let (_, _, kh, kw) = weight.dim();
-                                    Some(ConvGeom::new(&layer.in_shape, (kh, kw), *stride, *padding))
+                                    Some(ConvGeom::new(
+                                        &layer.in_shape,
+                                        (kh, kw),
+                                        *stride,
+                                        *padding,
+                                    ))
                                 }
                                 _ => None,
                             };
-                            Step::Gemm { gemm: IntGemm::new(&wq.q, &bias, in_q, out_q, relu), conv }
+                            Step::Gemm {
+                                gemm: IntGemm::new(&wq.q, &bias, in_q, out_q, relu),
+                                conv,
+                            }
                         }
-                        _ => Step::Float { layer: layer.clone(), relu, out_q },
+                        _ => Step::Float {
+                            layer: layer.clone(),
+                            relu,
+                            out_q,
+                        },
                     }
                 }
-                _ => Step::Plain { layer: layer.clone() },
+                _ => Step::Plain {
+                    layer: layer.clone(),
+                },
             };
             cur_q = match &step {
                 Step::Gemm { gemm, .. } => Some(gemm.out_q),
@@ -336,18 +389,34 @@ fn run_step(step: &Step, act: Act, n: usize) -> Act {
                 unreachable!("an integer layer always gets integer input")
             };
             match conv {
-                None => Act::Int { data: gemm.run(&data, n), qp: gemm.out_q },
+                None => Act::Int {
+                    data: gemm.run(&data, n),
+                    qp: gemm.out_q,
+                },
                 Some(g) => {
                     let in_len = g.c * g.h * g.w;
                     let block = samples_per_block(g);
                     let mut out = Vec::with_capacity(n * gemm.out_channels() * g.out_pixels());
                     for s0 in (0..n).step_by(block) {
                         let bn = block.min(n - s0);
-                        let cols = im2col(&data[s0 * in_len..(s0 + bn) * in_len], bn, g, gemm.in_zp as i8);
+                        let cols = im2col(
+                            &data[s0 * in_len..(s0 + bn) * in_len],
+                            bn,
+                            g,
+                            gemm.in_zp as i8,
+                        );
                         let y = gemm.run(&cols, bn * g.out_pixels());
-                        out.extend(nhwc_rows_to_nchw(&y, bn, g.out_pixels(), gemm.out_channels()));
+                        out.extend(nhwc_rows_to_nchw(
+                            &y,
+                            bn,
+                            g.out_pixels(),
+                            gemm.out_channels(),
+                        ));
                     }
-                    Act::Int { data: out, qp: gemm.out_q }
+                    Act::Int {
+                        data: out,
+                        qp: gemm.out_q,
+                    }
                 }
             }
         }
@@ -363,7 +432,10 @@ fn run_step(step: &Step, act: Act, n: usize) -> Act {
         }
         Step::Plain { layer } => match act {
             Act::Float(x) => Act::Float(super::float::run_layer(layer, &x, n)),
-            Act::Int { data, qp } => Act::Int { data: plain_int(layer, &data, n, qp), qp },
+            Act::Int { data, qp } => Act::Int {
+                data: plain_int(layer, &data, n, qp),
+                qp,
+            },
         },
     }
 }
@@ -376,7 +448,16 @@ fn plain_int(layer: &Layer, x: &[i8], n: usize, qp: QParams) -> Vec<i8> {
             x.iter().map(|&v| v.max(z)).collect()
         }
         Op::Flatten => x.to_vec(),
-        Op::MaxPool2d { kernel, stride } => pool(x, n, &layer.in_shape, *kernel, *stride, i8::MIN, i8::max, |m, _| m),
+        Op::MaxPool2d { kernel, stride } => pool(
+            x,
+            n,
+            &layer.in_shape,
+            *kernel,
+            *stride,
+            i8::MIN,
+            i8::max,
+            |m, _| m,
+        ),
         Op::AvgPool2d { kernel, stride } => pool(
             x,
             n,
@@ -388,10 +469,16 @@ fn plain_int(layer: &Layer, x: &[i8], n: usize, qp: QParams) -> Vec<i8> {
             // Σq / count rounded half away from zero (same zero point in and out).
             |s, cnt| {
                 let c = cnt as i32;
-                let r = if s >= 0 { (s + c / 2) / c } else { (s - c / 2) / c };
+                let r = if s >= 0 {
+                    (s + c / 2) / c
+                } else {
+                    (s - c / 2) / c
+                };
                 r.clamp(-128, 127) as i8
             },
         ),
-        Op::Linear { .. } | Op::Conv2d { .. } => unreachable!("weight layers are Gemm or Float steps"),
+        Op::Linear { .. } | Op::Conv2d { .. } => {
+            unreachable!("weight layers are Gemm or Float steps")
+        }
     }
 }

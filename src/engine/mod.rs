@@ -5,6 +5,7 @@ pub mod im2col;
 pub mod int;
 pub mod kernels;
 pub mod pool;
+pub mod requant;
 
 pub use float::argmax;
 pub use int::{Act, IntModel};

@@ -19,7 +19,13 @@ pub struct AccuracyCounts {
 
 impl AccuracyCounts {
     /// Adds a batch of logits (`classes` per sample); `float` may be absent (no float weights).
-    pub fn add(&mut self, float: Option<&[f32]>, quant: &[f32], classes: usize, labels: Option<&[i64]>) {
+    pub fn add(
+        &mut self,
+        float: Option<&[f32]>,
+        quant: &[f32],
+        classes: usize,
+        labels: Option<&[i64]>,
+    ) {
         let n = quant.len() / classes.max(1);
         for s in 0..n {
             let q = argmax(&quant[s * classes..(s + 1) * classes]);
@@ -69,7 +75,12 @@ mod tests {
     fn counts_by_hand() {
         let mut c = AccuracyCounts::default();
         // sample 0: float → 1, quant → 1, label 1; sample 1: float → 0, quant → 1 (tie → 0? no: 1 > 0), label 0.
-        c.add(Some(&[0.0, 1.0, 0.0, 1.0, 0.5, 0.0]), &[0.0, 2.0, 0.0, 0.1, 0.2, 0.2], 3, Some(&[1, 0]));
+        c.add(
+            Some(&[0.0, 1.0, 0.0, 1.0, 0.5, 0.0]),
+            &[0.0, 2.0, 0.0, 0.1, 0.2, 0.2],
+            3,
+            Some(&[1, 0]),
+        );
         assert_eq!(c.samples, 2);
         assert_eq!(c.float_correct, 2);
         assert_eq!(c.quant_correct, 1);

@@ -3,8 +3,8 @@
 
 use crate::config::QuantConfig;
 use crate::error::Result;
-use crate::model::{Dataset, Model};
-use crate::pipeline::{run, Cancel};
+
+use crate::pipeline::{Cancel, Session};
 use serde::{Deserialize, Serialize};
 
 /// Which bit width a sensitivity sweep changes.
@@ -26,7 +26,9 @@ impl std::str::FromStr for Target {
             "weights" => Ok(Target::Weights),
             "activations" => Ok(Target::Activations),
             "both" => Ok(Target::Both),
-            _ => Err(format!("unknown target '{s}' (expected weights, activations or both)")),
+            _ => Err(format!(
+                "unknown target '{s}' (expected weights, activations or both)"
+            )),
         }
     }
 }
@@ -77,11 +79,9 @@ pub fn with_layer_bits(config: &QuantConfig, name: &str, bits: u8, target: Targe
     c
 }
 
-/// Runs the sweep; `progress(done, total)` is called after each run.
+/// Runs the sweep on `session`'s model and data; `progress(done, total)` is called after each run.
 pub fn sensitivity(
-    model: &Model,
-    calib: &Dataset,
-    eval: &Dataset,
+    session: &mut Session,
     config: &QuantConfig,
     bits: &[u8],
     target: Target,
@@ -91,19 +91,23 @@ pub fn sensitivity(
     for &b in bits {
         crate::quant::scheme::check_bits("bits", b)?;
     }
-    let base = run(model, calib, eval, config, cancel)?.report;
+    let base = session.run(config, cancel)?.report;
+    let model = &session.model;
     let names: Vec<String> = model
         .weight_layers()
         .iter()
         .map(|&i| model.layers[i].name.clone())
         .collect();
+    let model_name = model.name.clone();
     let total = names.len() * bits.len();
     let mut rows = Vec::with_capacity(total);
     for name in &names {
         for &b in bits {
-            let r = run(model, calib, eval, &with_layer_bits(config, name, b, target), cancel)?.report;
+            let r = session
+                .run(&with_layer_bits(config, name, b, target), cancel)?
+                .report;
             rows.push(SensitivityRow {
-                layer: name.clone(),
+                layer: name.to_string(),
                 bits: b,
                 quant_accuracy: r.quant_accuracy,
                 agreement: r.agreement,
@@ -113,7 +117,7 @@ pub fn sensitivity(
         }
     }
     Ok(Sensitivity {
-        model: model.name.clone(),
+        model: model_name,
         target,
         bits: bits.to_vec(),
         fp32_accuracy: base.fp32_accuracy,

@@ -69,7 +69,10 @@ pub fn load_model_bytes(
     };
     let layers = build_layers(&file, &spec)?;
     Ok(Model {
-        name: spec.name.clone().unwrap_or_else(|| default_name.to_string()),
+        name: spec
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name.to_string()),
         input_shape: spec.input_shape.clone(),
         input_mean: spec.input_mean.clone().unwrap_or_default(),
         input_std: spec.input_std.clone().unwrap_or_default(),
@@ -108,7 +111,9 @@ fn sequential_fallback(file: &TensorFile) -> Result<Spec> {
             return Err(Error::tensor(
                 file.label(),
                 &wname,
-                format!("has shape {shape:?}; without a spec only rank-2 Linear weights can be assumed"),
+                format!(
+                    "has shape {shape:?}; without a spec only rank-2 Linear weights can be assumed"
+                ),
             ));
         }
         input.get_or_insert(shape[1]);
@@ -150,16 +155,32 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
         let bad = |msg: String| Error::spec(label, format!("layer '{name}' ({}): {msg}", ls.op));
         let op = match ls.op.as_str() {
             "linear" => {
-                let wname = ls.weight.as_deref().ok_or_else(|| bad("needs `weight`".into()))?;
+                let wname = ls
+                    .weight
+                    .as_deref()
+                    .ok_or_else(|| bad("needs `weight`".into()))?;
                 let w = file.float(wname)?;
                 if w.shape.len() != 2 {
-                    return Err(Error::tensor(label, wname, format!("has shape {}, a linear weight must be [out, in]", shape_str(&w.shape))));
+                    return Err(Error::tensor(
+                        label,
+                        wname,
+                        format!(
+                            "has shape {}, a linear weight must be [out, in]",
+                            shape_str(&w.shape)
+                        ),
+                    ));
                 }
                 let (out, inp) = (w.shape[0], w.shape[1]);
                 if shape.len() != 1 || shape[0] != inp {
-                    return Err(Error::tensor(label, wname, format!(
-                        "shape {} does not fit the layer's input {} (a linear layer needs [{inp}]; add a flatten?)",
-                        shape_str(&w.shape), shape_str(&shape))));
+                    return Err(Error::tensor(
+                        label,
+                        wname,
+                        format!(
+                            "shape {} does not fit the layer's input {} (a linear layer needs [{inp}]; add a flatten?)",
+                            shape_str(&w.shape),
+                            shape_str(&shape)
+                        ),
+                    ));
                 }
                 let bias = load_bias(file, ls.bias.as_deref(), out)?;
                 shape = vec![out];
@@ -169,16 +190,32 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
                 }
             }
             "conv2d" => {
-                let wname = ls.weight.as_deref().ok_or_else(|| bad("needs `weight`".into()))?;
+                let wname = ls
+                    .weight
+                    .as_deref()
+                    .ok_or_else(|| bad("needs `weight`".into()))?;
                 let w = file.float(wname)?;
                 if w.shape.len() != 4 {
-                    return Err(Error::tensor(label, wname, format!("has shape {}, a conv2d weight must be [out, in, kh, kw]", shape_str(&w.shape))));
+                    return Err(Error::tensor(
+                        label,
+                        wname,
+                        format!(
+                            "has shape {}, a conv2d weight must be [out, in, kh, kw]",
+                            shape_str(&w.shape)
+                        ),
+                    ));
                 }
                 let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
                 if shape.len() != 3 || shape[0] != i {
-                    return Err(Error::tensor(label, wname, format!(
-                        "shape {} does not fit the layer's input {} (conv2d needs [{i}, H, W])",
-                        shape_str(&w.shape), shape_str(&shape))));
+                    return Err(Error::tensor(
+                        label,
+                        wname,
+                        format!(
+                            "shape {} does not fit the layer's input {} (conv2d needs [{i}, H, W])",
+                            shape_str(&w.shape),
+                            shape_str(&shape)
+                        ),
+                    ));
                 }
                 let stride = ls.stride.map_or((1, 1), |p| p.hw());
                 let padding = ls.padding.map_or((0, 0), |p| p.hw());
@@ -187,7 +224,11 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
                 }
                 let (h, wd) = (shape[1] + 2 * padding.0, shape[2] + 2 * padding.1);
                 if h < kh || wd < kw {
-                    return Err(Error::tensor(label, wname, format!("kernel {kh}x{kw} is larger than the padded input {h}x{wd}")));
+                    return Err(Error::tensor(
+                        label,
+                        wname,
+                        format!("kernel {kh}x{kw} is larger than the padded input {h}x{wd}"),
+                    ));
                 }
                 let bias = load_bias(file, ls.bias.as_deref(), o)?;
                 shape = vec![o, (h - kh) / stride.0 + 1, (wd - kw) / stride.1 + 1];
@@ -214,7 +255,12 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
                     return Err(bad("kernel and stride must be > 0".into()));
                 }
                 if shape.len() != 3 || shape[1] < kernel.0 || shape[2] < kernel.1 {
-                    return Err(bad(format!("input {} does not fit a {}x{} window", shape_str(&shape), kernel.0, kernel.1)));
+                    return Err(bad(format!(
+                        "input {} does not fit a {}x{} window",
+                        shape_str(&shape),
+                        kernel.0,
+                        kernel.1
+                    )));
                 }
                 shape = vec![
                     shape[0],
@@ -239,11 +285,17 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
     let mut seen = std::collections::HashSet::new();
     for l in layers.iter().filter(|l| l.op.has_weights()) {
         if !seen.insert(l.name.as_str()) {
-            return Err(Error::spec(label, format!("two weight layers are named '{}'", l.name)));
+            return Err(Error::spec(
+                label,
+                format!("two weight layers are named '{}'", l.name),
+            ));
         }
     }
     if !layers.iter().any(|l| l.op.has_weights()) {
-        return Err(Error::spec(label, "the model has no linear or conv2d layer"));
+        return Err(Error::spec(
+            label,
+            "the model has no linear or conv2d layer",
+        ));
     }
     Ok(layers)
 }
@@ -275,10 +327,18 @@ fn load_bias(file: &TensorFile, name: Option<&str>, out: usize) -> Result<Array1
 }
 
 /// Folds y = γ (x − μ)/√(σ² + ε) + β into the conv (or linear) layer before it.
-fn fold_batchnorm(file: &TensorFile, ls: &LayerSpec, name: &str, prev: Option<&mut Layer>) -> Result<()> {
+fn fold_batchnorm(
+    file: &TensorFile,
+    ls: &LayerSpec,
+    name: &str,
+    prev: Option<&mut Layer>,
+) -> Result<()> {
     let label = file.label();
     let Some(prev) = prev.filter(|p| p.op.has_weights()) else {
-        return Err(Error::spec(label, format!("batchnorm2d '{name}' must follow a conv2d or linear layer to be folded")));
+        return Err(Error::spec(
+            label,
+            format!("batchnorm2d '{name}' must follow a conv2d or linear layer to be folded"),
+        ));
     };
     let channels = prev.out_shape[0];
     let get = |key: &str, t: &Option<String>, default: f32| -> Result<Vec<f32>> {
@@ -286,11 +346,21 @@ fn fold_batchnorm(file: &TensorFile, ls: &LayerSpec, name: &str, prev: Option<&m
             Some(t) => {
                 let v = file.float(t)?;
                 if v.shape != [channels] {
-                    return Err(Error::tensor(label, t, format!("has shape {}, batchnorm '{name}' needs [{channels}]", shape_str(&v.shape))));
+                    return Err(Error::tensor(
+                        label,
+                        t,
+                        format!(
+                            "has shape {}, batchnorm '{name}' needs [{channels}]",
+                            shape_str(&v.shape)
+                        ),
+                    ));
                 }
                 Ok(v.data)
             }
-            None if key == "running_mean" || key == "running_var" => Err(Error::spec(label, format!("batchnorm2d '{name}' needs `{key}`"))),
+            None if key == "running_mean" || key == "running_var" => Err(Error::spec(
+                label,
+                format!("batchnorm2d '{name}' needs `{key}`"),
+            )),
             None => Ok(vec![default; channels]),
         }
     };

@@ -1,7 +1,7 @@
 //! Calibration and evaluation data sets (formats.md §2): safetensors or npz with `inputs` and `labels`.
 
 use super::npz;
-use super::tensors::{decode_float, decode_int, TensorFile};
+use super::tensors::{TensorFile, decode_float, decode_int};
 use crate::error::{Error, Result};
 use safetensors::Dtype;
 use std::path::Path;
@@ -70,9 +70,10 @@ pub fn load_dataset_bytes(label: &str, bytes: &[u8]) -> Result<Dataset> {
 }
 
 fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result<Dataset> {
-    let n = *inputs.shape.first().ok_or_else(|| {
-        Error::tensor(label, "inputs", "is a scalar; expected [N, ...]")
-    })?;
+    let n = *inputs
+        .shape
+        .first()
+        .ok_or_else(|| Error::tensor(label, "inputs", "is a scalar; expected [N, ...]"))?;
     if n == 0 {
         return Err(Error::data(label, "holds no samples (inputs has N = 0)"));
     }
@@ -80,7 +81,11 @@ fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result
     let values = match inputs.dtype {
         Dtype::U8 => inputs.bytes.iter().map(|&b| b as f32 / 255.0).collect(),
         d => decode_float(d, &inputs.bytes).ok_or_else(|| {
-            Error::tensor(label, "inputs", format!("unsupported dtype {d:?} (expected F32, F16, BF16 or U8)"))
+            Error::tensor(
+                label,
+                "inputs",
+                format!("unsupported dtype {d:?} (expected F32, F16, BF16 or U8)"),
+            )
         })?,
     };
     let values: Vec<f32> = values;
@@ -88,17 +93,32 @@ fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result
         return Err(Error::tensor(
             label,
             "inputs",
-            format!("holds a non-finite value ({}) in sample {}", values[i], i / sample_len.max(1)),
+            format!(
+                "holds a non-finite value ({}) in sample {}",
+                values[i],
+                i / sample_len.max(1)
+            ),
         ));
     }
     let labels = match labels {
         None => None,
         Some(t) => {
             let v = decode_int(t.dtype, &t.bytes).ok_or_else(|| {
-                Error::tensor(label, "labels", format!("unsupported dtype {:?} (expected an integer dtype)", t.dtype))
+                Error::tensor(
+                    label,
+                    "labels",
+                    format!(
+                        "unsupported dtype {:?} (expected an integer dtype)",
+                        t.dtype
+                    ),
+                )
             })?;
             if t.shape != [n] {
-                return Err(Error::tensor(label, "labels", format!("has shape {:?}, expected [{n}] (one per sample)", t.shape)));
+                return Err(Error::tensor(
+                    label,
+                    "labels",
+                    format!("has shape {:?}, expected [{n}] (one per sample)", t.shape),
+                ));
             }
             Some(v)
         }

@@ -7,7 +7,7 @@ pub mod spec;
 pub mod tensors;
 
 pub use build::{load_model, load_model_bytes, sha256_hex};
-pub use dataset::{load_dataset, load_dataset_bytes, Dataset};
+pub use dataset::{Dataset, load_dataset, load_dataset_bytes};
 pub use spec::{LayerSpec, Spec};
 
 use ndarray::{Array1, Array2, Array4};

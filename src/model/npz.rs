@@ -49,10 +49,19 @@ fn parse_npy(data: &[u8]) -> std::result::Result<RawTensor, String> {
     let header = std::str::from_utf8(header).map_err(|_| "non-UTF-8 .npy header")?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;
-        Some(header[i + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+        Some(
+            header[i + key.len() + 2..]
+                .trim_start()
+                .trim_start_matches(':')
+                .trim_start(),
+        )
     };
     let descr = field("descr").ok_or("no 'descr' in .npy header")?;
-    let descr = descr.trim_start_matches('\'').split('\'').next().unwrap_or("");
+    let descr = descr
+        .trim_start_matches('\'')
+        .split('\'')
+        .next()
+        .unwrap_or("");
     if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
         return Err("Fortran-order arrays are not supported".into());
     }
@@ -66,7 +75,10 @@ fn parse_npy(data: &[u8]) -> std::result::Result<RawTensor, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape '{shape_text}'")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape '{shape_text}'"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let dtype = match descr {
         "<f4" => Dtype::F32,
@@ -85,7 +97,10 @@ fn parse_npy(data: &[u8]) -> std::result::Result<RawTensor, String> {
     let body = &data[start + header_len..];
     let want = shape.iter().product::<usize>() * dtype.bitsize() / 8;
     if body.len() < want {
-        return Err(format!("truncated: {} bytes of data, shape needs {want}", body.len()));
+        return Err(format!(
+            "truncated: {} bytes of data, shape needs {want}",
+            body.len()
+        ));
     }
     Ok(RawTensor {
         dtype,

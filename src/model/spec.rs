@@ -92,9 +92,8 @@ pub const OPS: [&str; 7] = [
 impl Spec {
     /// Parses spec TOML; `label` names its source in errors (a TOML error keeps its line).
     pub fn parse(label: &str, text: &str) -> Result<Spec> {
-        let spec: Spec = toml::from_str(text).map_err(|e| {
-            Error::spec(label, toml_error_one_line(&e, text))
-        })?;
+        let spec: Spec =
+            toml::from_str(text).map_err(|e| Error::spec(label, toml_error_one_line(&e, text)))?;
         for (i, l) in spec.layers.iter().enumerate() {
             if !OPS.contains(&l.op.as_str()) {
                 return Err(Error::spec(
@@ -110,7 +109,10 @@ impl Spec {
         if spec.input_shape.is_empty() || spec.input_shape.contains(&0) {
             return Err(Error::spec(
                 label,
-                format!("input_shape {:?} must be non-empty with no zero", spec.input_shape),
+                format!(
+                    "input_shape {:?} must be non-empty with no zero",
+                    spec.input_shape
+                ),
             ));
         }
         Ok(spec)
@@ -174,7 +176,10 @@ kernel = 2
         let e = Spec::parse("m.toml", "input_shape = [4]\n[[layers]]\nop = \"gelu\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("m.toml") && e.contains("'gelu'") && e.contains("conv2d"), "{e}");
+        assert!(
+            e.contains("m.toml") && e.contains("'gelu'") && e.contains("conv2d"),
+            "{e}"
+        );
     }
 
     #[test]

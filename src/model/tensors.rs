@@ -26,7 +26,10 @@ impl<'a> TensorFile<'a> {
         if bytes.len() < 8 {
             return Err(Error::format(
                 label,
-                format!("not a safetensors file: {} bytes, too short for a header", bytes.len()),
+                format!(
+                    "not a safetensors file: {} bytes, too short for a header",
+                    bytes.len()
+                ),
             ));
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));

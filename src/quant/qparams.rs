@@ -42,6 +42,32 @@ pub fn round_half_away(x: f64) -> f64 {
     x.round()
 }
 
+/// [`quantize_core`] over a slice.
+#[inline(always)]
+fn quantize_slice(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_core(v, scale, zp, lo, hi) as i8;
+    }
+}
+
+/// The same loop compiled for AVX2 (4 f64 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_slice_avx2(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
+    quantize_slice(x, out, scale, zp, lo, hi);
+}
+
+/// round_half_away(x / scale) + zp clamped to [lo, hi], written so that it vectorizes
+/// (truncate, then compare the exact remainder with ±0.5: the same result as `f64::round`).
+#[inline(always)]
+fn quantize_core(x: f32, scale: f32, zp: i32, lo: i32, hi: i32) -> i32 {
+    let v = (x as f64 / scale as f64).clamp(-1e9, 1e9);
+    let t = v as i64;
+    let frac = v - t as f64;
+    let r = t + i64::from(frac >= 0.5) - i64::from(frac <= -0.5);
+    (r + zp as i64).clamp(lo as i64, hi as i64) as i32
+}
+
 impl QParams {
     /// Scale and zero point for `range` at `bits` with `scheme`, exactly as formats.md §3 says.
     pub fn from_range(range: ClipRange, bits: u8, scheme: Scheme) -> Self {
@@ -96,10 +122,21 @@ impl QParams {
     }
 
     /// The integer for `x`: round(x / scale) + zero_point, clamped to [qmin, qmax].
+    #[inline]
     pub fn quantize(&self, x: f32) -> i32 {
-        let q = round_half_away(x as f64 / self.scale as f64);
-        let q = q.clamp(-1e9, 1e9) as i64 + self.zero_point as i64;
-        q.clamp(self.qmin() as i64, self.qmax() as i64) as i32
+        quantize_core(x, self.scale, self.zero_point, self.qmin(), self.qmax())
+    }
+
+    /// Quantizes a slice into i8 storage (the same arithmetic as [`QParams::quantize`]).
+    pub fn quantize_into(&self, x: &[f32], out: &mut [i8]) {
+        let (scale, zp, lo, hi) = (self.scale, self.zero_point, self.qmin(), self.qmax());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { quantize_slice_avx2(x, out, scale, zp, lo, hi) };
+            return;
+        }
+        quantize_slice(x, out, scale, zp, lo, hi);
     }
 
     /// The real value of integer `q`.
@@ -175,11 +212,13 @@ mod tests {
         assert_eq!(q.quantize(-5.0), -127);
         assert_eq!(q.quantize(0.005), 1); // half away from zero
         assert_eq!(q.quantize(-0.005), -1);
-        let q4 = QParams::from_range(ClipRange::new(-0.7, 0.3), 4, Scheme::Symmetric);
-        assert!((q4.scale - 0.1).abs() < 1e-7);
+        // amax 0.875 at 4 bits: scale 0.125 exactly, so halves are exact halves.
+        let q4 = QParams::from_range(ClipRange::new(-0.875, 0.3), 4, Scheme::Symmetric);
+        assert_eq!(q4.scale, 0.125);
         assert_eq!((q4.qmin(), q4.qmax()), (-7, 7));
-        assert_eq!(q4.quantize(0.25), 3); // 2.5 rounds to 3
-        assert_eq!(q4.quantize(-0.25), -3);
+        assert_eq!(q4.quantize(0.3125), 3); // 2.5 rounds to 3
+        assert_eq!(q4.quantize(-0.3125), -3);
+        assert_eq!(q4.quantize(5.0), 7);
     }
 
     #[test]
@@ -201,6 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn fast_rounding_equals_f64_round_half_away() {
+        let q = QParams::from_range(ClipRange::new(-3.0, 5.0), 8, Scheme::Asymmetric);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let xs: Vec<f32> = (0..100_000)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if i % 3 == 0 {
+                    // exact halves of the step
+                    ((state % 2001) as f32 - 1000.0) * 0.5 * q.scale
+                } else {
+                    (state >> 40) as f32 / (1u64 << 24) as f32 * 10.0 - 5.0
+                }
+            })
+            .collect();
+        let mut fast = vec![0i8; xs.len()];
+        q.quantize_into(&xs, &mut fast);
+        for (x, f) in xs.iter().zip(&fast) {
+            let want = ((*x as f64 / q.scale as f64).round() as i64 + q.zero_point as i64)
+                .clamp(q.qmin() as i64, q.qmax() as i64);
+            assert_eq!(*f as i64, want, "x {x}");
+        }
+    }
+
+    #[test]
     fn zero_range_gives_scale_one() {
         for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
             let q = QParams::from_range(ClipRange::new(0.0, 0.0), 8, scheme);
@@ -218,7 +283,10 @@ mod tests {
                 for i in 0..=1000 {
                     let x = r.lo + (r.hi - r.lo) * i as f32 / 1000.0;
                     let err = (q.fake_quant(x) - x).abs();
-                    assert!(err <= q.scale * 0.5 + 1e-6, "bits {bits} {scheme}: x {x} err {err}");
+                    assert!(
+                        err <= q.scale * 0.5 + 1e-6,
+                        "bits {bits} {scheme}: x {x} err {err}"
+                    );
                     assert!((q.qmin()..=q.qmax()).contains(&q.quantize(x)));
                 }
             }
@@ -235,6 +303,11 @@ mod tests {
         assert!(q.validate("x").is_err());
         q.scale = 0.1;
         q.zero_point = 200;
-        assert!(q.validate("x").unwrap_err().to_string().contains("x.zero_point"));
+        assert!(
+            q.validate("x")
+                .unwrap_err()
+                .to_string()
+                .contains("x.zero_point")
+        );
     }
 }

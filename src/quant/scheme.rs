@@ -27,7 +27,10 @@ pub fn check_percentile(key: &str, p: f64) -> Result<f64> {
     if p > 0.0 && p <= 100.0 {
         Ok(p)
     } else {
-        Err(Error::config(key, format!("percentile {p} is outside (0, 100]")))
+        Err(Error::config(
+            key,
+            format!("percentile {p} is outside (0, 100]"),
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Weight quantization: one clipping range and one set of qparams per tensor, output channel or
 //! group, and the integer weights they give.
 
-use super::calib::{choose_range, Histogram, StrategyParams};
+use super::calib::{Histogram, StrategyParams, choose_range};
 use super::{ClipRange, Granularity, QParams, Strategy};
 use crate::config::WeightSettings;
 use rayon::prelude::*;
@@ -88,7 +88,9 @@ fn block_range(values: &[f32], s: &WeightSettings) -> ClipRange {
         Strategy::MinMax | Strategy::Manual => {
             let (lo, hi) = values
                 .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
             if lo > hi {
                 ClipRange::new(0.0, 0.0)
             } else {
@@ -171,11 +173,16 @@ mod tests {
 
     #[test]
     fn per_channel_int4_by_hand() {
-        // Row 0: amax 0.7 → scale 0.1; row 1: all zero → scale 1, all q = 0.
-        let w = [0.7, -0.35, 0.05, 0.0, 0.0, 0.0];
-        let q = quantize_weights(&w, 2, 3, &settings(4, Granularity::PerChannel, Scheme::Symmetric));
+        // Row 0: amax 0.875 → scale 0.125; row 1: all zero → scale 1, all q = 0.
+        let w = [0.875, -0.4375, 0.0625, 0.0, 0.0, 0.0];
+        let q = quantize_weights(
+            &w,
+            2,
+            3,
+            &settings(4, Granularity::PerChannel, Scheme::Symmetric),
+        );
         assert_eq!(q.q, vec![7, -4, 1, 0, 0, 0]); // -3.5 → -4, 0.5 → 1 (half away from zero)
-        assert!((q.params[0].scale - 0.1).abs() < 1e-7);
+        assert_eq!(q.params[0].scale, 0.125);
         assert_eq!(q.params[1].scale, 1.0);
         assert!(q.dequantize().iter().all(|v| v.is_finite()));
     }
@@ -183,7 +190,12 @@ mod tests {
     #[test]
     fn groups_split_each_row_and_the_last_may_be_short() {
         let w: Vec<f32> = (0..10).map(|i| i as f32 - 4.0).collect(); // 2 rows × 5
-        let q = quantize_weights(&w, 2, 5, &settings(8, Granularity::Group(2), Scheme::Symmetric));
+        let q = quantize_weights(
+            &w,
+            2,
+            5,
+            &settings(8, Granularity::Group(2), Scheme::Symmetric),
+        );
         assert_eq!(q.groups(), 3);
         assert_eq!(q.params.len(), 6);
         // Row 0 group 0 holds [-4, -3]: amax 4; row 1 group 2 holds [5]: amax 5.
@@ -197,7 +209,12 @@ mod tests {
     #[test]
     fn per_tensor_shares_one_scale_and_asymmetric_uses_the_full_range() {
         let w = [-1.0, 0.5, 2.0, 3.0];
-        let q = quantize_weights(&w, 2, 2, &settings(8, Granularity::PerTensor, Scheme::Asymmetric));
+        let q = quantize_weights(
+            &w,
+            2,
+            2,
+            &settings(8, Granularity::PerTensor, Scheme::Asymmetric),
+        );
         assert_eq!(q.params.len(), 1);
         assert_eq!(q.q[0] as i32, -128);
         assert_eq!(q.q[3] as i32, 127);

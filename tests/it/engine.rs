@@ -1,9 +1,9 @@
 //! The integer engine against a float "fake-quant" simulation of the same parameters.
 
-use crate::util::{f32t, safetensors_bytes, Rng};
+use crate::util::{Rng, f32t, safetensors_bytes};
 use proptest::prelude::*;
 use qscope::config::{ActSettings, WeightSettings};
-use qscope::engine::{float, IntModel};
+use qscope::engine::{IntModel, float};
 use qscope::model::load_model_bytes;
 use qscope::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
 use qscope::quant::weights::quantize_weights;
@@ -32,14 +32,26 @@ fn minmax(v: &[f32]) -> ClipRange {
 /// A random one-layer model (linear or conv, maybe followed by relu) from `rng`.
 fn random_layer(rng: &mut Rng) -> (Model, usize) {
     let relu = rng.below(2) == 0;
-    let relu_toml = if relu { "\n[[layers]]\nop = \"relu\"\n" } else { "" };
+    let relu_toml = if relu {
+        "\n[[layers]]\nop = \"relu\"\n"
+    } else {
+        ""
+    };
     if rng.below(2) == 0 {
         let (inp, out) = (1 + rng.below(70), 1 + rng.below(20));
         let w = rng.vec(out * inp, -1.0, 1.0);
         let b = rng.vec(out, -0.5, 0.5);
-        let spec = format!("input_shape = [{inp}]\n[[layers]]\nname = \"l\"\nop = \"linear\"\nweight = \"w\"\nbias = \"b\"\n{relu_toml}");
-        let bytes = safetensors_bytes(&[f32t("w", &[out, inp], &w), f32t("b", &[out], &b)], Some(&spec));
-        (load_model_bytes("random", "random", &bytes, None).unwrap(), inp)
+        let spec = format!(
+            "input_shape = [{inp}]\n[[layers]]\nname = \"l\"\nop = \"linear\"\nweight = \"w\"\nbias = \"b\"\n{relu_toml}"
+        );
+        let bytes = safetensors_bytes(
+            &[f32t("w", &[out, inp], &w), f32t("b", &[out], &b)],
+            Some(&spec),
+        );
+        (
+            load_model_bytes("random", "random", &bytes, None).unwrap(),
+            inp,
+        )
     } else {
         let (c, o, k) = (1 + rng.below(3), 1 + rng.below(5), 1 + rng.below(3));
         let (h, w_) = (k + rng.below(6), k + rng.below(6));
@@ -49,8 +61,14 @@ fn random_layer(rng: &mut Rng) -> (Model, usize) {
         let spec = format!(
             "input_shape = [{c}, {h}, {w_}]\n[[layers]]\nname = \"l\"\nop = \"conv2d\"\nweight = \"w\"\nbias = \"b\"\nstride = {s}\npadding = {p}\n{relu_toml}"
         );
-        let bytes = safetensors_bytes(&[f32t("w", &[o, c, k, k], &w), f32t("b", &[o], &b)], Some(&spec));
-        (load_model_bytes("random", "random", &bytes, None).unwrap(), c * h * w_)
+        let bytes = safetensors_bytes(
+            &[f32t("w", &[o, c, k, k], &w), f32t("b", &[o], &b)],
+            Some(&spec),
+        );
+        (
+            load_model_bytes("random", "random", &bytes, None).unwrap(),
+            c * h * w_,
+        )
     }
 }
 
@@ -61,7 +79,11 @@ fn check_one(seed: u64) {
     let x = rng.vec(n * in_len, -2.0, 3.0);
     let schemes = [Scheme::Symmetric, Scheme::Asymmetric];
     let (wb, ab) = (2 + rng.below(7) as u8, 2 + rng.below(7) as u8);
-    let granularity = [Granularity::PerTensor, Granularity::PerChannel, Granularity::Group(1 + rng.below(8))][rng.below(3)];
+    let granularity = [
+        Granularity::PerTensor,
+        Granularity::PerChannel,
+        Granularity::Group(1 + rng.below(8)),
+    ][rng.below(3)];
     let wsettings = WeightSettings {
         bits: wb,
         scheme: schemes[rng.below(2)],
@@ -76,14 +98,22 @@ fn check_one(seed: u64) {
 
     // The fake-quant simulation: quantize-dequantize the input, dequantized weights, f32 layer.
     let xq: Vec<f32> = x.iter().map(|&v| input.qparams.fake_quant(v)).collect();
-    let mut sim_model = qscope::pipeline::with_quantized_weights(&model, &[Some(WeightQuant { settings: wsettings, q: qw.clone() })]);
+    let mut sim_model = qscope::pipeline::with_quantized_weights(
+        &model,
+        &[Some(WeightQuant {
+            settings: wsettings,
+            q: qw.clone(),
+        })],
+    );
     // The bias is an i32 at scale s_in · (the row's largest weight scale): simulate that too.
     let bias = match &mut sim_model.layers[0].op {
         qscope::model::Op::Linear { bias, .. } | qscope::model::Op::Conv2d { bias, .. } => bias,
         _ => unreachable!(),
     };
     for (r, b) in bias.iter_mut().enumerate() {
-        let s_ref = (0..qw.groups()).map(|g| qw.param(r, g).scale as f64).fold(0.0, f64::max);
+        let s_ref = (0..qw.groups())
+            .map(|g| qw.param(r, g).scale as f64)
+            .fold(0.0, f64::max);
         let unit = input.qparams.scale as f64 * s_ref;
         *b = ((*b as f64 / unit).round() * unit) as f32;
     }
@@ -96,7 +126,10 @@ fn check_one(seed: u64) {
         layers: vec![LayerParams {
             name: "l".into(),
             index: 0,
-            weight: Some(WeightQuant { settings: wsettings, q: qw }),
+            weight: Some(WeightQuant {
+                settings: wsettings,
+                q: qw,
+            }),
             act: Some(out.clone()),
         }],
     };
@@ -125,7 +158,17 @@ fn whole_bundled_cnn_runs_in_integers_close_to_fake_quant() {
     let model = qscope::bundled::model("mnist-cnn").unwrap();
     let calib = qscope::bundled::calib().take(64);
     let eval = qscope::bundled::test().take(64);
-    let out = qscope::pipeline::run(&model, &calib, &eval, &Default::default(), &Default::default()).unwrap();
-    assert!(out.report.output_sqnr_db.unwrap() > 25.0, "{:?}", out.report.output_sqnr_db);
+    let out = qscope::pipeline::run(
+        &model,
+        &calib,
+        &eval,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        out.report.output_sqnr_db.unwrap() > 25.0,
+        "{:?}",
+        out.report.output_sqnr_db
+    );
 }
-

@@ -1,19 +1,35 @@
 //! The accuracy figures the bundled models must reach (issue: "Figures to reach").
 
-use qscope::pipeline::{run, Cancel};
-use qscope::{bundled, Granularity, QuantConfig, Strategy};
+use qscope::pipeline::{Cancel, run};
+use qscope::{Granularity, QuantConfig, Strategy, bundled};
 
 fn eval(model: &str, config: &QuantConfig) -> qscope::Report {
     let m = bundled::model(model).unwrap();
-    run(&m, &bundled::calib(), &bundled::test(), config, &Cancel::new()).unwrap().report
+    run(
+        &m,
+        &bundled::calib(),
+        &bundled::test(),
+        config,
+        &Cancel::new(),
+    )
+    .unwrap()
+    .report
 }
 
 #[test]
 fn bundled_models_reach_their_float_accuracy() {
     let r = eval("mnist-mlp", &QuantConfig::default());
-    assert!(r.fp32_accuracy.unwrap() >= 0.95, "MLP float {:?}", r.fp32_accuracy);
+    assert!(
+        r.fp32_accuracy.unwrap() >= 0.95,
+        "MLP float {:?}",
+        r.fp32_accuracy
+    );
     let r = eval("mnist-cnn", &QuantConfig::default());
-    assert!(r.fp32_accuracy.unwrap() >= 0.975, "CNN float {:?}", r.fp32_accuracy);
+    assert!(
+        r.fp32_accuracy.unwrap() >= 0.975,
+        "CNN float {:?}",
+        r.fp32_accuracy
+    );
 }
 
 #[test]
@@ -39,4 +55,30 @@ fn mlp_int4_per_channel_weights_with_kl_or_mse_activations_is_within_two_points(
         let (f, q) = (r.fp32_accuracy.unwrap(), r.quant_accuracy.unwrap());
         assert!(f - q <= 0.02, "{strategy}: float {f} int {q}");
     }
+}
+
+#[test]
+fn calibration_memory_does_not_grow_with_the_calibration_set() {
+    use qscope::pipeline::{calibrate, quantize_weights};
+    let model = bundled::model("mnist-cnn").unwrap();
+    let weights = quantize_weights(&model, &QuantConfig::default());
+    let calib = bundled::calib();
+    let small = calibrate(&model, &weights, &calib.take(50), &Cancel::new()).unwrap();
+    let large = calibrate(&model, &weights, &calib, &Cancel::new()).unwrap();
+    assert_eq!(large.samples, 1000);
+    let bins = |c: &qscope::pipeline::Calibration| -> Vec<usize> {
+        std::iter::once(&c.input)
+            .chain(&c.outputs)
+            .map(|h| h.counts().len())
+            .collect()
+    };
+    assert_eq!(bins(&small), bins(&large));
+    assert!(
+        bins(&large).iter().all(|&b| b <= 4096),
+        "{:?}",
+        bins(&large)
+    );
+    // 20× the samples: the histograms counted them all in the same memory.
+    assert_eq!(large.input.count(), 1000 * 784);
+    assert_eq!(small.input.count(), 50 * 784);
 }

@@ -3,5 +3,6 @@
 mod bad_input;
 mod engine;
 mod figures;
+mod loading;
 mod tui;
 mod util;

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: tiny models and data sets written as safetensors.
 
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use safetensors::tensor::TensorView;
 use std::collections::HashMap;
 
 /// A tensor to write: name, dtype, shape, little-endian bytes.
@@ -36,7 +36,12 @@ pub fn u8t(name: &str, shape: &[usize], v: &[u8]) -> T {
 pub fn safetensors_bytes(tensors: &[T], spec: Option<&str>) -> Vec<u8> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|t| (t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        })
         .collect();
     let meta = spec.map(|s| HashMap::from([("qscope.spec".to_string(), s.to_string())]));
     safetensors::serialize(views, meta).unwrap()

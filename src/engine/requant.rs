@@ -1,0 +1,140 @@
+//! The integer engine's epilogue: y = clamp(z_out + M_r · (acc + k_r)) for every row of a GEMM
+//! result, with per-column fixed-point multipliers. A plain version and an AVX2-compiled copy of
+//! the same code (chosen at run time) give identical results.
+
+use crate::quant::FixedMultiplier;
+
+/// Requantizes `c` (rows of `mult.len()` accumulators) into `y`, adding `konst[r]` first.
+pub fn requantize_rows(
+    c: &[i32],
+    konst: &[i32],
+    mult: &[FixedMultiplier],
+    out_zp: i32,
+    lo: i32,
+    hi: i32,
+    y: &mut [i8],
+) {
+    // The vectorizable form needs every multiplier below 1 (no left shift).
+    let small = mult.iter().all(|m| m.shift <= 0);
+    #[cfg(target_arch = "x86_64")]
+    if small && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { requantize_avx2(c, konst, mult, out_zp, lo, hi, y) };
+        return;
+    }
+    if small {
+        body(c, konst, mult, out_zp, lo, hi, y);
+    } else {
+        reference(c, konst, mult, out_zp, lo, hi, y);
+    }
+}
+
+/// The obvious loop with [`FixedMultiplier::apply`]: what the fast versions must equal.
+pub fn reference(
+    c: &[i32],
+    konst: &[i32],
+    mult: &[FixedMultiplier],
+    out_zp: i32,
+    lo: i32,
+    hi: i32,
+    y: &mut [i8],
+) {
+    let out = mult.len();
+    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+        for r in 0..out {
+            let v = out_zp + mult[r].apply(crow[r].saturating_add(konst[r]));
+            yrow[r] = v.clamp(lo, hi) as i8;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn requantize_avx2(
+    c: &[i32],
+    konst: &[i32],
+    mult: &[FixedMultiplier],
+    out_zp: i32,
+    lo: i32,
+    hi: i32,
+    y: &mut [i8],
+) {
+    body(c, konst, mult, out_zp, lo, hi, y);
+}
+
+/// SRDHM then a rounding right shift, in branch-free i64 arithmetic (multipliers < 1).
+#[inline(always)]
+fn body(
+    c: &[i32],
+    konst: &[i32],
+    mult: &[FixedMultiplier],
+    out_zp: i32,
+    lo: i32,
+    hi: i32,
+    y: &mut [i8],
+) {
+    let out = mult.len();
+    let mant: Vec<i64> = mult.iter().map(|m| m.mantissa as i64).collect();
+    let right: Vec<i64> = mult.iter().map(|m| (-m.shift).min(62) as i64).collect();
+    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+        for r in 0..out {
+            let acc = (crow[r] as i64 + konst[r] as i64).clamp(i32::MIN as i64, i32::MAX as i64);
+            // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
+            let ab = acc * mant[r];
+            let nudge = if ab >= 0 {
+                1i64 << 30
+            } else {
+                1 - (1i64 << 30)
+            };
+            let x = ab + nudge;
+            let high = (x + ((x >> 63) & ((1i64 << 31) - 1))) >> 31; // x / 2^31 toward zero
+            // rounding_divide_by_pot
+            let e = right[r];
+            let mask = (1i64 << e) - 1;
+            let rem = high & mask;
+            let threshold = (mask >> 1) + i64::from(high < 0);
+            let q = (high >> e) + i64::from(rem > threshold);
+            yrow[r] = (out_zp as i64 + q).clamp(lo as i64, hi as i64) as i8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_epilogue_equals_the_reference() {
+        let mut s = 0x1234_5678u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for out in [1usize, 3, 8, 10, 17, 64] {
+            let rows = 9;
+            let mult: Vec<FixedMultiplier> = (0..out)
+                .map(|_| FixedMultiplier::from_f64(10f64.powf(-((next() % 700) as f64) / 100.0)))
+                .collect();
+            let konst: Vec<i32> = (0..out)
+                .map(|_| (next() % 200_001) as i32 - 100_000)
+                .collect();
+            let mut c: Vec<i32> = (0..rows * out)
+                .map(|_| (next() % 4_000_001) as i32 - 2_000_000)
+                .collect();
+            c[0] = i32::MAX;
+            let len = c.len();
+            c[1 % len] = i32::MIN;
+            for (zp, lo, hi) in [(-128, -128, 127), (3, 3, 127), (0, -7, 7)] {
+                let mut want = vec![0i8; c.len()];
+                let mut got = vec![0i8; c.len()];
+                reference(&c, &konst, &mult, zp, lo, hi, &mut want);
+                requantize_rows(&c, &konst, &mult, zp, lo, hi, &mut got);
+                assert_eq!(got, want, "out {out} zp {zp}");
+                body(&c, &konst, &mult, zp, lo, hi, &mut got);
+                assert_eq!(got, want, "portable body, out {out}");
+            }
+        }
+    }
+}
