@@ -107,8 +107,6 @@ pub fn num(x: f64) -> String {
         format!("{x:.2e}")
     } else if a >= 100.0 {
         format!("{x:.1}")
-    } else if a >= 1.0 {
-        format!("{x:.3}")
     } else {
         format!("{x:.3}")
     }

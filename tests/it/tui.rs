@@ -288,7 +288,7 @@ fn the_clipped_part_of_a_histogram_is_drawn_apart() {
         clip_bins: Some((2, 7)),
         clipped: 5,
         total: 188,
-        stats: Stats::default(),
+        stats: Stats::of(&[1.0, 2.0]),
     };
     let mut t = Terminal::new(TestBackend::new(10, 8)).unwrap();
     t.draw(|f| {
