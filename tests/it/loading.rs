@@ -65,7 +65,7 @@ fn f16_and_bf16_weights_load_close_to_f32() {
 #[test]
 fn batchnorm_folds_into_the_conv_before_it() {
     let mut r = Rng(11);
-    let (w, b) = (r.vec(2 * 1 * 3 * 3, -1.0, 1.0), r.vec(2, -0.5, 0.5));
+    let (w, b) = (r.vec(18, -1.0, 1.0), r.vec(2, -0.5, 0.5));
     let (gamma, beta, mean, var) = (
         vec![1.5, 0.5],
         vec![0.1, -0.2],
