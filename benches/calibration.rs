@@ -72,7 +72,7 @@ pub fn calibration(c: &mut Criterion) {
                     weights
                         .chunks(784)
                         .map(|ch| choose_range(&Histogram::from_values(ch), strategy, &p))
-                        .count()
+                        .collect::<Vec<_>>()
                 })
             },
         );
