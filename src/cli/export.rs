@@ -6,15 +6,15 @@ use super::progress::spinner;
 use super::setup::setup;
 use super::table::pct;
 use anyhow::Result;
-use qscope::export::{check_export_target, save_params, save_quantized_model, ExportKind};
-use qscope::pipeline::{run, Cancel};
+use qscope::export::{ExportKind, check_export_target, save_params, save_quantized_model};
+use qscope::pipeline::{Cancel, run};
 
 /// `n` with thousands separators.
 pub fn bytes(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -47,8 +47,17 @@ pub fn main(args: &ExportArgs) -> Result<()> {
     };
     let out = args.out.display();
     let layers = params.layers.len();
-    let float: Vec<&str> = params.layers.iter().filter(|l| l.weight.is_none()).map(|l| l.name.as_str()).collect();
-    let float = if float.is_empty() { String::new() } else { format!(", float: {}", float.join(", ")) };
+    let float: Vec<&str> = params
+        .layers
+        .iter()
+        .filter(|l| l.weight.is_none())
+        .map(|l| l.name.as_str())
+        .collect();
+    let float = if float.is_empty() {
+        String::new()
+    } else {
+        format!(", float: {}", float.join(", "))
+    };
     match kind {
         ExportKind::Json | ExportKind::Toml => {
             save_params(&args.out, &s.model, &params)?;
@@ -70,9 +79,16 @@ pub fn main(args: &ExportArgs) -> Result<()> {
                     s.model_file_bytes as f64 / size as f64
                 )
             } else {
-                format!(" (re-exported from a quantized model of {} bytes)", bytes(s.model_file_bytes))
+                format!(
+                    " (re-exported from a quantized model of {} bytes)",
+                    bytes(s.model_file_bytes)
+                )
             };
-            println!("wrote {out}: quantized {} ({layers} weight layers{float}), {} bytes{against}", s.model.name, bytes(size));
+            println!(
+                "wrote {out}: quantized {} ({layers} weight layers{float}), {} bytes{against}",
+                s.model.name,
+                bytes(size)
+            );
         }
     }
     Ok(())

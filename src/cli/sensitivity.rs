@@ -5,7 +5,7 @@ use super::progress::bar;
 use super::setup::setup;
 use super::table::{db, pct, render};
 use anyhow::Result;
-use qscope::eval::sensitivity::sensitivity;
+use qscope::eval::sensitivity::{sensitivity, sensitivity_params};
 use qscope::pipeline::Cancel;
 
 /// Runs `qscope sensitivity`.
@@ -13,11 +13,22 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
     let s = setup(&args.common)?;
     let layers = s.model.weight_layers().len();
     let pb = bar((layers * args.bits.len()) as u64, "sensitivity");
-    let result = sensitivity(&s.model, &s.calib, &s.eval, &s.config, &args.bits, args.target, &Cancel::new(), |done, _| {
+    let progress = |done: usize, _| {
         if let Some(pb) = &pb {
             pb.set_position(done as u64);
         }
-    })?;
+    };
+    let cancel = Cancel::new();
+    let result = match &s.params {
+        Some(p) => {
+            eprintln!(
+                "qscope: note: parameters are loaded, not calibrated: each row re-quantizes that layer's {} weights with its settings, and its output from its stored range",
+                if s.has_float { "float" } else { "dequantized" }
+            );
+            sensitivity_params(&s.model, p, &s.eval, &s.config, s.has_float, &args.bits, args.target, &cancel, progress)?
+        }
+        None => sensitivity(&s.model, &s.calib, &s.eval, &s.config, &args.bits, args.target, &cancel, progress)?,
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -42,8 +42,12 @@ pub fn check_writable_dir(dir: &Path) -> Result<()> {
             "the target folder is not a folder",
         ));
     }
-    let (probe, file) = create_temp(dir, "write-check")
-        .map_err(|e| Error::format(dir.display().to_string(), format!("the target folder cannot be written: {e}")))?;
+    let (probe, file) = create_temp(dir, "write-check").map_err(|e| {
+        Error::format(
+            dir.display().to_string(),
+            format!("the target folder cannot be written: {e}"),
+        )
+    })?;
     drop(file);
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -158,7 +162,9 @@ mod tests {
     #[test]
     fn missing_or_unwritable_folders_are_clear_errors() {
         let d = tempfile::tempdir().unwrap();
-        let e = check_writable_file(&d.path().join("nope/a.json")).unwrap_err().to_string();
+        let e = check_writable_file(&d.path().join("nope/a.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         let e = check_writable_file(d.path()).unwrap_err().to_string();
         assert!(e.contains("is a folder"), "{e}");

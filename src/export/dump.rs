@@ -9,14 +9,14 @@
 //! point, its bit width and scheme, and the model.
 
 use super::atomic;
+use super::st::{self, Tensor};
 use crate::engine::{Act, IntModel};
 use crate::error::Result;
 use crate::model::{Dataset, Model};
 use crate::params::ModelParams;
-use crate::pipeline::{point_of, Cancel, BATCH};
+use crate::pipeline::{BATCH, Cancel, point_of};
 use crate::quant::QParams;
 use rayon::prelude::*;
-use super::st::{self, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,13 @@ type BatchInts = (Vec<i8>, Vec<Option<(Vec<i8>, QParams)>>);
 /// Runs `data` through the integer engine and writes one file per quantization point into `dir`
 /// (which must exist): `input.safetensors` and `<layer>.safetensors`. A layer whose output stays
 /// float is skipped (listed in the second value).
-pub fn dump_activations(dir: &Path, model: &Model, params: &ModelParams, data: &Dataset, cancel: &Cancel) -> Result<(Vec<Dumped>, Vec<String>)> {
+pub fn dump_activations(
+    dir: &Path,
+    model: &Model,
+    params: &ModelParams,
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<(Vec<Dumped>, Vec<String>)> {
     atomic::check_writable_dir(dir)?;
     data.check_fits(model.input_len(), &model.input_shape)?;
     let int = IntModel::new(model, params);
@@ -49,7 +55,9 @@ pub fn dump_activations(dir: &Path, model: &Model, params: &ModelParams, data: &
         .iter()
         .map(|l| (point_of(model, l.index), l.name.as_str(), l.index))
         .collect();
-    let batches: Vec<(usize, usize)> = (0..data.n.div_ceil(BATCH)).map(|b| (b * BATCH, ((b + 1) * BATCH).min(data.n))).collect();
+    let batches: Vec<(usize, usize)> = (0..data.n.div_ceil(BATCH))
+        .map(|b| (b * BATCH, ((b + 1) * BATCH).min(data.n)))
+        .collect();
     let per_batch: Vec<BatchInts> = batches
         .into_par_iter()
         .map(|(s, e)| -> Result<BatchInts> {
@@ -85,30 +93,62 @@ pub fn dump_activations(dir: &Path, model: &Model, params: &ModelParams, data: &
             ),
         ])
     };
-    let write = |point: &str, ints: Vec<i8>, sample_shape: &[usize], q: QParams, what: &str| -> Result<Dumped> {
+    let write = |point: &str,
+                 ints: Vec<i8>,
+                 sample_shape: &[usize],
+                 q: QParams,
+                 what: &str|
+     -> Result<Dumped> {
         let mut shape = vec![data.n];
         shape.extend_from_slice(sample_shape);
         let tensors = BTreeMap::from([
             ("activations".to_string(), Tensor::i8(shape.clone(), &ints)),
             ("scale".to_string(), Tensor::f32(vec![1], &[q.scale])),
-            ("zero_point".to_string(), Tensor::i32(vec![1], &[q.zero_point])),
+            (
+                "zero_point".to_string(),
+                Tensor::i32(vec![1], &[q.zero_point]),
+            ),
         ]);
         let path = dir.join(format!("{}.safetensors", point.replace(['/', '\\'], "_")));
         let bytes = st::serialize(&tensors, &meta(point, q, what));
         atomic::write_bytes_atomic(&path, &bytes)?;
-        Ok(Dumped { point: point.to_string(), path, shape, qparams: q })
+        Ok(Dumped {
+            point: point.to_string(),
+            path,
+            shape,
+            qparams: q,
+        })
     };
     let mut written = Vec::new();
     let mut skipped = Vec::new();
-    let input: Vec<i8> = per_batch.iter().flat_map(|(i, _)| i.iter().copied()).collect();
-    written.push(write(crate::config::INPUT_POINT, input, &model.input_shape, input_q, "the network input (normalized), quantized")?);
+    let input: Vec<i8> = per_batch
+        .iter()
+        .flat_map(|(i, _)| i.iter().copied())
+        .collect();
+    written.push(write(
+        crate::config::INPUT_POINT,
+        input,
+        &model.input_shape,
+        input_q,
+        "the network input (normalized), quantized",
+    )?);
     for (k, &(p, name, index)) in points.iter().enumerate() {
-        let Some(q) = per_batch.first().and_then(|(_, o)| o[k].as_ref().map(|(_, q)| *q)) else {
+        let Some(q) = per_batch
+            .first()
+            .and_then(|(_, o)| o[k].as_ref().map(|(_, q)| *q))
+        else {
             skipped.push(name.to_string());
             continue;
         };
-        let ints: Vec<i8> = per_batch.iter().flat_map(|(_, o)| o[k].as_ref().map(|(d, _)| d.clone()).unwrap_or_default()).collect();
-        let what = if p != index { "the layer's output after the fused relu" } else { "the layer's output" };
+        let ints: Vec<i8> = per_batch
+            .iter()
+            .flat_map(|(_, o)| o[k].as_ref().map(|(d, _)| d.clone()).unwrap_or_default())
+            .collect();
+        let what = if p != index {
+            "the layer's output after the fused relu"
+        } else {
+            "the layer's output"
+        };
         written.push(write(name, ints, &model.layers[p].out_shape, q, what)?);
     }
     Ok((written, skipped))

@@ -10,10 +10,10 @@ pub mod plot;
 pub mod quantized_model;
 pub mod st;
 
-pub use params_file::{ParamsFile, Resolved, Syntax, FORMAT};
-pub use quantized_model::{is_quantized_model, load_quantized_bytes, QuantizedModel};
+pub use params_file::{FORMAT, ParamsFile, Resolved, Syntax};
+pub use quantized_model::{QuantizedModel, is_quantized_model, load_quantized_bytes};
 
-use crate::config::{LayerOverride, QuantConfig, INPUT_POINT};
+use crate::config::{INPUT_POINT, LayerOverride, QuantConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::ModelParams;
@@ -35,7 +35,10 @@ pub enum ExportKind {
 impl ExportKind {
     /// The kind named by `path`'s extension, or an error that lists the ones that exist.
     pub fn of_path(path: &Path) -> Result<ExportKind> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
         match ext.as_deref() {
             Some("json") => Ok(ExportKind::Json),
             Some("toml") => Ok(ExportKind::Toml),
@@ -59,8 +62,18 @@ pub fn check_export_target(path: &Path) -> Result<ExportKind> {
 /// The parameters file of `params`, checked: a file that would not load back is never written.
 fn checked_file(path: &Path, model: &Model, params: &ModelParams) -> Result<ParamsFile> {
     let pf = ParamsFile::from_params(model, params);
-    pf.resolve(&path.display().to_string(), model, false, WeightInts::FromModel)
-        .map_err(|e| Error::format(path.display().to_string(), format!("refusing to write parameters that would not load back: {e}")))?;
+    pf.resolve(
+        &path.display().to_string(),
+        model,
+        false,
+        WeightInts::FromModel,
+    )
+    .map_err(|e| {
+        Error::format(
+            path.display().to_string(),
+            format!("refusing to write parameters that would not load back: {e}"),
+        )
+    })?;
     Ok(pf)
 }
 
@@ -68,8 +81,14 @@ fn checked_file(path: &Path, model: &Model, params: &ModelParams) -> Result<Para
 /// (§5), `.safetensors` a quantized model (§6). The write is atomic.
 pub fn save_params(path: &Path, model: &Model, params: &ModelParams) -> Result<()> {
     match check_export_target(path)? {
-        ExportKind::Json => atomic::write_bytes_atomic(path, checked_file(path, model, params)?.to_json().as_bytes()),
-        ExportKind::Toml => atomic::write_bytes_atomic(path, checked_file(path, model, params)?.to_toml().as_bytes()),
+        ExportKind::Json => atomic::write_bytes_atomic(
+            path,
+            checked_file(path, model, params)?.to_json().as_bytes(),
+        ),
+        ExportKind::Toml => atomic::write_bytes_atomic(
+            path,
+            checked_file(path, model, params)?.to_toml().as_bytes(),
+        ),
         ExportKind::Safetensors => save_quantized_model(path, model, params).map(|_| ()),
     }
 }
@@ -110,7 +129,12 @@ pub fn parse_params_file(path: &Path) -> Result<ParamsFile> {
 /// refused unless `force`. The notes say what differs when `force` let a mismatch through.
 pub fn load_params_with_notes(path: &Path, model: &Model, force: bool) -> Result<Resolved> {
     let pf = parse_params_file(path)?;
-    pf.resolve(&path.display().to_string(), model, force, WeightInts::FromModel)
+    pf.resolve(
+        &path.display().to_string(),
+        model,
+        force,
+        WeightInts::FromModel,
+    )
 }
 
 /// Loads parameters for `model` from a JSON or TOML file; a file made for another model is
@@ -127,13 +151,21 @@ pub fn config_from_params(params: &ModelParams) -> QuantConfig {
     let input = params.input.settings;
     c.act_bits = input.bits;
     c.act_scheme = input.scheme;
-    c.act_strategy = if input.strategy == Strategy::Manual { c.act_strategy } else { input.strategy };
+    c.act_strategy = if input.strategy == Strategy::Manual {
+        c.act_strategy
+    } else {
+        input.strategy
+    };
     c.percentile = input.percentile;
     if let Some(w) = params.layers.iter().find_map(|l| l.weight.as_ref()) {
         c.weight_bits = w.settings.bits;
         c.weight_scheme = w.settings.scheme;
         c.granularity = w.settings.granularity;
-        c.weight_strategy = if w.settings.strategy == Strategy::Manual { c.weight_strategy } else { w.settings.strategy };
+        c.weight_strategy = if w.settings.strategy == Strategy::Manual {
+            c.weight_strategy
+        } else {
+            w.settings.strategy
+        };
     }
     let act_override = |o: &mut LayerOverride, s: &crate::config::ActSettings, c: &QuantConfig| {
         if s.bits != c.act_bits {

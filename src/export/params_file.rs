@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
 use crate::quant::qparams::{qmax, qmin};
 use crate::quant::scheme::{MAX_BITS, MIN_BITS};
-use crate::quant::weights::{block_count, QWeights};
+use crate::quant::weights::{QWeights, block_count};
 use crate::quant::{ClipRange, Granularity, QParams, Scheme, Strategy};
 use serde::{Deserialize, Serialize};
 
@@ -152,16 +152,29 @@ fn act_entry(a: &ActQuant) -> ActEntry {
 fn weight_entry(w: &WeightQuant) -> WeightEntry {
     let s = w.settings;
     let manual = s.clip.is_some() || s.strategy == Strategy::Manual;
-    let base = if s.strategy == Strategy::Manual { Strategy::MinMax } else { s.strategy };
+    let base = if s.strategy == Strategy::Manual {
+        Strategy::MinMax
+    } else {
+        s.strategy
+    };
     WeightEntry {
         bits: w.q.bits() as i64,
         scheme: w.q.params[0].scheme.name().into(),
         granularity: w.q.granularity.to_string(),
-        strategy: if manual { "manual".into() } else { s.strategy.name().into() },
+        strategy: if manual {
+            "manual".into()
+        } else {
+            s.strategy.name().into()
+        },
         base_strategy: s.clip.map(|_| base.name().into()),
         clip: s.clip.map(|c| c as f64),
         percentile: (base == Strategy::Percentile).then_some(s.percentile),
-        range: Some(w.q.ranges.iter().map(|r| [r.lo as f64, r.hi as f64]).collect()),
+        range: Some(
+            w.q.ranges
+                .iter()
+                .map(|r| [r.lo as f64, r.hi as f64])
+                .collect(),
+        ),
         scale: w.q.params.iter().map(|p| p.scale as f64).collect(),
         zero_point: w.q.params.iter().map(|p| p.zero_point as i64).collect(),
     }
@@ -191,7 +204,8 @@ impl ParamsFile {
 
     /// The file as JSON: objects indented, arrays of numbers on one line.
     pub fn to_json(&self) -> String {
-        let pretty = serde_json::to_string_pretty(self).expect("a parameters file always serializes");
+        let pretty =
+            serde_json::to_string_pretty(self).expect("a parameters file always serializes");
         let mut out = compact_arrays(&pretty);
         out.push('\n');
         out
@@ -300,18 +314,31 @@ fn bad(label: &str, key: &str, msg: impl std::fmt::Display) -> Error {
 fn check_format(label: &str, format: Option<&str>) -> Result<()> {
     match format {
         Some(FORMAT) => Ok(()),
-        Some(f) => match f.strip_prefix(FORMAT_PREFIX).and_then(|v| v.parse::<u32>().ok()) {
+        Some(f) => match f
+            .strip_prefix(FORMAT_PREFIX)
+            .and_then(|v| v.parse::<u32>().ok())
+        {
             Some(v) => {
                 let age = if v < 1 { "an older" } else { "a newer" };
                 Err(bad(
                     label,
                     "format",
-                    format!("'{f}' is {age} version of the parameters format; this qscope reads {FORMAT} only (re-export the parameters with this version)"),
+                    format!(
+                        "'{f}' is {age} version of the parameters format; this qscope reads {FORMAT} only (re-export the parameters with this version)"
+                    ),
                 ))
             }
-            None => Err(bad(label, "format", format!("'{f}' is not a qscope parameters format (expected {FORMAT})"))),
+            None => Err(bad(
+                label,
+                "format",
+                format!("'{f}' is not a qscope parameters format (expected {FORMAT})"),
+            )),
         },
-        None => Err(bad(label, "format", format!("missing (expected \"{FORMAT}\"); is this a qscope parameters file?"))),
+        None => Err(bad(
+            label,
+            "format",
+            format!("missing (expected \"{FORMAT}\"); is this a qscope parameters file?"),
+        )),
     }
 }
 
@@ -323,13 +350,18 @@ impl ParamsFile {
                 let v: serde_json::Value = serde_json::from_str(text)
                     .map_err(|e| Error::format(label, format!("not valid JSON: {e}")))?;
                 if !v.is_object() {
-                    return Err(Error::format(label, "not a parameters file: the JSON is not an object"));
+                    return Err(Error::format(
+                        label,
+                        "not a parameters file: the JSON is not an object",
+                    ));
                 }
                 check_format(label, v.get("format").and_then(|f| f.as_str()))?;
                 serde_json::from_str(text).map_err(|e| Error::format(label, e.to_string()))
             }
             Syntax::Toml => {
-                let one_line = |e: toml::de::Error| Error::format(label, crate::model::spec::toml_error_one_line(&e, text));
+                let one_line = |e: toml::de::Error| {
+                    Error::format(label, crate::model::spec::toml_error_one_line(&e, text))
+                };
                 let v: toml::Table = toml::from_str(text).map_err(one_line)?;
                 check_format(label, v.get("format").and_then(|f| f.as_str()))?;
                 toml::from_str(text).map_err(one_line)
@@ -345,7 +377,11 @@ fn check_bits(label: &str, key: &str, bits: i64) -> Result<u8> {
     if (MIN_BITS as i64..=MAX_BITS as i64).contains(&bits) {
         Ok(bits as u8)
     } else {
-        Err(bad(label, key, format!("{bits} bits is outside {MIN_BITS}..={MAX_BITS}")))
+        Err(bad(
+            label,
+            key,
+            format!("{bits} bits is outside {MIN_BITS}..={MAX_BITS}"),
+        ))
     }
 }
 
@@ -358,18 +394,34 @@ fn check_scale(label: &str, key: &str, scale: f64) -> Result<f32> {
     if s.is_finite() && s > 0.0 {
         Ok(s)
     } else {
-        let why = if scale.is_finite() && scale > 0.0 { " as an f32" } else { "" };
-        Err(bad(label, key, format!("scale {scale} must be finite and > 0{why}")))
+        let why = if scale.is_finite() && scale > 0.0 {
+            " as an f32"
+        } else {
+            ""
+        };
+        Err(bad(
+            label,
+            key,
+            format!("scale {scale} must be finite and > 0{why}"),
+        ))
     }
 }
 
 fn check_zero_point(label: &str, key: &str, zp: i64, bits: u8, scheme: Scheme) -> Result<i32> {
     let (lo, hi) = (qmin(bits, scheme) as i64, qmax(bits) as i64);
     if scheme == Scheme::Symmetric && zp != 0 {
-        return Err(bad(label, key, format!("zero point {zp} must be 0 for a symmetric scheme")));
+        return Err(bad(
+            label,
+            key,
+            format!("zero point {zp} must be 0 for a symmetric scheme"),
+        ));
     }
     if zp < lo || zp > hi {
-        return Err(bad(label, key, format!("zero point {zp} is outside [{lo}, {hi}] for {bits} bits {scheme}")));
+        return Err(bad(
+            label,
+            key,
+            format!("zero point {zp} is outside [{lo}, {hi}] for {bits} bits {scheme}"),
+        ));
     }
     Ok(zp as i32)
 }
@@ -379,7 +431,11 @@ fn check_range(label: &str, key: &str, r: [f64; 2]) -> Result<ClipRange> {
     if lo.is_finite() && hi.is_finite() && lo <= hi {
         Ok(ClipRange::new(lo, hi))
     } else {
-        Err(bad(label, key, format!("[{}, {}] is not a finite range with lo <= hi", r[0], r[1])))
+        Err(bad(
+            label,
+            key,
+            format!("[{}, {}] is not a finite range with lo <= hi", r[0], r[1]),
+        ))
     }
 }
 
@@ -387,7 +443,11 @@ fn check_percentile(label: &str, key: &str, p: Option<f64>) -> Result<f64> {
     match p {
         None => Ok(DEFAULT_PERCENTILE),
         Some(p) if p > 0.0 && p <= 100.0 => Ok(p),
-        Some(p) => Err(bad(label, key, format!("percentile {p} is outside (0, 100]"))),
+        Some(p) => Err(bad(
+            label,
+            key,
+            format!("percentile {p} is outside (0, 100]"),
+        )),
     }
 }
 
@@ -399,7 +459,13 @@ fn act_quant(label: &str, key: &str, e: &ActEntry) -> Result<ActQuant> {
     let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
     let range = check_range(label, &format!("{key}.range"), e.range)?;
     let scale = check_scale(label, &format!("{key}.scale"), e.scale)?;
-    let zero_point = check_zero_point(label, &format!("{key}.zero_point"), e.zero_point, bits, scheme)?;
+    let zero_point = check_zero_point(
+        label,
+        &format!("{key}.zero_point"),
+        e.zero_point,
+        bits,
+        scheme,
+    )?;
     Ok(ActQuant {
         settings: ActSettings {
             bits,
@@ -419,10 +485,18 @@ fn act_quant(label: &str, key: &str, e: &ActEntry) -> Result<ActQuant> {
 }
 
 /// A weight entry checked against a [rows, cols] weight matrix: settings, qparams and ranges.
-fn weight_parts(label: &str, key: &str, e: &WeightEntry, layer: &str, rows: usize, cols: usize) -> Result<(WeightSettings, Vec<QParams>, Vec<ClipRange>)> {
+fn weight_parts(
+    label: &str,
+    key: &str,
+    e: &WeightEntry,
+    layer: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<(WeightSettings, Vec<QParams>, Vec<ClipRange>)> {
     let bits = check_bits(label, &format!("{key}.bits"), e.bits)?;
     let scheme: Scheme = parse_named(label, &format!("{key}.scheme"), &e.scheme)?;
-    let granularity: Granularity = parse_named(label, &format!("{key}.granularity"), &e.granularity)?;
+    let granularity: Granularity =
+        parse_named(label, &format!("{key}.granularity"), &e.granularity)?;
     let strategy: Strategy = parse_named(label, &format!("{key}.strategy"), &e.strategy)?;
     let base: Option<Strategy> = match &e.base_strategy {
         Some(b) => Some(parse_named(label, &format!("{key}.base_strategy"), b)?),
@@ -430,28 +504,52 @@ fn weight_parts(label: &str, key: &str, e: &WeightEntry, layer: &str, rows: usiz
     };
     let clip = match e.clip {
         Some(c) if c.is_finite() && c > 0.0 && (c as f32).is_finite() => Some(c as f32),
-        Some(c) => return Err(bad(label, &format!("{key}.clip"), format!("{c} must be finite and > 0"))),
+        Some(c) => {
+            return Err(bad(
+                label,
+                &format!("{key}.clip"),
+                format!("{c} must be finite and > 0"),
+            ));
+        }
         None => None,
     };
     let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
     let n = block_count(granularity, rows, cols);
     let shape = format!("layer '{layer}' [{rows}, {cols}] at {granularity} needs {n}");
     if e.scale.len() != n {
-        return Err(bad(label, &format!("{key}.scale"), format!("has {} values; {shape}", e.scale.len())));
+        return Err(bad(
+            label,
+            &format!("{key}.scale"),
+            format!("has {} values; {shape}", e.scale.len()),
+        ));
     }
     if e.zero_point.len() != n {
-        return Err(bad(label, &format!("{key}.zero_point"), format!("has {} values; {shape}", e.zero_point.len())));
+        return Err(bad(
+            label,
+            &format!("{key}.zero_point"),
+            format!("has {} values; {shape}", e.zero_point.len()),
+        ));
     }
     if let Some(r) = &e.range
         && r.len() != n
     {
-        return Err(bad(label, &format!("{key}.range"), format!("has {} values; {shape}", r.len())));
+        return Err(bad(
+            label,
+            &format!("{key}.range"),
+            format!("has {} values; {shape}", r.len()),
+        ));
     }
     let mut params = Vec::with_capacity(n);
     let mut ranges = Vec::with_capacity(n);
     for b in 0..n {
         let scale = check_scale(label, &format!("{key}.scale[{b}]"), e.scale[b])?;
-        let zero_point = check_zero_point(label, &format!("{key}.zero_point[{b}]"), e.zero_point[b], bits, scheme)?;
+        let zero_point = check_zero_point(
+            label,
+            &format!("{key}.zero_point[{b}]"),
+            e.zero_point[b],
+            bits,
+            scheme,
+        )?;
         let p = QParams {
             scale,
             zero_point,
@@ -503,7 +601,13 @@ impl ParamsFile {
     /// Checks every field and builds the parameters for `model`. A file made for another model
     /// (sha256 or layer names differ) is refused unless `force`; then layers are matched by name,
     /// or by position when the names differ but the counts agree, and `notes` say what differs.
-    pub fn resolve(&self, label: &str, model: &Model, force: bool, ints: WeightInts) -> Result<Resolved> {
+    pub fn resolve(
+        &self,
+        label: &str,
+        model: &Model,
+        force: bool,
+        ints: WeightInts,
+    ) -> Result<Resolved> {
         check_format(label, Some(&self.format))?;
         let input = act_quant(label, "input", &self.input)?;
         let wl = model.weight_layers();
@@ -524,11 +628,24 @@ impl ParamsFile {
             .iter()
             .map(|n| file_names.iter().position(|f| f == n))
             .collect();
-        let names_differ = by_name.is_none() || file_names.len() != model_names.len() || file_names != model_names;
+        let names_differ =
+            by_name.is_none() || file_names.len() != model_names.len() || file_names != model_names;
         if names_differ {
-            let missing: Vec<&str> = model_names.iter().copied().filter(|n| !file_names.contains(n)).collect();
-            let extra: Vec<&str> = file_names.iter().copied().filter(|n| !model_names.contains(n)).collect();
-            let mut what = format!("the file's layers are [{}], the model's are [{}]", file_names.join(", "), model_names.join(", "));
+            let missing: Vec<&str> = model_names
+                .iter()
+                .copied()
+                .filter(|n| !file_names.contains(n))
+                .collect();
+            let extra: Vec<&str> = file_names
+                .iter()
+                .copied()
+                .filter(|n| !model_names.contains(n))
+                .collect();
+            let mut what = format!(
+                "the file's layers are [{}], the model's are [{}]",
+                file_names.join(", "),
+                model_names.join(", ")
+            );
             if !missing.is_empty() {
                 what += &format!(" (no entry for: {})", missing.join(", "));
             }
@@ -541,15 +658,41 @@ impl ParamsFile {
             // The same weights with a layer missing or unknown is a bad file, not another model.
             if !sha_differs {
                 if let Some(m) = model_names.iter().find(|n| !file_names.contains(n)) {
-                    return Err(bad(label, "layers", format!("no entry for weight layer '{m}' of model '{}' (the file has: {})", model.name, file_names.join(", "))));
+                    return Err(bad(
+                        label,
+                        "layers",
+                        format!(
+                            "no entry for weight layer '{m}' of model '{}' (the file has: {})",
+                            model.name,
+                            file_names.join(", ")
+                        ),
+                    ));
                 }
-                if let Some((j, f)) = file_names.iter().enumerate().find(|(_, f)| !model_names.contains(f)) {
-                    return Err(bad(label, &format!("layers[{j}].name"), format!("model '{}' has no weight layer '{f}' (it has: {})", model.name, model_names.join(", "))));
+                if let Some((j, f)) = file_names
+                    .iter()
+                    .enumerate()
+                    .find(|(_, f)| !model_names.contains(f))
+                {
+                    return Err(bad(
+                        label,
+                        &format!("layers[{j}].name"),
+                        format!(
+                            "model '{}' has no weight layer '{f}' (it has: {})",
+                            model.name,
+                            model_names.join(", ")
+                        ),
+                    ));
                 }
             }
+            let matchable = by_name.is_some() || file_names.len() == model_names.len();
+            let hint = if matchable {
+                "use --force to load it anyway"
+            } else {
+                "--force cannot help: the layers match neither by name nor by position"
+            };
             return Err(Error::format(
                 label,
-                format!("made for another model: {}; use --force to load it anyway", notes.join("; ")),
+                format!("made for another model: {}; {hint}", notes.join("; ")),
             ));
         }
         let mapping: Vec<usize> = match by_name {
@@ -559,12 +702,19 @@ impl ParamsFile {
                 (0..model_names.len()).collect()
             }
             None => {
-                let m = model_names.iter().find(|n| !file_names.contains(n)).expect("some name is missing");
-                return Err(bad(label, "layers", format!(
-                    "no entry for weight layer '{m}' of model '{}' (the file has: {}), and the counts differ so layers cannot be matched by position",
-                    model.name,
-                    file_names.join(", ")
-                )));
+                let m = model_names
+                    .iter()
+                    .find(|n| !file_names.contains(n))
+                    .expect("some name is missing");
+                return Err(bad(
+                    label,
+                    "layers",
+                    format!(
+                        "no entry for weight layer '{m}' of model '{}' (the file has: {}), and the counts differ so layers cannot be matched by position",
+                        model.name,
+                        file_names.join(", ")
+                    ),
+                ));
             }
         };
         let mut layers = Vec::with_capacity(wl.len());
@@ -576,7 +726,8 @@ impl ParamsFile {
             let weight = match &e.weight {
                 None => None,
                 Some(we) => {
-                    let (settings, params, ranges) = weight_parts(label, &format!("{key}.weight"), we, &layer.name, rows, cols)?;
+                    let (settings, params, ranges) =
+                        weight_parts(label, &format!("{key}.weight"), we, &layer.name, rows, cols)?;
                     let mut q = QWeights {
                         rows,
                         cols,
@@ -596,15 +747,38 @@ impl ParamsFile {
                             }
                         }
                         WeightInts::Stored(get) => {
-                            let stored = get(&layer.name).ok_or_else(|| bad(label, &format!("{key}.weight"), format!("no integer weights stored for layer '{}'", layer.name)))?;
+                            let stored = get(&layer.name).ok_or_else(|| {
+                                bad(
+                                    label,
+                                    &format!("{key}.weight"),
+                                    format!("no integer weights stored for layer '{}'", layer.name),
+                                )
+                            })?;
                             if stored.len() != rows * cols {
-                                return Err(bad(label, &format!("{key}.weight"), format!("{} integer weights stored, layer '{}' needs {}", stored.len(), layer.name, rows * cols)));
+                                return Err(bad(
+                                    label,
+                                    &format!("{key}.weight"),
+                                    format!(
+                                        "{} integer weights stored, layer '{}' needs {}",
+                                        stored.len(),
+                                        layer.name,
+                                        rows * cols
+                                    ),
+                                ));
                             }
                             let gs = q.group_size();
                             for (k, &v) in stored.iter().enumerate() {
                                 let p = q.param(k / cols, (k % cols) / gs);
                                 if (v as i32) < p.qmin() || (v as i32) > p.qmax() {
-                                    return Err(bad(label, &format!("{key}.weight"), format!("stored integer {v} at index {k} is outside [{}, {}]", p.qmin(), p.qmax())));
+                                    return Err(bad(
+                                        label,
+                                        &format!("{key}.weight"),
+                                        format!(
+                                            "stored integer {v} at index {k} is outside [{}, {}]",
+                                            p.qmin(),
+                                            p.qmax()
+                                        ),
+                                    ));
                                 }
                             }
                             q.q = stored;
@@ -618,17 +792,28 @@ impl ParamsFile {
                 None => None,
             };
             if weight.is_some() && act.is_none() {
-                return Err(bad(label, &format!("{key}.activation"), format!("is null, but layer '{}' has quantized weights: an integer layer needs its output's scale and zero point", layer.name)));
+                return Err(bad(
+                    label,
+                    &format!("{key}.activation"),
+                    format!(
+                        "is null, but layer '{}' has quantized weights: an integer layer needs its output's scale and zero point",
+                        layer.name
+                    ),
+                ));
             }
             // An integer layer after this one needs integer input.
             if act.is_none()
                 && let Some(&next) = mapping.get(li + 1)
                 && self.layers[next].weight.is_some()
             {
-                return Err(bad(label, &format!("{key}.activation"), format!(
-                    "is null, but the next layer '{}' is quantized and needs its input's scale and zero point (layer '{}''s output)",
-                    self.layers[next].name, layer.name
-                )));
+                return Err(bad(
+                    label,
+                    &format!("{key}.activation"),
+                    format!(
+                        "is null, but the next layer '{}' is quantized and needs its input's scale and zero point (layer '{}''s output)",
+                        self.layers[next].name, layer.name
+                    ),
+                ));
             }
             layers.push(LayerParams {
                 name: layer.name.clone(),
@@ -638,7 +823,10 @@ impl ParamsFile {
             });
         }
         if force && !notes.is_empty() {
-            notes.insert(0, format!("{label}: loaded with --force although it was made for another model"));
+            notes.insert(
+                0,
+                format!("{label}: loaded with --force although it was made for another model"),
+            );
         }
         Ok(Resolved {
             params: ModelParams { input, layers },
@@ -664,21 +852,43 @@ mod tests {
 
     #[test]
     fn versions_are_named() {
-        let e = check_format("p.json", Some("qscope-params/0")).unwrap_err().to_string();
-        assert!(e.contains("qscope-params/0") && e.contains(FORMAT) && e.contains("older"), "{e}");
-        let e = check_format("p.json", Some("qscope-params/2")).unwrap_err().to_string();
+        let e = check_format("p.json", Some("qscope-params/0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("qscope-params/0") && e.contains(FORMAT) && e.contains("older"),
+            "{e}"
+        );
+        let e = check_format("p.json", Some("qscope-params/2"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("newer"), "{e}");
-        assert!(check_format("p.json", None).unwrap_err().to_string().contains("format"));
+        assert!(
+            check_format("p.json", None)
+                .unwrap_err()
+                .to_string()
+                .contains("format")
+        );
     }
 
     #[test]
     fn f32_values_survive_json_and_toml_exactly() {
-        let xs: Vec<f32> = vec![0.003_921_568_6, 1.0 / 3.0, 1e-30, 3.402_823e38, 0.0236, 7.0e-8, f32::MIN_POSITIVE];
+        let xs: Vec<f32> = vec![
+            0.003_921_568_6,
+            1.0 / 3.0,
+            1e-30,
+            3.402_823e38,
+            0.0236,
+            7.0e-8,
+            f32::MIN_POSITIVE,
+        ];
         #[derive(Serialize, Deserialize)]
         struct T {
             v: Vec<f64>,
         }
-        let t = T { v: xs.iter().map(|&x| x as f64).collect() };
+        let t = T {
+            v: xs.iter().map(|&x| x as f64).collect(),
+        };
         let j: T = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         let m: T = toml::from_str(&toml::to_string(&t).unwrap()).unwrap();
         for (i, &x) in xs.iter().enumerate() {

@@ -8,10 +8,11 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::{ActQuant, ModelParams, WeightQuant};
 use crate::pipeline::Calibration;
-use crate::quant::calib::Histogram;
 use crate::quant::Granularity;
+use crate::quant::calib::Histogram;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters_backend::{BackendColor, BackendCoord, DrawingErrorKind};
 use std::path::Path;
 
 /// DejaVu Sans (licence: assets/fonts/LICENSE), for text in PNG and the layout of SVG text.
@@ -25,11 +26,15 @@ const BINS: usize = 120;
 
 fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *ONCE.get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    let ok = *ONCE
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
-        Err(Error::format("assets/fonts/DejaVuSans.ttf", "the bundled plot font cannot be read"))
+        Err(Error::format(
+            "assets/fonts/DejaVuSans.ttf",
+            "the bundled plot font cannot be read",
+        ))
     }
 }
 
@@ -91,11 +96,15 @@ fn pct(part: u64, all: u64) -> String {
 fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuant>) -> Panel {
     let (dmin, dmax) = values
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v as f64), b.max(v as f64)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v as f64), b.max(v as f64))
+        });
     let clip = wq.map(|w| {
         w.q.ranges
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.lo as f64), b.max(r.hi as f64)))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
+                (a.min(r.lo as f64), b.max(r.hi as f64))
+            })
     });
     let (lo, hi) = span((dmin, dmax), clip);
     let mut counts = vec![0.0; BINS];
@@ -130,10 +139,17 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
                 })
                 .count() as u64;
             let blocks = w.q.ranges.len();
-            let strategy = if s.clip.is_some() { format!("manual ({} × {})", s.strategy, s.clip.unwrap_or(1.0)) } else { s.strategy.to_string() };
+            let strategy = if s.clip.is_some() {
+                format!("manual ({} × {})", s.strategy, s.clip.unwrap_or(1.0))
+            } else {
+                s.strategy.to_string()
+            };
             let (a, b) = clip.expect("quantized");
             Panel {
-                title: format!("weights · W{} {} {} · {strategy}", s.bits, s.scheme, s.granularity),
+                title: format!(
+                    "weights · W{} {} {} · {strategy}",
+                    s.bits, s.scheme, s.granularity
+                ),
                 lo,
                 hi,
                 counts,
@@ -143,7 +159,10 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
                 } else {
                     format!("widest clip of {blocks} blocks [{a:.4}, {b:.4}]")
                 },
-                note: format!("{n} values in [{dmin:.4}, {dmax:.4}] · clipped {clipped} ({})", pct(clipped, n)),
+                note: format!(
+                    "{n} values in [{dmin:.4}, {dmax:.4}] · clipped {clipped} ({})",
+                    pct(clipped, n)
+                ),
             }
         }
     }
@@ -177,8 +196,16 @@ fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
                 hi,
                 counts,
                 clip,
-                clip_label: format!("clip [{:.4}, {:.4}] · scale {:.4e} zp {}", a.range.lo, a.range.hi, a.qparams.scale, a.qparams.zero_point),
-                note: format!("{n} values in [{:.4}, {:.4}] · clipped {clipped} ({})", hist.min(), hist.max(), pct(clipped, n)),
+                clip_label: format!(
+                    "clip [{:.4}, {:.4}] · scale {:.4e} zp {}",
+                    a.range.lo, a.range.hi, a.qparams.scale, a.qparams.zero_point
+                ),
+                note: format!(
+                    "{n} values in [{:.4}, {:.4}] · clipped {clipped} ({})",
+                    hist.min(),
+                    hist.max(),
+                    pct(clipped, n)
+                ),
             }
         }
     }
@@ -186,13 +213,23 @@ fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
 
 /// The picture of layer `name` (a weight layer, or `input`): weight histogram with each block's
 /// widest clipping range, and the calibration histogram of its (fused) output with its range.
-pub fn layer_plot(model: &Model, params: &ModelParams, calib: &Calibration, name: &str, log: bool) -> Result<LayerPlot> {
+pub fn layer_plot(
+    model: &Model,
+    params: &ModelParams,
+    calib: &Calibration,
+    name: &str,
+    log: bool,
+) -> Result<LayerPlot> {
     let title = |what: &str| format!("{} · {what}", model.name);
     if name == INPUT_POINT {
         return Ok(LayerPlot {
             layer: name.into(),
             title: title("network input"),
-            panels: vec![act_panel("input (normalized)", &calib.input, Some(&params.input))],
+            panels: vec![act_panel(
+                "input (normalized)",
+                &calib.input,
+                Some(&params.input),
+            )],
             log,
         });
     }
@@ -200,21 +237,34 @@ pub fn layer_plot(model: &Model, params: &ModelParams, calib: &Calibration, name
         let names: Vec<&str> = params.layers.iter().map(|l| l.name.as_str()).collect();
         return Err(Error::config(
             "layer",
-            format!("model '{}' has no weight layer '{name}' (it has: {}, and input)", model.name, names.join(", ")),
+            format!(
+                "model '{}' has no weight layer '{name}' (it has: {}, and input)",
+                model.name,
+                names.join(", ")
+            ),
         ));
     };
     let lp = &params.layers[j];
     let layer = &model.layers[lp.index];
     let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
-    let hist = calib
-        .outputs
-        .get(j)
-        .ok_or_else(|| Error::config("layer", format!("no calibration histogram for layer '{name}'")))?;
-    let what = if model.relu_follows(lp.index) { "output activation (after relu)" } else { "output activation" };
+    let hist = calib.outputs.get(j).ok_or_else(|| {
+        Error::config(
+            "layer",
+            format!("no calibration histogram for layer '{name}'"),
+        )
+    })?;
+    let what = if model.relu_follows(lp.index) {
+        "output activation (after relu)"
+    } else {
+        "output activation"
+    };
     Ok(LayerPlot {
         layer: name.into(),
         title: title(&format!("{name} ({})", layer.op.kind())),
-        panels: vec![weight_panel(w, rows, cols, lp.weight.as_ref()), act_panel(what, hist, lp.act.as_ref())],
+        panels: vec![
+            weight_panel(w, rows, cols, lp.weight.as_ref()),
+            act_panel(what, hist, lp.act.as_ref()),
+        ],
         log,
     })
 }
@@ -223,13 +273,19 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::format("plot", e.to_string())
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, log: bool, color: RGBColor) -> Result<()>
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    log: bool,
+    color: RGBColor,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let y = |c: f64| if log { (1.0 + c).log10() } else { c };
     let ymax = p.counts.iter().copied().fold(0.0f64, f64::max);
-    let ytop = (y(ymax) * 1.12).max(1.0);
+    // Headroom so the legend in the upper right does not cover the bars.
+    let ytop = (y(ymax) * 1.3).max(1.0);
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FAMILY, 20))
         .margin(12)
@@ -239,7 +295,13 @@ where
         .map_err(plot_err)?;
     let y_fmt = |v: &f64| {
         let c = if log { 10f64.powf(*v) - 1.0 } else { *v };
-        if c >= 1e4 { format!("{c:.1e}") } else { format!("{c:.0}") }
+        if c >= 1e4 {
+            format!("{c:.1e}")
+        } else if ytop >= 10.0 || log {
+            format!("{c:.0}")
+        } else {
+            format!("{c:.2}")
+        }
     };
     chart
         .configure_mesh()
@@ -262,20 +324,30 @@ where
     }
     let width = (p.hi - p.lo) / p.counts.len().max(1) as f64;
     chart
-        .draw_series(p.counts.iter().enumerate().filter(|(_, c)| **c > 0.0).map(|(i, &c)| {
-            let x0 = p.lo + i as f64 * width;
-            Rectangle::new([(x0, 0.0), (x0 + width, y(c))], color.filled())
-        }))
+        .draw_series(
+            p.counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0.0)
+                .map(|(i, &c)| {
+                    let x0 = p.lo + i as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width, y(c))], color.filled())
+                }),
+        )
         .map_err(plot_err)?
         .label(p.note.clone())
         .legend(move |(x, yy)| Rectangle::new([(x, yy - 5), (x + 14, yy + 5)], color.filled()));
     if let Some((a, b)) = p.clip {
         let red = RGBColor(210, 30, 30);
         chart
-            .draw_series([a, b].map(|x| PathElement::new(vec![(x, 0.0), (x, ytop)], red.stroke_width(2))))
+            .draw_series(
+                [a, b].map(|x| PathElement::new(vec![(x, 0.0), (x, ytop)], red.stroke_width(2))),
+            )
             .map_err(plot_err)?
             .label(p.clip_label.clone())
-            .legend(move |(x, yy)| PathElement::new(vec![(x, yy), (x + 14, yy)], red.stroke_width(2)));
+            .legend(move |(x, yy)| {
+                PathElement::new(vec![(x, yy), (x + 14, yy)], red.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -308,8 +380,149 @@ where
 pub fn render_svg(plot: &LayerPlot) -> Result<String> {
     register_font()?;
     let mut s = String::new();
-    draw(SVGBackend::with_string(&mut s, SIZE).into_drawing_area(), plot)?;
+    draw(
+        SVGBackend::with_string(&mut s, SIZE).into_drawing_area(),
+        plot,
+    )?;
     Ok(s)
+}
+
+/// A bitmap backend whose text is laid out with each glyph's side bearing. (plotters' own
+/// `ab_glyph` text drawing drops the bearings, so "cl" reads as "d" at small sizes.) Vertical
+/// placement and the layout box are plotters' own, so everything lines up as before.
+struct GlyphText<'a> {
+    inner: BitMapBackend<'a>,
+    font: ab_glyph::FontRef<'static>,
+}
+
+impl plotters_backend::DrawingBackend for GlyphText<'_> {
+    type ErrorType = <BitMapBackend<'static> as plotters_backend::DrawingBackend>::ErrorType;
+
+    fn get_size(&self) -> (u32, u32) {
+        self.inner.get_size()
+    }
+    fn ensure_prepared(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.ensure_prepared()
+    }
+    fn present(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.present()
+    }
+    fn draw_pixel(
+        &mut self,
+        p: BackendCoord,
+        c: BackendColor,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.draw_pixel(p, c)
+    }
+    fn draw_line<S: plotters_backend::BackendStyle>(
+        &mut self,
+        a: BackendCoord,
+        b: BackendCoord,
+        s: &S,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.draw_line(a, b, s)
+    }
+    fn draw_rect<S: plotters_backend::BackendStyle>(
+        &mut self,
+        a: BackendCoord,
+        b: BackendCoord,
+        s: &S,
+        fill: bool,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.draw_rect(a, b, s, fill)
+    }
+    fn draw_path<S: plotters_backend::BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        path: I,
+        s: &S,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.draw_path(path, s)
+    }
+    fn draw_circle<S: plotters_backend::BackendStyle>(
+        &mut self,
+        c: BackendCoord,
+        r: u32,
+        s: &S,
+        fill: bool,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.draw_circle(c, r, s, fill)
+    }
+    fn fill_polygon<S: plotters_backend::BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        v: I,
+        s: &S,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.fill_polygon(v, s)
+    }
+    fn blit_bitmap(
+        &mut self,
+        pos: BackendCoord,
+        size: (u32, u32),
+        src: &[u8],
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        self.inner.blit_bitmap(pos, size, src)
+    }
+    fn draw_text<T: plotters_backend::BackendTextStyle>(
+        &mut self,
+        text: &str,
+        style: &T,
+        pos: BackendCoord,
+    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+        use ab_glyph::{Font, ScaleFont};
+        use plotters_backend::text_anchor::{HPos, VPos};
+        let color = style.color();
+        if color.alpha == 0.0 {
+            return Ok(());
+        }
+        let ((min_x, min_y), (max_x, max_y)) = style
+            .layout_box(text)
+            .map_err(|e| DrawingErrorKind::FontError(Box::new(e)))?;
+        let (width, height) = (max_x - min_x, max_y - min_y);
+        let dx = match style.anchor().h_pos {
+            HPos::Left => 0,
+            HPos::Right => -width,
+            HPos::Center => -width / 2,
+        };
+        let dy = match style.anchor().v_pos {
+            VPos::Top => 0,
+            VPos::Center => -height / 2,
+            VPos::Bottom => -height,
+        };
+        let trans = style.transform();
+        let (w, h) = self.get_size();
+        let size = style.size() as f32;
+        let font = self.font.as_scaled(size);
+        let mut x = 0f32;
+        let mut prev = None;
+        for ch in text.chars() {
+            let id = font.glyph_id(ch);
+            if let Some(p) = prev {
+                x += font.kern(p, id);
+            }
+            prev = Some(id);
+            let glyph = id.with_scale_and_position(size, ab_glyph::point(x, 0.0));
+            x += font.h_advance(id);
+            let Some(outline) = self.font.outline_glyph(glyph) else {
+                continue;
+            };
+            let b = outline.px_bounds();
+            let (ox, oy) = (b.min.x as i32, (size / 2.0 + b.min.y) as i32);
+            let mut pixels = Vec::new();
+            outline.draw(|gx, gy, cov| pixels.push((gx as i32 + ox, gy as i32 + oy, cov)));
+            for (gx, gy, cov) in pixels {
+                let (tx, ty) = trans.transform(gx + dx - min_x, gy + dy - min_y);
+                let (px, py) = (pos.0 + tx, pos.1 + ty);
+                if px >= 0 && py >= 0 && (px as u32) < w && (py as u32) < h {
+                    let c = BackendColor {
+                        alpha: color.alpha * cov.min(1.0) as f64,
+                        rgb: color.rgb,
+                    };
+                    self.inner.draw_pixel((px, py), c)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The picture as PNG bytes.
@@ -317,7 +530,12 @@ pub fn render_png(plot: &LayerPlot) -> Result<Vec<u8>> {
     register_font()?;
     let (w, h) = SIZE;
     let mut rgb = vec![0u8; (w * h * 3) as usize];
-    draw(BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), plot)?;
+    let font = ab_glyph::FontRef::try_from_slice(FONT).map_err(plot_err)?;
+    let backend = GlyphText {
+        inner: BitMapBackend::with_buffer(&mut rgb, SIZE),
+        font,
+    };
+    draw(backend.into_drawing_area(), plot)?;
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, w, h);
@@ -331,19 +549,39 @@ pub fn render_png(plot: &LayerPlot) -> Result<Vec<u8>> {
 
 /// Whether `path` names a picture type plots can be written as (`.svg` or `.png`).
 pub fn check_plot_path(path: &Path) -> Result<()> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("svg") | Some("png") => Ok(()),
-        _ => Err(Error::format(path.display().to_string(), "unknown picture type: give a .svg or .png file")),
+        _ => Err(Error::format(
+            path.display().to_string(),
+            "unknown picture type: give a .svg or .png file",
+        )),
     }
 }
 
 /// Writes `plot` to `path` (`.svg` or `.png` by the extension), atomically.
 pub fn write_plot(path: &Path, plot: &LayerPlot) -> Result<()> {
     check_plot_path(path)?;
-    let png = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"));
-    let bytes = match if png { render_png(plot) } else { render_svg(plot).map(String::into_bytes) } {
+    let png = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let bytes = match if png {
+        render_png(plot)
+    } else {
+        render_svg(plot).map(String::into_bytes)
+    } {
         Ok(b) => b,
-        Err(Error::Format { msg, .. }) => return Err(Error::format(path.display().to_string(), format!("cannot draw the plot: {msg}"))),
+        Err(Error::Format { msg, .. }) => {
+            return Err(Error::format(
+                path.display().to_string(),
+                format!("cannot draw the plot: {msg}"),
+            ));
+        }
         Err(e) => return Err(e),
     };
     atomic::write_bytes_atomic(path, &bytes)
@@ -373,8 +611,16 @@ mod tests {
     #[test]
     fn svg_and_png_render() {
         let svg = render_svg(&sample()).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("fc1"), "{}", &svg[..100.min(svg.len())]);
-        let png = render_png(&LayerPlot { log: true, ..sample() }).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("fc1"),
+            "{}",
+            &svg[..100.min(svg.len())]
+        );
+        let png = render_png(&LayerPlot {
+            log: true,
+            ..sample()
+        })
+        .unwrap();
         assert_eq!(&png[1..4], b"PNG");
     }
 }

@@ -13,14 +13,14 @@
 
 use super::packing::{is_packed, pack, unpack, words_per_row};
 use super::params_file::{ParamsFile, Syntax, WeightInts};
+use super::st::{self, Tensor};
 use crate::error::{Error, Result};
 use crate::model::spec::{LayerSpec, Pair, Spec};
 use crate::model::tensors::TensorFile;
-use crate::model::{load_model_bytes, sha256_hex, Model, Op};
+use crate::model::{Model, Op, load_model_bytes, sha256_hex};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
 use crate::quant::{Granularity, QParams, Scheme};
-use super::st::{self, Tensor};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,13 +57,19 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
 /// The accumulator's reference weight scale of each row: the largest scale of its blocks.
 fn row_ref_scales(q: &QWeights) -> Vec<f64> {
     (0..q.rows)
-        .map(|r| (0..q.groups()).map(|g| q.param(r, g).scale as f64).fold(0.0f64, f64::max))
+        .map(|r| {
+            (0..q.groups())
+                .map(|g| q.param(r, g).scale as f64)
+                .fold(0.0f64, f64::max)
+        })
         .collect()
 }
 
 /// The integer bias the integer engine derives from a float bias (same arithmetic).
 fn bias_to_int(bias: f32, acc_scale: f64) -> i32 {
-    (bias as f64 / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+    (bias as f64 / acc_scale)
+        .round()
+        .clamp(i32::MIN as f64, i32::MAX as f64) as i32
 }
 
 /// A float bias that the integer engine turns back into `b` (None if no f32 does).
@@ -89,7 +95,9 @@ pub fn spec_of(model: &Model) -> Spec {
                     s.weight = Some(format!("{}.weight", l.name));
                     s.bias = Some(format!("{}.bias", l.name));
                 }
-                Op::Conv2d { stride, padding, .. } => {
+                Op::Conv2d {
+                    stride, padding, ..
+                } => {
                     s.weight = Some(format!("{}.weight", l.name));
                     s.bias = Some(format!("{}.bias", l.name));
                     s.stride = Some(Pair::Two([stride.0, stride.1]));
@@ -133,7 +141,7 @@ fn scale_shape(q: &QWeights) -> Vec<usize> {
 /// The compressed-tensors `quantization_config` of `params`: one config group per distinct
 /// (weights, input activations) setting, targets by layer name, float layers in `ignore`.
 fn quantization_config(model: &Model, params: &ModelParams) -> serde_json::Value {
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
     let inq = input_qparams(model, params);
     let mut groups: Vec<(Value, Vec<String>)> = Vec::new();
     let mut ignore = Vec::new();
@@ -190,22 +198,42 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
     let label = format!("quantized {}", model.name);
     ParamsFile::from_params(model, params)
         .resolve(&label, model, false, WeightInts::FromModel)
-        .map_err(|e| Error::format(&label, format!("refusing to write parameters that would not load back: {e}")))?;
+        .map_err(|e| {
+            Error::format(
+                &label,
+                format!("refusing to write parameters that would not load back: {e}"),
+            )
+        })?;
     let inq = input_qparams(model, params);
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for lp in &params.layers {
         let layer = &model.layers[lp.index];
         let l = &lp.name;
         let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
-        let bias = layer.op.bias().expect("weight layer").as_slice().expect("contiguous").to_vec();
+        let bias = layer
+            .op
+            .bias()
+            .expect("weight layer")
+            .as_slice()
+            .expect("contiguous")
+            .to_vec();
         let in_q = inq.get(&lp.index).copied().flatten();
         if let Some(q) = in_q {
             tensors.insert(format!("{l}.input_scale"), f32s(vec![1], &[q.scale]));
-            tensors.insert(format!("{l}.input_zero_point"), i32s(vec![1], &[q.zero_point]));
+            tensors.insert(
+                format!("{l}.input_zero_point"),
+                i32s(vec![1], &[q.zero_point]),
+            );
         }
         if let Some(a) = &lp.act {
-            tensors.insert(format!("{l}.output_scale"), f32s(vec![1], &[a.qparams.scale]));
-            tensors.insert(format!("{l}.output_zero_point"), i32s(vec![1], &[a.qparams.zero_point]));
+            tensors.insert(
+                format!("{l}.output_scale"),
+                f32s(vec![1], &[a.qparams.scale]),
+            );
+            tensors.insert(
+                format!("{l}.output_zero_point"),
+                i32s(vec![1], &[a.qparams.zero_point]),
+            );
         }
         let Some(wq) = &lp.weight else {
             tensors.insert(format!("{l}.weight"), f32s(weight_shape(&layer.op), w));
@@ -213,15 +241,29 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
             continue;
         };
         let (Some(in_q), Some(_)) = (in_q, &lp.act) else {
-            return Err(Error::format(&label, format!("layer '{l}' has quantized weights but no input or output qparams; it cannot run in integers")));
+            return Err(Error::format(
+                &label,
+                format!(
+                    "layer '{l}' has quantized weights but no input or output qparams; it cannot run in integers"
+                ),
+            ));
         };
         let q = &wq.q;
         let bits = q.bits();
         let shape = weight_shape(&layer.op);
         if is_packed(bits) {
-            tensors.insert(format!("{l}.weight_packed"), i32s(vec![rows, words_per_row(bits, cols)], &pack(&q.q, rows, cols, bits)));
+            tensors.insert(
+                format!("{l}.weight_packed"),
+                i32s(
+                    vec![rows, words_per_row(bits, cols)],
+                    &pack(&q.q, rows, cols, bits),
+                ),
+            );
             let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            tensors.insert(format!("{l}.weight_shape"), Tensor::i64(vec![shape.len()], &dims));
+            tensors.insert(
+                format!("{l}.weight_shape"),
+                Tensor::i64(vec![shape.len()], &dims),
+            );
         } else {
             tensors.insert(format!("{l}.weight"), Tensor::i8(shape, &q.q));
         }
@@ -230,7 +272,9 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         tensors.insert(format!("{l}.weight_scale"), f32s(scale_shape(q), &scales));
         tensors.insert(format!("{l}.weight_zero_point"), i32s(scale_shape(q), &zps));
         let refs = row_ref_scales(q);
-        let ibias: Vec<i32> = (0..rows).map(|r| bias_to_int(bias[r], in_q.scale as f64 * refs[r])).collect();
+        let ibias: Vec<i32> = (0..rows)
+            .map(|r| bias_to_int(bias[r], in_q.scale as f64 * refs[r]))
+            .collect();
         tensors.insert(format!("{l}.bias"), i32s(vec![rows], &ibias));
     }
     let pf = ParamsFile::from_params(model, params);
@@ -238,8 +282,14 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(SPEC_KEY.to_string(), spec_of(model).to_toml());
     meta.insert(PARAMS_KEY.to_string(), pf.to_json());
-    meta.insert(QUANT_CONFIG_KEY.to_string(), quantization_config(model, params).to_string());
-    meta.insert("qscope.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    meta.insert(
+        QUANT_CONFIG_KEY.to_string(),
+        quantization_config(model, params).to_string(),
+    );
+    meta.insert(
+        "qscope.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
     let bytes = st::serialize(&tensors, &meta);
     // Never hand out a file that does not reproduce the parameters.
     let back = load_quantized_bytes(&label, &bytes)?;
@@ -262,14 +312,20 @@ fn check_same(label: &str, a: &ModelParams, b: &ModelParams) -> Result<()> {
     if same {
         Ok(())
     } else {
-        Err(Error::format(label, "the written file does not read back to the same parameters (a bug; nothing was written)"))
+        Err(Error::format(
+            label,
+            "the written file does not read back to the same parameters (a bug; nothing was written)",
+        ))
     }
 }
 
 /// Whether safetensors `bytes` hold a quantized model (§6) rather than float weights.
 pub fn is_quantized_model(bytes: &[u8]) -> bool {
     match TensorFile::parse("", bytes) {
-        Ok(f) => f.metadata(PARAMS_KEY).is_some() || f.names().iter().any(|n| n.ends_with(".weight_scale")),
+        Ok(f) => {
+            f.metadata(PARAMS_KEY).is_some()
+                || f.names().iter().any(|n| n.ends_with(".weight_scale"))
+        }
         Err(_) => false,
     }
 }
@@ -291,9 +347,12 @@ pub struct QuantizedModel {
 pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel> {
     let file = TensorFile::parse(label, bytes)?;
     let spec_key = SPEC_KEY;
-    let spec_text = file
-        .metadata(spec_key)
-        .ok_or_else(|| Error::format(label, format!("a quantized model needs its spec in __metadata__ '{spec_key}'")))?;
+    let spec_text = file.metadata(spec_key).ok_or_else(|| {
+        Error::format(
+            label,
+            format!("a quantized model needs its spec in __metadata__ '{spec_key}'"),
+        )
+    })?;
     let spec = Spec::parse(&format!("{label} (embedded {spec_key})"), spec_text)?;
     let params_text = file
         .metadata(PARAMS_KEY)
@@ -306,8 +365,15 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
     let mut ints: HashMap<String, Vec<i8>> = HashMap::new();
     let mut float: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut int_bias: HashMap<String, Vec<i32>> = HashMap::new();
-    for ls in spec.layers.iter().filter(|l| l.op == "linear" || l.op == "conv2d") {
-        let name = ls.name.clone().ok_or_else(|| Error::spec(label, "a quantized model's spec names every layer"))?;
+    for ls in spec
+        .layers
+        .iter()
+        .filter(|l| l.op == "linear" || l.op == "conv2d")
+    {
+        let name = ls
+            .name
+            .clone()
+            .ok_or_else(|| Error::spec(label, "a quantized model's spec names every layer"))?;
         let wname = format!("{name}.weight");
         let bname = format!("{name}.bias");
         if !file.contains(&format!("{name}.weight_scale")) {
@@ -322,23 +388,47 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         let bits = entry(&name)
             .and_then(|e| e.weight.as_ref())
             .map(|w| w.bits)
-            .ok_or_else(|| Error::format(&params_label, format!("layer '{name}' has a weight_scale tensor but no quantized weight entry")))?;
+            .ok_or_else(|| {
+                Error::format(
+                    &params_label,
+                    format!(
+                        "layer '{name}' has a weight_scale tensor but no quantized weight entry"
+                    ),
+                )
+            })?;
         let (shape, q) = if file.contains(&format!("{name}.weight_packed")) {
             let sname = format!("{name}.weight_shape");
             let (_, dims) = file.int(&sname)?;
             let shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
             if shape.len() < 2 || dims.iter().any(|&d| d <= 0) {
-                return Err(Error::tensor(label, &sname, format!("{dims:?} is not a weight shape")));
+                return Err(Error::tensor(
+                    label,
+                    &sname,
+                    format!("{dims:?} is not a weight shape"),
+                ));
             }
-            let bits = u8::try_from(bits).ok().filter(|&b| is_packed(b)).ok_or_else(|| {
-                Error::tensor(label, format!("{name}.weight_packed"), format!("packed weights need 4 or 2 bits, the parameters say {bits}"))
-            })?;
+            let bits = u8::try_from(bits)
+                .ok()
+                .filter(|&b| is_packed(b))
+                .ok_or_else(|| {
+                    Error::tensor(
+                        label,
+                        format!("{name}.weight_packed"),
+                        format!("packed weights need 4 or 2 bits, the parameters say {bits}"),
+                    )
+                })?;
             let pname = format!("{name}.weight_packed");
             let (dtype, pshape) = file.info(&pname)?;
             let (rows, cols) = (shape[0], shape[1..].iter().product::<usize>());
             let want = vec![rows, words_per_row(bits, cols)];
             if dtype != Dtype::I32 || pshape != want {
-                return Err(Error::tensor(label, &pname, format!("is {dtype:?} {pshape:?}, expected I32 {want:?} for shape {shape:?} at {bits} bits")));
+                return Err(Error::tensor(
+                    label,
+                    &pname,
+                    format!(
+                        "is {dtype:?} {pshape:?}, expected I32 {want:?} for shape {shape:?} at {bits} bits"
+                    ),
+                ));
             }
             let (_, words) = file.int(&pname)?;
             let words: Vec<i32> = words.into_iter().map(|w| w as i32).collect();
@@ -346,7 +436,11 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         } else {
             let (dtype, shape) = file.info(&wname)?;
             if dtype != Dtype::I8 {
-                return Err(Error::tensor(label, &wname, format!("is {dtype:?}; a quantized weight is I8 (or packed I32)")));
+                return Err(Error::tensor(
+                    label,
+                    &wname,
+                    format!("is {dtype:?}; a quantized weight is I8 (or packed I32)"),
+                ));
             }
             (shape, file.raw(&wname)?.iter().map(|&b| b as i8).collect())
         };
@@ -355,7 +449,11 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         float.insert(wname, f32s(shape.clone(), &vec![0.0; n]));
         let (bdtype, bshape) = file.info(&bname)?;
         if bdtype != Dtype::I32 || bshape != [shape[0]] {
-            return Err(Error::tensor(label, &bname, format!("is {bdtype:?} {bshape:?}, expected I32 [{}]", shape[0])));
+            return Err(Error::tensor(
+                label,
+                &bname,
+                format!("is {bdtype:?} {bshape:?}, expected I32 [{}]", shape[0]),
+            ));
         }
         let (_, b) = file.int(&bname)?;
         int_bias.insert(name.clone(), b.into_iter().map(|v| v as i32).collect());
@@ -364,19 +462,29 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
     let spec_text = spec.to_toml();
     let shell = st::serialize(&float, &BTreeMap::new());
     let name = spec.name.clone().unwrap_or_else(|| "model".into());
-    let mut model = load_model_bytes(label, &name, &shell, Some((&format!("{label} (embedded {spec_key})"), &spec_text)))?;
+    let mut model = load_model_bytes(
+        label,
+        &name,
+        &shell,
+        Some((&format!("{label} (embedded {spec_key})"), &spec_text)),
+    )?;
     model.sha256 = pf.model.sha256.clone();
 
     // The parameters, from the stored integers.
     let get = |n: &str| ints.get(n).cloned();
-    let params = pf.resolve(&params_label, &model, false, WeightInts::Stored(&get))?.params;
+    let params = pf
+        .resolve(&params_label, &model, false, WeightInts::Stored(&get))?
+        .params;
 
     // Pass 2: tensors agree with the parameters; dequantized weights and float biases.
     let inq = input_qparams(&model, &params);
     for lp in &params.layers {
         let l = &lp.name;
         let check_q = |what: &str, q: Option<QParams>| -> Result<()> {
-            let (sname, zname) = (format!("{l}.{what}_scale"), format!("{l}.{what}_zero_point"));
+            let (sname, zname) = (
+                format!("{l}.{what}_scale"),
+                format!("{l}.{what}_zero_point"),
+            );
             if !file.contains(&sname) {
                 return Ok(());
             }
@@ -384,7 +492,14 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
             let (_, z) = file.int(&zname)?;
             match q {
                 Some(q) if s == [q.scale] && z == [q.zero_point as i64] => Ok(()),
-                _ => Err(Error::tensor(label, &sname, format!("{s:?} / zero point {z:?} disagree with {PARAMS_KEY} ({:?})", q.map(|q| (q.scale, q.zero_point))))),
+                _ => Err(Error::tensor(
+                    label,
+                    &sname,
+                    format!(
+                        "{s:?} / zero point {z:?} disagree with {PARAMS_KEY} ({:?})",
+                        q.map(|q| (q.scale, q.zero_point))
+                    ),
+                )),
             }
         };
         check_q("input", inq.get(&lp.index).copied().flatten())?;
@@ -397,30 +512,57 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         let ok = s.shape == scale_shape(q)
             && zshape == s.shape
             && s.data.iter().zip(&q.params).all(|(a, p)| *a == p.scale)
-            && z.iter().zip(&q.params).all(|(a, p)| *a == p.zero_point as i64);
+            && z.iter()
+                .zip(&q.params)
+                .all(|(a, p)| *a == p.zero_point as i64);
         if !ok {
-            return Err(Error::tensor(label, &sname, format!("scales or zero points (shape {:?}) disagree with {PARAMS_KEY}", s.shape)));
+            return Err(Error::tensor(
+                label,
+                &sname,
+                format!(
+                    "scales or zero points (shape {:?}) disagree with {PARAMS_KEY}",
+                    s.shape
+                ),
+            ));
         }
         let in_q = inq.get(&lp.index).copied().flatten().ok_or_else(|| {
-            Error::tensor(label, format!("{l}.input_scale"), "an integer layer needs its input's qparams")
+            Error::tensor(
+                label,
+                format!("{l}.input_scale"),
+                "an integer layer needs its input's qparams",
+            )
         })?;
         let refs = row_ref_scales(q);
         let ib = &int_bias[l.as_str()];
         let mut fb = Vec::with_capacity(ib.len());
         for (r, &b) in ib.iter().enumerate() {
             fb.push(int_to_bias(b, in_q.scale as f64 * refs[r]).ok_or_else(|| {
-                Error::tensor(label, format!("{l}.bias"), format!("integer bias {b} of channel {r} is too large to reproduce"))
+                Error::tensor(
+                    label,
+                    format!("{l}.bias"),
+                    format!("integer bias {b} of channel {r} is too large to reproduce"),
+                )
             })?);
         }
         let deq = q.dequantize();
         match &mut model.layers[lp.index].op {
             Op::Linear { weight, bias } => {
-                weight.as_slice_mut().expect("contiguous").copy_from_slice(&deq);
-                bias.as_slice_mut().expect("contiguous").copy_from_slice(&fb);
+                weight
+                    .as_slice_mut()
+                    .expect("contiguous")
+                    .copy_from_slice(&deq);
+                bias.as_slice_mut()
+                    .expect("contiguous")
+                    .copy_from_slice(&fb);
             }
             Op::Conv2d { weight, bias, .. } => {
-                weight.as_slice_mut().expect("contiguous").copy_from_slice(&deq);
-                bias.as_slice_mut().expect("contiguous").copy_from_slice(&fb);
+                weight
+                    .as_slice_mut()
+                    .expect("contiguous")
+                    .copy_from_slice(&deq);
+                bias.as_slice_mut()
+                    .expect("contiguous")
+                    .copy_from_slice(&fb);
             }
             _ => unreachable!("weight layers are linear or conv2d"),
         }

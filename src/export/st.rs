@@ -19,29 +19,56 @@ pub struct Tensor {
 impl Tensor {
     /// F32 values.
     pub fn f32(shape: Vec<usize>, v: &[f32]) -> Tensor {
-        Tensor { dtype: Dtype::F32, shape, data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Tensor {
+            dtype: Dtype::F32,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     /// I32 values.
     pub fn i32(shape: Vec<usize>, v: &[i32]) -> Tensor {
-        Tensor { dtype: Dtype::I32, shape, data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Tensor {
+            dtype: Dtype::I32,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     /// I64 values.
     pub fn i64(shape: Vec<usize>, v: &[i64]) -> Tensor {
-        Tensor { dtype: Dtype::I64, shape, data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Tensor {
+            dtype: Dtype::I64,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     /// I8 values.
     pub fn i8(shape: Vec<usize>, v: &[i8]) -> Tensor {
-        Tensor { dtype: Dtype::I8, shape, data: v.iter().map(|&x| x as u8).collect() }
+        Tensor {
+            dtype: Dtype::I8,
+            shape,
+            data: v.iter().map(|&x| x as u8).collect(),
+        }
     }
 }
 
 /// The safetensors bytes of `tensors` with `metadata` in `__metadata__`.
-pub fn serialize(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+pub fn serialize(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let mut order: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    order.sort_by(|a, b| b.1.dtype.bitsize().cmp(&a.1.dtype.bitsize()).then(a.0.cmp(b.0)));
+    order.sort_by(|a, b| {
+        b.1.dtype
+            .bitsize()
+            .cmp(&a.1.dtype.bitsize())
+            .then(a.0.cmp(b.0))
+    });
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("strings"),
+        );
     }
     let mut offset = 0usize;
     for (name, t) in &order {
@@ -51,8 +78,10 @@ pub fn serialize(tensors: &BTreeMap<String, Tensor>, metadata: &BTreeMap<String,
         );
         offset += t.data.len();
     }
-    let mut h = serde_json::to_string(&header).expect("a header always serializes").into_bytes();
-    while h.len() % 8 != 0 {
+    let mut h = serde_json::to_string(&header)
+        .expect("a header always serializes")
+        .into_bytes();
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
