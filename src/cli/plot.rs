@@ -68,7 +68,14 @@ pub fn main(args: &PlotArgs) -> Result<()> {
             .collect(),
     };
     for (name, path) in targets {
-        let plot = layer_plot(&s.model, &params, &calibration, &name, args.log)?;
+        let plot = layer_plot(
+            &s.model,
+            &params,
+            &calibration,
+            &name,
+            s.has_float,
+            args.log,
+        )?;
         write_plot(&path, &plot)?;
         println!("wrote {}", path.display());
     }

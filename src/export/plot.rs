@@ -93,15 +93,26 @@ fn pct(part: u64, all: u64) -> String {
     }
 }
 
-fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuant>) -> Panel {
+/// `dequantized`: the values are the quantized model's own (there are no float weights).
+fn weight_panel(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    wq: Option<&WeightQuant>,
+    dequantized: bool,
+) -> Panel {
     let (dmin, dmax) = values
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v as f64), b.max(v as f64))
         });
-    let clip = wq.map(|w| {
-        w.q.ranges
-            .iter()
+    // The clipping boundary is what the integers can represent (for a symmetric scheme that is
+    // ±max(|lo|, |hi|) of the chosen range).
+    let reps: Vec<crate::quant::ClipRange> = wq.map_or(Vec::new(), |w| {
+        w.q.params.iter().map(|p| p.representable()).collect()
+    });
+    let clip = wq.map(|_| {
+        reps.iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
                 (a.min(r.lo as f64), b.max(r.hi as f64))
             })
@@ -129,7 +140,7 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
             let gs = w.q.group_size();
             let clipped = (0..values.len())
                 .filter(|&k| {
-                    let r = w.q.ranges[match w.q.granularity {
+                    let r = reps[match w.q.granularity {
                         Granularity::PerTensor => 0,
                         Granularity::PerChannel => k / cols,
                         Granularity::Group(_) => (k / cols) * w.q.groups() + (k % cols) / gs,
@@ -138,7 +149,7 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
                     v < r.lo || v > r.hi
                 })
                 .count() as u64;
-            let blocks = w.q.ranges.len();
+            let blocks = reps.len();
             let strategy = if s.clip.is_some() {
                 format!("manual ({} × {})", s.strategy, s.clip.unwrap_or(1.0))
             } else {
@@ -147,8 +158,11 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
             let (a, b) = clip.expect("quantized");
             Panel {
                 title: format!(
-                    "weights · W{} {} {} · {strategy}",
-                    s.bits, s.scheme, s.granularity
+                    "weights{} · W{} {} {} · {strategy}",
+                    if dequantized { " (dequantized)" } else { "" },
+                    s.bits,
+                    s.scheme,
+                    s.granularity
                 ),
                 lo,
                 hi,
@@ -169,7 +183,8 @@ fn weight_panel(values: &[f32], rows: usize, cols: usize, wq: Option<&WeightQuan
 }
 
 fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
-    let clip = act.map(|a| (a.range.lo as f64, a.range.hi as f64));
+    let rep = act.map(|a| a.qparams.representable());
+    let clip = rep.map(|r| (r.lo as f64, r.hi as f64));
     let (lo, hi) = span((hist.min() as f64, hist.max() as f64), clip);
     let counts = hist.rebin(BINS, lo, hi);
     let n = hist.count();
@@ -185,7 +200,8 @@ fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
         },
         Some(a) => {
             let s = a.settings;
-            let clipped = hist.count_outside(a.range);
+            let rep = rep.expect("quantized");
+            let clipped = hist.count_outside(rep);
             let strategy = match s.strategy {
                 crate::quant::Strategy::Percentile => format!("percentile {}", s.percentile),
                 other => other.to_string(),
@@ -197,8 +213,8 @@ fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
                 counts,
                 clip,
                 clip_label: format!(
-                    "clip [{:.4}, {:.4}] · scale {:.4e} zp {}",
-                    a.range.lo, a.range.hi, a.qparams.scale, a.qparams.zero_point
+                    "clip [{:.4}, {:.4}] (chosen [{:.4}, {:.4}]) · scale {:.4e} zp {}",
+                    rep.lo, rep.hi, a.range.lo, a.range.hi, a.qparams.scale, a.qparams.zero_point
                 ),
                 note: format!(
                     "{n} values in [{:.4}, {:.4}] · clipped {clipped} ({})",
@@ -211,13 +227,18 @@ fn act_panel(what: &str, hist: &Histogram, act: Option<&ActQuant>) -> Panel {
     }
 }
 
-/// The picture of layer `name` (a weight layer, or `input`): weight histogram with each block's
-/// widest clipping range, and the calibration histogram of its (fused) output with its range.
+/// The picture of layer `name` (a weight layer, or `input`): the weight histogram with the
+/// widest clipping range of its blocks, and the calibration histogram of its (fused) output with
+/// its clipping range. A clipping range is marked where it really clips: the interval the
+/// integers represent (for a symmetric scheme ±max(|lo|, |hi|) of the chosen range; the chosen
+/// range is in the label). `has_float == false` (a quantized model): the weights shown are the
+/// dequantized ones.
 pub fn layer_plot(
     model: &Model,
     params: &ModelParams,
     calib: &Calibration,
     name: &str,
+    has_float: bool,
     log: bool,
 ) -> Result<LayerPlot> {
     let title = |what: &str| format!("{} · {what}", model.name);
@@ -262,7 +283,7 @@ pub fn layer_plot(
         layer: name.into(),
         title: title(&format!("{name} ({})", layer.op.kind())),
         panels: vec![
-            weight_panel(w, rows, cols, lp.weight.as_ref()),
+            weight_panel(w, rows, cols, lp.weight.as_ref(), !has_float),
             act_panel(what, hist, lp.act.as_ref()),
         ],
         log,

@@ -479,6 +479,23 @@ fn cli_export_then_eval_reproduces_the_run() {
             && stdout.contains("qscope.params"),
         "{stdout}"
     );
+    let (ok, stdout, err) = qscope(
+        d,
+        &[
+            "sensitivity",
+            "--json",
+            "--model",
+            "mnist-cnn",
+            "--params",
+            "p.json",
+            "--bits",
+            "8",
+        ],
+    );
+    assert!(ok, "{err}");
+    let sens = report(&stdout);
+    assert_eq!(sens["baseline_accuracy"], base["quant_accuracy"], "{sens}");
+    assert_eq!(sens["rows"].as_array().unwrap().len(), 4);
     // Another model's parameters are refused.
     let (ok, _, err) = qscope(d, &["eval", "--params", "p.json"]);
     assert!(
