@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         Some(Command::Eval(a)) => cli::eval::main(a),
         Some(Command::Sensitivity(a)) => cli::sensitivity::main(a),
         Some(Command::Inspect(a)) => cli::inspect::main(a),
+        Some(Command::Export(a)) => cli::export::main(a),
+        Some(Command::Plot(a)) => cli::plot::main(a),
         Some(Command::Tui(a)) => cli::tui::main(a),
         None => cli::tui::main(&args.common),
     };

@@ -29,6 +29,10 @@ pub enum Command {
     Sensitivity(SensitivityArgs),
     /// Per-tensor statistics and int8/int4 weight error of any safetensors file.
     Inspect(InspectArgs),
+    /// Write the chosen parameters (.json, .toml) or a quantized model (.safetensors).
+    Export(ExportArgs),
+    /// Weight and activation histograms of a layer with the clipping ranges marked (.svg, .png).
+    Plot(PlotArgs),
 }
 
 /// Options shared by the commands that load a model and quantize it.
@@ -96,6 +100,44 @@ pub struct EvalArgs {
     /// One JSON object on stdout (formats.md §4).
     #[arg(long)]
     pub json: bool,
+    /// Write the calibration set's activations as integers (I8 safetensors with scale and zero
+    /// point, one file per quantization point) into this existing folder.
+    #[arg(long, value_name = "DIR")]
+    pub dump_activations: Option<PathBuf>,
+}
+
+/// `qscope export --out FILE`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Model and quantization options.
+    #[command(flatten)]
+    pub common: Common,
+    /// .json or .toml: the parameters (formats.md §5); .safetensors: a quantized model (§6).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `qscope plot --layer NAME --out FILE` or `qscope plot --all --out DIR`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Model and quantization options.
+    #[command(flatten)]
+    pub common: Common,
+    /// The weight layer to draw (or `input`).
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub layer: Option<String>,
+    /// One file per weight layer (and the input) into the folder --out.
+    #[arg(long)]
+    pub all: bool,
+    /// The picture (.svg or .png), or with --all an existing folder.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub out: PathBuf,
+    /// With --all: svg or png.
+    #[arg(long, default_value = "svg", value_parser = ["svg", "png"])]
+    pub format: String,
+    /// Log-scaled counts (a ReLU output's spike at zero otherwise dwarfs the rest).
+    #[arg(long)]
+    pub log: bool,
 }
 
 /// `qscope sensitivity`.

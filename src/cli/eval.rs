@@ -6,20 +6,70 @@ use super::setup::setup;
 use super::table::{db, pct, render};
 use anyhow::Result;
 use qscope::Report;
-use qscope::pipeline::{Cancel, run};
+use qscope::export::{atomic::check_writable_dir, dump::dump_activations};
+use qscope::pipeline::{Cancel, evaluate_params, run};
 
 /// Runs `qscope eval`.
 pub fn main(args: &EvalArgs) -> Result<()> {
+    if let Some(dir) = &args.dump_activations {
+        check_writable_dir(dir)?;
+    }
     let s = setup(&args.common)?;
-    let pb = spinner("calibrating and evaluating");
-    let outcome = run(&s.model, &s.calib, &s.eval, &s.config, &Cancel::new())?;
+    let cancel = Cancel::new();
+    let loaded = s.params.is_some();
+    let pb = spinner(if loaded {
+        "evaluating"
+    } else {
+        "calibrating and evaluating"
+    });
+    let outcome = match s.params {
+        Some(params) => {
+            evaluate_params(&s.model, params, &s.eval, &s.config, s.has_float, &cancel)?
+        }
+        None => run(&s.model, &s.calib, &s.eval, &s.config, &cancel)?,
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.report)?);
     } else {
+        if loaded {
+            println!(
+                "parameters: {} (not calibrated){}",
+                match &args.common.params {
+                    Some(p) => format!("loaded from {}", p.display()),
+                    None => "stored in the quantized model".into(),
+                },
+                if s.has_float {
+                    ""
+                } else {
+                    "  ·  no float weights: float-side figures are null"
+                }
+            );
+        }
         print!("{}", human(&outcome.report));
+    }
+    if let Some(dir) = &args.dump_activations {
+        let (written, skipped) =
+            dump_activations(dir, &s.model, &outcome.params, &s.calib, &cancel)?;
+        for d in &written {
+            eprintln!(
+                "qscope: wrote {}: I8 {:?}, scale {:e}, zero point {} ({} bits {})",
+                d.path.display(),
+                d.shape,
+                d.qparams.scale,
+                d.qparams.zero_point,
+                d.qparams.bits,
+                d.qparams.scheme
+            );
+        }
+        if !skipped.is_empty() {
+            eprintln!(
+                "qscope: note: not dumped (output stays float): {}",
+                skipped.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}  ·  {} bytes  ·  {} tensors  ·  metadata: {}\n",
+        "{}  ·  {} bytes  ·  {} tensors  ·  metadata: {}",
         ins.file,
         ins.file_bytes,
         ins.tensors.len(),
@@ -33,6 +33,28 @@ pub fn main(args: &InspectArgs) -> Result<()> {
             ins.metadata_keys.join(", ")
         }
     );
+    let mut by_dtype: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for t in &ins.tensors {
+        let e = by_dtype.entry(t.dtype.as_str()).or_default();
+        e.0 += 1;
+        e.1 += t.bytes;
+    }
+    let summary: Vec<String> = by_dtype
+        .iter()
+        .map(|(d, (n, b))| format!("{d} {n} tensors {} bytes", super::export::bytes(*b as u64)))
+        .collect();
+    println!("by dtype: {}", summary.join("  ·  "));
+    if ins
+        .metadata_keys
+        .iter()
+        .any(|k| k == qscope::export::quantized_model::PARAMS_KEY)
+    {
+        println!(
+            "a quantized model (formats.md §6): integer weights, scales and zero points; run it with `qscope eval --model {}`",
+            args.file
+        );
+    }
+    println!();
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     let rows: Vec<Vec<String>> = ins
         .tensors
@@ -42,6 +64,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
                 t.name.clone(),
                 t.dtype.clone(),
                 format!("{:?}", t.shape),
+                t.bytes.to_string(),
                 f(t.min),
                 f(t.max),
                 f(t.mean),
@@ -59,8 +82,8 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         "{}",
         render(
             &[
-                "tensor", "dtype", "shape", "min", "max", "mean", "std", "skew", "kurt", "int8 T",
-                "int8 C", "int4 T", "int4 C"
+                "tensor", "dtype", "shape", "bytes", "min", "max", "mean", "std", "skew", "kurt",
+                "int8 T", "int8 C", "int4 T", "int4 C"
             ],
             &rows
         )

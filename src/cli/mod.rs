@@ -2,7 +2,9 @@
 
 pub mod args;
 pub mod eval;
+pub mod export;
 pub mod inspect;
+pub mod plot;
 pub mod progress;
 pub mod sensitivity;
 pub mod setup;

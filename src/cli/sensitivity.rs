@@ -5,7 +5,7 @@ use super::progress::bar;
 use super::setup::setup;
 use super::table::{db, pct, render};
 use anyhow::Result;
-use qscope::eval::sensitivity::sensitivity;
+use qscope::eval::sensitivity::{sensitivity, sensitivity_params};
 use qscope::pipeline::{Cancel, Session};
 
 /// Runs `qscope sensitivity`.
@@ -13,19 +13,42 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
     let s = setup(&args.common)?;
     let layers = s.model.weight_layers().len();
     let pb = bar((layers * args.bits.len()) as u64, "sensitivity");
-    let mut session = Session::new(s.model, s.calib, s.eval);
-    let result = sensitivity(
-        &mut session,
-        &s.config,
-        &args.bits,
-        args.target,
-        &Cancel::new(),
-        |done, _| {
-            if let Some(pb) = &pb {
-                pb.set_position(done as u64);
-            }
-        },
-    )?;
+    let progress = |done: usize, _| {
+        if let Some(pb) = &pb {
+            pb.set_position(done as u64);
+        }
+    };
+    let cancel = Cancel::new();
+    let result = match &s.params {
+        Some(p) => {
+            eprintln!(
+                "qscope: note: parameters are loaded, not calibrated: each row re-quantizes that layer's {} weights with its settings, and its output from its stored range",
+                if s.has_float { "float" } else { "dequantized" }
+            );
+            sensitivity_params(
+                &s.model,
+                p,
+                &s.eval,
+                &s.config,
+                s.has_float,
+                &args.bits,
+                args.target,
+                &cancel,
+                progress,
+            )?
+        }
+        None => {
+            let mut session = Session::new(s.model, s.calib, s.eval);
+            sensitivity(
+                &mut session,
+                &s.config,
+                &args.bits,
+                args.target,
+                &cancel,
+                progress,
+            )?
+        }
+    };
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -17,8 +17,63 @@ pub struct Setup {
     pub eval: Dataset,
     /// The resolved quantization config.
     pub config: QuantConfig,
-    /// Parameters loaded with --params (used instead of calibrating).
+    /// Parameters loaded with --params, or those of a quantized model file (used instead of
+    /// calibrating).
     pub params: Option<qscope::params::ModelParams>,
+    /// Whether the model has float weights (false for a quantized model file: float-side
+    /// figures are then null).
+    pub has_float: bool,
+    /// Size in bytes of the model file (or bundled model).
+    pub model_file_bytes: u64,
+}
+
+/// The quantization options that were given on the command line or in the config file (they
+/// have no effect when parameters are loaded instead of calibrated).
+fn quant_options_given(c: &Common, file: &ConfigFile) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! given {
+        ($($f:ident => $flag:literal),*) => {$(if c.$f.is_some() || file.$f.is_some() { v.push($flag); })*};
+    }
+    given!(weight_bits => "--weight-bits", act_bits => "--act-bits", weight_strategy => "--weight-strategy",
+        act_strategy => "--act-strategy", percentile => "--percentile", granularity => "--granularity",
+        weight_scheme => "--weight-scheme", act_scheme => "--act-scheme", keep_float => "--keep-float");
+    if !file.layers.is_empty() {
+        v.push("[layers.NAME] tables");
+    }
+    v
+}
+
+/// A model argument loaded: float weights, or a quantized model file (§6) with its parameters.
+pub enum LoadedModel {
+    /// Float weights.
+    Float(Model),
+    /// A quantized model file.
+    Quantized(qscope::export::QuantizedModel),
+}
+
+/// Loads a model argument of either kind; also returns the file's size in bytes.
+pub fn load_any_model(name: &str, spec: Option<&PathBuf>) -> Result<(LoadedModel, u64)> {
+    if let Some(b) = bundled::model_bytes(name)
+        && !std::path::Path::new(name).exists()
+    {
+        return Ok((
+            LoadedModel::Float(load_model_arg(name, spec)?),
+            b.len() as u64,
+        ));
+    }
+    let path = std::path::Path::new(name);
+    let bytes = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
+    if qscope::export::is_quantized_model(&bytes) {
+        if spec.is_some() {
+            bail!("--spec: the quantized model '{name}' carries its own spec");
+        }
+        let q = qscope::export::load_quantized_bytes(&path.display().to_string(), &bytes)?;
+        return Ok((LoadedModel::Quantized(q), bytes.len() as u64));
+    }
+    Ok((
+        LoadedModel::Float(load_model_arg(name, spec)?),
+        bytes.len() as u64,
+    ))
 }
 
 /// Loads the model named by a flag or config value: a bundled name or a path.
@@ -83,10 +138,42 @@ pub fn setup(c: &Common) -> Result<Setup> {
         .unwrap_or_else(|| "mnist-mlp".into());
     let spec = c.spec.clone().or(file.spec.clone());
     config.validate(None)?;
-    let model = load_model_arg(&model_name, spec.as_ref())
+    let (loaded, model_file_bytes) = load_any_model(&model_name, spec.as_ref())
         .with_context(|| format!("loading model '{model_name}'"))?;
+    let (model, mut params) = match loaded {
+        LoadedModel::Float(m) => (m, None),
+        LoadedModel::Quantized(q) => {
+            if c.params.is_some() {
+                bail!("--params: the quantized model '{model_name}' carries its own parameters");
+            }
+            (q.model, Some(q.params))
+        }
+    };
+    let has_float = params.is_none();
     for note in &model.notes {
         eprintln!("qscope: note: {note}");
+    }
+    if let Some(p) = &c.params {
+        let r = qscope::export::load_params_with_notes(p, &model, c.force)?;
+        for note in &r.notes {
+            eprintln!("qscope: warning: {note}");
+        }
+        params = Some(r.params);
+    }
+    if let Some(p) = &params {
+        let ignored = quant_options_given(c, &file);
+        if !ignored.is_empty() {
+            eprintln!(
+                "qscope: note: {} ignored: the parameters are {}, not calibrated",
+                ignored.join(", "),
+                if c.params.is_some() {
+                    "loaded from --params"
+                } else {
+                    "those stored in the quantized model"
+                }
+            );
+        }
+        config = qscope::export::config_from_params(p);
     }
     config.validate(Some(&model))?;
     let mut calib = load_data(
@@ -107,15 +194,13 @@ pub fn setup(c: &Common) -> Result<Setup> {
         "eval",
         bundled::test,
     )?;
-    let params = match &c.params {
-        Some(p) => Some(qscope::export::load_params(p, &model, c.force)?),
-        None => None,
-    };
     Ok(Setup {
         model,
         calib,
         eval,
         config,
         params,
+        has_float,
+        model_file_bytes,
     })
 }

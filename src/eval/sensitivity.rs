@@ -3,6 +3,7 @@
 
 use crate::config::QuantConfig;
 use crate::error::Result;
+use crate::model::{Dataset, Model};
 
 use crate::pipeline::{Cancel, Session};
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,95 @@ pub fn sensitivity(
     }
     Ok(Sensitivity {
         model: model_name,
+        target,
+        bits: bits.to_vec(),
+        fp32_accuracy: base.fp32_accuracy,
+        baseline_accuracy: base.quant_accuracy,
+        rows,
+    })
+}
+
+/// `params` with weight layer `j` alone at `bits` for `target`: its weights re-quantized from
+/// the model's weights with its settings at `bits` (settings from `config` for a float layer),
+/// its output activation re-quantized from its stored range at `bits`.
+pub fn params_with_layer_bits(
+    model: &Model,
+    params: &crate::params::ModelParams,
+    config: &QuantConfig,
+    j: usize,
+    bits: u8,
+    target: Target,
+) -> Result<crate::params::ModelParams> {
+    let mut p = params.clone();
+    let lp = &mut p.layers[j];
+    if matches!(target, Target::Weights | Target::Both) {
+        if lp.act.is_none() {
+            return Err(crate::Error::config(
+                format!("layers.{}", lp.name),
+                "the parameters have no output qparams for this float layer, so it cannot be quantized",
+            ));
+        }
+        let mut s = lp
+            .weight
+            .as_ref()
+            .map_or_else(|| config.weight_settings(&lp.name), |w| w.settings);
+        s.bits = bits;
+        let (w, rows, cols) = model.layers[lp.index]
+            .op
+            .weight_rows()
+            .expect("weight layer");
+        lp.weight = Some(crate::params::WeightQuant {
+            settings: s,
+            q: crate::quant::weights::quantize_weights(w, rows, cols, &s),
+        });
+    }
+    if matches!(target, Target::Activations | Target::Both)
+        && let Some(a) = &mut lp.act
+    {
+        a.settings.bits = bits;
+        a.qparams = crate::quant::QParams::from_range(a.range, bits, a.settings.scheme);
+    }
+    Ok(p)
+}
+
+/// The sweep over ready-made parameters (a `--params` file or a quantized model) instead of
+/// calibrating: see [`params_with_layer_bits`] for what one row changes. With `has_float ==
+/// false` the weights re-quantized are the dequantized ones.
+#[allow(clippy::too_many_arguments)]
+pub fn sensitivity_params(
+    model: &Model,
+    params: &crate::params::ModelParams,
+    eval: &Dataset,
+    config: &QuantConfig,
+    has_float: bool,
+    bits: &[u8],
+    target: Target,
+    cancel: &Cancel,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Sensitivity> {
+    use crate::pipeline::evaluate_params;
+    for &b in bits {
+        crate::quant::scheme::check_bits("bits", b)?;
+    }
+    let base = evaluate_params(model, params.clone(), eval, config, has_float, cancel)?.report;
+    let total = params.layers.len() * bits.len();
+    let mut rows = Vec::with_capacity(total);
+    for (j, lp) in params.layers.iter().enumerate() {
+        for &b in bits {
+            let p = params_with_layer_bits(model, params, config, j, b, target)?;
+            let r = evaluate_params(model, p, eval, config, has_float, cancel)?.report;
+            rows.push(SensitivityRow {
+                layer: lp.name.clone(),
+                bits: b,
+                quant_accuracy: r.quant_accuracy,
+                agreement: r.agreement,
+                output_sqnr_db: r.output_sqnr_db,
+            });
+            progress(rows.len(), total);
+        }
+    }
+    Ok(Sensitivity {
+        model: model.name.clone(),
         target,
         bits: bits.to_vec(),
         fp32_accuracy: base.fp32_accuracy,

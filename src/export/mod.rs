@@ -1,26 +1,171 @@
-//! Exporting and loading quantization parameters (formats.md §5) and quantized models (§6).
+//! Exporting and loading quantization parameters (formats.md §5) and quantized models (§6),
+//! histogram plots of a layer, and the calibration activations as integers.
 //! Every write goes to a temporary file in the target folder and is renamed into place.
 
+pub mod atomic;
+pub mod dump;
+pub mod packing;
+pub mod params_file;
+pub mod plot;
+pub mod quantized_model;
+pub mod st;
+
+pub use params_file::{FORMAT, ParamsFile, Resolved, Syntax};
+pub use quantized_model::{QuantizedModel, is_quantized_model, load_quantized_bytes};
+
+use crate::config::QuantConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::params::ModelParams;
+use crate::quant::Strategy;
+use params_file::WeightInts;
 use std::path::Path;
 
-/// Writes `params` of `model` as JSON or TOML (by the extension of `path`).
+/// What a target path's extension asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Parameters as JSON (§5).
+    Json,
+    /// Parameters as TOML (§5).
+    Toml,
+    /// A quantized model (§6).
+    Safetensors,
+}
+
+impl ExportKind {
+    /// The kind named by `path`'s extension, or an error that lists the ones that exist.
+    pub fn of_path(path: &Path) -> Result<ExportKind> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("json") => Ok(ExportKind::Json),
+            Some("toml") => Ok(ExportKind::Toml),
+            Some("safetensors") => Ok(ExportKind::Safetensors),
+            _ => Err(Error::format(
+                path.display().to_string(),
+                "unknown export type: give a .json or .toml file (parameters) or a .safetensors file (quantized model)",
+            )),
+        }
+    }
+}
+
+/// Checks, before any work, that `path` can be exported to: a known extension and a folder that
+/// exists and can be written.
+pub fn check_export_target(path: &Path) -> Result<ExportKind> {
+    let kind = ExportKind::of_path(path)?;
+    atomic::check_writable_file(path)?;
+    Ok(kind)
+}
+
+/// The parameters file of `params`, checked: a file that would not load back is never written.
+fn checked_file(path: &Path, model: &Model, params: &ModelParams) -> Result<ParamsFile> {
+    let pf = ParamsFile::from_params(model, params);
+    pf.resolve(
+        &path.display().to_string(),
+        model,
+        false,
+        WeightInts::FromModel,
+    )
+    .map_err(|e| {
+        Error::format(
+            path.display().to_string(),
+            format!("refusing to write parameters that would not load back: {e}"),
+        )
+    })?;
+    Ok(pf)
+}
+
+/// Writes `params` of `model` by the extension of `path`: `.json` or `.toml` the parameters
+/// (§5), `.safetensors` a quantized model (§6). The write is atomic.
 pub fn save_params(path: &Path, model: &Model, params: &ModelParams) -> Result<()> {
-    let _ = (model, params);
-    Err(Error::format(
-        path.display().to_string(),
-        "parameter export is not implemented yet",
-    ))
+    match check_export_target(path)? {
+        ExportKind::Json => atomic::write_bytes_atomic(
+            path,
+            checked_file(path, model, params)?.to_json().as_bytes(),
+        ),
+        ExportKind::Toml => atomic::write_bytes_atomic(
+            path,
+            checked_file(path, model, params)?.to_toml().as_bytes(),
+        ),
+        ExportKind::Safetensors => save_quantized_model(path, model, params).map(|_| ()),
+    }
+}
+
+/// Writes the quantized model file (§6) of `model` with `params`; returns its size in bytes.
+pub fn save_quantized_model(path: &Path, model: &Model, params: &ModelParams) -> Result<u64> {
+    atomic::check_writable_file(path)?;
+    let bytes = quantized_model::quantized_model_bytes(model, params)?;
+    atomic::write_bytes_atomic(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Reads a quantized model file (§6).
+pub fn load_quantized_model(path: &Path) -> Result<QuantizedModel> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_quantized_bytes(&path.display().to_string(), &bytes)
+}
+
+/// Parses a parameters file's text (JSON or TOML by the extension, else by its first character).
+pub fn parse_params_file(path: &Path) -> Result<ParamsFile> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let syntax = Syntax::of_path(path).unwrap_or(if text.trim_start().starts_with('{') {
+        Syntax::Json
+    } else {
+        Syntax::Toml
+    });
+    ParamsFile::parse(&label, &text, syntax)
+}
+
+/// Loads parameters for `model` from a JSON or TOML file; a file made for another model is
+/// refused unless `force`. The notes say what differs when `force` let a mismatch through.
+pub fn load_params_with_notes(path: &Path, model: &Model, force: bool) -> Result<Resolved> {
+    let pf = parse_params_file(path)?;
+    pf.resolve(
+        &path.display().to_string(),
+        model,
+        force,
+        WeightInts::FromModel,
+    )
 }
 
 /// Loads parameters for `model` from a JSON or TOML file; a file made for another model is
 /// refused unless `force`.
 pub fn load_params(path: &Path, model: &Model, force: bool) -> Result<ModelParams> {
-    let _ = (model, force);
-    Err(Error::format(
-        path.display().to_string(),
-        "parameter loading is not implemented yet",
-    ))
+    load_params_with_notes(path, model, force).map(|r| r.params)
+}
+
+/// The configuration that `params` express: globals from the input point and the first
+/// quantized layer, per-layer overrides where a layer differs, float layers in `keep_float`.
+/// (For reports and the UI when parameters were loaded rather than calibrated.)
+pub fn config_from_params(params: &ModelParams) -> QuantConfig {
+    let mut c = QuantConfig::default();
+    let input = params.input.settings;
+    c.act_bits = input.bits;
+    c.act_scheme = input.scheme;
+    c.act_strategy = if input.strategy == Strategy::Manual {
+        c.act_strategy
+    } else {
+        input.strategy
+    };
+    c.percentile = input.percentile;
+    if let Some(w) = params.layers.iter().find_map(|l| l.weight.as_ref()) {
+        c.weight_bits = w.settings.bits;
+        c.weight_scheme = w.settings.scheme;
+        c.granularity = w.settings.granularity;
+        c.weight_strategy = if w.settings.strategy == Strategy::Manual {
+            c.weight_strategy
+        } else {
+            w.settings.strategy
+        };
+    }
+    params.to_config(&c)
 }

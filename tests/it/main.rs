@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod engine;
+mod export;
 mod figures;
 mod loading;
 mod tui;

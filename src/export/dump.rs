@@ -1,0 +1,155 @@
+//! The calibration set's activations as integers, one safetensors file per quantization point,
+//! so a person can check them against another engine.
+//!
+//! The integers are the integer engine's own ([`IntModel::forward`]'s taps): the network input
+//! quantized with its qparams, and each weight layer's (fused) output as the engine computed it
+//! in integers from the integer input before it, not float activations quantized afterwards.
+//! Each file holds `activations` I8 `[N, ...]` (sample order of the data set), `scale` F32 `[1]`
+//! and `zero_point` I32 `[1]` (real value = scale · (q − zero_point)), and in `__metadata__` the
+//! point, its bit width and scheme, and the model.
+
+use super::atomic;
+use super::st::{self, Tensor};
+use crate::engine::{Act, IntModel};
+use crate::error::Result;
+use crate::model::{Dataset, Model};
+use crate::params::ModelParams;
+use crate::pipeline::{BATCH, Cancel, point_of};
+use crate::quant::QParams;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One file written.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    /// The quantization point (`input` or a weight layer's name).
+    pub point: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Shape of `activations` ([N, ...]).
+    pub shape: Vec<usize>,
+    /// Their scale and zero point.
+    pub qparams: QParams,
+}
+
+/// Per batch: the input integers and each point's integers (None where the output stayed float).
+type BatchInts = (Vec<i8>, Vec<Option<(Vec<i8>, QParams)>>);
+
+/// Runs `data` through the integer engine and writes one file per quantization point into `dir`
+/// (which must exist): `input.safetensors` and `<layer>.safetensors`. A layer whose output stays
+/// float is skipped (listed in the second value).
+pub fn dump_activations(
+    dir: &Path,
+    model: &Model,
+    params: &ModelParams,
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<(Vec<Dumped>, Vec<String>)> {
+    atomic::check_writable_dir(dir)?;
+    data.check_fits(model.input_len(), &model.input_shape)?;
+    let int = IntModel::new(model, params);
+    let input_q = int.input_qparams();
+    let points: Vec<(usize, &str, usize)> = params
+        .layers
+        .iter()
+        .map(|l| (point_of(model, l.index), l.name.as_str(), l.index))
+        .collect();
+    let batches: Vec<(usize, usize)> = (0..data.n.div_ceil(BATCH))
+        .map(|b| (b * BATCH, ((b + 1) * BATCH).min(data.n)))
+        .collect();
+    let per_batch: Vec<BatchInts> = batches
+        .into_par_iter()
+        .map(|(s, e)| -> Result<BatchInts> {
+            cancel.check()?;
+            let mut x = data.samples(s, e).to_vec();
+            model.normalize(&mut x);
+            let input: Vec<i8> = x.iter().map(|&v| input_q.quantize(v) as i8).collect();
+            let mut outs: Vec<Option<(Vec<i8>, QParams)>> = vec![None; points.len()];
+            int.forward(&x, e - s, |li, act| {
+                for (k, (p, _, _)) in points.iter().enumerate() {
+                    if *p == li
+                        && let Act::Int { data, qp } = act
+                    {
+                        outs[k] = Some((data.clone(), *qp));
+                    }
+                }
+            });
+            Ok((input, outs))
+        })
+        .collect::<Result<_>>()?;
+    let meta = |point: &str, q: QParams, what: &str| -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("qscope.point".to_string(), point.to_string()),
+            ("qscope.what".to_string(), what.to_string()),
+            ("qscope.bits".to_string(), q.bits.to_string()),
+            ("qscope.scheme".to_string(), q.scheme.to_string()),
+            ("qscope.model".to_string(), model.name.clone()),
+            ("qscope.model_sha256".to_string(), model.sha256.clone()),
+            ("qscope.data".to_string(), data.label.clone()),
+            (
+                "qscope.source".to_string(),
+                "qscope integer engine (IntModel) taps on the calibration set, in sample order; real value = scale * (q - zero_point)".to_string(),
+            ),
+        ])
+    };
+    let write = |point: &str,
+                 ints: Vec<i8>,
+                 sample_shape: &[usize],
+                 q: QParams,
+                 what: &str|
+     -> Result<Dumped> {
+        let mut shape = vec![data.n];
+        shape.extend_from_slice(sample_shape);
+        let tensors = BTreeMap::from([
+            ("activations".to_string(), Tensor::i8(shape.clone(), &ints)),
+            ("scale".to_string(), Tensor::f32(vec![1], &[q.scale])),
+            (
+                "zero_point".to_string(),
+                Tensor::i32(vec![1], &[q.zero_point]),
+            ),
+        ]);
+        let path = dir.join(format!("{}.safetensors", point.replace(['/', '\\'], "_")));
+        let bytes = st::serialize(&tensors, &meta(point, q, what));
+        atomic::write_bytes_atomic(&path, &bytes)?;
+        Ok(Dumped {
+            point: point.to_string(),
+            path,
+            shape,
+            qparams: q,
+        })
+    };
+    let mut written = Vec::new();
+    let mut skipped = Vec::new();
+    let input: Vec<i8> = per_batch
+        .iter()
+        .flat_map(|(i, _)| i.iter().copied())
+        .collect();
+    written.push(write(
+        crate::config::INPUT_POINT,
+        input,
+        &model.input_shape,
+        input_q,
+        "the network input (normalized), quantized",
+    )?);
+    for (k, &(p, name, index)) in points.iter().enumerate() {
+        let Some(q) = per_batch
+            .first()
+            .and_then(|(_, o)| o[k].as_ref().map(|(_, q)| *q))
+        else {
+            skipped.push(name.to_string());
+            continue;
+        };
+        let ints: Vec<i8> = per_batch
+            .iter()
+            .flat_map(|(_, o)| o[k].as_ref().map(|(d, _)| d.clone()).unwrap_or_default())
+            .collect();
+        let what = if p != index {
+            "the layer's output after the fused relu"
+        } else {
+            "the layer's output"
+        };
+        written.push(write(name, ints, &model.layers[p].out_shape, q, what)?);
+    }
+    Ok((written, skipped))
+}

@@ -1,0 +1,899 @@
+//! The exported parameters file (formats.md §5): serde structs, JSON and TOML text, and the
+//! checks that turn a file back into [`ModelParams`] for a model.
+//!
+//! Every f32 (scales, ranges) is written as the f64 of its exact value, so that it reads back to
+//! the same f32 bit for bit in JSON and in TOML, whatever parser another tool uses.
+//!
+//! Extensions to formats.md §5 (all optional when reading):
+//! - a weight's `range`: one `[lo, hi]` per block, the clipping range each scale came from;
+//! - a weight with a hand-set factor on its strategy's ranges has `"strategy": "manual"`,
+//!   `clip` (the factor) and `base_strategy` (the strategy the factor applies to);
+//! - a layer kept in float keeps its `activation` when the integer engine quantizes that layer's
+//!   output (it does whenever it has calibrated qparams for it, so that an integer layer after it
+//!   gets integer input); `activation: null` then means "stays float".
+
+use crate::config::{ActSettings, WeightSettings};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
+use crate::quant::qparams::{qmax, qmin};
+use crate::quant::scheme::{MAX_BITS, MIN_BITS};
+use crate::quant::weights::{QWeights, block_count};
+use crate::quant::{ClipRange, Granularity, QParams, Scheme, Strategy};
+use serde::{Deserialize, Serialize};
+
+/// The `format` value this version writes and reads.
+pub const FORMAT: &str = "qscope-params/1";
+/// The prefix of every `format` value.
+const FORMAT_PREFIX: &str = "qscope-params/";
+/// Percentile assumed when a file gives none.
+const DEFAULT_PERCENTILE: f64 = 99.99;
+
+/// A whole parameters file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamsFile {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The model the parameters were made for.
+    pub model: ModelId,
+    /// The network input's quantization.
+    pub input: ActEntry,
+    /// One entry per weight layer, in network order.
+    pub layers: Vec<LayerEntry>,
+}
+
+/// Which model a file was made for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelId {
+    /// Model name.
+    pub name: String,
+    /// sha256 of the weights file, hex.
+    pub sha256: String,
+}
+
+/// One activation quantization point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActEntry {
+    /// Bit width, 2..=8.
+    pub bits: i64,
+    /// `symmetric` or `asymmetric`.
+    pub scheme: String,
+    /// How the range was chosen (`manual`: set by hand, used as given).
+    pub strategy: String,
+    /// The percentile strategy's P (null for other strategies).
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    /// The clipping range.
+    pub range: [f64; 2],
+    /// Scale.
+    pub scale: f64,
+    /// Zero point.
+    pub zero_point: i64,
+}
+
+/// One weight tensor's quantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightEntry {
+    /// Bit width, 2..=8.
+    pub bits: i64,
+    /// `symmetric` or `asymmetric`.
+    pub scheme: String,
+    /// `per-tensor`, `per-channel` or `group:N`.
+    pub granularity: String,
+    /// How the ranges were chosen.
+    pub strategy: String,
+    /// With `strategy = "manual"`: the strategy whose ranges `clip` scales (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_strategy: Option<String>,
+    /// With `strategy = "manual"`: the hand-set factor on the ranges (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
+    /// The percentile strategy's P (null for other strategies).
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    /// One clipping range per block (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<Vec<[f64; 2]>>,
+    /// One scale per tensor, output channel, or output channel × group (row-major).
+    pub scale: Vec<f64>,
+    /// One zero point per block.
+    pub zero_point: Vec<i64>,
+}
+
+/// One weight layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerEntry {
+    /// Layer name.
+    pub name: String,
+    /// Its weights' quantization (null: kept in float).
+    #[serde(default)]
+    pub weight: Option<WeightEntry>,
+    /// Its (fused) output's quantization (null: not quantized).
+    #[serde(default)]
+    pub activation: Option<ActEntry>,
+}
+
+/// The text syntax of a parameters file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// `.json`
+    Json,
+    /// `.toml`
+    Toml,
+}
+
+impl Syntax {
+    /// The syntax named by `path`'s extension.
+    pub fn of_path(path: &std::path::Path) -> Option<Syntax> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "json" => Some(Syntax::Json),
+            "toml" => Some(Syntax::Toml),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// From parameters to a file
+
+fn act_entry(a: &ActQuant) -> ActEntry {
+    let s = a.settings;
+    ActEntry {
+        bits: a.qparams.bits as i64,
+        scheme: a.qparams.scheme.name().into(),
+        strategy: s.strategy.name().into(),
+        percentile: (s.strategy == Strategy::Percentile).then_some(s.percentile),
+        range: [a.range.lo as f64, a.range.hi as f64],
+        scale: a.qparams.scale as f64,
+        zero_point: a.qparams.zero_point as i64,
+    }
+}
+
+fn weight_entry(w: &WeightQuant) -> WeightEntry {
+    let s = w.settings;
+    let manual = s.clip.is_some() || s.strategy == Strategy::Manual;
+    let base = if s.strategy == Strategy::Manual {
+        Strategy::MinMax
+    } else {
+        s.strategy
+    };
+    WeightEntry {
+        bits: w.q.bits() as i64,
+        scheme: w.q.params[0].scheme.name().into(),
+        granularity: w.q.granularity.to_string(),
+        strategy: if manual {
+            "manual".into()
+        } else {
+            s.strategy.name().into()
+        },
+        base_strategy: s.clip.map(|_| base.name().into()),
+        clip: s.clip.map(|c| c as f64),
+        percentile: (base == Strategy::Percentile).then_some(s.percentile),
+        range: Some(
+            w.q.ranges
+                .iter()
+                .map(|r| [r.lo as f64, r.hi as f64])
+                .collect(),
+        ),
+        scale: w.q.params.iter().map(|p| p.scale as f64).collect(),
+        zero_point: w.q.params.iter().map(|p| p.zero_point as i64).collect(),
+    }
+}
+
+impl ParamsFile {
+    /// The file tree of `params` for `model`.
+    pub fn from_params(model: &Model, params: &ModelParams) -> ParamsFile {
+        ParamsFile {
+            format: FORMAT.into(),
+            model: ModelId {
+                name: model.name.clone(),
+                sha256: model.sha256.clone(),
+            },
+            input: act_entry(&params.input),
+            layers: params
+                .layers
+                .iter()
+                .map(|l| LayerEntry {
+                    name: l.name.clone(),
+                    weight: l.weight.as_ref().map(weight_entry),
+                    activation: l.act.as_ref().map(act_entry),
+                })
+                .collect(),
+        }
+    }
+
+    /// The file as JSON: objects indented, arrays of numbers on one line.
+    pub fn to_json(&self) -> String {
+        let pretty =
+            serde_json::to_string_pretty(self).expect("a parameters file always serializes");
+        let mut out = compact_arrays(&pretty);
+        out.push('\n');
+        out
+    }
+
+    /// The file as TOML (the same tree; a null is an absent key).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a parameters file always serializes")
+    }
+
+    /// The file in `syntax`.
+    pub fn to_text(&self, syntax: Syntax) -> String {
+        match syntax {
+            Syntax::Json => self.to_json(),
+            Syntax::Toml => self.to_toml(),
+        }
+    }
+}
+
+/// The end of a JSON string literal starting at `b[i] == b'"'` (index after the closing quote).
+fn string_end(b: &[u8], mut i: usize) -> usize {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
+
+/// Pretty JSON with every array that holds no object put on one line (`[1, 2, [3, 4]]`).
+fn compact_arrays(pretty: &str) -> String {
+    let b = pretty.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let e = string_end(b, i);
+                out.extend_from_slice(&b[i..e]);
+                i = e;
+            }
+            b'[' => {
+                // Find the matching bracket; give up on collapsing if an object is inside.
+                let (mut j, mut depth, mut flat) = (i, 0usize, true);
+                while j < b.len() {
+                    match b[j] {
+                        b'"' => {
+                            j = string_end(b, j);
+                            continue;
+                        }
+                        b'{' => flat = false,
+                        b'[' => depth += 1,
+                        b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                if !flat || j >= b.len() {
+                    out.push(b'[');
+                    i += 1;
+                    continue;
+                }
+                let mut k = i;
+                while k <= j {
+                    match b[k] {
+                        b'"' => {
+                            let e = string_end(b, k);
+                            out.extend_from_slice(&b[k..e]);
+                            k = e;
+                            continue;
+                        }
+                        b' ' | b'\n' | b'\r' | b'\t' => {}
+                        b',' => out.extend_from_slice(b", "),
+                        c => out.push(c),
+                    }
+                    k += 1;
+                }
+                i = j + 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("only ASCII was removed")
+}
+
+// ---------------------------------------------------------------------------------------------
+// From text to a file tree
+
+fn bad(label: &str, key: &str, msg: impl std::fmt::Display) -> Error {
+    Error::format(label, format!("{key}: {msg}"))
+}
+
+/// Checks the `format` value before the rest of the tree is read, so an old file gets a
+/// message about versions rather than about some field.
+fn check_format(label: &str, format: Option<&str>) -> Result<()> {
+    match format {
+        Some(FORMAT) => Ok(()),
+        Some(f) => match f
+            .strip_prefix(FORMAT_PREFIX)
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            Some(v) => {
+                let age = if v < 1 { "an older" } else { "a newer" };
+                Err(bad(
+                    label,
+                    "format",
+                    format!(
+                        "'{f}' is {age} version of the parameters format; this qscope reads {FORMAT} only (re-export the parameters with this version)"
+                    ),
+                ))
+            }
+            None => Err(bad(
+                label,
+                "format",
+                format!("'{f}' is not a qscope parameters format (expected {FORMAT})"),
+            )),
+        },
+        None => Err(bad(
+            label,
+            "format",
+            format!("missing (expected \"{FORMAT}\"); is this a qscope parameters file?"),
+        )),
+    }
+}
+
+impl ParamsFile {
+    /// Parses `text` in `syntax`; `label` names the file in errors (a syntax error keeps its line).
+    pub fn parse(label: &str, text: &str, syntax: Syntax) -> Result<ParamsFile> {
+        match syntax {
+            Syntax::Json => {
+                let v: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| Error::format(label, format!("not valid JSON: {e}")))?;
+                if !v.is_object() {
+                    return Err(Error::format(
+                        label,
+                        "not a parameters file: the JSON is not an object",
+                    ));
+                }
+                check_format(label, v.get("format").and_then(|f| f.as_str()))?;
+                serde_json::from_str(text).map_err(|e| Error::format(label, e.to_string()))
+            }
+            Syntax::Toml => {
+                let one_line = |e: toml::de::Error| {
+                    Error::format(label, crate::model::spec::toml_error_one_line(&e, text))
+                };
+                let v: toml::Table = toml::from_str(text).map_err(one_line)?;
+                check_format(label, v.get("format").and_then(|f| f.as_str()))?;
+                toml::from_str(text).map_err(one_line)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks and conversion to ModelParams
+
+fn check_bits(label: &str, key: &str, bits: i64) -> Result<u8> {
+    if (MIN_BITS as i64..=MAX_BITS as i64).contains(&bits) {
+        Ok(bits as u8)
+    } else {
+        Err(bad(
+            label,
+            key,
+            format!("{bits} bits is outside {MIN_BITS}..={MAX_BITS}"),
+        ))
+    }
+}
+
+fn parse_named<T: std::str::FromStr<Err = String>>(label: &str, key: &str, s: &str) -> Result<T> {
+    s.parse().map_err(|e: String| bad(label, key, e))
+}
+
+fn check_scale(label: &str, key: &str, scale: f64) -> Result<f32> {
+    let s = scale as f32;
+    if s.is_finite() && s > 0.0 {
+        Ok(s)
+    } else {
+        let why = if scale.is_finite() && scale > 0.0 {
+            " as an f32"
+        } else {
+            ""
+        };
+        Err(bad(
+            label,
+            key,
+            format!("scale {scale} must be finite and > 0{why}"),
+        ))
+    }
+}
+
+fn check_zero_point(label: &str, key: &str, zp: i64, bits: u8, scheme: Scheme) -> Result<i32> {
+    let (lo, hi) = (qmin(bits, scheme) as i64, qmax(bits) as i64);
+    if scheme == Scheme::Symmetric && zp != 0 {
+        return Err(bad(
+            label,
+            key,
+            format!("zero point {zp} must be 0 for a symmetric scheme"),
+        ));
+    }
+    if zp < lo || zp > hi {
+        return Err(bad(
+            label,
+            key,
+            format!("zero point {zp} is outside [{lo}, {hi}] for {bits} bits {scheme}"),
+        ));
+    }
+    Ok(zp as i32)
+}
+
+fn check_range(label: &str, key: &str, r: [f64; 2]) -> Result<ClipRange> {
+    let (lo, hi) = (r[0] as f32, r[1] as f32);
+    if lo.is_finite() && hi.is_finite() && lo <= hi {
+        Ok(ClipRange::new(lo, hi))
+    } else {
+        Err(bad(
+            label,
+            key,
+            format!("[{}, {}] is not a finite range with lo <= hi", r[0], r[1]),
+        ))
+    }
+}
+
+fn check_percentile(label: &str, key: &str, p: Option<f64>) -> Result<f64> {
+    match p {
+        None => Ok(DEFAULT_PERCENTILE),
+        Some(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        Some(p) => Err(bad(
+            label,
+            key,
+            format!("percentile {p} is outside (0, 100]"),
+        )),
+    }
+}
+
+/// An activation entry checked and converted (`key` names it in errors).
+fn act_quant(label: &str, key: &str, e: &ActEntry) -> Result<ActQuant> {
+    let bits = check_bits(label, &format!("{key}.bits"), e.bits)?;
+    let scheme: Scheme = parse_named(label, &format!("{key}.scheme"), &e.scheme)?;
+    let strategy: Strategy = parse_named(label, &format!("{key}.strategy"), &e.strategy)?;
+    let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
+    let range = check_range(label, &format!("{key}.range"), e.range)?;
+    let scale = check_scale(label, &format!("{key}.scale"), e.scale)?;
+    let zero_point = check_zero_point(
+        label,
+        &format!("{key}.zero_point"),
+        e.zero_point,
+        bits,
+        scheme,
+    )?;
+    Ok(ActQuant {
+        settings: ActSettings {
+            bits,
+            scheme,
+            strategy,
+            percentile,
+            range: (strategy == Strategy::Manual).then_some(range),
+        },
+        range,
+        qparams: QParams {
+            scale,
+            zero_point,
+            bits,
+            scheme,
+        },
+    })
+}
+
+/// A weight entry checked against a [rows, cols] weight matrix: settings, qparams and ranges.
+fn weight_parts(
+    label: &str,
+    key: &str,
+    e: &WeightEntry,
+    layer: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<(WeightSettings, Vec<QParams>, Vec<ClipRange>)> {
+    let bits = check_bits(label, &format!("{key}.bits"), e.bits)?;
+    let scheme: Scheme = parse_named(label, &format!("{key}.scheme"), &e.scheme)?;
+    let granularity: Granularity =
+        parse_named(label, &format!("{key}.granularity"), &e.granularity)?;
+    let strategy: Strategy = parse_named(label, &format!("{key}.strategy"), &e.strategy)?;
+    let base: Option<Strategy> = match &e.base_strategy {
+        Some(b) => Some(parse_named(label, &format!("{key}.base_strategy"), b)?),
+        None => None,
+    };
+    let clip = match e.clip {
+        Some(c) if c.is_finite() && c > 0.0 && (c as f32).is_finite() => Some(c as f32),
+        Some(c) => {
+            return Err(bad(
+                label,
+                &format!("{key}.clip"),
+                format!("{c} must be finite and > 0"),
+            ));
+        }
+        None => None,
+    };
+    let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
+    let n = block_count(granularity, rows, cols);
+    let shape = format!("layer '{layer}' [{rows}, {cols}] at {granularity} needs {n}");
+    if e.scale.len() != n {
+        return Err(bad(
+            label,
+            &format!("{key}.scale"),
+            format!("has {} values; {shape}", e.scale.len()),
+        ));
+    }
+    if e.zero_point.len() != n {
+        return Err(bad(
+            label,
+            &format!("{key}.zero_point"),
+            format!("has {} values; {shape}", e.zero_point.len()),
+        ));
+    }
+    if let Some(r) = &e.range
+        && r.len() != n
+    {
+        return Err(bad(
+            label,
+            &format!("{key}.range"),
+            format!("has {} values; {shape}", r.len()),
+        ));
+    }
+    let mut params = Vec::with_capacity(n);
+    let mut ranges = Vec::with_capacity(n);
+    for b in 0..n {
+        let scale = check_scale(label, &format!("{key}.scale[{b}]"), e.scale[b])?;
+        let zero_point = check_zero_point(
+            label,
+            &format!("{key}.zero_point[{b}]"),
+            e.zero_point[b],
+            bits,
+            scheme,
+        )?;
+        let p = QParams {
+            scale,
+            zero_point,
+            bits,
+            scheme,
+        };
+        ranges.push(match &e.range {
+            Some(r) => check_range(label, &format!("{key}.range[{b}]"), r[b])?,
+            None => p.representable(),
+        });
+        params.push(p);
+    }
+    let settings = WeightSettings {
+        bits,
+        scheme,
+        granularity,
+        strategy: match (strategy, base) {
+            (Strategy::Manual, Some(b)) => b,
+            (s, _) => s,
+        },
+        percentile,
+        clip,
+    };
+    Ok((settings, params, ranges))
+}
+
+/// Where the integer weights come from when a file is turned into parameters.
+pub enum WeightInts<'a> {
+    /// Quantize the model's float weights with the stored qparams (a parameters file).
+    FromModel,
+    /// Use these integers, by layer name (a quantized model file).
+    Stored(&'a dyn Fn(&str) -> Option<Vec<i8>>),
+}
+
+/// A file checked against a model: its parameters, and notes on what differs (with `force`).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The parameters.
+    pub params: ModelParams,
+    /// What differs between the file's model and this one (empty when they match).
+    pub notes: Vec<String>,
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+impl ParamsFile {
+    /// Checks every field and builds the parameters for `model`. A file made for another model
+    /// (sha256 or layer names differ) is refused unless `force`; then layers are matched by name,
+    /// or by position when the names differ but the counts agree, and `notes` say what differs.
+    pub fn resolve(
+        &self,
+        label: &str,
+        model: &Model,
+        force: bool,
+        ints: WeightInts,
+    ) -> Result<Resolved> {
+        check_format(label, Some(&self.format))?;
+        let input = act_quant(label, "input", &self.input)?;
+        let wl = model.weight_layers();
+        let model_names: Vec<&str> = wl.iter().map(|&i| model.layers[i].name.as_str()).collect();
+        let file_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        let mut notes = Vec::new();
+        let sha_differs = !self.model.sha256.eq_ignore_ascii_case(&model.sha256);
+        if sha_differs {
+            notes.push(format!(
+                "the parameters were made for model '{}' with weights sha256 {}…, this model '{}' has {}…",
+                self.model.name,
+                short(&self.model.sha256),
+                model.name,
+                short(&model.sha256)
+            ));
+        }
+        let by_name: Option<Vec<usize>> = model_names
+            .iter()
+            .map(|n| file_names.iter().position(|f| f == n))
+            .collect();
+        let names_differ =
+            by_name.is_none() || file_names.len() != model_names.len() || file_names != model_names;
+        if names_differ {
+            let missing: Vec<&str> = model_names
+                .iter()
+                .copied()
+                .filter(|n| !file_names.contains(n))
+                .collect();
+            let extra: Vec<&str> = file_names
+                .iter()
+                .copied()
+                .filter(|n| !model_names.contains(n))
+                .collect();
+            let mut what = format!(
+                "the file's layers are [{}], the model's are [{}]",
+                file_names.join(", "),
+                model_names.join(", ")
+            );
+            if !missing.is_empty() {
+                what += &format!(" (no entry for: {})", missing.join(", "));
+            }
+            if !extra.is_empty() {
+                what += &format!(" (not in the model: {})", extra.join(", "));
+            }
+            notes.push(what);
+        }
+        if !notes.is_empty() && !force {
+            // The same weights with a layer missing or unknown is a bad file, not another model.
+            if !sha_differs {
+                if let Some(m) = model_names.iter().find(|n| !file_names.contains(n)) {
+                    return Err(bad(
+                        label,
+                        "layers",
+                        format!(
+                            "no entry for weight layer '{m}' of model '{}' (the file has: {})",
+                            model.name,
+                            file_names.join(", ")
+                        ),
+                    ));
+                }
+                if let Some((j, f)) = file_names
+                    .iter()
+                    .enumerate()
+                    .find(|(_, f)| !model_names.contains(f))
+                {
+                    return Err(bad(
+                        label,
+                        &format!("layers[{j}].name"),
+                        format!(
+                            "model '{}' has no weight layer '{f}' (it has: {})",
+                            model.name,
+                            model_names.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let matchable = by_name.is_some() || file_names.len() == model_names.len();
+            let hint = if matchable {
+                "use --force to load it anyway"
+            } else {
+                "--force cannot help: the layers match neither by name nor by position"
+            };
+            return Err(Error::format(
+                label,
+                format!("made for another model: {}; {hint}", notes.join("; ")),
+            ));
+        }
+        let mapping: Vec<usize> = match by_name {
+            Some(m) => m,
+            None if file_names.len() == model_names.len() => {
+                notes.push("layers were matched by position".into());
+                (0..model_names.len()).collect()
+            }
+            None => {
+                let m = model_names
+                    .iter()
+                    .find(|n| !file_names.contains(n))
+                    .expect("some name is missing");
+                return Err(bad(
+                    label,
+                    "layers",
+                    format!(
+                        "no entry for weight layer '{m}' of model '{}' (the file has: {}), and the counts differ so layers cannot be matched by position",
+                        model.name,
+                        file_names.join(", ")
+                    ),
+                ));
+            }
+        };
+        let mut layers = Vec::with_capacity(wl.len());
+        for (li, (&i, &j)) in wl.iter().zip(&mapping).enumerate() {
+            let e = &self.layers[j];
+            let key = format!("layers[{j}]");
+            let layer = &model.layers[i];
+            let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
+            let weight = match &e.weight {
+                None => None,
+                Some(we) => {
+                    let (settings, params, ranges) =
+                        weight_parts(label, &format!("{key}.weight"), we, &layer.name, rows, cols)?;
+                    let mut q = QWeights {
+                        rows,
+                        cols,
+                        q: vec![0; rows * cols],
+                        granularity: settings.granularity,
+                        params,
+                        ranges,
+                    };
+                    match &ints {
+                        WeightInts::FromModel => {
+                            let gs = q.group_size();
+                            for r in 0..rows {
+                                for c in 0..cols {
+                                    let k = r * cols + c;
+                                    q.q[k] = q.param(r, c / gs).quantize(w[k]) as i8;
+                                }
+                            }
+                        }
+                        WeightInts::Stored(get) => {
+                            let stored = get(&layer.name).ok_or_else(|| {
+                                bad(
+                                    label,
+                                    &format!("{key}.weight"),
+                                    format!("no integer weights stored for layer '{}'", layer.name),
+                                )
+                            })?;
+                            if stored.len() != rows * cols {
+                                return Err(bad(
+                                    label,
+                                    &format!("{key}.weight"),
+                                    format!(
+                                        "{} integer weights stored, layer '{}' needs {}",
+                                        stored.len(),
+                                        layer.name,
+                                        rows * cols
+                                    ),
+                                ));
+                            }
+                            let gs = q.group_size();
+                            for (k, &v) in stored.iter().enumerate() {
+                                let p = q.param(k / cols, (k % cols) / gs);
+                                if (v as i32) < p.qmin() || (v as i32) > p.qmax() {
+                                    return Err(bad(
+                                        label,
+                                        &format!("{key}.weight"),
+                                        format!(
+                                            "stored integer {v} at index {k} is outside [{}, {}]",
+                                            p.qmin(),
+                                            p.qmax()
+                                        ),
+                                    ));
+                                }
+                            }
+                            q.q = stored;
+                        }
+                    }
+                    Some(WeightQuant { settings, q })
+                }
+            };
+            let act = match &e.activation {
+                Some(a) => Some(act_quant(label, &format!("{key}.activation"), a)?),
+                None => None,
+            };
+            if weight.is_some() && act.is_none() {
+                return Err(bad(
+                    label,
+                    &format!("{key}.activation"),
+                    format!(
+                        "is null, but layer '{}' has quantized weights: an integer layer needs its output's scale and zero point",
+                        layer.name
+                    ),
+                ));
+            }
+            // An integer layer after this one needs integer input.
+            if act.is_none()
+                && let Some(&next) = mapping.get(li + 1)
+                && self.layers[next].weight.is_some()
+            {
+                return Err(bad(
+                    label,
+                    &format!("{key}.activation"),
+                    format!(
+                        "is null, but the next layer '{}' is quantized and needs its input's scale and zero point (layer '{}''s output)",
+                        self.layers[next].name, layer.name
+                    ),
+                ));
+            }
+            layers.push(LayerParams {
+                name: layer.name.clone(),
+                index: i,
+                weight,
+                act,
+            });
+        }
+        if force && !notes.is_empty() {
+            notes.insert(
+                0,
+                format!("{label}: loaded with --force although it was made for another model"),
+            );
+        }
+        Ok(Resolved {
+            params: ModelParams { input, layers },
+            notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_objects_indented_and_number_arrays_on_one_line() {
+        let v = serde_json::json!({"a": [1, 2.5], "b": [{"c": [[0.0, 1.0], [2.0, 3.0]], "s": "x [1,\n 2] {"}], "d": null, "e": []});
+        let s = compact_arrays(&serde_json::to_string_pretty(&v).unwrap());
+        assert!(s.contains("\"a\": [1, 2.5],"), "{s}");
+        assert!(s.contains("\"c\": [[0.0, 1.0], [2.0, 3.0]],"), "{s}");
+        assert!(s.contains("\"b\": [\n    {"), "{s}");
+        let back: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn versions_are_named() {
+        let e = check_format("p.json", Some("qscope-params/0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("qscope-params/0") && e.contains(FORMAT) && e.contains("older"),
+            "{e}"
+        );
+        let e = check_format("p.json", Some("qscope-params/2"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("newer"), "{e}");
+        assert!(
+            check_format("p.json", None)
+                .unwrap_err()
+                .to_string()
+                .contains("format")
+        );
+    }
+
+    #[test]
+    fn f32_values_survive_json_and_toml_exactly() {
+        let xs: Vec<f32> = vec![
+            0.003_921_568_6,
+            1.0 / 3.0,
+            1e-30,
+            3.402_823e38,
+            0.0236,
+            7.0e-8,
+            f32::MIN_POSITIVE,
+        ];
+        #[derive(Serialize, Deserialize)]
+        struct T {
+            v: Vec<f64>,
+        }
+        let t = T {
+            v: xs.iter().map(|&x| x as f64).collect(),
+        };
+        let j: T = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        let m: T = toml::from_str(&toml::to_string(&t).unwrap()).unwrap();
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!((j.v[i] as f32).to_bits(), x.to_bits());
+            assert_eq!((m.v[i] as f32).to_bits(), x.to_bits());
+        }
+    }
+}
