@@ -10,11 +10,10 @@ mod pipeline;
 
 use criterion::{criterion_group, criterion_main};
 
-criterion_group!(
-    benches,
-    kernels::kernels,
-    calibration::calibration,
-    engines::engines,
-    pipeline::pipeline
-);
+criterion_group! {
+    name = benches;
+    // No HTML plots: plotters here is built with ab_glyph text, which has no system fonts.
+    config = criterion::Criterion::default().without_plots();
+    targets = kernels::kernels, calibration::calibration, engines::engines, pipeline::pipeline
+}
 criterion_main!(benches);
