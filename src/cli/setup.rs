@@ -117,20 +117,20 @@ pub fn setup(c: &Common) -> Result<Setup> {
     };
     let mut config = QuantConfig::default();
     file.apply_to(&mut config);
-    macro_rules! flag {
-        ($($f:ident),*) => {$(if let Some(v) = c.$f.clone() { config.$f = v; })*};
+    // Flags win over the file: they are one more layer of the same overrides.
+    ConfigFile {
+        weight_bits: c.weight_bits,
+        act_bits: c.act_bits,
+        weight_strategy: c.weight_strategy,
+        act_strategy: c.act_strategy,
+        percentile: c.percentile,
+        granularity: c.granularity,
+        weight_scheme: c.weight_scheme,
+        act_scheme: c.act_scheme,
+        keep_float: c.keep_float.clone(),
+        ..Default::default()
     }
-    flag!(
-        weight_bits,
-        act_bits,
-        weight_strategy,
-        act_strategy,
-        percentile,
-        granularity,
-        weight_scheme,
-        act_scheme,
-        keep_float
-    );
+    .apply_to(&mut config);
     let model_name = c
         .model
         .clone()

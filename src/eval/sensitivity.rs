@@ -49,6 +49,19 @@ pub struct SensitivityRow {
     pub output_sqnr_db: Option<f64>,
 }
 
+impl SensitivityRow {
+    /// The row for `layer` at `bits` from that run's report.
+    fn of(layer: &str, bits: u8, r: &crate::eval::report::Report) -> Self {
+        SensitivityRow {
+            layer: layer.to_string(),
+            bits,
+            quant_accuracy: r.quant_accuracy,
+            agreement: r.agreement,
+            output_sqnr_db: r.output_sqnr_db,
+        }
+    }
+}
+
 /// A whole sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sensitivity {
@@ -107,13 +120,7 @@ pub fn sensitivity(
             let r = session
                 .run(&with_layer_bits(config, name, b, target), cancel)?
                 .report;
-            rows.push(SensitivityRow {
-                layer: name.to_string(),
-                bits: b,
-                quant_accuracy: r.quant_accuracy,
-                agreement: r.agreement,
-                output_sqnr_db: r.output_sqnr_db,
-            });
+            rows.push(SensitivityRow::of(name, b, &r));
             progress(rows.len(), total);
         }
     }
@@ -196,13 +203,7 @@ pub fn sensitivity_params(
         for &b in bits {
             let p = params_with_layer_bits(model, params, config, j, b, target)?;
             let r = evaluate_params(model, p, eval, config, has_float, cancel)?.report;
-            rows.push(SensitivityRow {
-                layer: lp.name.clone(),
-                bits: b,
-                quant_accuracy: r.quant_accuracy,
-                agreement: r.agreement,
-                output_sqnr_db: r.output_sqnr_db,
-            });
+            rows.push(SensitivityRow::of(&lp.name, b, &r));
             progress(rows.len(), total);
         }
     }
