@@ -346,3 +346,32 @@ fn the_shipped_example_config_parses_and_runs() {
     let (ok, _, err) = qscope(&["eval", "--config", path, "--calib-samples", "50"]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn flags_win_over_the_config_file_which_wins_over_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = write(
+        &dir,
+        "c.toml",
+        b"weight_bits = 4\nact_strategy = \"mse\"\ncalib_samples = 40\n",
+    );
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--json", "--config", c.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = qscope(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let file_only = run(&[]);
+    assert_eq!(file_only["config"]["weight_bits"], 4);
+    assert_eq!(file_only["config"]["act_strategy"], "mse");
+    assert_eq!(
+        file_only["config"]["act_bits"], 8,
+        "unset keys keep their defaults"
+    );
+    assert_eq!(file_only["calib_samples"], 40);
+    let flagged = run(&["--weight-bits", "6", "--calib-samples", "30"]);
+    assert_eq!(flagged["config"]["weight_bits"], 6);
+    assert_eq!(flagged["config"]["act_strategy"], "mse");
+    assert_eq!(flagged["calib_samples"], 30);
+}
