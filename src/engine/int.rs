@@ -238,19 +238,6 @@ impl IntGemm {
         }
         v
     }
-
-    /// The real scale of row `r`'s i32 bias (s_in · the row's reference weight scale).
-    pub fn bias_scale(&self, w: &QWeights, r: usize) -> f64 {
-        let s_ref = (0..self.groups)
-            .map(|g| w.param(r, g).scale as f64)
-            .fold(0.0, f64::max);
-        self.in_q.scale as f64 * s_ref
-    }
-
-    /// The i32 biases (at `bias_scale` of each row).
-    pub fn bias_q(&self) -> &[i32] {
-        &self.bias
-    }
 }
 
 /// One step of the integer engine.
@@ -371,14 +358,6 @@ impl IntModel {
             return None;
         };
         Some(run_step(step, Act::quantize(x, gemm.in_q), n).to_f32())
-    }
-
-    /// The integer layer at model index `layer`, if it is one.
-    pub fn gemm(&self, layer: usize) -> Option<&IntGemm> {
-        self.steps.iter().find_map(|(_, first, s)| match s {
-            Step::Gemm { gemm, .. } if *first == layer => Some(gemm),
-            _ => None,
-        })
     }
 }
 
