@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The interactive explorer.
-    Tui(Common),
+    Tui(TuiArgs),
     /// Quantize weights, calibrate activations, run the integer engine, report accuracy.
     Eval(EvalArgs),
     /// Per weight layer: accuracy with that layer alone at each of --bits.
@@ -89,6 +89,17 @@ pub struct Common {
     /// Use parameters made for another model anyway.
     #[arg(long, global = true)]
     pub force: bool,
+}
+
+/// `qscope tui`.
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Model and quantization options.
+    #[command(flatten)]
+    pub common: Common,
+    /// Where the `x` key writes (.json, .toml or .safetensors) [default: MODEL.params.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `qscope eval`.

@@ -3,9 +3,11 @@
 use super::args::Common;
 use anyhow::{Result, bail};
 use std::io::IsTerminal;
+use std::path::Path;
 
 /// Runs the terminal UI on the model and data that `c` names (the bundled MLP by default).
-pub fn main(c: &Common) -> Result<()> {
+/// `out` is where the export key writes (default: MODEL.params.json in the current folder).
+pub fn main(c: &Common, out: Option<&Path>) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!(
             "the interactive UI needs a terminal, and {} is not one; for a report without a terminal use `qscope eval` (add --json for JSON)",
@@ -16,11 +18,14 @@ pub fn main(c: &Common) -> Result<()> {
             }
         );
     }
-    run(c)
+    if let Some(p) = out {
+        qscope::export::check_export_target(p)?;
+    }
+    run(c, out)
 }
 
 #[cfg(feature = "tui")]
-fn run(c: &Common) -> Result<()> {
+fn run(c: &Common, out: Option<&Path>) -> Result<()> {
     let s = super::setup::setup(c)?;
     let seed = s.params.map(|p| {
         (
@@ -30,11 +35,18 @@ fn run(c: &Common) -> Result<()> {
                 .map_or(String::new(), |f| f.display().to_string()),
         )
     });
-    qscope::tui::run(s.model, s.calib, s.eval, s.config, seed)?;
+    qscope::tui::run(
+        s.model,
+        s.calib,
+        s.eval,
+        s.config,
+        seed,
+        out.map(Path::to_path_buf),
+    )?;
     Ok(())
 }
 
 #[cfg(not(feature = "tui"))]
-fn run(_: &Common) -> Result<()> {
+fn run(_: &Common, _: Option<&Path>) -> Result<()> {
     bail!("this qscope was built without the `tui` feature; use `qscope eval`")
 }

@@ -30,15 +30,20 @@ use worker::{SessionEngine, Worker};
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// Runs the UI until the user quits. `seed` is parameters loaded with `--params` and the file
-/// they came from. The terminal is restored on return, on error and on a panic.
+/// they came from; `export_path` is where the export key writes (default: MODEL.params.json).
+/// The terminal is restored on return, on error and on a panic.
 pub fn run(
     model: Model,
     calib: Dataset,
     eval: Dataset,
     config: QuantConfig,
     seed: Option<(ModelParams, String)>,
+    export_path: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let mut app = App::new(&model, calib.n, eval.n, config, seed);
+    if let Some(p) = export_path {
+        app.export_path = p;
+    }
     let export_model = model.clone();
     let mut tui = Tui::enter()?;
     let size = tui.terminal.size()?;

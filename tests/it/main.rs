@@ -5,5 +5,6 @@ mod engine;
 mod export;
 mod figures;
 mod loading;
+#[cfg(feature = "tui")]
 mod tui;
 mod util;
