@@ -88,18 +88,8 @@ pub fn with_quantized_weights(model: &Model, weights: &[Option<WeightQuant>]) ->
     let mut m = model.clone();
     for (&i, wq) in model.weight_layers().iter().zip(weights) {
         let Some(wq) = wq else { continue };
-        let deq = wq.q.dequantize();
-        match &mut m.layers[i].op {
-            crate::model::Op::Linear { weight, .. } => weight
-                .as_slice_mut()
-                .expect("contiguous")
-                .copy_from_slice(&deq),
-            crate::model::Op::Conv2d { weight, .. } => weight
-                .as_slice_mut()
-                .expect("contiguous")
-                .copy_from_slice(&deq),
-            _ => unreachable!("weight layers are linear or conv2d"),
-        }
+        let (w, _) = m.layers[i].op.weight_bias_mut().expect("weight layer");
+        w.copy_from_slice(&wq.q.dequantize());
     }
     m
 }

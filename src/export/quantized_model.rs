@@ -544,28 +544,12 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
                 )
             })?);
         }
-        let deq = q.dequantize();
-        match &mut model.layers[lp.index].op {
-            Op::Linear { weight, bias } => {
-                weight
-                    .as_slice_mut()
-                    .expect("contiguous")
-                    .copy_from_slice(&deq);
-                bias.as_slice_mut()
-                    .expect("contiguous")
-                    .copy_from_slice(&fb);
-            }
-            Op::Conv2d { weight, bias, .. } => {
-                weight
-                    .as_slice_mut()
-                    .expect("contiguous")
-                    .copy_from_slice(&deq);
-                bias.as_slice_mut()
-                    .expect("contiguous")
-                    .copy_from_slice(&fb);
-            }
-            _ => unreachable!("weight layers are linear or conv2d"),
-        }
+        let (w, b) = model.layers[lp.index]
+            .op
+            .weight_bias_mut()
+            .expect("weight layer");
+        w.copy_from_slice(&q.dequantize());
+        b.copy_from_slice(&fb);
     }
     model.notes.push(format!("{label}: a quantized model (no float weights): the integer engine runs from the stored integers, float-side figures are null"));
     Ok(QuantizedModel {

@@ -369,11 +369,7 @@ fn fold_batchnorm(
     let mean = get("running_mean", &ls.running_mean, 0.0)?;
     let var = get("running_var", &ls.running_var, 1.0)?;
     let eps = ls.eps.unwrap_or(1e-5);
-    let (weight_rows, bias) = match &mut prev.op {
-        Op::Linear { weight, bias } => (weight.as_slice_mut().expect("standard layout"), bias),
-        Op::Conv2d { weight, bias, .. } => (weight.as_slice_mut().expect("standard layout"), bias),
-        _ => unreachable!("filtered above"),
-    };
+    let (weight_rows, bias) = prev.op.weight_bias_mut().expect("filtered above");
     let row = weight_rows.len() / channels;
     for c in 0..channels {
         let k = gamma[c] / (var[c] + eps).sqrt();

@@ -86,6 +86,16 @@ impl Op {
         }
     }
 
+    /// The weights as a mutable row-major slice and the bias, for layers that have them.
+    pub fn weight_bias_mut(&mut self) -> Option<(&mut [f32], &mut [f32])> {
+        let (w, b) = match self {
+            Op::Linear { weight, bias } => (weight.as_slice_mut(), bias.as_slice_mut()),
+            Op::Conv2d { weight, bias, .. } => (weight.as_slice_mut(), bias.as_slice_mut()),
+            _ => return None,
+        };
+        Some((w.expect("standard layout"), b.expect("contiguous bias")))
+    }
+
     /// The bias, if any.
     pub fn bias(&self) -> Option<&Array1<f32>> {
         match self {

@@ -106,10 +106,7 @@ fn check_one(seed: u64) {
         })],
     );
     // The bias is an i32 at scale s_in · (the row's largest weight scale): simulate that too.
-    let bias = match &mut sim_model.layers[0].op {
-        qscope::model::Op::Linear { bias, .. } | qscope::model::Op::Conv2d { bias, .. } => bias,
-        _ => unreachable!(),
-    };
+    let (_, bias) = sim_model.layers[0].op.weight_bias_mut().unwrap();
     for (r, b) in bias.iter_mut().enumerate() {
         let s_ref = (0..qw.groups())
             .map(|g| qw.param(r, g).scale as f64)
