@@ -6,6 +6,7 @@
 use super::im2col::{ConvGeom, im2col, nhwc_rows_to_nchw, samples_per_block};
 use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::pool;
+use super::requant::Requant;
 use crate::model::{Layer, Model, Op};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
@@ -64,6 +65,8 @@ pub struct IntGemm {
     bias: Vec<i32>,
     /// Per row: s_in · s_w_ref(row) / s_out (divided by 2^GROUP_FRAC with several groups).
     out_mult: Vec<FixedMultiplier>,
+    /// The one-group epilogue: out_mult with k_r = bias_r − z_x·Σw_r.
+    requant: Requant,
     in_zp: i32,
     out_zp: i32,
     lo: i32,
@@ -128,7 +131,12 @@ impl IntGemm {
         } else {
             out_q.qmin()
         };
+        let konst: Vec<i32> = (0..out)
+            .map(|r| bias_q[r].saturating_sub(in_q.zero_point.saturating_mul(w_sum[r * groups])))
+            .collect();
+        let requant = Requant::new(out_mult.clone(), konst, out_q.zero_point, lo, out_q.qmax());
         IntGemm {
+            requant,
             out,
             k,
             group_size: gs,
@@ -158,33 +166,21 @@ impl IntGemm {
         let out = self.out;
         let mut y = vec![0i8; m * out];
         let mut c = vec![0i32; m * out];
-        if self.groups == 1 && self.w_zp.is_empty() {
-            // The common case: Σ(x − z_x)·w + bias = Σ x·w + (bias − z_x·Σw), one constant per row.
-            gemm_i8(a, m, self.k, &self.packed[0], &mut c);
-            let konst: Vec<i32> = (0..out)
-                .map(|r| self.bias[r].saturating_sub(self.in_zp.saturating_mul(self.w_sum[r])))
-                .collect();
-            super::requant::requantize_rows(
-                &c,
-                &konst,
-                &self.out_mult,
-                self.out_zp,
-                self.lo,
-                self.hi,
-                &mut y,
-            );
-            return y;
-        }
         if self.groups == 1 {
+            // Σ(x − z_x)(w − z_w) + bias = Σ x·w + (z_w terms) + (bias − z_x·Σw): the last part is
+            // the epilogue's per-row constant.
             gemm_i8(a, m, self.k, &self.packed[0], &mut c);
-            for i in 0..m {
-                let xsum = self.row_sum(a, i, 0);
-                for r in 0..out {
-                    let acc = self.corrected(c[i * out + r], r, 0, xsum);
-                    let v = self.out_zp + self.out_mult[r].apply(acc.saturating_add(self.bias[r]));
-                    y[i * out + r] = v.clamp(self.lo, self.hi) as i8;
+            if !self.w_zp.is_empty() {
+                let k = self.k as i32;
+                for (i, crow) in c.chunks_exact_mut(out).enumerate() {
+                    let xsum = self.row_sum(a, i, 0);
+                    for (r, v) in crow.iter_mut().enumerate() {
+                        let zw = self.w_zp[r];
+                        *v += -zw * xsum + k * self.in_zp * zw;
+                    }
                 }
             }
+            self.requant.run(&c, &mut y);
             return y;
         }
         // Several groups: each partial sum is rescaled to the row's reference scale in a wide

@@ -4,97 +4,96 @@
 
 use crate::quant::FixedMultiplier;
 
-/// Requantizes `c` (rows of `mult.len()` accumulators) into `y`, adding `konst[r]` first.
-pub fn requantize_rows(
-    c: &[i32],
-    konst: &[i32],
-    mult: &[FixedMultiplier],
+/// One layer's epilogue: per output column a multiplier M_r and a constant k_r, plus the output
+/// zero point and clamp bounds. Built once per layer; the per-column arrays the fast loop reads
+/// are derived here, not on every call.
+#[derive(Debug, Clone)]
+pub struct Requant {
+    mult: Vec<FixedMultiplier>,
+    konst: Vec<i32>,
+    /// Mantissas widened to i64, and right shifts (valid when `small`).
+    mant: Vec<i64>,
+    right: Vec<i64>,
+    /// Every multiplier is below 1 (no left shift): the branch-free form applies.
+    small: bool,
     out_zp: i32,
     lo: i32,
     hi: i32,
-    y: &mut [i8],
-) {
-    // The vectorizable form needs every multiplier below 1 (no left shift).
-    let small = mult.iter().all(|m| m.shift <= 0);
-    #[cfg(target_arch = "x86_64")]
-    if small && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        unsafe { requantize_avx2(c, konst, mult, out_zp, lo, hi, y) };
-        return;
-    }
-    if small {
-        body(c, konst, mult, out_zp, lo, hi, y);
-    } else {
-        reference(c, konst, mult, out_zp, lo, hi, y);
-    }
 }
 
-/// The obvious loop with [`FixedMultiplier::apply`]: what the fast versions must equal.
-pub fn reference(
-    c: &[i32],
-    konst: &[i32],
-    mult: &[FixedMultiplier],
-    out_zp: i32,
-    lo: i32,
-    hi: i32,
-    y: &mut [i8],
-) {
-    let out = mult.len();
-    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
-        for r in 0..out {
-            let v = out_zp + mult[r].apply(crow[r].saturating_add(konst[r]));
-            yrow[r] = v.clamp(lo, hi) as i8;
+impl Requant {
+    /// The epilogue y = clamp(out_zp + M_r · (acc + k_r), lo, hi).
+    pub fn new(mult: Vec<FixedMultiplier>, konst: Vec<i32>, out_zp: i32, lo: i32, hi: i32) -> Self {
+        assert_eq!(mult.len(), konst.len(), "one constant per multiplier");
+        Requant {
+            mant: mult.iter().map(|m| m.mantissa as i64).collect(),
+            right: mult.iter().map(|m| (-m.shift).min(62) as i64).collect(),
+            small: mult.iter().all(|m| m.shift <= 0),
+            mult,
+            konst,
+            out_zp,
+            lo,
+            hi,
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn requantize_avx2(
-    c: &[i32],
-    konst: &[i32],
-    mult: &[FixedMultiplier],
-    out_zp: i32,
-    lo: i32,
-    hi: i32,
-    y: &mut [i8],
-) {
-    body(c, konst, mult, out_zp, lo, hi, y);
-}
+    /// Requantizes `c` (rows of as many accumulators as there are multipliers) into `y`.
+    pub fn run(&self, c: &[i32], y: &mut [i8]) {
+        if !self.small {
+            return self.reference(c, y);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { self.body_avx2(c, y) };
+            return;
+        }
+        self.body(c, y);
+    }
 
-/// SRDHM then a rounding right shift, in branch-free i64 arithmetic (multipliers < 1).
-#[inline(always)]
-fn body(
-    c: &[i32],
-    konst: &[i32],
-    mult: &[FixedMultiplier],
-    out_zp: i32,
-    lo: i32,
-    hi: i32,
-    y: &mut [i8],
-) {
-    let out = mult.len();
-    let mant: Vec<i64> = mult.iter().map(|m| m.mantissa as i64).collect();
-    let right: Vec<i64> = mult.iter().map(|m| (-m.shift).min(62) as i64).collect();
-    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
-        for r in 0..out {
-            let acc = (crow[r] as i64 + konst[r] as i64).clamp(i32::MIN as i64, i32::MAX as i64);
-            // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
-            let ab = acc * mant[r];
-            let nudge = if ab >= 0 {
-                1i64 << 30
-            } else {
-                1 - (1i64 << 30)
-            };
-            let x = ab + nudge;
-            let high = (x + ((x >> 63) & ((1i64 << 31) - 1))) >> 31; // x / 2^31 toward zero
-            // rounding_divide_by_pot
-            let e = right[r];
-            let mask = (1i64 << e) - 1;
-            let rem = high & mask;
-            let threshold = (mask >> 1) + i64::from(high < 0);
-            let q = (high >> e) + i64::from(rem > threshold);
-            yrow[r] = (out_zp as i64 + q).clamp(lo as i64, hi as i64) as i8;
+    /// The obvious loop with [`FixedMultiplier::apply`]: what the fast versions must equal.
+    pub fn reference(&self, c: &[i32], y: &mut [i8]) {
+        let out = self.mult.len();
+        for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+            for r in 0..out {
+                let v = self.out_zp + self.mult[r].apply(crow[r].saturating_add(self.konst[r]));
+                yrow[r] = v.clamp(self.lo, self.hi) as i8;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn body_avx2(&self, c: &[i32], y: &mut [i8]) {
+        self.body(c, y);
+    }
+
+    /// SRDHM then a rounding right shift, in branch-free i64 arithmetic (multipliers < 1).
+    #[inline(always)]
+    fn body(&self, c: &[i32], y: &mut [i8]) {
+        let out = self.mult.len();
+        let (mant, right, konst) = (&self.mant[..out], &self.right[..out], &self.konst[..out]);
+        for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+            for r in 0..out {
+                let acc =
+                    (crow[r] as i64 + konst[r] as i64).clamp(i32::MIN as i64, i32::MAX as i64);
+                // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
+                let ab = acc * mant[r];
+                let nudge = if ab >= 0 {
+                    1i64 << 30
+                } else {
+                    1 - (1i64 << 30)
+                };
+                let x = ab + nudge;
+                let high = (x + ((x >> 63) & ((1i64 << 31) - 1))) >> 31; // x / 2^31 toward zero
+                // rounding_divide_by_pot
+                let e = right[r];
+                let mask = (1i64 << e) - 1;
+                let rem = high & mask;
+                let threshold = (mask >> 1) + i64::from(high < 0);
+                let q = (high >> e) + i64::from(rem > threshold);
+                yrow[r] = (self.out_zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8;
+            }
         }
     }
 }
@@ -127,12 +126,13 @@ mod tests {
             let len = c.len();
             c[1 % len] = i32::MIN;
             for (zp, lo, hi) in [(-128, -128, 127), (3, 3, 127), (0, -7, 7)] {
+                let rq = Requant::new(mult.clone(), konst.clone(), zp, lo, hi);
                 let mut want = vec![0i8; c.len()];
                 let mut got = vec![0i8; c.len()];
-                reference(&c, &konst, &mult, zp, lo, hi, &mut want);
-                requantize_rows(&c, &konst, &mult, zp, lo, hi, &mut got);
+                rq.reference(&c, &mut want);
+                rq.run(&c, &mut got);
                 assert_eq!(got, want, "out {out} zp {zp}");
-                body(&c, &konst, &mult, zp, lo, hi, &mut got);
+                rq.body(&c, &mut got);
                 assert_eq!(got, want, "portable body, out {out}");
             }
         }
