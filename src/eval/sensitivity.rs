@@ -93,34 +93,25 @@ pub fn with_layer_bits(config: &QuantConfig, name: &str, bits: u8, target: Targe
     c
 }
 
-/// Runs the sweep on `session`'s model and data; `progress(done, total)` is called after each run.
-pub fn sensitivity(
-    session: &mut Session,
-    config: &QuantConfig,
+/// The sweep both entry points share: checks `bits`, runs the baseline, then one run per
+/// (layer `j`, bits) through `run_one(j, bits)` (`None` = the configuration as given).
+fn sweep(
+    model_name: String,
+    layers: &[String],
     bits: &[u8],
     target: Target,
-    cancel: &Cancel,
+    mut run_one: impl FnMut(Option<(usize, u8)>) -> Result<crate::eval::report::Report>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Sensitivity> {
     for &b in bits {
         crate::quant::scheme::check_bits("bits", b)?;
     }
-    let base = session.run(config, cancel)?.report;
-    let model = &session.model;
-    let names: Vec<String> = model
-        .weight_layers()
-        .iter()
-        .map(|&i| model.layers[i].name.clone())
-        .collect();
-    let model_name = model.name.clone();
-    let total = names.len() * bits.len();
+    let base = run_one(None)?;
+    let total = layers.len() * bits.len();
     let mut rows = Vec::with_capacity(total);
-    for name in &names {
+    for (j, name) in layers.iter().enumerate() {
         for &b in bits {
-            let r = session
-                .run(&with_layer_bits(config, name, b, target), cancel)?
-                .report;
-            rows.push(SensitivityRow::of(name, b, &r));
+            rows.push(SensitivityRow::of(name, b, &run_one(Some((j, b)))?));
             progress(rows.len(), total);
         }
     }
@@ -132,6 +123,32 @@ pub fn sensitivity(
         baseline_accuracy: base.quant_accuracy,
         rows,
     })
+}
+
+/// Runs the sweep on `session`'s model and data; `progress(done, total)` is called after each run.
+pub fn sensitivity(
+    session: &mut Session,
+    config: &QuantConfig,
+    bits: &[u8],
+    target: Target,
+    cancel: &Cancel,
+    progress: impl FnMut(usize, usize),
+) -> Result<Sensitivity> {
+    let model = &session.model;
+    let names: Vec<String> = model
+        .weight_layers()
+        .iter()
+        .map(|&i| model.layers[i].name.clone())
+        .collect();
+    let model_name = model.name.clone();
+    let run_one = |which: Option<(usize, u8)>| {
+        let c = match which {
+            None => config.clone(),
+            Some((j, b)) => with_layer_bits(config, &names[j], b, target),
+        };
+        Ok(session.run(&c, cancel)?.report)
+    };
+    sweep(model_name, &names, bits, target, run_one, progress)
 }
 
 /// `params` with weight layer `j` alone at `bits` for `target`: its weights re-quantized from
@@ -190,29 +207,16 @@ pub fn sensitivity_params(
     bits: &[u8],
     target: Target,
     cancel: &Cancel,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Sensitivity> {
     use crate::pipeline::evaluate_params;
-    for &b in bits {
-        crate::quant::scheme::check_bits("bits", b)?;
-    }
-    let base = evaluate_params(model, params.clone(), eval, config, has_float, cancel)?.report;
-    let total = params.layers.len() * bits.len();
-    let mut rows = Vec::with_capacity(total);
-    for (j, lp) in params.layers.iter().enumerate() {
-        for &b in bits {
-            let p = params_with_layer_bits(model, params, config, j, b, target)?;
-            let r = evaluate_params(model, p, eval, config, has_float, cancel)?.report;
-            rows.push(SensitivityRow::of(&lp.name, b, &r));
-            progress(rows.len(), total);
-        }
-    }
-    Ok(Sensitivity {
-        model: model.name.clone(),
-        target,
-        bits: bits.to_vec(),
-        fp32_accuracy: base.fp32_accuracy,
-        baseline_accuracy: base.quant_accuracy,
-        rows,
-    })
+    let names: Vec<String> = params.layers.iter().map(|l| l.name.clone()).collect();
+    let run_one = |which: Option<(usize, u8)>| {
+        let p = match which {
+            None => params.clone(),
+            Some((j, b)) => params_with_layer_bits(model, params, config, j, b, target)?,
+        };
+        Ok(evaluate_params(model, p, eval, config, has_float, cancel)?.report)
+    };
+    sweep(model.name.clone(), &names, bits, target, run_one, progress)
 }

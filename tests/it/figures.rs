@@ -82,3 +82,35 @@ fn calibration_memory_does_not_grow_with_the_calibration_set() {
     assert_eq!(large.input.count(), 1000 * 784);
     assert_eq!(small.input.count(), 50 * 784);
 }
+
+#[test]
+fn sensitivity_rows_at_the_configured_width_equal_the_baseline_and_2_bits_hurt() {
+    use qscope::eval::sensitivity::{Target, sensitivity};
+    use qscope::pipeline::Session;
+    let model = bundled::model("mnist-mlp").unwrap();
+    let mut session = Session::new(model, bundled::calib().take(200), bundled::test().take(300));
+    let s = sensitivity(
+        &mut session,
+        &QuantConfig::default(),
+        &[2, 8],
+        Target::Weights,
+        &Cancel::new(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(s.rows.len(), 6);
+    for pair in s.rows.chunks(2) {
+        let (two, eight) = (&pair[0], &pair[1]);
+        assert_eq!((two.bits, eight.bits), (2, 8));
+        assert_eq!(
+            eight.quant_accuracy, s.baseline_accuracy,
+            "{}: 8 bits is the configuration as given",
+            eight.layer
+        );
+        assert!(
+            two.output_sqnr_db.unwrap() < eight.output_sqnr_db.unwrap() - 6.0,
+            "{}: {two:?} vs {eight:?}",
+            two.layer
+        );
+    }
+}
