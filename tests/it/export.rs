@@ -12,7 +12,6 @@ use qscope::params::ModelParams;
 use qscope::pipeline::{Cancel, evaluate_params, run};
 use qscope::{Dataset, Model, QuantConfig, bundled};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn config(toml_text: &str) -> QuantConfig {
     let file = qscope::config::ConfigFile::parse("test config", toml_text).unwrap();
@@ -409,16 +408,7 @@ fn dumped_activations_are_the_integer_engines() {
 // ---- the binary, as a user runs it ----
 
 fn qscope(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qscope"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::util::qscope_in(dir, args)
 }
 
 fn report(stdout: &str) -> serde_json::Value {

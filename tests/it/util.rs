@@ -79,7 +79,13 @@ pub fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::Pa
 
 /// Runs the qscope binary; returns (exit success, stdout, stderr).
 pub fn qscope(args: &[&str]) -> (bool, String, String) {
+    qscope_in(std::path::Path::new("."), args)
+}
+
+/// Runs the qscope binary in folder `dir`; returns (exit success, stdout, stderr).
+pub fn qscope_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qscope"))
+        .current_dir(dir)
         .args(args)
         .output()
         .unwrap();
