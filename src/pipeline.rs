@@ -318,20 +318,49 @@ pub fn run(
     config: &QuantConfig,
     cancel: &Cancel,
 ) -> Result<Outcome> {
+    run_cached(model, calib, eval, config, &mut None, cancel)
+}
+
+/// The flow, reusing `cache` (quantized weights and histograms) when it was made for the same
+/// weight settings and refilling it otherwise.
+fn run_cached(
+    model: &Model,
+    calib: &Dataset,
+    eval: &Dataset,
+    config: &QuantConfig,
+    cache: &mut Option<Cached>,
+    cancel: &Cancel,
+) -> Result<Outcome> {
     config.validate(Some(model))?;
+    let key = weight_key(model, config);
+    let mut timings = Timings::default();
+    if !matches!(cache, Some(c) if c.key == key) {
+        let t = Instant::now();
+        let weights = quantize_weights(model, config);
+        timings.weights = ms(t);
+        cancel.check()?;
+        let t = Instant::now();
+        let calibration = calibrate(model, &weights, calib, cancel)?;
+        timings.calibration = ms(t);
+        *cache = Some(Cached {
+            key,
+            weights,
+            calibration,
+        });
+    }
+    let Cached {
+        weights,
+        calibration,
+        ..
+    } = cache.as_ref().expect("filled above");
     let t = Instant::now();
-    let weights = quantize_weights(model, config);
-    let t_weights = ms(t);
-    cancel.check()?;
-    let t = Instant::now();
-    let calibration = calibrate(model, &weights, calib, cancel)?;
-    let params = choose_ranges(model, config, &weights, &calibration);
-    let t_calib = ms(t);
+    let params = choose_ranges(model, config, weights, calibration);
+    timings.calibration += ms(t);
     let mut outcome = evaluate_params(model, params, eval, config, true, cancel)?;
     outcome.report.calib_samples = calibration.samples;
-    outcome.report.timings_ms.weights = t_weights;
-    outcome.report.timings_ms.calibration = t_calib;
-    outcome.calibration = Some(calibration);
+    outcome.report.timings_ms.weights = timings.weights;
+    outcome.report.timings_ms.calibration = timings.calibration;
+    outcome.calibration = Some(calibration.clone());
     Ok(outcome)
 }
 
@@ -491,36 +520,13 @@ impl Session {
 
     /// Runs `config`, recalibrating only if its weight settings differ from the last run's.
     pub fn run(&mut self, config: &QuantConfig, cancel: &Cancel) -> Result<Outcome> {
-        config.validate(Some(&self.model))?;
-        let key = weight_key(&self.model, config);
-        let mut timings = Timings::default();
-        let reuse = matches!(&self.cache, Some(c) if c.key == key);
-        if !reuse {
-            let t = Instant::now();
-            let weights = quantize_weights(&self.model, config);
-            timings.weights = ms(t);
-            let t = Instant::now();
-            let calibration = calibrate(&self.model, &weights, &self.calib, cancel)?;
-            timings.calibration = ms(t);
-            self.cache = Some(Cached {
-                key,
-                weights,
-                calibration,
-            });
-        }
-        let Cached {
-            weights,
-            calibration,
-            ..
-        } = self.cache.as_ref().expect("filled above");
-        let t = Instant::now();
-        let params = choose_ranges(&self.model, config, weights, calibration);
-        timings.calibration += ms(t);
-        let mut outcome = evaluate_params(&self.model, params, &self.eval, config, true, cancel)?;
-        outcome.report.calib_samples = calibration.samples;
-        outcome.report.timings_ms.weights = timings.weights;
-        outcome.report.timings_ms.calibration = timings.calibration;
-        outcome.calibration = Some(calibration.clone());
-        Ok(outcome)
+        run_cached(
+            &self.model,
+            &self.calib,
+            &self.eval,
+            config,
+            &mut self.cache,
+            cancel,
+        )
     }
 }

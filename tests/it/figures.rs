@@ -114,3 +114,40 @@ fn sensitivity_rows_at_the_configured_width_equal_the_baseline_and_2_bits_hurt()
         );
     }
 }
+
+#[test]
+fn a_session_reuses_histograms_only_while_weight_settings_stay_and_matches_a_fresh_run() {
+    use qscope::pipeline::Session;
+    let model = bundled::model("mnist-mlp").unwrap();
+    let (calib, test) = (bundled::calib().take(200), bundled::test().take(300));
+    let mut session = Session::new(model.clone(), calib.clone(), test.clone());
+    session
+        .run(&QuantConfig::default(), &Cancel::new())
+        .unwrap();
+    let act_only = QuantConfig {
+        act_strategy: Strategy::Mse,
+        act_bits: 4,
+        ..Default::default()
+    };
+    let weights_too = QuantConfig {
+        weight_bits: 3,
+        ..act_only.clone()
+    };
+    for (config, reused) in [(&act_only, true), (&weights_too, false)] {
+        let cached = session.run(config, &Cancel::new()).unwrap().report;
+        let fresh = run(&model, &calib, &test, config, &Cancel::new())
+            .unwrap()
+            .report;
+        assert_eq!(
+            cached.timings_ms.weights == 0.0,
+            reused,
+            "weights re-quantized only when they changed"
+        );
+        assert_eq!(cached.quant_accuracy, fresh.quant_accuracy);
+        assert_eq!(cached.output_sqnr_db, fresh.output_sqnr_db);
+        assert_eq!(
+            cached.layers, fresh.layers,
+            "same ranges and per-layer SQNR"
+        );
+    }
+}
