@@ -6,6 +6,7 @@ pub mod int;
 pub mod kernels;
 pub mod pool;
 pub mod requant;
+pub mod tensor;
 
 pub use float::argmax;
 pub use int::{Act, IntModel};

@@ -1,6 +1,7 @@
 //! A loaded network: layers with float weights and known shapes, built from safetensors + a spec.
 
 mod build;
+pub mod op;
 pub mod dataset;
 mod npz;
 pub mod spec;
