@@ -8,19 +8,22 @@ use crate::model::{Dataset, Model, load_dataset_bytes, load_model_bytes};
 pub const MLP: &[u8] = include_bytes!("../assets/mnist-mlp.safetensors");
 /// The bundled CNN (spec embedded).
 pub const CNN: &[u8] = include_bytes!("../assets/mnist-cnn.safetensors");
+/// The bundled residual CNN (ONNX; normalization inside the graph).
+pub const RESNET: &[u8] = include_bytes!("../assets/mnist-resnet.onnx");
 /// 1,000 MNIST calibration digits (U8).
 pub const CALIB: &[u8] = include_bytes!("../assets/mnist-calib.safetensors");
 /// 2,000 MNIST test digits (U8).
 pub const TEST: &[u8] = include_bytes!("../assets/mnist-test.safetensors");
 
 /// Names of the bundled models.
-pub const MODEL_NAMES: [&str; 2] = ["mnist-mlp", "mnist-cnn"];
+pub const MODEL_NAMES: [&str; 3] = ["mnist-mlp", "mnist-cnn", "mnist-resnet"];
 
 /// The raw bytes of a bundled model by name.
 pub fn model_bytes(name: &str) -> Option<&'static [u8]> {
     match name {
         "mnist-mlp" => Some(MLP),
         "mnist-cnn" => Some(CNN),
+        "mnist-resnet" => Some(RESNET),
         _ => None,
     }
 }
@@ -36,7 +39,11 @@ pub fn model(name: &str) -> Result<Model> {
             ),
         )
     })?;
-    load_model_bytes(&format!("bundled {name}"), name, bytes, None)
+    let label = format!("bundled {name}");
+    if name == "mnist-resnet" {
+        return crate::model::onnx::load_onnx_bytes(&label, name, bytes.to_vec(), None);
+    }
+    load_model_bytes(&label, name, bytes, None)
 }
 
 /// The bundled calibration set.

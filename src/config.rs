@@ -34,8 +34,14 @@ pub struct QuantConfig {
     pub percentile: f64,
     /// Weight layers left in float.
     pub keep_float: Vec<String>,
-    /// Per-layer overrides by layer name (`input` for the network input).
+    /// Per-layer overrides by layer name (`input` for the network input, or a tensor name
+    /// for a point of a graph model).
     pub layers: BTreeMap<String, LayerOverride>,
+    /// Largest tensor a node may make, per sample, in MiB of f32 (refused above it).
+    pub max_tensor_mib: u64,
+    /// Keep the float and quantized outputs of the evaluation (`eval --save-outputs`).
+    #[serde(skip)]
+    pub save_outputs: bool,
 }
 
 /// Per-layer settings that differ from the global ones (unset = global).
@@ -126,6 +132,8 @@ impl Default for QuantConfig {
             percentile: 99.99,
             keep_float: Vec::new(),
             layers: BTreeMap::new(),
+            max_tensor_mib: 1024,
+            save_outputs: false,
         }
     }
 }
@@ -144,6 +152,11 @@ impl QuantConfig {
     /// Drops override tables that override nothing.
     pub fn prune(&mut self) {
         self.layers.retain(|_, o| !o.is_empty());
+    }
+
+    /// The per-sample element limit of any tensor a node makes.
+    pub fn max_sample_elems(&self) -> usize {
+        usize::try_from(self.max_tensor_mib.saturating_mul(1 << 20) / 4).unwrap_or(usize::MAX)
     }
 
     /// Whether weight layer `name` stays in float.
@@ -187,6 +200,9 @@ impl QuantConfig {
         check_bits("act_bits", self.act_bits)?;
         check_percentile("percentile", self.percentile)?;
         check_granularity("granularity", self.granularity)?;
+        if self.max_tensor_mib == 0 {
+            return Err(Error::config("max_tensor_mib", "must be > 0"));
+        }
         for (name, o) in &self.layers {
             let key = |k: &str| format!("layers.{name}.{k}");
             if let Some(b) = o.weight_bits {
@@ -220,6 +236,7 @@ impl QuantConfig {
             if let Some(m) = model
                 && name != INPUT_POINT
                 && m.layer_index(name).is_none()
+                && m.value_index(name).is_none()
             {
                 return Err(unknown_layer(&format!("layers.{name}"), name, m));
             }
@@ -243,16 +260,23 @@ fn check_granularity(key: &str, g: Granularity) -> Result<()> {
 }
 
 fn unknown_layer(key: &str, name: &str, m: &Model) -> Error {
-    let names: Vec<&str> = m
-        .weight_layers()
+    let wl = m.weight_layers();
+    let names: Vec<&str> = wl
         .iter()
+        .take(12)
         .map(|&i| m.layers[i].name.as_str())
         .collect();
+    let more = if wl.len() > 12 {
+        format!(", … {} more", wl.len() - 12)
+    } else {
+        String::new()
+    };
     Error::config(
         key,
         format!(
-            "model '{}' has no weight layer '{name}' (it has: {})",
+            "model '{}' has no weight layer '{}' (it has: {}{more})",
             m.name,
+            crate::error::clip(name),
             names.join(", ")
         ),
     )

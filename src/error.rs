@@ -55,9 +55,34 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A node of a graph is malformed, unsupported, or failed while running.
+    #[error("{file}: node '{node}' ({op}): {msg}")]
+    Node {
+        /// The model file.
+        file: String,
+        /// The node's name.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// The computation was cancelled (a newer job superseded it).
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Longest quotation of user input inside an error message, in characters.
+pub const QUOTE_MAX: usize = 120;
+
+/// `s` cut to [`QUOTE_MAX`] characters (with an ellipsis), for quoting user input in errors.
+pub fn clip(s: &str) -> String {
+    if s.chars().count() <= QUOTE_MAX {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(QUOTE_MAX).collect();
+    out.push('…');
+    out
 }
 
 /// The library's result type.
@@ -97,6 +122,21 @@ impl Error {
     pub fn spec(file: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Spec {
             file: file.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A node error in `file`.
+    pub fn node(
+        file: impl Into<String>,
+        node: &str,
+        op: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::Node {
+            file: file.into(),
+            node: clip(node),
+            op: op.into(),
             msg: msg.into(),
         }
     }

@@ -38,16 +38,38 @@ pub struct LayerParams {
     pub act: Option<ActQuant>,
 }
 
+/// A quantization point that no integer weight node produces: a graph input, or a tensor from
+/// a float region that enters an integer node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointParams {
+    /// `input` for the first graph input, else the tensor name.
+    pub name: String,
+    /// The value in the model graph.
+    pub value: crate::model::ValueId,
+    /// Its quantization.
+    pub act: ActQuant,
+}
+
 /// Parameters of every quantization point of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelParams {
-    /// The network input's quantization.
-    pub input: ActQuant,
+    /// Points that no integer weight node produces (the network input first, when it is one).
+    pub points: Vec<PointParams>,
     /// One entry per weight layer, in network order.
     pub layers: Vec<LayerParams>,
 }
 
 impl ModelParams {
+    /// The network input's quantization, when the first graph input is a point.
+    pub fn input(&self) -> Option<&ActQuant> {
+        self.point(crate::config::INPUT_POINT)
+    }
+
+    /// The point named `name` (not a layer's output).
+    pub fn point(&self, name: &str) -> Option<&ActQuant> {
+        self.points.iter().find(|p| p.name == name).map(|p| &p.act)
+    }
+
     /// The entry of the weight layer at model index `index`.
     pub fn by_index(&self, index: usize) -> Option<&LayerParams> {
         self.layers.iter().find(|l| l.index == index)

@@ -2,7 +2,7 @@
 //! (`--params`) become a [`QuantConfig`] whose `[layers.NAME]` overrides reproduce their
 //! settings, so that a change made afterwards re-calibrates from the same settings.
 
-use crate::config::{ActSettings, INPUT_POINT, LayerOverride, QuantConfig};
+use crate::config::{ActSettings, LayerOverride, QuantConfig};
 use crate::params::{ActQuant, ModelParams};
 use crate::quant::Strategy;
 
@@ -32,9 +32,11 @@ impl ModelParams {
             layers: Default::default(),
             ..base.clone()
         };
-        let mut input = LayerOverride::default();
-        act_override(&mut input, base, &self.input.settings, &self.input);
-        c.layers.insert(INPUT_POINT.to_string(), input);
+        for p in &self.points {
+            let mut o = LayerOverride::default();
+            act_override(&mut o, base, &p.act.settings, &p.act);
+            c.layers.insert(p.name.clone(), o);
+        }
         for lp in &self.layers {
             let Some(wq) = &lp.weight else {
                 c.keep_float.push(lp.name.clone());

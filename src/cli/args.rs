@@ -89,6 +89,20 @@ pub struct Common {
     /// Use parameters made for another model anyway.
     #[arg(long, global = true)]
     pub force: bool,
+    /// Per-channel mean subtracted from image inputs of ONNX models (comma list; one = all).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub input_mean: Option<Vec<f32>>,
+    /// Per-channel std the inputs of ONNX models are divided by (comma list; one = all).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub input_std: Option<Vec<f32>>,
+    /// Largest tensor a node may make, per sample, in MiB (default 1024).
+    #[arg(long, global = true, value_name = "MIB")]
+    pub max_tensor_mib: Option<u64>,
 }
 
 /// `qscope tui`.
@@ -115,6 +129,9 @@ pub struct EvalArgs {
     /// point, one file per quantization point) into this existing folder.
     #[arg(long, value_name = "DIR")]
     pub dump_activations: Option<PathBuf>,
+    /// Write the float and the quantized outputs (tensors `float`, `quant`) to this safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub save_outputs: Option<PathBuf>,
 }
 
 /// `qscope export --out FILE`.

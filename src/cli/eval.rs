@@ -109,18 +109,27 @@ pub fn human(r: &Report) -> String {
         db(r.output_sqnr_db)
     );
     let opt = |v: Option<u8>| v.map_or("float".into(), |b| b.to_string());
-    let mut rows = vec![vec![
-        "input".into(),
-        "-".into(),
-        "-".into(),
-        r.input.act_bits.to_string(),
-        "-".into(),
-        r.input.act_strategy.clone(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        format!("[{:.3}, {:.3}]", r.input.act_range[0], r.input.act_range[1]),
-    ]];
+    let point_row = |name: &str, bits: u8, strategy: &str, range: [f32; 2]| -> Vec<String> {
+        vec![
+            name.into(),
+            "-".into(),
+            "-".into(),
+            bits.to_string(),
+            "-".into(),
+            strategy.into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            format!("[{:.3}, {:.3}]", range[0], range[1]),
+        ]
+    };
+    let mut rows = Vec::new();
+    if let Some(i) = &r.input {
+        rows.push(point_row("input", i.act_bits, &i.act_strategy, i.act_range));
+    }
+    for p in &r.points {
+        rows.push(point_row(&p.name, p.act_bits, &p.act_strategy, p.act_range));
+    }
     for l in &r.layers {
         rows.push(vec![
             l.name.clone(),

@@ -42,12 +42,12 @@ pub fn main(args: &PlotArgs) -> Result<()> {
         Some(p) => {
             let weights: Vec<Option<WeightQuant>> =
                 p.layers.iter().map(|l| l.weight.clone()).collect();
-            let c = calibrate(&s.model, &weights, &s.calib, &cancel)?;
+            let c = calibrate(&s.model, &s.config, &weights, &s.calib, &cancel)?;
             (p, c)
         }
         None => {
             let weights = quantize_weights(&s.model, &s.config);
-            let c = calibrate(&s.model, &weights, &s.calib, &cancel)?;
+            let c = calibrate(&s.model, &s.config, &weights, &s.calib, &cancel)?;
             (choose_ranges(&s.model, &s.config, &weights, &c), c)
         }
     };

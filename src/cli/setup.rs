@@ -105,7 +105,7 @@ fn load_data(
             model.input_len()
         ),
     };
-    data.check_fits(model.input_len(), &model.input_shape)?;
+    qscope::pipeline::check_data(model, &data)?;
     Ok(data)
 }
 
@@ -149,7 +149,25 @@ pub fn setup(c: &Common) -> Result<Setup> {
             (q.model, Some(q.params))
         }
     };
-    let has_float = params.is_none();
+    let (mut model, has_float) = (model, params.is_none());
+    if c.input_mean.is_some() || c.input_std.is_some() {
+        if !model.is_onnx() {
+            bail!(
+                "--input-mean/--input-std: the model's spec sets its normalization (input_mean, input_std)"
+            );
+        }
+        model.input_mean = c.input_mean.clone().unwrap_or_default();
+        model.input_std = c.input_std.clone().unwrap_or_default();
+        if let Some(v) = model.input_std.iter().find(|v| !v.is_normal() || **v < 0.0) {
+            bail!("--input-std: {v} is not a positive finite number");
+        }
+        if let Some(v) = model.input_mean.iter().find(|v| !v.is_finite()) {
+            bail!("--input-mean: {v} is not finite");
+        }
+    }
+    if let Some(m) = c.max_tensor_mib {
+        config.max_tensor_mib = m;
+    }
     for note in &model.notes {
         eprintln!("qscope: note: {note}");
     }
@@ -173,7 +191,9 @@ pub fn setup(c: &Common) -> Result<Setup> {
                 }
             );
         }
+        let max = config.max_tensor_mib;
         config = qscope::export::config_from_params(p);
+        config.max_tensor_mib = max;
     }
     config.validate(Some(&model))?;
     let mut calib = load_data(

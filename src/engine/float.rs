@@ -1,87 +1,290 @@
-//! The f32 reference engine: runs a [`Model`] on a batch, layer by layer, with ndarray's matrix
-//! multiply for linear and (im2col) convolution layers.
+//! The f32 reference engine: interprets the model graph on a batch, node by node, with
+//! ndarray's matrix multiply for linear and (im2col) convolution nodes and the plain op
+//! implementations of [`super::ops`] for the rest. A value is freed after its last reader.
 
-use super::im2col::{ConvGeom, im2col, nhwc_rows_to_nchw, samples_per_block};
-use crate::model::{Layer, Model, Op};
+use super::conv::conv_nchw;
+use super::im2col::ConvGeom;
+use super::ops::{Limits, eval};
+use super::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::model::{DType, Layer, Model, Op, ValueId};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// Runs one layer on a batch of `n` samples (`x` holds n · in_len values); returns n · out_len.
-pub fn run_layer(layer: &Layer, x: &[f32], n: usize) -> Vec<f32> {
-    match &layer.op {
+/// Default bound on one sample's share of any tensor a node makes: 1 GiB of f32.
+pub const DEFAULT_MAX_SAMPLE_ELEMS: usize = 1 << 28;
+
+/// The geometry of conv (or pool) node input `x` ([n, c, h, w]).
+pub fn conv_geom(
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: [usize; 4],
+    dilation: (usize, usize),
+) -> std::result::Result<ConvGeom, String> {
+    let [_, c, h, w] = x.shape[..] else {
+        return Err(format!("expects an [N, C, H, W] input, got {:?}", x.shape));
+    };
+    ConvGeom::general(&[c, h, w], kernel, stride, padding, dilation)
+}
+
+/// Checks that a node's output of `per_sample` elements per sample stays within the limit.
+pub fn check_size(per_sample: usize, limit: usize) -> std::result::Result<(), String> {
+    if per_sample > limit {
+        return Err(format!(
+            "makes a tensor of {per_sample} elements per sample ({} MiB), above the limit of {} MiB (raise it with --max-tensor-mib)",
+            per_sample * 4 >> 20,
+            limit * 4 >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a linear or conv node on f32 input `x`.
+pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<Tensor, String> {
+    let xs = x.as_f32().ok_or("expects real-valued input")?;
+    let n = x.shape.first().copied().unwrap_or(1).max(1);
+    match op {
         Op::Linear { weight, bias } => {
             let (out, inp) = weight.dim();
-            let mut y = vec![0.0f32; n * out];
-            for row in y.chunks_mut(out) {
-                row.copy_from_slice(bias.as_slice().expect("contiguous bias"));
+            if x.shape.last() != Some(&inp) {
+                return Err(format!(
+                    "expects a last axis of {inp}, got shape {:?}",
+                    x.shape
+                ));
             }
-            let xv = ArrayView2::from_shape((n, inp), x).expect("input size");
-            let mut yv = ArrayViewMut2::from_shape((n, out), &mut y).expect("output size");
+            let rows = xs.len() / inp;
+            check_size(rows / n * out, limit)?;
+            let mut y: Vec<f32> = std::iter::repeat_n(bias.as_slice().expect("contiguous"), rows)
+                .flatten()
+                .copied()
+                .collect();
+            let xv = ArrayView2::from_shape((rows, inp), xs).expect("input size");
+            let mut yv = ArrayViewMut2::from_shape((rows, out), &mut y).expect("output size");
             general_mat_mul(1.0, &xv, &weight.t(), 1.0, &mut yv);
-            y
+            let mut shape = x.shape.clone();
+            *shape.last_mut().expect("rank ≥ 1") = out;
+            Ok(Tensor::f32(shape, y))
         }
         Op::Conv2d {
             weight,
             bias,
             stride,
             padding,
+            dilation,
+            groups,
         } => {
-            let (o, _, kh, kw) = weight.dim();
-            let geom = ConvGeom::new(&layer.in_shape, (kh, kw), *stride, *padding);
-            let (k, pixels) = (geom.k(), geom.out_pixels());
-            let in_len = layer.in_shape.iter().product::<usize>();
-            let w2 = ArrayView2::from_shape((o, k), weight.as_slice().expect("contiguous weight"))
+            let (o, ci, kh, kw) = weight.dim();
+            let g = conv_geom(x, (kh, kw), *stride, *padding, *dilation)?;
+            if g.c != ci * groups {
+                return Err(format!(
+                    "expects {} input channels, got {}",
+                    ci * groups,
+                    g.c
+                ));
+            }
+            check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), limit)?;
+            let og = o / groups;
+            let k = ci * kh * kw;
+            let w2 = ArrayView2::from_shape((o, k), weight.as_slice().expect("contiguous"))
                 .expect("weight size");
             let bias = bias.as_slice().expect("contiguous bias");
-            let mut out = Vec::with_capacity(n * o * pixels);
-            let block = samples_per_block(&geom);
-            let mut y = Vec::new();
-            for s0 in (0..n).step_by(block) {
-                let bn = block.min(n - s0);
-                let cols = im2col(&x[s0 * in_len..(s0 + bn) * in_len], bn, &geom, 0.0f32);
-                let rows = bn * pixels;
-                y.clear();
-                y.extend(std::iter::repeat_n(bias, rows).flatten());
-                let cv = ArrayView2::from_shape((rows, k), &cols).expect("im2col size");
-                let mut yv = ArrayViewMut2::from_shape((rows, o), &mut y).expect("output size");
-                general_mat_mul(1.0, &cv, &w2.t(), 1.0, &mut yv);
-                out.extend(nhwc_rows_to_nchw(&y, bn, pixels, o));
-            }
-            out
+            let y = conv_nchw(xs, n, &g, *groups, o, 0.0f32, |gi, cols, rows| {
+                let b = &bias[gi * og..(gi + 1) * og];
+                let mut y: Vec<f32> = std::iter::repeat_n(b, rows).flatten().copied().collect();
+                let cv = ArrayView2::from_shape((rows, k), cols).expect("im2col size");
+                let wg = w2.slice(ndarray::s![gi * og..(gi + 1) * og, ..]);
+                let mut yv = ArrayViewMut2::from_shape((rows, og), &mut y).expect("output size");
+                general_mat_mul(1.0, &cv, &wg.t(), 1.0, &mut yv);
+                y
+            });
+            Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y))
         }
-        Op::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
-        Op::Flatten => x.to_vec(),
-        Op::MaxPool2d { kernel, stride } => super::pool::pool(
-            x,
-            n,
-            &layer.in_shape,
-            *kernel,
-            *stride,
-            f32::NEG_INFINITY,
-            f32::max,
-            |m, _| m,
-        ),
-        Op::AvgPool2d { kernel, stride } => super::pool::pool(
-            x,
-            n,
-            &layer.in_shape,
-            *kernel,
-            *stride,
-            0.0f32,
-            |a, b| a + b,
-            |s, cnt| s / cnt as f32,
-        ),
+        _ => Err("is not a weight op".into()),
     }
 }
 
-/// Runs the whole model on `n` normalized samples; `tap(i, out)` sees every layer's output.
-pub fn forward(model: &Model, x: &[f32], n: usize, mut tap: impl FnMut(usize, &[f32])) -> Vec<f32> {
-    let mut cur = x.to_vec();
-    for (i, layer) in model.layers.iter().enumerate() {
-        cur = run_layer(layer, &cur, n);
-        tap(i, &cur);
+/// Runs one node on its inputs (constants included) in f32.
+pub fn run_node(
+    layer: &Layer,
+    inputs: &[Option<&Tensor>],
+    limit: usize,
+) -> std::result::Result<Tensor, String> {
+    if layer.op.has_weights() {
+        let x = inputs.first().copied().flatten().ok_or("has no input")?;
+        return run_weight_op(&layer.op, x, limit);
     }
-    cur
+    let n = inputs
+        .first()
+        .copied()
+        .flatten()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(1)
+        .max(1);
+    eval(
+        &layer.op,
+        inputs,
+        &Limits {
+            max_elems: limit.saturating_mul(n),
+        },
+    )
+}
+
+/// For each value, the index of the last node that reads it (`usize::MAX`: a graph output or
+/// never read).
+pub fn last_uses(model: &Model) -> Vec<usize> {
+    let mut last = vec![0usize; model.values.len()];
+    for (i, l) in model.layers.iter().enumerate() {
+        for v in l.inputs.iter().flatten() {
+            last[*v] = i;
+        }
+    }
+    for &v in &model.outputs {
+        last[v] = usize::MAX;
+    }
+    last
+}
+
+/// The value table of one run: constants borrowed from the model, activations owned.
+pub struct Values<'m> {
+    slots: Vec<Option<std::borrow::Cow<'m, Tensor>>>,
+}
+
+impl<'m> Values<'m> {
+    /// A table holding the model's constants and the graph inputs.
+    pub fn new(model: &'m Model, inputs: Vec<Tensor>) -> Self {
+        let mut slots: Vec<Option<std::borrow::Cow<'m, Tensor>>> = vec![None; model.values.len()];
+        for (v, t) in &model.consts {
+            slots[*v] = Some(std::borrow::Cow::Borrowed(t));
+        }
+        for (gi, t) in model.inputs.iter().zip(inputs) {
+            slots[gi.value] = Some(std::borrow::Cow::Owned(t));
+        }
+        Values { slots }
+    }
+
+    /// The tensor of value `v`, if it is set.
+    pub fn get(&self, v: ValueId) -> Option<&Tensor> {
+        self.slots[v].as_deref()
+    }
+
+    /// Sets value `v`.
+    pub fn set(&mut self, v: ValueId, t: Tensor) {
+        self.slots[v] = Some(std::borrow::Cow::Owned(t));
+    }
+
+    /// Takes value `v` out of the table.
+    pub fn take(&mut self, v: ValueId) -> Option<Tensor> {
+        self.slots[v].take().map(|c| c.into_owned())
+    }
+
+    /// The inputs of node `layer`; an error names the first missing one.
+    pub fn inputs_of(&self, layer: &Layer) -> std::result::Result<Vec<Option<&Tensor>>, String> {
+        layer
+            .inputs
+            .iter()
+            .map(|v| match v {
+                None => Ok(None),
+                Some(v) => self
+                    .get(*v)
+                    .map(Some)
+                    .ok_or_else(|| format!("input {v} was not computed")),
+            })
+            .collect()
+    }
+
+    /// Frees the values whose last reader was node `i` (constants and outputs stay).
+    pub fn free_after(&mut self, model: &Model, last: &[usize], i: usize) {
+        for v in model.layers[i].inputs.iter().flatten() {
+            if last[*v] == i && !matches!(self.slots[*v], Some(std::borrow::Cow::Borrowed(_))) {
+                self.slots[*v] = None;
+            }
+        }
+    }
+}
+
+/// Runs the model on a batch (one tensor per graph input, batch-major, the first normalized);
+/// `tap(i, out)` sees every node's output. Returns the graph outputs.
+pub fn forward(
+    model: &Model,
+    inputs: Vec<Tensor>,
+    limit: usize,
+    mut tap: impl FnMut(usize, &Tensor),
+) -> Result<Vec<Tensor>> {
+    let last = last_uses(model);
+    let mut vals = Values::new(model, inputs);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let ins = vals
+            .inputs_of(layer)
+            .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
+        let y = run_node(layer, &ins, limit)
+            .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
+        tap(i, &y);
+        vals.set(layer.output, y);
+        vals.free_after(model, &last, i);
+    }
+    model
+        .outputs
+        .iter()
+        .map(|&v| {
+            vals.take(v)
+                .or_else(|| vals.get(v).cloned())
+                .ok_or_else(|| Error::format(&model.source, "a graph output was not computed"))
+        })
+        .collect()
+}
+
+/// A batch of one sample of zeros (ids 0, mask 1) for every graph input, when every
+/// dimension is known.
+fn zero_sample(model: &Model) -> Option<Vec<Tensor>> {
+    model
+        .inputs
+        .iter()
+        .map(|gi| {
+            let dims: Option<Vec<usize>> = gi.shape.iter().copied().collect();
+            let mut shape = vec![1];
+            shape.extend(dims?);
+            let len = shape.iter().product();
+            Some(match gi.dtype {
+                DType::F32 => Tensor::f32(shape, vec![0.0; len]),
+                _ => Tensor::i64(shape, vec![1; len]),
+            })
+        })
+        .collect()
+}
+
+/// Fills every node's one-sample input and output shapes by running one sample of zeros
+/// (nothing to do when an input dimension is left open by the file).
+pub fn infer_shapes(model: &mut Model) -> Result<()> {
+    let Some(inputs) = zero_sample(model) else {
+        return Ok(());
+    };
+    let mut shapes = vec![Vec::new(); model.values.len()];
+    for (gi, t) in model.inputs.iter().zip(&inputs) {
+        shapes[gi.value] = t.shape.clone();
+    }
+    for (v, t) in &model.consts {
+        shapes[*v] = t.shape.clone();
+    }
+    let mut outs = Vec::with_capacity(model.layers.len());
+    forward(model, inputs, DEFAULT_MAX_SAMPLE_ELEMS, |_, t| {
+        outs.push(t.shape.clone())
+    })?;
+    let strip = |s: &[usize]| {
+        if s.first() == Some(&1) {
+            s[1..].to_vec()
+        } else {
+            s.to_vec()
+        }
+    };
+    for (i, shape) in outs.into_iter().enumerate() {
+        shapes[model.layers[i].output] = shape;
+    }
+    for l in &mut model.layers {
+        l.in_shape = l.data_input().map_or(Vec::new(), |v| strip(&shapes[v]));
+        l.out_shape = strip(&shapes[l.output]);
+    }
+    Ok(())
 }
 
 /// The index of the largest value, the lowest index on ties (as numpy and PyTorch).
@@ -108,67 +311,98 @@ mod tests {
 
     #[test]
     fn linear_matches_a_hand_computation() {
-        let layer = Layer {
-            name: "fc".into(),
-            op: Op::Linear {
-                weight: Array2::from_shape_vec((2, 3), vec![1., 2., 3., -1., 0., 1.]).unwrap(),
-                bias: Array1::from(vec![0.5, -0.5]),
-            },
-            in_shape: vec![3],
-            out_shape: vec![2],
+        let op = Op::Linear {
+            weight: Array2::from_shape_vec((2, 3), vec![1., 2., 3., -1., 0., 1.]).unwrap(),
+            bias: Array1::from(vec![0.5, -0.5]),
         };
-        let y = run_layer(&layer, &[1., 1., 1., 0., 1., 2.], 2);
-        assert_eq!(y, vec![6.5, -0.5, 8.5, 1.5]);
+        let x = Tensor::f32(vec![2, 3], vec![1., 1., 1., 0., 1., 2.]);
+        let y = run_weight_op(&op, &x, usize::MAX).unwrap();
+        assert_eq!(y.shape, vec![2, 2]);
+        assert_eq!(y.as_f32().unwrap(), &[6.5, -0.5, 8.5, 1.5]);
     }
 
-    #[test]
-    fn conv_matches_a_direct_loop() {
-        // 2 samples, 2 input channels 5x4, 3 output channels 3x3 kernel, stride (2,1), padding (1,2).
-        let (n, c, h, w, o, kh, kw) = (2, 2, 5, 4, 3, 3, 3);
-        let (sh, sw, ph, pw) = (2, 1, 1, 2);
-        let wt: Vec<f32> = (0..o * c * kh * kw)
-            .map(|i| ((i * 7) % 11) as f32 - 5.0)
-            .collect();
-        let x: Vec<f32> = (0..n * c * h * w)
-            .map(|i| ((i * 5) % 13) as f32 - 6.0)
-            .collect();
-        let bias = vec![0.25, -1.0, 2.0];
-        let oh = (h + 2 * ph - kh) / sh + 1;
-        let ow = (w + 2 * pw - kw) / sw + 1;
-        let layer = Layer {
-            name: "c".into(),
-            op: Op::Conv2d {
-                weight: Array4::from_shape_vec((o, c, kh, kw), wt.clone()).unwrap(),
-                bias: Array1::from(bias.clone()),
-                stride: (sh, sw),
-                padding: (ph, pw),
-            },
-            in_shape: vec![c, h, w],
-            out_shape: vec![o, oh, ow],
-        };
-        let y = run_layer(&layer, &x, n);
+    /// A direct loop over a grouped, dilated, strided conv with asymmetric padding, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_conv(
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f32],
+        (o, kh, kw): (usize, usize, usize),
+        bias: &[f32],
+        (sh, sw): (usize, usize),
+        pad: [usize; 4],
+        (dh, dw): (usize, usize),
+        groups: usize,
+    ) -> (Vec<f64>, usize, usize) {
+        let oh = (h + pad[0] + pad[2] - (kh - 1) * dh - 1) / sh + 1;
+        let ow = (w + pad[1] + pad[3] - (kw - 1) * dw - 1) / sw + 1;
+        let (cg, og) = (c / groups, o / groups);
+        let mut y = vec![0.0f64; n * o * oh * ow];
         for s in 0..n {
             for oc in 0..o {
+                let gi = oc / og;
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let mut acc = bias[oc] as f64;
-                        for ic in 0..c {
+                        for icg in 0..cg {
+                            let ic = gi * cg + icg;
                             for ky in 0..kh {
                                 for kx in 0..kw {
-                                    let iy = (oy * sh + ky) as isize - ph as isize;
-                                    let ix = (ox * sw + kx) as isize - pw as isize;
+                                    let iy = (oy * sh + ky * dh) as isize - pad[0] as isize;
+                                    let ix = (ox * sw + kx * dw) as isize - pad[1] as isize;
                                     if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                         continue;
                                     }
                                     let xv = x[((s * c + ic) * h + iy as usize) * w + ix as usize];
-                                    acc += (xv * wt[((oc * c + ic) * kh + ky) * kw + kx]) as f64;
+                                    let wv = wt[((oc * cg + icg) * kh + ky) * kw + kx];
+                                    acc += xv as f64 * wv as f64;
                                 }
                             }
                         }
-                        let got = y[((s * o + oc) * oh + oy) * ow + ox];
-                        assert!((got as f64 - acc).abs() < 1e-3, "{got} vs {acc}");
+                        y[((s * o + oc) * oh + oy) * ow + ox] = acc;
                     }
                 }
+            }
+        }
+        (y, oh, ow)
+    }
+
+    #[test]
+    fn grouped_dilated_conv_matches_a_direct_loop() {
+        for &(groups, o) in &[(1usize, 3usize), (2, 4), (4, 4)] {
+            let (n, c, h, w, kh, kw) = (2, 4, 7, 6, 3, 2);
+            let (stride, pad, dil) = ((2, 1), [1, 2, 0, 1], (2, 1));
+            let wt: Vec<f32> = (0..o * (c / groups) * kh * kw)
+                .map(|i| ((i * 7) % 11) as f32 - 5.0)
+                .collect();
+            let x: Vec<f32> = (0..n * c * h * w)
+                .map(|i| ((i * 5) % 13) as f32 - 6.0)
+                .collect();
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.5 - 1.0).collect();
+            let op = Op::Conv2d {
+                weight: Array4::from_shape_vec((o, c / groups, kh, kw), wt.clone()).unwrap(),
+                bias: Array1::from(bias.clone()),
+                stride,
+                padding: pad,
+                dilation: dil,
+                groups,
+            };
+            let y =
+                run_weight_op(&op, &Tensor::f32(vec![n, c, h, w], x.clone()), usize::MAX).unwrap();
+            let (want, oh, ow) = direct_conv(
+                &x,
+                (n, c, h, w),
+                &wt,
+                (o, kh, kw),
+                &bias,
+                stride,
+                pad,
+                dil,
+                groups,
+            );
+            assert_eq!(y.shape, vec![n, o, oh, ow]);
+            for (a, b) in y.as_f32().unwrap().iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 1e-3, "groups {groups}: {a} vs {b}");
             }
         }
     }

@@ -3,43 +3,35 @@
 //! multiplier, ReLU is a clamp, pooling works on integers, and only the final output (or a layer
 //! kept in float) goes back to f32.
 
-use super::im2col::{ConvGeom, im2col, nhwc_rows_to_nchw, samples_per_block};
+use super::conv::conv_nchw;
+use super::float::{Values, check_size, conv_geom, last_uses, run_node};
 use super::kernels::{PackedWeights, gemm_i8};
-use super::pool::pool;
 use super::requant::Requant;
-use crate::model::{Layer, Model, Op};
+use super::tensor::{Data, Tensor};
+use crate::error::{Error, Result};
+use crate::model::{Model, Op, ValueId};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
 use crate::quant::{FixedMultiplier, QParams};
+use std::collections::HashMap;
 
-/// A batch of activations between two steps: integers with their qparams, or floats.
-#[derive(Debug, Clone)]
-pub enum Act {
-    /// Quantized values and the qparams they are in.
-    Int {
-        /// Integer values (any bit width, stored in i8).
-        data: Vec<i8>,
-        /// Their scale and zero point.
-        qp: QParams,
-    },
-    /// Real values (after a layer kept in float, or the final output).
-    Float(Vec<f32>),
-}
-
-impl Act {
-    /// The real values this batch stands for.
-    pub fn to_f32(&self) -> Vec<f32> {
-        match self {
-            Act::Int { data, qp } => data.iter().map(|&q| qp.dequantize(q as i32)).collect(),
-            Act::Float(v) => v.clone(),
+/// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
+fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
+    match clamp {
+        None => (q.qmin(), q.qmax()),
+        Some((lo, hi)) => {
+            let lo = if lo == 0.0 {
+                q.zero_point
+            } else {
+                q.quantize(lo)
+            };
+            let hi = if hi.is_finite() {
+                q.quantize(hi)
+            } else {
+                q.qmax()
+            };
+            (q.qmin().max(lo), q.qmax().min(hi))
         }
-    }
-
-    /// Quantizes real values with `qp`.
-    pub fn quantize(x: &[f32], qp: QParams) -> Act {
-        let mut data = vec![0i8; x.len()];
-        qp.quantize_into(x, &mut data);
-        Act::Int { data, qp }
     }
 }
 
@@ -79,8 +71,14 @@ pub struct IntGemm {
 
 impl IntGemm {
     /// Prepares the integer layer from quantized weights, the float bias and the in/out qparams;
-    /// `relu` clamps the output at the zero point.
-    pub fn new(w: &QWeights, bias: &[f32], in_q: QParams, out_q: QParams, relu: bool) -> Self {
+    /// `clamp` (a fused Relu or ReLU6: real bounds) narrows the output range.
+    pub fn new(
+        w: &QWeights,
+        bias: &[f32],
+        in_q: QParams,
+        out_q: QParams,
+        clamp: Option<(f32, f32)>,
+    ) -> Self {
         let (out, k) = (w.rows, w.cols);
         let groups = w.groups();
         let gs = w.group_size();
@@ -126,15 +124,11 @@ impl IntGemm {
         if w_zp.iter().all(|&z| z == 0) {
             w_zp.clear();
         }
-        let lo = if relu {
-            out_q.qmin().max(out_q.zero_point)
-        } else {
-            out_q.qmin()
-        };
+        let (lo, hi) = clamp_bounds(out_q, clamp);
         let konst: Vec<i32> = (0..out)
             .map(|r| bias_q[r].saturating_sub(in_q.zero_point.saturating_mul(w_sum[r * groups])))
             .collect();
-        let requant = Requant::new(out_mult.clone(), konst, out_q.zero_point, lo, out_q.qmax());
+        let requant = Requant::new(out_mult.clone(), konst, out_q.zero_point, lo, hi);
         IntGemm {
             requant,
             out,
@@ -150,7 +144,7 @@ impl IntGemm {
             in_zp: in_q.zero_point,
             out_zp: out_q.zero_point,
             lo,
-            hi: out_q.qmax(),
+            hi,
             in_q,
             out_q,
         }
@@ -236,224 +230,349 @@ impl IntGemm {
     }
 }
 
-/// One step of the integer engine.
+/// How the integer engine runs one node.
 #[derive(Debug)]
 enum Step {
-    /// A linear (conv = None) or conv layer in integers.
+    /// A weight node in integers (one GEMM per channel group) writing its (fused) point.
     Gemm {
-        gemm: IntGemm,
-        conv: Option<ConvGeom>,
+        /// Per channel group.
+        gemms: Vec<IntGemm>,
+        /// The value it writes (the fused activation's output, if any).
+        out: ValueId,
     },
-    /// A weight layer kept in float: dequantize in, run in f32, quantize out (if `out_q`).
-    Float {
-        layer: Layer,
-        relu: bool,
-        out_q: Option<QParams>,
-    },
-    /// A layer without weights (relu, pooling, flatten), on integers or floats.
-    Plain { layer: Layer },
+    /// Any other node: on integers when it keeps qparams and gets integers, else in f32.
+    Node,
+    /// A fused activation: its weight node already applied it.
+    Fused,
 }
 
-/// A model prepared for the integer engine.
+/// A graph prepared for the integer engine: a step per node and the qparams of every point.
 #[derive(Debug)]
-pub struct IntModel {
-    input_q: QParams,
-    /// (index of the last model layer the step covers, first layer index, step).
-    steps: Vec<(usize, usize, Step)>,
+pub struct IntModel<'m> {
+    model: &'m Model,
+    steps: Vec<Step>,
+    points: HashMap<ValueId, QParams>,
+    limit: usize,
 }
 
-impl IntModel {
-    /// Prepares the integer engine for `model` with `params` (weights, input and output qparams).
-    pub fn new(model: &Model, params: &ModelParams) -> Self {
-        let mut steps = Vec::new();
-        let mut cur_q = Some(params.input.qparams);
-        let mut i = 0;
-        while i < model.layers.len() {
-            let layer = &model.layers[i];
-            let relu = model.relu_follows(i);
-            let last = if relu && layer.op.has_weights() {
-                i + 1
-            } else {
-                i
+/// The real bounds of node `j` when it is a fused Relu/ReLU6.
+fn fused_clamp(model: &Model, j: usize) -> (f32, f32) {
+    match model.layers[j].op {
+        Op::Clip { min, max } => (min, max),
+        _ => (0.0, f32::INFINITY),
+    }
+}
+
+/// The rows [r0, r1) of quantized weights (a conv group's output channels).
+fn rows_of(w: &QWeights, r0: usize, r1: usize) -> QWeights {
+    let per_row = w.params.len() / w.rows.max(1);
+    let (params, ranges) = if w.params.len() == 1 {
+        (w.params.clone(), w.ranges.clone())
+    } else {
+        (
+            w.params[r0 * per_row..r1 * per_row].to_vec(),
+            w.ranges[r0 * per_row..r1 * per_row].to_vec(),
+        )
+    };
+    QWeights {
+        rows: r1 - r0,
+        cols: w.cols,
+        q: w.q[r0 * w.cols..r1 * w.cols].to_vec(),
+        granularity: w.granularity,
+        params,
+        ranges,
+    }
+}
+
+impl<'m> IntModel<'m> {
+    /// Prepares the integer engine for `model` with `params`; tensors may hold `limit` elements
+    /// per sample.
+    pub fn new(model: &'m Model, params: &ModelParams, limit: usize) -> Self {
+        let mut points: HashMap<ValueId, QParams> = HashMap::new();
+        for e in &params.points {
+            points.insert(e.value, e.act.qparams);
+        }
+        for lp in &params.layers {
+            if let Some(a) = &lp.act {
+                points.insert(model.point_value(lp.index), a.qparams);
+            }
+        }
+        let mut steps: Vec<Step> = model.layers.iter().map(|_| Step::Node).collect();
+        for lp in &params.layers {
+            let (i, layer) = (lp.index, &model.layers[lp.index]);
+            let in_q = layer
+                .data_input()
+                .and_then(|d| Self::source_q(model, &points, d));
+            let (Some(wq), Some(act), Some(in_q)) = (&lp.weight, &lp.act, in_q) else {
+                continue;
             };
-            let step = match params.by_index(i) {
-                Some(lp) if layer.op.has_weights() => {
-                    let out_q = lp.act.as_ref().map(|a| a.qparams);
-                    match (&lp.weight, cur_q, out_q) {
-                        (Some(wq), Some(in_q), Some(out_q)) => {
-                            let bias = layer.op.bias().expect("weight layer has a bias").to_vec();
-                            let conv = match &layer.op {
-                                Op::Conv2d {
-                                    weight,
-                                    stride,
-                                    padding,
-                                    ..
-                                } => {
-                                    let (_, _, kh, kw) = weight.dim();
-                                    Some(ConvGeom::new(
-                                        &layer.in_shape,
-                                        (kh, kw),
-                                        *stride,
-                                        *padding,
-                                    ))
-                                }
-                                _ => None,
-                            };
-                            Step::Gemm {
-                                gemm: IntGemm::new(&wq.q, &bias, in_q, out_q, relu),
-                                conv,
-                            }
-                        }
-                        _ => Step::Float {
-                            layer: layer.clone(),
-                            relu,
-                            out_q,
-                        },
-                    }
-                }
-                _ => Step::Plain {
-                    layer: layer.clone(),
-                },
+            let fused = model.fused_activation(i);
+            let clamp = fused.map(|j| fused_clamp(model, j));
+            let bias = layer.op.bias().expect("weight layer").to_vec();
+            let groups = match layer.op {
+                Op::Conv2d { groups, .. } => groups,
+                _ => 1,
             };
-            cur_q = match &step {
-                Step::Gemm { gemm, .. } => Some(gemm.out_q),
-                Step::Float { out_q, .. } => *out_q,
-                Step::Plain { .. } => cur_q,
+            let og = wq.q.rows / groups;
+            let gemms = (0..groups)
+                .map(|g| {
+                    let w = rows_of(&wq.q, g * og, (g + 1) * og);
+                    IntGemm::new(&w, &bias[g * og..(g + 1) * og], in_q, act.qparams, clamp)
+                })
+                .collect();
+            steps[i] = Step::Gemm {
+                gemms,
+                out: model.point_value(i),
             };
-            steps.push((last, i, step));
-            i = last + 1;
+            if let Some(j) = fused {
+                steps[j] = Step::Fused;
+            }
         }
         IntModel {
-            input_q: params.input.qparams,
+            model,
             steps,
+            points,
+            limit,
         }
     }
 
-    /// The qparams of the network input.
-    pub fn input_qparams(&self) -> QParams {
-        self.input_q
-    }
-
-    /// Runs `n` normalized samples; `tap(last_layer_index, act)` sees each step's output.
-    /// Returns the real-valued output (dequantized at the very end).
-    pub fn forward(&self, x: &[f32], n: usize, mut tap: impl FnMut(usize, &Act)) -> Vec<f32> {
-        let mut act = Act::quantize(x, self.input_q);
-        for (last, _, step) in &self.steps {
-            act = run_step(step, act, n);
-            tap(*last, &act);
+    /// The qparams integers arrive in at value `v`: its point's, or those of the point it
+    /// passes through qparam-keeping ops from.
+    fn source_q(
+        model: &Model,
+        points: &HashMap<ValueId, QParams>,
+        mut v: ValueId,
+    ) -> Option<QParams> {
+        loop {
+            if let Some(q) = points.get(&v) {
+                return Some(*q);
+            }
+            let p = model.layers.iter().position(|l| l.output == v)?;
+            let l = &model.layers[p];
+            if !l.op.keeps_qparams() {
+                return None;
+            }
+            v = l.data_input()?;
         }
-        act.to_f32()
     }
 
-    /// Runs the weight layer at model index `layer` alone on its real-valued input `x`
-    /// (quantized with the layer's input qparams); returns its real-valued (fused) output.
-    /// `None` if the layer is not an integer layer.
-    pub fn run_layer_isolated(&self, layer: usize, x: &[f32], n: usize) -> Option<Vec<f32>> {
-        let (_, _, step) = self.steps.iter().find(|(_, first, _)| *first == layer)?;
-        let Step::Gemm { gemm, .. } = step else {
+    /// Whether node `i` runs as an integer weight node.
+    pub fn is_gemm(&self, i: usize) -> bool {
+        matches!(self.steps[i], Step::Gemm { .. })
+    }
+
+    /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, island)`
+    /// sees each node's output value and tensor (a weight node's fused point) and whether the
+    /// node ran as a float island. Returns the graph outputs as reals.
+    pub fn forward(
+        &self,
+        inputs: Vec<Tensor>,
+        mut tap: impl FnMut(usize, ValueId, &Tensor, bool),
+    ) -> Result<Vec<Tensor>> {
+        let model = self.model;
+        let last = last_uses(model);
+        let inputs = inputs
+            .into_iter()
+            .zip(&model.inputs)
+            .map(|(t, gi)| match self.points.get(&gi.value) {
+                Some(q) if t.as_f32().is_some() => t.quantize(*q),
+                _ => t,
+            })
+            .collect();
+        let mut vals = Values::new(model, inputs);
+        for (i, layer) in model.layers.iter().enumerate() {
+            let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
+            let (out, y, island) = match &self.steps[i] {
+                Step::Fused => continue,
+                Step::Gemm { gemms, out } => {
+                    let x = vals.inputs_of(layer).map_err(err)?[0]
+                        .ok_or_else(|| err("no input".into()))?;
+                    (
+                        *out,
+                        self.run_gemm(&layer.op, gemms, x).map_err(err)?,
+                        false,
+                    )
+                }
+                Step::Node => {
+                    let ins = vals.inputs_of(layer).map_err(err)?;
+                    let (y, island) = self.run_other(i, &ins).map_err(err)?;
+                    (layer.output, y, island)
+                }
+            };
+            let y = match self.points.get(&out) {
+                Some(q) if !y.is_quantized() && y.as_f32().is_some() => y.quantize(*q),
+                _ => y,
+            };
+            tap(i, out, &y, island);
+            vals.set(out, y);
+            vals.free_after(model, &last, i);
+        }
+        model
+            .outputs
+            .iter()
+            .map(|&v| {
+                let t = vals.take(v).or_else(|| vals.get(v).cloned());
+                t.map(Tensor::dequantized)
+                    .ok_or_else(|| Error::format(&model.source, "a graph output was not computed"))
+            })
+            .collect()
+    }
+
+    /// A node that is not an integer weight node: on integers when its op keeps qparams and
+    /// its data input is quantized, else in f32 (an island when any input was quantized).
+    fn run_other(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+    ) -> std::result::Result<(Tensor, bool), String> {
+        let layer = &self.model.layers[i];
+        let quantized = ins.iter().flatten().any(|t| t.is_quantized());
+        if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first()) {
+            if let Some((q, qp)) = x.as_q() {
+                return Ok((self.pass_through(i, ins, q, qp)?, false));
+            }
+        }
+        let owned: Vec<Option<Tensor>> = ins
+            .iter()
+            .map(|t| {
+                t.map(|t| {
+                    if t.is_quantized() {
+                        t.clone().dequantized()
+                    } else {
+                        t.clone()
+                    }
+                })
+            })
+            .collect();
+        let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_ref()).collect();
+        let y = run_node(layer, &refs, self.limit)?;
+        Ok((y, quantized))
+    }
+
+    /// Runs a qparam-keeping op on integer codes (exact: it only moves, selects or clamps them).
+    fn pass_through(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+        q: &[i8],
+        qp: QParams,
+    ) -> std::result::Result<Tensor, String> {
+        let layer = &self.model.layers[i];
+        let x = ins[0].expect("checked");
+        if matches!(layer.op, Op::Relu) {
+            let z = qp.zero_point.clamp(-128, 127) as i8;
+            return Ok(Tensor::q(
+                x.shape.clone(),
+                q.iter().map(|&v| v.max(z)).collect(),
+                qp,
+            ));
+        }
+        let codes = Tensor::f32(x.shape.clone(), q.iter().map(|&v| v as f32).collect());
+        let mut refs: Vec<Option<&Tensor>> = ins.to_vec();
+        refs[0] = Some(&codes);
+        let y = run_node(layer, &refs, self.limit)?;
+        let data = match &y.data {
+            Data::F32(v) => v.iter().map(|&c| c as i8).collect(),
+            _ => return Err("did not return real values".into()),
+        };
+        Ok(Tensor::q(y.shape, data, qp))
+    }
+
+    /// A linear or conv node on integer input `x`.
+    fn run_gemm(
+        &self,
+        op: &Op,
+        gemms: &[IntGemm],
+        x: &Tensor,
+    ) -> std::result::Result<Tensor, String> {
+        let in_q = gemms[0].in_q;
+        let requantized;
+        let x = match x.as_q() {
+            Some((_, qp)) if qp == in_q => x,
+            _ => {
+                requantized = x.clone().dequantized().quantize(in_q);
+                &requantized
+            }
+        };
+        let (data, _) = x.as_q().expect("quantized above");
+        let n = x.shape.first().copied().unwrap_or(1).max(1);
+        let out_q = gemms[0].out_q;
+        match op {
+            Op::Linear { weight, .. } => {
+                let (out, k) = weight.dim();
+                if x.shape.last() != Some(&k) {
+                    return Err(format!(
+                        "expects a last axis of {k}, got shape {:?}",
+                        x.shape
+                    ));
+                }
+                let rows = data.len() / k;
+                check_size(rows / n * out, self.limit)?;
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("rank ≥ 1") = out;
+                Ok(Tensor::q(shape, gemms[0].run(data, rows), out_q))
+            }
+            Op::Conv2d {
+                weight,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                let (o, ci, kh, kw) = weight.dim();
+                let g = conv_geom(x, (kh, kw), *stride, *padding, *dilation)?;
+                if g.c != ci * groups {
+                    return Err(format!(
+                        "expects {} input channels, got {}",
+                        ci * groups,
+                        g.c
+                    ));
+                }
+                check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), self.limit)?;
+                let pad = in_q.zero_point.clamp(-128, 127) as i8;
+                let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
+                    gemms[gi].run(cols, rows)
+                });
+                Ok(Tensor::q(vec![n, o, g.oh, g.ow], y, out_q))
+            }
+            _ => Err("is not a weight op".into()),
+        }
+    }
+
+    /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
+    /// its real-valued (fused) output, or `None` if it is not an integer node.
+    pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
+        let Step::Gemm { gemms, .. } = &self.steps[i] else {
             return None;
         };
-        Some(run_step(step, Act::quantize(x, gemm.in_q), n).to_f32())
+        let q = x.clone().dequantized().quantize(gemms[0].in_q);
+        self.run_gemm(&self.model.layers[i].op, gemms, &q)
+            .ok()
+            .map(Tensor::dequantized)
     }
 }
 
-fn run_step(step: &Step, act: Act, n: usize) -> Act {
-    match step {
-        Step::Gemm { gemm, conv } => {
-            let Act::Int { data, .. } = act else {
-                unreachable!("an integer layer always gets integer input")
-            };
-            match conv {
-                None => Act::Int {
-                    data: gemm.run(&data, n),
-                    qp: gemm.out_q,
-                },
-                Some(g) => {
-                    let in_len = g.c * g.h * g.w;
-                    let block = samples_per_block(g);
-                    let mut out = Vec::with_capacity(n * gemm.out_channels() * g.out_pixels());
-                    for s0 in (0..n).step_by(block) {
-                        let bn = block.min(n - s0);
-                        let cols = im2col(
-                            &data[s0 * in_len..(s0 + bn) * in_len],
-                            bn,
-                            g,
-                            gemm.in_zp as i8,
-                        );
-                        let y = gemm.run(&cols, bn * g.out_pixels());
-                        out.extend(nhwc_rows_to_nchw(
-                            &y,
-                            bn,
-                            g.out_pixels(),
-                            gemm.out_channels(),
-                        ));
-                    }
-                    Act::Int {
-                        data: out,
-                        qp: gemm.out_q,
-                    }
-                }
-            }
-        }
-        Step::Float { layer, relu, out_q } => {
-            let mut y = super::float::run_layer(layer, &act.to_f32(), n);
-            if *relu {
-                y.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-            match out_q {
-                Some(q) => Act::quantize(&y, *q),
-                None => Act::Float(y),
-            }
-        }
-        Step::Plain { layer } => match act {
-            Act::Float(x) => Act::Float(super::float::run_layer(layer, &x, n)),
-            Act::Int { data, qp } => Act::Int {
-                data: plain_int(layer, &data, n, qp),
-                qp,
-            },
-        },
+/// The qparams of the activation entering each weight layer that has parameters (by model
+/// index), as the integer engine chains them (`None`: its input arrives in float).
+pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Option<QParams>> {
+    let mut points: HashMap<ValueId, QParams> = HashMap::new();
+    for e in &params.points {
+        points.insert(e.value, e.act.qparams);
     }
-}
-
-/// A layer without weights on integers: the qparams pass through unchanged.
-fn plain_int(layer: &Layer, x: &[i8], n: usize, qp: QParams) -> Vec<i8> {
-    match &layer.op {
-        Op::Relu => {
-            let z = qp.zero_point.clamp(-128, 127) as i8;
-            x.iter().map(|&v| v.max(z)).collect()
-        }
-        Op::Flatten => x.to_vec(),
-        Op::MaxPool2d { kernel, stride } => pool(
-            x,
-            n,
-            &layer.in_shape,
-            *kernel,
-            *stride,
-            i8::MIN,
-            i8::max,
-            |m, _| m,
-        ),
-        Op::AvgPool2d { kernel, stride } => pool(
-            x,
-            n,
-            &layer.in_shape,
-            *kernel,
-            *stride,
-            0i32,
-            |s, v| s + v as i32,
-            // Σq / count rounded half away from zero (same zero point in and out).
-            |s, cnt| {
-                let c = cnt as i32;
-                let r = if s >= 0 {
-                    (s + c / 2) / c
-                } else {
-                    (s - c / 2) / c
-                };
-                r.clamp(-128, 127) as i8
-            },
-        ),
-        Op::Linear { .. } | Op::Conv2d { .. } => {
-            unreachable!("weight layers are Gemm or Float steps")
+    for lp in &params.layers {
+        if let Some(a) = &lp.act {
+            points.insert(model.point_value(lp.index), a.qparams);
         }
     }
+    params
+        .layers
+        .iter()
+        .map(|lp| {
+            let q = model.layers[lp.index]
+                .data_input()
+                .and_then(|d| IntModel::source_q(model, &points, d));
+            (lp.index, q)
+        })
+        .collect()
 }

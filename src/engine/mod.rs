@@ -1,12 +1,14 @@
 //! The two engines: the f32 reference and the integer-only engine, plus the kernels they share.
 
+pub mod conv;
 pub mod float;
 pub mod im2col;
 pub mod int;
 pub mod kernels;
+pub mod ops;
 pub mod pool;
 pub mod requant;
 pub mod tensor;
 
 pub use float::argmax;
-pub use int::{Act, IntModel};
+pub use int::IntModel;

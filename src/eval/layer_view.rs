@@ -3,7 +3,6 @@
 //! statistics and per-channel weight ranges. Pure functions of a run's parameters and
 //! calibration histograms; the terminal UI (and anything else that draws) only renders them.
 
-use crate::config::INPUT_POINT;
 use crate::model::Model;
 use crate::params::{ModelParams, WeightQuant};
 use crate::pipeline::Calibration;
@@ -217,6 +216,16 @@ pub fn weight_view(
     }
 }
 
+/// The names of the points before the weight layers that the UI lists (those of a run with
+/// nothing kept in float): the network input for spec models, tensors for graphs.
+pub fn entry_rows(model: &Model) -> Vec<String> {
+    crate::model::points::Points::find(model, |_| false)
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
 /// The views of every quantization point of a run: the network input first, then each weight
 /// layer in network order (`params.layers` order). `bins` is the number of bins to draw.
 pub fn layer_views(
@@ -227,11 +236,17 @@ pub fn layer_views(
 ) -> Vec<LayerView> {
     let bins = bins.max(1);
     let mut out = Vec::with_capacity(params.layers.len() + 1);
-    out.push(LayerView {
-        name: INPUT_POINT.to_string(),
-        weight: None,
-        act: calibration.map(|c| activation_view(&c.input, &params.input.qparams, bins)),
-    });
+    for e in entry_rows(model) {
+        let act = match (calibration.and_then(|c| c.entry(&e)), params.point(&e)) {
+            (Some(h), Some(a)) => Some(activation_view(h, &a.qparams, bins)),
+            _ => None,
+        };
+        out.push(LayerView {
+            name: e,
+            weight: None,
+            act,
+        });
+    }
     for (j, lp) in params.layers.iter().enumerate() {
         let weight = lp.weight.as_ref().and_then(|wq| {
             let (w, rows, cols) = model.layers.get(lp.index)?.op.weight_rows()?;

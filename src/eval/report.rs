@@ -26,8 +26,20 @@ pub struct Report {
     pub output_sqnr_db: Option<f64>,
     /// The weight layers, in network order.
     pub layers: Vec<LayerReport>,
-    /// The network input's quantization.
-    pub input: InputReport,
+    /// The network input's quantization (null when the first graph input is not a point).
+    pub input: Option<InputReport>,
+    /// Other quantization points that no weight layer produces (graph models), by tensor name.
+    #[serde(default)]
+    pub points: Vec<PointReport>,
+    /// Mean over samples of the cosine between the float and the quantized output.
+    #[serde(default)]
+    pub output_cosine: Option<f64>,
+    /// Nodes that ran in float between a dequantize and a quantize.
+    #[serde(default)]
+    pub float_islands: Vec<String>,
+    /// Share of multiply-adds done in integers.
+    #[serde(default)]
+    pub int_mac_share: Option<f64>,
     /// Wall-clock time of each stage.
     pub timings_ms: Timings,
     /// The int8 matrix kernel that ran ("avx2", "portable", ...).
@@ -70,6 +82,19 @@ pub struct LayerReport {
 /// The network input's quantization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputReport {
+    /// Bits.
+    pub act_bits: u8,
+    /// Strategy.
+    pub act_strategy: String,
+    /// Clipping range.
+    pub act_range: [f32; 2],
+}
+
+/// A quantization point that no weight layer produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointReport {
+    /// Tensor name.
+    pub name: String,
     /// Bits.
     pub act_bits: u8,
     /// Strategy.

@@ -10,11 +10,11 @@
 
 use super::atomic;
 use super::st::{self, Tensor};
-use crate::engine::{Act, IntModel};
+use crate::engine::IntModel;
 use crate::error::Result;
-use crate::model::{Dataset, Model};
+use crate::model::{Dataset, Model, ValueId};
 use crate::params::ModelParams;
-use crate::pipeline::{BATCH, Cancel, point_of};
+use crate::pipeline::{Cancel, batches, make_batch};
 use crate::quant::QParams;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ pub struct Dumped {
 }
 
 /// Per batch: the input integers and each point's integers (None where the output stayed float).
-type BatchInts = (Vec<i8>, Vec<Option<(Vec<i8>, QParams)>>);
+type BatchInts = Vec<Option<(Vec<i8>, QParams, Vec<usize>)>>;
 
 /// Runs `data` through the integer engine and writes one file per quantization point into `dir`
 /// (which must exist): `input.safetensors` and `<layer>.safetensors`. A layer whose output stays
@@ -47,35 +47,53 @@ pub fn dump_activations(
     cancel: &Cancel,
 ) -> Result<(Vec<Dumped>, Vec<String>)> {
     atomic::check_writable_dir(dir)?;
-    data.check_fits(model.input_len(), &model.input_shape)?;
-    let int = IntModel::new(model, params);
-    let input_q = int.input_qparams();
-    let points: Vec<(usize, &str, usize)> = params
-        .layers
+    let int = IntModel::new(model, params, usize::MAX);
+    // (name, value, what) of every point: entries, then layer outputs.
+    let mut points: Vec<(String, ValueId, &str)> = params
+        .points
         .iter()
-        .map(|l| (point_of(model, l.index), l.name.as_str(), l.index))
+        .map(|p| (p.name.clone(), p.value, "the point's tensor, quantized"))
         .collect();
-    let batches: Vec<(usize, usize)> = (0..data.n.div_ceil(BATCH))
-        .map(|b| (b * BATCH, ((b + 1) * BATCH).min(data.n)))
-        .collect();
-    let per_batch: Vec<BatchInts> = batches
+    for l in &params.layers {
+        let p = model.point_value(l.index);
+        let what = if p != model.layers[l.index].output {
+            "the layer's output after the fused relu"
+        } else {
+            "the layer's output"
+        };
+        points.push((l.name.clone(), p, what));
+    }
+    let per_batch: Vec<BatchInts> = batches(data.n)
         .into_par_iter()
         .map(|(s, e)| -> Result<BatchInts> {
             cancel.check()?;
-            let mut x = data.samples(s, e).to_vec();
-            model.normalize(&mut x);
-            let input: Vec<i8> = x.iter().map(|&v| input_q.quantize(v) as i8).collect();
-            let mut outs: Vec<Option<(Vec<i8>, QParams)>> = vec![None; points.len()];
-            int.forward(&x, e - s, |li, act| {
-                for (k, (p, _, _)) in points.iter().enumerate() {
-                    if *p == li
-                        && let Act::Int { data, qp } = act
-                    {
-                        outs[k] = Some((data.clone(), *qp));
+            let inputs = make_batch(model, data, s, e)?;
+            let mut outs: BatchInts = vec![None; points.len()];
+            for (gi, t) in model.inputs.iter().zip(&inputs) {
+                for (k, (_, v, _)) in points.iter().enumerate() {
+                    if *v == gi.value && t.as_f32().is_some() {
+                        let q = params
+                            .points
+                            .iter()
+                            .find(|p| p.value == *v)
+                            .map(|p| p.act.qparams);
+                        if let Some(q) = q {
+                            let tq = t.quantize(q);
+                            outs[k] = tq.as_q().map(|(d, q)| (d.to_vec(), q, tq.shape.clone()));
+                        }
                     }
                 }
-            });
-            Ok((input, outs))
+            }
+            int.forward(inputs, |_, v, t, _| {
+                for (k, (_, p, _)) in points.iter().enumerate() {
+                    if *p == v
+                        && let Some((d, q)) = t.as_q()
+                    {
+                        outs[k] = Some((d.to_vec(), q, t.shape.clone()));
+                    }
+                }
+            })?;
+            Ok(outs)
         })
         .collect::<Result<_>>()?;
     let meta = |point: &str, q: QParams, what: &str| -> BTreeMap<String, String> {
@@ -121,35 +139,19 @@ pub fn dump_activations(
     };
     let mut written = Vec::new();
     let mut skipped = Vec::new();
-    let input: Vec<i8> = per_batch
-        .iter()
-        .flat_map(|(i, _)| i.iter().copied())
-        .collect();
-    written.push(write(
-        crate::config::INPUT_POINT,
-        input,
-        &model.input_shape,
-        input_q,
-        "the network input (normalized), quantized",
-    )?);
-    for (k, &(p, name, index)) in points.iter().enumerate() {
-        let Some(q) = per_batch
+    for (k, (name, _, what)) in points.iter().enumerate() {
+        let Some((q, shape)) = per_batch
             .first()
-            .and_then(|(_, o)| o[k].as_ref().map(|(_, q)| *q))
+            .and_then(|o| o[k].as_ref().map(|(_, q, s)| (*q, s[1..].to_vec())))
         else {
             skipped.push(name.to_string());
             continue;
         };
         let ints: Vec<i8> = per_batch
             .iter()
-            .flat_map(|(_, o)| o[k].as_ref().map(|(d, _)| d.clone()).unwrap_or_default())
+            .flat_map(|o| o[k].as_ref().map(|(d, _, _)| d.clone()).unwrap_or_default())
             .collect();
-        let what = if p != index {
-            "the layer's output after the fused relu"
-        } else {
-            "the layer's output"
-        };
-        written.push(write(name, ints, &model.layers[p].out_shape, q, what)?);
+        written.push(write(name, ints, &shape, q, what)?);
     }
     Ok((written, skipped))
 }

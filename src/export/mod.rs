@@ -148,15 +148,22 @@ pub fn load_params(path: &Path, model: &Model, force: bool) -> Result<ModelParam
 /// (For reports and the UI when parameters were loaded rather than calibrated.)
 pub fn config_from_params(params: &ModelParams) -> QuantConfig {
     let mut c = QuantConfig::default();
-    let input = params.input.settings;
-    c.act_bits = input.bits;
-    c.act_scheme = input.scheme;
-    c.act_strategy = if input.strategy == Strategy::Manual {
-        c.act_strategy
-    } else {
-        input.strategy
-    };
-    c.percentile = input.percentile;
+    let first = params
+        .points
+        .first()
+        .map(|p| &p.act)
+        .or_else(|| params.layers.iter().find_map(|l| l.act.as_ref()));
+    if let Some(first) = first {
+        let input = first.settings;
+        c.act_bits = input.bits;
+        c.act_scheme = input.scheme;
+        c.act_strategy = if input.strategy == Strategy::Manual {
+            c.act_strategy
+        } else {
+            input.strategy
+        };
+        c.percentile = input.percentile;
+    }
     if let Some(w) = params.layers.iter().find_map(|l| l.weight.as_ref()) {
         c.weight_bits = w.settings.bits;
         c.weight_scheme = w.settings.scheme;

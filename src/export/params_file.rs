@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 /// The `format` value this version writes and reads.
 pub const FORMAT: &str = "qscope-params/1";
+/// The `format` of graph (ONNX) models: points by tensor name.
+pub const FORMAT_V2: &str = "qscope-params/2";
 /// The prefix of every `format` value.
 const FORMAT_PREFIX: &str = "qscope-params/";
 /// Percentile assumed when a file gives none.
@@ -36,10 +38,24 @@ pub struct ParamsFile {
     pub format: String,
     /// The model the parameters were made for.
     pub model: ModelId,
-    /// The network input's quantization.
-    pub input: ActEntry,
+    /// The network input's quantization (absent when the first graph input is not a point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<ActEntry>,
+    /// Other points, by tensor name (`qscope-params/2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<PointEntry>,
     /// One entry per weight layer, in network order.
     pub layers: Vec<LayerEntry>,
+}
+
+/// A quantization point of a graph that no weight layer produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointEntry {
+    /// The tensor name.
+    pub name: String,
+    /// Its quantization.
+    #[serde(flatten)]
+    pub act: ActEntry,
 }
 
 /// Which model a file was made for.
@@ -184,12 +200,21 @@ impl ParamsFile {
     /// The file tree of `params` for `model`.
     pub fn from_params(model: &Model, params: &ModelParams) -> ParamsFile {
         ParamsFile {
-            format: FORMAT.into(),
+            format: if model.is_onnx() { FORMAT_V2 } else { FORMAT }.into(),
             model: ModelId {
                 name: model.name.clone(),
                 sha256: model.sha256.clone(),
             },
-            input: act_entry(&params.input),
+            input: params.input().map(act_entry),
+            points: params
+                .points
+                .iter()
+                .filter(|p| p.name != crate::config::INPUT_POINT)
+                .map(|p| PointEntry {
+                    name: p.name.clone(),
+                    act: act_entry(&p.act),
+                })
+                .collect(),
             layers: params
                 .layers
                 .iter()
@@ -313,13 +338,14 @@ fn bad(label: &str, key: &str, msg: impl std::fmt::Display) -> Error {
 /// message about versions rather than about some field.
 fn check_format(label: &str, format: Option<&str>) -> Result<()> {
     match format {
-        Some(FORMAT) => Ok(()),
+        Some(FORMAT) | Some(FORMAT_V2) => Ok(()),
         Some(f) => match f
             .strip_prefix(FORMAT_PREFIX)
             .and_then(|v| v.parse::<u32>().ok())
         {
             Some(v) => {
                 let age = if v < 1 { "an older" } else { "a newer" };
+                let _ = FORMAT_V2;
                 Err(bad(
                     label,
                     "format",
@@ -609,7 +635,29 @@ impl ParamsFile {
         ints: WeightInts,
     ) -> Result<Resolved> {
         check_format(label, Some(&self.format))?;
-        let input = act_quant(label, "input", &self.input)?;
+        let mut points = Vec::new();
+        if let Some(a) = &self.input {
+            let value = model.inputs.first().map_or(0, |g| g.value);
+            points.push(crate::params::PointParams {
+                name: crate::config::INPUT_POINT.to_string(),
+                value,
+                act: act_quant(label, "input", a)?,
+            });
+        }
+        for (k, p) in self.points.iter().enumerate() {
+            let value = model.value_index(&p.name).ok_or_else(|| {
+                bad(
+                    label,
+                    &format!("points[{k}].name"),
+                    format!("the model has no tensor '{}'", crate::error::clip(&p.name)),
+                )
+            })?;
+            points.push(crate::params::PointParams {
+                name: p.name.clone(),
+                value,
+                act: act_quant(label, &format!("points[{k}]"), &p.act)?,
+            });
+        }
         let wl = model.weight_layers();
         let model_names: Vec<&str> = wl.iter().map(|&i| model.layers[i].name.as_str()).collect();
         let file_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
@@ -828,10 +876,23 @@ impl ParamsFile {
                 format!("{label}: loaded with --force although it was made for another model"),
             );
         }
-        Ok(Resolved {
-            params: ModelParams { input, layers },
-            notes,
-        })
+        let params = ModelParams { points, layers };
+        let inq = crate::engine::int::input_qparams(model, &params);
+        if let Some(lp) = params
+            .layers
+            .iter()
+            .find(|lp| lp.weight.is_some() && inq.get(&lp.index).copied().flatten().is_none())
+        {
+            return Err(bad(
+                label,
+                "input",
+                format!(
+                    "layer '{}' is quantized but nothing gives the scale and zero point of its input (missing `input` or `points`?)",
+                    lp.name
+                ),
+            ));
+        }
+        Ok(Resolved { params, notes })
     }
 }
 

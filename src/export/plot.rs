@@ -242,14 +242,19 @@ pub fn layer_plot(
     log: bool,
 ) -> Result<LayerPlot> {
     let title = |what: &str| format!("{} · {what}", model.name);
-    if name == INPUT_POINT {
+    if let (Some(hist), Some(act)) = (calib.entry(name), params.point(name)) {
+        let what = if name == INPUT_POINT {
+            "network input"
+        } else {
+            "tensor"
+        };
         return Ok(LayerPlot {
             layer: name.into(),
-            title: title("network input"),
+            title: title(what),
             panels: vec![act_panel(
-                "input (normalized)",
-                &calib.input,
-                Some(&params.input),
+                &format!("{name} (as calibrated)"),
+                hist,
+                Some(act),
             )],
             log,
         });

@@ -40,18 +40,9 @@ fn i32s(shape: Vec<usize>, v: &[i32]) -> Tensor {
 }
 
 /// The qparams of the activation entering each weight layer (by model index), as the integer
-/// engine chains them: the network input, then each weight layer's output (layers without
-/// weights pass them through).
+/// engine chains them.
 pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Option<QParams>> {
-    let mut cur = Some(params.input.qparams);
-    let mut out = HashMap::new();
-    for i in model.weight_layers() {
-        if let Some(lp) = params.by_index(i) {
-            out.insert(i, cur);
-            cur = lp.act.as_ref().map(|a| a.qparams);
-        }
-    }
-    out
+    crate::engine::int::input_qparams(model, params)
 }
 
 /// The accumulator's reference weight scale of each row: the largest scale of its blocks.
@@ -84,30 +75,48 @@ pub fn spec_of(model: &Model) -> Spec {
     let layers = model
         .layers
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let mut s = LayerSpec {
                 name: Some(l.name.clone()),
-                op: l.op.kind().into(),
+                op: l.op_type.clone(),
                 ..Default::default()
             };
+            let prev = model.layers[..i].last().map_or(0, |p| p.output);
+            if l.data_input() != Some(prev) || l.inputs.len() > 1 {
+                s.inputs = Some(
+                    l.inputs
+                        .iter()
+                        .flatten()
+                        .map(|&v| model.values[v].name.clone())
+                        .collect(),
+                );
+            }
             match &l.op {
                 Op::Linear { .. } => {
                     s.weight = Some(format!("{}.weight", l.name));
                     s.bias = Some(format!("{}.bias", l.name));
                 }
                 Op::Conv2d {
-                    stride, padding, ..
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    ..
                 } => {
                     s.weight = Some(format!("{}.weight", l.name));
                     s.bias = Some(format!("{}.bias", l.name));
                     s.stride = Some(Pair::Two([stride.0, stride.1]));
-                    s.padding = Some(Pair::Two([padding.0, padding.1]));
+                    s.padding = Some(Pair::Two([padding[0], padding[1]]));
+                    s.dilation =
+                        (*dilation != (1, 1)).then_some(Pair::Two([dilation.0, dilation.1]));
+                    s.groups = (*groups != 1).then_some(*groups);
                 }
-                Op::MaxPool2d { kernel, stride } | Op::AvgPool2d { kernel, stride } => {
+                Op::MaxPool2d { kernel, stride, .. } | Op::AvgPool2d { kernel, stride, .. } => {
                     s.kernel = Some(Pair::Two([kernel.0, kernel.1]));
                     s.stride = Some(Pair::Two([stride.0, stride.1]));
                 }
-                Op::Relu | Op::Flatten => {}
+                _ => s.op = l.op_type.clone(),
             }
             s
         })
@@ -196,6 +205,12 @@ fn quantization_config(model: &Model, params: &ModelParams) -> serde_json::Value
 /// checked to reproduce `params` exactly before it is returned.
 pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<u8>> {
     let label = format!("quantized {}", model.name);
+    if model.spec().is_none() {
+        return Err(Error::format(
+            &label,
+            "a quantized .safetensors of an ONNX model is not written yet; export the parameters (.json/.toml) instead",
+        ));
+    }
     ParamsFile::from_params(model, params)
         .resolve(&label, model, false, WeightInts::FromModel)
         .map_err(|e| {
@@ -298,7 +313,13 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
 }
 
 fn check_same(label: &str, a: &ModelParams, b: &ModelParams) -> Result<()> {
-    let same = a.input.qparams == b.input.qparams
+    let qp = |p: &ModelParams| {
+        p.points
+            .iter()
+            .map(|e| (e.name.clone(), e.act.qparams))
+            .collect::<Vec<_>>()
+    };
+    let same = qp(a) == qp(b)
         && a.layers.len() == b.layers.len()
         && a.layers.iter().zip(&b.layers).all(|(x, y)| {
             x.index == y.index

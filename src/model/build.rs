@@ -2,7 +2,7 @@
 
 use super::spec::{LayerSpec, Spec};
 use super::tensors::TensorFile;
-use super::{Layer, Model, Op};
+use super::{BinaryOp, DType, GraphInput, Layer, Model, Op, Source, Value, ValueId};
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, Array4};
 use sha2::{Digest, Sha256};
@@ -21,6 +21,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Loads a model from a safetensors file and an optional spec file.
 pub fn load_model(path: &Path, spec_path: Option<&Path>) -> Result<Model> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        if let Some(p) = spec_path {
+            return Err(Error::spec(
+                p.display().to_string(),
+                "an ONNX model carries its own graph; --spec is for safetensors models",
+            ));
+        }
+        return super::onnx::load_onnx(path);
+    }
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -67,7 +79,8 @@ pub fn load_model_bytes(
             }
         },
     };
-    let layers = build_layers(&file, &spec)?;
+    let g = build_graph(&file, &spec)?;
+    let output = g.layers.last().map_or(0, |l| l.output);
     Ok(Model {
         name: spec
             .name
@@ -76,8 +89,16 @@ pub fn load_model_bytes(
         input_shape: spec.input_shape.clone(),
         input_mean: spec.input_mean.clone().unwrap_or_default(),
         input_std: spec.input_std.clone().unwrap_or_default(),
-        layers,
-        spec,
+        layers: g.layers,
+        values: g.values,
+        consts: Vec::new(),
+        inputs: vec![GraphInput {
+            value: 0,
+            dtype: DType::F32,
+            shape: spec.input_shape.iter().map(|&d| Some(d)).collect(),
+        }],
+        outputs: vec![output],
+        source_kind: Source::Spec(spec),
         sha256: sha256_hex(bytes),
         source: label.to_string(),
         notes,
@@ -144,160 +165,296 @@ fn shape_str(s: &[usize]) -> String {
     format!("{s:?}")
 }
 
-/// Turns the spec's layers into [`Layer`]s, checking every tensor and shape.
-fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
-    let label = file.label();
-    let mut shape = spec.input_shape.clone();
-    let mut layers: Vec<Layer> = Vec::new();
-    for (pos, ls) in spec.layers.iter().enumerate() {
-        let name = layer_name(ls, pos);
-        let in_shape = shape.clone();
-        let bad = |msg: String| Error::spec(label, format!("layer '{name}' ({}): {msg}", ls.op));
-        let op = match ls.op.as_str() {
-            "linear" => {
-                let wname = ls
-                    .weight
-                    .as_deref()
-                    .ok_or_else(|| bad("needs `weight`".into()))?;
-                let w = file.float(wname)?;
-                if w.shape.len() != 2 {
-                    return Err(Error::tensor(
-                        label,
-                        wname,
-                        format!(
-                            "has shape {}, a linear weight must be [out, in]",
-                            shape_str(&w.shape)
-                        ),
-                    ));
-                }
-                let (out, inp) = (w.shape[0], w.shape[1]);
-                if shape.len() != 1 || shape[0] != inp {
-                    return Err(Error::tensor(
-                        label,
-                        wname,
-                        format!(
-                            "shape {} does not fit the layer's input {} (a linear layer needs [{inp}]; add a flatten?)",
-                            shape_str(&w.shape),
-                            shape_str(&shape)
-                        ),
-                    ));
-                }
-                let bias = load_bias(file, ls.bias.as_deref(), out)?;
-                shape = vec![out];
-                Op::Linear {
-                    weight: Array2::from_shape_vec((out, inp), w.data).expect("checked shape"),
-                    bias,
-                }
-            }
-            "conv2d" => {
-                let wname = ls
-                    .weight
-                    .as_deref()
-                    .ok_or_else(|| bad("needs `weight`".into()))?;
-                let w = file.float(wname)?;
-                if w.shape.len() != 4 {
-                    return Err(Error::tensor(
-                        label,
-                        wname,
-                        format!(
-                            "has shape {}, a conv2d weight must be [out, in, kh, kw]",
-                            shape_str(&w.shape)
-                        ),
-                    ));
-                }
-                let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
-                if shape.len() != 3 || shape[0] != i {
-                    return Err(Error::tensor(
-                        label,
-                        wname,
-                        format!(
-                            "shape {} does not fit the layer's input {} (conv2d needs [{i}, H, W])",
-                            shape_str(&w.shape),
-                            shape_str(&shape)
-                        ),
-                    ));
-                }
-                let stride = ls.stride.map_or((1, 1), |p| p.hw());
-                let padding = ls.padding.map_or((0, 0), |p| p.hw());
-                if stride.0 == 0 || stride.1 == 0 {
-                    return Err(bad("stride must be > 0".into()));
-                }
-                let (h, wd) = (shape[1] + 2 * padding.0, shape[2] + 2 * padding.1);
-                if h < kh || wd < kw {
-                    return Err(Error::tensor(
-                        label,
-                        wname,
-                        format!("kernel {kh}x{kw} is larger than the padded input {h}x{wd}"),
-                    ));
-                }
-                let bias = load_bias(file, ls.bias.as_deref(), o)?;
-                shape = vec![o, (h - kh) / stride.0 + 1, (wd - kw) / stride.1 + 1];
-                Op::Conv2d {
-                    weight: Array4::from_shape_vec((o, i, kh, kw), w.data).expect("checked shape"),
-                    bias,
-                    stride,
-                    padding,
-                }
-            }
-            "batchnorm2d" => {
-                fold_batchnorm(file, ls, &name, layers.last_mut())?;
-                continue;
-            }
-            "relu" => Op::Relu,
-            "flatten" => {
-                shape = vec![shape.iter().product()];
-                Op::Flatten
-            }
-            "maxpool2d" | "avgpool2d" => {
-                let kernel = ls.kernel.ok_or_else(|| bad("needs `kernel`".into()))?.hw();
-                let stride = ls.stride.map_or(kernel, |p| p.hw());
-                if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
-                    return Err(bad("kernel and stride must be > 0".into()));
-                }
-                if shape.len() != 3 || shape[1] < kernel.0 || shape[2] < kernel.1 {
-                    return Err(bad(format!(
-                        "input {} does not fit a {}x{} window",
-                        shape_str(&shape),
-                        kernel.0,
-                        kernel.1
-                    )));
-                }
-                shape = vec![
-                    shape[0],
-                    (shape[1] - kernel.0) / stride.0 + 1,
-                    (shape[2] - kernel.1) / stride.1 + 1,
-                ];
-                if ls.op == "maxpool2d" {
-                    Op::MaxPool2d { kernel, stride }
-                } else {
-                    Op::AvgPool2d { kernel, stride }
-                }
-            }
-            other => return Err(bad(format!("unknown op '{other}'"))),
-        };
-        layers.push(Layer {
-            name,
-            op,
-            in_shape,
-            out_shape: shape.clone(),
-        });
-    }
-    let mut seen = std::collections::HashSet::new();
-    for l in layers.iter().filter(|l| l.op.has_weights()) {
-        if !seen.insert(l.name.as_str()) {
-            return Err(Error::spec(
-                label,
-                format!("two weight layers are named '{}'", l.name),
-            ));
+/// The graph a spec describes: nodes, values and the per-sample shape of each value.
+struct SpecGraph {
+    layers: Vec<Layer>,
+    values: Vec<Value>,
+    shapes: Vec<Vec<usize>>,
+    /// Layer name → the value it produces (a folded batchnorm names its conv's output).
+    by_name: std::collections::HashMap<String, ValueId>,
+}
+
+impl SpecGraph {
+    fn new(input_shape: &[usize]) -> Self {
+        let mut by_name = std::collections::HashMap::new();
+        by_name.insert(crate::config::INPUT_POINT.to_string(), 0);
+        SpecGraph {
+            layers: Vec::new(),
+            values: vec![Value {
+                name: crate::config::INPUT_POINT.to_string(),
+            }],
+            shapes: vec![input_shape.to_vec()],
+            by_name,
         }
     }
-    if !layers.iter().any(|l| l.op.has_weights()) {
+
+    /// The values a layer reads: its `inputs`, or the previous layer's output.
+    fn inputs_of(&self, ls: &LayerSpec, label: &str, name: &str) -> Result<Vec<ValueId>> {
+        match &ls.inputs {
+            None => Ok(vec![self.values.len() - 1]),
+            Some(list) if list.is_empty() => Err(Error::spec(
+                label,
+                format!("layer '{name}': `inputs` is empty"),
+            )),
+            Some(list) => list
+                .iter()
+                .map(|n| {
+                    self.by_name.get(n).copied().ok_or_else(|| {
+                        Error::spec(
+                            label,
+                            format!(
+                                "layer '{name}': input '{}' is not an earlier layer (or 'input')",
+                                crate::error::clip(n)
+                            ),
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Turns the spec's layers into a graph, checking every tensor and shape.
+fn build_graph(file: &TensorFile, spec: &Spec) -> Result<SpecGraph> {
+    let label = file.label();
+    let mut g = SpecGraph::new(&spec.input_shape);
+    for (pos, ls) in spec.layers.iter().enumerate() {
+        let name = layer_name(ls, pos);
+        let inputs = g.inputs_of(ls, label, &name)?;
+        let shape = g.shapes[inputs[0]].clone();
+        let bad = |msg: String| Error::spec(label, format!("layer '{name}' ({}): {msg}", ls.op));
+        if ls.op == "batchnorm2d" {
+            let prev = g
+                .layers
+                .last_mut()
+                .filter(|p| p.output == inputs[0] && inputs.len() == 1);
+            fold_batchnorm(file, ls, &name, prev)?;
+            g.by_name.insert(name, inputs[0]);
+            continue;
+        }
+        let in_shapes: Vec<Vec<usize>> = inputs.iter().map(|&v| g.shapes[v].clone()).collect();
+        let (op, out_shape) = spec_op(file, ls, &in_shapes, &bad)?;
+        if inputs.len() > 1 && !matches!(op, Op::Binary(_) | Op::Concat { .. }) {
+            return Err(bad("only `add` and `concat` take several inputs".into()));
+        }
+        let output = g.values.len();
+        g.values.push(Value { name: name.clone() });
+        g.shapes.push(out_shape.clone());
+        if g.by_name.insert(name.clone(), output).is_some() && op.has_weights() {
+            return Err(Error::spec(label, format!("two layers are named '{name}'")));
+        }
+        g.layers.push(Layer {
+            name,
+            op_type: ls.op.clone(),
+            op,
+            inputs: inputs.into_iter().map(Some).collect(),
+            output,
+            in_shape: shape,
+            out_shape,
+        });
+    }
+    if !g.layers.iter().any(|l| l.op.has_weights()) {
         return Err(Error::spec(
             label,
             "the model has no linear or conv2d layer",
         ));
     }
-    Ok(layers)
+    Ok(g)
+}
+
+/// One spec layer's op and its output shape, from the shapes of its inputs.
+fn spec_op(
+    file: &TensorFile,
+    ls: &LayerSpec,
+    in_shapes: &[Vec<usize>],
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(Op, Vec<usize>)> {
+    let shape = &in_shapes[0];
+    Ok(match ls.op.as_str() {
+        "linear" => spec_linear(file, ls, shape, bad)?,
+        "conv2d" => spec_conv(file, ls, shape, bad)?,
+        "relu" => (Op::Relu, shape.clone()),
+        "flatten" => (Op::Flatten { axis: 1 }, vec![shape.iter().product()]),
+        "add" => {
+            if in_shapes.len() != 2 || in_shapes[1] != *shape {
+                return Err(bad(format!(
+                    "needs two inputs of the same shape, got {in_shapes:?}"
+                )));
+            }
+            (Op::Binary(BinaryOp::Add), shape.clone())
+        }
+        "concat" => {
+            let rest_equal = in_shapes
+                .iter()
+                .all(|s| s.len() == shape.len() && s[1..] == shape[1..]);
+            if shape.is_empty() || !rest_equal {
+                return Err(bad(format!(
+                    "inputs {in_shapes:?} differ outside the channel axis"
+                )));
+            }
+            let mut out = shape.clone();
+            out[0] = in_shapes.iter().map(|s| s[0]).sum();
+            (Op::Concat { axis: 1 }, out)
+        }
+        "maxpool2d" | "avgpool2d" => spec_pool(ls, shape, bad)?,
+        other => {
+            return Err(bad(format!(
+                "unknown op '{}' (ops: linear, conv2d, relu, maxpool2d, avgpool2d, flatten, batchnorm2d, add, concat)",
+                crate::error::clip(other)
+            )));
+        }
+    })
+}
+
+fn spec_linear(
+    file: &TensorFile,
+    ls: &LayerSpec,
+    shape: &[usize],
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(Op, Vec<usize>)> {
+    let label = file.label();
+    let wname = ls
+        .weight
+        .as_deref()
+        .ok_or_else(|| bad("needs `weight`".into()))?;
+    let w = file.float(wname)?;
+    if w.shape.len() != 2 {
+        return Err(Error::tensor(
+            label,
+            wname,
+            format!(
+                "has shape {}, a linear weight must be [out, in]",
+                shape_str(&w.shape)
+            ),
+        ));
+    }
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    if shape.len() != 1 || shape[0] != inp {
+        return Err(Error::tensor(
+            label,
+            wname,
+            format!(
+                "shape {} does not fit the layer's input {} (a linear layer needs [{inp}]; add a flatten?)",
+                shape_str(&w.shape),
+                shape_str(shape)
+            ),
+        ));
+    }
+    let bias = load_bias(file, ls.bias.as_deref(), out)?;
+    let weight = Array2::from_shape_vec((out, inp), w.data).expect("checked shape");
+    Ok((Op::Linear { weight, bias }, vec![out]))
+}
+
+fn spec_conv(
+    file: &TensorFile,
+    ls: &LayerSpec,
+    shape: &[usize],
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(Op, Vec<usize>)> {
+    let label = file.label();
+    let wname = ls
+        .weight
+        .as_deref()
+        .ok_or_else(|| bad("needs `weight`".into()))?;
+    let w = file.float(wname)?;
+    if w.shape.len() != 4 {
+        return Err(Error::tensor(
+            label,
+            wname,
+            format!(
+                "has shape {}, a conv2d weight must be [out, in, kh, kw]",
+                shape_str(&w.shape)
+            ),
+        ));
+    }
+    let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+    let groups = ls.groups.unwrap_or(1);
+    if groups == 0 || o % groups != 0 {
+        return Err(bad(format!(
+            "groups {groups} must divide the {o} output channels"
+        )));
+    }
+    if shape.len() != 3 || shape[0] != i * groups {
+        return Err(Error::tensor(
+            label,
+            wname,
+            format!(
+                "shape {} does not fit the layer's input {} (conv2d needs [{}, H, W])",
+                shape_str(&w.shape),
+                shape_str(shape),
+                i * groups
+            ),
+        ));
+    }
+    let stride = ls.stride.map_or((1, 1), |p| p.hw());
+    let (ph, pw) = ls.padding.map_or((0, 0), |p| p.hw());
+    let dilation = ls.dilation.map_or((1, 1), |p| p.hw());
+    if stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
+        return Err(bad("stride and dilation must be > 0".into()));
+    }
+    let (h, wd) = (shape[1] + 2 * ph, shape[2] + 2 * pw);
+    let (ekh, ekw) = ((kh - 1) * dilation.0 + 1, (kw - 1) * dilation.1 + 1);
+    if kh == 0 || kw == 0 || h < ekh || wd < ekw {
+        return Err(Error::tensor(
+            label,
+            wname,
+            format!("kernel {kh}x{kw} is larger than the padded input {h}x{wd}"),
+        ));
+    }
+    let bias = load_bias(file, ls.bias.as_deref(), o)?;
+    let out = vec![o, (h - ekh) / stride.0 + 1, (wd - ekw) / stride.1 + 1];
+    let op = Op::Conv2d {
+        weight: Array4::from_shape_vec((o, i, kh, kw), w.data).expect("checked shape"),
+        bias,
+        stride,
+        padding: [ph, pw, ph, pw],
+        dilation,
+        groups,
+    };
+    Ok((op, out))
+}
+
+fn spec_pool(
+    ls: &LayerSpec,
+    shape: &[usize],
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(Op, Vec<usize>)> {
+    let kernel = ls.kernel.ok_or_else(|| bad("needs `kernel`".into()))?.hw();
+    let stride = ls.stride.map_or(kernel, |p| p.hw());
+    if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
+        return Err(bad("kernel and stride must be > 0".into()));
+    }
+    if shape.len() != 3 || shape[1] < kernel.0 || shape[2] < kernel.1 {
+        return Err(bad(format!(
+            "input {} does not fit a {}x{} window",
+            shape_str(shape),
+            kernel.0,
+            kernel.1
+        )));
+    }
+    let out = vec![
+        shape[0],
+        (shape[1] - kernel.0) / stride.0 + 1,
+        (shape[2] - kernel.1) / stride.1 + 1,
+    ];
+    let padding = [0; 4];
+    let op = if ls.op == "maxpool2d" {
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode: false,
+        }
+    } else {
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode: false,
+            count_include_pad: true,
+        }
+    };
+    Ok((op, out))
 }
 
 /// The name rule of formats.md §1.

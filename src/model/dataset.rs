@@ -2,6 +2,7 @@
 
 use super::npz;
 use super::tensors::{TensorFile, decode_float, decode_int};
+use crate::engine::tensor::{Data, Tensor};
 use crate::error::{Error, Result};
 use safetensors::Dtype;
 use std::path::Path;
@@ -19,6 +20,8 @@ pub struct Dataset {
     pub sample_len: usize,
     /// Class labels, one per sample.
     pub labels: Option<Vec<i64>>,
+    /// The file's other tensors ([N, ...]), for graph inputs named after them.
+    pub named: Vec<(String, Tensor)>,
 }
 
 /// A tensor read from either container, before conversion.
@@ -39,13 +42,13 @@ pub fn load_dataset(path: &Path) -> Result<Dataset> {
 
 /// Loads a data set from bytes (npz if they start like a zip archive, else safetensors).
 pub fn load_dataset_bytes(label: &str, bytes: &[u8]) -> Result<Dataset> {
+    let mut rest: Vec<(String, RawTensor)> = Vec::new();
     let (inputs, labels) = if bytes.starts_with(b"PK") {
         let mut arrays = npz::read_npz(label, bytes)?;
-        let inputs = arrays
-            .remove("inputs")
-            .or_else(|| arrays.remove("images"))
-            .ok_or_else(|| Error::data(label, "holds no 'inputs' (or 'images') array"))?;
-        (inputs, arrays.remove("labels"))
+        let inputs = arrays.remove("inputs").or_else(|| arrays.remove("images"));
+        let labels = arrays.remove("labels");
+        rest.extend(arrays);
+        (inputs, labels)
     } else {
         let file = TensorFile::parse(label, bytes)?;
         let get = |name: &str| -> Result<Option<RawTensor>> {
@@ -60,13 +63,71 @@ pub fn load_dataset_bytes(label: &str, bytes: &[u8]) -> Result<Dataset> {
             }))
         };
         let inputs = match get("inputs")? {
-            Some(t) => t,
-            None => get("images")?
-                .ok_or_else(|| Error::data(label, "holds no 'inputs' (or 'images') tensor"))?,
+            Some(t) => Some(t),
+            None => get("images")?,
         };
+        for name in file.names() {
+            if !["inputs", "images", "labels"].contains(&name.as_str()) {
+                let t = get(&name)?.expect("listed");
+                rest.push((name, t));
+            }
+        }
         (inputs, get("labels")?)
     };
-    from_raw(label, inputs, labels)
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    let named = named_tensors(label, rest)?;
+    let inputs = match (inputs, named.first()) {
+        (Some(t), _) => t,
+        (None, Some((_, t))) => RawTensor {
+            dtype: Dtype::F32,
+            shape: vec![t.shape[0], 0],
+            bytes: Vec::new(),
+        },
+        (None, None) => {
+            return Err(Error::data(
+                label,
+                "holds no 'inputs' (or 'images') tensor, nor one named after a graph input",
+            ));
+        }
+    };
+    let mut ds = from_raw(label, inputs, labels)?;
+    if let Some((name, t)) = named.iter().find(|(_, t)| t.shape[0] != ds.n) {
+        return Err(Error::tensor(
+            label,
+            name,
+            format!("has {} samples where the data set has {}", t.shape[0], ds.n),
+        ));
+    }
+    ds.named = named;
+    Ok(ds)
+}
+
+/// Every other tensor of a data file, for graph inputs named after it: floats as F32,
+/// integers as I64.
+fn named_tensors(label: &str, raw: Vec<(String, RawTensor)>) -> Result<Vec<(String, Tensor)>> {
+    raw.into_iter()
+        .map(|(name, t)| {
+            if t.shape.is_empty() {
+                return Err(Error::tensor(
+                    label,
+                    &name,
+                    "is a scalar; expected [N, ...]",
+                ));
+            }
+            let tensor = if let Some(v) = decode_int(t.dtype, &t.bytes) {
+                Tensor::i64(t.shape, v)
+            } else if let Some(v) = decode_float(t.dtype, &t.bytes) {
+                Tensor::f32(t.shape, v)
+            } else {
+                return Err(Error::tensor(
+                    label,
+                    &name,
+                    format!("has unsupported dtype {:?}", t.dtype),
+                ));
+            };
+            Ok((name, tensor))
+        })
+        .collect()
 }
 
 fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result<Dataset> {
@@ -129,6 +190,7 @@ fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result
         n,
         sample_len,
         labels,
+        named: Vec::new(),
     })
 }
 
@@ -156,11 +218,36 @@ impl Dataset {
             n,
             sample_len: self.sample_len,
             labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
+            named: self
+                .named
+                .iter()
+                .map(|(name, t)| (name.clone(), rows(t, 0, n)))
+                .collect(),
         }
+    }
+
+    /// The named tensor `name`'s samples `start..end`.
+    pub fn named_rows(&self, name: &str, start: usize, end: usize) -> Option<Tensor> {
+        self.named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| rows(t, start, end))
     }
 
     /// Samples `start..end` as a slice.
     pub fn samples(&self, start: usize, end: usize) -> &[f32] {
         &self.inputs[start * self.sample_len..end * self.sample_len]
+    }
+}
+
+/// Rows `start..end` of a batch-major tensor.
+fn rows(t: &Tensor, start: usize, end: usize) -> Tensor {
+    let per: usize = t.shape[1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[0] = end - start;
+    match &t.data {
+        Data::F32(v) => Tensor::f32(shape, v[start * per..end * per].to_vec()),
+        Data::I64(v) => Tensor::i64(shape, v[start * per..end * per].to_vec()),
+        Data::Q { data, qp } => Tensor::q(shape, data[start * per..end * per].to_vec(), *qp),
     }
 }

@@ -1,139 +1,101 @@
-//! A loaded network: layers with float weights and known shapes, built from safetensors + a spec.
+//! A loaded network: a graph of ops over named tensors, built from safetensors + a spec
+//! (formats.md §1) or from an ONNX file (§1b).
 
 mod build;
-pub mod op;
 pub mod dataset;
 mod npz;
+pub mod onnx;
+pub mod op;
+pub mod points;
 pub mod spec;
 pub mod tensors;
 
 pub use build::{load_model, load_model_bytes, sha256_hex};
 pub use dataset::{Dataset, load_dataset, load_dataset_bytes};
+pub use op::{BinaryOp, DType, Op, UnaryOp};
 pub use spec::{LayerSpec, Spec};
 
-use ndarray::{Array1, Array2, Array4};
+use crate::engine::tensor::Tensor;
 
-/// One operation of the network.
+/// Index of a tensor (value) of the graph.
+pub type ValueId = usize;
+
+/// A named tensor of the graph.
 #[derive(Debug, Clone)]
-pub enum Op {
-    /// y = x W^T + b; W is [out, in].
-    Linear {
-        /// Weights [out, in].
-        weight: Array2<f32>,
-        /// Bias [out].
-        bias: Array1<f32>,
-    },
-    /// 2-D convolution over NCHW activations; W is [out, in, kh, kw].
-    Conv2d {
-        /// Weights [out, in, kh, kw].
-        weight: Array4<f32>,
-        /// Bias [out].
-        bias: Array1<f32>,
-        /// (sh, sw).
-        stride: (usize, usize),
-        /// (ph, pw).
-        padding: (usize, usize),
-    },
-    /// max(x, 0).
-    Relu,
-    /// Max over windows.
-    MaxPool2d {
-        /// (kh, kw).
-        kernel: (usize, usize),
-        /// (sh, sw).
-        stride: (usize, usize),
-    },
-    /// Mean over windows.
-    AvgPool2d {
-        /// (kh, kw).
-        kernel: (usize, usize),
-        /// (sh, sw).
-        stride: (usize, usize),
-    },
-    /// [C, H, W] → [C·H·W].
-    Flatten,
+pub struct Value {
+    /// Its name (the ONNX tensor name, or the producing layer's name for spec models).
+    pub name: String,
 }
 
-impl Op {
-    /// The op's name as in a spec.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Linear { .. } => "linear",
-            Op::Conv2d { .. } => "conv2d",
-            Op::Relu => "relu",
-            Op::MaxPool2d { .. } => "maxpool2d",
-            Op::AvgPool2d { .. } => "avgpool2d",
-            Op::Flatten => "flatten",
-        }
-    }
-
-    /// Whether the op holds weights (and so gets quantized).
-    pub fn has_weights(&self) -> bool {
-        matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
-    }
-
-    /// The weight tensor as a row-major [out, in·kh·kw] slice, if any.
-    pub fn weight_rows(&self) -> Option<(&[f32], usize, usize)> {
-        match self {
-            Op::Linear { weight, .. } => {
-                let (o, i) = weight.dim();
-                Some((weight.as_slice()?, o, i))
-            }
-            Op::Conv2d { weight, .. } => {
-                let (o, i, kh, kw) = weight.dim();
-                Some((weight.as_slice()?, o, i * kh * kw))
-            }
-            _ => None,
-        }
-    }
-
-    /// The weights as a mutable row-major slice and the bias, for layers that have them.
-    pub fn weight_bias_mut(&mut self) -> Option<(&mut [f32], &mut [f32])> {
-        let (w, b) = match self {
-            Op::Linear { weight, bias } => (weight.as_slice_mut(), bias.as_slice_mut()),
-            Op::Conv2d { weight, bias, .. } => (weight.as_slice_mut(), bias.as_slice_mut()),
-            _ => return None,
-        };
-        Some((w.expect("standard layout"), b.expect("contiguous bias")))
-    }
-
-    /// The bias, if any.
-    pub fn bias(&self) -> Option<&Array1<f32>> {
-        match self {
-            Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => Some(bias),
-            _ => None,
-        }
-    }
+/// A graph input: a value fed from the data set.
+#[derive(Debug, Clone)]
+pub struct GraphInput {
+    /// The value it feeds.
+    pub value: ValueId,
+    /// Element type the graph declares.
+    pub dtype: DType,
+    /// One sample's shape (without the batch axis); `None` for a dimension the file leaves open.
+    pub shape: Vec<Option<usize>>,
 }
 
-/// A layer: its name, op and the shapes of one sample in and out.
+/// A node of the graph: its name, op, input and output values, and one sample's shapes.
 #[derive(Debug, Clone)]
 pub struct Layer {
-    /// Name used by configs, reports and exports.
+    /// Name used by configs, reports and exports (the ONNX node name).
     pub name: String,
     /// The operation.
     pub op: Op,
-    /// One sample's input shape.
+    /// The op type reports show: the ONNX op type (`Conv`, `MatMul`, …) or the spec's op.
+    pub op_type: String,
+    /// Input values in the op's order (`None`: an absent optional input).
+    pub inputs: Vec<Option<ValueId>>,
+    /// The output value.
+    pub output: ValueId,
+    /// One sample's shape of the first input (empty when unknown).
     pub in_shape: Vec<usize>,
-    /// One sample's output shape.
+    /// One sample's shape of the output (empty when unknown).
     pub out_shape: Vec<usize>,
 }
 
-/// A network ready to run: layers in order plus input normalization.
+impl Layer {
+    /// The first input (the data input of every op that has one).
+    pub fn data_input(&self) -> Option<ValueId> {
+        self.inputs.first().copied().flatten()
+    }
+}
+
+/// Where a model came from, which decides what exports can write.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// safetensors + a qscope spec (the spec can be embedded again).
+    Spec(Spec),
+    /// An ONNX file (the bytes of the original file).
+    Onnx(std::sync::Arc<Vec<u8>>),
+}
+
+/// A network ready to run: nodes in topological order plus input normalization.
 #[derive(Debug, Clone)]
 pub struct Model {
     /// Model name (spec `name`, or the file stem).
     pub name: String,
-    /// One sample's input shape.
+    /// One sample's shape of the first input (open dimensions as 0 until data fixes them).
     pub input_shape: Vec<usize>,
     /// Per-channel mean (one value = all channels).
     pub input_mean: Vec<f32>,
     /// Per-channel std (one value = all channels).
     pub input_std: Vec<f32>,
-    /// Layers in order (batchnorm already folded).
+    /// Nodes in topological order (batchnorm folded, Identity/Dropout removed).
     pub layers: Vec<Layer>,
-    /// The spec the model was built from (to embed in exports).
-    pub spec: Spec,
+    /// Every tensor of the graph.
+    pub values: Vec<Value>,
+    /// Constant values (initializers that are not weights of a linear/conv node).
+    pub consts: Vec<(ValueId, Tensor)>,
+    /// Graph inputs, the first one normalized by `input_mean`/`input_std`.
+    pub inputs: Vec<GraphInput>,
+    /// Graph outputs; the first is the one reports compare.
+    pub outputs: Vec<ValueId>,
+    /// What the model was built from.
+    pub source_kind: Source,
     /// sha256 of the weights file, hex.
     pub sha256: String,
     /// Where the weights came from (path or bundled name), for messages.
@@ -142,7 +104,26 @@ pub struct Model {
     pub notes: Vec<String>,
 }
 
+/// Ops that fuse into the output of the weight node before them when they are its only
+/// consumer: Relu, and Clip with a lower bound of 0 (ReLU6).
+fn fusable(op: &Op) -> bool {
+    matches!(op, Op::Relu) || matches!(op, Op::Clip { min, .. } if *min == 0.0)
+}
+
 impl Model {
+    /// The spec a spec model was built from.
+    pub fn spec(&self) -> Option<&Spec> {
+        match &self.source_kind {
+            Source::Spec(s) => Some(s),
+            Source::Onnx(_) => None,
+        }
+    }
+
+    /// Whether the model came from an ONNX file.
+    pub fn is_onnx(&self) -> bool {
+        matches!(self.source_kind, Source::Onnx(_))
+    }
+
     /// Indices of the layers that hold weights, in network order.
     pub fn weight_layers(&self) -> Vec<usize> {
         (0..self.layers.len())
@@ -150,9 +131,35 @@ impl Model {
             .collect()
     }
 
-    /// Whether a ReLU directly follows layer `i` (and so fuses into its output).
+    /// The nodes that read value `v`.
+    pub fn consumers(&self, v: ValueId) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&i| self.layers[i].inputs.contains(&Some(v)))
+            .collect()
+    }
+
+    /// The Relu/ReLU6 node fused into node `i`'s output: the only consumer of that output,
+    /// when the output is not also a graph output.
+    pub fn fused_activation(&self, i: usize) -> Option<usize> {
+        let out = self.layers[i].output;
+        if self.outputs.contains(&out) {
+            return None;
+        }
+        match self.consumers(out).as_slice() {
+            [j] if fusable(&self.layers[*j].op) => Some(*j),
+            _ => None,
+        }
+    }
+
+    /// Whether a Relu (or ReLU6) fuses into node `i`'s output.
     pub fn relu_follows(&self, i: usize) -> bool {
-        matches!(self.layers.get(i + 1).map(|l| &l.op), Some(Op::Relu))
+        self.fused_activation(i).is_some()
+    }
+
+    /// The value holding node `i`'s (fused) output.
+    pub fn point_value(&self, i: usize) -> ValueId {
+        let j = self.fused_activation(i).unwrap_or(i);
+        self.layers[j].output
     }
 
     /// The index of a weight layer by name.
@@ -162,27 +169,42 @@ impl Model {
             .position(|l| l.name == name && l.op.has_weights())
     }
 
-    /// Number of elements of one input sample.
+    /// The value named `name`.
+    pub fn value_index(&self, name: &str) -> Option<ValueId> {
+        self.values.iter().position(|v| v.name == name)
+    }
+
+    /// The constant held by value `v`, if it is one.
+    pub fn constant(&self, v: ValueId) -> Option<&Tensor> {
+        self.consts.iter().find(|(id, _)| *id == v).map(|(_, t)| t)
+    }
+
+    /// Number of elements of one input sample (of the first input).
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
     }
 
-    /// Number of elements of one output sample.
+    /// Number of elements of one output sample (of the first output), 0 when unknown.
     pub fn output_len(&self) -> usize {
+        let out = self.outputs[0];
         self.layers
-            .last()
+            .iter()
+            .find(|l| l.output == out)
             .map_or(self.input_len(), |l| l.out_shape.iter().product())
     }
 
-    /// Applies the input normalization in place to a batch of raw samples.
+    /// Applies the input normalization in place to a batch of raw samples of the first input.
     pub fn normalize(&self, batch: &mut [f32]) {
-        let len = self.input_len();
+        if self.input_mean.is_empty() && self.input_std.is_empty() {
+            return;
+        }
+        let len = self.input_len().max(1);
         let channels = if self.input_shape.len() == 3 {
-            self.input_shape[0]
+            self.input_shape[0].max(1)
         } else {
             1
         };
-        let plane = len / channels;
+        let plane = (len / channels).max(1);
         let pick = |v: &[f32], c: usize, default: f32| match v.len() {
             0 => default,
             1 => v[0],

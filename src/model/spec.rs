@@ -76,6 +76,15 @@ pub struct LayerSpec {
     /// Batchnorm epsilon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eps: Option<f32>,
+    /// The layers (or `input`) this one reads; default: the previous layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// Convolution channel groups (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
+    /// Convolution dilation (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dilation: Option<Pair>,
 }
 
 /// The ops a spec may use.

@@ -181,12 +181,24 @@ impl App {
         config: QuantConfig,
         seed: Option<(ModelParams, String)>,
     ) -> App {
-        let mut rows = vec![RowInfo {
-            name: INPUT_POINT.to_string(),
-            op: "input".into(),
-            shape: shape_str(&model.input_shape),
-            weights: false,
-        }];
+        let mut rows: Vec<RowInfo> = crate::eval::layer_view::entry_rows(&model)
+            .into_iter()
+            .map(|name| RowInfo {
+                op: if name == INPUT_POINT {
+                    "input"
+                } else {
+                    "tensor"
+                }
+                .into(),
+                shape: if name == INPUT_POINT {
+                    shape_str(&model.input_shape)
+                } else {
+                    String::new()
+                },
+                name,
+                weights: false,
+            })
+            .collect();
         for i in model.weight_layers() {
             let l = &model.layers[i];
             let shape = match &l.op {
@@ -196,7 +208,7 @@ impl App {
             };
             rows.push(RowInfo {
                 name: l.name.clone(),
-                op: l.op.kind().to_string(),
+                op: l.op_type.clone(),
                 shape,
                 weights: true,
             });
@@ -536,10 +548,9 @@ impl App {
     /// result was made with the settings the config has now.
     fn current_act_range(&self, name: &str) -> Option<ClipRange> {
         let s = self.shown.as_ref()?;
-        let a = if name == INPUT_POINT {
-            Some(&s.computed.params.input)
-        } else {
-            s.computed.params.by_name(name)?.act.as_ref()
+        let a = match s.computed.params.point(name) {
+            Some(a) => Some(a),
+            None => s.computed.params.by_name(name)?.act.as_ref(),
         }?;
         (a.settings == self.config.act_settings(name)).then_some(a.range)
     }
@@ -572,7 +583,7 @@ impl App {
         name: &str,
         action: Action,
     ) -> Result<String, String> {
-        let is_input = name == INPUT_POINT;
+        let is_input = self.rows.iter().any(|r| r.name == name && !r.weights);
         let side = self.focus;
         let weights = side == Side::Weights;
         if weights && is_input && !matches!(action, Action::ApplyToAll) {

@@ -1,0 +1,276 @@
+//! One ONNX node → an [`Op`] (or a step the importer finishes once constants are known).
+
+use super::attrs::Attrs;
+use crate::model::op::{BinaryOp, DType, Op, UnaryOp};
+use onnx_rs::ast::{DataType, Node};
+
+/// The ONNX op types qscope reads, for the message that refuses the others.
+pub const SUPPORTED: &str = "Conv, Gemm, MatMul, Add, Sub, Mul, Div, Pow, Sqrt, Erf, Exp, Log, Neg, Abs, Reciprocal, Relu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Gelu, Softmax, LayerNormalization, MaxPool, AveragePool, GlobalAveragePool, ReduceMean, Flatten, Reshape, Transpose, Concat, Squeeze, Unsqueeze, Gather, GatherND, Slice, Expand, Cast, Shape, Range, ConstantOfShape, Equal, Greater, GreaterOrEqual, Less, LessOrEqual, And, Or, Not, Where, Identity, Dropout, BatchNormalization, Constant";
+
+/// What a node becomes before the importer knows which inputs are constants.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// A finished op.
+    Op(Op),
+    /// A Conv: becomes `Op::Conv2d` once its weight is known to be constant.
+    Conv {
+        /// kernel_shape, if given.
+        kernel: Option<Vec<i64>>,
+        /// strides.
+        strides: Vec<i64>,
+        /// pads [top, left, bottom, right].
+        pads: Vec<i64>,
+        /// dilations.
+        dilations: Vec<i64>,
+        /// group.
+        group: i64,
+    },
+    /// A Gemm: becomes `Op::Linear` with a constant B.
+    Gemm {
+        /// α.
+        alpha: f32,
+        /// β.
+        beta: f32,
+        /// transA.
+        trans_a: bool,
+        /// transB.
+        trans_b: bool,
+    },
+    /// A MatMul: `Op::Linear` when B is a constant matrix, else `Op::MatMul`.
+    MatMul,
+    /// A BatchNormalization: folded into the conv before it, else `Op::BatchNorm`.
+    BatchNorm {
+        /// ε.
+        eps: f32,
+    },
+    /// Identity or Dropout: removed.
+    Identity,
+}
+
+fn pair(v: &[i64], what: &str) -> Result<(usize, usize), String> {
+    match v {
+        [a, b] if *a > 0 && *b > 0 => Ok((*a as usize, *b as usize)),
+        _ => Err(format!(
+            "{what} {v:?} must be two positive values (2-D only)"
+        )),
+    }
+}
+
+/// Pads [top, left, bottom, right] from ONNX `pads` ([x1_begin, x2_begin, x1_end, x2_end]).
+pub fn pads4(v: &[i64]) -> Result<[usize; 4], String> {
+    match v {
+        [] => Ok([0; 4]),
+        [a, b, c, d] if v.iter().all(|&p| (0..=1 << 20).contains(&p)) => {
+            Ok([*a as usize, *b as usize, *c as usize, *d as usize])
+        }
+        _ => Err(format!(
+            "pads {v:?} must be four non-negative values (2-D only)"
+        )),
+    }
+}
+
+fn no_auto_pad(a: &Attrs) -> Result<(), String> {
+    match a.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("VALID") | Some("") => Ok(()),
+        Some(p) => Err(format!(
+            "auto_pad {} is not supported yet; export with explicit pads",
+            crate::error::clip(p)
+        )),
+    }
+}
+
+fn pool(a: &Attrs, max: bool) -> Result<Op, String> {
+    no_auto_pad(a)?;
+    let kernel = pair(&a.ints("kernel_shape").unwrap_or_default(), "kernel_shape")?;
+    let stride = pair(&a.ints("strides").unwrap_or(vec![1, 1]), "strides")?;
+    let padding = pads4(&a.ints("pads").unwrap_or_default())?;
+    let ceil_mode = a.int("ceil_mode", 0) != 0;
+    if a.ints("dilations")
+        .is_some_and(|d| d.iter().any(|&x| x != 1))
+    {
+        return Err("dilated pooling is not supported".into());
+    }
+    Ok(if max {
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+        }
+    } else {
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad: a.int("count_include_pad", 0) != 0,
+        }
+    })
+}
+
+fn dtype(to: i64) -> Result<DType, String> {
+    let dt = DataType::try_from(to as i32).map_err(|_| format!("unknown element type {to}"))?;
+    Ok(match dt {
+        DataType::Float | DataType::Float16 | DataType::Bfloat16 | DataType::Double => DType::F32,
+        DataType::Bool => DType::Bool,
+        DataType::Int64
+        | DataType::Int32
+        | DataType::Int16
+        | DataType::Int8
+        | DataType::Uint8
+        | DataType::Uint16
+        | DataType::Uint32 => DType::I64,
+        other => return Err(format!("casts to {other:?}, which qscope does not support")),
+    })
+}
+
+fn unary(u: UnaryOp) -> Pending {
+    Pending::Op(Op::Unary(u))
+}
+
+fn binary(b: BinaryOp) -> Pending {
+    Pending::Op(Op::Binary(b))
+}
+
+/// Converts `node`; an unsupported op type or attribute is an `Err` with the reason.
+pub fn convert(node: &Node<'_>) -> Result<Pending, String> {
+    let a = Attrs::of(node);
+    let op_type = node.op_type.as_str();
+    Ok(match op_type {
+        "Conv" => {
+            no_auto_pad(&a)?;
+            Pending::Conv {
+                kernel: a.ints("kernel_shape"),
+                strides: a.ints("strides").unwrap_or(vec![1, 1]),
+                pads: a.ints("pads").unwrap_or_default(),
+                dilations: a.ints("dilations").unwrap_or(vec![1, 1]),
+                group: a.int("group", 1),
+            }
+        }
+        "Gemm" => Pending::Gemm {
+            alpha: a.float("alpha", 1.0),
+            beta: a.float("beta", 1.0),
+            trans_a: a.int("transA", 0) != 0,
+            trans_b: a.int("transB", 0) != 0,
+        },
+        "MatMul" => Pending::MatMul,
+        "BatchNormalization" => Pending::BatchNorm {
+            eps: a.float("epsilon", 1e-5),
+        },
+        "Identity" | "Dropout" => Pending::Identity,
+        "Constant" => return Err("Constant is handled by the importer".into()),
+        "Add" => binary(BinaryOp::Add),
+        "Sub" => binary(BinaryOp::Sub),
+        "Mul" => binary(BinaryOp::Mul),
+        "Div" => binary(BinaryOp::Div),
+        "Pow" => binary(BinaryOp::Pow),
+        "Equal" => binary(BinaryOp::Equal),
+        "Greater" => binary(BinaryOp::Greater),
+        "GreaterOrEqual" => binary(BinaryOp::GreaterOrEqual),
+        "Less" => binary(BinaryOp::Less),
+        "LessOrEqual" => binary(BinaryOp::LessOrEqual),
+        "And" => binary(BinaryOp::And),
+        "Or" => binary(BinaryOp::Or),
+        "Sqrt" => unary(UnaryOp::Sqrt),
+        "Erf" => unary(UnaryOp::Erf),
+        "Sigmoid" => unary(UnaryOp::Sigmoid),
+        "Tanh" => unary(UnaryOp::Tanh),
+        "Exp" => unary(UnaryOp::Exp),
+        "Log" => unary(UnaryOp::Log),
+        "Neg" => unary(UnaryOp::Neg),
+        "Abs" => unary(UnaryOp::Abs),
+        "Reciprocal" => unary(UnaryOp::Reciprocal),
+        "Not" => unary(UnaryOp::Not),
+        "HardSigmoid" => unary(UnaryOp::HardSigmoid {
+            alpha: a.float("alpha", 0.2),
+            beta: a.float("beta", 0.5),
+        }),
+        "HardSwish" => unary(UnaryOp::HardSwish),
+        "Gelu" => unary(UnaryOp::Gelu {
+            tanh: a.string("approximate").as_deref() == Some("tanh"),
+        }),
+        "Relu" => Pending::Op(Op::Relu),
+        "Clip" => Pending::Op(Op::Clip {
+            min: a.float("min", f32::NEG_INFINITY),
+            max: a.float("max", f32::INFINITY),
+        }),
+        "MaxPool" => Pending::Op(pool(&a, true)?),
+        "AveragePool" => Pending::Op(pool(&a, false)?),
+        "GlobalAveragePool" => Pending::Op(Op::GlobalAvgPool),
+        "Flatten" => Pending::Op(Op::Flatten {
+            axis: a.int("axis", 1),
+        }),
+        "Softmax" => Pending::Op(Op::Softmax {
+            axis: a.int("axis", -1),
+        }),
+        "LayerNormalization" => Pending::Op(Op::LayerNorm {
+            axis: a.int("axis", -1),
+            epsilon: a.float("epsilon", 1e-5),
+        }),
+        "ReduceMean" => Pending::Op(Op::ReduceMean {
+            axes: a.ints("axes"),
+            keepdims: a.int("keepdims", 1) != 0,
+        }),
+        "Reshape" => Pending::Op(Op::Reshape {
+            allowzero: a.int("allowzero", 0) != 0,
+        }),
+        "Transpose" => Pending::Op(Op::Transpose {
+            perm: match a.ints("perm") {
+                None => None,
+                Some(p) => Some(
+                    p.iter()
+                        .map(|&x| {
+                            usize::try_from(x)
+                                .map_err(|_| format!("perm {p:?} has a negative axis"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
+        }),
+        "Concat" => Pending::Op(Op::Concat {
+            axis: a.int("axis", 0),
+        }),
+        "Squeeze" => Pending::Op(Op::Squeeze {
+            axes: a.ints("axes"),
+        }),
+        "Unsqueeze" => Pending::Op(Op::Unsqueeze {
+            axes: a.ints("axes"),
+        }),
+        "Gather" => Pending::Op(Op::Gather {
+            axis: a.int("axis", 0),
+        }),
+        "GatherND" => Pending::Op(Op::GatherNd {
+            batch_dims: usize::try_from(a.int("batch_dims", 0))
+                .map_err(|_| "batch_dims must be >= 0".to_string())?,
+        }),
+        "Slice" => Pending::Op(Op::Slice),
+        "Expand" => Pending::Op(Op::Expand),
+        "Cast" => Pending::Op(Op::Cast {
+            to: dtype(a.int("to", 1))?,
+        }),
+        "Shape" => Pending::Op(Op::Shape {
+            start: a.int("start", 0),
+            end: a.has("end").then(|| a.int("end", 0)),
+        }),
+        "Range" => Pending::Op(Op::Range),
+        "ConstantOfShape" => {
+            let (value, dt) = match a.tensor("value") {
+                Some(t) => {
+                    let v = super::tensor::to_tensor(t, None)?;
+                    let is_float = v.as_f32().is_some();
+                    let x = v.to_f32_vec().first().copied().unwrap_or(0.0);
+                    (x, if is_float { DType::F32 } else { DType::I64 })
+                }
+                None => (0.0, DType::F32),
+            };
+            Pending::Op(Op::ConstantOfShape { value, dtype: dt })
+        }
+        "Where" => Pending::Op(Op::Where),
+        _ => {
+            return Err(format!(
+                "op type {} is not supported (supported: {SUPPORTED})",
+                crate::error::clip(op_type)
+            ));
+        }
+    })
+}

@@ -1,0 +1,309 @@
+//! ONNX import (formats.md §1b): protobuf (parsed by `onnx-rs`) → the model graph, with
+//! Identity/Dropout removed, constants folded, weights taken into Conv/Gemm/MatMul nodes,
+//! batchnorm folded into the conv before it and MatMul + bias Add fused.
+
+mod attrs;
+mod convert;
+mod passes;
+mod tensor;
+
+pub use convert::SUPPORTED;
+
+use crate::engine::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::model::{DType, GraphInput, Model, Source, Value, ValueId};
+use convert::Pending;
+use onnx_rs::ast::{DataType, Dimension, TypeValue, ValueInfo};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opsets of the default domain that qscope reads.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
+/// A node during import: its name, what it becomes, its inputs and its output.
+#[derive(Debug, Clone)]
+pub(crate) struct RawNode {
+    pub name: String,
+    pub op_type: String,
+    pub pending: Pending,
+    pub inputs: Vec<Option<ValueId>>,
+    pub output: ValueId,
+}
+
+/// The graph being imported.
+pub(crate) struct Importer {
+    pub label: String,
+    pub values: Vec<Value>,
+    pub by_name: HashMap<String, ValueId>,
+    pub consts: HashMap<ValueId, Tensor>,
+    pub nodes: Vec<RawNode>,
+    pub inputs: Vec<GraphInput>,
+    pub outputs: Vec<ValueId>,
+}
+
+impl Importer {
+    fn value(&mut self, name: &str) -> ValueId {
+        if let Some(&v) = self.by_name.get(name) {
+            return v;
+        }
+        let v = self.values.len();
+        self.values.push(Value {
+            name: name.to_string(),
+        });
+        self.by_name.insert(name.to_string(), v);
+        v
+    }
+
+    /// An error about node `i`.
+    pub fn node_err(&self, i: usize, msg: impl Into<String>) -> Error {
+        let n = &self.nodes[i];
+        Error::node(&self.label, &n.name, &n.op_type, msg)
+    }
+}
+
+/// Loads an ONNX model from a file (external data is read beside it).
+pub fn load_onnx(path: &Path) -> Result<Model> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stem = path
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    load_onnx_bytes(&path.display().to_string(), &stem, bytes, path.parent())
+}
+
+/// Loads an ONNX model from bytes; `dir` is where external data may live (`None`: nowhere).
+pub fn load_onnx_bytes(
+    label: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    dir: Option<&Path>,
+) -> Result<Model> {
+    let bytes = Arc::new(bytes);
+    let proto = onnx_rs::parse(&bytes)
+        .map_err(|e| Error::format(label, format!("not a readable ONNX model: {e}")))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .ok_or_else(|| Error::format(label, "declares no opset of the default ONNX domain"))?;
+    if !OPSETS.contains(&opset) {
+        return Err(Error::format(
+            label,
+            format!(
+                "uses opset {opset}; qscope reads opsets {} to {}",
+                OPSETS.start(),
+                OPSETS.end()
+            ),
+        ));
+    }
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::format(label, "holds no graph"))?;
+    let mut imp = Importer {
+        label: label.to_string(),
+        values: Vec::new(),
+        by_name: HashMap::new(),
+        consts: HashMap::new(),
+        nodes: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    };
+    for init in &graph.initializer {
+        let t = tensor::to_tensor(init, dir)
+            .map_err(|m| Error::tensor(label, crate::error::clip(init.name()), m))?;
+        let v = imp.value(init.name());
+        imp.consts.insert(v, t);
+    }
+    for vi in &graph.input {
+        if imp.by_name.contains_key(vi.name) {
+            continue; // an initializer listed as an input (older exporters)
+        }
+        let gi = graph_input(label, vi)?;
+        let v = imp.value(vi.name);
+        imp.inputs.push(GraphInput { value: v, ..gi });
+    }
+    if imp.inputs.is_empty() {
+        return Err(Error::format(
+            label,
+            "the graph has no input that is not an initializer",
+        ));
+    }
+    read_nodes(&mut imp, &graph.node, dir)?;
+    for vo in &graph.output {
+        let v = *imp.by_name.get(vo.name).ok_or_else(|| {
+            Error::format(
+                label,
+                format!(
+                    "graph output '{}' is produced by no node",
+                    crate::error::clip(vo.name)
+                ),
+            )
+        })?;
+        imp.outputs.push(v);
+    }
+    if imp.outputs.is_empty() {
+        return Err(Error::format(label, "the graph has no output"));
+    }
+    let (layers, consts, values) = passes::run(&mut imp)?;
+    let input_shape = imp.inputs[0].shape.iter().map(|d| d.unwrap_or(0)).collect();
+    let mut model = Model {
+        name: if graph.name.is_empty() || graph.name == "main_graph" {
+            name.to_string()
+        } else {
+            graph.name.to_string()
+        },
+        input_shape,
+        input_mean: Vec::new(),
+        input_std: Vec::new(),
+        layers,
+        values,
+        consts,
+        inputs: imp.inputs,
+        outputs: imp.outputs,
+        source_kind: Source::Onnx(bytes.clone()),
+        sha256: crate::model::sha256_hex(&bytes),
+        source: label.to_string(),
+        notes: Vec::new(),
+    };
+    model.name = name.to_string();
+    crate::engine::float::infer_shapes(&mut model)?;
+    Ok(model)
+}
+
+/// A graph input's element type and per-sample shape (the first dimension is the batch).
+fn graph_input(label: &str, vi: &ValueInfo<'_>) -> Result<GraphInput> {
+    let bad = |m: String| Error::tensor(label, crate::error::clip(vi.name), m);
+    let Some(TypeValue::Tensor(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(bad("graph input is not a tensor".into()));
+    };
+    let dtype = match tt.elem_type {
+        DataType::Float | DataType::Float16 | DataType::Double | DataType::Bfloat16 => DType::F32,
+        DataType::Int64 | DataType::Int32 | DataType::Int8 | DataType::Uint8 | DataType::Int16 => {
+            DType::I64
+        }
+        DataType::Bool => DType::Bool,
+        other => return Err(bad(format!("graph input has element type {other:?}"))),
+    };
+    let dims: Vec<Option<usize>> = tt
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Dimension::Value(v) if v > 0 => Some(v as usize),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if dims.is_empty() {
+        return Err(bad(
+            "graph input has no shape (qscope needs at least the batch axis)".into(),
+        ));
+    }
+    Ok(GraphInput {
+        value: 0,
+        dtype,
+        shape: dims[1..].to_vec(),
+    })
+}
+
+/// Reads the nodes in file order, checking that every input was produced before.
+fn read_nodes(
+    imp: &mut Importer,
+    nodes: &[onnx_rs::ast::Node<'_>],
+    dir: Option<&Path>,
+) -> Result<()> {
+    let label = imp.label.clone();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for node in nodes {
+        let op_type = node.op_type.as_str().to_string();
+        let base = if !node.name.is_empty() {
+            node.name.to_string()
+        } else {
+            node.output
+                .first()
+                .map_or_else(|| op_type.clone(), |o| o.to_string())
+        };
+        let count = names.entry(base.clone()).or_insert(0);
+        *count += 1;
+        let name = if *count == 1 {
+            base
+        } else {
+            format!("{base}#{count}")
+        };
+        let err = |m: String| Error::node(&label, &name, &op_type, m);
+        if !node.domain.is_empty() && node.domain != "ai.onnx" {
+            return Err(err(format!(
+                "is in domain '{}', which qscope does not read",
+                crate::error::clip(node.domain)
+            )));
+        }
+        let out_name = node
+            .output
+            .first()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| err("has no output".into()))?;
+        if imp.by_name.contains_key(*out_name) {
+            return Err(err(format!(
+                "output '{}' is produced twice",
+                crate::error::clip(out_name)
+            )));
+        }
+        if op_type == "Constant" {
+            let a = attrs::Attrs::of(node);
+            let t = match a.tensor("value") {
+                Some(t) => tensor::to_tensor(t, dir).map_err(err)?,
+                None if a.has("value_float") => {
+                    Tensor::f32(vec![], vec![a.float("value_float", 0.0)])
+                }
+                None if a.has("value_int") => Tensor::i64(vec![], vec![a.int("value_int", 0)]),
+                None if a.has("value_ints") => {
+                    let v = a.ints("value_ints").unwrap_or_default();
+                    Tensor::i64(vec![v.len()], v)
+                }
+                None => {
+                    return Err(err(
+                        "Constant without a value, value_float, value_int or value_ints".into(),
+                    ));
+                }
+            };
+            let v = imp.value(out_name);
+            imp.consts.insert(v, t);
+            continue;
+        }
+        let pending = convert::convert(node).map_err(err)?;
+        let mut inputs = Vec::with_capacity(node.input.len());
+        for inp in &node.input {
+            if inp.is_empty() {
+                inputs.push(None);
+                continue;
+            }
+            let v = *imp.by_name.get(*inp).ok_or_else(|| {
+                err(format!(
+                    "input '{}' is produced by no earlier node (a cycle, or a dangling name)",
+                    crate::error::clip(inp)
+                ))
+            })?;
+            inputs.push(Some(v));
+        }
+        while inputs.last() == Some(&None) {
+            inputs.pop();
+        }
+        let output = imp.value(out_name);
+        imp.nodes.push(RawNode {
+            name,
+            op_type,
+            pending,
+            inputs,
+            output,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Batches of a data set as the graph's input tensors.
+
+use super::BATCH;
+use crate::engine::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::model::{DType, Dataset, Model};
+
+/// Batch ranges covering `n` samples.
+pub fn batches(n: usize) -> Vec<(usize, usize)> {
+    (0..n.div_ceil(BATCH))
+        .map(|b| (b * BATCH, ((b + 1) * BATCH).min(n)))
+        .collect()
+}
+
+/// Samples `start..end` as one tensor per graph input: a tensor named after the input, or
+/// (for the first input) the data set's `inputs`, normalized with the model's mean and std.
+pub fn make_batch(model: &Model, data: &Dataset, start: usize, end: usize) -> Result<Vec<Tensor>> {
+    let n = end - start;
+    model
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, gi)| {
+            let name = &model.values[gi.value].name;
+            if let Some(t) = data.named_rows(name, start, end) {
+                return Ok(match (gi.dtype, t.as_f32()) {
+                    (DType::F32, None) => Tensor::f32(t.shape.clone(), t.to_f32_vec()),
+                    (DType::I64 | DType::Bool, Some(v)) => {
+                        Tensor::i64(t.shape.clone(), v.iter().map(|&x| x as i64).collect())
+                    }
+                    _ => t,
+                });
+            }
+            if k > 0 || data.sample_len == 0 {
+                return Err(Error::data(
+                    &data.label,
+                    format!(
+                        "holds no tensor '{}' for the model's graph input of that name",
+                        crate::error::clip(name)
+                    ),
+                ));
+            }
+            let mut x = data.samples(start, end).to_vec();
+            model.normalize(&mut x);
+            let mut shape = vec![n];
+            shape.extend(&model.input_shape);
+            Ok(Tensor::f32(shape, x))
+        })
+        .collect()
+}
+
+/// Checks that the data set feeds every graph input (by name, or `inputs` of the right size).
+pub fn check_data(model: &Model, data: &Dataset) -> Result<()> {
+    if data.n == 0 {
+        return Err(Error::data(&data.label, "holds no samples"));
+    }
+    for (k, gi) in model.inputs.iter().enumerate() {
+        let name = &model.values[gi.value].name;
+        if let Some((_, t)) = data.named.iter().find(|(n, _)| n == name) {
+            let want: Vec<Option<usize>> = gi.shape.clone();
+            let got = &t.shape[1..];
+            let fits = want.len() == got.len()
+                && want.iter().zip(got).all(|(w, g)| w.is_none_or(|w| w == *g));
+            if !fits {
+                return Err(Error::tensor(
+                    &data.label,
+                    name,
+                    format!(
+                        "has samples of shape {got:?}; the graph input needs {want:?} (None: any)"
+                    ),
+                ));
+            }
+            continue;
+        }
+        if k > 0 || data.sample_len == 0 {
+            return Err(Error::data(
+                &data.label,
+                format!(
+                    "holds no tensor '{}' for the model's graph input of that name",
+                    crate::error::clip(name)
+                ),
+            ));
+        }
+        if gi.dtype != DType::F32 {
+            return Err(Error::data(
+                &data.label,
+                format!(
+                    "'inputs' are real values but graph input '{}' takes integers: name the tensor after the input",
+                    crate::error::clip(name)
+                ),
+            ));
+        }
+        data.check_fits(model.input_len(), &model.input_shape)?;
+    }
+    Ok(())
+}

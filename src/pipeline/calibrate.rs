@@ -1,0 +1,211 @@
+//! Steps 1–3 of the flow: quantize weights, calibrate activations (streaming histograms per
+//! quantization point), choose ranges.
+
+use super::Cancel;
+use super::batch::{batches, check_data, make_batch};
+use crate::config::QuantConfig;
+use crate::engine::float;
+use crate::error::{Error, Result};
+use crate::model::points::Points;
+use crate::model::{Dataset, Model, ValueId};
+use crate::params::{ActQuant, LayerParams, ModelParams, PointParams, WeightQuant};
+use crate::quant::QParams;
+use crate::quant::calib::{Histogram, StrategyParams, choose_range};
+use crate::quant::weights::quantize_weights as quantize_matrix;
+use rayon::prelude::*;
+
+/// Streaming histograms of every quantization point over the calibration set.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// The points the histograms belong to.
+    pub points: Points,
+    /// One histogram per entry point (`points.entries`).
+    pub entries: Vec<Histogram>,
+    /// Each weight layer's (fused) output, in network order (float-kept layers too).
+    pub outputs: Vec<Histogram>,
+    /// Calibration samples seen.
+    pub samples: usize,
+}
+
+impl Calibration {
+    /// The histogram of the entry point named `name` (`input`, or a tensor name).
+    pub fn entry(&self, name: &str) -> Option<&Histogram> {
+        self.points
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(|k| &self.entries[k])
+    }
+}
+
+/// Step 1: each weight layer's quantized weights (`None` for layers kept in float).
+pub fn quantize_weights(model: &Model, config: &QuantConfig) -> Vec<Option<WeightQuant>> {
+    model
+        .weight_layers()
+        .into_iter()
+        .map(|i| {
+            let layer = &model.layers[i];
+            if config.is_float(&layer.name) {
+                return None;
+            }
+            let settings = config.weight_settings(&layer.name);
+            let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
+            Some(WeightQuant {
+                settings,
+                q: quantize_matrix(w, rows, cols, &settings),
+            })
+        })
+        .collect()
+}
+
+/// The model with each quantized layer's weights replaced by their dequantized values.
+pub fn with_quantized_weights(model: &Model, weights: &[Option<WeightQuant>]) -> Model {
+    let mut m = model.clone();
+    for (&i, wq) in model.weight_layers().iter().zip(weights) {
+        let Some(wq) = wq else { continue };
+        let (w, _) = m.layers[i].op.weight_bias_mut().expect("weight layer");
+        w.copy_from_slice(&wq.q.dequantize());
+    }
+    m
+}
+
+/// Step 2: runs the calibration set through the model with quantized weights and float
+/// activations, collecting one streaming histogram per quantization point.
+pub fn calibrate(
+    model: &Model,
+    config: &QuantConfig,
+    weights: &[Option<WeightQuant>],
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<Calibration> {
+    if data.n == 0 {
+        return Err(Error::data(&data.label, "the calibration set is empty"));
+    }
+    check_data(model, data)?;
+    let qmodel = with_quantized_weights(model, weights);
+    let points = Points::find(model, |n| config.is_float(n));
+    let entry_values: Vec<ValueId> = points.entries.iter().map(|e| e.value).collect();
+    let layer_values: Vec<ValueId> = model
+        .weight_layers()
+        .iter()
+        .map(|&i| model.point_value(i))
+        .collect();
+    let limit = config.max_sample_elems();
+    let empty = || {
+        (
+            vec![Histogram::new(); entry_values.len()],
+            vec![Histogram::new(); layer_values.len()],
+        )
+    };
+    let (entries, outputs) = batches(data.n)
+        .into_par_iter()
+        .map(|(s, e)| -> Result<(Vec<Histogram>, Vec<Histogram>)> {
+            cancel.check()?;
+            let inputs = make_batch(model, data, s, e)?;
+            let (mut hin, mut hout) = empty();
+            for (gi, t) in model.inputs.iter().zip(&inputs) {
+                observe(gi.value, t, &entry_values, &mut hin);
+            }
+            float::forward(&qmodel, inputs, limit, |li, out| {
+                let v = model.layers[li].output;
+                observe(v, out, &entry_values, &mut hin);
+                observe(v, out, &layer_values, &mut hout);
+            })?;
+            Ok((hin, hout))
+        })
+        .try_reduce(empty, |(mut a, mut ao), (b, bo)| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| x.merge(y));
+            ao.iter_mut().zip(&bo).for_each(|(x, y)| x.merge(y));
+            Ok((a, ao))
+        })?;
+    Ok(Calibration {
+        points,
+        entries,
+        outputs,
+        samples: data.n,
+    })
+}
+
+/// Adds `t` to the histogram of each listed value it is.
+fn observe(
+    v: ValueId,
+    t: &crate::engine::tensor::Tensor,
+    values: &[ValueId],
+    hists: &mut [Histogram],
+) {
+    for (k, _) in values.iter().enumerate().filter(|(_, w)| **w == v) {
+        if let Some(x) = t.as_f32() {
+            hists[k].add(x);
+        }
+    }
+}
+
+/// The activation quantization of point `name` from its histogram.
+pub(super) fn act_quant(config: &QuantConfig, name: &str, hist: &Histogram) -> ActQuant {
+    let settings = config.act_settings(name);
+    let range = match settings.range {
+        Some(r) => r,
+        None => choose_range(
+            hist,
+            settings.strategy,
+            &StrategyParams {
+                bits: settings.bits,
+                scheme: settings.scheme,
+                percentile: settings.percentile,
+            },
+        ),
+    };
+    ActQuant {
+        settings,
+        range,
+        qparams: QParams::from_range(range, settings.bits, settings.scheme),
+    }
+}
+
+/// Step 3: chooses every activation range from the histograms and assembles the parameters.
+/// A float-kept layer whose output is a point (an integer layer follows) keeps it as its
+/// `act`, named after the layer.
+pub fn choose_ranges(
+    model: &Model,
+    config: &QuantConfig,
+    weights: &[Option<WeightQuant>],
+    calib: &Calibration,
+) -> ModelParams {
+    let wl = model.weight_layers();
+    let mut points: Vec<PointParams> = calib
+        .points
+        .entries
+        .iter()
+        .zip(&calib.entries)
+        .map(|(e, h)| PointParams {
+            name: e.name.clone(),
+            value: e.value,
+            act: act_quant(config, &e.name, h),
+        })
+        .collect();
+    let quantized: Vec<ValueId> = calib.points.layers.iter().map(|l| l.1).collect();
+    let layers = wl
+        .iter()
+        .zip(weights)
+        .zip(&calib.outputs)
+        .map(|((&i, wq), hist)| {
+            let name = &model.layers[i].name;
+            let pv = model.point_value(i);
+            let act = if quantized.contains(&pv) {
+                Some(act_quant(config, name, hist))
+            } else if let Some(k) = points.iter().position(|p| p.value == pv) {
+                points.remove(k);
+                Some(act_quant(config, name, hist))
+            } else {
+                None
+            };
+            LayerParams {
+                name: name.clone(),
+                index: i,
+                weight: wq.clone(),
+                act,
+            }
+        })
+        .collect();
+    ModelParams { points, layers }
+}

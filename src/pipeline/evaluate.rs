@@ -1,0 +1,239 @@
+//! Step 4 of the flow: the float model and the integer engine side by side on the evaluation
+//! set — accuracy, agreement, output SQNR and cosine, per-layer SQNRs, float islands, integer
+//! share of multiply-adds.
+
+use super::Cancel;
+use super::batch::{batches, check_data, make_batch};
+use crate::config::QuantConfig;
+use crate::engine::tensor::Tensor;
+use crate::engine::{IntModel, float};
+use crate::error::Result;
+use crate::eval::accuracy::AccuracyCounts;
+use crate::eval::sqnr::SqnrAcc;
+use crate::model::{Dataset, Model, Op};
+use crate::params::ModelParams;
+use rayon::prelude::*;
+
+/// What evaluation measured.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Accuracy and agreement counts.
+    pub counts: AccuracyCounts,
+    /// Final output SQNR.
+    pub output: SqnrAcc,
+    /// Σ over samples of the cosine between float and quantized outputs.
+    pub cosine_sum: f64,
+    /// Samples in `cosine_sum`.
+    pub cosine_n: usize,
+    /// Per weight layer: accumulated activation SQNR.
+    pub act: Vec<SqnrAcc>,
+    /// Per weight layer: isolated activation SQNR.
+    pub isolated: Vec<SqnrAcc>,
+    /// Per node: whether it ran as a float island.
+    pub islands: Vec<bool>,
+    /// Multiply-adds done in integers and in floats.
+    pub macs: (f64, f64),
+    /// Graph outputs of the float model and of the integer engine, when asked for.
+    pub saved: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+}
+
+impl Evaluation {
+    fn merge(mut self, o: Evaluation) -> Evaluation {
+        self.counts.merge(&o.counts);
+        self.output.merge(&o.output);
+        self.cosine_sum += o.cosine_sum;
+        self.cosine_n += o.cosine_n;
+        self.act
+            .iter_mut()
+            .zip(&o.act)
+            .for_each(|(a, b)| a.merge(b));
+        self.isolated
+            .iter_mut()
+            .zip(&o.isolated)
+            .for_each(|(a, b)| a.merge(b));
+        self.islands
+            .iter_mut()
+            .zip(&o.islands)
+            .for_each(|(a, b)| *a |= b);
+        self.macs = (self.macs.0 + o.macs.0, self.macs.1 + o.macs.1);
+        if let (Some(a), Some(b)) = (&mut self.saved, o.saved) {
+            a.0.extend(b.0);
+            a.1.extend(b.1);
+        }
+        self
+    }
+
+    /// Mean cosine between float and quantized outputs.
+    pub fn output_cosine(&self) -> Option<f64> {
+        (self.cosine_n > 0).then(|| self.cosine_sum / self.cosine_n as f64)
+    }
+
+    /// Share of multiply-adds done in integers.
+    pub fn int_mac_share(&self) -> Option<f64> {
+        let total = self.macs.0 + self.macs.1;
+        (total > 0.0).then(|| self.macs.0 / total)
+    }
+}
+
+/// Multiply-adds of node `i` given its inputs' and output's shapes.
+fn node_macs(model: &Model, i: usize, first_in: &[usize], out: &Tensor) -> f64 {
+    let op = &model.layers[i].op;
+    let per = match op {
+        Op::MatMul => first_in.last().copied().unwrap_or(0),
+        _ => op.macs_per_output(),
+    };
+    (per * out.len()) as f64
+}
+
+/// Cosine between two flattened samples (1 when both are zero).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        1.0
+    } else if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt())
+    }
+}
+
+/// Step 4: runs the float model and the integer engine on `data` and compares them.
+/// With `has_float == false` (no float weights) only the integer side is measured; `save`
+/// keeps both outputs.
+pub fn evaluate(
+    model: &Model,
+    config: &QuantConfig,
+    params: &ModelParams,
+    data: &Dataset,
+    has_float: bool,
+    save: bool,
+    cancel: &Cancel,
+) -> Result<Evaluation> {
+    check_data(model, data)?;
+    let limit = config.max_sample_elems();
+    let int = IntModel::new(model, params, limit);
+    let wl = model.weight_layers();
+    let zero = || Evaluation {
+        act: vec![SqnrAcc::default(); wl.len()],
+        isolated: vec![SqnrAcc::default(); wl.len()],
+        islands: vec![false; model.layers.len()],
+        saved: save.then(Default::default),
+        ..Default::default()
+    };
+    batches(data.n)
+        .into_par_iter()
+        .map(|(s, e)| -> Result<Evaluation> {
+            cancel.check()?;
+            let mut ev = zero();
+            eval_batch(model, params, &int, data, (s, e), has_float, limit, &mut ev)?;
+            Ok(ev)
+        })
+        .try_reduce(zero, |a, b| Ok(a.merge(b)))
+}
+
+/// One batch of [`evaluate`].
+#[allow(clippy::too_many_arguments)]
+fn eval_batch(
+    model: &Model,
+    params: &ModelParams,
+    int: &IntModel,
+    data: &Dataset,
+    (s, e): (usize, usize),
+    has_float: bool,
+    limit: usize,
+    ev: &mut Evaluation,
+) -> Result<()> {
+    let n = e - s;
+    let wl = model.weight_layers();
+    let inputs = make_batch(model, data, s, e)?;
+    // Float values the comparisons need: each weight layer's input and (fused) output.
+    let mut wanted: Vec<crate::model::ValueId> = Vec::new();
+    for &i in &wl {
+        wanted.push(model.point_value(i));
+        wanted.extend(model.layers[i].data_input());
+    }
+    let mut float_vals: std::collections::HashMap<usize, Tensor> = Default::default();
+    for (gi, t) in model.inputs.iter().zip(&inputs) {
+        if wanted.contains(&gi.value) {
+            float_vals.insert(gi.value, t.clone());
+        }
+    }
+    let float_out = if has_float {
+        Some(float::forward(model, inputs.clone(), limit, |i, t| {
+            let v = model.layers[i].output;
+            if wanted.contains(&v) {
+                float_vals.insert(v, t.clone());
+            }
+        })?)
+    } else {
+        None
+    };
+    let point_to_layer: Vec<(usize, usize)> = wl
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| (model.point_value(i), j))
+        .collect();
+    let mut in_shapes: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    let quant_out = int.forward(inputs, |i, v, t, island| {
+        ev.islands[i] |= island;
+        let first_in = in_shapes.get(&i).cloned().unwrap_or_default();
+        let macs = node_macs(model, i, &first_in, t);
+        if int.is_gemm(i) {
+            ev.macs.0 += macs
+        } else {
+            ev.macs.1 += macs
+        }
+        for c in model.consumers(model.layers[i].output) {
+            in_shapes.insert(c, t.shape.clone());
+        }
+        if !has_float {
+            return;
+        }
+        for &(pv, j) in &point_to_layer {
+            let integer = params.layers[j].weight.is_some();
+            if pv == v && integer {
+                if let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32()) {
+                    ev.act[j].add(f, &t.to_f32_vec());
+                }
+            }
+        }
+    })?;
+    if has_float {
+        for (j, &i) in wl.iter().enumerate() {
+            let x = model.layers[i]
+                .data_input()
+                .and_then(|d| float_vals.get(&d));
+            let want = float_vals
+                .get(&model.point_value(i))
+                .and_then(|t| t.as_f32());
+            if let (Some(x), Some(want)) = (x, want) {
+                if let Some(y) = int.run_isolated(i, x) {
+                    ev.isolated[j].add(want, y.as_f32().expect("dequantized"));
+                }
+            }
+        }
+    }
+    let q = &quant_out[0];
+    let qv = q.to_f32_vec();
+    let classes = if n > 0 { qv.len() / n } else { 0 };
+    let labels = data.labels.as_ref().map(|l| &l[s..e]);
+    let fv = float_out.as_ref().map(|f| f[0].to_f32_vec());
+    ev.counts.add(fv.as_deref(), &qv, classes, labels);
+    if let Some(f) = &fv {
+        ev.output.add(f, &qv);
+        for (a, b) in f.chunks(classes.max(1)).zip(qv.chunks(classes.max(1))) {
+            ev.cosine_sum += cosine(a, b);
+            ev.cosine_n += 1;
+        }
+    }
+    if let Some(saved) = &mut ev.saved {
+        saved.0.push(fv.unwrap_or_default());
+        saved.1.push(qv);
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The report of a run (formats.md §4) from the parameters and what evaluation measured.
+
+use super::evaluate::Evaluation;
+use crate::config::QuantConfig;
+use crate::eval::report::{InputReport, LayerReport, PointReport, Report, Timings};
+use crate::eval::sqnr::sqnr_db;
+use crate::model::Model;
+use crate::params::{ActQuant, LayerParams, ModelParams};
+use crate::quant::Strategy;
+
+/// One weight layer's row of the report.
+fn layer_report(
+    model: &Model,
+    lp: &LayerParams,
+    ev: &Evaluation,
+    j: usize,
+    has_float: bool,
+) -> LayerReport {
+    let layer = &model.layers[lp.index];
+    let float = lp.weight.is_none();
+    let weight_sqnr_db = match (&lp.weight, has_float) {
+        (Some(wq), true) => sqnr_db(
+            layer.op.weight_rows().expect("weight layer").0,
+            &wq.q.dequantize(),
+        ),
+        _ => None,
+    };
+    let ws = lp.weight.as_ref().map(|w| w.settings);
+    let act = lp.act.as_ref().filter(|_| !float);
+    LayerReport {
+        name: lp.name.clone(),
+        op: layer.op_type.clone(),
+        weight_bits: ws.map(|s| s.bits),
+        act_bits: act.map(|a| a.settings.bits),
+        weight_strategy: ws.map(|s| {
+            if s.clip.is_some() {
+                Strategy::Manual
+            } else {
+                s.strategy
+            }
+            .to_string()
+        }),
+        act_strategy: act.map(|a| a.settings.strategy.to_string()),
+        granularity: ws.map(|s| s.granularity.to_string()),
+        weight_scheme: ws.map(|s| s.scheme.to_string()),
+        act_scheme: act.map(|a| a.settings.scheme.to_string()),
+        weight_sqnr_db,
+        act_sqnr_db: if float { None } else { ev.act[j].db() },
+        act_sqnr_isolated_db: if float { None } else { ev.isolated[j].db() },
+        act_range: act.map(|a| [a.range.lo, a.range.hi]),
+        float,
+    }
+}
+
+fn input_report(a: &ActQuant) -> InputReport {
+    InputReport {
+        act_bits: a.settings.bits,
+        act_strategy: a.settings.strategy.to_string(),
+        act_range: [a.range.lo, a.range.hi],
+    }
+}
+
+/// Builds the report of one evaluation.
+pub(super) fn build_report(
+    model: &Model,
+    config: &QuantConfig,
+    params: &ModelParams,
+    ev: &Evaluation,
+    eval_samples: usize,
+    has_float: bool,
+    timings_ms: Timings,
+) -> Report {
+    let layers = params
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(j, lp)| layer_report(model, lp, ev, j, has_float))
+        .collect();
+    let points = params
+        .points
+        .iter()
+        .filter(|p| p.name != crate::config::INPUT_POINT)
+        .map(|p| {
+            let r = input_report(&p.act);
+            PointReport {
+                name: p.name.clone(),
+                act_bits: r.act_bits,
+                act_strategy: r.act_strategy,
+                act_range: r.act_range,
+            }
+        })
+        .collect();
+    Report {
+        qscope_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: model.name.clone(),
+        config: config.clone(),
+        calib_samples: 0,
+        eval_samples,
+        fp32_accuracy: if has_float {
+            ev.counts.float_accuracy()
+        } else {
+            None
+        },
+        quant_accuracy: ev.counts.quant_accuracy(),
+        agreement: if has_float {
+            ev.counts.agreement()
+        } else {
+            None
+        },
+        output_sqnr_db: ev.output.db(),
+        layers,
+        input: params.input().map(input_report),
+        points,
+        output_cosine: if has_float { ev.output_cosine() } else { None },
+        float_islands: model
+            .layers
+            .iter()
+            .zip(&ev.islands)
+            .filter(|(_, island)| **island)
+            .map(|(l, _)| l.name.clone())
+            .collect(),
+        int_mac_share: ev.int_mac_share(),
+        timings_ms,
+        kernel: crate::engine::kernels::kernel_name().to_string(),
+    }
+}
