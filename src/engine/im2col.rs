@@ -13,8 +13,12 @@ pub struct ConvGeom {
     pub kernel: (usize, usize),
     /// Stride (sh, sw).
     pub stride: (usize, usize),
-    /// Padding (ph, pw).
+    /// Leading padding (top, left), as before `pad` existed; `pad` is authoritative.
     pub padding: (usize, usize),
+    /// Padding (top, left, bottom, right).
+    pub pad: [usize; 4],
+    /// Dilation (dh, dw): taps of the kernel are this far apart.
+    pub dilation: (usize, usize),
     /// Output height.
     pub oh: usize,
     /// Output width.
@@ -22,27 +26,51 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
-    /// Geometry for an input of shape [c, h, w].
+    /// Geometry for an input of shape [c, h, w] with symmetric padding (ph, pw) and no
+    /// dilation. Panics if the kernel does not fit; [`ConvGeom::general`] reports it instead.
     pub fn new(
         in_shape: &[usize],
         kernel: (usize, usize),
         stride: (usize, usize),
         padding: (usize, usize),
     ) -> Self {
-        let (c, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
-        ConvGeom {
+        let pad = [padding.0, padding.1, padding.0, padding.1];
+        match ConvGeom::general(in_shape, kernel, stride, pad, (1, 1)) {
+            Ok(g) => g,
+            Err(e) => panic!("invalid convolution geometry: {e}"),
+        }
+    }
+
+    /// Geometry for an input of shape [c, h, w], padding (top, left, bottom, right) and
+    /// dilation (dh, dw). Errors on a zero kernel, stride or dilation and on a dilated kernel
+    /// larger than the padded input.
+    pub fn general(
+        in_shape: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: [usize; 4],
+        dilation: (usize, usize),
+    ) -> Result<Self, String> {
+        let &[c, h, w] = in_shape else {
+            return Err(format!("conv input shape {in_shape:?} is not [c, h, w]"));
+        };
+        let oh = conv_out_len(h, kernel.0, stride.0, pad[0] + pad[2], dilation.0)?;
+        let ow = conv_out_len(w, kernel.1, stride.1, pad[1] + pad[3], dilation.1)?;
+        Ok(ConvGeom {
             c,
             h,
             w,
             kernel,
             stride,
-            padding,
-            oh: (h + 2 * padding.0 - kernel.0) / stride.0 + 1,
-            ow: (w + 2 * padding.1 - kernel.1) / stride.1 + 1,
-        }
+            padding: (pad[0], pad[1]),
+            pad,
+            dilation,
+            oh,
+            ow,
+        })
     }
 
-    /// Elements of one im2col row (c · kh · kw).
+    /// Elements of one im2col row over all channels (c · kh · kw).
     pub fn k(&self) -> usize {
         self.c * self.kernel.0 * self.kernel.1
     }
@@ -53,39 +81,118 @@ impl ConvGeom {
     }
 }
 
+/// Output length along one axis: (len + pads − ((k − 1)·d + 1)) / s + 1.
+fn conv_out_len(
+    len: usize,
+    k: usize,
+    stride: usize,
+    pads: usize,
+    dilation: usize,
+) -> Result<usize, String> {
+    if k == 0 || stride == 0 || dilation == 0 {
+        return Err(format!(
+            "kernel {k}, stride {stride} and dilation {dilation} must be positive"
+        ));
+    }
+    let extent = (k - 1)
+        .checked_mul(dilation)
+        .and_then(|e| e.checked_add(1))
+        .ok_or("dilated kernel overflows")?;
+    let padded = len.checked_add(pads).ok_or("padded input overflows")?;
+    if extent > padded {
+        return Err(format!(
+            "dilated kernel extent {extent} exceeds the padded input length {padded}"
+        ));
+    }
+    Ok((padded - extent) / stride + 1)
+}
+
 /// Rows [n · oh · ow, c · kh · kw] of input patches; out-of-image taps get `pad`
 /// (0.0 for floats, the input zero point for integers).
 pub fn im2col<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
-    let (kh, kw) = g.kernel;
-    let k = g.k();
-    let mut out = vec![pad; n * g.out_pixels() * k];
-    let plane = g.h * g.w;
-    // For each output column, the kernel taps that fall inside the image: kx in [lo, hi).
-    let kx_range: Vec<(usize, usize)> = (0..g.ow)
-        .map(|ox| {
-            let x0 = (ox * g.stride.1) as isize - g.padding.1 as isize;
-            let lo = (-x0).max(0) as usize;
-            let hi = ((g.w as isize - x0).max(0) as usize).min(kw);
+    im2col_channels(x, n, g, 0, g.c, pad)
+}
+
+/// For each output column, the kernel taps whose input column lies in the image: [lo, hi).
+fn tap_ranges(
+    out: usize,
+    len: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|o| {
+            let x0 = (o * stride) as isize - pad as isize;
+            let d = dil as isize;
+            // Smallest k with x0 + k·d >= 0, and the first k with x0 + k·d >= len.
+            let lo = if x0 >= 0 {
+                0
+            } else {
+                ((-x0 + d - 1) / d) as usize
+            };
+            let hi = if x0 >= len as isize {
+                0
+            } else {
+                ((len as isize - x0 + d - 1) / d) as usize
+            };
+            let (lo, hi) = (lo.min(k), hi.min(k));
             (lo, hi.max(lo))
         })
-        .collect();
+        .collect()
+}
+
+/// Rows [n · oh · ow, cg · kh · kw] of input patches over the channels [c0, c0 + cg) of each
+/// sample (for grouped convolutions); `x` holds n samples of `g.c` channels. Out-of-image taps
+/// get `pad`. Panics if the channel slice or `x` does not fit the geometry.
+pub fn im2col_channels<T: Copy>(
+    x: &[T],
+    n: usize,
+    g: &ConvGeom,
+    c0: usize,
+    cg: usize,
+    pad: T,
+) -> Vec<T> {
+    let plane = g.h * g.w;
+    assert!(
+        c0 + cg <= g.c,
+        "channels [{c0}, {}) outside {}",
+        c0 + cg,
+        g.c
+    );
+    assert!(x.len() >= n * g.c * plane, "im2col input too short");
+    let (kh, kw) = g.kernel;
+    let (dh, dw) = g.dilation;
+    let k = cg * kh * kw;
+    let mut out = vec![pad; n * g.out_pixels() * k];
+    let rows = tap_ranges(g.oh, g.h, kh, g.stride.0, g.pad[0], dh);
+    let cols = tap_ranges(g.ow, g.w, kw, g.stride.1, g.pad[1], dw);
     for s in 0..n {
-        let xs = &x[s * g.c * plane..(s + 1) * g.c * plane];
-        for oy in 0..g.oh {
-            for (ox, &(lo, hi)) in kx_range.iter().enumerate() {
+        let xs = &x[(s * g.c + c0) * plane..(s * g.c + c0 + cg) * plane];
+        for (oy, &(ky0, ky1)) in rows.iter().enumerate() {
+            if ky0 == ky1 {
+                continue;
+            }
+            let y0 = oy * g.stride.0 + ky0 * dh - g.pad[0];
+            for (ox, &(kx0, kx1)) in cols.iter().enumerate() {
+                if kx0 == kx1 {
+                    continue;
+                }
                 let row = (s * g.out_pixels() + oy * g.ow + ox) * k;
                 let dst = &mut out[row..row + k];
-                let x0 = (ox * g.stride.1) as isize - g.padding.1 as isize;
-                for c in 0..g.c {
-                    for ky in 0..kh {
-                        let iy = (oy * g.stride.0 + ky) as isize - g.padding.0 as isize;
-                        if iy < 0 || iy >= g.h as isize || lo == hi {
-                            continue;
+                let x0 = ox * g.stride.1 + kx0 * dw - g.pad[1];
+                for c in 0..cg {
+                    for (j, ky) in (ky0..ky1).enumerate() {
+                        let src = &xs[c * plane + (y0 + j * dh) * g.w..][..g.w];
+                        let d = &mut dst[(c * kh + ky) * kw..][..kw];
+                        if dw == 1 {
+                            d[kx0..kx1].copy_from_slice(&src[x0..x0 + kx1 - kx0]);
+                        } else {
+                            for (i, kx) in (kx0..kx1).enumerate() {
+                                d[kx] = src[x0 + i * dw];
+                            }
                         }
-                        let src = c * plane + iy as usize * g.w;
-                        let d0 = (c * kh + ky) * kw;
-                        let s0 = (x0 + lo as isize) as usize;
-                        dst[d0 + lo..d0 + hi].copy_from_slice(&xs[src + s0..src + s0 + (hi - lo)]);
                     }
                 }
             }
@@ -111,4 +218,68 @@ pub fn nhwc_rows_to_nchw<T: Copy + Default>(y: &[T], n: usize, pixels: usize, o:
 /// Samples per im2col block so that one block's patch matrix stays cache-sized (~4096 rows).
 pub fn samples_per_block(g: &ConvGeom) -> usize {
     (4096 / g.out_pixels().max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn general_geometry_and_errors() {
+        let g = ConvGeom::general(&[3, 5, 6], (3, 2), (2, 1), [1, 0, 2, 3], (2, 3)).unwrap();
+        // h: 5 + 3 − 5 = 3 → 3/2 + 1 = 2; w: 6 + 3 − 4 = 5 → 6.
+        assert_eq!((g.oh, g.ow, g.padding), (2, 6, (1, 0)));
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (0, 1), [0; 4], (1, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (0, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (3, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5], (3, 2), (1, 1), [0; 4], (1, 1)).is_err());
+        let old = ConvGeom::new(&[2, 4, 4], (3, 3), (1, 1), (1, 1));
+        assert_eq!(
+            (old.oh, old.ow, old.pad, old.dilation),
+            (4, 4, [1, 1, 1, 1], (1, 1))
+        );
+    }
+
+    #[test]
+    fn im2col_channels_matches_direct_loops() {
+        let (c, h, w, n) = (4, 5, 7, 2);
+        let x: Vec<i32> = (0..(n * c * h * w) as i32).collect();
+        for (kernel, stride, pad, dil) in [
+            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
+            ((2, 3), (1, 2), [0, 2, 1, 0], (1, 1)),
+            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
+            ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
+        ] {
+            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
+            let (c0, cg) = (1, 2);
+            let got = im2col_channels(&x, n, &g, c0, cg, -1);
+            let mut want = Vec::new();
+            for s in 0..n {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        for ch in c0..c0 + cg {
+                            for ky in 0..kernel.0 {
+                                for kx in 0..kernel.1 {
+                                    let iy =
+                                        (oy * stride.0 + ky * dil.0) as isize - pad[0] as isize;
+                                    let ix =
+                                        (ox * stride.1 + kx * dil.1) as isize - pad[1] as isize;
+                                    let inside = (0..h as isize).contains(&iy)
+                                        && (0..w as isize).contains(&ix);
+                                    want.push(if inside {
+                                        x[((s * c + ch) * h + iy as usize) * w + ix as usize]
+                                    } else {
+                                        -1
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "{kernel:?} {stride:?} {pad:?} {dil:?}");
+            // All channels: `im2col` is the full slice.
+            assert_eq!(im2col(&x, n, &g, -1).len(), n * g.out_pixels() * g.k());
+        }
+    }
 }

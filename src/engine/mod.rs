@@ -4,6 +4,7 @@ pub mod float;
 pub mod im2col;
 pub mod int;
 pub mod kernels;
+pub mod ops;
 pub mod pool;
 pub mod requant;
 pub mod tensor;

@@ -1,8 +1,157 @@
 //! Max and average pooling over NCHW batches, generic over the element type so that both
 //! engines share one loop.
 
+/// The geometry of one 2-D pooling: input [c, h, w], window, stride, padding
+/// (top, left, bottom, right) and the output size they give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window (kh, kw).
+    pub kernel: (usize, usize),
+    /// Stride (sh, sw).
+    pub stride: (usize, usize),
+    /// Padding (top, left, bottom, right).
+    pub pad: [usize; 4],
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl PoolGeom {
+    /// Geometry for an input of shape [c, h, w]. The output size follows ONNX:
+    /// ⌊(len + pads − k) / s⌋ + 1, or with `ceil_mode` the ceiling, dropping a last window that
+    /// would start in the trailing padding (as ONNX Runtime and PyTorch do). Errors on a zero
+    /// window or stride, a window larger than the padded input, or a padding not smaller than
+    /// the window (which could leave a window with no input tap).
+    pub fn new(
+        in_shape: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: [usize; 4],
+        ceil_mode: bool,
+    ) -> Result<Self, String> {
+        let &[c, h, w] = in_shape else {
+            return Err(format!("pool input shape {in_shape:?} is not [c, h, w]"));
+        };
+        if h == 0 || w == 0 {
+            return Err(format!("pool input shape {in_shape:?} has an empty plane"));
+        }
+        let oh = pool_out_len(h, kernel.0, stride.0, (pad[0], pad[2]), ceil_mode)?;
+        let ow = pool_out_len(w, kernel.1, stride.1, (pad[1], pad[3]), ceil_mode)?;
+        Ok(PoolGeom {
+            c,
+            h,
+            w,
+            kernel,
+            stride,
+            pad,
+            oh,
+            ow,
+        })
+    }
+}
+
+/// Output length along one axis (see [`PoolGeom::new`]).
+fn pool_out_len(
+    len: usize,
+    k: usize,
+    stride: usize,
+    (head, tail): (usize, usize),
+    ceil_mode: bool,
+) -> Result<usize, String> {
+    if k == 0 || stride == 0 {
+        return Err(format!("window {k} and stride {stride} must be positive"));
+    }
+    if head >= k || tail >= k {
+        return Err(format!(
+            "padding ({head}, {tail}) must be smaller than the window {k}"
+        ));
+    }
+    let padded = len + head + tail;
+    if k > padded {
+        return Err(format!(
+            "window {k} exceeds the padded input length {padded}"
+        ));
+    }
+    let span = padded - k;
+    if !ceil_mode {
+        return Ok(span / stride + 1);
+    }
+    let out = span.div_ceil(stride) + 1;
+    // A last window starting in the trailing padding is dropped.
+    Ok(if (out - 1) * stride >= len + head {
+        out - 1
+    } else {
+        out
+    })
+}
+
+/// Pools each window of an [n, c, h, w] batch with geometry `g`: `fold` combines the values
+/// of the input taps (padding taps are skipped) starting from `init`; `finish(acc, taps,
+/// padded_taps)` turns the result into the output value, given the number of input taps and
+/// the number of taps inside the padded input (the window clipped to the padded extent, the
+/// ONNX Runtime divisor of an average with `count_include_pad`). Every window has at least
+/// one input tap. Panics if `x` holds fewer than n · c · h · w values.
+pub fn pool_padded<T: Copy, A: Copy>(
+    x: &[T],
+    n: usize,
+    g: &PoolGeom,
+    init: A,
+    fold: impl Fn(A, T) -> A,
+    finish: impl Fn(A, usize, usize) -> T,
+) -> Vec<T> {
+    let plane = g.h * g.w;
+    assert!(x.len() >= n * g.c * plane, "pool input too short");
+    let rows = windows(g.oh, g.h, g.kernel.0, g.stride.0, g.pad[0], g.pad[2]);
+    let cols = windows(g.ow, g.w, g.kernel.1, g.stride.1, g.pad[1], g.pad[3]);
+    let mut out = Vec::with_capacity(n * g.c * g.oh * g.ow);
+    for p in x.chunks(plane.max(1)).take(n * g.c) {
+        for &(y0, y1, ph) in &rows {
+            for &(x0, x1, pw) in &cols {
+                let mut acc = init;
+                for y in y0..y1 {
+                    for &v in &p[y * g.w + x0..y * g.w + x1] {
+                        acc = fold(acc, v);
+                    }
+                }
+                out.push(finish(acc, (y1 - y0) * (x1 - x0), ph * pw));
+            }
+        }
+    }
+    out
+}
+
+/// Per output position along one axis: the input range [lo, hi) of the window and the
+/// number of its taps inside the padded input.
+fn windows(
+    out: usize,
+    len: usize,
+    k: usize,
+    stride: usize,
+    head: usize,
+    tail: usize,
+) -> Vec<(usize, usize, usize)> {
+    (0..out)
+        .map(|o| {
+            // Window [start, start + k) in padded coordinates.
+            let start = o * stride;
+            let padded_taps = (start + k).min(len + head + tail) - start;
+            let lo = start.saturating_sub(head).min(len);
+            let hi = (start + k).saturating_sub(head).min(len);
+            (lo, hi.max(lo), padded_taps)
+        })
+        .collect()
+}
+
 /// Pools each `kernel` window (with `stride`) of an [n, c, h, w] batch: `fold` combines values
 /// starting from `init`, `finish(acc, count)` turns the result into the output value.
+/// Panics if the window does not fit; [`pool_padded`] is the general form.
 #[allow(clippy::too_many_arguments)]
 pub fn pool<T: Copy, A: Copy>(
     x: &[T],
@@ -14,24 +163,38 @@ pub fn pool<T: Copy, A: Copy>(
     fold: impl Fn(A, T) -> A,
     finish: impl Fn(A, usize) -> T,
 ) -> Vec<T> {
-    let (c, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
-    let oh = (h - kernel.0) / stride.0 + 1;
-    let ow = (w - kernel.1) / stride.1 + 1;
-    let count = kernel.0 * kernel.1;
-    let mut out = Vec::with_capacity(n * c * oh * ow);
-    for plane in x.chunks(h * w).take(n * c) {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = init;
-                for ky in 0..kernel.0 {
-                    let row = (oy * stride.0 + ky) * w + ox * stride.1;
-                    for &v in &plane[row..row + kernel.1] {
-                        acc = fold(acc, v);
-                    }
-                }
-                out.push(finish(acc, count));
-            }
-        }
+    let shape = in_shape.get(..3).unwrap_or(in_shape);
+    let g = match PoolGeom::new(shape, kernel, stride, [0; 4], false) {
+        Ok(g) => g,
+        Err(e) => panic!("invalid pool geometry: {e}"),
+    };
+    pool_padded(x, n, &g, init, fold, |acc, taps, _| finish(acc, taps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_max_pool_on_i8_and_the_old_wrapper() {
+        // 1×3×3 of i8, window 2, stride 2, padding (1, 1, 0, 0), ceil: 2×2 output.
+        let x: Vec<i8> = vec![-5, 1, 2, 3, -4, 6, 7, 8, -9];
+        let g = PoolGeom::new(&[1, 3, 3], (2, 2), (2, 2), [1, 1, 0, 0], true).unwrap();
+        assert_eq!((g.oh, g.ow), (2, 2));
+        let y = pool_padded(&x, 1, &g, i8::MIN, i8::max, |m, _, _| m);
+        assert_eq!(y, vec![-5, 2, 7, 8]);
+        let counts = pool_padded(&x, 1, &g, 0i8, |a, _| a, |_, t, p| (t * 10 + p) as i8);
+        assert_eq!(counts, vec![14, 24, 24, 44]);
+        let old = pool(
+            &x,
+            1,
+            &[1, 3, 3],
+            (2, 2),
+            (1, 1),
+            0i32,
+            |a, v| a + v as i32,
+            |s, k| (s / k as i32) as i8,
+        );
+        assert_eq!(old, vec![-1, 1, 3, 0]);
     }
-    out
 }

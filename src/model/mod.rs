@@ -1,9 +1,9 @@
 //! A loaded network: layers with float weights and known shapes, built from safetensors + a spec.
 
 mod build;
-pub mod op;
 pub mod dataset;
 mod npz;
+pub mod op;
 pub mod spec;
 pub mod tensors;
 

@@ -1,0 +1,135 @@
+//! Float reference implementations of the graph ops: one function per op on F32/I64 tensors
+//! (booleans as I64 0/1), checked so that no input makes them panic. The engines run weight
+//! layers (linear, conv) themselves and everything else through [`eval`].
+
+mod args;
+pub mod broadcast;
+mod create;
+mod elementwise;
+mod gather;
+mod index;
+mod layout;
+mod matmul;
+mod nn;
+mod pooling;
+mod reduce;
+mod shape_ops;
+mod slice;
+#[cfg(test)]
+mod tests;
+
+use crate::engine::tensor::Tensor;
+use crate::model::op::Op;
+use args::{axes_arg, count, get, len};
+
+/// Limits checked before an op allocates its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most elements any one output may have.
+    pub max_elems: usize,
+}
+
+/// Runs `op` (any variant except Op::Linear and Op::Conv2d, which the engine runs itself) on its
+/// inputs (None = an absent optional ONNX input); returns the output or a one-line reason.
+pub fn eval(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
+    check_inputs(inputs)
+        .and_then(|()| dispatch(op, inputs, limits))
+        .map_err(|e| format!("{}: {e}", op.kind()))
+}
+
+/// Every present input is F32 or I64 and holds as many values as its shape says.
+fn check_inputs(inputs: &[Option<&Tensor>]) -> Result<(), String> {
+    for (i, t) in inputs.iter().enumerate() {
+        let Some(t) = t else { continue };
+        if t.is_quantized() {
+            return Err(format!("input {i} is quantized (dequantize it first)"));
+        }
+        if count(&t.shape)? != len(t) {
+            return Err(format!(
+                "input {i} has shape {:?} but {} values",
+                t.shape,
+                len(t)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The op on checked inputs.
+fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
+    let x = || get(inputs, 0);
+    let y = || get(inputs, 1);
+    match op {
+        Op::Linear { .. } | Op::Conv2d { .. } => Err("weight layers are run by the engine".into()),
+        Op::Relu => nn::relu(x()?),
+        Op::Clip { min, max } => nn::clip(x()?, *min, *max),
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+        } => {
+            let w = pooling::Window {
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+                ceil_mode: *ceil_mode,
+            };
+            pooling::max_pool(x()?, &w, limits)
+        }
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad,
+        } => {
+            let w = pooling::Window {
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+                ceil_mode: *ceil_mode,
+            };
+            pooling::avg_pool(x()?, &w, *count_include_pad, limits)
+        }
+        Op::GlobalAvgPool => reduce::global_avg_pool(x()?),
+        Op::Flatten { axis } => shape_ops::flatten(x()?, *axis),
+        Op::BatchNorm { scale, shift } => nn::batch_norm(x()?, scale, shift),
+        Op::Binary(b) => elementwise::binary(*b, x()?, y()?, limits),
+        Op::Unary(u) => elementwise::unary(*u, x()?),
+        Op::Softmax { axis } => nn::softmax(x()?, *axis),
+        Op::LayerNorm { axis, epsilon } => {
+            nn::layer_norm(x()?, y()?, args::opt(inputs, 2), *axis, *epsilon)
+        }
+        Op::ReduceMean { axes, keepdims } => {
+            let list = axes_arg(axes, inputs, 1)?;
+            reduce::reduce_mean(x()?, list.as_deref(), *keepdims)
+        }
+        Op::MatMul => matmul::matmul(x()?, y()?, limits),
+        Op::Reshape { allowzero } => shape_ops::reshape(x()?, y()?, *allowzero, limits),
+        Op::Transpose { perm } => layout::transpose(x()?, perm.as_deref()),
+        Op::Concat { axis } => {
+            let parts = (0..inputs.len())
+                .map(|i| get(inputs, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            layout::concat(&parts, *axis, limits)
+        }
+        Op::Squeeze { axes } => shape_ops::squeeze(x()?, axes_arg(axes, inputs, 1)?.as_deref()),
+        Op::Unsqueeze { axes } => {
+            let list = axes_arg(axes, inputs, 1)?.ok_or("no axes given")?;
+            shape_ops::unsqueeze(x()?, &list)
+        }
+        Op::Gather { axis } => gather::gather(x()?, y()?, *axis, limits),
+        Op::GatherNd { batch_dims } => gather::gather_nd(x()?, y()?, *batch_dims, limits),
+        Op::Slice => slice::slice(inputs),
+        Op::Expand => layout::expand(x()?, &shape_ops::shape_input(y()?)?, limits),
+        Op::Cast { to } => shape_ops::cast(x()?, *to),
+        Op::Shape { start, end } => Ok(shape_ops::shape_of(x()?, *start, *end)),
+        Op::Range => create::range(x()?, y()?, get(inputs, 2)?, limits),
+        Op::ConstantOfShape { value, dtype } => {
+            create::constant_of_shape(shape_ops::shape_input(x()?)?, *value, *dtype, limits)
+        }
+        Op::Where => elementwise::where_(x()?, y()?, get(inputs, 2)?, limits),
+        Op::Identity => Ok(x()?.clone()),
+    }
+}
