@@ -13,8 +13,6 @@ pub struct ConvGeom {
     pub kernel: (usize, usize),
     /// Stride (sh, sw).
     pub stride: (usize, usize),
-    /// Leading padding (top, left), as before `pad` existed; `pad` is authoritative.
-    pub padding: (usize, usize),
     /// Padding (top, left, bottom, right).
     pub pad: [usize; 4],
     /// Dilation (dh, dw): taps of the kernel are this far apart.
@@ -62,7 +60,6 @@ impl ConvGeom {
             w,
             kernel,
             stride,
-            padding: (pad[0], pad[1]),
             pad,
             dilation,
             oh,
@@ -228,7 +225,7 @@ mod tests {
     fn general_geometry_and_errors() {
         let g = ConvGeom::general(&[3, 5, 6], (3, 2), (2, 1), [1, 0, 2, 3], (2, 3)).unwrap();
         // h: 5 + 3 − 5 = 3 → 3/2 + 1 = 2; w: 6 + 3 − 4 = 5 → 6.
-        assert_eq!((g.oh, g.ow, g.padding), (2, 6, (1, 0)));
+        assert_eq!((g.oh, g.ow, g.pad), (2, 6, [1, 0, 2, 3]));
         assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (0, 1), [0; 4], (1, 1)).is_err());
         assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (0, 1)).is_err());
         assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (3, 1)).is_err());

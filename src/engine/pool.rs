@@ -73,7 +73,10 @@ fn pool_out_len(
             "padding ({head}, {tail}) must be smaller than the window {k}"
         ));
     }
-    let padded = len + head + tail;
+    let padded = len
+        .checked_add(head)
+        .and_then(|v| v.checked_add(tail))
+        .ok_or("padded input overflows")?;
     if k > padded {
         return Err(format!(
             "window {k} exceeds the padded input length {padded}"
@@ -85,7 +88,8 @@ fn pool_out_len(
     }
     let out = span.div_ceil(stride) + 1;
     // A last window starting in the trailing padding is dropped.
-    Ok(if (out - 1) * stride >= len + head {
+    let last_start = (out - 1).saturating_mul(stride);
+    Ok(if last_start >= len + head {
         out - 1
     } else {
         out

@@ -272,7 +272,8 @@ mod tests {
         let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
         let x = Tensor::f32(vec![5], xs.to_vec());
         let erf = |v: f64| statrs::function::erf::erf(v);
-        let cases: [(UnaryOp, fn(f64) -> f64); 8] = [
+        type Case = (UnaryOp, fn(f64) -> f64);
+        let cases: [Case; 8] = [
             (UnaryOp::Erf, erf),
             (UnaryOp::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
             (UnaryOp::Tanh, f64::tanh),

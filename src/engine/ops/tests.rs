@@ -243,7 +243,8 @@ fn random_tensor(r: &mut Lcg) -> Tensor {
     }
 }
 
-fn all_ops() -> Vec<Op> {
+/// The layers and elementwise ops swept by the malformed-input test.
+fn math_ops() -> Vec<Op> {
     let w = |k, s, p, c| Op::MaxPool2d {
         kernel: (k, k),
         stride: (s, s),
@@ -266,8 +267,6 @@ fn all_ops() -> Vec<Op> {
             count_include_pad: true,
         },
         Op::GlobalAvgPool,
-        Op::Flatten { axis: 1 },
-        Op::Flatten { axis: -2 },
         Op::BatchNorm {
             scale: vec![1.0, 2.0],
             shift: vec![0.0, 1.0],
@@ -287,6 +286,35 @@ fn all_ops() -> Vec<Op> {
             keepdims: false,
         },
         Op::MatMul,
+        Op::Where,
+    ];
+    ops.extend(
+        [
+            BinaryOp::Add,
+            BinaryOp::Div,
+            BinaryOp::Pow,
+            BinaryOp::Equal,
+            BinaryOp::Or,
+        ]
+        .map(Op::Binary),
+    );
+    ops.extend(
+        [
+            UnaryOp::Sqrt,
+            UnaryOp::Not,
+            UnaryOp::Neg,
+            UnaryOp::Gelu { tanh: false },
+        ]
+        .map(Op::Unary),
+    );
+    ops
+}
+
+/// The shape and layout ops swept by the malformed-input test.
+fn shape_ops() -> Vec<Op> {
+    vec![
+        Op::Flatten { axis: 1 },
+        Op::Flatten { axis: -2 },
         Op::Reshape { allowzero: false },
         Op::Reshape { allowzero: true },
         Op::Transpose { perm: None },
@@ -318,29 +346,58 @@ fn all_ops() -> Vec<Op> {
             value: 1.0,
             dtype: DType::I64,
         },
-        Op::Where,
         Op::Identity,
-    ];
-    ops.extend(
-        [
-            BinaryOp::Add,
-            BinaryOp::Div,
-            BinaryOp::Pow,
-            BinaryOp::Equal,
-            BinaryOp::Or,
-        ]
-        .map(Op::Binary),
+    ]
+}
+
+#[test]
+fn empty_tensors_with_huge_dims_allocate_nothing() {
+    let huge = 1usize << 40;
+    let x = Tensor::f32(vec![0, huge], vec![]);
+    let small = Limits { max_elems: 1000 };
+    let ev = |op: Op, ins: &[&Tensor]| {
+        let ins: Vec<Option<&Tensor>> = ins.iter().map(|&t| Some(t)).collect();
+        eval(&op, &ins, &small)
+    };
+    assert_eq!(
+        ev(Op::Transpose { perm: None }, &[&x]).unwrap().shape,
+        vec![huge, 0]
     );
-    ops.extend(
-        [
-            UnaryOp::Sqrt,
-            UnaryOp::Not,
-            UnaryOp::Neg,
-            UnaryOp::Gelu { tanh: false },
-        ]
-        .map(Op::Unary),
+    let s = ev(
+        Op::Slice,
+        &[
+            &x,
+            &ints(&[-1]),
+            &ints(&[i64::MIN]),
+            &ints(&[1]),
+            &ints(&[-1]),
+        ],
     );
-    ops
+    assert_eq!(s.unwrap().shape, vec![0, huge]);
+    assert!(
+        ev(
+            Op::ReduceMean {
+                axes: Some(vec![0]),
+                keepdims: true
+            },
+            &[&x]
+        )
+        .is_err()
+    );
+    assert!(
+        ev(
+            Op::Binary(BinaryOp::Add),
+            &[&x, &Tensor::f32(vec![1], vec![1.0])]
+        )
+        .is_ok()
+    );
+    assert!(ev(Op::Expand, &[&x, &ints(&[huge as i64, 1, 1])]).is_ok());
+    let wide = Tensor::f32(vec![0, huge, huge], vec![]);
+    assert!(
+        ev(Op::Identity, &[&wide])
+            .unwrap_err()
+            .contains("too many elements")
+    );
 }
 
 #[test]
@@ -348,7 +405,7 @@ fn malformed_inputs_give_errors_not_panics() {
     let mut r = Lcg(7);
     let limits = Limits { max_elems: 4096 };
     let mut ok = 0;
-    for op in all_ops() {
+    for op in math_ops().into_iter().chain(shape_ops()) {
         for _ in 0..400 {
             let ts: Vec<Tensor> = (0..r.next(6)).map(|_| random_tensor(&mut r)).collect();
             let ins: Vec<Option<&Tensor>> =
