@@ -13,8 +13,6 @@ pub struct ConvGeom {
     pub kernel: (usize, usize),
     /// Stride (sh, sw).
     pub stride: (usize, usize),
-    /// Leading padding (top, left), as before `pad` existed; `pad` is authoritative.
-    pub padding: (usize, usize),
     /// Padding (top, left, bottom, right).
     pub pad: [usize; 4],
     /// Dilation (dh, dw): taps of the kernel are this far apart.
@@ -62,7 +60,6 @@ impl ConvGeom {
             w,
             kernel,
             stride,
-            padding: (pad[0], pad[1]),
             pad,
             dilation,
             oh,
@@ -218,4 +215,68 @@ pub fn nhwc_rows_to_nchw<T: Copy + Default>(y: &[T], n: usize, pixels: usize, o:
 /// Samples per im2col block so that one block's patch matrix stays cache-sized (~4096 rows).
 pub fn samples_per_block(g: &ConvGeom) -> usize {
     (4096 / g.out_pixels().max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn general_geometry_and_errors() {
+        let g = ConvGeom::general(&[3, 5, 6], (3, 2), (2, 1), [1, 0, 2, 3], (2, 3)).unwrap();
+        // h: 5 + 3 − 5 = 3 → 3/2 + 1 = 2; w: 6 + 3 − 4 = 5 → 6.
+        assert_eq!((g.oh, g.ow, g.pad), (2, 6, [1, 0, 2, 3]));
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (0, 1), [0; 4], (1, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (0, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5, 6], (3, 2), (1, 1), [0; 4], (3, 1)).is_err());
+        assert!(ConvGeom::general(&[3, 5], (3, 2), (1, 1), [0; 4], (1, 1)).is_err());
+        let old = ConvGeom::new(&[2, 4, 4], (3, 3), (1, 1), (1, 1));
+        assert_eq!(
+            (old.oh, old.ow, old.pad, old.dilation),
+            (4, 4, [1, 1, 1, 1], (1, 1))
+        );
+    }
+
+    #[test]
+    fn im2col_channels_matches_direct_loops() {
+        let (c, h, w, n) = (4, 5, 7, 2);
+        let x: Vec<i32> = (0..(n * c * h * w) as i32).collect();
+        for (kernel, stride, pad, dil) in [
+            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
+            ((2, 3), (1, 2), [0, 2, 1, 0], (1, 1)),
+            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
+            ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
+        ] {
+            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
+            let (c0, cg) = (1, 2);
+            let got = im2col_channels(&x, n, &g, c0, cg, -1);
+            let mut want = Vec::new();
+            for s in 0..n {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        for ch in c0..c0 + cg {
+                            for ky in 0..kernel.0 {
+                                for kx in 0..kernel.1 {
+                                    let iy =
+                                        (oy * stride.0 + ky * dil.0) as isize - pad[0] as isize;
+                                    let ix =
+                                        (ox * stride.1 + kx * dil.1) as isize - pad[1] as isize;
+                                    let inside = (0..h as isize).contains(&iy)
+                                        && (0..w as isize).contains(&ix);
+                                    want.push(if inside {
+                                        x[((s * c + ch) * h + iy as usize) * w + ix as usize]
+                                    } else {
+                                        -1
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "{kernel:?} {stride:?} {pad:?} {dil:?}");
+            // All channels: `im2col` is the full slice.
+            assert_eq!(im2col(&x, n, &g, -1).len(), n * g.out_pixels() * g.k());
+        }
+    }
 }

@@ -73,7 +73,10 @@ fn pool_out_len(
             "padding ({head}, {tail}) must be smaller than the window {k}"
         ));
     }
-    let padded = len + head + tail;
+    let padded = len
+        .checked_add(head)
+        .and_then(|v| v.checked_add(tail))
+        .ok_or("padded input overflows")?;
     if k > padded {
         return Err(format!(
             "window {k} exceeds the padded input length {padded}"
@@ -85,7 +88,8 @@ fn pool_out_len(
     }
     let out = span.div_ceil(stride) + 1;
     // A last window starting in the trailing padding is dropped.
-    Ok(if (out - 1) * stride >= len + head {
+    let last_start = (out - 1).saturating_mul(stride);
+    Ok(if last_start >= len + head {
         out - 1
     } else {
         out
@@ -169,4 +173,32 @@ pub fn pool<T: Copy, A: Copy>(
         Err(e) => panic!("invalid pool geometry: {e}"),
     };
     pool_padded(x, n, &g, init, fold, |acc, taps, _| finish(acc, taps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_max_pool_on_i8_and_the_old_wrapper() {
+        // 1×3×3 of i8, window 2, stride 2, padding (1, 1, 0, 0), ceil: 2×2 output.
+        let x: Vec<i8> = vec![-5, 1, 2, 3, -4, 6, 7, 8, -9];
+        let g = PoolGeom::new(&[1, 3, 3], (2, 2), (2, 2), [1, 1, 0, 0], true).unwrap();
+        assert_eq!((g.oh, g.ow), (2, 2));
+        let y = pool_padded(&x, 1, &g, i8::MIN, i8::max, |m, _, _| m);
+        assert_eq!(y, vec![-5, 2, 7, 8]);
+        let counts = pool_padded(&x, 1, &g, 0i8, |a, _| a, |_, t, p| (t * 10 + p) as i8);
+        assert_eq!(counts, vec![14, 24, 24, 44]);
+        let old = pool(
+            &x,
+            1,
+            &[1, 3, 3],
+            (2, 2),
+            (1, 1),
+            0i32,
+            |a, v| a + v as i32,
+            |s, k| (s / k as i32) as i8,
+        );
+        assert_eq!(old, vec![-1, 1, 3, 0]);
+    }
 }

@@ -1,7 +1,7 @@
 //! Numpy (ONNX multidirectional) broadcasting: the common shape of two tensors and, for each
 //! element of a broadcast result, the offset of the input element it reads.
 
-use super::index::{cartesian, strides};
+use super::index::{Walk, cartesian, strides};
 
 /// The broadcast of two shapes: aligned at the last axis, each pair of dims must be equal or
 /// one of them 1 (a missing leading dim counts as 1).
@@ -33,18 +33,18 @@ pub fn broadcast_offsets(in_shape: &[usize], out_shape: &[usize]) -> Result<Vec<
         .checked_sub(in_shape.len())
         .ok_or_else(bad)?;
     let st = strides(in_shape);
-    let lists = out_shape
+    let walks = out_shape
         .iter()
         .enumerate()
         .map(
             |(d, &n)| match d.checked_sub(lead).map(|i| (in_shape[i], st[i])) {
-                None | Some((1, _)) => Ok(vec![0; n]),
-                Some((m, s)) if m == n => Ok((0..n).map(|i| i * s).collect()),
+                None | Some((1, _)) => Ok(Walk::along(n, 0)),
+                Some((m, s)) if m == n => Ok(Walk::along(n, s)),
                 Some(_) => Err(bad()),
             },
         )
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(cartesian(&lists))
+    Ok(cartesian(&walks))
 }
 
 #[cfg(test)]

@@ -109,7 +109,10 @@ mod tests {
         let y = constant_of_shape(vec![2, 3], 1.5, DType::F32, &BIG).unwrap();
         assert_eq!(y.as_f32().unwrap(), &[1.5; 6]);
         let y = constant_of_shape(vec![], 2.0, DType::Bool, &BIG).unwrap();
-        assert_eq!((y.shape, y.as_i64().unwrap().to_vec()), (vec![], vec![1]));
+        assert_eq!(
+            (y.shape.clone(), y.as_i64().unwrap().to_vec()),
+            (vec![], vec![1])
+        );
         let e = constant_of_shape(vec![1 << 20, 1 << 20], 0.0, DType::I64, &BIG).unwrap_err();
         assert_eq!(
             e,

@@ -183,3 +183,149 @@ pub(super) fn where_(
     };
     Ok(Tensor { shape, data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: Limits = Limits { max_elems: 1 << 20 };
+
+    #[test]
+    fn float_binary_broadcasts_against_direct_loops() {
+        let a = Tensor::f32(vec![2, 1, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = Tensor::f32(vec![4, 1], vec![0.5, -1.0, 2.0, 3.0]);
+        let (av, bv) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        for (op, f) in [
+            (BinaryOp::Add, (|x, y| x + y) as fn(f32, f32) -> f32),
+            (BinaryOp::Sub, |x, y| x - y),
+            (BinaryOp::Mul, |x, y| x * y),
+            (BinaryOp::Div, |x, y| x / y),
+            (BinaryOp::Pow, f32::powf),
+        ] {
+            let y = binary(op, &a, &b, &BIG).unwrap();
+            assert_eq!(y.shape, vec![2, 4, 3]);
+            let v = y.as_f32().unwrap();
+            for i in 0..2 {
+                for j in 0..4 {
+                    for k in 0..3 {
+                        let want = f(av[i * 3 + k], bv[j]);
+                        let got = v[(i * 4 + j) * 3 + k];
+                        assert!(got == want || (got.is_nan() && want.is_nan()), "{op:?}");
+                    }
+                }
+            }
+        }
+        let y = binary(BinaryOp::Greater, &a, &b, &BIG).unwrap();
+        assert_eq!(&y.as_i64().unwrap()[..6], &[1, 1, 1, 1, 1, 1]);
+        assert_eq!(&y.as_i64().unwrap()[6..9], &[0, 0, 1]);
+        let e = binary(BinaryOp::Add, &a, &b, &Limits { max_elems: 23 }).unwrap_err();
+        assert_eq!(e, "output of 24 elements exceeds the limit of 23");
+    }
+
+    #[test]
+    fn integer_and_mixed_types() {
+        let a = Tensor::i64(vec![4], vec![7, -7, 9, i64::MAX]);
+        let b = Tensor::i64(vec![4], vec![2, 2, -4, 1]);
+        let y = binary(BinaryOp::Div, &a, &b, &BIG).unwrap();
+        assert_eq!(y.as_i64().unwrap(), &[3, -3, -2, i64::MAX]);
+        let y = binary(BinaryOp::Add, &a, &b, &BIG).unwrap();
+        assert_eq!(y.as_i64().unwrap()[3], i64::MIN); // wraps, no panic
+        let y = binary(BinaryOp::Pow, &a, &b, &BIG).unwrap();
+        assert_eq!(&y.as_i64().unwrap()[..3], &[49, 49, 0]);
+        let zero = Tensor::i64(vec![1], vec![0]);
+        assert!(binary(BinaryOp::Div, &a, &zero, &BIG).is_err());
+        let f = Tensor::f32(vec![1], vec![2.0]);
+        assert!(binary(BinaryOp::Add, &a, &f, &BIG).is_err());
+        // Pow with an exponent of the other type keeps the base type.
+        let y = binary(BinaryOp::Pow, &a, &f, &BIG).unwrap();
+        assert_eq!(&y.as_i64().unwrap()[..3], &[49, 49, 81]);
+        let base = Tensor::f32(vec![2], vec![-2.0, 0.5]);
+        let e = Tensor::i64(vec![], vec![3]);
+        assert_eq!(
+            binary(BinaryOp::Pow, &base, &e, &BIG)
+                .unwrap()
+                .as_f32()
+                .unwrap(),
+            &[-8.0, 0.125]
+        );
+        let t = Tensor::i64(vec![3], vec![0, 1, 5]);
+        let u = Tensor::i64(vec![1], vec![1]);
+        assert_eq!(
+            binary(BinaryOp::And, &t, &u, &BIG)
+                .unwrap()
+                .as_i64()
+                .unwrap(),
+            &[0, 1, 1]
+        );
+        assert_eq!(
+            binary(BinaryOp::Or, &t, &zero, &BIG)
+                .unwrap()
+                .as_i64()
+                .unwrap(),
+            &[0, 1, 1]
+        );
+        assert!(binary(BinaryOp::And, &base, &base, &BIG).is_err());
+    }
+
+    #[test]
+    fn unary_ops_against_f64() {
+        let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
+        let x = Tensor::f32(vec![5], xs.to_vec());
+        let erf = |v: f64| statrs::function::erf::erf(v);
+        type Case = (UnaryOp, fn(f64) -> f64);
+        let cases: [Case; 8] = [
+            (UnaryOp::Erf, erf),
+            (UnaryOp::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+            (UnaryOp::Tanh, f64::tanh),
+            (UnaryOp::Exp, f64::exp),
+            (UnaryOp::Gelu { tanh: false }, |v| {
+                0.5 * v * (1.0 + statrs::function::erf::erf(v / 2f64.sqrt()))
+            }),
+            (UnaryOp::Silu, |v| v / (1.0 + (-v).exp())),
+            (UnaryOp::HardSwish, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            (
+                UnaryOp::HardSigmoid {
+                    alpha: 0.2,
+                    beta: 0.5,
+                },
+                |v| (0.2 * v + 0.5).clamp(0.0, 1.0),
+            ),
+        ];
+        for (op, f) in cases {
+            let y = unary(op, &x).unwrap();
+            for (got, &v) in y.as_f32().unwrap().iter().zip(&xs) {
+                let want = f(v as f64);
+                assert!(
+                    (*got as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+                    "{op:?}({v})"
+                );
+            }
+        }
+        let y = unary(UnaryOp::Gelu { tanh: true }, &x).unwrap();
+        assert!((y.as_f32().unwrap()[3] - 0.53_f32).abs() < 0.01);
+        let i = Tensor::i64(vec![3], vec![0, 2, -3]);
+        assert_eq!(
+            unary(UnaryOp::Not, &i).unwrap().as_i64().unwrap(),
+            &[1, 0, 0]
+        );
+        assert_eq!(
+            unary(UnaryOp::Abs, &i).unwrap().as_i64().unwrap(),
+            &[0, 2, 3]
+        );
+        assert!(unary(UnaryOp::Sqrt, &i).is_err());
+        assert!(unary(UnaryOp::Not, &x).is_err());
+    }
+
+    #[test]
+    fn where_broadcasts_three_ways() {
+        let c = Tensor::i64(vec![2, 1], vec![1, 0]);
+        let a = Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]);
+        let b = Tensor::f32(vec![], vec![-1.0]);
+        let y = where_(&c, &a, &b, &BIG).unwrap();
+        assert_eq!(y.shape, vec![2, 3]);
+        assert_eq!(y.as_f32().unwrap(), &[1.0, 2.0, 3.0, -1.0, -1.0, -1.0]);
+        let bi = Tensor::i64(vec![], vec![0]);
+        assert!(where_(&c, &a, &bi, &BIG).is_err());
+        assert!(where_(&a, &a, &b, &BIG).is_err());
+    }
+}

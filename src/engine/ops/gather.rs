@@ -124,7 +124,7 @@ mod tests {
         let i = Tensor::i64(vec![], vec![-1]);
         let y = gather(&x, &i, -1, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_i64().unwrap().to_vec()),
+            (y.shape.clone(), y.as_i64().unwrap().to_vec()),
             (vec![2], vec![2, 5])
         );
         let bad = Tensor::i64(vec![1], vec![3]);
@@ -139,7 +139,7 @@ mod tests {
         let x = t(vec![2, 2], vec![0, 1, 2, 3]);
         let y = gather_nd(&x, &t(vec![2, 2], vec![0, 0, 1, 1]), 0, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_i64().unwrap().to_vec()),
+            (y.shape.clone(), y.as_i64().unwrap().to_vec()),
             (vec![2], vec![0, 3])
         );
         // Example 2: indices [[1],[0]] → [[2,3],[0,1]].
@@ -149,7 +149,7 @@ mod tests {
         let x = t(vec![2, 2, 2], (0..8).collect());
         let y = gather_nd(&x, &t(vec![2, 2], vec![0, 1, 1, 0]), 0, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_i64().unwrap().to_vec()),
+            (y.shape.clone(), y.as_i64().unwrap().to_vec()),
             (vec![2, 2], vec![2, 3, 4, 5])
         );
         // Example 4: indices [[[0,1]],[[1,0]]] → [[[2,3]],[[4,5]]].
@@ -158,7 +158,7 @@ mod tests {
         // Example 5: batch_dims 1, indices [[1],[0]] → [[2,3],[4,5]].
         let y = gather_nd(&x, &t(vec![2, 1], vec![1, 0]), 1, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_i64().unwrap().to_vec()),
+            (y.shape.clone(), y.as_i64().unwrap().to_vec()),
             (vec![2, 2], vec![2, 3, 4, 5])
         );
         // Negative index and errors.

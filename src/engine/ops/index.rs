@@ -12,20 +12,43 @@ pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
     out
 }
 
-/// All sums `lists[0][i0] + lists[1][i1] + …` in row-major order of (i0, i1, …): the input
-/// offsets of an output whose axis d reads the input offsets `lists[d]`.
-pub(super) fn cartesian(lists: &[Vec<usize>]) -> Vec<usize> {
-    let total: usize = lists.iter().map(Vec::len).product();
-    if total == 0 {
+/// The input offsets one output axis reads: `first + i · step` for i < `len` (all ≥ 0).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Walk {
+    /// Offset of the first entry.
+    pub first: usize,
+    /// Offset change per entry (negative for reversed slices, 0 for broadcast axes).
+    pub step: isize,
+    /// Entries.
+    pub len: usize,
+}
+
+impl Walk {
+    /// `len` entries `i · step` (step ≥ 0).
+    pub fn along(len: usize, step: usize) -> Self {
+        Walk {
+            first: 0,
+            step: step as isize,
+            len,
+        }
+    }
+}
+
+/// All sums `w0(i0) + w1(i1) + …` in row-major order of (i0, i1, …): the input offsets of an
+/// output whose axis d reads `walks[d]`. Nothing is allocated for an empty output, however
+/// long the other axes.
+pub(super) fn cartesian(walks: &[Walk]) -> Vec<usize> {
+    let total = walks.iter().try_fold(1usize, |n, w| n.checked_mul(w.len));
+    if total == Some(0) {
         return Vec::new();
     }
-    let mut out = Vec::with_capacity(total);
+    let mut out = Vec::with_capacity(total.unwrap_or(0));
     out.push(0);
-    for list in lists {
+    for w in walks {
         let prev = std::mem::take(&mut out);
-        out.reserve(prev.len() * list.len());
+        out.reserve(prev.len() * w.len);
         for &p in &prev {
-            out.extend(list.iter().map(|&v| p + v));
+            out.extend((0..w.len).map(|i| p + (w.first as isize + i as isize * w.step) as usize));
         }
     }
     out

@@ -3,7 +3,7 @@
 use super::Limits;
 use super::args::{axis, check_out};
 use super::broadcast::{broadcast_offsets, broadcast_shape};
-use super::index::{cartesian, strides, take};
+use super::index::{Walk, cartesian, strides, take};
 use crate::engine::tensor::{Data, Tensor};
 
 /// Permute the axes of `x` (output axis d is input axis perm[d]; reversed when `None`).
@@ -19,13 +19,13 @@ pub(super) fn transpose(x: &Tensor, perm: Option<&[usize]>) -> Result<Tensor, St
         return Err(format!("{perm:?} is not a permutation of {r} axes"));
     }
     let st = strides(&x.shape);
-    let lists: Vec<Vec<usize>> = perm
+    let walks: Vec<Walk> = perm
         .iter()
-        .map(|&p| (0..x.shape[p]).map(|i| i * st[p]).collect())
+        .map(|&p| Walk::along(x.shape[p], st[p]))
         .collect();
     Ok(Tensor {
         shape: perm.iter().map(|&p| x.shape[p]).collect(),
-        data: take(&x.data, &cartesian(&lists)),
+        data: take(&x.data, &cartesian(&walks)),
     })
 }
 

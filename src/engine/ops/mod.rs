@@ -15,6 +15,8 @@ mod pooling;
 mod reduce;
 mod shape_ops;
 mod slice;
+#[cfg(test)]
+mod tests;
 
 use crate::engine::tensor::Tensor;
 use crate::model::op::Op;
@@ -35,13 +37,16 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
         .map_err(|e| format!("{}: {e}", op.kind()))
 }
 
-/// Every present input is F32 or I64 and holds as many values as its shape says.
+/// Every present input is F32 or I64 and holds as many values as its shape says; the product
+/// of its nonzero dims fits in usize (so no partial product of its dims overflows).
 fn check_inputs(inputs: &[Option<&Tensor>]) -> Result<(), String> {
     for (i, t) in inputs.iter().enumerate() {
         let Some(t) = t else { continue };
         if t.is_quantized() {
             return Err(format!("input {i} is quantized (dequantize it first)"));
         }
+        let nonzero: Vec<usize> = t.shape.iter().copied().filter(|&d| d > 0).collect();
+        count(&nonzero)?;
         if count(&t.shape)? != len(t) {
             return Err(format!(
                 "input {i} has shape {:?} but {} values",
@@ -53,7 +58,7 @@ fn check_inputs(inputs: &[Option<&Tensor>]) -> Result<(), String> {
     Ok(())
 }
 
-/// The op on checked inputs.
+/// The op on checked inputs: layers and elementwise math here, shape ops in [`dispatch_shape`].
 fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
     let x = || get(inputs, 0);
     let y = || get(inputs, 1);
@@ -61,37 +66,8 @@ fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
         Op::Linear { .. } | Op::Conv2d { .. } => Err("weight layers are run by the engine".into()),
         Op::Relu => nn::relu(x()?),
         Op::Clip { min, max } => nn::clip(x()?, *min, *max),
-        Op::MaxPool2d {
-            kernel,
-            stride,
-            padding,
-            ceil_mode,
-        } => {
-            let w = pooling::Window {
-                kernel: *kernel,
-                stride: *stride,
-                padding: *padding,
-                ceil_mode: *ceil_mode,
-            };
-            pooling::max_pool(x()?, &w, limits)
-        }
-        Op::AvgPool2d {
-            kernel,
-            stride,
-            padding,
-            ceil_mode,
-            count_include_pad,
-        } => {
-            let w = pooling::Window {
-                kernel: *kernel,
-                stride: *stride,
-                padding: *padding,
-                ceil_mode: *ceil_mode,
-            };
-            pooling::avg_pool(x()?, &w, *count_include_pad, limits)
-        }
-        Op::GlobalAvgPool => reduce::global_avg_pool(x()?),
-        Op::Flatten { axis } => shape_ops::flatten(x()?, *axis),
+        Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => pooling::pool(op, x()?, limits),
+        Op::GlobalAvgPool => reduce::global_avg_pool(x()?, limits),
         Op::BatchNorm { scale, shift } => nn::batch_norm(x()?, scale, shift),
         Op::Binary(b) => elementwise::binary(*b, x()?, y()?, limits),
         Op::Unary(u) => elementwise::unary(*u, x()?),
@@ -101,9 +77,20 @@ fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
         }
         Op::ReduceMean { axes, keepdims } => {
             let list = axes_arg(axes, inputs, 1)?;
-            reduce::reduce_mean(x()?, list.as_deref(), *keepdims)
+            reduce::reduce_mean(x()?, list.as_deref(), *keepdims, limits)
         }
         Op::MatMul => matmul::matmul(x()?, y()?, limits),
+        Op::Where => elementwise::where_(x()?, y()?, get(inputs, 2)?, limits),
+        _ => dispatch_shape(op, inputs, limits),
+    }
+}
+
+/// The shape, layout and constant-making ops.
+fn dispatch_shape(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
+    let x = || get(inputs, 0);
+    let y = || get(inputs, 1);
+    match op {
+        Op::Flatten { axis } => shape_ops::flatten(x()?, *axis),
         Op::Reshape { allowzero } => shape_ops::reshape(x()?, y()?, *allowzero, limits),
         Op::Transpose { perm } => layout::transpose(x()?, perm.as_deref()),
         Op::Concat { axis } => {
@@ -127,7 +114,7 @@ fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
         Op::ConstantOfShape { value, dtype } => {
             create::constant_of_shape(shape_ops::shape_input(x()?)?, *value, *dtype, limits)
         }
-        Op::Where => elementwise::where_(x()?, y()?, get(inputs, 2)?, limits),
         Op::Identity => Ok(x()?.clone()),
+        _ => Err("not a shape op".into()),
     }
 }

@@ -181,10 +181,10 @@ mod tests {
         for row in vals.chunks(6) {
             let m = row.iter().map(|&t| t as f64).sum::<f64>() / 6.0;
             let var = row.iter().map(|&t| (t as f64 - m).powi(2)).sum::<f64>() / 6.0;
-            for k in 0..6 {
+            for (k, &t) in row.iter().enumerate() {
                 let gk = g.as_f32().unwrap()[k] as f64;
                 let bk = b.as_f32().unwrap()[k] as f64;
-                want.push((row[k] as f64 - m) / (var + 1e-5).sqrt() * gk + bk);
+                want.push((t as f64 - m) / (var + 1e-5).sqrt() * gk + bk);
             }
         }
         close(y.as_f32().unwrap(), &want, 1e-5);

@@ -4,6 +4,7 @@ use super::Limits;
 use super::args::{check_out, f32s};
 use crate::engine::pool::{PoolGeom, pool_padded};
 use crate::engine::tensor::Tensor;
+use crate::model::op::Op;
 
 /// A pooling's window, stride, padding (top, left, bottom, right) and rounding.
 #[derive(Debug, Clone, Copy)]
@@ -16,6 +17,43 @@ pub(super) struct Window {
     pub padding: [usize; 4],
     /// Round the output size up.
     pub ceil_mode: bool,
+}
+
+/// Runs a MaxPool2d or AvgPool2d op on `x`.
+pub(super) fn pool(op: &Op, x: &Tensor, limits: &Limits) -> Result<Tensor, String> {
+    match *op {
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+        } => max_pool(
+            x,
+            &Window {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+            },
+            limits,
+        ),
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad,
+        } => {
+            let w = Window {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+            };
+            avg_pool(x, &w, count_include_pad, limits)
+        }
+        _ => Err("not a pooling op".into()),
+    }
 }
 
 /// The geometry of pooling `x` (rank 4, F32) and its output shape, checked against the limits.

@@ -1,7 +1,8 @@
 //! Reductions: ReduceMean and GlobalAveragePool (means accumulated in f64).
 
-use super::args::{axes, f32s};
-use super::index::{cartesian, strides};
+use super::Limits;
+use super::args::{axes, check_out, f32s};
+use super::index::{Walk, cartesian, strides};
 use crate::engine::tensor::Tensor;
 
 /// Mean of `x` over `list` (all axes when `None` or empty), keeping reduced axes as 1 if
@@ -10,6 +11,7 @@ pub(super) fn reduce_mean(
     x: &Tensor,
     list: Option<&[i64]>,
     keepdims: bool,
+    limits: &Limits,
 ) -> Result<Tensor, String> {
     let v = f32s(x, "the input")?;
     let r = x.shape.len();
@@ -22,15 +24,13 @@ pub(super) fn reduce_mean(
         .collect();
     // Output offset of each input element: strides of the kept shape, 0 on reduced axes.
     let ost = strides(&kept);
-    let lists: Vec<Vec<usize>> = (0..r)
-        .map(|d| {
-            let s = if red.contains(&d) { 0 } else { ost[d] };
-            (0..x.shape[d]).map(|i| i * s).collect()
-        })
+    let walks: Vec<Walk> = (0..r)
+        .map(|d| Walk::along(x.shape[d], if red.contains(&d) { 0 } else { ost[d] }))
         .collect();
-    let out_len: usize = kept.iter().product();
+    // An empty input can still give a large (all-NaN) output.
+    let out_len = check_out(&kept, limits)?;
     let mut sums = vec![0f64; out_len];
-    for (&o, &t) in cartesian(&lists).iter().zip(v) {
+    for (&o, &t) in cartesian(&walks).iter().zip(v) {
         sums[o] += t as f64;
     }
     let n: usize = red.iter().map(|&d| x.shape[d]).product();
@@ -47,13 +47,15 @@ pub(super) fn reduce_mean(
 }
 
 /// Mean over the spatial axes (2..) of an [N, C, …] tensor, keeping them as 1.
-pub(super) fn global_avg_pool(x: &Tensor) -> Result<Tensor, String> {
+pub(super) fn global_avg_pool(x: &Tensor, limits: &Limits) -> Result<Tensor, String> {
     let v = f32s(x, "the input")?;
     if x.shape.len() < 3 {
         return Err(format!("input {:?} has no spatial axes", x.shape));
     }
     let plane: usize = x.shape[2..].iter().product();
-    let planes = x.shape[0] * x.shape[1];
+    let mut shape = x.shape[..2].to_vec();
+    shape.resize(x.shape.len(), 1);
+    let planes = check_out(&shape, limits)?;
     let data = (0..planes)
         .map(|p| {
             let s: f64 = v[p * plane..(p + 1) * plane]
@@ -63,8 +65,6 @@ pub(super) fn global_avg_pool(x: &Tensor) -> Result<Tensor, String> {
             (s / plane as f64) as f32
         })
         .collect();
-    let mut shape = x.shape[..2].to_vec();
-    shape.resize(x.shape.len(), 1);
     Ok(Tensor::f32(shape, data))
 }
 
@@ -72,11 +72,13 @@ pub(super) fn global_avg_pool(x: &Tensor) -> Result<Tensor, String> {
 mod tests {
     use super::*;
 
+    const BIG: Limits = Limits { max_elems: 1 << 20 };
+
     #[test]
     fn reduce_mean_matches_direct_loops() {
         // [2, 3, 4] with values i; mean over axes [0, 2] (given as [0, -1]).
         let x = Tensor::f32(vec![2, 3, 4], (0..24).map(|i| i as f32).collect());
-        let y = reduce_mean(&x, Some(&[0, -1]), true).unwrap();
+        let y = reduce_mean(&x, Some(&[0, -1]), true, &BIG).unwrap();
         assert_eq!(y.shape, vec![1, 3, 1]);
         for j in 0..3 {
             let mut s = 0.0;
@@ -87,16 +89,16 @@ mod tests {
             }
             assert_eq!(y.as_f32().unwrap()[j], (s / 8.0) as f32);
         }
-        let y = reduce_mean(&x, Some(&[1]), false).unwrap();
+        let y = reduce_mean(&x, Some(&[1]), false, &BIG).unwrap();
         assert_eq!(y.shape, vec![2, 4]);
         assert_eq!(y.as_f32().unwrap()[5], (13.0 + 17.0 + 21.0) / 3.0);
-        let y = reduce_mean(&x, None, false).unwrap();
+        let y = reduce_mean(&x, None, false, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_f32().unwrap().to_vec()),
+            (y.shape.clone(), y.as_f32().unwrap().to_vec()),
             (vec![], vec![11.5])
         );
-        assert!(reduce_mean(&x, Some(&[3]), true).is_err());
-        assert!(reduce_mean(&x, Some(&[1, -2]), true).is_err());
+        assert!(reduce_mean(&x, Some(&[3]), true, &BIG).is_err());
+        assert!(reduce_mean(&x, Some(&[1, -2]), true, &BIG).is_err());
     }
 
     #[test]
@@ -105,11 +107,11 @@ mod tests {
             vec![1, 2, 2, 2],
             vec![1.0, 2.0, 3.0, 4.0, -1.0, 0.0, 0.0, 5.0],
         );
-        let y = global_avg_pool(&x).unwrap();
+        let y = global_avg_pool(&x, &BIG).unwrap();
         assert_eq!(
-            (y.shape, y.as_f32().unwrap().to_vec()),
+            (y.shape.clone(), y.as_f32().unwrap().to_vec()),
             (vec![1, 2, 1, 1], vec![2.5, 1.0])
         );
-        assert!(global_avg_pool(&Tensor::f32(vec![2, 2], vec![0.0; 4])).is_err());
+        assert!(global_avg_pool(&Tensor::f32(vec![2, 2], vec![0.0; 4]), &BIG).is_err());
     }
 }

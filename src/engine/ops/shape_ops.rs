@@ -53,7 +53,7 @@ pub(super) fn reshape(
     if let Some(i) = infer {
         let known = count(&shape)?;
         let total = len(x);
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot infer the -1 of {want:?} for {:?}", x.shape));
         }
         shape[i] = total / known;
@@ -73,11 +73,12 @@ pub(super) fn flatten(x: &Tensor, ax: i64) -> Result<Tensor, String> {
     with_shape(x, shape)
 }
 
-/// Drop the listed axes (each of size 1), or all axes of size 1 when `list` is `None`.
+/// Drop the listed axes (each of size 1), or all axes of size 1 when `list` is `None` or
+/// empty (an empty axes input counts as absent, as in ONNX Runtime).
 pub(super) fn squeeze(x: &Tensor, list: Option<&[i64]>) -> Result<Tensor, String> {
     let drop = match list {
-        Some(l) => axes(l, x.shape.len())?,
-        None => (0..x.shape.len()).filter(|&d| x.shape[d] == 1).collect(),
+        Some(l) if !l.is_empty() => axes(l, x.shape.len())?,
+        _ => (0..x.shape.len()).filter(|&d| x.shape[d] == 1).collect(),
     };
     if let Some(&d) = drop.iter().find(|&&d| x.shape[d] != 1) {
         return Err(format!("axis {d} of {:?} is not 1", x.shape));

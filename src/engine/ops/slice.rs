@@ -2,11 +2,11 @@
 //! clamped as the spec says (so INT64_MAX / INT64_MIN mean "to the end"), negative steps.
 
 use super::args::{axes, get, i64s, opt};
-use super::index::{cartesian, strides, take};
+use super::index::{Walk, cartesian, strides, take};
 use crate::engine::tensor::Tensor;
 
-/// The input offsets along one axis of length `dim` read by (start, end, step).
-fn axis_range(dim: usize, start: i64, end: i64, step: i64) -> Result<Vec<usize>, String> {
+/// The indices along one axis of length `dim` read by (start, end, step).
+fn axis_range(dim: usize, start: i64, end: i64, step: i64) -> Result<Walk, String> {
     if step == 0 {
         return Err("slice step 0".into());
     }
@@ -24,8 +24,12 @@ fn axis_range(dim: usize, start: i64, end: i64, step: i64) -> Result<Vec<usize>,
     } else {
         (span + step.abs() - 1) / step.abs()
     };
-    // Every index s + i·step for i < n lies in [0, dim).
-    Ok((0..n).map(|i| (s + i * step) as usize).collect())
+    // Every index s + i·step for i < n lies in [0, dim), so these casts are exact.
+    Ok(Walk {
+        first: if n > 0 { s as usize } else { 0 },
+        step: step.clamp(-(d.max(1)), d.max(1)) as isize,
+        len: n as usize,
+    })
 }
 
 /// Slice(data, starts, ends, axes?, steps?).
@@ -48,19 +52,19 @@ pub(super) fn slice(inputs: &[Option<&Tensor>]) -> Result<Tensor, String> {
     let r = x.shape.len();
     axes(&axis_list, r)?; // range and repetition check
     let st = strides(&x.shape);
-    let mut lists: Vec<Vec<usize>> = (0..r)
-        .map(|d| (0..x.shape[d]).map(|i| i * st[d]).collect())
-        .collect();
+    let mut walks: Vec<Walk> = (0..r).map(|d| Walk::along(x.shape[d], st[d])).collect();
     for i in 0..n {
         let a = super::args::axis(axis_list[i], r)?;
-        lists[a] = axis_range(x.shape[a], starts[i], ends[i], steps[i])?
-            .into_iter()
-            .map(|j| j * st[a])
-            .collect();
+        let w = axis_range(x.shape[a], starts[i], ends[i], steps[i])?;
+        walks[a] = Walk {
+            first: w.first * st[a],
+            step: w.step * st[a] as isize,
+            len: w.len,
+        };
     }
     Ok(Tensor {
-        shape: lists.iter().map(Vec::len).collect(),
-        data: take(&x.data, &cartesian(&lists)),
+        shape: walks.iter().map(|w| w.len).collect(),
+        data: take(&x.data, &cartesian(&walks)),
     })
 }
 
@@ -81,13 +85,13 @@ mod tests {
         // slice: starts [1,0], ends [2,3], steps [1,2] → [[5, 7]].
         let y = run(&x, &[1, 0], &[2, 3], Some(&[0, 1]), Some(&[1, 2]));
         assert_eq!(
-            (y.shape, y.as_f32().unwrap().to_vec()),
+            (y.shape.clone(), y.as_f32().unwrap().to_vec()),
             (vec![1, 2], vec![5.0, 7.0])
         );
         // starts [0,1], ends [-1,1000] → [[2,3,4]].
         let y = run(&x, &[0, 1], &[-1, 1000], None, None);
         assert_eq!(
-            (y.shape, y.as_f32().unwrap().to_vec()),
+            (y.shape.clone(), y.as_f32().unwrap().to_vec()),
             (vec![1, 3], vec![2.0, 3.0, 4.0])
         );
     }
@@ -114,7 +118,10 @@ mod tests {
         for s in -7..7 {
             for e in -7..7 {
                 for st in [-3, -2, -1, 1, 2, 3] {
-                    let got = axis_range(5, s, e, st).unwrap();
+                    let w = axis_range(5, s, e, st).unwrap();
+                    let got: Vec<usize> = (0..w.len)
+                        .map(|i| (w.first as isize + i as isize * w.step) as usize)
+                        .collect();
                     assert_eq!(got, reference(5, s, e, st), "{s}:{e}:{st}");
                 }
             }
