@@ -33,7 +33,8 @@ impl ConvGeom {
         padding: (usize, usize),
     ) -> Self {
         let pad = [padding.0, padding.1, padding.0, padding.1];
-        match ConvGeom::general(in_shape, kernel, stride, pad, (1, 1)) {
+        let shape = in_shape.get(..3).unwrap_or(in_shape);
+        match ConvGeom::general(shape, kernel, stride, pad, (1, 1)) {
             Ok(g) => g,
             Err(e) => panic!("invalid convolution geometry: {e}"),
         }
