@@ -28,14 +28,14 @@ pub fn engines(c: &mut Criterion) {
             &Cancel::new(),
         )
         .unwrap();
-        let int = IntModel::new(&model, &out.params);
+        let int = IntModel::new(&model, &out.params, usize::MAX);
         let mut x = test.samples(0, BATCH).to_vec();
         model.normalize(&mut x);
         g.bench_function(BenchmarkId::new("float", name), |b| {
-            b.iter(|| float::forward(&model, black_box(&x), BATCH, |_, _| {}))
+            b.iter(|| float::forward_flat(&model, black_box(&x), BATCH).unwrap())
         });
         g.bench_function(BenchmarkId::new("int", name), |b| {
-            b.iter(|| int.forward(black_box(&x), BATCH, |_, _| {}))
+            b.iter(|| int.forward_flat(black_box(&x), BATCH).unwrap())
         });
     }
     g.finish();

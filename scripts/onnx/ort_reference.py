@@ -62,6 +62,7 @@ def session(path: Path, optimize: bool) -> ort.InferenceSession:
     )
     so.intra_op_num_threads = 2
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -234,6 +234,24 @@ pub fn forward(
         .collect()
 }
 
+/// The first graph input of `n` samples of `x` (already normalized) as a batch tensor.
+pub fn input_tensor(model: &Model, x: &[f32], n: usize) -> Tensor {
+    let mut shape = vec![n];
+    shape.extend(&model.input_shape);
+    Tensor::f32(shape, x.to_vec())
+}
+
+/// Runs a one-input model on `n` normalized samples; returns its first output, flattened.
+pub fn forward_flat(model: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let out = forward(
+        model,
+        vec![input_tensor(model, x, n)],
+        usize::MAX,
+        |_, _| {},
+    )?;
+    Ok(out[0].to_f32_vec())
+}
+
 /// A batch of one sample of zeros (ids 0, mask 1) for every graph input, when every
 /// dimension is known.
 fn zero_sample(model: &Model) -> Option<Vec<Tensor>> {

@@ -418,6 +418,12 @@ impl<'m> IntModel<'m> {
             .collect()
     }
 
+    /// Runs a one-input model on `n` normalized samples; returns its first output as reals.
+    pub fn forward_flat(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let input = super::float::input_tensor(self.model, x, n);
+        Ok(self.forward(vec![input], |_, _, _, _| {})?[0].to_f32_vec())
+    }
+
     /// A node that is not an integer weight node: on integers when its op keeps qparams and
     /// its data input is quantized, else in f32 (an island when any input was quantized).
     fn run_other(
@@ -426,7 +432,9 @@ impl<'m> IntModel<'m> {
         ins: &[Option<&Tensor>],
     ) -> std::result::Result<(Tensor, bool), String> {
         let layer = &self.model.layers[i];
-        let quantized = ins.iter().flatten().any(|t| t.is_quantized());
+        // Shape reads no values: it is plumbing, not an island.
+        let quantized =
+            !matches!(layer.op, Op::Shape { .. }) && ins.iter().flatten().any(|t| t.is_quantized());
         if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first()) {
             if let Some((q, qp)) = x.as_q() {
                 return Ok((self.pass_through(i, ins, q, qp)?, false));

@@ -345,12 +345,11 @@ fn check_format(label: &str, format: Option<&str>) -> Result<()> {
         {
             Some(v) => {
                 let age = if v < 1 { "an older" } else { "a newer" };
-                let _ = FORMAT_V2;
                 Err(bad(
                     label,
                     "format",
                     format!(
-                        "'{f}' is {age} version of the parameters format; this qscope reads {FORMAT} only (re-export the parameters with this version)"
+                        "'{f}' is {age} version of the parameters format; this qscope reads {FORMAT} and {FORMAT_V2} (re-export the parameters with this version)"
                     ),
                 ))
             }
@@ -920,7 +919,8 @@ mod tests {
             e.contains("qscope-params/0") && e.contains(FORMAT) && e.contains("older"),
             "{e}"
         );
-        let e = check_format("p.json", Some("qscope-params/2"))
+        assert!(check_format("p.json", Some("qscope-params/2")).is_ok());
+        let e = check_format("p.json", Some("qscope-params/3"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("newer"), "{e}");

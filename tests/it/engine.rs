@@ -114,12 +114,16 @@ fn check_one(seed: u64) {
         let unit = input.qparams.scale as f64 * s_ref;
         *b = ((*b as f64 / unit).round() * unit) as f32;
     }
-    let y = float::forward(&sim_model, &xq, n, |_, _| {});
+    let y = float::forward_flat(&sim_model, &xq, n).unwrap();
     let out = act_quant(minmax(&y), ab, schemes[rng.below(2)]);
     let sim: Vec<f32> = y.iter().map(|&v| out.qparams.fake_quant(v)).collect();
 
     let params = ModelParams {
-        input,
+        points: vec![qscope::params::PointParams {
+            name: "input".into(),
+            value: 0,
+            act: input,
+        }],
         layers: vec![LayerParams {
             name: "l".into(),
             index: 0,
@@ -130,7 +134,9 @@ fn check_one(seed: u64) {
             act: Some(out.clone()),
         }],
     };
-    let got = IntModel::new(&model, &params).forward(&x, n, |_, _| {});
+    let got = IntModel::new(&model, &params, usize::MAX)
+        .forward_flat(&x, n)
+        .unwrap();
     assert_eq!(got.len(), sim.len());
     let step = out.qparams.scale;
     for (i, (g, s)) in got.iter().zip(&sim).enumerate() {

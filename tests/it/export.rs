@@ -22,10 +22,11 @@ fn config(toml_text: &str) -> QuantConfig {
 
 /// The integer engine's outputs on `data` (bit patterns, so NaN == NaN too).
 fn int_outputs(model: &Model, params: &ModelParams, data: &Dataset) -> Vec<u32> {
-    let int = IntModel::new(model, params);
+    let int = IntModel::new(model, params, usize::MAX);
     let mut x = data.inputs.clone();
     model.normalize(&mut x);
-    int.forward(&x, data.n, |_, _| {})
+    int.forward_flat(&x, data.n)
+        .unwrap()
         .iter()
         .map(|v| v.to_bits())
         .collect()
@@ -33,7 +34,13 @@ fn int_outputs(model: &Model, params: &ModelParams, data: &Dataset) -> Vec<u32> 
 
 /// What the integer engine is built from: equal here means equal engines.
 fn assert_same_engine_params(a: &ModelParams, b: &ModelParams, what: &str) {
-    assert_eq!(a.input.qparams, b.input.qparams, "{what}: input");
+    let qp = |p: &ModelParams| {
+        p.points
+            .iter()
+            .map(|e| (e.name.clone(), e.act.qparams))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(qp(a), qp(b), "{what}: points");
     assert_eq!(a.layers.len(), b.layers.len(), "{what}");
     for (x, y) in a.layers.iter().zip(&b.layers) {
         assert_eq!((x.index, &x.name), (y.index, &y.name), "{what}");

@@ -63,11 +63,26 @@ fn calibration_memory_does_not_grow_with_the_calibration_set() {
     let model = bundled::model("mnist-cnn").unwrap();
     let weights = quantize_weights(&model, &QuantConfig::default());
     let calib = bundled::calib();
-    let small = calibrate(&model, &weights, &calib.take(50), &Cancel::new()).unwrap();
-    let large = calibrate(&model, &weights, &calib, &Cancel::new()).unwrap();
+    let small = calibrate(
+        &model,
+        &QuantConfig::default(),
+        &weights,
+        &calib.take(50),
+        &Cancel::new(),
+    )
+    .unwrap();
+    let large = calibrate(
+        &model,
+        &QuantConfig::default(),
+        &weights,
+        &calib,
+        &Cancel::new(),
+    )
+    .unwrap();
     assert_eq!(large.samples, 1000);
     let bins = |c: &qscope::pipeline::Calibration| -> Vec<usize> {
-        std::iter::once(&c.input)
+        c.entries
+            .iter()
             .chain(&c.outputs)
             .map(|h| h.counts().len())
             .collect()
@@ -79,8 +94,8 @@ fn calibration_memory_does_not_grow_with_the_calibration_set() {
         bins(&large)
     );
     // 20× the samples: the histograms counted them all in the same memory.
-    assert_eq!(large.input.count(), 1000 * 784);
-    assert_eq!(small.input.count(), 50 * 784);
+    assert_eq!(large.entry("input").unwrap().count(), 1000 * 784);
+    assert_eq!(small.entry("input").unwrap().count(), 50 * 784);
 }
 
 #[test]

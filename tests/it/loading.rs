@@ -90,8 +90,8 @@ fn batchnorm_folds_into_the_conv_before_it() {
     let plain_spec = "input_shape = [1, 5, 5]\n[[layers]]\nop = \"conv2d\"\nweight = \"c.weight\"\nbias = \"c.bias\"\npadding = 1\n";
     let plain = load_model_bytes("p", "p", &bytes, Some(("p.toml", plain_spec))).unwrap();
     let x = r.vec(2 * 25, -1.0, 1.0);
-    let y = float::forward(&folded, &x, 2, |_, _| {});
-    let z = float::forward(&plain, &x, 2, |_, _| {});
+    let y = float::forward_flat(&folded, &x, 2).unwrap();
+    let z = float::forward_flat(&plain, &x, 2).unwrap();
     for (i, (a, b)) in y.iter().zip(&z).enumerate() {
         let c = (i / 25) % 2;
         let want = gamma[c] as f64 * (*b as f64 - mean[c] as f64) / (var[c] as f64 + 1e-5).sqrt()

@@ -5,6 +5,7 @@ mod engine;
 mod export;
 mod figures;
 mod loading;
+mod onnx;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;

@@ -1,0 +1,156 @@
+//! ONNX models: the float engine against ONNX Runtime's outputs saved beside each fixture
+//! (`*.ref.npz`, made by scripts/onnx/make_assets.py), and the whole flow on graph models.
+
+use qscope::engine::float;
+use qscope::engine::tensor::Tensor;
+use qscope::model::load_dataset;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// max |ours − ORT| / max |ORT| of the float engine on the fixture's saved input.
+fn relative_error_vs_ort(model: &str, reference: &str) -> f64 {
+    let m = qscope::model::load_model(&fixture(model), None).unwrap();
+    let r = load_dataset(&fixture(reference)).unwrap();
+    let inputs: Vec<Tensor> = m
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, gi)| {
+            let name = &m.values[gi.value].name;
+            let t = r
+                .named_rows(name, 0, r.n)
+                .or_else(|| (k == 0).then(|| r.named_rows("input", 0, r.n)).flatten())
+                .unwrap_or_else(|| panic!("{reference} lacks {name}"));
+            match gi.dtype {
+                qscope::model::DType::F32 => Tensor::f32(t.shape.clone(), t.to_f32_vec()),
+                _ => t,
+            }
+        })
+        .collect();
+    let out = float::forward(&m, inputs, usize::MAX, |_, _| {}).unwrap();
+    let want = r.named_rows("output", 0, r.n).unwrap().to_f32_vec();
+    let got = out[0].to_f32_vec();
+    assert_eq!(got.len(), want.len(), "{model}: output size");
+    let max_ref = want.iter().fold(0.0f64, |a, &b| a.max(b.abs() as f64));
+    let max_diff = got
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |a, (&x, &y)| a.max((x as f64 - y as f64).abs()));
+    max_diff / max_ref
+}
+
+#[test]
+fn float_engine_matches_onnx_runtime_on_every_fixture() {
+    for (model, reference) in [
+        ("assets/mnist-resnet.onnx", "assets/mnist-resnet.ref.npz"),
+        (
+            "tests/fixtures/onnx/resnet_ts.onnx",
+            "tests/fixtures/onnx/resnet_ts.ref.npz",
+        ),
+        (
+            "tests/fixtures/onnx/resnet_dynamo.onnx",
+            "tests/fixtures/onnx/resnet_dynamo.ref.npz",
+        ),
+        (
+            "tests/fixtures/onnx/mobilenetv2_ts.onnx",
+            "tests/fixtures/onnx/mobilenetv2_ts.ref.npz",
+        ),
+        (
+            "tests/fixtures/onnx/bert_ts.onnx",
+            "tests/fixtures/onnx/bert_ts.ref.npz",
+        ),
+        (
+            "tests/fixtures/onnx/bert_dynamo.onnx",
+            "tests/fixtures/onnx/bert_dynamo.ref.npz",
+        ),
+    ] {
+        let e = relative_error_vs_ort(model, reference);
+        assert!(
+            e < 1e-4,
+            "{model}: relative error {e:e} against ONNX Runtime"
+        );
+    }
+}
+
+#[test]
+fn eval_runs_an_onnx_resnet_end_to_end_with_graph_report_fields() {
+    let model = fixture("tests/fixtures/onnx/resnet_dynamo.onnx");
+    let (ok, out, err) =
+        crate::util::qscope(&["eval", "--model", model.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = r["fp32_accuracy"].as_f64().unwrap();
+    let q = r["quant_accuracy"].as_f64().unwrap();
+    assert!(f > 0.97, "float top-1 {f}");
+    assert!((f - q).abs() <= 0.003, "W8A8 top-1 {q} vs float {f}");
+    assert!(r["agreement"].as_f64().unwrap() >= 0.99);
+    assert!(r["output_cosine"].as_f64().unwrap() > 0.99);
+    assert_eq!(
+        r["int_mac_share"].as_f64(),
+        Some(1.0),
+        "every Conv/Gemm in integers"
+    );
+    let layers = r["layers"].as_array().unwrap();
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["op"] == "Conv" || l["op"] == "Gemm"),
+        "{layers:?}"
+    );
+    // Residual adds run as float islands for now, and the report names them.
+    let islands: Vec<&str> = r["float_islands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        islands
+            .iter()
+            .any(|n| n.contains("add") || n.contains("Add")),
+        "{islands:?}"
+    );
+}
+
+#[test]
+fn bad_onnx_files_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("tests/fixtures/onnx/resnet_ts.onnx")).unwrap();
+    let truncated = crate::util::write(&dir, "truncated.onnx", &good[..good.len() / 3]);
+    let (ok, _, err) = crate::util::qscope(&["eval", "--model", truncated.to_str().unwrap()]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("truncated.onnx"), "{err}");
+    // An unsupported op: the op_type field (tag 0x22, length 4) of the Relu nodes renamed.
+    let mut bytes = good.clone();
+    let mut renamed = 0;
+    while let Some(k) = bytes.windows(6).position(|w| w == b"\x22\x04Relu") {
+        bytes[k + 2..k + 6].copy_from_slice(b"Rxlu");
+        renamed += 1;
+    }
+    assert!(renamed > 0, "the fixture has Relu nodes");
+    let bad = crate::util::write(&dir, "badop.onnx", &bytes);
+    let (ok, _, err) = crate::util::qscope(&["eval", "--model", bad.to_str().unwrap()]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("Rxlu") && err.contains("not supported"),
+        "{err}"
+    );
+    // A dangling tensor name: the first output named "…Relu_output_0" renamed.
+    let mut bytes = good.clone();
+    let k = bytes
+        .windows(13)
+        .position(|w| w == b"Relu_output_0")
+        .unwrap();
+    bytes[k] = b'X';
+    let bad = crate::util::write(&dir, "dangling.onnx", &bytes);
+    let (ok, _, err) = crate::util::qscope(&["eval", "--model", bad.to_str().unwrap()]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("produced by no") || err.contains("graph output"),
+        "{err}"
+    );
+}
