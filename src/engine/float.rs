@@ -33,8 +33,8 @@ pub fn check_size(per_sample: usize, limit: usize) -> std::result::Result<(), St
     if per_sample > limit {
         return Err(format!(
             "makes a tensor of {per_sample} elements per sample ({} MiB), above the limit of {} MiB (raise it with --max-tensor-mib)",
-            per_sample * 4 >> 20,
-            limit * 4 >> 20
+            (per_sample * 4) >> 20,
+            (limit * 4) >> 20
         ));
     }
     Ok(())

@@ -435,10 +435,10 @@ impl<'m> IntModel<'m> {
         // Shape reads no values: it is plumbing, not an island.
         let quantized =
             !matches!(layer.op, Op::Shape { .. }) && ins.iter().flatten().any(|t| t.is_quantized());
-        if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first()) {
-            if let Some((q, qp)) = x.as_q() {
-                return Ok((self.pass_through(i, ins, q, qp)?, false));
-            }
+        if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first())
+            && let Some((q, qp)) = x.as_q()
+        {
+            return Ok((self.pass_through(i, ins, q, qp)?, false));
         }
         let owned: Vec<Option<Tensor>> = ins
             .iter()

@@ -74,10 +74,10 @@ impl Points {
                 quantized[l.output] = true;
                 quantized[p] = true;
                 layers.push((i, p));
-            } else if l.op.keeps_qparams() {
-                if let Some(d) = l.data_input() {
-                    quantized[l.output] = quantized[d];
-                }
+            } else if l.op.keeps_qparams()
+                && let Some(d) = l.data_input()
+            {
+                quantized[l.output] = quantized[d];
             }
         }
         Points { layers, entries }

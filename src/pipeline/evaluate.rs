@@ -14,6 +14,9 @@ use crate::model::{Dataset, Model, Op};
 use crate::params::ModelParams;
 use rayon::prelude::*;
 
+/// Float and quantized outputs, one vector per batch.
+pub type SavedBatches = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// What evaluation measured.
 #[derive(Debug, Clone, Default)]
 pub struct Evaluation {
@@ -34,7 +37,7 @@ pub struct Evaluation {
     /// Multiply-adds done in integers and in floats.
     pub macs: (f64, f64),
     /// Graph outputs of the float model and of the integer engine, when asked for.
-    pub saved: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub saved: Option<SavedBatches>,
 }
 
 impl Evaluation {
@@ -196,10 +199,11 @@ fn eval_batch(
         }
         for &(pv, j) in &point_to_layer {
             let integer = params.layers[j].weight.is_some();
-            if pv == v && integer {
-                if let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32()) {
-                    ev.act[j].add(f, &t.to_f32_vec());
-                }
+            if pv == v
+                && integer
+                && let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32())
+            {
+                ev.act[j].add(f, &t.to_f32_vec());
             }
         }
     })?;
@@ -211,16 +215,16 @@ fn eval_batch(
             let want = float_vals
                 .get(&model.point_value(i))
                 .and_then(|t| t.as_f32());
-            if let (Some(x), Some(want)) = (x, want) {
-                if let Some(y) = int.run_isolated(i, x) {
-                    ev.isolated[j].add(want, y.as_f32().expect("dequantized"));
-                }
+            if let (Some(x), Some(want)) = (x, want)
+                && let Some(y) = int.run_isolated(i, x)
+            {
+                ev.isolated[j].add(want, y.as_f32().expect("dequantized"));
             }
         }
     }
     let q = &quant_out[0];
     let qv = q.to_f32_vec();
-    let classes = if n > 0 { qv.len() / n } else { 0 };
+    let classes = qv.len().checked_div(n).unwrap_or(0);
     let labels = data.labels.as_ref().map(|l| &l[s..e]);
     let fv = float_out.as_ref().map(|f| f[0].to_f32_vec());
     ev.counts.add(fv.as_deref(), &qv, classes, labels);

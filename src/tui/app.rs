@@ -181,7 +181,7 @@ impl App {
         config: QuantConfig,
         seed: Option<(ModelParams, String)>,
     ) -> App {
-        let mut rows: Vec<RowInfo> = crate::eval::layer_view::entry_rows(&model)
+        let mut rows: Vec<RowInfo> = crate::eval::layer_view::entry_rows(model)
             .into_iter()
             .map(|name| RowInfo {
                 op: if name == INPUT_POINT {

@@ -11,7 +11,10 @@ use crate::model::{BinaryOp, Layer, Op, Value, ValueId};
 use ndarray::{Array1, Array2, Array4};
 
 /// Runs every pass; returns the nodes, the constants still read, and the values.
-pub(super) fn run(imp: &mut Importer) -> Result<(Vec<Layer>, Vec<(ValueId, Tensor)>, Vec<Value>)> {
+/// What the passes leave: nodes, the constants they read, and the value table.
+type Imported = (Vec<Layer>, Vec<(ValueId, Tensor)>, Vec<Value>);
+
+pub(super) fn run(imp: &mut Importer) -> Result<Imported> {
     remove_identities(imp);
     fold_constants(imp)?;
     take_weights(imp)?;
@@ -109,20 +112,20 @@ fn fold_constants(imp: &mut Importer) -> Result<()> {
                 .iter()
                 .flatten()
                 .all(|v| imp.consts.contains_key(v));
-        if let (Pending::Op(op), true) = (&n.pending, all_const) {
-            if !op.has_weights() {
-                let ins: Vec<Option<&Tensor>> = n
-                    .inputs
-                    .iter()
-                    .map(|v| v.map(|v| &imp.consts[&v]))
-                    .collect();
-                let t = eval(op, &ins, &limits).map_err(|m| imp.node_err(i, m))?;
-                let out = n.output;
-                if !imp.outputs.contains(&out) {
-                    imp.consts.insert(out, t);
-                    imp.nodes.remove(i);
-                    continue;
-                }
+        if let (Pending::Op(op), true) = (&n.pending, all_const)
+            && !op.has_weights()
+        {
+            let ins: Vec<Option<&Tensor>> = n
+                .inputs
+                .iter()
+                .map(|v| v.map(|v| &imp.consts[&v]))
+                .collect();
+            let t = eval(op, &ins, &limits).map_err(|m| imp.node_err(i, m))?;
+            let out = n.output;
+            if !imp.outputs.contains(&out) {
+                imp.consts.insert(out, t);
+                imp.nodes.remove(i);
+                continue;
             }
         }
         i += 1;
@@ -342,22 +345,21 @@ fn batchnorm(imp: &mut Importer, i: usize, eps: f32) -> std::result::Result<bool
         == 1
         && !imp.outputs.contains(&input);
     let producer = imp.nodes[..i].iter().position(|m| m.output == input);
-    if let Some(p) = producer.filter(|_| single_reader) {
-        if let Pending::Op(Op::Conv2d { weight, bias, .. }) = &mut imp.nodes[p].pending {
-            if weight.dim().0 == c {
-                let row = weight.len() / c;
-                let w = weight.as_slice_mut().expect("standard layout");
-                for k in 0..c {
-                    w[k * row..(k + 1) * row]
-                        .iter_mut()
-                        .for_each(|x| *x *= scale[k]);
-                    bias[k] = bias[k] * scale[k] + shift[k];
-                }
-                imp.nodes.remove(i);
-                rename(imp, output, input);
-                return Ok(true);
-            }
+    if let Some(p) = producer.filter(|_| single_reader)
+        && let Pending::Op(Op::Conv2d { weight, bias, .. }) = &mut imp.nodes[p].pending
+        && weight.dim().0 == c
+    {
+        let row = weight.len() / c;
+        let w = weight.as_slice_mut().expect("standard layout");
+        for k in 0..c {
+            w[k * row..(k + 1) * row]
+                .iter_mut()
+                .for_each(|x| *x *= scale[k]);
+            bias[k] = bias[k] * scale[k] + shift[k];
         }
+        imp.nodes.remove(i);
+        rename(imp, output, input);
+        return Ok(true);
     }
     imp.nodes[i].inputs.truncate(1);
     imp.nodes[i].pending = Pending::Op(Op::BatchNorm { scale, shift });
