@@ -1,5 +1,6 @@
 //! `qscope plot`: a layer's weight and activation histograms with the clipping ranges marked.
 
+use super::out::{outln};
 use super::args::PlotArgs;
 use super::progress::spinner;
 use super::setup::setup;
@@ -77,7 +78,7 @@ pub fn main(args: &PlotArgs) -> Result<()> {
             args.log,
         )?;
         write_plot(&path, &plot)?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     Ok(())
 }
