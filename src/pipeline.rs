@@ -130,14 +130,22 @@ pub fn calibrate(
             cancel.check()?;
             let x = normalized_batch(model, data, s, e);
             let (mut hin, mut hout) = empty();
+            check_finite(model, data, s, &x, "input (normalized)")?;
             hin.add(&x);
+            let mut overflow = None;
             float::forward(&qmodel, &x, e - s, |li, out| {
+                if overflow.is_none() && out.iter().any(|v| !v.is_finite()) {
+                    overflow = Some(li);
+                }
                 for (p, h) in points.iter().zip(hout.iter_mut()) {
                     if *p == li {
                         h.add(out);
                     }
                 }
             });
+            if let Some(li) = overflow {
+                return Err(float_overflow(model, data, s, &model.layers[li].name));
+            }
             Ok((hin, hout))
         })
         .try_reduce(empty, |(mut a, mut ao), (b, bo)| {
@@ -152,6 +160,26 @@ pub fn calibrate(
         outputs,
         samples: data.n,
     })
+}
+
+/// The error for a float model whose activations overflow f32 on a batch starting at `start`.
+fn float_overflow(model: &Model, data: &Dataset, start: usize, at: &str) -> Error {
+    Error::data(
+        &data.label,
+        format!(
+            "model '{}' overflows f32 (inf or NaN) at '{at}' in the batch from sample {start}: weights or inputs are too large; no accuracy can be reported",
+            model.name
+        ),
+    )
+}
+
+/// Checks a batch of values for infinities and NaN (normalization of huge inputs, overflow).
+fn check_finite(model: &Model, data: &Dataset, start: usize, x: &[f32], at: &str) -> Result<()> {
+    if x.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(float_overflow(model, data, start, at))
+    }
 }
 
 /// The activation quantization of point `name` from its histogram.
@@ -241,6 +269,8 @@ pub fn evaluate(
     cancel: &Cancel,
 ) -> Result<Evaluation> {
     data.check_fits(model.input_len(), &model.input_shape)?;
+    data.check_labels(model.output_len())?;
+    crate::export::quantized_model::check_int_biases(model, params)?;
     let int = IntModel::new(model, params);
     let wl = model.weight_layers();
     let classes = model.output_len();
@@ -257,8 +287,12 @@ pub fn evaluate(
             let x = normalized_batch(model, data, s, e);
             let mut ev = zero();
             let mut float_outs: Vec<Vec<f32>> = Vec::new();
+            check_finite(model, data, s, &x, "input (normalized)")?;
             let float_logits = has_float
                 .then(|| float::forward(model, &x, n, |_, out| float_outs.push(out.to_vec())));
+            if let Some(li) = float_outs.iter().position(|o| o.iter().any(|v| !v.is_finite())) {
+                return Err(float_overflow(model, data, s, &model.layers[li].name));
+            }
             let quant_logits = int.forward(&x, n, |li, act: &Act| {
                 if !has_float {
                     return;

@@ -21,16 +21,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Loads a model from a safetensors file and an optional spec file.
 pub fn load_model(path: &Path, spec_path: Option<&Path>) -> Result<Model> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::input::read_bytes(path)?;
     let spec = match spec_path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
-                path: p.to_path_buf(),
-                source,
-            })?;
+            let text = crate::input::read_text(p)?;
             Some((p.display().to_string(), text))
         }
         None => None,
@@ -67,7 +61,9 @@ pub fn load_model_bytes(
             }
         },
     };
+    super::validate::check_spec(&file, &spec)?;
     let layers = build_layers(&file, &spec)?;
+    super::validate::check_layers(label, &spec, &layers)?;
     Ok(Model {
         name: spec
             .name
@@ -301,7 +297,7 @@ fn build_layers(file: &TensorFile, spec: &Spec) -> Result<Vec<Layer>> {
 }
 
 /// The name rule of formats.md §1.
-fn layer_name(ls: &LayerSpec, pos: usize) -> String {
+pub(super) fn layer_name(ls: &LayerSpec, pos: usize) -> String {
     if let Some(n) = &ls.name {
         return n.clone();
     }

@@ -5,6 +5,7 @@ pub mod dataset;
 mod npz;
 pub mod spec;
 pub mod tensors;
+mod validate;
 
 pub use build::{load_model, load_model_bytes, sha256_hex};
 pub use dataset::{Dataset, load_dataset, load_dataset_bytes};
