@@ -195,6 +195,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         "eval",
         bundled::test,
     )?;
+    eval.check_labels(model.output_len())?;
     Ok(Setup {
         model,
         calib,
