@@ -5,6 +5,7 @@ mod engine;
 mod export;
 mod figures;
 mod loading;
+mod refused;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;
