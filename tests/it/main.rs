@@ -6,6 +6,7 @@ mod export;
 mod figures;
 mod loading;
 mod refused;
+mod smoke_fuzz;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;
