@@ -13,7 +13,7 @@ use qscope::{Dataset, QuantConfig};
 use safetensors::Dtype;
 use serde_json::Value;
 
-const DTYPES: [&str; 9] = [
+pub const DTYPES: [&str; 9] = [
     "F32", "F16", "BF16", "F64", "I8", "U8", "I32", "I64", "BOOL",
 ];
 
@@ -92,7 +92,7 @@ fn tensors() -> impl Strategy<Value = Vec<T>> {
 
 /// One structured edit of a safetensors file's header (or its bytes).
 #[derive(Debug, Clone)]
-enum Edit {
+pub enum Edit {
     Shape(usize, Vec<usize>),
     Dtype(usize, usize),
     Offsets(usize, usize, usize),
@@ -116,7 +116,7 @@ fn edit() -> impl Strategy<Value = Edit> {
 }
 
 /// Applies `edits` to the safetensors `bytes` (header parsed as JSON, edited, re-serialized).
-fn apply(bytes: &[u8], edits: &[Edit]) -> Vec<u8> {
+pub fn apply(bytes: &[u8], edits: &[Edit]) -> Vec<u8> {
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Map<String, Value> =
         serde_json::from_slice(&bytes[8..8 + len]).unwrap();
@@ -202,7 +202,7 @@ fn run_small(model: &qscope::Model) {
     }
 }
 
-fn tiny_model() -> Vec<u8> {
+pub fn tiny_model() -> Vec<u8> {
     let spec = "input_shape = [1, 4, 4]\n[[layers]]\nname = \"c\"\nop = \"conv2d\"\nweight = \"cw\"\nbias = \"cb\"\npadding = 1\n\
         [[layers]]\nop = \"batchnorm2d\"\nrunning_mean = \"m\"\nrunning_var = \"v\"\n[[layers]]\nop = \"relu\"\n\
         [[layers]]\nop = \"maxpool2d\"\nkernel = 2\n[[layers]]\nop = \"flatten\"\n\
@@ -225,7 +225,7 @@ fn tiny_model() -> Vec<u8> {
     )
 }
 
-fn tiny_quantized() -> Vec<u8> {
+pub fn tiny_quantized() -> Vec<u8> {
     let model = load_model_bytes("m", "m", &tiny_model(), None).unwrap();
     let data = Dataset {
         label: "d".into(),
@@ -256,7 +256,7 @@ fn dataset_bytes() -> Vec<u8> {
 }
 
 /// Text mutations: a line dropped, duplicated, or a number replaced.
-fn mutate_text(text: &str, ops: &[(usize, usize, String)]) -> String {
+pub fn mutate_text(text: &str, ops: &[(usize, usize, String)]) -> String {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     for (kind, at, s) in ops {
         if lines.is_empty() {
@@ -363,7 +363,7 @@ proptest! {
 }
 
 /// A small npz (stored, not deflated) of inputs [4, 4] f32 and labels [4] i64.
-fn npz_bytes() -> Vec<u8> {
+pub fn npz_bytes() -> Vec<u8> {
     use std::io::Write;
     let npy = |descr: &str, shape: &str, body: Vec<u8>| {
         let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
