@@ -22,7 +22,12 @@ pub enum Error {
         msg: String,
     },
     /// A tensor is missing, has the wrong shape or dtype, or holds non-finite values.
-    #[error("{}: tensor '{}': {}", clip(file, NAME_MAX), clip(tensor, NAME_MAX), clip(msg, MSG_MAX))]
+    #[error(
+        "{}: tensor '{}': {}",
+        clip(file, NAME_MAX),
+        clip(tensor, NAME_MAX),
+        clip(msg, MSG_MAX)
+    )]
     Tensor {
         /// The file holding the tensor.
         file: String,

@@ -41,7 +41,10 @@ pub fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         Error::format(
             path.display().to_string(),
-            format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
@@ -53,7 +56,10 @@ mod tests {
     #[test]
     fn devices_and_folders_are_refused_before_reading() {
         let e = read_bytes(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
         let d = tempfile::tempdir().unwrap();
         let e = read_text(d.path()).unwrap_err().to_string();
         assert!(e.contains("a folder"), "{e}");

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
                 .unwrap_or("bad arguments")
                 .trim_start_matches("error: ")
                 .to_string();
-            errln!("qscope: error: {} (see qscope --help)", clip(&first, LINE_MAX));
+            errln!(
+                "qscope: error: {} (see qscope --help)",
+                clip(&first, LINE_MAX)
+            );
             return ExitCode::from(2);
         }
     };
@@ -41,7 +44,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<OutputError>().is_some_and(OutputError::is_closed_pipe) => {
+        Err(e)
+            if e.downcast_ref::<OutputError>()
+                .is_some_and(OutputError::is_closed_pipe) =>
+        {
             ExitCode::FAILURE // the reader went away: nobody to tell
         }
         Err(e) => {

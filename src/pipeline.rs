@@ -290,7 +290,10 @@ pub fn evaluate(
             check_finite(model, data, s, &x, "input (normalized)")?;
             let float_logits = has_float
                 .then(|| float::forward(model, &x, n, |_, out| float_outs.push(out.to_vec())));
-            if let Some(li) = float_outs.iter().position(|o| o.iter().any(|v| !v.is_finite())) {
+            if let Some(li) = float_outs
+                .iter()
+                .position(|o| o.iter().any(|v| !v.is_finite()))
+            {
                 return Err(float_overflow(model, data, s, &model.layers[li].name));
             }
             let quant_logits = int.forward(&x, n, |li, act: &Act| {

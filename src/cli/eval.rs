@@ -1,7 +1,7 @@
 //! `qscope eval`: the whole flow, as a table or the JSON report of formats.md §4.
 
-use super::out::{outln, out, errln};
 use super::args::EvalArgs;
+use super::out::{errln, out, outln};
 use super::progress::spinner;
 use super::setup::setup;
 use super::table::{db, pct, render};

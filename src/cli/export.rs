@@ -1,8 +1,8 @@
 //! `qscope export --out FILE`: the chosen parameters (.json/.toml, formats.md §5) or a quantized
 //! model (.safetensors, §6). The target is checked before any work; the write is atomic.
 
-use super::out::{outln, errln};
 use super::args::ExportArgs;
+use super::out::{errln, outln};
 use super::progress::spinner;
 use super::setup::setup;
 use super::table::pct;

@@ -1,7 +1,7 @@
 //! `qscope inspect FILE`: statistics and int8/int4 error per tensor.
 
-use super::out::{outln, out};
 use super::args::InspectArgs;
+use super::out::{out, outln};
 use super::table::{db, render};
 use anyhow::Result;
 use qscope::bundled;

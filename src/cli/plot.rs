@@ -1,7 +1,7 @@
 //! `qscope plot`: a layer's weight and activation histograms with the clipping ranges marked.
 
-use super::out::{outln};
 use super::args::PlotArgs;
+use super::out::outln;
 use super::progress::spinner;
 use super::setup::setup;
 use anyhow::{Result, bail};
@@ -55,7 +55,8 @@ pub fn main(args: &PlotArgs) -> Result<()> {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let draw = |name: &str| layer_plot(&s.model, &params, &calibration, name, s.has_float, args.log);
+    let draw =
+        |name: &str| layer_plot(&s.model, &params, &calibration, name, s.has_float, args.log);
     if let Some(l) = &args.layer {
         write_plot(&args.out, &draw(l)?)?;
         outln!("wrote {}", args.out.display())?;

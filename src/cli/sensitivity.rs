@@ -1,7 +1,7 @@
 //! `qscope sensitivity`: per weight layer, accuracy with that layer alone at each bit width.
 
-use super::out::{outln, out, errln};
 use super::args::SensitivityArgs;
+use super::out::{errln, out, outln};
 use super::progress::bar;
 use super::setup::setup;
 use super::table::{db, pct, render};

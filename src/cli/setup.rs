@@ -1,7 +1,7 @@
 //! Turning flags and a config file into a loaded model, data sets and a quantization config.
 
-use super::out::{errln};
 use super::args::Common;
+use super::out::errln;
 use anyhow::{Context, Result, bail};
 use qscope::config::ConfigFile;
 use qscope::model::{load_dataset, load_model};

@@ -227,7 +227,14 @@ pub fn write_files_atomic(
                 let done: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
                 return Err(Error::format(
                     target.display().to_string(),
-                    format!("cannot move into place: {e} (already written: {})", if done.is_empty() { "none".into() } else { done.join(", ") }),
+                    format!(
+                        "cannot move into place: {e} (already written: {})",
+                        if done.is_empty() {
+                            "none".into()
+                        } else {
+                            done.join(", ")
+                        }
+                    ),
                 ));
             }
             written.push(target);

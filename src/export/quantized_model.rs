@@ -69,11 +69,16 @@ fn row_ref_scales(q: &QWeights) -> Vec<f64> {
 /// dimension and a size that fits in memory arithmetic.
 fn check_weight_dims(label: &str, name: &str, shape: &[usize]) -> Result<()> {
     let size = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if !matches!(shape.len(), 2 | 4) || shape.contains(&0) || size.is_none_or(|s| s > isize::MAX as usize / 4) {
+    if !matches!(shape.len(), 2 | 4)
+        || shape.contains(&0)
+        || size.is_none_or(|s| s > isize::MAX as usize / 4)
+    {
         return Err(Error::tensor(
             label,
             name,
-            format!("has shape {shape:?}; a weight is [out, in] or [out, in, kh, kw] with no 0-sized dimension"),
+            format!(
+                "has shape {shape:?}; a weight is [out, in] or [out, in, kh, kw] with no 0-sized dimension"
+            ),
         ));
     }
     Ok(())
@@ -99,6 +104,9 @@ pub fn check_int_biases(model: &Model, params: &ModelParams) -> Result<()> {
         };
         for (r, (&b, s_w)) in bias.iter().zip(row_ref_scales(&wq.q)).enumerate() {
             let acc = in_q.scale as f64 * s_w;
+            if !(acc.is_finite() && acc > 0.0) {
+                continue; // invalid scales are refused where the parameters are checked
+            }
             let v = (b as f64 / acc).round();
             if !(v.abs() <= i32::MAX as f64) {
                 return Err(Error::config(
@@ -238,7 +246,6 @@ fn quantization_config(model: &Model, params: &ModelParams) -> serde_json::Value
 /// checked to reproduce `params` exactly before it is returned.
 pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<u8>> {
     let label = format!("quantized {}", model.name);
-    check_int_biases(model, params)?;
     ParamsFile::from_params(model, params)
         .resolve(&label, model, false, WeightInts::FromModel)
         .map_err(|e| {
@@ -247,6 +254,7 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
                 format!("refusing to write parameters that would not load back: {e}"),
             )
         })?;
+    check_int_biases(model, params)?;
     let inq = input_qparams(model, params);
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for lp in &params.layers {
@@ -539,7 +547,9 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
                     Some(_) => Err(Error::tensor(
                         label,
                         &sname,
-                        format!("is missing (and {zname}): {PARAMS_KEY} gives layer '{l}' {what} qparams, a quantized model stores them as tensors"),
+                        format!(
+                            "is missing (and {zname}): {PARAMS_KEY} gives layer '{l}' {what} qparams, a quantized model stores them as tensors"
+                        ),
                     )),
                 };
             }

@@ -82,7 +82,10 @@ fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result
             Error::tensor(
                 label,
                 "inputs",
-                format!("has shape {:?}; a sample needs at least one element", inputs.shape),
+                format!(
+                    "has shape {:?}; a sample needs at least one element",
+                    inputs.shape
+                ),
             )
         })?;
     let values = match inputs.dtype {

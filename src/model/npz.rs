@@ -47,7 +47,11 @@ pub(super) fn read_npz(label: &str, bytes: &[u8]) -> Result<HashMap<String, RawT
         if data.len() as u64 != declared {
             return Err(bad(format!(
                 "npz entry '{name}' inflates to {}{} bytes, not the {declared} it declares",
-                if data.len() as u64 > declared { "more than " } else { "" },
+                if data.len() as u64 > declared {
+                    "more than "
+                } else {
+                    ""
+                },
                 data.len()
             )));
         }

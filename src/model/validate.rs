@@ -40,7 +40,10 @@ fn check_input(label: &str, spec: &Spec) -> Result<()> {
     } else {
         1
     };
-    for (key, values) in [("input_mean", &spec.input_mean), ("input_std", &spec.input_std)] {
+    for (key, values) in [
+        ("input_mean", &spec.input_mean),
+        ("input_std", &spec.input_std),
+    ] {
         let Some(v) = values else { continue };
         if v.len() > 1 && v.len() != channels {
             return Err(bad(format!(
@@ -67,11 +70,18 @@ fn check_layer_spec(file: &TensorFile, ls: &LayerSpec, pos: usize) -> Result<()>
     let label = file.label();
     let what = ls.name.clone().unwrap_or_else(|| format!("{}{pos}", ls.op));
     let bad = |msg: String| Error::spec(label, format!("layer '{what}' ({}): {msg}", ls.op));
-    for (key, p) in [("stride", ls.stride), ("padding", ls.padding), ("kernel", ls.kernel)] {
+    for (key, p) in [
+        ("stride", ls.stride),
+        ("padding", ls.padding),
+        ("kernel", ls.kernel),
+    ] {
         if let Some(p) = p {
             let (a, b) = p.hw();
             if a.max(b) > MAX_WINDOW {
-                return Err(bad(format!("{key} {} is larger than {MAX_WINDOW}", a.max(b))));
+                return Err(bad(format!(
+                    "{key} {} is larger than {MAX_WINDOW}",
+                    a.max(b)
+                )));
             }
         }
     }
