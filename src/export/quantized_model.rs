@@ -108,7 +108,7 @@ pub fn check_int_biases(model: &Model, params: &ModelParams) -> Result<()> {
                 continue; // invalid scales are refused where the parameters are checked
             }
             let v = (b as f64 / acc).round();
-            if !(v.abs() <= i32::MAX as f64) {
+            if v.is_nan() || v.abs() > i32::MAX as f64 {
                 return Err(Error::config(
                     format!("layers.{}", lp.name),
                     format!(

@@ -163,201 +163,221 @@ fn bad_model(rng: &mut Rng) -> (&'static str, Vec<u8>) {
 
 /// One generated case.
 fn case(rng: &mut Rng, q: &[u8], tiny: &[u8]) -> Case {
-    let good_data = |rng: &mut Rng| data(rng, 4, 4, None);
     match rng.below(10) {
-        0 | 1 => {
-            let (kind, m) = bad_model(rng);
-            let export = rng.below(3) == 0;
-            let args = if export {
-                [
-                    "export",
-                    "--out",
-                    "out.safetensors",
-                    "--model",
-                    "m.safetensors",
-                    "--calib",
-                    "d.safetensors",
-                    "--eval",
-                    "d.safetensors",
-                ]
-                .map(String::from)
-                .to_vec()
-            } else {
-                eval_args(&[])
-            };
-            Case {
-                kind,
-                files: vec![("m.safetensors", m), ("d.safetensors", good_data(rng))],
-                args,
-                must_refuse: true,
-            }
+        0 | 1 => bad_model_case(rng, q, tiny),
+        2 => labels_case(rng, q, tiny),
+        3 => non_regular_case(rng, q, tiny),
+        4 => quantized_missing_case(rng, q, tiny),
+        5 => model_mutation_case(rng, q, tiny),
+        6 => quantized_mutation_case(rng, q, tiny),
+        7 => data_mutation_case(rng, q, tiny),
+        8 => config_mutation_case(rng, q, tiny),
+        _ => params_mutation_case(rng, q, tiny),
+    }
+}
+
+fn bad_model_case(rng: &mut Rng, _q: &[u8], _tiny: &[u8]) -> Case {
+    let (kind, m) = bad_model(rng);
+    let export = rng.below(3) == 0;
+    let args = if export {
+        [
+            "export",
+            "--out",
+            "out.safetensors",
+            "--model",
+            "m.safetensors",
+            "--calib",
+            "d.safetensors",
+            "--eval",
+            "d.safetensors",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        eval_args(&[])
+    };
+    Case {
+        kind,
+        files: vec![
+            ("m.safetensors", m),
+            ("d.safetensors", data(rng, 4, 4, None)),
+        ],
+        args,
+        must_refuse: true,
+    }
+}
+
+fn labels_case(rng: &mut Rng, _q: &[u8], _tiny: &[u8]) -> Case {
+    let bad = [3i64, 10, 255, -1, 1 << 40, i64::MIN][rng.below(6)];
+    let labels = vec![0, 1, bad, 2];
+    let w = rng.vec(12, -1.0, 1.0);
+    let m = safetensors_bytes(
+        &[f32t("w", &[3, 4], &w), f32t("b", &[3], &[0.0; 3])],
+        Some(SPEC),
+    );
+    Case {
+        kind: "labels",
+        files: vec![
+            ("m.safetensors", m),
+            ("d.safetensors", data(rng, 4, 4, Some(labels))),
+        ],
+        args: eval_args(&["--json"]),
+        must_refuse: true,
+    }
+}
+
+fn non_regular_case(rng: &mut Rng, _q: &[u8], tiny: &[u8]) -> Case {
+    let (name, special) = [
+        ("--model", "/dev/zero"),
+        ("--calib", "/dev/zero"),
+        ("--eval", "/dev/null"),
+        ("--params", "/dev/zero"),
+        ("--config", "/dev/zero"),
+        ("--spec", "/dev/urandom"),
+    ][rng.below(6)];
+    let mut args = vec!["eval".to_string(), name.into(), special.into()];
+    for (f, v) in [
+        ("--model", "m.safetensors"),
+        ("--calib", "d.safetensors"),
+        ("--eval", "d.safetensors"),
+    ] {
+        if f != name {
+            args.extend([f.to_string(), v.to_string()]);
         }
-        2 => {
-            let bad = [3i64, 10, 255, -1, 1 << 40, i64::MIN][rng.below(6)];
-            let labels = vec![0, 1, bad, 2];
-            let w = rng.vec(12, -1.0, 1.0);
-            let m = safetensors_bytes(
-                &[f32t("w", &[3, 4], &w), f32t("b", &[3], &[0.0; 3])],
-                Some(SPEC),
-            );
-            Case {
-                kind: "labels",
-                files: vec![
-                    ("m.safetensors", m),
-                    ("d.safetensors", data(rng, 4, 4, Some(labels))),
-                ],
-                args: eval_args(&["--json"]),
-                must_refuse: true,
-            }
-        }
-        3 => {
-            let (name, special) = [
-                ("--model", "/dev/zero"),
-                ("--calib", "/dev/zero"),
-                ("--eval", "/dev/null"),
-                ("--params", "/dev/zero"),
-                ("--config", "/dev/zero"),
-                ("--spec", "/dev/urandom"),
-            ][rng.below(6)];
-            let mut args = vec!["eval".to_string(), name.into(), special.into()];
-            for (f, v) in [
-                ("--model", "m.safetensors"),
-                ("--calib", "d.safetensors"),
-                ("--eval", "d.safetensors"),
-            ] {
-                if f != name {
-                    args.extend([f.to_string(), v.to_string()]);
-                }
-            }
-            Case {
-                kind: "non-regular",
-                files: vec![
-                    ("m.safetensors", tiny.to_vec()),
-                    ("d.safetensors", data(rng, 4, 16, None)),
-                ],
-                args,
-                must_refuse: true,
-            }
-        }
-        4 => {
-            let mut qm = q.to_vec();
-            let drop = [
-                "c.input_scale",
-                "c.input_zero_point",
-                "fc.input_scale",
-                "fc.output_scale",
-            ][rng.below(4)];
-            qm = edit_quantized(&qm, |ts| ts.retain(|t| t.name != drop));
-            Case {
-                kind: "quantized-missing",
-                files: vec![
-                    ("m.safetensors", qm),
-                    ("d.safetensors", data(rng, 4, 16, None)),
-                ],
-                args: eval_args(&[]),
-                must_refuse: true,
-            }
-        }
-        5 => Case {
-            kind: "model-mutation",
-            files: vec![
-                ("m.safetensors", apply(tiny, &edits(rng))),
-                ("d.safetensors", data(rng, 4, 16, None)),
-            ],
-            args: eval_args(&["--json"]),
-            must_refuse: false,
-        },
-        6 => Case {
-            kind: "quantized-mutation",
-            files: vec![
-                ("m.safetensors", apply(q, &edits(rng))),
-                ("d.safetensors", data(rng, 4, 16, None)),
-            ],
-            args: eval_args(&[]),
-            must_refuse: false,
-        },
-        7 => {
-            let d = if rng.below(2) == 0 {
-                apply(&data(rng, 4, 16, Some(vec![0, 1, 2, 1])), &edits(rng))
-            } else {
-                let mut b = npz_bytes();
-                let k = rng.below(b.len());
-                b[k] ^= (rng.next_u64() as u8) | 1;
-                b
-            };
-            let name = if d.starts_with(b"PK") {
-                "d.npz"
-            } else {
-                "d.safetensors"
-            };
-            let mut args = eval_args(&[]);
-            args[4] = name.into();
-            args[6] = name.into();
-            Case {
-                kind: "data-mutation",
-                files: vec![("m.safetensors", tiny.to_vec()), (name, d)],
-                args,
-                must_refuse: false,
-            }
-        }
-        8 => {
-            let config = std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/config.example.toml"
-            ))
+    }
+    Case {
+        kind: "non-regular",
+        files: vec![
+            ("m.safetensors", tiny.to_vec()),
+            ("d.safetensors", data(rng, 4, 16, None)),
+        ],
+        args,
+        must_refuse: true,
+    }
+}
+
+fn quantized_missing_case(rng: &mut Rng, q: &[u8], _tiny: &[u8]) -> Case {
+    let mut qm = q.to_vec();
+    let drop = [
+        "c.input_scale",
+        "c.input_zero_point",
+        "fc.input_scale",
+        "fc.output_scale",
+    ][rng.below(4)];
+    qm = edit_quantized(&qm, |ts| ts.retain(|t| t.name != drop));
+    Case {
+        kind: "quantized-missing",
+        files: vec![
+            ("m.safetensors", qm),
+            ("d.safetensors", data(rng, 4, 16, None)),
+        ],
+        args: eval_args(&[]),
+        must_refuse: true,
+    }
+}
+
+fn model_mutation_case(rng: &mut Rng, _q: &[u8], tiny: &[u8]) -> Case {
+    Case {
+        kind: "model-mutation",
+        files: vec![
+            ("m.safetensors", apply(tiny, &edits(rng))),
+            ("d.safetensors", data(rng, 4, 16, None)),
+        ],
+        args: eval_args(&["--json"]),
+        must_refuse: false,
+    }
+}
+
+fn quantized_mutation_case(rng: &mut Rng, q: &[u8], _tiny: &[u8]) -> Case {
+    Case {
+        kind: "quantized-mutation",
+        files: vec![
+            ("m.safetensors", apply(q, &edits(rng))),
+            ("d.safetensors", data(rng, 4, 16, None)),
+        ],
+        args: eval_args(&[]),
+        must_refuse: false,
+    }
+}
+
+fn data_mutation_case(rng: &mut Rng, _q: &[u8], tiny: &[u8]) -> Case {
+    let d = if rng.below(2) == 0 {
+        apply(&data(rng, 4, 16, Some(vec![0, 1, 2, 1])), &edits(rng))
+    } else {
+        let mut b = npz_bytes();
+        let k = rng.below(b.len());
+        b[k] ^= (rng.next_u64() as u8) | 1;
+        b
+    };
+    let name = if d.starts_with(b"PK") {
+        "d.npz"
+    } else {
+        "d.safetensors"
+    };
+    let mut args = eval_args(&[]);
+    args[4] = name.into();
+    args[6] = name.into();
+    Case {
+        kind: "data-mutation",
+        files: vec![("m.safetensors", tiny.to_vec()), (name, d)],
+        args,
+        must_refuse: false,
+    }
+}
+
+fn config_mutation_case(rng: &mut Rng, _q: &[u8], _tiny: &[u8]) -> Case {
+    let config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
             .unwrap();
-            let ops: Vec<(usize, usize, String)> = (0..1 + rng.below(3))
-                .map(|_| {
-                    (
-                        rng.below(4),
-                        rng.next_u64() as usize,
-                        ["nan", "-1", "0", "1e300", "\"", "x", "[", "99999999999"][rng.below(8)]
-                            .to_string(),
-                    )
-                })
-                .collect();
-            let c = mutate_text(&config, &ops);
-            Case {
-                kind: "config-mutation",
-                files: vec![("c.toml", c.into_bytes())],
-                args: ["eval", "--config", "c.toml", "--calib-samples", "30"]
-                    .map(String::from)
-                    .to_vec(),
-                must_refuse: false,
-            }
-        }
-        _ => {
-            let st = safetensors::SafeTensors::read_metadata(q).unwrap().1;
-            let json = st.metadata().as_ref().unwrap()["qscope.params"].clone();
-            let pretty = serde_json::to_string_pretty(
-                &serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+    let ops: Vec<(usize, usize, String)> = (0..1 + rng.below(3))
+        .map(|_| {
+            (
+                rng.below(4),
+                rng.next_u64() as usize,
+                ["nan", "-1", "0", "1e300", "\"", "x", "[", "99999999999"][rng.below(8)]
+                    .to_string(),
             )
+        })
+        .collect();
+    let c = mutate_text(&config, &ops);
+    Case {
+        kind: "config-mutation",
+        files: vec![("c.toml", c.into_bytes())],
+        args: ["eval", "--config", "c.toml", "--calib-samples", "30"]
+            .map(String::from)
+            .to_vec(),
+        must_refuse: false,
+    }
+}
+
+fn params_mutation_case(rng: &mut Rng, q: &[u8], tiny: &[u8]) -> Case {
+    let st = safetensors::SafeTensors::read_metadata(q).unwrap().1;
+    let json = st.metadata().as_ref().unwrap()["qscope.params"].clone();
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&json).unwrap())
             .unwrap();
-            let ops: Vec<(usize, usize, String)> = (0..1 + rng.below(3))
-                .map(|_| {
-                    (
-                        rng.below(4),
-                        rng.next_u64() as usize,
-                        ["nan", "-1", "0", "1e300", "\"", "null", "[]", "99999999999"]
-                            [rng.below(8)]
-                        .to_string(),
-                    )
-                })
-                .collect();
-            let p = mutate_text(&pretty, &ops);
-            let mut args = eval_args(&["--params", "p.json", "--force"]);
-            args[2] = "m.safetensors".into();
-            Case {
-                kind: "params-mutation",
-                files: vec![
-                    ("m.safetensors", tiny.to_vec()),
-                    ("d.safetensors", data(rng, 4, 16, None)),
-                    ("p.json", p.into_bytes()),
-                ],
-                args,
-                must_refuse: false,
-            }
-        }
+    let ops: Vec<(usize, usize, String)> = (0..1 + rng.below(3))
+        .map(|_| {
+            (
+                rng.below(4),
+                rng.next_u64() as usize,
+                ["nan", "-1", "0", "1e300", "\"", "null", "[]", "99999999999"][rng.below(8)]
+                    .to_string(),
+            )
+        })
+        .collect();
+    let p = mutate_text(&pretty, &ops);
+    let mut args = eval_args(&["--params", "p.json", "--force"]);
+    args[2] = "m.safetensors".into();
+    Case {
+        kind: "params-mutation",
+        files: vec![
+            ("m.safetensors", tiny.to_vec()),
+            ("d.safetensors", data(rng, 4, 16, None)),
+            ("p.json", p.into_bytes()),
+        ],
+        args,
+        must_refuse: false,
     }
 }
 
