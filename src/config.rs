@@ -276,7 +276,7 @@ fn unknown_layer(key: &str, name: &str, m: &Model) -> Error {
         format!(
             "model '{}' has no weight layer '{}' (it has: {}{more})",
             m.name,
-            crate::error::clip(name),
+            crate::error::clip(name, crate::error::NAME_MAX),
             names.join(", ")
         ),
     )
@@ -327,10 +327,7 @@ impl ConfigFile {
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<ConfigFile> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::input::read_text(path)?;
         Self::parse(&path.display().to_string(), &text)
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", clip(&path.display().to_string(), NAME_MAX))]
     Io {
         /// The file at fault.
         path: PathBuf,
@@ -14,7 +14,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A file's content is malformed (not safetensors, truncated, bad header, ...).
-    #[error("{file}: {msg}")]
+    #[error("{}: {}", clip(file, NAME_MAX), clip(msg, MSG_MAX))]
     Format {
         /// The file (or "bundled model" for embedded assets).
         file: String,
@@ -22,7 +22,12 @@ pub enum Error {
         msg: String,
     },
     /// A tensor is missing, has the wrong shape or dtype, or holds non-finite values.
-    #[error("{file}: tensor '{tensor}': {msg}")]
+    #[error(
+        "{}: tensor '{}': {}",
+        clip(file, NAME_MAX),
+        clip(tensor, NAME_MAX),
+        clip(msg, MSG_MAX)
+    )]
     Tensor {
         /// The file holding the tensor.
         file: String,
@@ -32,7 +37,7 @@ pub enum Error {
         msg: String,
     },
     /// The model spec is invalid.
-    #[error("{file}: spec: {msg}")]
+    #[error("{}: spec: {}", clip(file, NAME_MAX), clip(msg, MSG_MAX))]
     Spec {
         /// The spec's source (a path, or the model file for an embedded spec).
         file: String,
@@ -40,7 +45,7 @@ pub enum Error {
         msg: String,
     },
     /// A configuration value is out of range or unknown.
-    #[error("{key}: {msg}")]
+    #[error("{}: {}", clip(key, NAME_MAX), clip(msg, MSG_MAX))]
     Config {
         /// The key or flag at fault (e.g. `weight_bits`, `layers.fc1.act_bits`).
         key: String,
@@ -48,7 +53,7 @@ pub enum Error {
         msg: String,
     },
     /// A data set does not fit the model.
-    #[error("{file}: {msg}")]
+    #[error("{}: {}", clip(file, NAME_MAX), clip(msg, MSG_MAX))]
     Data {
         /// The data set's file.
         file: String,
@@ -72,16 +77,25 @@ pub enum Error {
     Cancelled,
 }
 
-/// Longest quotation of user input inside an error message, in characters.
-pub const QUOTE_MAX: usize = 120;
+/// Longest file, tensor or key name an error message shows (longer ones are cut in the middle).
+pub const NAME_MAX: usize = 160;
+/// Longest cause an error message shows (a cause quoting a long input is cut in the middle).
+pub const MSG_MAX: usize = 400;
 
-/// `s` cut to [`QUOTE_MAX`] characters (with an ellipsis), for quoting user input in errors.
-pub fn clip(s: &str) -> String {
-    if s.chars().count() <= QUOTE_MAX {
-        return s.to_string();
+/// `s` cut to at most `max` characters (plus the ellipsis): its head, `…`, and its tail, so that
+/// an error quoting a user's input stays readable on one line. Control characters (a quoted
+/// newline or escape sequence) are shown as spaces.
+pub fn clip(s: &str, max: usize) -> String {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let n = s.chars().count();
+    if n <= max {
+        return s.chars().map(clean).collect();
     }
-    let mut out: String = s.chars().take(QUOTE_MAX).collect();
+    let head = max * 2 / 3;
+    let tail = max.saturating_sub(head + 1);
+    let mut out: String = s.chars().take(head).map(clean).collect();
     out.push('…');
+    out.extend(s.chars().skip(n - tail).map(clean));
     out
 }
 
@@ -135,7 +149,7 @@ impl Error {
     ) -> Self {
         Error::Node {
             file: file.into(),
-            node: clip(node),
+            node: clip(node, NAME_MAX),
             op: op.into(),
             msg: msg.into(),
         }
@@ -147,5 +161,21 @@ impl Error {
             file: file.into(),
             msg: msg.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_inputs_are_cut_in_the_middle_and_short_ones_kept() {
+        assert_eq!(clip("short\nline", 20), "short line");
+        let long = format!("start{}end", "x".repeat(10_000));
+        let c = clip(&long, 200);
+        assert!(c.starts_with("start") && c.ends_with("end") && c.contains('…'));
+        assert!(c.chars().count() <= 201, "{}", c.chars().count());
+        let e = Error::config("k".repeat(5000), "y".repeat(50_000)).to_string();
+        assert!(e.len() < 1000, "{}", e.len());
     }
 }

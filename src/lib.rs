@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod input;
 pub mod inspect;
 pub mod model;
 pub mod params;

@@ -4,7 +4,12 @@ mod cli;
 
 use clap::Parser;
 use cli::args::{Cli, Command};
+use cli::out::{OutputError, errln};
+use qscope::error::clip;
 use std::process::ExitCode;
+
+/// Longest error line printed (causes quoting long inputs are cut in the middle).
+const LINE_MAX: usize = 1000;
 
 fn main() -> ExitCode {
     let args = match Cli::try_parse() {
@@ -21,7 +26,10 @@ fn main() -> ExitCode {
                 .unwrap_or("bad arguments")
                 .trim_start_matches("error: ")
                 .to_string();
-            eprintln!("qscope: error: {first} (see qscope --help)");
+            errln!(
+                "qscope: error: {} (see qscope --help)",
+                clip(&first, LINE_MAX)
+            );
             return ExitCode::from(2);
         }
     };
@@ -36,9 +44,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<OutputError>()
+                .is_some_and(OutputError::is_closed_pipe) =>
+        {
+            ExitCode::FAILURE // the reader went away: nobody to tell
+        }
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("qscope: error: {msg}");
+            errln!("qscope: error: {}", clip(&format!("{e:#}"), LINE_MAX));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! `qscope eval`: the whole flow, as a table or the JSON report of formats.md §4.
 
 use super::args::EvalArgs;
+use super::out::{errln, out, outln};
 use super::progress::spinner;
 use super::setup::setup;
 use super::table::{db, pct, render};
@@ -32,10 +33,10 @@ pub fn main(args: &EvalArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+        outln!("{}", serde_json::to_string_pretty(&outcome.report)?)?;
     } else {
         if loaded {
-            println!(
+            outln!(
                 "parameters: {} (not calibrated){}",
                 match &args.common.params {
                     Some(p) => format!("loaded from {}", p.display()),
@@ -46,15 +47,15 @@ pub fn main(args: &EvalArgs) -> Result<()> {
                 } else {
                     "  ·  no float weights: float-side figures are null"
                 }
-            );
+            )?;
         }
-        print!("{}", human(&outcome.report));
+        out!("{}", human(&outcome.report))?;
     }
     if let Some(dir) = &args.dump_activations {
         let (written, skipped) =
             dump_activations(dir, &s.model, &outcome.params, &s.calib, &cancel)?;
         for d in &written {
-            eprintln!(
+            errln!(
                 "qscope: wrote {}: I8 {:?}, scale {:e}, zero point {} ({} bits {})",
                 d.path.display(),
                 d.shape,
@@ -65,7 +66,7 @@ pub fn main(args: &EvalArgs) -> Result<()> {
             );
         }
         if !skipped.is_empty() {
-            eprintln!(
+            errln!(
                 "qscope: note: not dumped (output stays float): {}",
                 skipped.join(", ")
             );

@@ -2,6 +2,7 @@
 //! model (.safetensors, §6). The target is checked before any work; the write is atomic.
 
 use super::args::ExportArgs;
+use super::out::{errln, outln};
 use super::progress::spinner;
 use super::setup::setup;
 use super::table::pct;
@@ -35,7 +36,7 @@ pub fn main(args: &ExportArgs) -> Result<()> {
                 pb.finish_and_clear();
             }
             let r = &outcome.report;
-            eprintln!(
+            errln!(
                 "qscope: {}: float top-1 {} · int top-1 {} · agreement {}",
                 r.model,
                 pct(r.fp32_accuracy),
@@ -62,12 +63,12 @@ pub fn main(args: &ExportArgs) -> Result<()> {
         ExportKind::Json | ExportKind::Toml => {
             save_params(&args.out, &s.model, &params)?;
             let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-            println!(
+            outln!(
                 "wrote {out}: parameters of {} (sha256 {}…), input + {layers} weight layers{float}, {} bytes",
                 s.model.name,
                 &s.model.sha256[..12.min(s.model.sha256.len())],
                 bytes(size)
-            );
+            )?;
         }
         ExportKind::Safetensors => {
             let size = save_quantized_model(&args.out, &s.model, &params)?;
@@ -84,11 +85,11 @@ pub fn main(args: &ExportArgs) -> Result<()> {
                     bytes(s.model_file_bytes)
                 )
             };
-            println!(
+            outln!(
                 "wrote {out}: quantized {} ({layers} weight layers{float}), {} bytes{against}",
                 s.model.name,
                 bytes(size)
-            );
+            )?;
         }
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! `qscope inspect FILE`: statistics and int8/int4 error per tensor.
 
 use super::args::InspectArgs;
+use super::out::{out, outln};
 use super::table::{db, render};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use qscope::bundled;
 use qscope::inspect::inspect_bytes;
 
@@ -12,17 +13,16 @@ pub fn main(args: &InspectArgs) -> Result<()> {
     let bytes: &[u8] = match bundled::model_bytes(&args.file) {
         Some(b) if !std::path::Path::new(&args.file).exists() => b,
         _ => {
-            owned =
-                std::fs::read(&args.file).with_context(|| format!("{}: cannot read", args.file))?;
+            owned = qscope::input::read_bytes(std::path::Path::new(&args.file))?;
             &owned
         }
     };
     let ins = inspect_bytes(&args.file, bytes)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&ins)?);
+        outln!("{}", serde_json::to_string_pretty(&ins)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{}  ·  {} bytes  ·  {} tensors  ·  metadata: {}",
         ins.file,
         ins.file_bytes,
@@ -32,7 +32,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         } else {
             ins.metadata_keys.join(", ")
         }
-    );
+    )?;
     let mut by_dtype: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for t in &ins.tensors {
         let e = by_dtype.entry(t.dtype.as_str()).or_default();
@@ -43,18 +43,18 @@ pub fn main(args: &InspectArgs) -> Result<()> {
         .iter()
         .map(|(d, (n, b))| format!("{d} {n} tensors {} bytes", super::export::bytes(*b as u64)))
         .collect();
-    println!("by dtype: {}", summary.join("  ·  "));
+    outln!("by dtype: {}", summary.join("  ·  "))?;
     if ins
         .metadata_keys
         .iter()
         .any(|k| k == qscope::export::quantized_model::PARAMS_KEY)
     {
-        println!(
+        outln!(
             "a quantized model (formats.md §6): integer weights, scales and zero points; run it with `qscope eval --model {}`",
             args.file
-        );
+        )?;
     }
-    println!();
+    outln!()?;
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
     let rows: Vec<Vec<String>> = ins
         .tensors
@@ -78,7 +78,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         render(
             &[
@@ -87,7 +87,7 @@ pub fn main(args: &InspectArgs) -> Result<()> {
             ],
             &rows
         )
-    );
-    println!("\nSQNR in dB of symmetric minmax quantization: T per tensor, C per output channel.");
+    )?;
+    outln!("\nSQNR in dB of symmetric minmax quantization: T per tensor, C per output channel.")?;
     Ok(())
 }

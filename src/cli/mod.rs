@@ -4,6 +4,7 @@ pub mod args;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod out;
 pub mod plot;
 pub mod progress;
 pub mod sensitivity;

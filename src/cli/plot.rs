@@ -1,12 +1,13 @@
 //! `qscope plot`: a layer's weight and activation histograms with the clipping ranges marked.
 
 use super::args::PlotArgs;
+use super::out::outln;
 use super::progress::spinner;
 use super::setup::setup;
 use anyhow::{Result, bail};
 use qscope::config::INPUT_POINT;
-use qscope::export::atomic::{check_writable_dir, check_writable_file};
-use qscope::export::plot::{check_plot_path, layer_plot, write_plot};
+use qscope::export::atomic::{check_writable_dir, check_writable_file, write_files_atomic};
+use qscope::export::plot::{check_plot_path, layer_plot, plot_bytes, write_plot};
 use qscope::params::WeightQuant;
 use qscope::pipeline::{Cancel, calibrate, choose_ranges, quantize_weights};
 
@@ -54,30 +55,27 @@ pub fn main(args: &PlotArgs) -> Result<()> {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let targets: Vec<(String, std::path::PathBuf)> = match &args.layer {
-        Some(l) => vec![(l.clone(), args.out.clone())],
-        None => names
-            .iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    args.out
-                        .join(format!("{}.{}", n.replace(['/', '\\'], "_"), args.format)),
-                )
-            })
-            .collect(),
-    };
-    for (name, path) in targets {
-        let plot = layer_plot(
-            &s.model,
-            &params,
-            &calibration,
-            &name,
-            s.has_float,
-            args.log,
-        )?;
-        write_plot(&path, &plot)?;
-        println!("wrote {}", path.display());
+    let draw =
+        |name: &str| layer_plot(&s.model, &params, &calibration, name, s.has_float, args.log);
+    if let Some(l) = &args.layer {
+        write_plot(&args.out, &draw(l)?)?;
+        outln!("wrote {}", args.out.display())?;
+        return Ok(());
+    }
+    // --all: every picture or none (they are written into a temporary folder and moved).
+    let files: Vec<String> = names
+        .iter()
+        .map(|n| format!("{}.{}", n.replace(['/', '\\'], "_"), args.format))
+        .collect();
+    let written = write_files_atomic(&args.out, &files, |i, w| {
+        let bytes = plot_bytes(&args.out.join(&files[i]), &draw(&names[i])?)?;
+        w.write_all(&bytes).map_err(|source| qscope::Error::Io {
+            path: args.out.join(&files[i]),
+            source,
+        })
+    })?;
+    for path in written {
+        outln!("wrote {}", path.display())?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `qscope sensitivity`: per weight layer, accuracy with that layer alone at each bit width.
 
 use super::args::SensitivityArgs;
+use super::out::{errln, out, outln};
 use super::progress::bar;
 use super::setup::setup;
 use super::table::{db, pct, render};
@@ -21,7 +22,7 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
     let cancel = Cancel::new();
     let result = match &s.params {
         Some(p) => {
-            eprintln!(
+            errln!(
                 "qscope: note: parameters are loaded, not calibrated: each row re-quantizes that layer's {} weights with its settings, and its output from its stored range",
                 if s.has_float { "float" } else { "dequantized" }
             );
@@ -53,16 +54,16 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "model {}  ·  target {:?}  ·  float top-1 {}  ·  as configured {}\n",
         result.model,
         result.target,
         pct(result.fp32_accuracy),
         pct(result.baseline_accuracy)
-    );
+    )?;
     let rows: Vec<Vec<String>> = result
         .rows
         .iter()
@@ -80,7 +81,7 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         render(
             &[
@@ -93,6 +94,6 @@ pub fn main(args: &SensitivityArgs) -> Result<()> {
             ],
             &rows
         )
-    );
+    )?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Turning flags and a config file into a loaded model, data sets and a quantization config.
 
 use super::args::Common;
+use super::out::errln;
 use anyhow::{Context, Result, bail};
 use qscope::config::ConfigFile;
 use qscope::model::{load_dataset, load_model};
@@ -62,7 +63,7 @@ pub fn load_any_model(name: &str, spec: Option<&PathBuf>) -> Result<(LoadedModel
         ));
     }
     let path = std::path::Path::new(name);
-    let bytes = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
+    let bytes = qscope::input::read_bytes(path)?;
     if qscope::export::is_quantized_model(&bytes) {
         if spec.is_some() {
             bail!("--spec: the quantized model '{name}' carries its own spec");
@@ -169,19 +170,19 @@ pub fn setup(c: &Common) -> Result<Setup> {
         config.max_tensor_mib = m;
     }
     for note in &model.notes {
-        eprintln!("qscope: note: {note}");
+        errln!("qscope: note: {note}");
     }
     if let Some(p) = &c.params {
         let r = qscope::export::load_params_with_notes(p, &model, c.force)?;
         for note in &r.notes {
-            eprintln!("qscope: warning: {note}");
+            errln!("qscope: warning: {note}");
         }
         params = Some(r.params);
     }
     if let Some(p) = &params {
         let ignored = quant_options_given(c, &file);
         if !ignored.is_empty() {
-            eprintln!(
+            errln!(
                 "qscope: note: {} ignored: the parameters are {}, not calibrated",
                 ignored.join(", "),
                 if c.params.is_some() {
@@ -214,6 +215,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         "eval",
         bundled::test,
     )?;
+    eval.check_labels(model.output_len())?;
     Ok(Setup {
         model,
         calib,

@@ -103,20 +103,14 @@ pub fn save_quantized_model(path: &Path, model: &Model, params: &ModelParams) ->
 
 /// Reads a quantized model file (§6).
 pub fn load_quantized_model(path: &Path) -> Result<QuantizedModel> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::input::read_bytes(path)?;
     load_quantized_bytes(&path.display().to_string(), &bytes)
 }
 
 /// Parses a parameters file's text (JSON or TOML by the extension, else by its first character).
 pub fn parse_params_file(path: &Path) -> Result<ParamsFile> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::input::read_text(path)?;
     let syntax = Syntax::of_path(path).unwrap_or(if text.trim_start().starts_with('{') {
         Syntax::Json
     } else {

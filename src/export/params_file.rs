@@ -648,7 +648,7 @@ impl ParamsFile {
                 bad(
                     label,
                     &format!("points[{k}].name"),
-                    format!("the model has no tensor '{}'", crate::error::clip(&p.name)),
+                    format!("the model has no tensor '{}'", crate::error::clip(&p.name, crate::error::NAME_MAX)),
                 )
             })?;
             points.push(crate::params::PointParams {

@@ -591,6 +591,11 @@ pub fn check_plot_path(path: &Path) -> Result<()> {
 
 /// Writes `plot` to `path` (`.svg` or `.png` by the extension), atomically.
 pub fn write_plot(path: &Path, plot: &LayerPlot) -> Result<()> {
+    atomic::write_bytes_atomic(path, &plot_bytes(path, plot)?)
+}
+
+/// The picture of `plot` as the bytes of a file at `path` (`.svg` or `.png` by the extension).
+pub fn plot_bytes(path: &Path, plot: &LayerPlot) -> Result<Vec<u8>> {
     check_plot_path(path)?;
     let png = path
         .extension()
@@ -610,7 +615,7 @@ pub fn write_plot(path: &Path, plot: &LayerPlot) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    atomic::write_bytes_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -56,11 +56,61 @@ fn row_ref_scales(q: &QWeights) -> Vec<f64> {
         .collect()
 }
 
+/// Checks that a stored weight's shape is `[out, in]` or `[out, in, kh, kw]` with no 0-sized
+/// dimension and a size that fits in memory arithmetic.
+fn check_weight_dims(label: &str, name: &str, shape: &[usize]) -> Result<()> {
+    let size = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if !matches!(shape.len(), 2 | 4)
+        || shape.contains(&0)
+        || size.is_none_or(|s| s > isize::MAX as usize / 4)
+    {
+        return Err(Error::tensor(
+            label,
+            name,
+            format!(
+                "has shape {shape:?}; a weight is [out, in] or [out, in, kh, kw] with no 0-sized dimension"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The integer bias the integer engine derives from a float bias (same arithmetic).
 fn bias_to_int(bias: f32, acc_scale: f64) -> i32 {
     (bias as f64 / acc_scale)
         .round()
         .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+}
+
+/// Checks that every quantized layer's bias fits the i32 accumulator at scale s_in · s_w: the
+/// one rule for evaluation and export (a bias that does not fit is refused, never clamped).
+pub fn check_int_biases(model: &Model, params: &ModelParams) -> Result<()> {
+    let inq = input_qparams(model, params);
+    for lp in &params.layers {
+        let (Some(wq), Some(Some(in_q))) = (&lp.weight, inq.get(&lp.index)) else {
+            continue;
+        };
+        let Some(bias) = model.layers[lp.index].op.bias() else {
+            continue;
+        };
+        for (r, (&b, s_w)) in bias.iter().zip(row_ref_scales(&wq.q)).enumerate() {
+            let acc = in_q.scale as f64 * s_w;
+            if !(acc.is_finite() && acc > 0.0) {
+                continue; // invalid scales are refused where the parameters are checked
+            }
+            let v = (b as f64 / acc).round();
+            if v.is_nan() || v.abs() > i32::MAX as f64 {
+                return Err(Error::config(
+                    format!("layers.{}", lp.name),
+                    format!(
+                        "bias {b:e} of channel {r} does not fit the i32 accumulator at scale s_in*s_w = {acc:e} ({v:e} > 2^31-1); widen the layer's input or weight range, or keep it in float (--keep-float {})",
+                        lp.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A float bias that the integer engine turns back into `b` (None if no f32 does).
@@ -219,6 +269,7 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
                 format!("refusing to write parameters that would not load back: {e}"),
             )
         })?;
+    check_int_biases(model, params)?;
     let inq = input_qparams(model, params);
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for lp in &params.layers {
@@ -420,14 +471,18 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         let (shape, q) = if file.contains(&format!("{name}.weight_packed")) {
             let sname = format!("{name}.weight_shape");
             let (_, dims) = file.int(&sname)?;
-            let shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
-            if shape.len() < 2 || dims.iter().any(|&d| d <= 0) {
+            let shape: Vec<usize> = dims
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .collect();
+            if dims.iter().any(|&d| d <= 0) {
                 return Err(Error::tensor(
                     label,
                     &sname,
                     format!("{dims:?} is not a weight shape"),
                 ));
             }
+            check_weight_dims(label, &sname, &shape)?;
             let bits = u8::try_from(bits)
                 .ok()
                 .filter(|&b| is_packed(b))
@@ -463,6 +518,7 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
                     format!("is {dtype:?}; a quantized weight is I8 (or packed I32)"),
                 ));
             }
+            check_weight_dims(label, &wname, &shape)?;
             (shape, file.raw(&wname)?.iter().map(|&b| b as i8).collect())
         };
         ints.insert(name.clone(), q);
@@ -507,7 +563,16 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
                 format!("{l}.{what}_zero_point"),
             );
             if !file.contains(&sname) {
-                return Ok(());
+                return match q {
+                    None => Ok(()),
+                    Some(_) => Err(Error::tensor(
+                        label,
+                        &sname,
+                        format!(
+                            "is missing (and {zname}): {PARAMS_KEY} gives layer '{l}' {what} qparams, a quantized model stores them as tensors"
+                        ),
+                    )),
+                };
             }
             let s = file.float(&sname)?.data;
             let (_, z) = file.int(&zname)?;

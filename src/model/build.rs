@@ -33,16 +33,10 @@ pub fn load_model(path: &Path, spec_path: Option<&Path>) -> Result<Model> {
         }
         return super::onnx::load_onnx(path);
     }
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::input::read_bytes(path)?;
     let spec = match spec_path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
-                path: p.to_path_buf(),
-                source,
-            })?;
+            let text = crate::input::read_text(p)?;
             Some((p.display().to_string(), text))
         }
         None => None,
@@ -79,7 +73,9 @@ pub fn load_model_bytes(
             }
         },
     };
+    super::validate::check_spec(&file, &spec)?;
     let g = build_graph(&file, &spec)?;
+    super::validate::check_layers(label, &spec, &g.layers)?;
     let output = g.layers.last().map_or(0, |l| l.output);
     Ok(Model {
         name: spec
@@ -204,7 +200,7 @@ impl SpecGraph {
                             label,
                             format!(
                                 "layer '{name}': input '{}' is not an earlier layer (or 'input')",
-                                crate::error::clip(n)
+                                crate::error::clip(n, crate::error::NAME_MAX)
                             ),
                         )
                     })
@@ -300,7 +296,7 @@ fn spec_op(
         other => {
             return Err(bad(format!(
                 "unknown op '{}' (ops: linear, conv2d, relu, maxpool2d, avgpool2d, flatten, batchnorm2d, add, concat)",
-                crate::error::clip(other)
+                crate::error::clip(other, crate::error::NAME_MAX)
             )));
         }
     })
@@ -458,7 +454,7 @@ fn spec_pool(
 }
 
 /// The name rule of formats.md §1.
-fn layer_name(ls: &LayerSpec, pos: usize) -> String {
+pub(super) fn layer_name(ls: &LayerSpec, pos: usize) -> String {
     if let Some(n) = &ls.name {
         return n.clone();
     }

@@ -33,10 +33,7 @@ pub(super) struct RawTensor {
 
 /// Loads a data set from a `.safetensors` or `.npz` file.
 pub fn load_dataset(path: &Path) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::input::read_bytes(path)?;
     load_dataset_bytes(&path.display().to_string(), &bytes)
 }
 
@@ -138,7 +135,22 @@ fn from_raw(label: &str, inputs: RawTensor, labels: Option<RawTensor>) -> Result
     if n == 0 {
         return Err(Error::data(label, "holds no samples (inputs has N = 0)"));
     }
-    let sample_len: usize = inputs.shape[1..].iter().product();
+    // A data set of named graph inputs only has an empty placeholder for `inputs`.
+    let placeholder = inputs.shape.len() == 2 && inputs.shape[1] == 0 && inputs.bytes.is_empty();
+    let sample_len = inputs.shape[1..]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&l| l > 0 || placeholder)
+        .ok_or_else(|| {
+            Error::tensor(
+                label,
+                "inputs",
+                format!(
+                    "has shape {:?}; a sample needs at least one element",
+                    inputs.shape
+                ),
+            )
+        })?;
     let values = match inputs.dtype {
         Dtype::U8 => inputs.bytes.iter().map(|&b| b as f32 / 255.0).collect(),
         d => decode_float(d, &inputs.bytes).ok_or_else(|| {
@@ -207,6 +219,29 @@ impl Dataset {
             ));
         }
         Ok(())
+    }
+
+    /// Checks that every label names one of the model's `classes` outputs (0..classes).
+    pub fn check_labels(&self, classes: usize) -> Result<()> {
+        let Some(labels) = &self.labels else {
+            return Ok(());
+        };
+        let outside = |&l: &i64| l < 0 || l as u64 >= classes as u64;
+        let Some(first) = labels.iter().position(outside) else {
+            return Ok(());
+        };
+        let count = labels.iter().filter(|l| outside(l)).count();
+        let max = labels.iter().copied().max().unwrap_or(0);
+        Err(Error::tensor(
+            &self.label,
+            "labels",
+            format!(
+                "{count} of {} labels lie outside the model's {classes} output classes 0..={} (e.g. {} at sample {first}; largest label {max})",
+                labels.len(),
+                classes.saturating_sub(1),
+                labels[first]
+            ),
+        ))
     }
 
     /// The first `n` samples (all if `n` is larger).

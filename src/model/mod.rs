@@ -9,6 +9,7 @@ pub mod op;
 pub mod points;
 pub mod spec;
 pub mod tensors;
+mod validate;
 
 pub use build::{load_model, load_model_bytes, sha256_hex};
 pub use dataset::{Dataset, load_dataset, load_dataset_bytes};

@@ -6,14 +6,30 @@ use safetensors::Dtype;
 use std::collections::HashMap;
 use std::io::Read;
 
+/// The most an npz data set may inflate to, over all its arrays (checked against the sizes the
+/// archive declares before anything is inflated, and enforced while inflating).
+pub const MAX_NPZ_BYTES: u64 = 2 << 30;
+
 /// Reads every array of an npz archive by name (without the `.npy` suffix).
 pub(super) fn read_npz(label: &str, bytes: &[u8]) -> Result<HashMap<String, RawTensor>> {
     let bad = |msg: String| Error::format(label, msg);
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| bad(format!("not a valid npz (zip) archive: {e}")))?;
+    let mut declared_total = 0u64;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("npz entry {i}: {e}")))?;
+        declared_total = declared_total.saturating_add(entry.size());
+    }
+    if declared_total > MAX_NPZ_BYTES {
+        return Err(bad(format!(
+            "the npz archive declares {declared_total} bytes of arrays, more than the {MAX_NPZ_BYTES} bytes a data set may inflate to"
+        )));
+    }
     let mut out = HashMap::new();
     for i in 0..zip.len() {
-        let mut entry = zip
+        let entry = zip
             .by_index(i)
             .map_err(|e| bad(format!("npz entry {i}: {e}")))?;
         let name = entry
@@ -21,10 +37,24 @@ pub(super) fn read_npz(label: &str, bytes: &[u8]) -> Result<HashMap<String, RawT
             .map_err(|e| bad(format!("npz entry {i}: {e}")))?
             .trim_end_matches(".npy")
             .to_string();
-        let mut data = Vec::new();
+        let declared = entry.size();
+        // Never trust the declared size while inflating: read at most one byte more.
+        let mut data = Vec::with_capacity(declared.min(1 << 26) as usize);
         entry
+            .take(declared.saturating_add(1))
             .read_to_end(&mut data)
             .map_err(|e| bad(format!("npz entry '{name}': {e}")))?;
+        if data.len() as u64 != declared {
+            return Err(bad(format!(
+                "npz entry '{name}' inflates to {}{} bytes, not the {declared} it declares",
+                if data.len() as u64 > declared {
+                    "more than "
+                } else {
+                    ""
+                },
+                data.len()
+            )));
+        }
         let t = parse_npy(&data).map_err(|m| bad(format!("npz array '{name}': {m}")))?;
         out.insert(name, t);
     }
@@ -95,7 +125,10 @@ fn parse_npy(data: &[u8]) -> std::result::Result<RawTensor, String> {
         d => return Err(format!("unsupported dtype '{d}'")),
     };
     let body = &data[start + header_len..];
-    let want = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+    let want = shape
+        .iter()
+        .try_fold(dtype.bitsize() / 8, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
     if body.len() < want {
         return Err(format!(
             "truncated: {} bytes of data, shape needs {want}",

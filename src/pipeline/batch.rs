@@ -36,7 +36,7 @@ pub fn make_batch(model: &Model, data: &Dataset, start: usize, end: usize) -> Re
                     &data.label,
                     format!(
                         "holds no tensor '{}' for the model's graph input of that name",
-                        crate::error::clip(name)
+                        crate::error::clip(name, crate::error::NAME_MAX)
                     ),
                 ));
             }
@@ -77,7 +77,7 @@ pub fn check_data(model: &Model, data: &Dataset) -> Result<()> {
                 &data.label,
                 format!(
                     "holds no tensor '{}' for the model's graph input of that name",
-                    crate::error::clip(name)
+                    crate::error::clip(name, crate::error::NAME_MAX)
                 ),
             ));
         }
@@ -86,7 +86,7 @@ pub fn check_data(model: &Model, data: &Dataset) -> Result<()> {
                 &data.label,
                 format!(
                     "'inputs' are real values but graph input '{}' takes integers: name the tensor after the input",
-                    crate::error::clip(name)
+                    crate::error::clip(name, crate::error::NAME_MAX)
                 ),
             ));
         }

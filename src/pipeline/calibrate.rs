@@ -5,6 +5,7 @@ use super::Cancel;
 use super::batch::{batches, check_data, make_batch};
 use crate::config::QuantConfig;
 use crate::engine::float;
+use crate::engine::tensor::Tensor;
 use crate::error::{Error, Result};
 use crate::model::points::Points;
 use crate::model::{Dataset, Model, ValueId};
@@ -102,15 +103,21 @@ pub fn calibrate(
         .map(|(s, e)| -> Result<(Vec<Histogram>, Vec<Histogram>)> {
             cancel.check()?;
             let inputs = make_batch(model, data, s, e)?;
+            check_finite(model, data, s, &inputs)?;
             let (mut hin, mut hout) = empty();
             for (gi, t) in model.inputs.iter().zip(&inputs) {
                 observe(gi.value, t, &entry_values, &mut hin);
             }
+            let mut overflow = None;
             float::forward(&qmodel, inputs, limit, |li, out| {
+                note_overflow(&mut overflow, li, out);
                 let v = model.layers[li].output;
                 observe(v, out, &entry_values, &mut hin);
                 observe(v, out, &layer_values, &mut hout);
             })?;
+            if let Some(li) = overflow {
+                return Err(float_overflow(model, data, s, &model.layers[li].name));
+            }
             Ok((hin, hout))
         })
         .try_reduce(empty, |(mut a, mut ao), (b, bo)| {
@@ -124,6 +131,35 @@ pub fn calibrate(
         outputs,
         samples: data.n,
     })
+}
+
+/// The error for a float model whose activations overflow f32 on a batch starting at `start`.
+pub(super) fn float_overflow(model: &Model, data: &Dataset, start: usize, at: &str) -> Error {
+    Error::data(
+        &data.label,
+        format!(
+            "model '{}' overflows f32 (inf or NaN) at '{at}' in the batch from sample {start}: weights or inputs are too large; no accuracy can be reported",
+            model.name
+        ),
+    )
+}
+
+/// Records the first node whose real-valued output holds an infinity or NaN.
+pub(super) fn note_overflow(first: &mut Option<usize>, node: usize, out: &Tensor) {
+    if first.is_none() && out.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
+        *first = Some(node);
+    }
+}
+
+/// Checks a batch's real-valued inputs (after normalization) for infinities and NaN.
+pub(super) fn check_finite(model: &Model, data: &Dataset, start: usize, inputs: &[Tensor]) -> Result<()> {
+    let bad = inputs
+        .iter()
+        .any(|t| t.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())));
+    if bad {
+        return Err(float_overflow(model, data, start, "input (normalized)"));
+    }
+    Ok(())
 }
 
 /// Adds `t` to the histogram of each listed value it is.

@@ -118,6 +118,10 @@ pub fn evaluate(
     cancel: &Cancel,
 ) -> Result<Evaluation> {
     check_data(model, data)?;
+    if model.output_len() > 0 {
+        data.check_labels(model.output_len())?;
+    }
+    crate::export::quantized_model::check_int_biases(model, params)?;
     let limit = config.max_sample_elems();
     let int = IntModel::new(model, params, limit);
     let wl = model.weight_layers();
@@ -166,13 +170,20 @@ fn eval_batch(
             float_vals.insert(gi.value, t.clone());
         }
     }
+    super::calibrate::check_finite(model, data, s, &inputs)?;
     let float_out = if has_float {
-        Some(float::forward(model, inputs.clone(), limit, |i, t| {
+        let mut overflow = None;
+        let out = float::forward(model, inputs.clone(), limit, |i, t| {
+            super::calibrate::note_overflow(&mut overflow, i, t);
             let v = model.layers[i].output;
             if wanted.contains(&v) {
                 float_vals.insert(v, t.clone());
             }
-        })?)
+        })?;
+        if let Some(i) = overflow {
+            return Err(super::calibrate::float_overflow(model, data, s, &model.layers[i].name));
+        }
+        Some(out)
     } else {
         None
     };

@@ -1,11 +1,14 @@
 //! Integration tests: one binary, one module per area.
 
 mod bad_input;
+mod campaign;
 mod engine;
 mod export;
 mod figures;
 mod loading;
 mod onnx;
+mod refused;
+mod smoke_fuzz;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;

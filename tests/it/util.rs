@@ -5,6 +5,7 @@ use safetensors::tensor::TensorView;
 use std::collections::HashMap;
 
 /// A tensor to write: name, dtype, shape, little-endian bytes.
+#[derive(Debug, Clone)]
 pub struct T {
     pub name: String,
     pub dtype: Dtype,

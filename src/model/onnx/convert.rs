@@ -74,7 +74,7 @@ fn no_auto_pad(a: &Attrs) -> Result<(), String> {
         None | Some("NOTSET") | Some("VALID") | Some("") => Ok(()),
         Some(p) => Err(format!(
             "auto_pad {} is not supported yet; export with explicit pads",
-            crate::error::clip(p)
+            crate::error::clip(p, crate::error::NAME_MAX)
         )),
     }
 }
@@ -269,7 +269,7 @@ pub fn convert(node: &Node<'_>) -> Result<Pending, String> {
         _ => {
             return Err(format!(
                 "op type {} is not supported (supported: {SUPPORTED})",
-                crate::error::clip(op_type)
+                crate::error::clip(op_type, crate::error::NAME_MAX)
             ));
         }
     })

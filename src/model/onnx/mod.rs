@@ -115,7 +115,7 @@ pub fn load_onnx_bytes(
     };
     for init in &graph.initializer {
         let t = tensor::to_tensor(init, dir)
-            .map_err(|m| Error::tensor(label, crate::error::clip(init.name()), m))?;
+            .map_err(|m| Error::tensor(label, crate::error::clip(init.name(), crate::error::NAME_MAX), m))?;
         let v = imp.value(init.name());
         imp.consts.insert(v, t);
     }
@@ -140,7 +140,7 @@ pub fn load_onnx_bytes(
                 label,
                 format!(
                     "graph output '{}' is produced by no node",
-                    crate::error::clip(vo.name)
+                    crate::error::clip(vo.name, crate::error::NAME_MAX)
                 ),
             )
         })?;
@@ -177,7 +177,7 @@ pub fn load_onnx_bytes(
 
 /// A graph input's element type and per-sample shape (the first dimension is the batch).
 fn graph_input(label: &str, vi: &ValueInfo<'_>) -> Result<GraphInput> {
-    let bad = |m: String| Error::tensor(label, crate::error::clip(vi.name), m);
+    let bad = |m: String| Error::tensor(label, crate::error::clip(vi.name, crate::error::NAME_MAX), m);
     let Some(TypeValue::Tensor(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(bad("graph input is not a tensor".into()));
     };
@@ -242,7 +242,7 @@ fn read_nodes(
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return Err(err(format!(
                 "is in domain '{}', which qscope does not read",
-                crate::error::clip(node.domain)
+                crate::error::clip(node.domain, crate::error::NAME_MAX)
             )));
         }
         let out_name = node
@@ -253,7 +253,7 @@ fn read_nodes(
         if imp.by_name.contains_key(*out_name) {
             return Err(err(format!(
                 "output '{}' is produced twice",
-                crate::error::clip(out_name)
+                crate::error::clip(out_name, crate::error::NAME_MAX)
             )));
         }
         if op_type == "Constant" {
@@ -288,7 +288,7 @@ fn read_nodes(
             let v = *imp.by_name.get(*inp).ok_or_else(|| {
                 err(format!(
                     "input '{}' is produced by no earlier node (a cycle, or a dangling name)",
-                    crate::error::clip(inp)
+                    crate::error::clip(inp, crate::error::NAME_MAX)
                 ))
             })?;
             inputs.push(Some(v));

@@ -174,7 +174,7 @@ fn read_external(t: &TensorProto<'_>, dir: Option<&Path>) -> Result<Vec<u8>, Str
                 offset = e.value.parse().map_err(|_| {
                     format!(
                         "has a bad external offset '{}'",
-                        crate::error::clip(e.value)
+                        crate::error::clip(e.value, crate::error::NAME_MAX)
                     )
                 })?
             }
@@ -182,7 +182,7 @@ fn read_external(t: &TensorProto<'_>, dir: Option<&Path>) -> Result<Vec<u8>, Str
                 length = Some(e.value.parse::<u64>().map_err(|_| {
                     format!(
                         "has a bad external length '{}'",
-                        crate::error::clip(e.value)
+                        crate::error::clip(e.value, crate::error::NAME_MAX)
                     )
                 })?)
             }
@@ -198,7 +198,7 @@ fn read_external(t: &TensorProto<'_>, dir: Option<&Path>) -> Result<Vec<u8>, Str
     {
         return Err(format!(
             "names external data '{}' outside the model's folder",
-            crate::error::clip(location)
+            crate::error::clip(location, crate::error::NAME_MAX)
         ));
     }
     let path = dir.join(rel);
