@@ -4,6 +4,7 @@ mod bad_input;
 mod engine;
 mod export;
 mod figures;
+mod graph;
 mod loading;
 mod onnx;
 #[cfg(feature = "tui")]
