@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod dump;
+pub mod outputs;
 pub mod packing;
 pub mod params_file;
 pub mod plot;

@@ -88,7 +88,7 @@ pub struct LayerSpec {
 }
 
 /// The ops a spec may use.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 9] = [
     "linear",
     "conv2d",
     "relu",
@@ -96,6 +96,8 @@ pub const OPS: [&str; 7] = [
     "avgpool2d",
     "flatten",
     "batchnorm2d",
+    "add",
+    "concat",
 ];
 
 impl Spec {

@@ -5,6 +5,7 @@ mod campaign;
 mod engine;
 mod export;
 mod figures;
+mod graph;
 mod loading;
 mod onnx;
 mod refused;
