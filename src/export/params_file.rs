@@ -648,7 +648,10 @@ impl ParamsFile {
                 bad(
                     label,
                     &format!("points[{k}].name"),
-                    format!("the model has no tensor '{}'", crate::error::clip(&p.name, crate::error::NAME_MAX)),
+                    format!(
+                        "the model has no tensor '{}'",
+                        crate::error::clip(&p.name, crate::error::NAME_MAX)
+                    ),
                 )
             })?;
             points.push(crate::params::PointParams {

@@ -146,13 +146,22 @@ pub(super) fn float_overflow(model: &Model, data: &Dataset, start: usize, at: &s
 
 /// Records the first node whose real-valued output holds an infinity or NaN.
 pub(super) fn note_overflow(first: &mut Option<usize>, node: usize, out: &Tensor) {
-    if first.is_none() && out.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
+    if first.is_none()
+        && out
+            .as_f32()
+            .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
+    {
         *first = Some(node);
     }
 }
 
 /// Checks a batch's real-valued inputs (after normalization) for infinities and NaN.
-pub(super) fn check_finite(model: &Model, data: &Dataset, start: usize, inputs: &[Tensor]) -> Result<()> {
+pub(super) fn check_finite(
+    model: &Model,
+    data: &Dataset,
+    start: usize,
+    inputs: &[Tensor],
+) -> Result<()> {
     let bad = inputs
         .iter()
         .any(|t| t.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())));

@@ -181,7 +181,12 @@ fn eval_batch(
             }
         })?;
         if let Some(i) = overflow {
-            return Err(super::calibrate::float_overflow(model, data, s, &model.layers[i].name));
+            return Err(super::calibrate::float_overflow(
+                model,
+                data,
+                s,
+                &model.layers[i].name,
+            ));
         }
         Some(out)
     } else {

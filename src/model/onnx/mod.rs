@@ -114,8 +114,13 @@ pub fn load_onnx_bytes(
         outputs: Vec::new(),
     };
     for init in &graph.initializer {
-        let t = tensor::to_tensor(init, dir)
-            .map_err(|m| Error::tensor(label, crate::error::clip(init.name(), crate::error::NAME_MAX), m))?;
+        let t = tensor::to_tensor(init, dir).map_err(|m| {
+            Error::tensor(
+                label,
+                crate::error::clip(init.name(), crate::error::NAME_MAX),
+                m,
+            )
+        })?;
         let v = imp.value(init.name());
         imp.consts.insert(v, t);
     }
@@ -177,7 +182,13 @@ pub fn load_onnx_bytes(
 
 /// A graph input's element type and per-sample shape (the first dimension is the batch).
 fn graph_input(label: &str, vi: &ValueInfo<'_>) -> Result<GraphInput> {
-    let bad = |m: String| Error::tensor(label, crate::error::clip(vi.name, crate::error::NAME_MAX), m);
+    let bad = |m: String| {
+        Error::tensor(
+            label,
+            crate::error::clip(vi.name, crate::error::NAME_MAX),
+            m,
+        )
+    };
     let Some(TypeValue::Tensor(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(bad("graph input is not a tensor".into()));
     };
