@@ -15,7 +15,12 @@ pub fn main(args: &EvalArgs) -> Result<()> {
     if let Some(dir) = &args.dump_activations {
         check_writable_dir(dir)?;
     }
-    let s = setup(&args.common)?;
+    if let Some(f) = &args.save_outputs {
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        check_writable_dir(dir.unwrap_or(std::path::Path::new(".")))?;
+    }
+    let mut s = setup(&args.common)?;
+    s.config.save_outputs = args.save_outputs.is_some();
     let cancel = Cancel::new();
     let loaded = s.params.is_some();
     let pb = spinner(if loaded {
@@ -50,6 +55,10 @@ pub fn main(args: &EvalArgs) -> Result<()> {
             )?;
         }
         out!("{}", human(&outcome.report))?;
+    }
+    if let (Some(path), Some(saved)) = (&args.save_outputs, &outcome.saved) {
+        qscope::export::outputs::save_outputs(path, &s.model, saved, s.eval.n)?;
+        errln!("qscope: wrote {} (tensors float, quant)", path.display());
     }
     if let Some(dir) = &args.dump_activations {
         let (written, skipped) =

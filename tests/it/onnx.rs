@@ -154,3 +154,62 @@ fn bad_onnx_files_are_one_line_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn save_outputs_writes_both_engines_outputs_and_the_report_cosine_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("outs.safetensors");
+    let (m, d) = (
+        fixture("tests/fixtures/onnx/bert_ts.onnx"),
+        fixture("tests/fixtures/onnx/bert_data.safetensors"),
+    );
+    let (ok, json, err) = crate::util::qscope(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--calib",
+        d.to_str().unwrap(),
+        "--eval",
+        d.to_str().unwrap(),
+        "--calib-samples",
+        "100",
+        "--json",
+        "--save-outputs",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = st.tensor(name).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    let ((fs, f), (qs, q)) = (get("float"), get("quant"));
+    assert_eq!(fs, [300, 16, 64]);
+    assert_eq!(fs, qs);
+    let per = 16 * 64;
+    let mean_cos: f64 = f
+        .chunks(per)
+        .zip(q.chunks(per))
+        .map(|(a, b)| {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (na * nb)
+        })
+        .sum::<f64>()
+        / 300.0;
+    let reported = r["output_cosine"].as_f64().unwrap();
+    assert!(
+        (mean_cos - reported).abs() < 1e-9,
+        "{mean_cos} vs {reported}"
+    );
+    assert!(reported > 0.99, "BERT W8A8 cosine {reported}");
+    assert!(r["fp32_accuracy"].is_null(), "no labels: no accuracy");
+}
