@@ -41,7 +41,7 @@ pub fn model(name: &str) -> Result<Model> {
     })?;
     let label = format!("bundled {name}");
     if name == "mnist-resnet" {
-        return crate::model::onnx::load_onnx_bytes(&label, name, bytes.to_vec(), None);
+        return crate::model::onnx::load_onnx_bytes(&label, name, bytes, None);
     }
     load_model_bytes(&label, name, bytes, None)
 }

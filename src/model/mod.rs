@@ -70,8 +70,8 @@ impl Layer {
 pub enum Source {
     /// safetensors + a qscope spec (the spec can be embedded again).
     Spec(Spec),
-    /// An ONNX file (the bytes of the original file).
-    Onnx(std::sync::Arc<Vec<u8>>),
+    /// An ONNX file.
+    Onnx,
 }
 
 /// A network ready to run: nodes in topological order plus input normalization.
@@ -116,13 +116,13 @@ impl Model {
     pub fn spec(&self) -> Option<&Spec> {
         match &self.source_kind {
             Source::Spec(s) => Some(s),
-            Source::Onnx(_) => None,
+            Source::Onnx => None,
         }
     }
 
     /// Whether the model came from an ONNX file.
     pub fn is_onnx(&self) -> bool {
-        matches!(self.source_kind, Source::Onnx(_))
+        matches!(self.source_kind, Source::Onnx)
     }
 
     /// Indices of the layers that hold weights, in network order.

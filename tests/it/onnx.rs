@@ -213,3 +213,40 @@ fn save_outputs_writes_both_engines_outputs_and_the_report_cosine_agrees() {
     assert!(reported > 0.99, "BERT W8A8 cosine {reported}");
     assert!(r["fp32_accuracy"].is_null(), "no labels: no accuracy");
 }
+
+/// A transformers BERT exported by torch.onnx (any size, outside the repository):
+/// `QSCOPE_BIG_ONNX=m.onnx QSCOPE_BIG_REF=m.ref.npz cargo test --release -- --ignored big_onnx`
+/// (scripts/onnx/README.md says how to make one).
+#[test]
+#[ignore]
+fn big_onnx_matches_onnx_runtime() {
+    let (Ok(m), Ok(r)) = (
+        std::env::var("QSCOPE_BIG_ONNX"),
+        std::env::var("QSCOPE_BIG_REF"),
+    ) else {
+        panic!("set QSCOPE_BIG_ONNX and QSCOPE_BIG_REF");
+    };
+    let e = relative_error_vs_ort(&m, &r);
+    eprintln!("{m}: relative error {e:e} against ONNX Runtime");
+    assert!(e < 1e-4, "{m}: relative error {e:e}");
+}
+
+/// Load time and peak memory of a big ONNX file (`QSCOPE_BIG_ONNX`), from bytes to a graph
+/// ready to run; prints the figures (speed targets are measured, not asserted).
+#[test]
+#[ignore]
+fn big_onnx_load_figures() {
+    let m = std::env::var("QSCOPE_BIG_ONNX").expect("set QSCOPE_BIG_ONNX");
+    let t = std::time::Instant::now();
+    let model = qscope::model::load_model(Path::new(&m), None).unwrap();
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(str::to_string);
+    eprintln!(
+        "{m}: {} nodes loaded in {:?}; {hwm:?}",
+        model.layers.len(),
+        t.elapsed()
+    );
+}

@@ -16,7 +16,6 @@ use convert::Pending;
 use onnx_rs::ast::{DataType, Dimension, TypeValue, ValueInfo};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Opsets of the default domain that qscope reads.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
@@ -64,26 +63,27 @@ impl Importer {
 
 /// Loads an ONNX model from a file (external data is read beside it).
 pub fn load_onnx(path: &Path) -> Result<Model> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    crate::input::check_regular_file(path)?;
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and dropped before this returns; a file changed by another
+    // process while it loads can give wrong values (as any read would), not memory unsafety
+    // in this process's own allocations.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let stem = path
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    load_onnx_bytes(&path.display().to_string(), &stem, bytes, path.parent())
+    load_onnx_bytes(&path.display().to_string(), &stem, &map, path.parent())
 }
 
 /// Loads an ONNX model from bytes; `dir` is where external data may live (`None`: nowhere).
-pub fn load_onnx_bytes(
-    label: &str,
-    name: &str,
-    bytes: Vec<u8>,
-    dir: Option<&Path>,
-) -> Result<Model> {
-    let bytes = Arc::new(bytes);
-    let proto = onnx_rs::parse(&bytes)
-        .map_err(|e| Error::format(label, format!("not a readable ONNX model: {e}")))?;
+pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>) -> Result<Model> {
+    let (sha256, proto) = rayon::join(|| crate::model::sha256_hex(bytes), || onnx_rs::parse(bytes));
+    let proto =
+        proto.map_err(|e| Error::format(label, format!("not a readable ONNX model: {e}")))?;
     let opset = proto
         .opset_import
         .iter()
@@ -113,14 +113,21 @@ pub fn load_onnx_bytes(
         inputs: Vec::new(),
         outputs: Vec::new(),
     };
-    for init in &graph.initializer {
-        let t = tensor::to_tensor(init, dir).map_err(|m| {
-            Error::tensor(
-                label,
-                crate::error::clip(init.name(), crate::error::NAME_MAX),
-                m,
-            )
-        })?;
+    use rayon::prelude::*;
+    let decoded: Vec<Tensor> = graph
+        .initializer
+        .par_iter()
+        .map(|init| {
+            tensor::to_tensor(init, dir).map_err(|m| {
+                Error::tensor(
+                    label,
+                    crate::error::clip(init.name(), crate::error::NAME_MAX),
+                    m,
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    for (init, t) in graph.initializer.iter().zip(decoded) {
         let v = imp.value(init.name());
         imp.consts.insert(v, t);
     }
@@ -170,8 +177,8 @@ pub fn load_onnx_bytes(
         consts,
         inputs: imp.inputs,
         outputs: imp.outputs,
-        source_kind: Source::Onnx(bytes.clone()),
-        sha256: crate::model::sha256_hex(&bytes),
+        source_kind: Source::Onnx,
+        sha256,
         source: label.to_string(),
         notes: Vec::new(),
     };

@@ -43,18 +43,18 @@ pub(super) fn run(imp: &mut Importer) -> Result<Imported> {
         .flat_map(|l| l.inputs.iter().flatten().copied())
         .collect();
     used.extend(&imp.outputs);
-    let consts = imp
-        .consts
-        .iter()
-        .filter(|(v, _)| used.contains(v))
-        .map(|(v, t)| (*v, t.clone()))
-        .collect();
     if let Some(&v) = imp.outputs.iter().find(|v| imp.consts.contains_key(v)) {
         return Err(Error::format(
             &imp.label,
             format!("graph output '{}' is a constant", imp.values[v].name),
         ));
     }
+    let used: std::collections::HashSet<ValueId> = used.into_iter().collect();
+    let mut consts: Vec<(ValueId, Tensor)> = std::mem::take(&mut imp.consts)
+        .into_iter()
+        .filter(|(v, _)| used.contains(v))
+        .collect();
+    consts.sort_by_key(|(v, _)| *v);
     Ok((layers, consts, imp.values.clone()))
 }
 
@@ -161,6 +161,31 @@ fn constant_f32(imp: &Importer, v: Option<ValueId>) -> Option<(Vec<usize>, Vec<f
     Some((t.shape.clone(), t.as_f32()?.to_vec()))
 }
 
+/// Takes constant `v` out of the table when node `i` is its only reader (a weight moves into
+/// the node without a copy); else copies it.
+fn take_constant_f32(
+    imp: &mut Importer,
+    i: usize,
+    v: Option<ValueId>,
+) -> Option<(Vec<usize>, Vec<f32>)> {
+    let v = v?;
+    let readers = imp
+        .nodes
+        .iter()
+        .filter(|n| n.inputs.contains(&Some(v)))
+        .count();
+    if readers == 1 && imp.nodes[i].inputs.contains(&Some(v)) && !imp.outputs.contains(&v) {
+        if imp.consts.get(&v).is_some_and(|t| t.as_f32().is_some()) {
+            let t = imp.consts.remove(&v).expect("present");
+            if let crate::engine::tensor::Data::F32(d) = t.data {
+                return Some((t.shape, d));
+            }
+        }
+        return None;
+    }
+    constant_f32(imp, Some(v))
+}
+
 /// Turns Conv/Gemm/MatMul/BatchNormalization into finished ops.
 fn take_weights(imp: &mut Importer) -> Result<()> {
     let mut i = 0;
@@ -211,9 +236,10 @@ fn conv(
     dilations: &[i64],
     group: i64,
 ) -> std::result::Result<Op, String> {
+    let wv = imp.nodes[i].inputs.get(1).copied().flatten();
+    let (shape, w) =
+        take_constant_f32(imp, i, wv).ok_or("the weight must be a constant float tensor")?;
     let n = &imp.nodes[i];
-    let (shape, w) = constant_f32(imp, n.inputs.get(1).copied().flatten())
-        .ok_or("the weight must be a constant float tensor")?;
     let [o, ci, kh, kw] = shape[..] else {
         return Err(format!(
             "weight shape {shape:?} is not [out, in/groups, kh, kw] (2-D convs only)"
@@ -262,17 +288,24 @@ fn gemm(
     trans_a: bool,
     trans_b: bool,
 ) -> std::result::Result<Op, String> {
-    let n = &imp.nodes[i];
     if trans_a {
         return Err("transA = 1 is not supported".into());
     }
-    let (shape, b) = constant_f32(imp, n.inputs.get(1).copied().flatten())
-        .ok_or("B must be a constant float matrix")?;
+    let bv = imp.nodes[i].inputs.get(1).copied().flatten();
+    let (shape, b) = take_constant_f32(imp, i, bv).ok_or("B must be a constant float matrix")?;
+    let n = &imp.nodes[i];
     let [r, c] = shape[..] else {
         return Err(format!("B has shape {shape:?}, not a matrix"));
     };
     let b = Array2::from_shape_vec((r, c), b).map_err(|e| e.to_string())?;
-    let weight = if trans_b { b } else { b.t().to_owned() } * alpha;
+    let mut weight = if trans_b {
+        b
+    } else {
+        b.t().as_standard_layout().into_owned()
+    };
+    if alpha != 1.0 {
+        weight.mapv_inplace(|w| w * alpha);
+    }
     let out = weight.dim().0;
     let bias = match n.inputs.get(2).copied().flatten() {
         None => vec![0.0; out],
@@ -305,12 +338,19 @@ fn matmul(imp: &mut Importer, i: usize) -> Op {
         .copied()
         .flatten()
         .is_some_and(|v| imp.consts.contains_key(&v));
-    match constant_f32(imp, n.inputs.get(1).copied().flatten()) {
-        Some((shape, b)) if shape.len() == 2 && !a_const && shape[0] > 0 && shape[1] > 0 => {
+    let bv = n.inputs.get(1).copied().flatten();
+    let is_matrix = bv.and_then(|v| imp.consts.get(&v)).is_some_and(|t| {
+        t.as_f32().is_some() && t.shape.len() == 2 && t.shape.iter().all(|&d| d > 0)
+    });
+    if !is_matrix || a_const {
+        return Op::MatMul;
+    }
+    match take_constant_f32(imp, i, bv) {
+        Some((shape, b)) => {
             let b = Array2::from_shape_vec((shape[0], shape[1]), b).expect("checked shape");
             imp.nodes[i].inputs.truncate(1);
             Op::Linear {
-                weight: b.t().as_standard_layout().to_owned(),
+                weight: b.t().as_standard_layout().into_owned(),
                 bias: Array1::zeros(shape[1]),
             }
         }
