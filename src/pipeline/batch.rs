@@ -49,6 +49,25 @@ pub fn make_batch(model: &Model, data: &Dataset, start: usize, end: usize) -> Re
         .collect()
 }
 
+/// Refuses a model whose known one-sample tensors (node outputs, conv patch matrices) exceed
+/// `limit` elements, with the figure.
+pub fn check_tensor_sizes(model: &Model, limit: usize) -> Result<()> {
+    for l in &model.layers {
+        let out: usize = l.out_shape.iter().product();
+        let patches = match &l.op {
+            crate::model::Op::Conv2d { weight, .. } => {
+                let (_, ci, kh, kw) = weight.dim();
+                out / weight.dim().0.max(1) * ci * kh * kw
+            }
+            _ => 0,
+        };
+        if let Err(m) = crate::engine::float::check_size(out.max(patches), limit) {
+            return Err(Error::node(&model.source, &l.name, &l.op_type, m));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that the data set feeds every graph input (by name, or `inputs` of the right size).
 pub fn check_data(model: &Model, data: &Dataset) -> Result<()> {
     if data.n == 0 {

@@ -83,6 +83,7 @@ pub fn calibrate(
         return Err(Error::data(&data.label, "the calibration set is empty"));
     }
     check_data(model, data)?;
+    super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
     let qmodel = with_quantized_weights(model, weights);
     let points = Points::find(model, |n| config.is_float(n));
     let entry_values: Vec<ValueId> = points.entries.iter().map(|e| e.value).collect();

@@ -118,6 +118,7 @@ pub fn evaluate(
     cancel: &Cancel,
 ) -> Result<Evaluation> {
     check_data(model, data)?;
+    super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
     if model.output_len() > 0 {
         data.check_labels(model.output_len())?;
     }

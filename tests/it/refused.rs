@@ -582,3 +582,26 @@ fn plot_all_that_fails_midway_says_which_files_were_written_and_leaves_no_tempor
         vec!["fc1.svg", "fc2.svg", "input.svg"]
     );
 }
+
+/// Issue 9, item 3: a huge padding makes activation tensors past the per-sample limit; the
+/// model is refused with the figure instead of allocating gigabytes.
+#[test]
+fn tensors_past_the_size_limit_are_refused_with_the_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "input_shape = [1, 28, 28]\n[[layers]]\nname = \"c\"\nop = \"conv2d\"\nweight = \"w\"\nbias = \"b\"\npadding = 20000\n[[layers]]\nop = \"flatten\"\n";
+    let bytes = crate::util::safetensors_bytes(
+        &[
+            crate::util::f32t("w", &[4, 1, 3, 3], &[0.1; 36]),
+            crate::util::f32t("b", &[4], &[0.0; 4]),
+        ],
+        Some(spec),
+    );
+    let m = crate::util::write(&dir, "pad.safetensors", &bytes);
+    let (ok, _, err) = crate::util::qscope(&["eval", "--model", m.to_str().unwrap()]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("above the limit") && err.contains("MiB"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
