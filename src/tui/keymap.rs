@@ -364,7 +364,10 @@ mod tests {
             Some(Action::CycleWeightView)
         );
         assert_eq!(
-            action_for(&KeyEvent::new(KeyCode::Down, KeyModifiers::NONE), Mode::List),
+            action_for(
+                &KeyEvent::new(KeyCode::Down, KeyModifiers::NONE),
+                Mode::List
+            ),
             Some(Action::SelectNext)
         );
         assert_eq!(action_for(&k('z', KeyModifiers::NONE), Mode::List), None);
@@ -399,7 +402,10 @@ mod tests {
             action_for(&code(KeyCode::Esc), s),
             Some(Action::SearchCancel)
         );
-        assert_eq!(action_for(&code(KeyCode::Esc), Mode::List), Some(Action::Close));
+        assert_eq!(
+            action_for(&code(KeyCode::Esc), Mode::List),
+            Some(Action::Close)
+        );
         assert_eq!(action_for(&code(KeyCode::F(5)), s), None);
     }
 }

@@ -91,26 +91,32 @@ pub fn scroll(offset: usize, selected: usize, visible: usize, rows: usize) -> us
     }
 }
 
-/// `name` made to fit `width` columns. Path-like ONNX names first drop the segments that only
-/// prefix the next one (`/layers/layers.1/downsample/downsample.0/Conv` →
-/// `layers.1/downsample.0/Conv`), then keep as many trailing segments as fit after `…/`; a
-/// last segment that is itself too long keeps its tail.
-pub fn short_name(name: &str, width: usize) -> String {
-    let len = |s: &str| s.chars().count();
-    if len(name) <= width {
+/// A path-like ONNX name without the segments that only prefix the next one and without the
+/// leading `/` (`/layers/layers.1/downsample/downsample.0/Conv` → `layers.1/downsample.0/Conv`);
+/// other names unchanged.
+pub fn compact_name(name: &str) -> String {
+    if !name.contains('/') {
         return name.to_string();
     }
     let segs: Vec<&str> = name.split('/').filter(|s| !s.is_empty()).collect();
-    let kept: Vec<&str> = segs
-        .iter()
+    segs.iter()
         .enumerate()
         .filter(|(i, s)| segs.get(i + 1).is_none_or(|next| !next.starts_with(**s)))
         .map(|(_, s)| *s)
-        .collect();
-    let compact = kept.join("/");
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `name` as lists show it, in at most `width` columns: its [`compact_name`], and when that is
+/// still too long, as many trailing segments as fit after `…/` (a last segment that is itself
+/// too long keeps its tail).
+pub fn short_name(name: &str, width: usize) -> String {
+    let len = |s: &str| s.chars().count();
+    let compact = compact_name(name);
     if len(&compact) <= width {
         return compact;
     }
+    let kept: Vec<&str> = compact.split('/').collect();
     let mut tail = String::new();
     for seg in kept.iter().rev() {
         let candidate = if tail.is_empty() {
@@ -126,7 +132,10 @@ pub fn short_name(name: &str, width: usize) -> String {
     if tail.is_empty() {
         let n = len(&compact);
         let keep = width.saturating_sub(1);
-        return format!("…{}", compact.chars().skip(n - keep.min(n)).collect::<String>());
+        return format!(
+            "…{}",
+            compact.chars().skip(n - keep.min(n)).collect::<String>()
+        );
     }
     format!("…/{tail}")
 }
@@ -310,7 +319,7 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         _ => "-".into(),
     };
     let label = |t: String| Span::styled(t, Style::new().fg(Color::DarkGray));
-    let mut line1 = Line::from(vec![
+    let line1 = Line::from(vec![
         label("float ".into()),
         Span::styled(pct(rep.fp32_accuracy), fig),
         label("   int ".into()),
@@ -322,15 +331,7 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         label("   output SQNR ".into()),
         Span::styled(format!("{} dB", db(rep.output_sqnr_db)), fig),
     ]);
-    if let Some(c) = rep.output_cosine {
-        line1.push_span(label("   cosine ".into()));
-        line1.push_span(Span::styled(format!("{c:.4}"), fig));
-    }
-    if let Some(m) = rep.int_mac_share {
-        line1.push_span(label("   integer MACs ".into()));
-        line1.push_span(Span::styled(pct(Some(m)), fig));
-    }
-    let islands = islands_line(&rep.float_islands, inner.width as usize, fig);
+    let islands = graph_line(rep, inner.width as usize, fig);
     let state = if current {
         Span::styled("● current", Style::new().fg(Color::Green).bold())
     } else if app.failed.is_some() {
@@ -365,6 +366,24 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
     );
 }
 
+/// `int MACs 94.12% · cosine 0.9998 · float islands: …` in `width` columns (the figures that
+/// graph models add to the report; absent ones are left out).
+fn graph_line(rep: &crate::Report, width: usize, fig: Style) -> Line<'static> {
+    let label = |t: &'static str| Span::styled(t, Style::new().fg(Color::DarkGray));
+    let mut spans = Vec::new();
+    if let Some(m) = rep.int_mac_share {
+        spans.extend([label("int MACs "), Span::styled(pct(Some(m)), fig)]);
+        spans.push(label(" · "));
+    }
+    if let Some(c) = rep.output_cosine {
+        spans.extend([label("cosine "), Span::styled(format!("{c:.4}"), fig)]);
+        spans.push(label(" · "));
+    }
+    let used: usize = spans.iter().map(|s| s.width()).sum();
+    spans.extend(islands_line(&rep.float_islands, width.saturating_sub(used), fig).spans);
+    Line::from(spans)
+}
+
 /// `float islands: 3 (layers.0/Add, layers.1/Add, …)`: the nodes that ran in float, as many
 /// (shortened) names as fit in `width` columns.
 pub fn islands_line(islands: &[String], width: usize, fig: Style) -> Line<'static> {
@@ -390,7 +409,10 @@ pub fn islands_line(islands: &[String], width: usize, fig: Style) -> Line<'stati
     Line::from(vec![
         label,
         Span::styled(head, fig.fg(Color::Magenta)),
-        Span::styled(format!("({})", names.join(", ")), Style::new().fg(Color::Magenta)),
+        Span::styled(
+            format!("({})", names.join(", ")),
+            Style::new().fg(Color::Magenta),
+        ),
     ])
 }
 
@@ -411,7 +433,7 @@ fn name_width(app: &App, inner: u16) -> u16 {
     let longest = app
         .rows
         .iter()
-        .map(|r| r.name.chars().count())
+        .map(|r| compact_name(&r.name).chars().count())
         .max()
         .unwrap_or(5)
         .max(5) as u16;
@@ -443,8 +465,7 @@ fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
                 } else {
                     Color::Red
                 };
-                let style = if s4.generation == app.generation && s8.generation == app.generation
-                {
+                let style = if s4.generation == app.generation && s8.generation == app.generation {
                     Style::new().fg(color)
                 } else {
                     dim
@@ -531,8 +552,19 @@ fn layer_row(app: &App, i: usize, name_w: usize) -> Row<'static> {
 
 fn layers(app: &App, f: &mut Frame, r: Rect) {
     let header = Row::new([
-        "", "layer", "op", "shape", "W/A", "gran", "W strategy", "A strategy", "W SQNR", "A SQNR",
-        "int8", "int4", "Δ4 pts",
+        "",
+        "layer",
+        "op",
+        "shape",
+        "W/A",
+        "gran",
+        "W strategy",
+        "A strategy",
+        "W SQNR",
+        "A SQNR",
+        "int8",
+        "int4",
+        "Δ4 pts",
     ])
     .style(Style::new().fg(Color::DarkGray).bold());
     let visible = table_rows(r);
@@ -557,7 +589,10 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
     let detail = Line::from(vec![
         Span::raw(" ▸ "),
         Span::styled(sel.name.clone(), Style::new().bold()),
-        Span::styled(format!(" · {} {} ", sel.op, sel.shape), Style::new().fg(Color::DarkGray)),
+        Span::styled(
+            format!(" · {} {} ", sel.op, sel.shape),
+            Style::new().fg(Color::DarkGray),
+        ),
     ]);
     let block = Block::bordered()
         .title(format!(
@@ -832,7 +867,10 @@ fn prompt_line(app: &App, query: &str) -> Line<'static> {
     let n = app.matches(query).len();
     let (count, style) = match n {
         _ if query.is_empty() => ("type a name".to_string(), Style::new().fg(Color::DarkGray)),
-        0 => ("no row matches".to_string(), Style::new().fg(Color::Red).bold()),
+        0 => (
+            "no row matches".to_string(),
+            Style::new().fg(Color::Red).bold(),
+        ),
         n => {
             let k = app.matches(query).iter().position(|&i| i == app.selected);
             let at = k.map_or(String::new(), |k| format!("{}/", k + 1));

@@ -92,7 +92,11 @@ impl App {
         let next = if forward {
             m.iter().copied().find(|&i| i > cur).or(m.first().copied())
         } else {
-            m.iter().rev().copied().find(|&i| i < cur).or(m.last().copied())
+            m.iter()
+                .rev()
+                .copied()
+                .find(|&i| i < cur)
+                .or(m.last().copied())
         };
         match next {
             Some(i) => self.select(i),
