@@ -107,37 +107,51 @@ pub fn compact_name(name: &str) -> String {
         .join("/")
 }
 
+/// Segments of a path with the dropped ones (`keep[i]` false) shown as one `…` per run.
+fn join_kept(segs: &[&str], keep: &[bool]) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for (seg, &k) in segs.iter().zip(keep) {
+        if k {
+            parts.push(seg);
+        } else if parts.last() != Some(&"…") {
+            parts.push("…");
+        }
+    }
+    parts.join("/")
+}
+
 /// `name` as lists show it, in at most `width` columns: its [`compact_name`], and when that is
-/// still too long, as many trailing segments as fit after `…/` (a last segment that is itself
-/// too long keeps its tail).
+/// still too long, its last segment plus as many others as fit, those with an index (a digit,
+/// as in `layer.3`) first, each run of dropped segments shown as `…`
+/// (`…/layer.0/…/self/query/MatMul`). A last segment that is itself too long keeps its tail.
 pub fn short_name(name: &str, width: usize) -> String {
     let len = |s: &str| s.chars().count();
     let compact = compact_name(name);
     if len(&compact) <= width {
         return compact;
     }
-    let kept: Vec<&str> = compact.split('/').collect();
-    let mut tail = String::new();
-    for seg in kept.iter().rev() {
-        let candidate = if tail.is_empty() {
-            seg.to_string()
-        } else {
-            format!("{seg}/{tail}")
-        };
-        if len(&candidate) + 2 > width {
-            break;
-        }
-        tail = candidate;
-    }
-    if tail.is_empty() {
+    let segs: Vec<&str> = compact.split('/').collect();
+    let last = segs.len() - 1;
+    let mut keep = vec![false; segs.len()];
+    keep[last] = true;
+    if len(&join_kept(&segs, &keep)) > width {
         let n = len(&compact);
-        let keep = width.saturating_sub(1);
-        return format!(
-            "…{}",
-            compact.chars().skip(n - keep.min(n)).collect::<String>()
-        );
+        let tail = width.saturating_sub(1).min(n);
+        return format!("…{}", compact.chars().skip(n - tail).collect::<String>());
     }
-    format!("…/{tail}")
+    let digit = |i: &usize| segs[*i].chars().any(|c| c.is_ascii_digit());
+    let order: Vec<usize> = (0..last)
+        .rev()
+        .filter(digit)
+        .chain((0..last).rev().filter(|i| !digit(i)))
+        .collect();
+    for i in order {
+        keep[i] = true;
+        if len(&join_kept(&segs, &keep)) > width {
+            keep[i] = false;
+        }
+    }
+    join_kept(&segs, &keep)
 }
 
 /// The layer-list row under the cell (x, y), if any.
@@ -440,6 +454,11 @@ fn name_width(app: &App, inner: u16) -> u16 {
     longest.min(inner.saturating_sub(fixed).max(12))
 }
 
+/// A sensitivity figure: the accuracy, or the agreement with the float model without labels.
+fn sens_figure(c: &super::worker::SensitivityCell) -> Option<f64> {
+    c.accuracy.or(c.agreement)
+}
+
 /// The sensitivity cells of row `i` (int8, int4) and its Δ4 cell.
 fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
     let dim = Style::new().add_modifier(Modifier::DIM);
@@ -448,14 +467,14 @@ fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
     };
     let sens = |k: usize| -> Cell<'static> {
         match sens_row[k] {
-            Some(s) if s.generation == app.generation => Cell::from(pct(s.cell.accuracy)),
-            Some(s) => Cell::from(pct(s.cell.accuracy)).style(dim),
+            Some(s) if s.generation == app.generation => Cell::from(pct(sens_figure(&s.cell))),
+            Some(s) => Cell::from(pct(sens_figure(&s.cell))).style(dim),
             None if app.is_current() => Cell::from("…").style(dim),
             None => Cell::from("-").style(dim),
         }
     };
     let d4 = match sens_row {
-        [Some(s4), Some(s8)] => match (s4.cell.accuracy, s8.cell.accuracy) {
+        [Some(s4), Some(s8)] => match (sens_figure(&s4.cell), sens_figure(&s8.cell)) {
             (Some(x), Some(y)) => {
                 let d = (x - y) * 100.0;
                 let color = if d > -0.5 {
@@ -596,7 +615,7 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
     ]);
     let block = Block::bordered()
         .title(format!(
-            " Layers{more} · * changed · / find · int8/int4: accuracy with that layer's weights alone at 8/4 bits "
+            " Layers{more} · * changed · int8/int4: accuracy (or agreement) with that layer's weights alone at 8/4 bits "
         ))
         .title_bottom(detail);
     f.render_widget(

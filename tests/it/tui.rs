@@ -568,9 +568,13 @@ fn short_names_keep_the_tail() {
     assert_eq!(ui::short_name(n, 60), "layers.1/downsample.0/Conv");
     assert_eq!(ui::short_name("fc1", 60), "fc1");
     assert_eq!(ui::short_name(n, 26), "layers.1/downsample.0/Conv");
-    assert_eq!(ui::short_name(n, 20), "…/downsample.0/Conv");
+    assert_eq!(ui::short_name(n, 22), "…/downsample.0/Conv");
     assert_eq!(ui::short_name(n, 8), "…/Conv");
     assert_eq!(ui::short_name("abcdefghij", 5), "…ghij");
     let b = "/bert/encoder/layer.0/attention/self/query/MatMul";
-    assert_eq!(ui::short_name(b, 24), "…/self/query/MatMul");
+    assert_eq!(ui::short_name(b, 31), "…/layer.0/…/self/query/MatMul");
+    assert_eq!(ui::short_name(b, 24), "…/layer.0/…/query/MatMul");
+    for w in 5..60 {
+        assert!(ui::short_name(b, w).chars().count() <= w, "{w}");
+    }
 }
