@@ -121,8 +121,9 @@ fn join_kept(segs: &[&str], keep: &[bool]) -> String {
 }
 
 /// `name` as lists show it, in at most `width` columns: its [`compact_name`], and when that is
-/// still too long, its last segment plus as many others as fit, those with an index (a digit,
-/// as in `layer.3`) first, each run of dropped segments shown as `…`
+/// still too long, its last segment, the segments with an index (a digit, as in `layer.3`)
+/// that fit, then the others from the right up to the first that does not fit, each run of
+/// dropped segments shown as `…`
 /// (`…/layer.0/…/self/query/MatMul`). A last segment that is itself too long keeps its tail.
 pub fn short_name(name: &str, width: usize) -> String {
     let len = |s: &str| s.chars().count();
@@ -140,15 +141,19 @@ pub fn short_name(name: &str, width: usize) -> String {
         return format!("…{}", compact.chars().skip(n - tail).collect::<String>());
     }
     let digit = |i: &usize| segs[*i].chars().any(|c| c.is_ascii_digit());
-    let order: Vec<usize> = (0..last)
-        .rev()
-        .filter(digit)
-        .chain((0..last).rev().filter(|i| !digit(i)))
-        .collect();
-    for i in order {
+    let fits = |i: usize, keep: &mut [bool]| {
         keep[i] = true;
-        if len(&join_kept(&segs, &keep)) > width {
-            keep[i] = false;
+        let ok = len(&join_kept(&segs, keep)) <= width;
+        keep[i] = ok;
+        ok
+    };
+    for i in (0..last).rev().filter(digit) {
+        fits(i, &mut keep);
+    }
+    // Then the other segments from the right, up to the first that does not fit.
+    for i in (0..last).rev().filter(|i| !digit(i)) {
+        if !fits(i, &mut keep) {
+            break;
         }
     }
     join_kept(&segs, &keep)

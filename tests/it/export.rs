@@ -590,8 +590,10 @@ fn a_float_kept_graph_node_whose_output_feeds_a_float_island_exports_and_loads_b
     let model = bundled::model("mnist-resnet").unwrap();
     let calib = bundled::calib().take(32);
     let eval = bundled::test().take(32);
-    let mut c = QuantConfig::default();
-    c.keep_float = vec!["/layers/layers.2/downsample/downsample.0/Conv".into()];
+    let c = QuantConfig {
+        keep_float: vec!["/layers/layers.2/downsample/downsample.0/Conv".into()],
+        ..Default::default()
+    };
     let out = run(&model, &calib, &eval, &c, &Cancel::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.json");

@@ -574,6 +574,8 @@ fn short_names_keep_the_tail() {
     let b = "/bert/encoder/layer.0/attention/self/query/MatMul";
     assert_eq!(ui::short_name(b, 31), "…/layer.0/…/self/query/MatMul");
     assert_eq!(ui::short_name(b, 24), "…/layer.0/…/query/MatMul");
+    let d = "/bert/encoder/layer.0/intermediate/dense/MatMul";
+    assert_eq!(ui::short_name(d, 33), "…/layer.0/…/dense/MatMul");
     for w in 5..60 {
         assert!(ui::short_name(b, w).chars().count() <= w, "{w}");
     }
