@@ -851,10 +851,13 @@ impl ParamsFile {
                     ),
                 ));
             }
-            // An integer layer after this one needs integer input.
+            // An integer layer after this one that reads this one's output needs integer input
+            // (in a graph the next weight layer may read another tensor: the check after the
+            // loop covers every layer's input).
             if act.is_none()
                 && let Some(&next) = mapping.get(li + 1)
                 && self.layers[next].weight.is_some()
+                && wl.get(li + 1).is_some_and(|&ni| feeds(model, i, ni))
             {
                 return Err(bad(
                     label,
@@ -896,6 +899,23 @@ impl ParamsFile {
         }
         Ok(Resolved { params, notes })
     }
+}
+
+/// Whether node `to`'s data input is node `from`'s (fused) output, directly or through ops
+/// that keep quantization parameters (Relu, MaxPool, reshapes).
+fn feeds(model: &Model, from: usize, to: usize) -> bool {
+    let targets = [model.layers[from].output, model.point_value(from)];
+    let mut v = model.layers[to].data_input();
+    while let Some(val) = v {
+        if targets.contains(&val) {
+            return true;
+        }
+        match model.layers.iter().find(|l| l.output == val) {
+            Some(p) if p.op.keeps_qparams() => v = p.data_input(),
+            _ => return false,
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -56,6 +56,20 @@ pub enum Action {
     ToggleHelp,
     /// Close the help overlay (or nothing).
     Close,
+    /// Open the `/` prompt: jump to a row by name.
+    SearchOpen,
+    /// A character typed into the `/` prompt.
+    SearchType(char),
+    /// Delete the prompt's last character.
+    SearchBackspace,
+    /// Keep the row found and close the prompt.
+    SearchAccept,
+    /// Close the prompt and go back to the row selected before it opened.
+    SearchCancel,
+    /// The next row matching the search (the prompt's text, or the last accepted one).
+    SearchNext,
+    /// The previous row matching the search.
+    SearchPrev,
     /// Leave.
     Quit,
 }

@@ -4,7 +4,7 @@
 
 use super::action::Action;
 use super::event::Event;
-use super::keymap::action_for;
+use super::keymap::{Mode, action_for};
 use super::ui;
 use super::worker::{Computed, Job, SENSITIVITY_BITS, SensitivityCell, WorkerMsg};
 use crate::config::{INPUT_POINT, QuantConfig};
@@ -31,17 +31,28 @@ pub const NARROW: f32 = 0.95;
 /// Factor of one `]` press.
 pub const WIDEN: f32 = 1.05;
 
-/// One row of the layer list: the network input, then each weight layer.
+/// One row of the layer list: the entry points (the network input, tensors of graph models),
+/// then each weight layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowInfo {
-    /// Layer name (`input` for the network input).
+    /// Layer name (`input` for the network input, the tensor name for other entry points, the
+    /// node name for weight layers of graph models).
     pub name: String,
-    /// `input`, `linear` or `conv2d`.
+    /// `input`, `tensor`, or the layer's op type (`linear`, `conv2d`; ONNX `Conv`, `Gemm`, …).
     pub op: String,
     /// Weight shape (input: the sample shape), e.g. `256×784`.
     pub shape: String,
     /// Whether the row has weights.
     pub weights: bool,
+}
+
+/// The `/` prompt while it is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// What has been typed.
+    pub query: String,
+    /// The row selected when the prompt opened (Esc goes back to it).
+    pub origin: usize,
 }
 
 /// Which side the editing keys act on.
@@ -134,6 +145,10 @@ pub struct App {
     pub log_scale: bool,
     /// Help overlay shown.
     pub help: bool,
+    /// The `/` prompt, while it is open.
+    pub search: Option<Search>,
+    /// The last accepted search (what `n`/`N` look for).
+    pub last_search: Option<String>,
     /// How per-channel weights are shown.
     pub weight_mode: WeightMode,
     /// Selected output channel of the weights.
@@ -220,7 +235,8 @@ impl App {
             }
             None => (config, None),
         };
-        let layers = rows.len() - 1;
+        let layers = rows.iter().filter(|r| r.weights).count();
+        let first_weight = rows.iter().position(|r| r.weights).unwrap_or(0);
         App {
             model: model.name.clone(),
             calib_samples,
@@ -228,11 +244,13 @@ impl App {
             rows,
             config,
             undo: Vec::new(),
-            selected: usize::from(layers > 0),
+            selected: first_weight,
             offset: 0,
             focus: Side::Weights,
             log_scale: false,
             help: false,
+            search: None,
+            last_search: None,
             weight_mode: WeightMode::Channel,
             channel: 0,
             generation: 0,
@@ -258,6 +276,22 @@ impl App {
     /// The selected row's name.
     pub fn selected_name(&self) -> &str {
         &self.rows[self.selected].name
+    }
+
+    /// The index among the weight layers (of `sens`, of the report's layers) of row `i`.
+    pub fn weight_index(&self, i: usize) -> Option<usize> {
+        let row = self.rows.get(i)?;
+        row.weights
+            .then(|| self.rows[..i].iter().filter(|r| r.weights).count())
+    }
+
+    /// Which keys are live: the `/` prompt's while it is open.
+    pub fn key_mode(&self) -> Mode {
+        if self.search.is_some() {
+            Mode::Search
+        } else {
+            Mode::List
+        }
     }
 
     /// Whether the shown result is the latest generation's.
@@ -322,7 +356,7 @@ impl App {
     /// Reacts to one event.
     pub fn handle(&mut self, ev: Event) -> Vec<Effect> {
         match ev {
-            Event::Key(k) => match action_for(&k) {
+            Event::Key(k) => match action_for(&k, self.key_mode()) {
                 Some(a) => self.update(a),
                 None => Vec::new(),
             },
@@ -462,13 +496,8 @@ impl App {
         let Some(a) = ui::layout(ui::full(self.size), self.rows.len()) else {
             return;
         };
-        let visible = ui::table_rows(a.table).max(1);
-        self.offset = self.offset.min(self.rows.len().saturating_sub(visible));
-        if self.selected < self.offset {
-            self.offset = self.selected;
-        } else if self.selected >= self.offset + visible {
-            self.offset = self.selected + 1 - visible;
-        }
+        let visible = ui::table_rows(a.table);
+        self.offset = ui::scroll(self.offset, self.selected, visible, self.rows.len());
     }
 
     fn select(&mut self, i: usize) {
@@ -499,6 +528,13 @@ impl App {
             Action::ToggleHelp => self.help = true,
             Action::Close => {}
             Action::Quit => self.quit = true,
+            Action::SearchOpen
+            | Action::SearchType(_)
+            | Action::SearchBackspace
+            | Action::SearchAccept
+            | Action::SearchCancel
+            | Action::SearchNext
+            | Action::SearchPrev => self.search_action(action),
             Action::PrevChannel => self.channel = self.channel.saturating_sub(1),
             Action::NextChannel => {
                 if self.channel + 1 < self.channels() {
@@ -587,9 +623,10 @@ impl App {
         let side = self.focus;
         let weights = side == Side::Weights;
         if weights && is_input && !matches!(action, Action::ApplyToAll) {
-            return Err(
-                "the network input has no weights: press Tab to edit its activations".into(),
-            );
+            return Err(format!(
+                "{} has no weights: press Tab to edit its activations",
+                point_what(name)
+            ));
         }
         if c.is_float(name) && !matches!(action, Action::ToggleFloat | Action::ApplyToAll) {
             return Err(format!("{name} is kept in float: press f to quantize it"));
@@ -758,7 +795,7 @@ impl App {
             }
             Action::ToggleFloat => {
                 if is_input {
-                    return Err("the network input cannot stay in float".into());
+                    return Err(format!("{} cannot stay in float", point_what(name)));
                 }
                 if c.is_float(name) {
                     c.keep_float.retain(|n| n != name);
@@ -771,6 +808,15 @@ impl App {
             Action::ApplyToAll => Ok(apply_to_all(c, name, is_input)),
             _ => Err(format!("{action:?} is not an edit")),
         }
+    }
+}
+
+/// How messages name a row without weights: the network input, or a tensor point.
+pub fn point_what(name: &str) -> String {
+    if name == INPUT_POINT {
+        "the network input".into()
+    } else {
+        format!("the tensor {name}")
     }
 }
 
@@ -838,5 +884,6 @@ fn apply_to_all(c: &mut QuantConfig, name: &str, is_input: bool) -> String {
     }
 }
 
+mod search;
 #[cfg(test)]
 mod tests;

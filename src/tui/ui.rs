@@ -17,7 +17,9 @@ pub const MIN_W: u16 = 100;
 /// The smallest terminal the layout fits in.
 pub const MIN_H: u16 = 24;
 /// Rows of the results block.
-const RESULTS_H: u16 = 4;
+const RESULTS_H: u16 = 5;
+/// Columns of names in the histogram panels' titles.
+const PANEL_NAME_W: usize = 28;
 /// The least height of the histogram panels.
 const PANELS_MIN_H: u16 = 10;
 
@@ -73,6 +75,88 @@ pub fn layout(area: Rect, rows: usize) -> Option<Areas> {
 /// Layer rows visible in the list area `table`.
 pub fn table_rows(table: Rect) -> usize {
     table.height.saturating_sub(3) as usize
+}
+
+/// The first visible row of a list of `rows` rows showing `visible` of them, moved from
+/// `offset` as little as needed so that `selected` is visible.
+pub fn scroll(offset: usize, selected: usize, visible: usize, rows: usize) -> usize {
+    let visible = visible.max(1);
+    let offset = offset.min(rows.saturating_sub(visible));
+    if selected < offset {
+        selected
+    } else if selected >= offset + visible {
+        selected + 1 - visible
+    } else {
+        offset
+    }
+}
+
+/// A path-like ONNX name without the segments that only prefix the next one and without the
+/// leading `/` (`/layers/layers.1/downsample/downsample.0/Conv` → `layers.1/downsample.0/Conv`);
+/// other names unchanged.
+pub fn compact_name(name: &str) -> String {
+    if !name.contains('/') {
+        return name.to_string();
+    }
+    let segs: Vec<&str> = name.split('/').filter(|s| !s.is_empty()).collect();
+    segs.iter()
+        .enumerate()
+        .filter(|(i, s)| segs.get(i + 1).is_none_or(|next| !next.starts_with(**s)))
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Segments of a path with the dropped ones (`keep[i]` false) shown as one `…` per run.
+fn join_kept(segs: &[&str], keep: &[bool]) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for (seg, &k) in segs.iter().zip(keep) {
+        if k {
+            parts.push(seg);
+        } else if parts.last() != Some(&"…") {
+            parts.push("…");
+        }
+    }
+    parts.join("/")
+}
+
+/// `name` as lists show it, in at most `width` columns: its [`compact_name`], and when that is
+/// still too long, its last segment, the segments with an index (a digit, as in `layer.3`)
+/// that fit, then the others from the right up to the first that does not fit, each run of
+/// dropped segments shown as `…`
+/// (`…/layer.0/…/self/query/MatMul`). A last segment that is itself too long keeps its tail.
+pub fn short_name(name: &str, width: usize) -> String {
+    let len = |s: &str| s.chars().count();
+    let compact = compact_name(name);
+    if len(&compact) <= width {
+        return compact;
+    }
+    let segs: Vec<&str> = compact.split('/').collect();
+    let last = segs.len() - 1;
+    let mut keep = vec![false; segs.len()];
+    keep[last] = true;
+    if len(&join_kept(&segs, &keep)) > width {
+        let n = len(&compact);
+        let tail = width.saturating_sub(1).min(n);
+        return format!("…{}", compact.chars().skip(n - tail).collect::<String>());
+    }
+    let digit = |i: &usize| segs[*i].chars().any(|c| c.is_ascii_digit());
+    let fits = |i: usize, keep: &mut [bool]| {
+        keep[i] = true;
+        let ok = len(&join_kept(&segs, keep)) <= width;
+        keep[i] = ok;
+        ok
+    };
+    for i in (0..last).rev().filter(digit) {
+        fits(i, &mut keep);
+    }
+    // Then the other segments from the right, up to the first that does not fit.
+    for i in (0..last).rev().filter(|i| !digit(i)) {
+        if !fits(i, &mut keep) {
+            break;
+        }
+    }
+    join_kept(&segs, &keep)
 }
 
 /// The layer-list row under the cell (x, y), if any.
@@ -266,6 +350,7 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
         label("   output SQNR ".into()),
         Span::styled(format!("{} dB", db(rep.output_sqnr_db)), fig),
     ]);
+    let islands = graph_line(rep, inner.width as usize, fig);
     let state = if current {
         Span::styled("● current", Style::new().fg(Color::Green).bold())
     } else if app.failed.is_some() {
@@ -294,15 +379,202 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
             Style::new().fg(Color::Magenta),
         ));
     }
-    f.render_widget(Paragraph::new(vec![line1, Line::from(spans)]), inner);
+    f.render_widget(
+        Paragraph::new(vec![line1, islands, Line::from(spans)]),
+        inner,
+    );
+}
+
+/// `int MACs 94.12% · cosine 0.9998 · float islands: …` in `width` columns (the figures that
+/// graph models add to the report; absent ones are left out).
+fn graph_line(rep: &crate::Report, width: usize, fig: Style) -> Line<'static> {
+    let label = |t: &'static str| Span::styled(t, Style::new().fg(Color::DarkGray));
+    let mut spans = Vec::new();
+    if let Some(m) = rep.int_mac_share {
+        spans.extend([label("int MACs "), Span::styled(pct(Some(m)), fig)]);
+        spans.push(label(" · "));
+    }
+    if let Some(c) = rep.output_cosine {
+        spans.extend([label("cosine "), Span::styled(format!("{c:.4}"), fig)]);
+        spans.push(label(" · "));
+    }
+    let used: usize = spans.iter().map(|s| s.width()).sum();
+    spans.extend(islands_line(&rep.float_islands, width.saturating_sub(used), fig).spans);
+    Line::from(spans)
+}
+
+/// `float islands: 3 (layers.0/Add, layers.1/Add, …)`: the nodes that ran in float, as many
+/// (shortened) names as fit in `width` columns.
+pub fn islands_line(islands: &[String], width: usize, fig: Style) -> Line<'static> {
+    let label = Span::styled("float islands: ", Style::new().fg(Color::DarkGray));
+    if islands.is_empty() {
+        return Line::from(vec![label, Span::styled("none", fig)]);
+    }
+    let head = format!("{} ", islands.len());
+    let mut room = width.saturating_sub(15 + head.chars().count() + 2);
+    let mut names: Vec<String> = Vec::new();
+    for (k, n) in islands.iter().enumerate() {
+        let short = short_name(n, 24);
+        let rest = islands.len() - k - 1;
+        // Leave room for ", … +N" unless this is the last name.
+        let reserve = if rest > 0 { 8 } else { 0 };
+        if short.chars().count() + 2 + reserve > room {
+            names.push(format!("… +{}", islands.len() - k));
+            break;
+        }
+        room -= short.chars().count() + 2;
+        names.push(short);
+    }
+    Line::from(vec![
+        label,
+        Span::styled(head, fig.fg(Color::Magenta)),
+        Span::styled(
+            format!("({})", names.join(", ")),
+            Style::new().fg(Color::Magenta),
+        ),
+    ])
+}
+
+/// Widths of the layer list's columns after the name (mark and name excluded).
+fn fixed_widths(app: &App) -> [u16; 11] {
+    let max = |f: fn(&super::app::RowInfo) -> usize, lo: usize, hi: usize| {
+        app.rows.iter().map(f).max().unwrap_or(lo).clamp(lo, hi) as u16
+    };
+    let op_w = max(|r| r.op.chars().count(), 4, 14);
+    let shape_w = max(|r| r.shape.chars().count(), 5, 14);
+    [op_w, shape_w, 5, 7, 10, 10, 6, 6, 6, 6, 6]
+}
+
+/// The width of the name column in a list `inner` columns wide: the longest name, or what is
+/// left by the other columns (at least 12).
+fn name_width(app: &App, inner: u16) -> u16 {
+    let fixed: u16 = fixed_widths(app).iter().sum::<u16>() + 1 + 12;
+    let longest = app
+        .rows
+        .iter()
+        .map(|r| compact_name(&r.name).chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5) as u16;
+    longest.min(inner.saturating_sub(fixed).max(12))
+}
+
+/// A sensitivity figure: the accuracy, or the agreement with the float model without labels.
+fn sens_figure(c: &super::worker::SensitivityCell) -> Option<f64> {
+    c.accuracy.or(c.agreement)
+}
+
+/// The sensitivity cells of row `i` (int8, int4) and its Δ4 cell.
+fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
+    let dim = Style::new().add_modifier(Modifier::DIM);
+    let Some(sens_row) = app.weight_index(i).and_then(|k| app.sens.get(k).copied()) else {
+        return [Cell::from("-"), Cell::from("-"), Cell::from("")];
+    };
+    let sens = |k: usize| -> Cell<'static> {
+        match sens_row[k] {
+            Some(s) if s.generation == app.generation => Cell::from(pct(sens_figure(&s.cell))),
+            Some(s) => Cell::from(pct(sens_figure(&s.cell))).style(dim),
+            None if app.is_current() => Cell::from("…").style(dim),
+            None => Cell::from("-").style(dim),
+        }
+    };
+    let d4 = match sens_row {
+        [Some(s4), Some(s8)] => match (sens_figure(&s4.cell), sens_figure(&s8.cell)) {
+            (Some(x), Some(y)) => {
+                let d = (x - y) * 100.0;
+                let color = if d > -0.5 {
+                    Color::Green
+                } else if d > -2.0 {
+                    Color::Yellow
+                } else {
+                    Color::Red
+                };
+                let style = if s4.generation == app.generation && s8.generation == app.generation {
+                    Style::new().fg(color)
+                } else {
+                    dim
+                };
+                Cell::from(format!("{d:+.2}")).style(style)
+            }
+            _ => Cell::from("-"),
+        },
+        _ => Cell::from(""),
+    };
+    [sens(1), sens(0), d4]
+}
+
+/// Bits, granularity and strategies of row `row` as the list shows them.
+fn settings_cells(app: &App, row: &super::app::RowInfo) -> [String; 4] {
+    let c = &app.config;
+    let name = &row.name;
+    let a = c.act_settings(name);
+    let w = c.weight_settings(name);
+    if !row.weights {
+        [
+            format!("-/{}", a.bits),
+            "-".into(),
+            "-".into(),
+            a.strategy.to_string(),
+        ]
+    } else if c.is_float(name) {
+        ["float".into(), "-".into(), "-".into(), "-".into()]
+    } else {
+        let ws = if w.clip.is_some() {
+            "manual".into()
+        } else {
+            w.strategy.to_string()
+        };
+        [
+            format!("{}/{}", w.bits, a.bits),
+            gran_short(w.granularity),
+            ws,
+            a.strategy.to_string(),
+        ]
+    }
+}
+
+/// One row of the layer list.
+fn layer_row(app: &App, i: usize, name_w: usize) -> Row<'static> {
+    let row = &app.rows[i];
+    let name = &row.name;
+    let c = &app.config;
+    let dim = Style::new().add_modifier(Modifier::DIM);
+    let fig_style = if app.is_current() { Style::new() } else { dim };
+    let marked = c.is_float(name) || c.layers.get(name).is_some_and(|o| !o.is_empty());
+    let rep = app
+        .shown
+        .as_ref()
+        .and_then(|s| s.computed.report.layers.iter().find(|l| &l.name == name));
+    let [bits, gran, wstrat, astrat] = settings_cells(app, row);
+    let [s8, s4, d4] = sens_cells(app, i);
+    let mut style = Style::new();
+    if i == app.selected {
+        style = style.bg(Color::DarkGray).add_modifier(Modifier::BOLD);
+    }
+    let op_style = if row.weights {
+        Style::new().fg(Color::Cyan)
+    } else {
+        Style::new().fg(Color::DarkGray)
+    };
+    Row::new(vec![
+        Cell::from(if marked { "*" } else { " " }).style(Style::new().fg(Color::Yellow).bold()),
+        Cell::from(short_name(name, name_w)),
+        Cell::from(row.op.clone()).style(op_style),
+        Cell::from(row.shape.clone()),
+        Cell::from(bits),
+        Cell::from(gran),
+        Cell::from(wstrat),
+        Cell::from(astrat),
+        Cell::from(db(rep.and_then(|l| l.weight_sqnr_db))).style(fig_style),
+        Cell::from(db(rep.filter(|_| row.weights).and_then(|l| l.act_sqnr_db))).style(fig_style),
+        s8,
+        s4,
+        d4,
+    ])
+    .style(style)
 }
 
 fn layers(app: &App, f: &mut Frame, r: Rect) {
-    let current = app.shown.as_ref().filter(|_| app.is_current());
-    let shown = app.shown.as_ref();
-    let c = &app.config;
-    let dim = Style::new().add_modifier(Modifier::DIM);
-    let fig_style = if current.is_some() { Style::new() } else { dim };
     let header = Row::new([
         "",
         "layer",
@@ -320,148 +592,37 @@ fn layers(app: &App, f: &mut Frame, r: Rect) {
     ])
     .style(Style::new().fg(Color::DarkGray).bold());
     let visible = table_rows(r);
-    let rows: Vec<Row> = app
-        .rows
-        .iter()
-        .enumerate()
-        .skip(app.offset)
-        .take(visible)
-        .map(|(i, row)| {
-            let name = &row.name;
-            let float = c.is_float(name);
-            let marked = float || c.layers.get(name).is_some_and(|o| !o.is_empty());
-            let a = c.act_settings(name);
-            let w = c.weight_settings(name);
-            let rep = shown.and_then(|s| s.computed.report.layers.iter().find(|l| &l.name == name));
-            let (bits, gran, wstrat, astrat) = if !row.weights {
-                (
-                    format!("-/{}", a.bits),
-                    "-".into(),
-                    "-".into(),
-                    a.strategy.to_string(),
-                )
-            } else if float {
-                ("float".into(), "-".into(), "-".into(), "-".into())
-            } else {
-                let ws = if w.clip.is_some() {
-                    "manual".into()
-                } else {
-                    w.strategy.to_string()
-                };
-                (
-                    format!("{}/{}", w.bits, a.bits),
-                    gran_short(w.granularity),
-                    ws,
-                    a.strategy.to_string(),
-                )
-            };
-            let sens_row = if row.weights {
-                app.sens.get(i - 1).copied()
-            } else {
-                None
-            };
-            let sens = |k: usize| -> Cell {
-                if !row.weights {
-                    return Cell::from("-");
-                }
-                match sens_row.and_then(|s| s[k]) {
-                    Some(s) if s.generation == app.generation => Cell::from(pct(s.cell.accuracy)),
-                    Some(s) => Cell::from(pct(s.cell.accuracy)).style(dim),
-                    None if app.is_current() => Cell::from("…").style(dim),
-                    None => Cell::from("-").style(dim),
-                }
-            };
-            let d4 = match sens_row {
-                Some([Some(s4), Some(s8)]) => match (s4.cell.accuracy, s8.cell.accuracy) {
-                    (Some(x), Some(y)) => {
-                        let d = (x - y) * 100.0;
-                        let color = if d > -0.5 {
-                            Color::Green
-                        } else if d > -2.0 {
-                            Color::Yellow
-                        } else {
-                            Color::Red
-                        };
-                        let style =
-                            if s4.generation == app.generation && s8.generation == app.generation {
-                                Style::new().fg(color)
-                            } else {
-                                dim
-                            };
-                        Cell::from(format!("{d:+.2}")).style(style)
-                    }
-                    _ => Cell::from("-"),
-                },
-                _ => Cell::from(""),
-            };
-            let mut style = Style::new();
-            if i == app.selected {
-                style = style.bg(Color::DarkGray).add_modifier(Modifier::BOLD);
-            }
-            Row::new(vec![
-                Cell::from(if marked { "*" } else { " " })
-                    .style(Style::new().fg(Color::Yellow).bold()),
-                Cell::from(name.clone()),
-                Cell::from(row.op.clone()),
-                Cell::from(row.shape.clone()),
-                Cell::from(bits),
-                Cell::from(gran),
-                Cell::from(wstrat),
-                Cell::from(astrat),
-                Cell::from(db(rep.and_then(|l| l.weight_sqnr_db))).style(fig_style),
-                Cell::from(db(if row.weights {
-                    rep.and_then(|l| l.act_sqnr_db)
-                } else {
-                    None
-                }))
-                .style(fig_style),
-                sens(1),
-                sens(0),
-                d4,
-            ])
-            .style(style)
-        })
+    let offset = scroll(app.offset, app.selected, visible, app.rows.len());
+    let name_w = name_width(app, r.width.saturating_sub(2));
+    let rows: Vec<Row> = (offset..app.rows.len().min(offset + visible))
+        .map(|i| layer_row(app, i, name_w as usize))
         .collect();
-    let name_w = app
-        .rows
-        .iter()
-        .map(|r| r.name.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 16) as u16;
-    let shape_w = app
-        .rows
-        .iter()
-        .map(|r| r.shape.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 14) as u16;
-    let widths = [
-        Constraint::Length(1),
-        Constraint::Length(name_w),
-        Constraint::Length(6),
-        Constraint::Length(shape_w),
-        Constraint::Length(5),
-        Constraint::Length(7),
-        Constraint::Length(10),
-        Constraint::Length(10),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(6),
-    ];
+    let mut widths = vec![Constraint::Length(1), Constraint::Length(name_w)];
+    widths.extend(fixed_widths(app).iter().map(|&w| Constraint::Length(w)));
     let more = if app.rows.len() > visible {
         format!(
             " ({}–{} of {})",
-            app.offset + 1,
-            (app.offset + visible).min(app.rows.len()),
+            offset + 1,
+            (offset + visible).min(app.rows.len()),
             app.rows.len()
         )
     } else {
         String::new()
     };
-    let block = Block::bordered().title(format!(" Layers{more} · * changed · int8/int4: accuracy with that layer's weights alone at 8/4 bits "));
+    let sel = &app.rows[app.selected];
+    let detail = Line::from(vec![
+        Span::raw(" ▸ "),
+        Span::styled(sel.name.clone(), Style::new().bold()),
+        Span::styled(
+            format!(" · {} {} ", sel.op, sel.shape),
+            Style::new().fg(Color::DarkGray),
+        ),
+    ]);
+    let block = Block::bordered()
+        .title(format!(
+            " Layers{more} · * changed · int8/int4: accuracy (or agreement) with that layer's weights alone at 8/4 bits "
+        ))
+        .title_bottom(detail);
     f.render_widget(
         Table::new(rows, widths)
             .header(header)
@@ -540,11 +701,12 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
         }
         None => w.strategy.to_string(),
     };
+    let short = short_name(name, PANEL_NAME_W);
     let title = if !row.weights || float {
-        format!("Weights {name}")
+        format!("Weights {short}")
     } else {
         format!(
-            "Weights {name} · int{} {} {} {}",
+            "Weights {short} · int{} {} {} {}",
             w.bits,
             scheme_short(w.scheme),
             w.granularity,
@@ -563,7 +725,10 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
         return message(
             f,
             inner,
-            "the network input has no weights; Tab edits its activations".into(),
+            format!(
+                "{} has no weights; Tab edits its activations",
+                super::app::point_what(name)
+            ),
         );
     }
     if float {
@@ -667,10 +832,11 @@ fn act_panel(app: &App, f: &mut Frame, r: Rect) {
         crate::quant::Strategy::Percentile => format!("percentile {}", a.percentile),
         s => s.to_string(),
     };
+    let short = short_name(name, PANEL_NAME_W);
     let what = if app.rows[app.selected].weights {
-        format!("{name} output")
+        format!("{short} output")
     } else {
-        name.to_string()
+        short
     };
     let title = if float {
         format!("Activations {what}")
@@ -720,7 +886,39 @@ fn act_panel(app: &App, f: &mut Frame, r: Rect) {
     hist_body(f, inner, info, v, app, !app.is_current());
 }
 
+/// The `/` prompt: what was typed, a cursor, and how many rows match.
+fn prompt_line(app: &App, query: &str) -> Line<'static> {
+    let n = app.matches(query).len();
+    let (count, style) = match n {
+        _ if query.is_empty() => ("type a name".to_string(), Style::new().fg(Color::DarkGray)),
+        0 => (
+            "no row matches".to_string(),
+            Style::new().fg(Color::Red).bold(),
+        ),
+        n => {
+            let k = app.matches(query).iter().position(|&i| i == app.selected);
+            let at = k.map_or(String::new(), |k| format!("{}/", k + 1));
+            (format!("{at}{n} matches"), Style::new().fg(Color::Green))
+        }
+    };
+    Line::from(vec![
+        Span::styled(" /", Style::new().fg(Color::Yellow).bold()),
+        Span::styled(query.to_string(), Style::new().bold()),
+        Span::styled("█", Style::new().fg(Color::Yellow)),
+        Span::raw("  "),
+        Span::styled(count, style),
+        Span::styled(
+            " · Enter keep · Esc cancel · ↓/↑ next/previous",
+            Style::new().fg(Color::DarkGray),
+        ),
+    ])
+}
+
 fn status(app: &App, f: &mut Frame, r: Rect) {
+    if let Some(s) = &app.search {
+        f.render_widget(Paragraph::new(prompt_line(app, &s.query)), r);
+        return;
+    }
     let line = match &app.status {
         Some(s) if s.error => Line::from(Span::styled(
             format!(" ✗ {}", s.text),
@@ -732,7 +930,7 @@ fn status(app: &App, f: &mut Frame, r: Rect) {
         )),
         None => Line::from(Span::styled(
             format!(
-                " ↑↓ select · Tab side · s strategy · b/B bits · p/P percentile · [ ] clip · = reset · u undo · x export → {} · ? help",
+                " ↑↓ select · / find · Tab side · s strategy · b/B bits · p/P percentile · [ ] clip · = reset · u undo · x export → {} · ? help",
                 app.export_path.display()
             ),
             Style::new().fg(Color::DarkGray),

@@ -583,3 +583,21 @@ fn cli_plots_and_dumps() {
         );
     }
 }
+
+#[test]
+fn a_float_kept_graph_node_whose_output_feeds_a_float_island_exports_and_loads_back() {
+    // The downsample conv of a residual block feeds the (float) Add, not the next weight node.
+    let model = bundled::model("mnist-resnet").unwrap();
+    let calib = bundled::calib().take(32);
+    let eval = bundled::test().take(32);
+    let c = QuantConfig {
+        keep_float: vec!["/layers/layers.2/downsample/downsample.0/Conv".into()],
+        ..Default::default()
+    };
+    let out = run(&model, &calib, &eval, &c, &Cancel::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    save_params(&path, &model, &out.params).unwrap();
+    let back = load_params(&path, &model, false).unwrap();
+    assert_same_engine_params(&out.params, &back, "float-kept downsample");
+}

@@ -389,3 +389,194 @@ fn loaded_parameters_seed_the_ui_and_a_change_recalibrates() {
     assert!(!screen(&app, 160, 48).contains("parameters loaded"));
     worker.join();
 }
+
+/// The buffer row of the highlighted (selected) layer-list row, if it is on screen.
+fn selected_line(app: &App, w: u16, h: u16) -> Option<String> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ui::render(app, f)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let table = ui::layout(ui::full((w, h)), app.rows.len())?.table;
+    (table.y + 2..table.bottom() - 1)
+        .find(|&y| buf[(table.x + 2, y)].bg == ratatui::style::Color::DarkGray)
+        .map(|y| {
+            (0..w)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect::<String>()
+        })
+}
+
+/// The mnist-mlp app with its rows replaced by `n` synthetic graph rows (entry tensor first).
+fn many_rows(n: usize) -> App {
+    use qscope::tui::app::RowInfo;
+    let (_, mut app) = small_session();
+    app.rows = (0..n)
+        .map(|i| RowInfo {
+            name: format!("/blocks/blocks.{i}/mixer/mixer.{i}/proj/MatMul"),
+            op: if i == 0 { "tensor" } else { "MatMul" }.into(),
+            shape: if i == 0 {
+                String::new()
+            } else {
+                "64×64".into()
+            },
+            weights: i > 0,
+        })
+        .collect();
+    app.sens = vec![[None; 2]; n - 1];
+    app.selected = 1;
+    app
+}
+
+#[test]
+fn a_list_of_120_rows_scrolls_so_the_selection_stays_visible_at_any_height() {
+    for h in [ui::MIN_H, 30, 40, 60] {
+        let mut app = many_rows(120);
+        app.resize(120, h);
+        let mut k = 1;
+        for step in [5, 40, 73, 1, 0] {
+            for _ in 0..step {
+                app.handle(key('j'));
+                k = (k + 1).min(119);
+            }
+            assert_eq!(app.selected, k);
+            let line = selected_line(&app, 120, h)
+                .unwrap_or_else(|| panic!("row {k} not visible at height {h}"));
+            assert!(line.contains(&format!("blocks.{k}/")), "{h}: {line}");
+        }
+        // And back up to the top.
+        for _ in 0..119 {
+            app.handle(key('k'));
+        }
+        assert_eq!(app.selected, 0);
+        assert!(selected_line(&app, 120, h).unwrap().contains("blocks.0/"));
+        // The title says which part of the list is shown.
+        assert!(screen(&app, 120, h).contains("of 120)"));
+    }
+}
+
+#[test]
+fn the_search_prompt_is_drawn_and_a_jump_scrolls_to_the_row() {
+    let mut app = many_rows(120);
+    app.resize(120, 30);
+    for c in "/BLOCKS.97/".chars() {
+        app.handle(key(c));
+    }
+    assert_eq!(app.selected, 97);
+    let s = screen(&app, 120, 30);
+    let last = s.lines().last().unwrap();
+    assert!(
+        last.contains("/BLOCKS.97/█") && last.contains("1/1 matches"),
+        "{last}"
+    );
+    assert!(last.contains("Esc cancel"), "{last}");
+    assert!(selected_line(&app, 120, 30).unwrap().contains("blocks.97/"));
+    // The full name of the selected row is shown under the list.
+    assert!(
+        s.contains("/blocks/blocks.97/mixer/mixer.97/proj/MatMul"),
+        "{s}"
+    );
+    app.handle(key('x'));
+    let last = screen(&app, 120, 30).lines().last().unwrap().to_string();
+    assert!(last.contains("no row matches"), "{last}");
+    app.handle(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    assert!(app.search.is_none() && app.status.as_ref().unwrap().error);
+    assert_eq!(app.selected, 97, "a search without a match leaves the row");
+}
+
+#[test]
+fn graph_rows_show_op_types_and_shortened_names_and_the_results_show_float_islands() {
+    let model = bundled::model("mnist-resnet").unwrap();
+    let calib = bundled::calib().take(16);
+    let eval = bundled::test().take(16);
+    let mut app = App::new(&model, calib.n, eval.n, QuantConfig::default(), None);
+    app.resize(120, 40);
+    let s = screen(&app, 120, 40);
+    for needle in [
+        "tensor",
+        "Conv ",
+        "Gemm ",
+        "16×16×3×3",
+        "layers.1/downsample.0/Conv",
+        "stem.0/Conv",
+        "fc/Gemm",
+        "▸ /stem/stem.0/Conv · Conv",
+    ] {
+        assert!(s.contains(needle), "missing {needle:?}\n{s}");
+    }
+    // Names too long for the column keep their tail; the list never cuts a name's end.
+    assert!(
+        !s.contains("/layers/layers.1/downsample/downsample.0/Conv "),
+        "{s}"
+    );
+    let out = qscope::pipeline::run(&model, &calib, &eval, &app.config, &Cancel::new()).unwrap();
+    assert_eq!(
+        out.report.float_islands.len(),
+        3,
+        "{:?}",
+        out.report.float_islands
+    );
+    let computed = qscope::tui::worker::Computed {
+        views: qscope::eval::layer_view::layer_views(
+            &model,
+            &out.params,
+            out.calibration.as_ref(),
+            app.bins(),
+        ),
+        report: out.report,
+        params: out.params,
+        loaded: false,
+        compute: Duration::from_millis(1),
+        bins: app.bins(),
+    };
+    let first = app.start();
+    assert_eq!(first.len(), 1);
+    app.handle(Event::Worker(WorkerMsg::Done {
+        generation: 1,
+        result: Box::new(computed),
+    }));
+    let s = screen(&app, 120, 40);
+    assert!(
+        s.contains("float islands: 3 (layers.0/Add, layers.1/Add, layers.2/Add)"),
+        "{s}"
+    );
+    assert!(s.contains("int MACs 100.00% · cosine 0.9"), "{s}");
+    // Narrow terminals list fewer names and say how many are left out.
+    let line = ui::islands_line(
+        &["/a/Add".into(), "/b/Add".into(), "/c/Add".into()],
+        40,
+        ratatui::style::Style::new(),
+    );
+    let text: String = line.spans.iter().map(|s| s.content.to_string()).collect();
+    assert!(
+        text.starts_with("float islands: 3 (a/Add, ") && text.contains("… +"),
+        "{text}"
+    );
+    // The weight panel of an entry tensor says what it is.
+    app.handle(key('k'));
+    let s = screen(&app, 120, 40);
+    assert!(
+        s.contains("the tensor /pool/GlobalAveragePool_output_0 has no") && s.contains("Tab edits"),
+        "{s}"
+    );
+}
+
+#[test]
+fn short_names_keep_the_tail() {
+    let n = "/layers/layers.1/downsample/downsample.0/Conv";
+    assert_eq!(ui::short_name(n, 60), "layers.1/downsample.0/Conv");
+    assert_eq!(ui::short_name("fc1", 60), "fc1");
+    assert_eq!(ui::short_name(n, 26), "layers.1/downsample.0/Conv");
+    assert_eq!(ui::short_name(n, 22), "…/downsample.0/Conv");
+    assert_eq!(ui::short_name(n, 8), "…/Conv");
+    assert_eq!(ui::short_name("abcdefghij", 5), "…ghij");
+    let b = "/bert/encoder/layer.0/attention/self/query/MatMul";
+    assert_eq!(ui::short_name(b, 31), "…/layer.0/…/self/query/MatMul");
+    assert_eq!(ui::short_name(b, 24), "…/layer.0/…/query/MatMul");
+    let d = "/bert/encoder/layer.0/intermediate/dense/MatMul";
+    assert_eq!(ui::short_name(d, 33), "…/layer.0/…/dense/MatMul");
+    for w in 5..60 {
+        assert!(ui::short_name(b, w).chars().count() <= w, "{w}");
+    }
+}

@@ -1,6 +1,7 @@
 use super::*;
 use crate::eval::layer_view::layer_views;
 use crate::pipeline::{Cancel, run};
+use crate::tui::keymap::Mode;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent};
 
 fn model() -> Model {
@@ -339,4 +340,70 @@ fn a_resize_asks_for_histograms_of_the_new_width() {
     assert_eq!(j.len(), 1);
     assert_eq!(j[0].bins, app.bins());
     assert!(!j[0].rerun);
+}
+
+#[test]
+fn slash_and_text_select_the_matching_row_and_esc_goes_back() {
+    let mut app = app();
+    app.start();
+    assert_eq!(app.key_mode(), Mode::List);
+    // `/` opens the prompt; letters are typed, not acted on (f, c would be keys otherwise).
+    assert!(press(&mut app, "/fC3").is_empty(), "searching sends no job");
+    assert_eq!(app.key_mode(), Mode::Search);
+    assert_eq!(app.search.as_ref().unwrap().query, "fC3");
+    assert_eq!(app.selected_name(), "fc3", "case-insensitive");
+    assert!(app.config.keep_float.is_empty());
+    app.handle(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    assert!(app.search.is_none());
+    assert_eq!(app.selected_name(), "fc3");
+    assert_eq!(app.last_search.as_deref(), Some("fC3"));
+    // The first match wins; backspace widens the search; Esc restores the row before.
+    press(&mut app, "/fc");
+    assert_eq!(app.selected_name(), "fc1");
+    app.handle(Event::Key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)));
+    assert_eq!(app.selected_name(), "fc2", "↓ goes to the next match");
+    press(&mut app, "9");
+    assert_eq!(app.selected_name(), "fc2", "no match keeps the selection");
+    app.handle(Event::Key(KeyEvent::new(
+        KeyCode::Backspace,
+        KeyModifiers::NONE,
+    )));
+    assert_eq!(app.search.as_ref().unwrap().query, "fc");
+    app.handle(Event::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)));
+    assert!(app.search.is_none());
+    assert_eq!(app.selected_name(), "fc3");
+    // n/N step through the last accepted search's matches, wrapping.
+    press(&mut app, "/fc");
+    app.handle(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    assert_eq!(app.selected_name(), "fc1");
+    press(&mut app, "n");
+    assert_eq!(app.selected_name(), "fc2");
+    press(&mut app, "NN");
+    assert_eq!(app.selected_name(), "fc3");
+    assert_eq!(app.generation, 1, "nothing was recomputed");
+}
+
+#[test]
+fn graph_models_list_their_entry_tensors_and_start_on_the_first_weight_layer() {
+    let m = crate::bundled::model("mnist-resnet").unwrap();
+    let app = App::new(&m, 10, 10, QuantConfig::default(), None);
+    let first = app.rows.iter().position(|r| r.weights).unwrap();
+    assert!(first >= 1, "{:?}", app.rows);
+    assert_eq!(app.selected, first);
+    assert_eq!(app.rows[first].op, "Conv");
+    assert!(
+        app.rows[..first]
+            .iter()
+            .all(|r| r.op == "tensor" || r.op == "input")
+    );
+    assert_eq!(app.rows.last().unwrap().op, "Gemm");
+    assert_eq!(app.sens.len(), app.rows.len() - first);
+    assert_eq!(app.weight_index(first), Some(0));
+    assert_eq!(app.weight_index(0), None);
 }
