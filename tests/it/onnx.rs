@@ -68,6 +68,7 @@ fn float_engine_matches_onnx_runtime_on_every_fixture() {
         ),
     ] {
         let e = relative_error_vs_ort(model, reference);
+        eprintln!("{model}: max |qscope - ORT| / max |ORT| = {e:.2e}");
         assert!(
             e < 1e-4,
             "{model}: relative error {e:e} against ONNX Runtime"
