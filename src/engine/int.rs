@@ -5,14 +5,17 @@
 
 use super::conv::conv_nchw;
 use super::float::{Values, check_size, conv_geom, last_uses, run_node};
+use super::intops;
 use super::kernels::{PackedWeights, gemm_i8};
+use super::pool::PoolGeom;
 use super::requant::Requant;
 use super::tensor::{Data, Tensor};
 use crate::error::{Error, Result};
-use crate::model::{Model, Op, ValueId};
+use crate::model::points::integer_op;
+use crate::model::{BinaryOp, Model, Op, ValueId};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
-use crate::quant::{FixedMultiplier, QParams};
+use crate::quant::{ClipRange, FixedMultiplier, QParams, Scheme};
 use std::collections::HashMap;
 
 /// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
@@ -34,6 +37,10 @@ fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
         }
     }
 }
+
+/// The largest constant (elements) an integer kernel quantizes as an operand (per-channel
+/// biases and scalars; larger constants keep the node in float).
+const CONST_OPERAND_MAX: usize = 1 << 16;
 
 /// Fraction bits of the wide accumulator that sums rescaled group partial sums.
 const GROUP_FRAC: i32 = 16;
@@ -230,6 +237,24 @@ impl IntGemm {
     }
 }
 
+/// How a node ran in the integer engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// On integer codes (an integer kernel, or an op that keeps qparams).
+    Int,
+    /// In f32 on values that were not integers (input plumbing: not an island).
+    Float,
+    /// In f32 between a dequantize and a quantize: a float island.
+    Island,
+}
+
+impl Ran {
+    /// Whether the node was a float island.
+    pub fn island(self) -> bool {
+        self == Ran::Island
+    }
+}
+
 /// How the integer engine runs one node.
 #[derive(Debug)]
 enum Step {
@@ -361,13 +386,13 @@ impl<'m> IntModel<'m> {
         matches!(self.steps[i], Step::Gemm { .. })
     }
 
-    /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, island)`
-    /// sees each node's output value and tensor (a weight node's fused point) and whether the
-    /// node ran as a float island. Returns the graph outputs as reals.
+    /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, ran)`
+    /// sees each node's output value and tensor (a weight node's fused point) and how the node
+    /// ran. Returns the graph outputs as reals.
     pub fn forward(
         &self,
         inputs: Vec<Tensor>,
-        mut tap: impl FnMut(usize, ValueId, &Tensor, bool),
+        mut tap: impl FnMut(usize, ValueId, &Tensor, Ran),
     ) -> Result<Vec<Tensor>> {
         let model = self.model;
         let last = last_uses(model);
@@ -382,7 +407,7 @@ impl<'m> IntModel<'m> {
         let mut vals = Values::new(model, inputs);
         for (i, layer) in model.layers.iter().enumerate() {
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-            let (out, y, island) = match &self.steps[i] {
+            let (out, y, ran) = match &self.steps[i] {
                 Step::Fused => continue,
                 Step::Gemm { gemms, out } => {
                     let x = vals.inputs_of(layer).map_err(err)?[0]
@@ -390,20 +415,20 @@ impl<'m> IntModel<'m> {
                     (
                         *out,
                         self.run_gemm(&layer.op, gemms, x).map_err(err)?,
-                        false,
+                        Ran::Int,
                     )
                 }
                 Step::Node => {
                     let ins = vals.inputs_of(layer).map_err(err)?;
-                    let (y, island) = self.run_other(i, &ins).map_err(err)?;
-                    (layer.output, y, island)
+                    let (y, ran) = self.run_other(i, &ins).map_err(err)?;
+                    (layer.output, y, ran)
                 }
             };
             let y = match self.points.get(&out) {
                 Some(q) if !y.is_quantized() && y.as_f32().is_some() => y.quantize(*q),
                 _ => y,
             };
-            tap(i, out, &y, island);
+            tap(i, out, &y, ran);
             vals.set(out, y);
             vals.free_after(model, &last, i);
         }
@@ -425,12 +450,13 @@ impl<'m> IntModel<'m> {
     }
 
     /// A node that is not an integer weight node: on integers when its op keeps qparams and
-    /// its data input is quantized, else in f32 (an island when any input was quantized).
+    /// its data input is quantized, or when it has an integer kernel, its output is a point
+    /// and its inputs arrive as integers; else in f32 (an island when any input was quantized).
     fn run_other(
         &self,
         i: usize,
         ins: &[Option<&Tensor>],
-    ) -> std::result::Result<(Tensor, bool), String> {
+    ) -> std::result::Result<(Tensor, Ran), String> {
         let layer = &self.model.layers[i];
         // Shape reads no values: it is plumbing, not an island.
         let quantized =
@@ -438,7 +464,14 @@ impl<'m> IntModel<'m> {
         if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first())
             && let Some((q, qp)) = x.as_q()
         {
-            return Ok((self.pass_through(i, ins, q, qp)?, false));
+            return Ok((self.pass_through(i, ins, q, qp)?, Ran::Int));
+        }
+        if let Some(&qo) = self.points.get(&layer.output)
+            && quantized
+            && integer_op(self.model, i)
+            && let Some(y) = self.run_int(i, ins, qo)?
+        {
+            return Ok((y, Ran::Int));
         }
         let owned: Vec<Option<Tensor>> = ins
             .iter()
@@ -454,7 +487,64 @@ impl<'m> IntModel<'m> {
             .collect();
         let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_ref()).collect();
         let y = run_node(layer, &refs, self.limit)?;
-        Ok((y, quantized))
+        Ok((y, if quantized { Ran::Island } else { Ran::Float }))
+    }
+
+    /// Runs node `i`'s integer kernel into `qo`; `None` when its inputs do not allow it (a
+    /// data input that is not integers: the node then runs as a float island).
+    fn run_int(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+        qo: QParams,
+    ) -> std::result::Result<Option<Tensor>, String> {
+        let layer = &self.model.layers[i];
+        let Some(x) = ins.first().copied().flatten() else {
+            return Ok(None);
+        };
+        let y = match &layer.op {
+            Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub)) => {
+                let y = ins.get(1).copied().flatten().ok_or("has no second input")?;
+                let (Some(a), Some(c)) = (self.operand(x, qo), self.operand(y, qo)) else {
+                    return Ok(None);
+                };
+                intops::add::add(&a, &c, qo, *b == BinaryOp::Sub)?
+            }
+            _ if !x.is_quantized() => return Ok(None),
+            Op::GlobalAvgPool => intops::mean::global_mean(x, qo, true)?,
+            Op::ReduceMean { keepdims, .. } => intops::mean::global_mean(x, qo, *keepdims)?,
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            } => {
+                let [_, c, h, w] = x.shape[..] else {
+                    return Err(format!("expects an [N, C, H, W] input, got {:?}", x.shape));
+                };
+                let g = PoolGeom::new(&[c, h, w], *kernel, *stride, *padding, *ceil_mode)?;
+                intops::mean::avg_pool(x, &g, *count_include_pad, qo)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(y))
+    }
+
+    /// An operand of an integer kernel: a quantized tensor as it is, a real constant quantized
+    /// with its own min/max range at the output's bit width; `None` for a real activation.
+    fn operand<'t>(&self, t: &'t Tensor, qo: QParams) -> Option<std::borrow::Cow<'t, Tensor>> {
+        if t.is_quantized() {
+            return Some(std::borrow::Cow::Borrowed(t));
+        }
+        let v = t.as_f32()?;
+        if t.len() > CONST_OPERAND_MAX {
+            return None;
+        }
+        let lo = v.iter().copied().fold(0.0f32, f32::min);
+        let hi = v.iter().copied().fold(0.0f32, f32::max);
+        let q = QParams::from_range(ClipRange::new(lo, hi), qo.bits, Scheme::Asymmetric);
+        Some(std::borrow::Cow::Owned(t.quantize(q)))
     }
 
     /// Runs a qparam-keeping op on integer codes (exact: it only moves, selects or clamps them).
@@ -467,11 +557,18 @@ impl<'m> IntModel<'m> {
     ) -> std::result::Result<Tensor, String> {
         let layer = &self.model.layers[i];
         let x = ins[0].expect("checked");
-        if matches!(layer.op, Op::Relu) {
-            let z = qp.zero_point.clamp(-128, 127) as i8;
+        let bounds = match layer.op {
+            Op::Relu => Some((0.0, f32::INFINITY)),
+            Op::Clip { min, max } => Some((min, max)),
+            _ => None,
+        };
+        if let Some(b) = bounds {
+            // A clamp at the quantized bounds (ReLU: the zero point).
+            let (lo, hi) = clamp_bounds(qp, Some(b));
+            let (lo, hi) = (lo.clamp(-128, 127) as i8, hi.clamp(-128, 127) as i8);
             return Ok(Tensor::q(
                 x.shape.clone(),
-                q.iter().map(|&v| v.max(z)).collect(),
+                q.iter().map(|&v| v.clamp(lo, hi.max(lo))).collect(),
                 qp,
             ));
         }

@@ -100,18 +100,17 @@ fn eval_runs_an_onnx_resnet_end_to_end_with_graph_report_fields() {
             .all(|l| l["op"] == "Conv" || l["op"] == "Gemm"),
         "{layers:?}"
     );
-    // Residual adds run as float islands for now, and the report names them.
-    let islands: Vec<&str> = r["float_islands"]
+    // Residual adds and the global mean run in integers: no float island.
+    assert_eq!(r["float_islands"].as_array().map(Vec::len), Some(0), "{r}");
+    let points: Vec<&str> = r["points"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|v| v.as_str())
+        .filter_map(|p| p["name"].as_str())
         .collect();
     assert!(
-        islands
-            .iter()
-            .any(|n| n.contains("add") || n.contains("Add")),
-        "{islands:?}"
+        points.contains(&"add_60") && points.contains(&"mean"),
+        "{points:?}"
     );
 }
 
