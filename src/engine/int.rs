@@ -6,6 +6,7 @@
 use super::conv::conv_nchw;
 use super::float::{Values, check_size, conv_geom, last_uses, run_node};
 use super::intops;
+use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::PoolGeom;
 use super::requant::Requant;
@@ -255,13 +256,40 @@ impl Ran {
     }
 }
 
+/// The integer kernel of a weight node.
+#[derive(Debug)]
+enum WeightKernel {
+    /// One GEMM per channel group (over im2col patches for a conv).
+    Gemm(Vec<IntGemm>),
+    /// A grouped or depthwise conv as a direct loop.
+    Group(GroupConv),
+}
+
+impl WeightKernel {
+    /// The qparams of the input the kernel expects.
+    fn in_q(&self) -> QParams {
+        match self {
+            WeightKernel::Gemm(g) => g[0].in_q,
+            WeightKernel::Group(c) => c.in_q,
+        }
+    }
+
+    /// The qparams of the output it produces.
+    fn out_q(&self) -> QParams {
+        match self {
+            WeightKernel::Gemm(g) => g[0].out_q,
+            WeightKernel::Group(c) => c.out_q,
+        }
+    }
+}
+
 /// How the integer engine runs one node.
 #[derive(Debug)]
 enum Step {
     /// A weight node in integers (one GEMM per channel group) writing its (fused) point.
     Gemm {
-        /// Per channel group.
-        gemms: Vec<IntGemm>,
+        /// The kernel.
+        kernel: WeightKernel,
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
@@ -338,15 +366,10 @@ impl<'m> IntModel<'m> {
                 Op::Conv2d { groups, .. } => groups,
                 _ => 1,
             };
-            let og = wq.q.rows / groups;
-            let gemms = (0..groups)
-                .map(|g| {
-                    let w = rows_of(&wq.q, g * og, (g + 1) * og);
-                    IntGemm::new(&w, &bias[g * og..(g + 1) * og], in_q, act.qparams, clamp)
-                })
-                .collect();
+            let kernel =
+                Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q, act.qparams), clamp);
             steps[i] = Step::Gemm {
-                gemms,
+                kernel,
                 out: model.point_value(i),
             };
             if let Some(j) = fused {
@@ -359,6 +382,36 @@ impl<'m> IntModel<'m> {
             points,
             limit,
         }
+    }
+
+    /// The kernel of a weight node: a direct loop for a grouped conv whose weights have one
+    /// scale per channel, else one GEMM per channel group.
+    fn weight_kernel(
+        layer: &crate::model::Layer,
+        w: &QWeights,
+        bias: &[f32],
+        groups: usize,
+        qs: (QParams, QParams),
+        clamp: Option<(f32, f32)>,
+    ) -> WeightKernel {
+        if let Op::Conv2d { weight, .. } = &layer.op
+            && groups > 1
+        {
+            let (_, _, kh, kw) = weight.dim();
+            let bounds = clamp_bounds(qs.1, clamp);
+            if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
+                return WeightKernel::Group(c);
+            }
+        }
+        let og = w.rows / groups;
+        WeightKernel::Gemm(
+            (0..groups)
+                .map(|g| {
+                    let wg = rows_of(w, g * og, (g + 1) * og);
+                    IntGemm::new(&wg, &bias[g * og..(g + 1) * og], qs.0, qs.1, clamp)
+                })
+                .collect(),
+        )
     }
 
     /// The qparams integers arrive in at value `v`: its point's, or those of the point it
@@ -409,12 +462,12 @@ impl<'m> IntModel<'m> {
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
             let (out, y, ran) = match &self.steps[i] {
                 Step::Fused => continue,
-                Step::Gemm { gemms, out } => {
+                Step::Gemm { kernel, out } => {
                     let x = vals.inputs_of(layer).map_err(err)?[0]
                         .ok_or_else(|| err("no input".into()))?;
                     (
                         *out,
-                        self.run_gemm(&layer.op, gemms, x).map_err(err)?,
+                        self.run_gemm(&layer.op, kernel, x).map_err(err)?,
                         Ran::Int,
                     )
                 }
@@ -587,10 +640,10 @@ impl<'m> IntModel<'m> {
     fn run_gemm(
         &self,
         op: &Op,
-        gemms: &[IntGemm],
+        kernel: &WeightKernel,
         x: &Tensor,
     ) -> std::result::Result<Tensor, String> {
-        let in_q = gemms[0].in_q;
+        let in_q = kernel.in_q();
         let requantized;
         let x = match x.as_q() {
             Some((_, qp)) if qp == in_q => x,
@@ -601,7 +654,11 @@ impl<'m> IntModel<'m> {
         };
         let (data, _) = x.as_q().expect("quantized above");
         let n = x.shape.first().copied().unwrap_or(1).max(1);
-        let out_q = gemms[0].out_q;
+        let out_q = kernel.out_q();
+        let gemms = match kernel {
+            WeightKernel::Gemm(g) => g.as_slice(),
+            WeightKernel::Group(_) => &[],
+        };
         match op {
             Op::Linear { weight, .. } => {
                 let (out, k) = weight.dim();
@@ -615,7 +672,8 @@ impl<'m> IntModel<'m> {
                 check_size(rows / n * out, self.limit)?;
                 let mut shape = x.shape.clone();
                 *shape.last_mut().expect("rank ≥ 1") = out;
-                Ok(Tensor::q(shape, gemms[0].run(data, rows), out_q))
+                let gemm = gemms.first().ok_or("has no GEMM kernel")?;
+                Ok(Tensor::q(shape, gemm.run(data, rows), out_q))
             }
             Op::Conv2d {
                 weight,
@@ -635,6 +693,9 @@ impl<'m> IntModel<'m> {
                     ));
                 }
                 check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), self.limit)?;
+                if let WeightKernel::Group(c) = kernel {
+                    return Ok(Tensor::q(vec![n, o, g.oh, g.ow], c.run(data, n, &g), out_q));
+                }
                 let pad = in_q.zero_point.clamp(-128, 127) as i8;
                 let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
                     gemms[gi].run(cols, rows)
@@ -648,11 +709,11 @@ impl<'m> IntModel<'m> {
     /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
     /// its real-valued (fused) output, or `None` if it is not an integer node.
     pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
-        let Step::Gemm { gemms, .. } = &self.steps[i] else {
+        let Step::Gemm { kernel, .. } = &self.steps[i] else {
             return None;
         };
-        let q = x.clone().dequantized().quantize(gemms[0].in_q);
-        self.run_gemm(&self.model.layers[i].op, gemms, &q)
+        let q = x.clone().dequantized().quantize(kernel.in_q());
+        self.run_gemm(&self.model.layers[i].op, kernel, &q)
             .ok()
             .map(Tensor::dequantized)
     }
@@ -680,4 +741,74 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
             (lp.index, q)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::im2col::ConvGeom;
+    use crate::engine::intops::depthwise::group_conv_reference;
+    use crate::quant::Granularity;
+    use crate::quant::weights::QWeights;
+
+    /// Per-channel symmetric weights [o, k] from a deterministic pattern.
+    fn weights(o: usize, k: usize, seed: usize) -> QWeights {
+        let w: Vec<f32> = (0..o * k)
+            .map(|i| (((i * 7 + seed) % 23) as f32 - 11.0) * 0.05 * (1 + i / k % 3) as f32)
+            .collect();
+        let s = crate::config::WeightSettings {
+            bits: 8,
+            scheme: Scheme::Symmetric,
+            granularity: Granularity::PerChannel,
+            strategy: crate::quant::Strategy::MinMax,
+            percentile: 99.99,
+            clip: None,
+        };
+        crate::quant::weights::quantize_weights(&w, o, k, &s)
+    }
+
+    #[test]
+    fn group_conv_equals_the_im2col_gemm_path_and_the_f64_reference() {
+        let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
+        let out_q = QParams::from_range(ClipRange::new(-3.0, 4.0), 8, Scheme::Asymmetric);
+        for (c, o, groups, stride, pad, dil) in [
+            (6, 6, 6, (1, 1), [1, 1, 1, 1], (1, 1)),
+            (6, 12, 6, (2, 2), [1, 0, 2, 1], (1, 1)),
+            (8, 4, 2, (1, 2), [0, 2, 1, 0], (2, 1)),
+        ] {
+            let (n, h, w, kh, kw) = (2, 7, 9, 3, 3);
+            let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
+            let wq = weights(o, c / groups * kh * kw, c + o);
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let x: Vec<i8> = (0..n * c * h * w)
+                .map(|i| ((i * 53) % 256) as u8 as i8)
+                .collect();
+            for clamp in [None, Some((0.0, 6.0))] {
+                let bounds = clamp_bounds(out_q, clamp);
+                let dw =
+                    GroupConv::new(&wq, &bias, (kh, kw), groups, (in_q, out_q), bounds).unwrap();
+                let got = dw.run(&x, n, &g);
+                let og = o / groups;
+                let gemms: Vec<IntGemm> = (0..groups)
+                    .map(|gi| {
+                        let wg = rows_of(&wq, gi * og, (gi + 1) * og);
+                        IntGemm::new(&wg, &bias[gi * og..(gi + 1) * og], in_q, out_q, clamp)
+                    })
+                    .collect();
+                let pad_code = in_q.zero_point as i8;
+                let want = conv_nchw(&x, n, &g, groups, o, pad_code, |gi, cols, rows| {
+                    gemms[gi].run(cols, rows)
+                });
+                assert_eq!(got, want, "groups {groups} clamp {clamp:?}");
+                let r = group_conv_reference(&x, n, &g, &wq, &bias, groups, (in_q, out_q), bounds);
+                let off = got.iter().zip(&r).filter(|(a, b)| a != b).count();
+                assert!(
+                    got.iter()
+                        .zip(&r)
+                        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
+                );
+                assert!(off * 100 <= got.len(), "{off} of {} off by one", got.len());
+            }
+        }
+    }
 }

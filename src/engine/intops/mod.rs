@@ -2,4 +2,5 @@
 //! tables, activation matmuls), each on quantized codes with a plain reference beside it.
 
 pub mod add;
+pub mod depthwise;
 pub mod mean;
