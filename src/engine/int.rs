@@ -12,7 +12,7 @@ use super::pool::PoolGeom;
 use super::requant::Requant;
 use super::tensor::{Data, Tensor};
 use crate::error::{Error, Result};
-use crate::model::points::integer_op;
+use crate::model::points::{integer_op, scalar_operand};
 use crate::model::{BinaryOp, Model, Op, ValueId};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
@@ -306,6 +306,33 @@ pub struct IntModel<'m> {
     steps: Vec<Step>,
     points: HashMap<ValueId, QParams>,
     limit: usize,
+    /// Per node: the Softmax it feeds when it is an additive-mask Add that runs inside that
+    /// Softmax's float island (as ORT's attention fusion does).
+    into_softmax: Vec<Option<usize>>,
+}
+
+/// For each node, the Softmax it feeds when it is an Add whose only reader is a Softmax.
+fn softmax_adds(model: &Model) -> Vec<Option<usize>> {
+    let mut v = vec![None; model.layers.len()];
+    for (j, l) in model.layers.iter().enumerate() {
+        if !matches!(l.op, Op::Softmax { .. }) {
+            continue;
+        }
+        let Some(p) = l
+            .data_input()
+            .and_then(|d| model.layers.iter().position(|m| m.output == d))
+        else {
+            continue;
+        };
+        let out = model.layers[p].output;
+        if matches!(model.layers[p].op, Op::Binary(BinaryOp::Add))
+            && model.consumers(out) == [j]
+            && !model.outputs.contains(&out)
+        {
+            v[p] = Some(j);
+        }
+    }
+    v
 }
 
 /// The real bounds of node `j` when it is a fused Relu/ReLU6.
@@ -381,6 +408,7 @@ impl<'m> IntModel<'m> {
             steps,
             points,
             limit,
+            into_softmax: softmax_adds(model),
         }
     }
 
@@ -458,6 +486,7 @@ impl<'m> IntModel<'m> {
             })
             .collect();
         let mut vals = Values::new(model, inputs);
+        let mut island_at = vec![false; model.layers.len()];
         for (i, layer) in model.layers.iter().enumerate() {
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
             let (out, y, ran) = match &self.steps[i] {
@@ -480,6 +509,15 @@ impl<'m> IntModel<'m> {
             let y = match self.points.get(&out) {
                 Some(q) if !y.is_quantized() && y.as_f32().is_some() => y.quantize(*q),
                 _ => y,
+            };
+            // A mask Add that dequantized its input belongs to the Softmax island it feeds.
+            let ran = match (ran, self.into_softmax[i]) {
+                (Ran::Island, Some(j)) => {
+                    island_at[j] = true;
+                    Ran::Float
+                }
+                _ if island_at[i] => Ran::Island,
+                _ => ran,
             };
             tap(i, out, &y, ran);
             vals.set(out, y);
@@ -556,6 +594,20 @@ impl<'m> IntModel<'m> {
             return Ok(None);
         };
         let y = match &layer.op {
+            Op::Binary(BinaryOp::Mul | BinaryOp::Div) => {
+                let Some(k) = scalar_operand(self.model, i) else {
+                    return Ok(None);
+                };
+                let Some((_, qi)) = ins.get(k).copied().flatten().and_then(|t| t.as_q()) else {
+                    return Ok(None);
+                };
+                let f = |t: &Tensor| {
+                    let mut args = ins.to_vec();
+                    args[k] = Some(t);
+                    run_node(layer, &args, self.limit)
+                };
+                intops::lut::Lut::from_fn(f, qi, qo)?.apply(ins[k].expect("checked"))?
+            }
             Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub)) => {
                 let y = ins.get(1).copied().flatten().ok_or("has no second input")?;
                 let (Some(a), Some(c)) = (self.operand(x, qo), self.operand(y, qo)) else {
@@ -563,7 +615,33 @@ impl<'m> IntModel<'m> {
                 };
                 intops::add::add(&a, &c, qo, *b == BinaryOp::Sub)?
             }
+            Op::Concat { .. } => {
+                let data_q = layer.inputs.iter().zip(ins).all(|(v, t)| {
+                    t.is_none_or(|t| {
+                        t.is_quantized() || v.and_then(|v| self.model.constant(v)).is_some()
+                    })
+                });
+                if !data_q {
+                    return Ok(None);
+                }
+                intops::lut::concat(&layer.op, ins, qo)?
+            }
+            Op::MatMul => match ins.get(1).copied().flatten() {
+                Some(b)
+                    if x.is_quantized()
+                        && b.is_quantized()
+                        && x.shape.len() >= 2
+                        && b.shape.len() >= 2 =>
+                {
+                    intops::matmul::matmul(x, b, qo)?
+                }
+                _ => return Ok(None),
+            },
             _ if !x.is_quantized() => return Ok(None),
+            Op::Unary(_) => {
+                let (_, qi) = x.as_q().expect("quantized");
+                intops::lut::Lut::new(Some(&layer.op), qi, qo)?.apply(x)?
+            }
             Op::GlobalAvgPool => intops::mean::global_mean(x, qo, true)?,
             Op::ReduceMean { keepdims, .. } => intops::mean::global_mean(x, qo, *keepdims)?,
             Op::AvgPool2d {

@@ -94,8 +94,27 @@ pub fn integer_op(model: &Model, i: usize) -> bool {
         | Op::AvgPool2d { .. }
         | Op::MatMul => true,
         Op::ReduceMean { .. } => is_hw_mean(model, i),
+        Op::Binary(BinaryOp::Mul | BinaryOp::Div) => scalar_operand(model, i).is_some(),
         Op::Unary(u) => lut_unary(*u),
         _ => false,
+    }
+}
+
+/// For a two-input node with one real scalar constant and one other input: the index of the
+/// other (data) input. Such a node is elementwise in its data input: a lookup table.
+pub fn scalar_operand(model: &Model, i: usize) -> Option<usize> {
+    let l = &model.layers[i];
+    let [a, b] = l.inputs.as_slice() else {
+        return None;
+    };
+    let scalar = |v: &Option<ValueId>| {
+        v.and_then(|v| model.constant(v))
+            .is_some_and(|t| t.len() == 1 && t.as_f32().is_some())
+    };
+    match (scalar(a), scalar(b)) {
+        (false, true) => Some(0),
+        (true, false) => Some(1),
+        _ => None,
     }
 }
 

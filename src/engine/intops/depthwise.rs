@@ -2,6 +2,7 @@
 //! acc = bias_q + Σ (x − z_x)(w − z_w) over the group's channels and kernel taps in i32
 //! (padding taps add nothing), then y = clamp(z_o + M_c · acc) with M_c = s_x · s_w,c / s_o.
 
+use crate::engine::conv::conv_channel;
 use crate::engine::im2col::ConvGeom;
 use crate::quant::weights::QWeights;
 use crate::quant::{FixedMultiplier, QParams};
@@ -92,7 +93,7 @@ impl GroupConv {
                 for icg in 0..cg {
                     let xp = &xc[(c0 + icg) * plane..(c0 + icg + 1) * plane];
                     let wk = &self.w[(oc * cg + icg) * self.kernel.0 * self.kernel.1..];
-                    self.channel(xp, wk, g, &mut acc);
+                    conv_channel(xp, wk, g, &mut acc);
                 }
                 let m = self.mult[oc];
                 let dst = &mut y[(s * self.out + oc) * opix..(s * self.out + oc + 1) * opix];
@@ -103,57 +104,6 @@ impl GroupConv {
         }
         y
     }
-
-    /// acc += one input channel `xp` (centred) convolved with kernel `wk`.
-    #[inline]
-    fn channel(&self, xp: &[i16], wk: &[i16], g: &ConvGeom, acc: &mut [i32]) {
-        let (kh, kw) = self.kernel;
-        let (sh, sw) = g.stride;
-        let (dh, dw) = g.dilation;
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wv = wk[ky * kw + kx] as i32;
-                if wv == 0 {
-                    continue;
-                }
-                let (ox0, ox1) = valid_range(g.ow, g.w, sw, kx * dw, g.pad[1]);
-                for oy in 0..g.oh {
-                    let iy = (oy * sh + ky * dh) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize || ox0 >= ox1 {
-                        continue;
-                    }
-                    let row = &xp[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let a = &mut acc[oy * g.ow..(oy + 1) * g.ow];
-                    let ix0 = ox0 * sw + kx * dw - g.pad[1];
-                    if sw == 1 {
-                        let src = &row[ix0..ix0 + (ox1 - ox0)];
-                        for (o, &v) in a[ox0..ox1].iter_mut().zip(src) {
-                            *o += wv * v as i32;
-                        }
-                    } else {
-                        for (k, o) in a[ox0..ox1].iter_mut().enumerate() {
-                            *o += wv * row[ix0 + k * sw] as i32;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The output columns [lo, hi) whose input column o·s + off − pad lies in [0, len).
-fn valid_range(out: usize, len: usize, s: usize, off: usize, pad: usize) -> (usize, usize) {
-    let lo = if pad > off {
-        (pad - off).div_ceil(s)
-    } else {
-        0
-    };
-    let hi = if len + pad > off {
-        (len + pad - off).div_ceil(s)
-    } else {
-        0
-    };
-    (lo.min(out), hi.min(out))
 }
 
 /// The plain reference: the conv of the dequantized codes and weights in f64 plus the bias,

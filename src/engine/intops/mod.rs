@@ -3,4 +3,6 @@
 
 pub mod add;
 pub mod depthwise;
+pub mod lut;
+pub mod matmul;
 pub mod mean;
