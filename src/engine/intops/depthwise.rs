@@ -45,7 +45,7 @@ impl GroupConv {
         let mut cw = Vec::with_capacity(w.q.len());
         let mut bq = Vec::with_capacity(w.rows);
         let mut mult = Vec::with_capacity(w.rows);
-        for r in 0..w.rows {
+        for (r, &b) in bias.iter().enumerate() {
             let p = w.param(r, 0);
             cw.extend(
                 w.q[r * w.cols..(r + 1) * w.cols]
@@ -54,7 +54,7 @@ impl GroupConv {
             );
             let acc_scale = in_q.scale as f64 * p.scale as f64;
             bq.push(
-                (bias[r] as f64 / acc_scale)
+                (b as f64 / acc_scale)
                     .round()
                     .clamp(i32::MIN as f64, i32::MAX as f64) as i32,
             );
