@@ -39,3 +39,90 @@ pub fn conv_nchw<T: Copy, U: Copy + Default>(
     }
     out
 }
+
+/// acc += one input channel plane `xp` ([g.h, g.w]) convolved with the kernel `wk`
+/// ([kh, kw]) at the geometry's stride, dilation and padding (padding taps add nothing); `acc`
+/// is one output plane [g.oh, g.ow]. The direct loop of grouped and depthwise convs, shared
+/// by both engines (f32 in f32, centred i16 codes in i32).
+pub fn conv_channel<T, A>(xp: &[T], wk: &[T], g: &ConvGeom, acc: &mut [A])
+where
+    T: Copy + Default + PartialEq + Into<A>,
+    A: Copy + std::ops::Mul<Output = A> + std::ops::AddAssign,
+{
+    let (kh, kw) = g.kernel;
+    let (sh, sw) = g.stride;
+    let (dh, dw) = g.dilation;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let wt = wk[ky * kw + kx];
+            if wt == T::default() {
+                continue;
+            }
+            let wv: A = wt.into();
+            let (ox0, ox1) = valid_range(g.ow, g.w, sw, kx * dw, g.pad[1]);
+            if ox0 >= ox1 {
+                continue;
+            }
+            let ix0 = ox0 * sw + kx * dw - g.pad[1];
+            for oy in 0..g.oh {
+                let iy = (oy * sh + ky * dh) as isize - g.pad[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let row = &xp[iy as usize * g.w..(iy as usize + 1) * g.w];
+                let a = &mut acc[oy * g.ow + ox0..oy * g.ow + ox1];
+                if sw == 1 {
+                    for (o, &v) in a.iter_mut().zip(&row[ix0..]) {
+                        *o += wv * v.into();
+                    }
+                } else {
+                    for (o, &v) in a.iter_mut().zip(row[ix0..].iter().step_by(sw)) {
+                        *o += wv * v.into();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output columns [lo, hi) whose input column o·s + off − pad lies in [0, len).
+fn valid_range(out: usize, len: usize, s: usize, off: usize, pad: usize) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(s)
+    } else {
+        0
+    };
+    let hi = if len + pad > off {
+        (len + pad - off).div_ceil(s)
+    } else {
+        0
+    };
+    (lo.min(out), hi.min(out))
+}
+
+/// A grouped conv of `n` f32 samples ([n, g.c, g.h, g.w]) with weights [out, c/groups, kh, kw]
+/// and a bias, as direct loops (no im2col): [n, out, oh, ow].
+pub fn group_conv_f32(
+    x: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    groups: usize,
+) -> Vec<f32> {
+    let (plane, opix, out) = (g.h * g.w, g.out_pixels(), bias.len());
+    let (cg, og) = (g.c / groups, out / groups.max(1));
+    let taps = g.kernel.0 * g.kernel.1;
+    let mut y = vec![0f32; n * out * opix];
+    for s in 0..n {
+        for oc in 0..out {
+            let acc = &mut y[(s * out + oc) * opix..(s * out + oc + 1) * opix];
+            acc.fill(bias[oc]);
+            let c0 = (oc / og) * cg;
+            for icg in 0..cg {
+                let xp = &x[(s * g.c + c0 + icg) * plane..][..plane];
+                conv_channel(xp, &w[(oc * cg + icg) * taps..][..taps], g, acc);
+            }
+        }
+    }
+    y
+}

@@ -2,7 +2,7 @@
 //! ndarray's matrix multiply for linear and (im2col) convolution nodes and the plain op
 //! implementations of [`super::ops`] for the rest. A value is freed after its last reader.
 
-use super::conv::conv_nchw;
+use super::conv::{conv_nchw, group_conv_f32};
 use super::im2col::ConvGeom;
 use super::ops::{Limits, eval};
 use super::tensor::Tensor;
@@ -84,11 +84,15 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 ));
             }
             check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), limit)?;
+            let bias = bias.as_slice().expect("contiguous bias");
+            let wts = weight.as_slice().expect("contiguous");
+            if *groups > 1 {
+                let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
+                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
+            }
             let og = o / groups;
             let k = ci * kh * kw;
-            let w2 = ArrayView2::from_shape((o, k), weight.as_slice().expect("contiguous"))
-                .expect("weight size");
-            let bias = bias.as_slice().expect("contiguous bias");
+            let w2 = ArrayView2::from_shape((o, k), wts).expect("weight size");
             let y = conv_nchw(xs, n, &g, *groups, o, 0.0f32, |gi, cols, rows| {
                 let b = &bias[gi * og..(gi + 1) * og];
                 let mut y: Vec<f32> = std::iter::repeat_n(b, rows).flatten().copied().collect();

@@ -5,14 +5,18 @@
 
 use super::conv::conv_nchw;
 use super::float::{Values, check_size, conv_geom, last_uses, run_node};
+use super::intops;
+use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
+use super::pool::PoolGeom;
 use super::requant::Requant;
 use super::tensor::{Data, Tensor};
 use crate::error::{Error, Result};
-use crate::model::{Model, Op, ValueId};
+use crate::model::points::{integer_op, scalar_operand};
+use crate::model::{BinaryOp, Model, Op, ValueId};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
-use crate::quant::{FixedMultiplier, QParams};
+use crate::quant::{ClipRange, FixedMultiplier, QParams, Scheme};
 use std::collections::HashMap;
 
 /// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
@@ -34,6 +38,10 @@ fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
         }
     }
 }
+
+/// The largest constant (elements) an integer kernel quantizes as an operand (per-channel
+/// biases and scalars; larger constants keep the node in float).
+const CONST_OPERAND_MAX: usize = 1 << 16;
 
 /// Fraction bits of the wide accumulator that sums rescaled group partial sums.
 const GROUP_FRAC: i32 = 16;
@@ -230,13 +238,58 @@ impl IntGemm {
     }
 }
 
+/// How a node ran in the integer engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// On integer codes (an integer kernel, or an op that keeps qparams).
+    Int,
+    /// In f32 on values that were not integers (input plumbing: not an island).
+    Float,
+    /// In f32 between a dequantize and a quantize: a float island.
+    Island,
+}
+
+impl Ran {
+    /// Whether the node was a float island.
+    pub fn island(self) -> bool {
+        self == Ran::Island
+    }
+}
+
+/// The integer kernel of a weight node.
+#[derive(Debug)]
+enum WeightKernel {
+    /// One GEMM per channel group (over im2col patches for a conv).
+    Gemm(Vec<IntGemm>),
+    /// A grouped or depthwise conv as a direct loop.
+    Group(GroupConv),
+}
+
+impl WeightKernel {
+    /// The qparams of the input the kernel expects.
+    fn in_q(&self) -> QParams {
+        match self {
+            WeightKernel::Gemm(g) => g[0].in_q,
+            WeightKernel::Group(c) => c.in_q,
+        }
+    }
+
+    /// The qparams of the output it produces.
+    fn out_q(&self) -> QParams {
+        match self {
+            WeightKernel::Gemm(g) => g[0].out_q,
+            WeightKernel::Group(c) => c.out_q,
+        }
+    }
+}
+
 /// How the integer engine runs one node.
 #[derive(Debug)]
 enum Step {
     /// A weight node in integers (one GEMM per channel group) writing its (fused) point.
     Gemm {
-        /// Per channel group.
-        gemms: Vec<IntGemm>,
+        /// The kernel.
+        kernel: WeightKernel,
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
@@ -253,6 +306,33 @@ pub struct IntModel<'m> {
     steps: Vec<Step>,
     points: HashMap<ValueId, QParams>,
     limit: usize,
+    /// Per node: the Softmax it feeds when it is an additive-mask Add that runs inside that
+    /// Softmax's float island (as ORT's attention fusion does).
+    into_softmax: Vec<Option<usize>>,
+}
+
+/// For each node, the Softmax it feeds when it is an Add whose only reader is a Softmax.
+fn softmax_adds(model: &Model) -> Vec<Option<usize>> {
+    let mut v = vec![None; model.layers.len()];
+    for (j, l) in model.layers.iter().enumerate() {
+        if !matches!(l.op, Op::Softmax { .. }) {
+            continue;
+        }
+        let Some(p) = l
+            .data_input()
+            .and_then(|d| model.layers.iter().position(|m| m.output == d))
+        else {
+            continue;
+        };
+        let out = model.layers[p].output;
+        if matches!(model.layers[p].op, Op::Binary(BinaryOp::Add))
+            && model.consumers(out) == [j]
+            && !model.outputs.contains(&out)
+        {
+            v[p] = Some(j);
+        }
+    }
+    v
 }
 
 /// The real bounds of node `j` when it is a fused Relu/ReLU6.
@@ -313,15 +393,10 @@ impl<'m> IntModel<'m> {
                 Op::Conv2d { groups, .. } => groups,
                 _ => 1,
             };
-            let og = wq.q.rows / groups;
-            let gemms = (0..groups)
-                .map(|g| {
-                    let w = rows_of(&wq.q, g * og, (g + 1) * og);
-                    IntGemm::new(&w, &bias[g * og..(g + 1) * og], in_q, act.qparams, clamp)
-                })
-                .collect();
+            let kernel =
+                Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q, act.qparams), clamp);
             steps[i] = Step::Gemm {
-                gemms,
+                kernel,
                 out: model.point_value(i),
             };
             if let Some(j) = fused {
@@ -333,7 +408,38 @@ impl<'m> IntModel<'m> {
             steps,
             points,
             limit,
+            into_softmax: softmax_adds(model),
         }
+    }
+
+    /// The kernel of a weight node: a direct loop for a grouped conv whose weights have one
+    /// scale per channel, else one GEMM per channel group.
+    fn weight_kernel(
+        layer: &crate::model::Layer,
+        w: &QWeights,
+        bias: &[f32],
+        groups: usize,
+        qs: (QParams, QParams),
+        clamp: Option<(f32, f32)>,
+    ) -> WeightKernel {
+        if let Op::Conv2d { weight, .. } = &layer.op
+            && groups > 1
+        {
+            let (_, _, kh, kw) = weight.dim();
+            let bounds = clamp_bounds(qs.1, clamp);
+            if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
+                return WeightKernel::Group(c);
+            }
+        }
+        let og = w.rows / groups;
+        WeightKernel::Gemm(
+            (0..groups)
+                .map(|g| {
+                    let wg = rows_of(w, g * og, (g + 1) * og);
+                    IntGemm::new(&wg, &bias[g * og..(g + 1) * og], qs.0, qs.1, clamp)
+                })
+                .collect(),
+        )
     }
 
     /// The qparams integers arrive in at value `v`: its point's, or those of the point it
@@ -361,13 +467,13 @@ impl<'m> IntModel<'m> {
         matches!(self.steps[i], Step::Gemm { .. })
     }
 
-    /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, island)`
-    /// sees each node's output value and tensor (a weight node's fused point) and whether the
-    /// node ran as a float island. Returns the graph outputs as reals.
+    /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, ran)`
+    /// sees each node's output value and tensor (a weight node's fused point) and how the node
+    /// ran. Returns the graph outputs as reals.
     pub fn forward(
         &self,
         inputs: Vec<Tensor>,
-        mut tap: impl FnMut(usize, ValueId, &Tensor, bool),
+        mut tap: impl FnMut(usize, ValueId, &Tensor, Ran),
     ) -> Result<Vec<Tensor>> {
         let model = self.model;
         let last = last_uses(model);
@@ -380,30 +486,40 @@ impl<'m> IntModel<'m> {
             })
             .collect();
         let mut vals = Values::new(model, inputs);
+        let mut island_at = vec![false; model.layers.len()];
         for (i, layer) in model.layers.iter().enumerate() {
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-            let (out, y, island) = match &self.steps[i] {
+            let (out, y, ran) = match &self.steps[i] {
                 Step::Fused => continue,
-                Step::Gemm { gemms, out } => {
+                Step::Gemm { kernel, out } => {
                     let x = vals.inputs_of(layer).map_err(err)?[0]
                         .ok_or_else(|| err("no input".into()))?;
                     (
                         *out,
-                        self.run_gemm(&layer.op, gemms, x).map_err(err)?,
-                        false,
+                        self.run_gemm(&layer.op, kernel, x).map_err(err)?,
+                        Ran::Int,
                     )
                 }
                 Step::Node => {
                     let ins = vals.inputs_of(layer).map_err(err)?;
-                    let (y, island) = self.run_other(i, &ins).map_err(err)?;
-                    (layer.output, y, island)
+                    let (y, ran) = self.run_other(i, &ins).map_err(err)?;
+                    (layer.output, y, ran)
                 }
             };
             let y = match self.points.get(&out) {
                 Some(q) if !y.is_quantized() && y.as_f32().is_some() => y.quantize(*q),
                 _ => y,
             };
-            tap(i, out, &y, island);
+            // A mask Add that dequantized its input belongs to the Softmax island it feeds.
+            let ran = match (ran, self.into_softmax[i]) {
+                (Ran::Island, Some(j)) => {
+                    island_at[j] = true;
+                    Ran::Float
+                }
+                _ if island_at[i] => Ran::Island,
+                _ => ran,
+            };
+            tap(i, out, &y, ran);
             vals.set(out, y);
             vals.free_after(model, &last, i);
         }
@@ -425,12 +541,13 @@ impl<'m> IntModel<'m> {
     }
 
     /// A node that is not an integer weight node: on integers when its op keeps qparams and
-    /// its data input is quantized, else in f32 (an island when any input was quantized).
+    /// its data input is quantized, or when it has an integer kernel, its output is a point
+    /// and its inputs arrive as integers; else in f32 (an island when any input was quantized).
     fn run_other(
         &self,
         i: usize,
         ins: &[Option<&Tensor>],
-    ) -> std::result::Result<(Tensor, bool), String> {
+    ) -> std::result::Result<(Tensor, Ran), String> {
         let layer = &self.model.layers[i];
         // Shape reads no values: it is plumbing, not an island.
         let quantized =
@@ -438,7 +555,14 @@ impl<'m> IntModel<'m> {
         if let (true, Some(Some(x))) = (layer.op.keeps_qparams(), ins.first())
             && let Some((q, qp)) = x.as_q()
         {
-            return Ok((self.pass_through(i, ins, q, qp)?, false));
+            return Ok((self.pass_through(i, ins, q, qp)?, Ran::Int));
+        }
+        if let Some(&qo) = self.points.get(&layer.output)
+            && quantized
+            && integer_op(self.model, i)
+            && let Some(y) = self.run_int(i, ins, qo)?
+        {
+            return Ok((y, Ran::Int));
         }
         let owned: Vec<Option<Tensor>> = ins
             .iter()
@@ -454,7 +578,104 @@ impl<'m> IntModel<'m> {
             .collect();
         let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_ref()).collect();
         let y = run_node(layer, &refs, self.limit)?;
-        Ok((y, quantized))
+        Ok((y, if quantized { Ran::Island } else { Ran::Float }))
+    }
+
+    /// Runs node `i`'s integer kernel into `qo`; `None` when its inputs do not allow it (a
+    /// data input that is not integers: the node then runs as a float island).
+    fn run_int(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+        qo: QParams,
+    ) -> std::result::Result<Option<Tensor>, String> {
+        let layer = &self.model.layers[i];
+        let Some(x) = ins.first().copied().flatten() else {
+            return Ok(None);
+        };
+        let y = match &layer.op {
+            Op::Binary(BinaryOp::Mul | BinaryOp::Div) => {
+                let Some(k) = scalar_operand(self.model, i) else {
+                    return Ok(None);
+                };
+                let Some((_, qi)) = ins.get(k).copied().flatten().and_then(|t| t.as_q()) else {
+                    return Ok(None);
+                };
+                let f = |t: &Tensor| {
+                    let mut args = ins.to_vec();
+                    args[k] = Some(t);
+                    run_node(layer, &args, self.limit)
+                };
+                intops::lut::Lut::from_fn(f, qi, qo)?.apply(ins[k].expect("checked"))?
+            }
+            Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub)) => {
+                let y = ins.get(1).copied().flatten().ok_or("has no second input")?;
+                let (Some(a), Some(c)) = (self.operand(x, qo), self.operand(y, qo)) else {
+                    return Ok(None);
+                };
+                intops::add::add(&a, &c, qo, *b == BinaryOp::Sub)?
+            }
+            Op::Concat { .. } => {
+                let data_q = layer.inputs.iter().zip(ins).all(|(v, t)| {
+                    t.is_none_or(|t| {
+                        t.is_quantized() || v.and_then(|v| self.model.constant(v)).is_some()
+                    })
+                });
+                if !data_q {
+                    return Ok(None);
+                }
+                intops::lut::concat(&layer.op, ins, qo)?
+            }
+            Op::MatMul => match ins.get(1).copied().flatten() {
+                Some(b)
+                    if x.is_quantized()
+                        && b.is_quantized()
+                        && x.shape.len() >= 2
+                        && b.shape.len() >= 2 =>
+                {
+                    intops::matmul::matmul(x, b, qo)?
+                }
+                _ => return Ok(None),
+            },
+            _ if !x.is_quantized() => return Ok(None),
+            Op::Unary(_) => {
+                let (_, qi) = x.as_q().expect("quantized");
+                intops::lut::Lut::new(Some(&layer.op), qi, qo)?.apply(x)?
+            }
+            Op::GlobalAvgPool => intops::mean::global_mean(x, qo, true)?,
+            Op::ReduceMean { keepdims, .. } => intops::mean::global_mean(x, qo, *keepdims)?,
+            Op::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            } => {
+                let [_, c, h, w] = x.shape[..] else {
+                    return Err(format!("expects an [N, C, H, W] input, got {:?}", x.shape));
+                };
+                let g = PoolGeom::new(&[c, h, w], *kernel, *stride, *padding, *ceil_mode)?;
+                intops::mean::avg_pool(x, &g, *count_include_pad, qo)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(y))
+    }
+
+    /// An operand of an integer kernel: a quantized tensor as it is, a real constant quantized
+    /// with its own min/max range at the output's bit width; `None` for a real activation.
+    fn operand<'t>(&self, t: &'t Tensor, qo: QParams) -> Option<std::borrow::Cow<'t, Tensor>> {
+        if t.is_quantized() {
+            return Some(std::borrow::Cow::Borrowed(t));
+        }
+        let v = t.as_f32()?;
+        if t.len() > CONST_OPERAND_MAX {
+            return None;
+        }
+        let lo = v.iter().copied().fold(0.0f32, f32::min);
+        let hi = v.iter().copied().fold(0.0f32, f32::max);
+        let q = QParams::from_range(ClipRange::new(lo, hi), qo.bits, Scheme::Asymmetric);
+        Some(std::borrow::Cow::Owned(t.quantize(q)))
     }
 
     /// Runs a qparam-keeping op on integer codes (exact: it only moves, selects or clamps them).
@@ -467,11 +688,18 @@ impl<'m> IntModel<'m> {
     ) -> std::result::Result<Tensor, String> {
         let layer = &self.model.layers[i];
         let x = ins[0].expect("checked");
-        if matches!(layer.op, Op::Relu) {
-            let z = qp.zero_point.clamp(-128, 127) as i8;
+        let bounds = match layer.op {
+            Op::Relu => Some((0.0, f32::INFINITY)),
+            Op::Clip { min, max } => Some((min, max)),
+            _ => None,
+        };
+        if let Some(b) = bounds {
+            // A clamp at the quantized bounds (ReLU: the zero point).
+            let (lo, hi) = clamp_bounds(qp, Some(b));
+            let (lo, hi) = (lo.clamp(-128, 127) as i8, hi.clamp(-128, 127) as i8);
             return Ok(Tensor::q(
                 x.shape.clone(),
-                q.iter().map(|&v| v.max(z)).collect(),
+                q.iter().map(|&v| v.clamp(lo, hi.max(lo))).collect(),
                 qp,
             ));
         }
@@ -490,10 +718,10 @@ impl<'m> IntModel<'m> {
     fn run_gemm(
         &self,
         op: &Op,
-        gemms: &[IntGemm],
+        kernel: &WeightKernel,
         x: &Tensor,
     ) -> std::result::Result<Tensor, String> {
-        let in_q = gemms[0].in_q;
+        let in_q = kernel.in_q();
         let requantized;
         let x = match x.as_q() {
             Some((_, qp)) if qp == in_q => x,
@@ -504,7 +732,11 @@ impl<'m> IntModel<'m> {
         };
         let (data, _) = x.as_q().expect("quantized above");
         let n = x.shape.first().copied().unwrap_or(1).max(1);
-        let out_q = gemms[0].out_q;
+        let out_q = kernel.out_q();
+        let gemms = match kernel {
+            WeightKernel::Gemm(g) => g.as_slice(),
+            WeightKernel::Group(_) => &[],
+        };
         match op {
             Op::Linear { weight, .. } => {
                 let (out, k) = weight.dim();
@@ -518,7 +750,8 @@ impl<'m> IntModel<'m> {
                 check_size(rows / n * out, self.limit)?;
                 let mut shape = x.shape.clone();
                 *shape.last_mut().expect("rank ≥ 1") = out;
-                Ok(Tensor::q(shape, gemms[0].run(data, rows), out_q))
+                let gemm = gemms.first().ok_or("has no GEMM kernel")?;
+                Ok(Tensor::q(shape, gemm.run(data, rows), out_q))
             }
             Op::Conv2d {
                 weight,
@@ -538,6 +771,9 @@ impl<'m> IntModel<'m> {
                     ));
                 }
                 check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), self.limit)?;
+                if let WeightKernel::Group(c) = kernel {
+                    return Ok(Tensor::q(vec![n, o, g.oh, g.ow], c.run(data, n, &g), out_q));
+                }
                 let pad = in_q.zero_point.clamp(-128, 127) as i8;
                 let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
                     gemms[gi].run(cols, rows)
@@ -551,11 +787,11 @@ impl<'m> IntModel<'m> {
     /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
     /// its real-valued (fused) output, or `None` if it is not an integer node.
     pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
-        let Step::Gemm { gemms, .. } = &self.steps[i] else {
+        let Step::Gemm { kernel, .. } = &self.steps[i] else {
             return None;
         };
-        let q = x.clone().dequantized().quantize(gemms[0].in_q);
-        self.run_gemm(&self.model.layers[i].op, gemms, &q)
+        let q = x.clone().dequantized().quantize(kernel.in_q());
+        self.run_gemm(&self.model.layers[i].op, kernel, &q)
             .ok()
             .map(Tensor::dequantized)
     }
@@ -583,4 +819,74 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
             (lp.index, q)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::im2col::ConvGeom;
+    use crate::engine::intops::depthwise::group_conv_reference;
+    use crate::quant::Granularity;
+    use crate::quant::weights::QWeights;
+
+    /// Per-channel symmetric weights [o, k] from a deterministic pattern.
+    fn weights(o: usize, k: usize, seed: usize) -> QWeights {
+        let w: Vec<f32> = (0..o * k)
+            .map(|i| (((i * 7 + seed) % 23) as f32 - 11.0) * 0.05 * (1 + i / k % 3) as f32)
+            .collect();
+        let s = crate::config::WeightSettings {
+            bits: 8,
+            scheme: Scheme::Symmetric,
+            granularity: Granularity::PerChannel,
+            strategy: crate::quant::Strategy::MinMax,
+            percentile: 99.99,
+            clip: None,
+        };
+        crate::quant::weights::quantize_weights(&w, o, k, &s)
+    }
+
+    #[test]
+    fn group_conv_equals_the_im2col_gemm_path_and_the_f64_reference() {
+        let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
+        let out_q = QParams::from_range(ClipRange::new(-3.0, 4.0), 8, Scheme::Asymmetric);
+        for (c, o, groups, stride, pad, dil) in [
+            (6, 6, 6, (1, 1), [1, 1, 1, 1], (1, 1)),
+            (6, 12, 6, (2, 2), [1, 0, 2, 1], (1, 1)),
+            (8, 4, 2, (1, 2), [0, 2, 1, 0], (2, 1)),
+        ] {
+            let (n, h, w, kh, kw) = (2, 7, 9, 3, 3);
+            let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
+            let wq = weights(o, c / groups * kh * kw, c + o);
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let x: Vec<i8> = (0..n * c * h * w)
+                .map(|i| ((i * 53) % 256) as u8 as i8)
+                .collect();
+            for clamp in [None, Some((0.0, 6.0))] {
+                let bounds = clamp_bounds(out_q, clamp);
+                let dw =
+                    GroupConv::new(&wq, &bias, (kh, kw), groups, (in_q, out_q), bounds).unwrap();
+                let got = dw.run(&x, n, &g);
+                let og = o / groups;
+                let gemms: Vec<IntGemm> = (0..groups)
+                    .map(|gi| {
+                        let wg = rows_of(&wq, gi * og, (gi + 1) * og);
+                        IntGemm::new(&wg, &bias[gi * og..(gi + 1) * og], in_q, out_q, clamp)
+                    })
+                    .collect();
+                let pad_code = in_q.zero_point as i8;
+                let want = conv_nchw(&x, n, &g, groups, o, pad_code, |gi, cols, rows| {
+                    gemms[gi].run(cols, rows)
+                });
+                assert_eq!(got, want, "groups {groups} clamp {clamp:?}");
+                let r = group_conv_reference(&x, n, &g, &wq, &bias, groups, (in_q, out_q), bounds);
+                let off = got.iter().zip(&r).filter(|(a, b)| a != b).count();
+                assert!(
+                    got.iter()
+                        .zip(&r)
+                        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
+                );
+                assert!(off * 100 <= got.len(), "{off} of {} off by one", got.len());
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ pub mod conv;
 pub mod float;
 pub mod im2col;
 pub mod int;
+pub mod intops;
 pub mod kernels;
 pub mod ops;
 pub mod pool;

@@ -364,12 +364,14 @@ impl Op {
         }
     }
 
-    /// Whether the op only moves or selects quantized values without changing them (so an
-    /// integer tensor passes through it in the same qparams).
+    /// Whether the op only moves, selects or clamps quantized values without changing them (so
+    /// an integer tensor passes through it in the same qparams; Clip clamps at the quantized
+    /// bounds).
     pub fn keeps_qparams(&self) -> bool {
         matches!(
             self,
             Op::Relu
+                | Op::Clip { .. }
                 | Op::MaxPool2d { .. }
                 | Op::Flatten { .. }
                 | Op::Reshape { .. }

@@ -5,6 +5,7 @@
 use super::Cancel;
 use super::batch::{batches, check_data, make_batch};
 use crate::config::QuantConfig;
+use crate::engine::int::Ran;
 use crate::engine::tensor::Tensor;
 use crate::engine::{IntModel, float};
 use crate::error::Result;
@@ -199,11 +200,11 @@ fn eval_batch(
         .map(|(j, &i)| (model.point_value(i), j))
         .collect();
     let mut in_shapes: std::collections::HashMap<usize, Vec<usize>> = Default::default();
-    let quant_out = int.forward(inputs, |i, v, t, island| {
-        ev.islands[i] |= island;
+    let quant_out = int.forward(inputs, |i, v, t, ran| {
+        ev.islands[i] |= ran.island();
         let first_in = in_shapes.get(&i).cloned().unwrap_or_default();
         let macs = node_macs(model, i, &first_in, t);
-        if int.is_gemm(i) {
+        if int.is_gemm(i) || ran == Ran::Int {
             ev.macs.0 += macs
         } else {
             ev.macs.1 += macs

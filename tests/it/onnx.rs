@@ -101,18 +101,17 @@ fn eval_runs_an_onnx_resnet_end_to_end_with_graph_report_fields() {
             .all(|l| l["op"] == "Conv" || l["op"] == "Gemm"),
         "{layers:?}"
     );
-    // Residual adds run as float islands for now, and the report names them.
-    let islands: Vec<&str> = r["float_islands"]
+    // Residual adds and the global mean run in integers: no float island.
+    assert_eq!(r["float_islands"].as_array().map(Vec::len), Some(0), "{r}");
+    let points: Vec<&str> = r["points"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|v| v.as_str())
+        .filter_map(|p| p["name"].as_str())
         .collect();
     assert!(
-        islands
-            .iter()
-            .any(|n| n.contains("add") || n.contains("Add")),
-        "{islands:?}"
+        points.contains(&"add_60") && points.contains(&"mean"),
+        "{points:?}"
     );
 }
 
@@ -250,4 +249,83 @@ fn big_onnx_load_figures() {
         model.layers.len(),
         t.elapsed()
     );
+
+/// `qscope eval --json` with `args`; the report.
+fn eval_report(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval", "--json", "--calib-samples", "300"];
+    all.extend(args);
+    let (ok, out, err) = crate::util::qscope(&all);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// W8A8 minmax per-channel on a CNN: every multiply-add in integers, no float island, top-1
+/// within 0.3 pt of float, agreement ≥ 99%.
+fn assert_integer_cnn(model: &str) {
+    let r = eval_report(&["--model", model]);
+    assert_eq!(r["int_mac_share"].as_f64(), Some(1.0), "{model}");
+    assert_eq!(
+        r["float_islands"].as_array().map(Vec::len),
+        Some(0),
+        "{model}: {}",
+        r["float_islands"]
+    );
+    let f = r["fp32_accuracy"].as_f64().unwrap();
+    let q = r["quant_accuracy"].as_f64().unwrap();
+    assert!(
+        (f - q).abs() <= 0.003,
+        "{model}: W8A8 top-1 {q} vs float {f}"
+    );
+    assert!(r["agreement"].as_f64().unwrap() >= 0.99, "{model}");
+}
+
+#[test]
+fn integer_engine_runs_the_bundled_resnet_without_islands() {
+    assert_integer_cnn("mnist-resnet");
+}
+
+#[test]
+fn integer_engine_runs_the_resnet_fixtures_without_islands() {
+    for m in ["resnet_ts", "resnet_dynamo"] {
+        let path = fixture(&format!("tests/fixtures/onnx/{m}.onnx"));
+        assert_integer_cnn(path.to_str().unwrap());
+    }
+}
+
+#[test]
+fn integer_engine_runs_mobilenetv2_without_islands() {
+    let path = fixture("tests/fixtures/onnx/mobilenetv2_ts.onnx");
+    assert_integer_cnn(path.to_str().unwrap());
+}
+
+#[test]
+fn bert_keeps_only_softmax_and_layernorm_in_float() {
+    let data = fixture("tests/fixtures/onnx/bert_data.safetensors");
+    let data = data.to_str().unwrap();
+    for m in ["bert_ts", "bert_dynamo"] {
+        let path = fixture(&format!("tests/fixtures/onnx/{m}.onnx"));
+        let r = eval_report(&[
+            "--model",
+            path.to_str().unwrap(),
+            "--calib",
+            data,
+            "--eval",
+            data,
+        ]);
+        let islands: Vec<&str> = r["float_islands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(!islands.is_empty(), "{m}");
+        assert!(
+            islands.iter().all(|n| n.contains("oftmax")
+                || n.contains("ayer_norm")
+                || n.contains("LayerNorm")),
+            "{m}: {islands:?}"
+        );
+        assert_eq!(r["int_mac_share"].as_f64(), Some(1.0), "{m}");
+        assert!(r["output_cosine"].as_f64().unwrap() >= 0.99, "{m}");
+    }
 }

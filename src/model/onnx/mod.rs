@@ -4,6 +4,7 @@
 
 mod attrs;
 mod convert;
+mod gelu;
 mod passes;
 mod tensor;
 

@@ -1,6 +1,6 @@
 //! The import passes, in order: Identity/Dropout removal, Clip bounds from constants,
 //! constant folding, weights into Conv/Gemm/MatMul, batchnorm folding, MatMul + bias fusion,
-//! dead-node removal.
+//! erf-GELU fusion, dead-node removal.
 
 use super::convert::{Pending, pads4};
 use super::{Importer, RawNode};
@@ -19,6 +19,7 @@ pub(super) fn run(imp: &mut Importer) -> Result<Imported> {
     fold_constants(imp)?;
     take_weights(imp)?;
     fuse_bias_adds(imp);
+    super::gelu::fuse_gelu(imp);
     remove_dead(imp);
     let layers = imp
         .nodes

@@ -1,0 +1,8 @@
+//! Integer kernels of the weightless ops (residual adds, means, concat, depthwise conv, lookup
+//! tables, activation matmuls), each on quantized codes with a plain reference beside it.
+
+pub mod add;
+pub mod depthwise;
+pub mod lut;
+pub mod matmul;
+pub mod mean;
