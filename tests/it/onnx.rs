@@ -249,6 +249,7 @@ fn big_onnx_load_figures() {
         model.layers.len(),
         t.elapsed()
     );
+}
 
 /// `qscope eval --json` with `args`; the report.
 fn eval_report(args: &[&str]) -> serde_json::Value {
