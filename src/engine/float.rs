@@ -28,6 +28,57 @@ pub fn conv_geom(
     ConvGeom::general(&[c, h, w], kernel, stride, padding, dilation)
 }
 
+/// A conv's kernel, stride, padding, dilation and groups, as [`checked_conv_geom`] needs them.
+pub struct ConvParams {
+    /// (out, in / groups, kh, kw).
+    pub dims: (usize, usize, usize, usize),
+    /// (sh, sw).
+    pub stride: (usize, usize),
+    /// Padding (top, left, bottom, right).
+    pub padding: [usize; 4],
+    /// (dh, dw).
+    pub dilation: (usize, usize),
+    /// Channel groups.
+    pub groups: usize,
+}
+
+/// The [`ConvParams`] of a conv node's fields.
+pub fn op_geom(
+    weight: &ndarray::Array4<f32>,
+    stride: &(usize, usize),
+    padding: &[usize; 4],
+    dilation: &(usize, usize),
+    groups: usize,
+) -> ConvParams {
+    ConvParams {
+        dims: weight.dim(),
+        stride: *stride,
+        padding: *padding,
+        dilation: *dilation,
+        groups,
+    }
+}
+
+/// The geometry of a conv on input `x`, checked: channels that fit the weight, and output and
+/// patch matrix within the per-sample limit (shared by both engines).
+pub fn checked_conv_geom(
+    p: &ConvParams,
+    x: &Tensor,
+    limit: usize,
+) -> std::result::Result<ConvGeom, String> {
+    let (o, ci, kh, kw) = p.dims;
+    let g = conv_geom(x, (kh, kw), p.stride, p.padding, p.dilation)?;
+    if g.c != ci * p.groups {
+        return Err(format!(
+            "expects {} input channels, got {}",
+            ci * p.groups,
+            g.c
+        ));
+    }
+    check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), limit)?;
+    Ok(g)
+}
+
 /// Checks that a node's output of `per_sample` elements per sample stays within the limit.
 pub fn check_size(per_sample: usize, limit: usize) -> std::result::Result<(), String> {
     if per_sample > limit {
@@ -75,15 +126,11 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             groups,
         } => {
             let (o, ci, kh, kw) = weight.dim();
-            let g = conv_geom(x, (kh, kw), *stride, *padding, *dilation)?;
-            if g.c != ci * groups {
-                return Err(format!(
-                    "expects {} input channels, got {}",
-                    ci * groups,
-                    g.c
-                ));
-            }
-            check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), limit)?;
+            let g = checked_conv_geom(
+                &op_geom(weight, stride, padding, dilation, *groups),
+                x,
+                limit,
+            )?;
             let bias = bias.as_slice().expect("contiguous bias");
             let wts = weight.as_slice().expect("contiguous");
             if *groups > 1 {

@@ -4,7 +4,7 @@
 //! kept in float) goes back to f32.
 
 use super::conv::conv_nchw;
-use super::float::{Values, check_size, conv_geom, last_uses, run_node};
+use super::float::{Values, check_size, last_uses, run_node};
 use super::intops;
 use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
@@ -761,16 +761,9 @@ impl<'m> IntModel<'m> {
                 groups,
                 ..
             } => {
-                let (o, ci, kh, kw) = weight.dim();
-                let g = conv_geom(x, (kh, kw), *stride, *padding, *dilation)?;
-                if g.c != ci * groups {
-                    return Err(format!(
-                        "expects {} input channels, got {}",
-                        ci * groups,
-                        g.c
-                    ));
-                }
-                check_size((o * g.out_pixels()).max(g.out_pixels() * g.k()), self.limit)?;
+                let o = weight.dim().0;
+                let p = super::float::op_geom(weight, stride, padding, dilation, *groups);
+                let g = super::float::checked_conv_geom(&p, x, self.limit)?;
                 if let WeightKernel::Group(c) = kernel {
                     return Ok(Tensor::q(vec![n, o, g.oh, g.ow], c.run(data, n, &g), out_q));
                 }

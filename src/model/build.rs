@@ -302,6 +302,29 @@ fn spec_op(
     })
 }
 
+/// A spec layer's `weight` tensor, which must have `rank` dimensions (`what` says which).
+fn spec_weight<'a>(
+    file: &TensorFile,
+    ls: &'a LayerSpec,
+    rank: usize,
+    what: &str,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<(&'a str, super::tensors::F32Tensor)> {
+    let wname = ls
+        .weight
+        .as_deref()
+        .ok_or_else(|| bad("needs `weight`".into()))?;
+    let w = file.float(wname)?;
+    if w.shape.len() != rank {
+        return Err(Error::tensor(
+            file.label(),
+            wname,
+            format!("has shape {}, {what}", shape_str(&w.shape)),
+        ));
+    }
+    Ok((wname, w))
+}
+
 fn spec_linear(
     file: &TensorFile,
     ls: &LayerSpec,
@@ -309,21 +332,7 @@ fn spec_linear(
     bad: &dyn Fn(String) -> Error,
 ) -> Result<(Op, Vec<usize>)> {
     let label = file.label();
-    let wname = ls
-        .weight
-        .as_deref()
-        .ok_or_else(|| bad("needs `weight`".into()))?;
-    let w = file.float(wname)?;
-    if w.shape.len() != 2 {
-        return Err(Error::tensor(
-            label,
-            wname,
-            format!(
-                "has shape {}, a linear weight must be [out, in]",
-                shape_str(&w.shape)
-            ),
-        ));
-    }
+    let (wname, w) = spec_weight(file, ls, 2, "a linear weight must be [out, in]", bad)?;
     let (out, inp) = (w.shape[0], w.shape[1]);
     if shape.len() != 1 || shape[0] != inp {
         return Err(Error::tensor(
@@ -348,21 +357,13 @@ fn spec_conv(
     bad: &dyn Fn(String) -> Error,
 ) -> Result<(Op, Vec<usize>)> {
     let label = file.label();
-    let wname = ls
-        .weight
-        .as_deref()
-        .ok_or_else(|| bad("needs `weight`".into()))?;
-    let w = file.float(wname)?;
-    if w.shape.len() != 4 {
-        return Err(Error::tensor(
-            label,
-            wname,
-            format!(
-                "has shape {}, a conv2d weight must be [out, in, kh, kw]",
-                shape_str(&w.shape)
-            ),
-        ));
-    }
+    let (wname, w) = spec_weight(
+        file,
+        ls,
+        4,
+        "a conv2d weight must be [out, in, kh, kw]",
+        bad,
+    )?;
     let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
     let groups = ls.groups.unwrap_or(1);
     if groups == 0 || o % groups != 0 {
