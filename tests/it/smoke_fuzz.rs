@@ -455,7 +455,7 @@ fn onnx_fixture() -> &'static [u8] {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_onnx_models_never_panic(edits in prop::collection::vec(onnx_edit(), 1..4)) {
