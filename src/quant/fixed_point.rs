@@ -56,7 +56,8 @@ impl FixedMultiplier {
     /// x · M with round-half-away-from-zero, saturating to i32, integers only.
     #[inline]
     pub fn apply(self, x: i32) -> i32 {
-        let left = self.shift.max(0);
+        // Past 32 the i64 shift could overflow; any nonzero i32 saturates by then anyway.
+        let left = self.shift.clamp(0, 32);
         let right = (-self.shift).max(0);
         let shifted = (x as i64) << left;
         let shifted = shifted.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
@@ -135,6 +136,19 @@ mod tests {
         assert_eq!(rounding_divide_by_pot(7, 2), 2); // 1.75 → 2
         assert_eq!(rounding_divide_by_pot(-6, 2), -2); // -1.5 → -2
         assert_eq!(rounding_divide_by_pot(-5, 2), -1); // -1.25 → -1
+    }
+
+    #[test]
+    fn apply_saturates_on_huge_multipliers() {
+        // Found by fuzz/onnx_model: a mutated ONNX with a huge scale ratio shifted past 63.
+        for m in [2f64.powi(40), 2f64.powi(70), 1e300] {
+            let f = FixedMultiplier::from_f64(m);
+            assert_eq!(f.apply(0), 0);
+            // Saturated before the mantissa multiply, as for any shift past 31.
+            assert!(f.apply(1) >= 1 << 30);
+            assert!(f.apply(-1) <= -(1 << 30));
+            assert!(f.apply(i32::MIN) <= -(1 << 30));
+        }
     }
 
     #[test]

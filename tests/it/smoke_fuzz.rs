@@ -398,3 +398,70 @@ pub fn npz_bytes() -> Vec<u8> {
     .unwrap();
     zip.finish().unwrap().into_inner()
 }
+
+/// One structured edit of an ONNX file's bytes.
+#[derive(Debug, Clone)]
+pub enum OnnxEdit {
+    /// Cut the file at this offset (modulo its length).
+    Truncate(usize),
+    /// XOR the byte at this offset with a nonzero mask.
+    Flip(usize, u8),
+    /// Add to the protobuf varint that starts at (or after) this offset, keeping its length
+    /// when it can: field lengths, dims, counts and enum values all become wrong.
+    Varint(usize, u8),
+}
+
+fn onnx_edit() -> impl Strategy<Value = OnnxEdit> {
+    prop_oneof![
+        any::<usize>().prop_map(OnnxEdit::Truncate),
+        (any::<usize>(), 1u8..=255).prop_map(|(i, b)| OnnxEdit::Flip(i, b)),
+        (any::<usize>(), 1u8..=255).prop_map(|(i, d)| OnnxEdit::Varint(i, d)),
+    ]
+}
+
+/// Applies `edits` to ONNX `bytes`.
+pub fn apply_onnx(bytes: &[u8], edits: &[OnnxEdit]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for e in edits {
+        if b.is_empty() {
+            break;
+        }
+        match *e {
+            OnnxEdit::Truncate(i) => b.truncate(i % b.len()),
+            OnnxEdit::Flip(i, m) => {
+                let i = i % b.len();
+                b[i] ^= m;
+            }
+            OnnxEdit::Varint(i, d) => {
+                // The varint ends at the first byte below 0x80; bump its first 7-bit group
+                // (wrapping within the group, so the length is unchanged).
+                let i = i % b.len();
+                b[i] = (b[i] & 0x80) | ((b[i] & 0x7f).wrapping_add(d) & 0x7f);
+            }
+        }
+    }
+    b
+}
+
+fn onnx_fixture() -> &'static [u8] {
+    static F: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/onnx/resnet_ts.onnx"),
+        )
+        .unwrap()
+    });
+    &F
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_onnx_models_never_panic(edits in prop::collection::vec(onnx_edit(), 1..4)) {
+        let bytes = apply_onnx(onnx_fixture(), &edits);
+        if let Ok(m) = qscope::model::onnx::load_onnx_bytes("m", "m", &bytes, None) {
+            let _ = qscope::engine::float::forward_flat(&m, &vec![0.0; m.input_len()], 1);
+        }
+    }
+}
