@@ -368,15 +368,7 @@ impl<'m> IntModel<'m> {
     /// Prepares the integer engine for `model` with `params`; tensors may hold `limit` elements
     /// per sample.
     pub fn new(model: &'m Model, params: &ModelParams, limit: usize) -> Self {
-        let mut points: HashMap<ValueId, QParams> = HashMap::new();
-        for e in &params.points {
-            points.insert(e.value, e.act.qparams);
-        }
-        for lp in &params.layers {
-            if let Some(a) = &lp.act {
-                points.insert(model.point_value(lp.index), a.qparams);
-            }
-        }
+        let points = point_qparams(model, params);
         let mut steps: Vec<Step> = model.layers.iter().map(|_| Step::Node).collect();
         for lp in &params.layers {
             let (i, layer) = (lp.index, &model.layers[lp.index]);
@@ -793,15 +785,7 @@ impl<'m> IntModel<'m> {
 /// The qparams of the activation entering each weight layer that has parameters (by model
 /// index), as the integer engine chains them (`None`: its input arrives in float).
 pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Option<QParams>> {
-    let mut points: HashMap<ValueId, QParams> = HashMap::new();
-    for e in &params.points {
-        points.insert(e.value, e.act.qparams);
-    }
-    for lp in &params.layers {
-        if let Some(a) = &lp.act {
-            points.insert(model.point_value(lp.index), a.qparams);
-        }
-    }
+    let points = point_qparams(model, params);
     params
         .layers
         .iter()
@@ -812,6 +796,17 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
             (lp.index, q)
         })
         .collect()
+}
+
+/// The qparams of every point value: entry points and each layer's (fused) output.
+fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<ValueId, QParams> {
+    let entries = params.points.iter().map(|e| (e.value, e.act.qparams));
+    let layers = params.layers.iter().filter_map(|lp| {
+        lp.act
+            .as_ref()
+            .map(|a| (model.point_value(lp.index), a.qparams))
+    });
+    entries.chain(layers).collect()
 }
 
 #[cfg(test)]

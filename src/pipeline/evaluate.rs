@@ -199,19 +199,25 @@ fn eval_batch(
         .enumerate()
         .map(|(j, &i)| (model.point_value(i), j))
         .collect();
-    let mut in_shapes: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    // Shapes of the values computed so far (a MatMul's reduction length is its first input's
+    // last axis).
+    let mut shapes: std::collections::HashMap<usize, Vec<usize>> = model
+        .inputs
+        .iter()
+        .zip(&inputs)
+        .map(|(gi, t)| (gi.value, t.shape.clone()))
+        .collect();
     let quant_out = int.forward(inputs, |i, v, t, ran| {
         ev.islands[i] |= ran.island();
-        let first_in = in_shapes.get(&i).cloned().unwrap_or_default();
-        let macs = node_macs(model, i, &first_in, t);
+        let first_in = model.layers[i].data_input().and_then(|d| shapes.get(&d));
+        let macs = node_macs(model, i, first_in.map_or(&[][..], |s| s), t);
         if int.is_gemm(i) || ran == Ran::Int {
             ev.macs.0 += macs
         } else {
             ev.macs.1 += macs
         }
-        for c in model.consumers(model.layers[i].output) {
-            in_shapes.insert(c, t.shape.clone());
-        }
+        shapes.insert(model.layers[i].output, t.shape.clone());
+        shapes.insert(v, t.shape.clone());
         if !has_float {
             return;
         }
