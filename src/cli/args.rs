@@ -140,9 +140,20 @@ pub struct ExportArgs {
     /// Model and quantization options.
     #[command(flatten)]
     pub common: Common,
-    /// .json or .toml: the parameters (formats.md §5); .safetensors: a quantized model (§6).
+    /// .json or .toml: the parameters (formats.md §5); .safetensors: a quantized model (§6);
+    /// .onnx: a QDQ ONNX model (§6b); .cache: a TensorRT calibration cache (§6c).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// .onnx: store weights of 4 bits or fewer as native INT4 (else INT8 holding them).
+    #[arg(long)]
+    pub native_int4: bool,
+    /// .onnx: write activations of 2, 3, 5, 6 or 7 bits as 8-bit Q/DQ clipped to their range
+    /// (Q/DQ itself says only 8 and 4 bits).
+    #[arg(long)]
+    pub qdq_clip: bool,
+    /// .cache: the header line (TensorRT skips a cache whose header it deems incompatible).
+    #[arg(long, value_name = "LINE", default_value = qscope::export::trt_cache::DEFAULT_HEADER)]
+    pub trt_header: String,
 }
 
 /// `qscope plot --layer NAME --out FILE` or `qscope plot --all --out DIR`.

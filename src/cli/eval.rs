@@ -43,10 +43,7 @@ pub fn main(args: &EvalArgs) -> Result<()> {
         if loaded {
             outln!(
                 "parameters: {} (not calibrated){}",
-                match &args.common.params {
-                    Some(p) => format!("loaded from {}", p.display()),
-                    None => "stored in the quantized model".into(),
-                },
+                s.params_origin.as_deref().unwrap_or("loaded"),
                 if s.has_float {
                     ""
                 } else {

@@ -7,7 +7,11 @@ use super::progress::spinner;
 use super::setup::setup;
 use super::table::pct;
 use anyhow::Result;
-use qscope::export::{ExportKind, check_export_target, save_params, save_quantized_model};
+use qscope::export::onnx::QdqOptions;
+use qscope::export::{
+    ExportKind, check_export_target, save_params, save_qdq_model, save_quantized_model,
+    save_trt_cache,
+};
 use qscope::pipeline::{Cancel, run};
 
 /// `n` with thousands separators.
@@ -68,6 +72,26 @@ pub fn main(args: &ExportArgs) -> Result<()> {
                 s.model.name,
                 &s.model.sha256[..12.min(s.model.sha256.len())],
                 bytes(size)
+            )?;
+        }
+        ExportKind::Onnx => {
+            let opts = QdqOptions {
+                native_int4: args.native_int4,
+                qdq_clip: args.qdq_clip,
+            };
+            let size = save_qdq_model(&args.out, &s.model, &params, opts)?;
+            outln!(
+                "wrote {out}: {} as QDQ ONNX (opset 21; {layers} weight layers{float}), {} bytes",
+                s.model.name,
+                bytes(size)
+            )?;
+        }
+        ExportKind::TrtCache => {
+            let n = save_trt_cache(&args.out, &s.model, &params, &args.trt_header)?;
+            outln!(
+                "wrote {out}: TensorRT calibration cache of {} ({n} tensors, header {})",
+                s.model.name,
+                args.trt_header
             )?;
         }
         ExportKind::Safetensors => {

@@ -24,6 +24,9 @@ pub struct Setup {
     /// Whether the model has float weights (false for a quantized model file: float-side
     /// figures are then null).
     pub has_float: bool,
+    /// Where `params` came from when not calibrated: a --params file, a quantized model file or
+    /// a QDQ model's Q/DQ nodes.
+    pub params_origin: Option<String>,
     /// Size in bytes of the model file (or bundled model).
     pub model_file_bytes: u64,
 }
@@ -50,6 +53,8 @@ pub enum LoadedModel {
     Float(Model),
     /// A quantized model file.
     Quantized(qscope::export::QuantizedModel),
+    /// A QDQ ONNX file: its float graph and the parameters its Q/DQ nodes fix.
+    Qdq(Model, qscope::export::Resolved),
 }
 
 /// Loads a model argument of either kind; also returns the file's size in bytes.
@@ -63,6 +68,27 @@ pub fn load_any_model(name: &str, spec: Option<&PathBuf>) -> Result<(LoadedModel
         ));
     }
     let path = std::path::Path::new(name);
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        if let Some(p) = spec {
+            bail!(
+                "--spec {}: an ONNX model carries its own graph",
+                p.display()
+            );
+        }
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let (model, qdq) = qscope::model::onnx::load_onnx_qdq(path)?;
+        return Ok(match qdq {
+            Some(q) => {
+                let label = path.display().to_string();
+                let r = qscope::export::qdq_import::qdq_params(&label, &model, &q)?;
+                (LoadedModel::Qdq(model, r), size)
+            }
+            None => (LoadedModel::Float(model), size),
+        });
+    }
     let bytes = qscope::input::read_bytes(path)?;
     if qscope::export::is_quantized_model(&bytes) {
         if spec.is_some() {
@@ -141,16 +167,24 @@ pub fn setup(c: &Common) -> Result<Setup> {
     config.validate(None)?;
     let (loaded, model_file_bytes) = load_any_model(&model_name, spec.as_ref())
         .with_context(|| format!("loading model '{model_name}'"))?;
-    let (model, mut params) = match loaded {
-        LoadedModel::Float(m) => (m, None),
+    let (model, mut params, mut origin, has_float) = match loaded {
+        LoadedModel::Float(m) => (m, None, None, true),
         LoadedModel::Quantized(q) => {
             if c.params.is_some() {
                 bail!("--params: the quantized model '{model_name}' carries its own parameters");
             }
-            (q.model, Some(q.params))
+            let origin = "stored in the quantized model".to_string();
+            (q.model, Some(q.params), Some(origin), false)
+        }
+        LoadedModel::Qdq(m, r) => {
+            for note in &r.notes {
+                errln!("qscope: warning: {note}");
+            }
+            let origin = format!("read from the Q/DQ nodes of {model_name}");
+            (m, Some(r.params), Some(origin), true)
         }
     };
-    let (mut model, has_float) = (model, params.is_none());
+    let mut model = model;
     if c.input_mean.is_some() || c.input_std.is_some() {
         if !model.is_onnx() {
             bail!(
@@ -178,6 +212,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
             errln!("qscope: warning: {note}");
         }
         params = Some(r.params);
+        origin = Some(format!("loaded from {}", p.display()));
     }
     if let Some(p) = &params {
         let ignored = quant_options_given(c, &file);
@@ -185,11 +220,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
             errln!(
                 "qscope: note: {} ignored: the parameters are {}, not calibrated",
                 ignored.join(", "),
-                if c.params.is_some() {
-                    "loaded from --params"
-                } else {
-                    "those stored in the quantized model"
-                }
+                origin.as_deref().unwrap_or("loaded")
             );
         }
         let max = config.max_tensor_mib;
@@ -223,6 +254,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         config,
         params,
         has_float,
+        params_origin: origin,
         model_file_bytes,
     })
 }

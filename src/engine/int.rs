@@ -798,8 +798,18 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
         .collect()
 }
 
+/// The qparams integers arrive in at value `v` (its point's, or those of the point it passes
+/// through qparam-keeping ops from), given every point's qparams.
+pub(crate) fn source_q(
+    model: &Model,
+    points: &HashMap<ValueId, QParams>,
+    v: ValueId,
+) -> Option<QParams> {
+    IntModel::source_q(model, points, v)
+}
+
 /// The qparams of every point value: entry points and each layer's (fused) output.
-fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<ValueId, QParams> {
+pub(crate) fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<ValueId, QParams> {
     let entries = params.points.iter().map(|e| (e.value, e.act.qparams));
     let layers = params.layers.iter().filter_map(|lp| {
         lp.act

@@ -4,12 +4,15 @@
 
 pub mod atomic;
 pub mod dump;
+pub mod onnx;
 pub mod outputs;
 pub mod packing;
 pub mod params_file;
 pub mod plot;
+pub mod qdq_import;
 pub mod quantized_model;
 pub mod st;
+pub mod trt_cache;
 
 pub use params_file::{FORMAT, ParamsFile, Resolved, Syntax};
 pub use quantized_model::{QuantizedModel, is_quantized_model, load_quantized_bytes};
@@ -31,6 +34,10 @@ pub enum ExportKind {
     Toml,
     /// A quantized model (§6).
     Safetensors,
+    /// An ONNX model with the quantization as QuantizeLinear/DequantizeLinear (§6b).
+    Onnx,
+    /// A TensorRT calibration cache (§6c).
+    TrtCache,
 }
 
 impl ExportKind {
@@ -44,9 +51,11 @@ impl ExportKind {
             Some("json") => Ok(ExportKind::Json),
             Some("toml") => Ok(ExportKind::Toml),
             Some("safetensors") => Ok(ExportKind::Safetensors),
+            Some("onnx") => Ok(ExportKind::Onnx),
+            Some("cache") => Ok(ExportKind::TrtCache),
             _ => Err(Error::format(
                 path.display().to_string(),
-                "unknown export type: give a .json or .toml file (parameters) or a .safetensors file (quantized model)",
+                "unknown export type: give a .json or .toml file (parameters), a .safetensors file (quantized model), a .onnx file (QDQ model) or a .cache file (TensorRT calibration cache)",
             )),
         }
     }
@@ -91,7 +100,45 @@ pub fn save_params(path: &Path, model: &Model, params: &ModelParams) -> Result<(
             checked_file(path, model, params)?.to_toml().as_bytes(),
         ),
         ExportKind::Safetensors => save_quantized_model(path, model, params).map(|_| ()),
+        ExportKind::Onnx => {
+            save_qdq_model(path, model, params, onnx::QdqOptions::default()).map(|_| ())
+        }
+        ExportKind::TrtCache => {
+            save_trt_cache(path, model, params, trt_cache::DEFAULT_HEADER).map(|_| ())
+        }
     }
+}
+
+/// Writes `model` with `params` as a QDQ ONNX file (§6b); returns its size in bytes. Parameters
+/// that Q/DQ cannot say are refused before anything is written.
+pub fn save_qdq_model(
+    path: &Path,
+    model: &Model,
+    params: &ModelParams,
+    opts: onnx::QdqOptions,
+) -> Result<u64> {
+    atomic::check_writable_file(path)?;
+    let bytes = onnx::onnx_model_bytes(model, Some(params), opts)
+        .map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+    atomic::write_bytes_atomic(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes the TensorRT calibration cache of `params` (§6c) with `header`; returns the number
+/// of tensors written.
+pub fn save_trt_cache(
+    path: &Path,
+    model: &Model,
+    params: &ModelParams,
+    header: &str,
+) -> Result<usize> {
+    atomic::check_writable_file(path)?;
+    if header.is_empty() || header.contains(['\n', '\r']) {
+        return Err(Error::config("--trt-header", "must be one non-empty line"));
+    }
+    let text = trt_cache::cache_text(model, params, header);
+    atomic::write_bytes_atomic(path, text.as_bytes())?;
+    Ok(text.lines().count() - 1)
 }
 
 /// Writes the quantized model file (§6) of `model` with `params`; returns its size in bytes.

@@ -6,9 +6,11 @@ mod attrs;
 mod convert;
 mod gelu;
 mod passes;
+pub mod qdq;
 mod tensor;
 
 pub use convert::SUPPORTED;
+pub use qdq::{ActQdq, ConstQdq, QType};
 
 use crate::engine::tensor::Tensor;
 use crate::error::{Error, Result};
@@ -40,6 +42,27 @@ pub(crate) struct Importer {
     pub nodes: Vec<RawNode>,
     pub inputs: Vec<GraphInput>,
     pub outputs: Vec<ValueId>,
+    /// What the file's QuantizeLinear/DequantizeLinear nodes said.
+    pub qdq: qdq::QdqState,
+    /// Weight nodes' weight values by node name, and whether the weight was transposed into
+    /// qscope's [out, in] (Gemm with transB = 0, MatMul).
+    pub weight_src: HashMap<String, (ValueId, bool)>,
+    /// Strip the input normalization nodes that qscope's export writes.
+    pub normalize: bool,
+    /// Relu nodes put back where a Q/DQ pair starting at 0 stood for them.
+    pub restored_relus: usize,
+}
+
+/// What a QDQ file fixes: activation pairs by tensor name, and weight layers' integer weights
+/// by node name (with whether qscope's [out, in] is the transpose of the file's layout).
+#[derive(Debug, Clone, Default)]
+pub struct QdqImport {
+    /// Activation Q/DQ pairs by tensor name.
+    pub acts: HashMap<String, ActQdq>,
+    /// Dequantized weights by weight node name.
+    pub weights: HashMap<String, (ConstQdq, bool)>,
+    /// The qscope parameters file embedded by qscope's own export, if any.
+    pub params_json: Option<String>,
 }
 
 impl Importer {
@@ -62,8 +85,14 @@ impl Importer {
     }
 }
 
-/// Loads an ONNX model from a file (external data is read beside it).
+/// Loads an ONNX model from a file (external data is read beside it). A QDQ model loads as
+/// its float graph (see [`load_onnx_qdq`] for its parameters).
 pub fn load_onnx(path: &Path) -> Result<Model> {
+    load_onnx_qdq(path).map(|(m, _)| m)
+}
+
+/// Loads an ONNX model from a file and, for a QDQ model, what its Q/DQ nodes fix.
+pub fn load_onnx_qdq(path: &Path) -> Result<(Model, Option<QdqImport>)> {
     crate::input::check_regular_file(path)?;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -77,11 +106,21 @@ pub fn load_onnx(path: &Path) -> Result<Model> {
     let stem = path
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    load_onnx_bytes(&path.display().to_string(), &stem, &map, path.parent())
+    load_onnx_bytes_qdq(&path.display().to_string(), &stem, &map, path.parent())
 }
 
 /// Loads an ONNX model from bytes; `dir` is where external data may live (`None`: nowhere).
 pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>) -> Result<Model> {
+    load_onnx_bytes_qdq(label, name, bytes, dir).map(|(m, _)| m)
+}
+
+/// [`load_onnx_bytes`] that also returns what a QDQ model's Q/DQ nodes fix.
+pub fn load_onnx_bytes_qdq(
+    label: &str,
+    name: &str,
+    bytes: &[u8],
+    dir: Option<&Path>,
+) -> Result<(Model, Option<QdqImport>)> {
     let (sha256, proto) = rayon::join(|| crate::model::sha256_hex(bytes), || onnx_rs::parse(bytes));
     let proto =
         proto.map_err(|e| Error::format(label, format!("not a readable ONNX model: {e}")))?;
@@ -113,7 +152,20 @@ pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>
         nodes: Vec::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
+        qdq: qdq::QdqState::default(),
+        weight_src: HashMap::new(),
+        normalize: false,
+        restored_relus: 0,
     };
+    let meta = |k: &str| {
+        proto
+            .metadata_props
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.to_string())
+    };
+    let normalization = meta(crate::export::onnx::NORMALIZATION_KEY);
+    imp.normalize = normalization.is_some();
     use rayon::prelude::*;
     let decoded: Vec<Tensor> = graph
         .initializer
@@ -146,7 +198,18 @@ pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>
             "the graph has no input that is not an initializer",
         ));
     }
-    read_nodes(&mut imp, &graph.node, dir)?;
+    read_nodes(&mut imp, &graph.node, &qdq::init_types(graph))?;
+    if let Some((node, out)) = imp.qdq.unpaired() {
+        return Err(Error::node(
+            label,
+            node,
+            "QuantizeLinear",
+            format!(
+                "no DequantizeLinear reads its output '{}'",
+                crate::error::clip(out, crate::error::NAME_MAX)
+            ),
+        ));
+    }
     for vo in &graph.output {
         let v = *imp.by_name.get(vo.name).ok_or_else(|| {
             Error::format(
@@ -158,6 +221,11 @@ pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>
             )
         })?;
         imp.outputs.push(v);
+        // A Q/DQ pair at a graph output: the tensor takes the output's name.
+        if imp.values[v].name != vo.name {
+            imp.values[v].name = vo.name.to_string();
+            imp.by_name.insert(vo.name.to_string(), v);
+        }
     }
     if imp.outputs.is_empty() {
         return Err(Error::format(label, "the graph has no output"));
@@ -184,8 +252,62 @@ pub fn load_onnx_bytes(label: &str, name: &str, bytes: &[u8], dir: Option<&Path>
         notes: Vec::new(),
     };
     model.name = name.to_string();
+    if imp.restored_relus > 0 {
+        model.notes.push(format!(
+            "{label}: put back {} Relu node(s) that the Q/DQ ranges imply (ONNX Runtime's quantizer removes a Relu whose quantized range starts at 0), so the float graph is the model that was quantized",
+            imp.restored_relus
+        ));
+    }
+    if let Some(json) = normalization {
+        let (mean, std) = parse_normalization(label, &json)?;
+        model.input_mean = mean;
+        model.input_std = std;
+    }
     crate::engine::float::infer_shapes(&mut model)?;
-    Ok(model)
+    let qdq = imp.qdq.any().then(|| QdqImport {
+        acts: imp
+            .qdq
+            .acts
+            .iter()
+            .map(|(v, a)| (model.values[*v].name.clone(), a.clone()))
+            .collect(),
+        weights: model
+            .layers
+            .iter()
+            .filter(|l| l.op.has_weights())
+            .filter_map(|l| {
+                let (wv, t) = imp.weight_src.get(&l.name)?;
+                Some((l.name.clone(), (imp.qdq.consts.get(wv)?.clone(), *t)))
+            })
+            .collect(),
+        params_json: meta(crate::export::onnx::PARAMS_KEY),
+    });
+    Ok((model, qdq))
+}
+
+/// The input normalization that qscope's export wrote into the metadata.
+fn parse_normalization(label: &str, json: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    #[derive(serde::Deserialize)]
+    struct Norm {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    }
+    let n: Norm = serde_json::from_str(json).map_err(|e| {
+        Error::format(
+            label,
+            format!("metadata '{}': {e}", crate::export::onnx::NORMALIZATION_KEY),
+        )
+    })?;
+    if n.std.iter().any(|v| !v.is_normal() || *v < 0.0) || n.mean.iter().any(|v| !v.is_finite()) {
+        return Err(Error::format(
+            label,
+            format!(
+                "metadata '{}': std must be positive and finite, mean finite",
+                crate::export::onnx::NORMALIZATION_KEY
+            ),
+        ));
+    }
+    Ok((n.mean, n.std))
 }
 
 /// A graph input's element type and per-sample shape (the first dimension is the batch).
@@ -237,7 +359,7 @@ fn graph_input(label: &str, vi: &ValueInfo<'_>) -> Result<GraphInput> {
 fn read_nodes(
     imp: &mut Importer,
     nodes: &[onnx_rs::ast::Node<'_>],
-    dir: Option<&Path>,
+    init_types: &HashMap<String, DataType>,
 ) -> Result<()> {
     let label = imp.label.clone();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -275,10 +397,22 @@ fn read_nodes(
                 crate::error::clip(out_name, crate::error::NAME_MAX)
             )));
         }
+        if op_type == "QuantizeLinear" || op_type == "DequantizeLinear" {
+            qdq::read(imp, node, &name, init_types).map_err(err)?;
+            continue;
+        }
+        if imp.normalize
+            && name.starts_with(crate::export::onnx::NORMALIZE_NODE)
+            && (op_type == "Sub" || op_type == "Mul")
+            && let Some(&x) = node.input.first().and_then(|i| imp.by_name.get(*i))
+        {
+            imp.by_name.insert(out_name.to_string(), x);
+            continue;
+        }
         if op_type == "Constant" {
             let a = attrs::Attrs::of(node);
             let t = match a.tensor("value") {
-                Some(t) => tensor::to_tensor(t, dir).map_err(err)?,
+                Some(t) => tensor::to_tensor(t, None).map_err(err)?,
                 None if a.has("value_float") => {
                     Tensor::f32(vec![], vec![a.float("value_float", 0.0)])
                 }
@@ -303,6 +437,12 @@ fn read_nodes(
             if inp.is_empty() {
                 inputs.push(None);
                 continue;
+            }
+            if let Some((_, q, _)) = imp.qdq.pending.get(*inp) {
+                return Err(err(format!(
+                    "reads the output of QuantizeLinear '{}' directly; qscope reads Q/DQ pairs (a DequantizeLinear after each QuantizeLinear)",
+                    q.node
+                )));
             }
             let v = *imp.by_name.get(*inp).ok_or_else(|| {
                 err(format!(

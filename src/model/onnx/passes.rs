@@ -20,6 +20,7 @@ pub(super) fn run(imp: &mut Importer) -> Result<Imported> {
     take_weights(imp)?;
     fuse_bias_adds(imp);
     super::gelu::fuse_gelu(imp);
+    imp.restored_relus = super::qdq::restore_relus(imp);
     remove_dead(imp);
     let layers = imp
         .nodes
@@ -238,6 +239,9 @@ fn conv(
     group: i64,
 ) -> std::result::Result<Op, String> {
     let wv = imp.nodes[i].inputs.get(1).copied().flatten();
+    if let Some(v) = wv {
+        imp.weight_src.insert(imp.nodes[i].name.clone(), (v, false));
+    }
     let (shape, w) =
         take_constant_f32(imp, i, wv).ok_or("the weight must be a constant float tensor")?;
     let n = &imp.nodes[i];
@@ -293,6 +297,10 @@ fn gemm(
         return Err("transA = 1 is not supported".into());
     }
     let bv = imp.nodes[i].inputs.get(1).copied().flatten();
+    if let Some(v) = bv.filter(|_| alpha == 1.0) {
+        imp.weight_src
+            .insert(imp.nodes[i].name.clone(), (v, !trans_b));
+    }
     let (shape, b) = take_constant_f32(imp, i, bv).ok_or("B must be a constant float matrix")?;
     let n = &imp.nodes[i];
     let [r, c] = shape[..] else {
@@ -346,6 +354,9 @@ fn matmul(imp: &mut Importer, i: usize) -> Op {
     if !is_matrix || a_const {
         return Op::MatMul;
     }
+    if let Some(v) = bv {
+        imp.weight_src.insert(imp.nodes[i].name.clone(), (v, true));
+    }
     match take_constant_f32(imp, i, bv) {
         Some((shape, b)) => {
             let b = Array2::from_shape_vec((shape[0], shape[1]), b).expect("checked shape");
@@ -392,12 +403,16 @@ fn batchnorm(imp: &mut Importer, i: usize, eps: f32) -> std::result::Result<bool
     {
         let row = weight.len() / c;
         let w = weight.as_slice_mut().expect("standard layout");
+
         for k in 0..c {
             w[k * row..(k + 1) * row]
                 .iter_mut()
                 .for_each(|x| *x *= scale[k]);
             bias[k] = bias[k] * scale[k] + shift[k];
         }
+        // The folded weights are no longer the integers a Q/DQ file stored.
+        let conv_name = imp.nodes[p].name.clone();
+        imp.weight_src.remove(&conv_name);
         imp.nodes.remove(i);
         rename(imp, output, input);
         return Ok(true);

@@ -36,6 +36,7 @@ pub fn to_tensor(t: &TensorProto<'_>, dir: Option<&Path>) -> Result<Tensor, Stri
         | DataType::Uint16
         | DataType::Uint32
         | DataType::Bool => Tensor::i64(dims, ints(t, raw, n)?),
+        DataType::Int4 | DataType::Uint4 => Tensor::i64(dims, nibbles(t, raw, n)?),
         other => {
             return Err(format!(
                 "has element type {other:?}, which qscope does not read"
@@ -43,6 +44,29 @@ pub fn to_tensor(t: &TensorProto<'_>, dir: Option<&Path>) -> Result<Tensor, Stri
         }
     };
     Ok(tensor)
+}
+
+/// INT4/UINT4 values, packed two per byte with the first in the low nibble.
+fn nibbles(t: &TensorProto<'_>, raw: Option<&[u8]>, n: usize) -> Result<Vec<i64>, String> {
+    let bytes: Vec<u8> = match raw {
+        Some(b) => b.to_vec(),
+        None => t
+            .as_i32()
+            .map(|c| c.iter().map(|&x| x as u8).collect())
+            .unwrap_or_default(),
+    };
+    check_len(bytes.len(), n.div_ceil(2))?;
+    let signed = t.data_type() == DataType::Int4;
+    Ok((0..n)
+        .map(|i| {
+            let nib = (bytes[i / 2] >> (4 * (i % 2))) & 0x0f;
+            if signed && nib >= 8 {
+                nib as i64 - 16
+            } else {
+                nib as i64
+            }
+        })
+        .collect())
 }
 
 /// Bytes per element of an ONNX type stored raw.
