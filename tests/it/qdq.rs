@@ -1,0 +1,470 @@
+//! QDQ ONNX export and import: export → import → evaluate gives the integer engine's outputs
+//! bit for bit; the exported file decoded here by hand (protobuf read with onnx-rs, Q/DQ values
+//! dequantized in the test) says the parameters; bad QDQ files are refused naming the node; the
+//! TensorRT cache says each point's amax.
+
+use onnx_rs::ast::{DataType, Model as OModel, TensorProto};
+use qscope::config::QuantConfig;
+use qscope::export::onnx::{QdqOptions, onnx_model_bytes};
+use qscope::export::qdq_import::qdq_params;
+use qscope::model::onnx::load_onnx_qdq;
+use qscope::model::{Dataset, Model, load_dataset, load_model};
+use qscope::params::ModelParams;
+use qscope::pipeline::{Cancel, evaluate_params, run};
+use qscope::{Scheme, bundled};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// A model with its calibration and evaluation sets (small, for speed).
+fn setup(name: &str) -> (Model, Dataset, Dataset) {
+    match name {
+        "bert" => {
+            let m = load_model(&fixture("tests/fixtures/onnx/bert_ts.onnx"), None).unwrap();
+            let d = load_dataset(&fixture("tests/fixtures/onnx/bert_data.safetensors")).unwrap();
+            (m, d.take(100), d.take(60))
+        }
+        "mobilenet" => {
+            let m = load_model(&fixture("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None).unwrap();
+            (m, bundled::calib().take(200), bundled::test().take(200))
+        }
+        b => (
+            bundled::model(b).unwrap(),
+            bundled::calib().take(300),
+            bundled::test().take(300),
+        ),
+    }
+}
+
+/// Calibrates, exports as QDQ into `dir`, imports; returns the original params, the file, and
+/// the imported model with its params.
+fn round_trip(
+    name: &str,
+    config: &QuantConfig,
+    dir: &Path,
+) -> (Model, ModelParams, Dataset, PathBuf, Model, ModelParams) {
+    let (m, calib, eval) = setup(name);
+    let out = run(&m, &calib, &eval, config, &Cancel::new()).unwrap();
+    let bytes = onnx_model_bytes(&m, Some(&out.params), QdqOptions::default()).unwrap();
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, bytes).unwrap();
+    let (m2, q) = load_onnx_qdq(&path).unwrap();
+    let p2 = qdq_params("test", &m2, &q.expect("a QDQ file")).unwrap();
+    (m, out.params, eval, path, m2, p2.params)
+}
+
+fn quant_outputs(m: &Model, p: ModelParams, eval: &Dataset) -> Vec<f32> {
+    let config = QuantConfig {
+        save_outputs: true,
+        ..QuantConfig::default()
+    };
+    evaluate_params(m, p, eval, &config, true, &Cancel::new())
+        .unwrap()
+        .saved
+        .unwrap()
+        .quant
+}
+
+#[test]
+fn export_then_import_reproduces_the_integer_outputs_and_parameters_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "mnist-mlp",
+        "mnist-cnn",
+        "mnist-resnet",
+        "mobilenet",
+        "bert",
+    ] {
+        let (m, p, eval, _, m2, p2) = round_trip(name, &QuantConfig::default(), dir.path());
+        let a = quant_outputs(&m, p.clone(), &eval);
+        let b = quant_outputs(&m2, p2.clone(), &eval);
+        assert_eq!(a.len(), b.len(), "{name}");
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name}: integer outputs differ after export → import");
+        // The same parameters: names, weights, qparams, settings and ranges.
+        assert_eq!(p.layers.len(), p2.layers.len(), "{name}");
+        for (l, l2) in p.layers.iter().zip(&p2.layers) {
+            assert_eq!(l.name, l2.name, "{name}");
+            assert_eq!(l.weight, l2.weight, "{name}: layer {}", l.name);
+            assert_eq!(l.act, l2.act, "{name}: layer {}", l.name);
+        }
+        let names = |p: &ModelParams| {
+            p.points
+                .iter()
+                .map(|e| (e.name.clone(), e.act.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&p), names(&p2), "{name}: points");
+    }
+}
+
+#[test]
+fn four_bit_weights_and_groups_round_trip_through_int8_int4_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = QuantConfig {
+        weight_bits: 4,
+        ..QuantConfig::default()
+    };
+    config.granularity = qscope::Granularity::Group(16);
+    let (m, p, eval, _, m2, p2) = round_trip("mnist-mlp", &config, dir.path());
+    assert_eq!(p.layers[0].weight, p2.layers[0].weight);
+    assert_eq!(
+        p2.layers[0].weight.as_ref().unwrap().q.bits(),
+        4,
+        "bits from the metadata"
+    );
+    let a = quant_outputs(&m, p.clone(), &eval);
+    let b = quant_outputs(&m2, p2, &eval);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    // Native INT4 storage says the same integers.
+    let bytes = onnx_model_bytes(
+        &m,
+        Some(&p),
+        QdqOptions {
+            native_int4: true,
+            qdq_clip: false,
+        },
+    )
+    .unwrap();
+    let path = dir.path().join("int4.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let om = onnx_rs::parse(&bytes).unwrap();
+    let g = om.graph.as_ref().unwrap();
+    let w = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == "fc1_weight_quantized")
+        .unwrap();
+    assert_eq!(w.data_type(), DataType::Int4);
+    let (m2, q) = load_onnx_qdq(&path).unwrap();
+    let p3 = qdq_params("int4", &m2, &q.unwrap()).unwrap().params;
+    assert_eq!(p.layers[0].weight, p3.layers[0].weight);
+}
+
+/// Initializers of an ONNX graph by name.
+fn inits<'a>(om: &'a OModel<'a>) -> HashMap<&'a str, &'a TensorProto<'a>> {
+    om.graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .map(|t| (t.name(), t))
+        .collect()
+}
+
+/// A tensor's values as i64 (INT8/UINT8/INT32 raw little-endian) or f32.
+fn ints_of(t: &TensorProto<'_>) -> Vec<i64> {
+    let raw = t.as_raw().unwrap();
+    match t.data_type() {
+        DataType::Int8 => raw.iter().map(|&b| b as i8 as i64).collect(),
+        DataType::Uint8 => raw.iter().map(|&b| b as i64).collect(),
+        DataType::Int32 => raw
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
+        d => panic!("unexpected type {d:?}"),
+    }
+}
+
+fn f32s_of(t: &TensorProto<'_>) -> Vec<f32> {
+    t.as_raw()
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_exported_file_decoded_by_hand_says_the_parameters() {
+    let (m, calib, eval) = setup("mnist-cnn");
+    let p = run(&m, &calib, &eval, &QuantConfig::default(), &Cancel::new())
+        .unwrap()
+        .params;
+    let bytes = onnx_model_bytes(&m, Some(&p), QdqOptions::default()).unwrap();
+    let om = onnx_rs::parse(&bytes).unwrap();
+    let g = om.graph.as_ref().unwrap();
+    assert_eq!(om.opset_import[0].version, 21);
+    let inits = inits(&om);
+    let producer: HashMap<&str, &onnx_rs::ast::Node<'_>> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (*o, n)))
+        .collect();
+    // The input quantization (after the normalization nodes) as a Q/DQ pair in UINT8.
+    let input = p.input().unwrap().qparams;
+    let q = g
+        .node
+        .iter()
+        .find(|n| n.op_type.as_str() == "QuantizeLinear")
+        .unwrap();
+    assert_eq!(f32s_of(inits[q.input[1]]), vec![input.scale]);
+    assert_eq!(
+        ints_of(inits[q.input[2]]),
+        vec![input.zero_point as i64 + 128]
+    );
+    assert_eq!(
+        producer[q.input[0]].op_type.as_str(),
+        "Mul",
+        "normalization comes first"
+    );
+    for lp in &p.layers {
+        let node = g.node.iter().find(|n| n.name == lp.name).unwrap();
+        let dq = producer[node.input[1]];
+        assert_eq!(dq.op_type.as_str(), "DequantizeLinear", "{}", lp.name);
+        let wq = &lp.weight.as_ref().unwrap().q;
+        let ints = ints_of(inits[dq.input[0]]);
+        let scales = f32s_of(inits[dq.input[1]]);
+        let zps = ints_of(inits[dq.input[2]]);
+        assert_eq!(scales.len(), wq.rows, "per output channel");
+        // Dequantized by hand, row by row: (q − z)·s equals the parameters' real weights.
+        let real = wq.dequantize();
+        for (k, &v) in ints.iter().enumerate() {
+            let r = k / wq.cols;
+            let want = real[k];
+            let got = (v - zps[r]) as f32 * scales[r];
+            assert_eq!(got, want, "{} element {k}", lp.name);
+        }
+        // The bias in INT32 at s_in·s_w, rounded here from the float bias.
+        let bdq = producer[node.input[2]];
+        let b = ints_of(inits[bdq.input[0]]);
+        let bs = f32s_of(inits[bdq.input[1]]);
+        let fb = m.layers[lp.index].op.bias().unwrap();
+        let in_q = qscope::engine::int::input_qparams(&m, &p)[&lp.index].unwrap();
+        for r in 0..wq.rows {
+            let acc = in_q.scale as f64 * wq.params[r].scale as f64;
+            assert_eq!(
+                b[r],
+                (fb[r] as f64 / acc).round() as i64,
+                "{} bias {r}",
+                lp.name
+            );
+            assert_eq!(bs[r], acc as f32);
+        }
+    }
+}
+
+/// Re-encodes an exported file after `edit` and loads it; returns the error text.
+fn load_edited(dir: &Path, bytes: &[u8], edit: impl FnOnce(&mut OModel<'_>)) -> String {
+    let mut om = onnx_rs::parse(bytes).unwrap();
+    edit(&mut om);
+    let path = dir.join("edited.onnx");
+    std::fs::write(&path, onnx_rs::encode(&om)).unwrap();
+    match load_onnx_qdq(&path) {
+        Ok((m, Some(q))) => match qdq_params("edited", &m, &q) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        },
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn replace_init<'a>(om: &mut OModel<'a>, t: TensorProto<'a>) {
+    let g = om.graph.as_mut().unwrap();
+    let k = g
+        .initializer
+        .iter()
+        .position(|i| i.name() == t.name())
+        .unwrap();
+    g.initializer[k] = t;
+}
+
+#[test]
+fn bad_qdq_files_are_refused_naming_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, calib, eval) = setup("mnist-mlp");
+    let p = run(&m, &calib, &eval, &QuantConfig::default(), &Cancel::new())
+        .unwrap()
+        .params;
+    let bytes = onnx_model_bytes(&m, Some(&p), QdqOptions::default()).unwrap();
+    for bad in [0.0f32, -0.5, f32::NAN] {
+        let e = load_edited(dir.path(), &bytes, |om| {
+            replace_init(om, TensorProto::from_f32("relu1_scale", vec![], vec![bad]))
+        });
+        assert!(
+            e.contains("relu1_QuantizeLinear") && e.contains("scale"),
+            "{bad}: {e}"
+        );
+    }
+    // A zero point whose type is not the weights' (UINT8 for INT8 integers).
+    static ZP: [u8; 1] = [200];
+    let e = load_edited(dir.path(), &bytes, |om| {
+        replace_init(
+            om,
+            TensorProto::from_raw("fc2_weight_zero_point", vec![], DataType::Uint8, &ZP),
+        )
+    });
+    assert!(
+        e.contains("fc2_weight_DequantizeLinear") && e.contains("zero point"),
+        "{e}"
+    );
+    let e = load_edited(dir.path(), &bytes, |om| {
+        let g = om.graph.as_mut().unwrap();
+        let n = g
+            .node
+            .iter_mut()
+            .find(|n| n.name == "fc2_weight_DequantizeLinear")
+            .unwrap();
+        n.attribute.iter_mut().find(|a| a.name == "axis").unwrap().i = 5;
+    });
+    assert!(
+        e.contains("fc2_weight_DequantizeLinear") && e.contains("axis 5"),
+        "{e}"
+    );
+    // A Q whose output a Gemm reads directly, and a Q that no DQ reads.
+    let e = load_edited(dir.path(), &bytes, |om| {
+        let g = om.graph.as_mut().unwrap();
+        g.node.retain(|n| n.name != "relu1_DequantizeLinear");
+        let n = g.node.iter_mut().find(|n| n.name == "fc2").unwrap();
+        n.input[0] = "relu1_quantized";
+    });
+    assert!(
+        e.contains("'fc2'") && e.contains("relu1_QuantizeLinear") && e.contains("directly"),
+        "{e}"
+    );
+    let e = load_edited(dir.path(), &bytes, |om| {
+        let g = om.graph.as_mut().unwrap();
+        g.node.retain(|n| n.name != "relu1_DequantizeLinear");
+        let n = g.node.iter_mut().find(|n| n.name == "fc2").unwrap();
+        n.input[0] = "relu1";
+    });
+    assert!(
+        e.contains("relu1_QuantizeLinear") && e.contains("no DequantizeLinear"),
+        "Q without DQ: {e}"
+    );
+    let e = load_edited(dir.path(), &bytes, |om| {
+        let g = om.graph.as_mut().unwrap();
+        let n = g
+            .node
+            .iter_mut()
+            .find(|n| n.name == "fc2_weight_DequantizeLinear")
+            .unwrap();
+        n.attribute.push(onnx_rs::ast::Attribute {
+            name: "block_size",
+            r#type: onnx_rs::ast::AttributeType::Int,
+            i: 7,
+            ..Default::default()
+        });
+        n.attribute.iter_mut().find(|a| a.name == "axis").unwrap().i = 1;
+    });
+    assert!(
+        e.contains("fc2_weight_DequantizeLinear") && e.contains("block_size 7"),
+        "{e}"
+    );
+}
+
+#[test]
+fn activations_qdq_cannot_say_are_refused_unless_clipped_and_the_old_file_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, calib, eval) = setup("mnist-mlp");
+    let config = QuantConfig {
+        act_bits: 3,
+        ..QuantConfig::default()
+    };
+    let p = run(&m, &calib, &eval, &config, &Cancel::new())
+        .unwrap()
+        .params;
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, b"previous").unwrap();
+    let e = qscope::export::save_qdq_model(&path, &m, &p, QdqOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("3-bit") && e.to_string().contains("--qdq-clip"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"previous");
+    let opts = QdqOptions {
+        native_int4: false,
+        qdq_clip: true,
+    };
+    qscope::export::save_qdq_model(&path, &m, &p, opts).unwrap();
+    let (m2, q) = load_onnx_qdq(&path).unwrap();
+    let p2 = qdq_params("clip", &m2, &q.unwrap()).unwrap().params;
+    assert_eq!(p2.layers[0].act.as_ref().unwrap().qparams.bits, 3);
+    let a = quant_outputs(&m, p, &eval);
+    let b = quant_outputs(&m2, p2, &eval);
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "3-bit with Clip"
+    );
+}
+
+#[test]
+fn tensorrt_cache_lists_each_point_as_big_endian_hex_of_amax_over_127() {
+    let (m, calib, eval) = setup("mnist-cnn");
+    let config = QuantConfig {
+        act_scheme: Scheme::Symmetric,
+        ..QuantConfig::default()
+    };
+    let p = run(&m, &calib, &eval, &config, &Cancel::new())
+        .unwrap()
+        .params;
+    let text = qscope::export::trt_cache::cache_text(&m, &p, "TRT-8601-EntropyCalibration2");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("TRT-8601-EntropyCalibration2"));
+    let entries: HashMap<String, f32> = lines
+        .map(|l| {
+            let (name, hex) = l.split_once(": ").unwrap();
+            assert_eq!(hex.len(), 8, "{l}");
+            let bits = u32::from_str_radix(hex, 16).unwrap();
+            // Big-endian: the hex reads as the f32's bit pattern, most significant byte first.
+            assert_eq!(u32::from_be_bytes(bits.to_be_bytes()), bits);
+            (name.to_string(), f32::from_bits(bits))
+        })
+        .collect();
+    let input = p.input().unwrap();
+    let want = input.range.lo.abs().max(input.range.hi.abs()) / 127.0;
+    assert_eq!(entries["input"], want);
+    for lp in &p.layers {
+        let a = lp.act.as_ref().unwrap();
+        let t = &m.values[m.point_value(lp.index)].name;
+        assert_eq!(
+            entries[t],
+            a.range.lo.abs().max(a.range.hi.abs()) / 127.0,
+            "{t}"
+        );
+    }
+    // The pooled tensor after conv1's ReLU shares its amax.
+    assert!(entries.contains_key("maxpool2d2"), "{entries:?}");
+}
+
+#[test]
+fn cli_exports_a_qdq_file_that_eval_opens_with_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cnn.onnx");
+    let (ok, stdout, stderr) = crate::util::qscope(&[
+        "export",
+        "--model",
+        "mnist-cnn",
+        "--calib-samples",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("QDQ ONNX"), "{stdout}");
+    let (ok, stdout, stderr) =
+        crate::util::qscope(&["eval", "--model", out.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(r["quant_accuracy"].as_f64().unwrap() > 0.97, "{r}");
+    let cache = dir.path().join("c.cache");
+    let (ok, stdout, stderr) = crate::util::qscope(&[
+        "export",
+        "--model",
+        out.to_str().unwrap(),
+        "--out",
+        cache.to_str().unwrap(),
+        "--trt-header",
+        "TRT-100300-EntropyCalibration2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("TensorRT"), "{stdout}");
+    assert!(
+        std::fs::read_to_string(&cache)
+            .unwrap()
+            .starts_with("TRT-100300-EntropyCalibration2\ninput: ")
+    );
+}
