@@ -8,6 +8,7 @@ mod figures;
 mod graph;
 mod loading;
 mod onnx;
+mod random_graphs;
 mod refused;
 mod smoke_fuzz;
 #[cfg(feature = "tui")]
