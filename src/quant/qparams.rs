@@ -68,6 +68,18 @@ fn quantize_core(x: f32, scale: f32, zp: i32, lo: i32, hi: i32) -> i32 {
     (r + zp as i64).clamp(lo as i64, hi as i64) as i32
 }
 
+/// The f32 scale `width / levels`; 1 for a zero or non-finite width, and for a width so narrow
+/// that its scale is not a normal f32 (it would round to 0, a division by zero, or keep only a
+/// few bits): such a range is zero to the integer grid.
+fn scale_of(width: f64, levels: f64) -> f32 {
+    let scale = (width / levels) as f32;
+    if width.is_finite() && scale >= f32::MIN_POSITIVE {
+        scale
+    } else {
+        1.0
+    }
+}
+
 impl QParams {
     /// Scale and zero point for `range` at `bits` with `scheme`, exactly as formats.md §3 says.
     pub fn from_range(range: ClipRange, bits: u8, scheme: Scheme) -> Self {
@@ -76,13 +88,8 @@ impl QParams {
             Scheme::Symmetric => {
                 let amax = lo.abs().max(hi.abs());
                 let levels = ((1i64 << (bits - 1)) - 1) as f64;
-                let scale = if amax > 0.0 && amax.is_finite() {
-                    amax / levels
-                } else {
-                    1.0
-                };
                 QParams {
-                    scale: scale as f32,
+                    scale: scale_of(amax, levels),
                     zero_point: 0,
                     bits,
                     scheme,
@@ -93,11 +100,7 @@ impl QParams {
                 let hi = hi.max(0.0);
                 let levels = ((1i64 << bits) - 1) as f64;
                 let width = hi - lo;
-                let scale = if width > 0.0 && width.is_finite() {
-                    (width / levels) as f32
-                } else {
-                    1.0
-                };
+                let scale = scale_of(width, levels);
                 let qmin = -(1i64 << (bits - 1)) as f64;
                 let zp = round_half_away(qmin - lo / scale as f64);
                 let zp = zp.clamp(qmin, (1i64 << (bits - 1)) as f64 - 1.0) as i32;
@@ -219,6 +222,23 @@ mod tests {
         assert_eq!(q4.quantize(0.3125), 3); // 2.5 rounds to 3
         assert_eq!(q4.quantize(-0.3125), -3);
         assert_eq!(q4.quantize(5.0), 7);
+    }
+
+    #[test]
+    fn a_range_too_narrow_for_an_f32_scale_counts_as_zero() {
+        // 1e-44 / 127 underflows f32 to 0 (quantizing would divide by zero): scale 1, as for
+        // a zero range. The found case: a Sigmoid of very negative scores, calibrated in f32.
+        for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+            for hi in [1e-44f32, 1.4e-43, 1e-37] {
+                let q = QParams::from_range(ClipRange::new(0.0, hi), 8, scheme);
+                assert_eq!(q.scale, 1.0, "{scheme:?} {hi}");
+                assert!(q.validate("q").is_ok());
+                assert_eq!(q.quantize(hi), q.zero_point);
+            }
+            // A narrow range whose scale is still a normal f32 keeps it.
+            let q = QParams::from_range(ClipRange::new(-1e-30, 1e-30), 8, scheme);
+            assert!(q.scale >= f32::MIN_POSITIVE && q.scale < 1e-31, "{q:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod graph;
 mod loading;
 mod onnx;
 mod qdq;
+mod random_graphs;
 mod refused;
 mod smoke_fuzz;
 #[cfg(feature = "tui")]

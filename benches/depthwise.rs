@@ -1,0 +1,139 @@
+//! The depthwise kernel (the integer engine's direct grouped-conv loop, `GroupConv`) on the
+//! MobileNetV2-style fixture's depthwise layers at batch 256, beside the dense int8 GEMM at
+//! 256×784×256, in the same run. Throughput is in elements = multiply-adds, so criterion's
+//! Melem/s of the two are comparable: issue 8 asks the depthwise rate to reach at least half
+//! the GEMM's.
+//!
+//! `cargo bench --bench qscope -- depthwise`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use qscope::config::WeightSettings;
+use qscope::engine::im2col::ConvGeom;
+use qscope::engine::intops::depthwise::GroupConv;
+use qscope::engine::kernels::{PackedWeights, gemm_i8, kernel_name};
+use qscope::model::{Op, load_model};
+use qscope::quant::weights::quantize_weights;
+use qscope::{ClipRange, Granularity, QParams, Scheme, Strategy};
+
+/// Batch size of the comparison.
+const BATCH: usize = 256;
+
+/// The dense GEMM the depthwise kernel is held against: m × k × n.
+const GEMM: (usize, usize, usize) = (256, 784, 256);
+
+/// Deterministic pseudo-random i8 data covering the full range.
+fn data(len: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as i8
+        })
+        .collect()
+}
+
+/// One depthwise layer ready to run: its kernel, geometry, a batch of input codes and its
+/// multiply-adds per batch.
+struct Layer {
+    name: String,
+    conv: GroupConv,
+    geom: ConvGeom,
+    x: Vec<i8>,
+    macs: u64,
+}
+
+/// The fixture's depthwise convs (groups = input channels, one input channel per group) with
+/// per-channel int8 weights and a batch of random input codes.
+fn depthwise_layers() -> Vec<Layer> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx/mobilenetv2_ts.onnx");
+    let model = load_model(&path, None).expect("the MobileNetV2 fixture loads");
+    let settings = WeightSettings {
+        bits: 8,
+        scheme: Scheme::Symmetric,
+        granularity: Granularity::PerChannel,
+        strategy: Strategy::MinMax,
+        percentile: 99.99,
+        clip: None,
+    };
+    let in_q = QParams::from_range(ClipRange::new(0.0, 6.0), 8, Scheme::Asymmetric);
+    let out_q = QParams::from_range(ClipRange::new(0.0, 6.0), 8, Scheme::Asymmetric);
+    let mut layers = Vec::new();
+    for (i, l) in model.layers.iter().enumerate() {
+        let Op::Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = &l.op
+        else {
+            continue;
+        };
+        let (o, ci, kh, kw) = weight.dim();
+        if *groups <= 1 || ci != 1 {
+            continue;
+        }
+        let (w, rows, cols) = l.op.weight_rows().expect("a conv has weights");
+        let wq = quantize_weights(w, rows, cols, &settings);
+        let bias = bias.as_slice().expect("contiguous bias");
+        let bounds = (out_q.qmin(), out_q.qmax());
+        let conv = GroupConv::new(&wq, bias, (kh, kw), *groups, (in_q, out_q), bounds)
+            .expect("per-channel weights");
+        let geom = ConvGeom::general(&l.in_shape, (kh, kw), *stride, *padding, *dilation)
+            .expect("the fixture's geometry");
+        let macs = (BATCH * o * geom.out_pixels() * ci * kh * kw) as u64;
+        layers.push(Layer {
+            name: format!(
+                "{}_{}x{}x{}_s{}",
+                i, l.in_shape[0], geom.h, geom.w, stride.0
+            ),
+            x: data(BATCH * geom.c * geom.h * geom.w, i as u64),
+            conv,
+            geom,
+            macs,
+        });
+    }
+    assert!(!layers.is_empty(), "the fixture has depthwise convs");
+    layers
+}
+
+/// Depthwise layers (all together and one by one) and the dense GEMM, in MACs per second.
+pub fn depthwise(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("depthwise_vs_gemm[{}]", kernel_name()));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let layers = depthwise_layers();
+
+    let (m, k, n) = GEMM;
+    let a = data(m * k, 1);
+    let w = PackedWeights::new(&data(n * k, 2), n, k);
+    let mut out = vec![0i32; m * n];
+    g.throughput(Throughput::Elements((m * k * n) as u64));
+    g.bench_function(BenchmarkId::new("gemm_i8", format!("{m}x{k}x{n}")), |b| {
+        b.iter(|| gemm_i8(black_box(&a), m, k, &w, &mut out))
+    });
+
+    g.throughput(Throughput::Elements(layers.iter().map(|l| l.macs).sum()));
+    g.bench_function(BenchmarkId::new("depthwise", "mobilenetv2_all_b256"), |b| {
+        b.iter(|| {
+            for l in &layers {
+                black_box(l.conv.run(black_box(&l.x), BATCH, &l.geom));
+            }
+        })
+    });
+    for l in &layers {
+        g.throughput(Throughput::Elements(l.macs));
+        g.bench_function(BenchmarkId::new("depthwise", &l.name), |b| {
+            b.iter(|| l.conv.run(black_box(&l.x), BATCH, &l.geom))
+        });
+    }
+    g.finish();
+}
