@@ -78,7 +78,8 @@ fn perform(effects: Vec<Effect>, app: &mut App, worker: &Worker, exports: &Expor
             Effect::Export { path, params } => {
                 let shown = std::path::absolute(&path).unwrap_or(path.clone());
                 app.say(format!("exporting to {}…", shown.display()));
-                let (model, tx, target) = (exports.model.clone(), exports.tx.clone(), shown.clone());
+                let (model, tx, target) =
+                    (exports.model.clone(), exports.tx.clone(), shown.clone());
                 let spawned = std::thread::Builder::new()
                     .name("qscope-export".into())
                     .spawn(move || {
