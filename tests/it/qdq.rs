@@ -574,3 +574,48 @@ fn a_bert_quantized_by_onnx_runtime_runs_in_qscope_close_to_orts_own_run() {
     eprintln!("bert_ts.ortq: cosine with ORT {cos:.6}");
     assert!(cos > 0.999, "{cos}");
 }
+
+#[test]
+fn a_quantized_safetensors_of_an_onnx_graph_stands_alone_and_reproduces_the_run() {
+    for name in ["mnist-resnet", "bert"] {
+        let (m, calib, eval) = setup(name);
+        let p = run(&m, &calib, &eval, &QuantConfig::default(), &Cancel::new())
+            .unwrap()
+            .params;
+        let bytes = qscope::export::quantized_model::quantized_model_bytes(&m, &p).unwrap();
+        // Weights are stored [out, in…] under the ONNX node names, whatever the source layout
+        // (a MatMul's [K, N] initializer is transposed); read here with the safetensors crate.
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for lp in &p.layers {
+            let t = st.tensor(&format!("{}.weight", lp.name)).unwrap();
+            let q = &lp.weight.as_ref().unwrap().q;
+            assert_eq!(t.shape()[0], q.rows, "{name} {}", lp.name);
+            assert_eq!(t.shape()[1..].iter().product::<usize>(), q.cols);
+            let ints: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
+            assert_eq!(ints, q.q, "{name} {}", lp.name);
+        }
+        let back = qscope::export::load_quantized_bytes(name, &bytes).unwrap();
+        assert_eq!(back.model.layers.len(), m.layers.len(), "{name}");
+        let config = QuantConfig {
+            save_outputs: true,
+            ..QuantConfig::default()
+        };
+        let a = quant_outputs(&m, p, &eval);
+        let b = evaluate_params(
+            &back.model,
+            back.params,
+            &eval,
+            &config,
+            false,
+            &Cancel::new(),
+        )
+        .unwrap()
+        .saved
+        .unwrap()
+        .quant;
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: the quantized file's integer outputs differ"
+        );
+    }
+}

@@ -152,6 +152,7 @@ pub fn weights(
         let (dims, data) = float_layout(layout, weight, bias.len());
         let wn = w.init(OTensor::f32(&format!("{name}_weight"), &dims, &data));
         let bn = w.init(OTensor::f32(&format!("{name}_bias"), &[bias.len()], bias));
+        w.weight_inits.extend([wn.clone(), bn.clone()]);
         return Ok((wn, bn));
     };
     let q = &wq.q;
