@@ -335,3 +335,25 @@ fn bert_keeps_only_softmax_and_layernorm_in_float() {
         assert!(r["output_cosine"].as_f64().unwrap() >= 0.99, "{m}");
     }
 }
+
+#[test]
+fn shape_plumbing_that_the_sequence_length_fixes_is_folded_at_load() {
+    // bert_ts builds position ids from Shape(input_ids)[1] (the sequence length, 16 in the
+    // file) through Gather/Unsqueeze/Slice: all constants once loaded. Shapes that include the
+    // batch axis (the Reshape targets) stay.
+    let m = qscope::model::load_model(&fixture("tests/fixtures/onnx/bert_ts.onnx"), None).unwrap();
+    let has = |name: &str| m.layers.iter().any(|l| l.name == name);
+    assert!(!has("/bert/embeddings/Slice"), "position ids folded");
+    assert!(
+        !has("/bert/embeddings/Gather"),
+        "the sequence length folded"
+    );
+    assert!(
+        !has("/bert/embeddings/Shape"),
+        "its Shape is gone with its reader"
+    );
+    assert!(
+        m.layers.iter().any(|l| l.op_type == "Reshape"),
+        "the reshapes stay"
+    );
+}

@@ -8,6 +8,7 @@ mod convert;
 mod gelu;
 mod passes;
 pub mod qdq;
+mod static_shapes;
 mod tensor;
 
 pub use convert::SUPPORTED;
@@ -269,6 +270,9 @@ pub fn load_onnx_bytes_qdq(
     }
     autopad::resolve(&mut model, &imp.auto_pad)?;
     crate::engine::float::infer_shapes(&mut model)?;
+    if static_shapes::fold(&mut model)? > 0 {
+        crate::engine::float::infer_shapes(&mut model)?;
+    }
     let qdq = imp.qdq.any().then(|| QdqImport {
         acts: imp
             .qdq
