@@ -619,3 +619,48 @@ fn a_quantized_safetensors_of_an_onnx_graph_stands_alone_and_reproduces_the_run(
         );
     }
 }
+
+#[test]
+fn calibrated_scales_match_the_ones_onnx_runtime_chose_for_the_same_fixture() {
+    // ORT's quantize_static (MinMax, U8 activations, S8 per-channel weights) on the bundled
+    // calibration digits wrote resnet_ts.ortq.onnx; qscope calibrates the same model on the
+    // same digits with minmax. Weights: both amax/127 per channel, so equal up to f32 rounding.
+    // Activations: ORT calibrates on the float model, qscope with the quantized weights in
+    // place (formats.md §3), so scales differ by the weight error's effect on each range.
+    let path = fixture("tests/fixtures/onnx/resnet_ts.ortq.onnx");
+    let (mo, q) = load_onnx_qdq(&path).unwrap();
+    let ort = qdq_params("ort", &mo, &q.unwrap()).unwrap().params;
+    let m = load_model(&fixture("tests/fixtures/onnx/resnet_ts.onnx"), None).unwrap();
+    let ours = run(
+        &m,
+        &bundled::calib(),
+        &bundled::test().take(10),
+        &QuantConfig::default(),
+        &Cancel::new(),
+    )
+    .unwrap()
+    .params;
+    let mut worst_w = 0.0f64;
+    for lp in &ours.layers {
+        let theirs = ort.by_name(&lp.name).expect("same node names");
+        let (a, b) = (
+            &lp.weight.as_ref().unwrap().q,
+            &theirs.weight.as_ref().unwrap().q,
+        );
+        for (x, y) in a.params.iter().zip(&b.params) {
+            worst_w = worst_w.max(((x.scale - y.scale) / y.scale).abs() as f64);
+        }
+        assert_eq!(a.q, b.q, "{}: the same integer weights", lp.name);
+    }
+    let mut worst_a = 0.0f64;
+    for lp in &ours.layers {
+        let a = lp.act.as_ref().unwrap().qparams;
+        let b = ort.by_name(&lp.name).unwrap().act.as_ref().unwrap().qparams;
+        worst_a = worst_a.max(((a.scale - b.scale) / b.scale).abs() as f64);
+    }
+    eprintln!(
+        "resnet_ts vs ORT quantize_static: weight scales within {worst_w:.1e}, activation scales within {worst_a:.3}"
+    );
+    assert!(worst_w < 1e-6, "{worst_w}");
+    assert!(worst_a < 0.05, "{worst_a}");
+}
