@@ -138,10 +138,16 @@ pub fn human(r: &Report) -> String {
         rows.push(point_row(&p.name, p.act_bits, &p.act_strategy, p.act_range));
     }
     for l in &r.layers {
+        // A weightless integer node (Add, pool, lookup table) has no weights, not float ones.
+        let wbits = if l.weight_bits.is_none() && !l.float {
+            "-".into()
+        } else {
+            opt(l.weight_bits)
+        };
         rows.push(vec![
             l.name.clone(),
             l.op.clone(),
-            opt(l.weight_bits),
+            wbits,
             opt(l.act_bits),
             l.weight_strategy.clone().unwrap_or("-".into()),
             l.act_strategy.clone().unwrap_or("-".into()),

@@ -52,6 +52,27 @@ fn layer_report(
     }
 }
 
+/// A weightless integer node's row: its output point, null weight fields.
+fn weightless_report(model: &Model, i: usize, a: &ActQuant) -> LayerReport {
+    let l = &model.layers[i];
+    LayerReport {
+        name: l.name.clone(),
+        op: l.op_type.clone(),
+        weight_bits: None,
+        act_bits: Some(a.settings.bits),
+        weight_strategy: None,
+        act_strategy: Some(a.settings.strategy.to_string()),
+        granularity: None,
+        weight_scheme: None,
+        act_scheme: Some(a.settings.scheme.to_string()),
+        weight_sqnr_db: None,
+        act_sqnr_db: None,
+        act_sqnr_isolated_db: None,
+        act_range: Some([a.range.lo, a.range.hi]),
+        float: false,
+    }
+}
+
 fn input_report(a: &ActQuant) -> InputReport {
     InputReport {
         act_bits: a.settings.bits,
@@ -70,16 +91,34 @@ pub(super) fn build_report(
     has_float: bool,
     timings_ms: Timings,
 ) -> Report {
-    let layers = params
+    let mut rows: Vec<(usize, LayerReport)> = params
         .layers
         .iter()
         .enumerate()
-        .map(|(j, lp)| layer_report(model, lp, ev, j, has_float))
+        .map(|(j, lp)| (lp.index, layer_report(model, lp, ev, j, has_float)))
         .collect();
+    // Weightless integer nodes (a residual Add, a pool, a lookup table, …) are layers too, in
+    // topological order with null weight fields; their point is their output.
+    let integer_node = |v: crate::model::ValueId| {
+        model
+            .layers
+            .iter()
+            .position(|l| l.output == v)
+            .filter(|&i| {
+                !model.layers[i].op.has_weights() && !ev.islands.get(i).copied().unwrap_or(true)
+            })
+    };
+    for p in &params.points {
+        if let Some(i) = integer_node(p.value) {
+            rows.push((i, weightless_report(model, i, &p.act)));
+        }
+    }
+    rows.sort_by_key(|(i, _)| *i);
+    let layers = rows.into_iter().map(|(_, r)| r).collect();
     let points = params
         .points
         .iter()
-        .filter(|p| p.name != crate::config::INPUT_POINT)
+        .filter(|p| p.name != crate::config::INPUT_POINT && integer_node(p.value).is_none())
         .map(|p| {
             let r = input_report(&p.act);
             PointReport {
