@@ -465,3 +465,49 @@ proptest! {
         }
     }
 }
+
+/// ONNX Runtime's quantize_static output for resnet_ts (a QDQ model).
+fn qdq_fixture() -> &'static [u8] {
+    static F: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/onnx/resnet_ts.ortq.onnx"),
+        )
+        .unwrap()
+    });
+    &F
+}
+
+/// A quantized model file of an ONNX graph (the graph embedded as base64 ONNX).
+fn graph_quantized() -> &'static [u8] {
+    static F: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let m = qscope::bundled::model("mnist-resnet").unwrap();
+        let d = qscope::bundled::calib().take(20);
+        let config = qscope::QuantConfig::default();
+        let p = qscope::pipeline::run(&m, &d, &d, &config, &qscope::pipeline::Cancel::new())
+            .unwrap()
+            .params;
+        qscope::export::quantized_model::quantized_model_bytes(&m, &p).unwrap()
+    });
+    &F
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_qdq_models_never_panic(edits in prop::collection::vec(onnx_edit(), 1..4)) {
+        let bytes = apply_onnx(qdq_fixture(), &edits);
+        if let Ok((m, Some(q))) = qscope::model::onnx::load_onnx_bytes_qdq("m", "m", &bytes, None) {
+            let _ = qscope::export::qdq_import::qdq_params("m", &m, &q);
+        }
+    }
+
+    #[test]
+    fn mutated_graph_quantized_models_never_panic(edits in prop::collection::vec(edit(), 1..4)) {
+        let bytes = apply(graph_quantized(), &edits);
+        if let Ok(q) = qscope::export::load_quantized_bytes("q", &bytes) {
+            run_small(&q.model);
+        }
+    }
+}

@@ -91,8 +91,20 @@ pub fn model_from_embedding(
             .iter()
             .find(|n| n.name == layer.as_str())
             .ok_or_else(|| bad(format!("has no node '{layer}'")))?;
-        let rows = shape[0];
-        let cols: usize = shape[1..].iter().product();
+        let (Some(&rows), Some(cols)) = (
+            shape.first(),
+            shape[1.min(shape.len())..]
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d)),
+        ) else {
+            return Err(bad(format!("weight of '{layer}' has shape {shape:?}")));
+        };
+        if rows
+            .checked_mul(cols)
+            .is_none_or(|n| n > isize::MAX as usize / 4)
+        {
+            return Err(bad(format!("weight of '{layer}' has shape {shape:?}")));
+        }
         let (w_dims, bias) = match node.op_type.as_str() {
             "MatMul" => {
                 let add = graph
