@@ -33,6 +33,28 @@ pub enum Command {
     Export(ExportArgs),
     /// Weight and activation histograms of a layer with the clipping ranges marked (.svg, .png).
     Plot(PlotArgs),
+    /// Throughput of the float and the integer engine on one batch (samples/s, GMAC/s).
+    Bench(BenchArgs),
+}
+
+/// `qscope bench [--batch N] [--threads N] [--runs N] [--json]`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model and quantization options (the batch comes from --eval, its first N samples).
+    #[command(flatten)]
+    pub common: Common,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Threads of the engines (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed runs after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// The figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by the commands that load a model and quantize it.

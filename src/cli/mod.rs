@@ -1,6 +1,7 @@
 //! The command line: argument parsing, one module per subcommand, table output.
 
 pub mod args;
+pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod inspect;

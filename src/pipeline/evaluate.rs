@@ -80,7 +80,7 @@ impl Evaluation {
 }
 
 /// Multiply-adds of node `i` given its inputs' and output's shapes.
-fn node_macs(model: &Model, i: usize, first_in: &[usize], out: &Tensor) -> f64 {
+pub(super) fn node_macs(model: &Model, i: usize, first_in: &[usize], out: &Tensor) -> f64 {
     let op = &model.layers[i].op;
     let per = match op {
         Op::MatMul => first_in.last().copied().unwrap_or(0),

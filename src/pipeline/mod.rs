@@ -41,6 +41,7 @@ impl Cancel {
 }
 
 mod batch;
+pub mod bench;
 mod calibrate;
 mod evaluate;
 mod report;

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area.
 
 mod bad_input;
+mod bench_cmd;
 mod campaign;
 mod engine;
 mod export;

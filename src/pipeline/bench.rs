@@ -1,0 +1,112 @@
+//! `qscope bench`: the float and the integer engine's throughput on one batch, measured as a
+//! user measures a runtime (a warm-up run, then the median of several), with the multiply-adds
+//! one sample costs so that rates compare across models.
+
+use crate::engine::float;
+use crate::engine::int::IntModel;
+use crate::engine::tensor::Tensor;
+use crate::error::Result;
+use crate::model::Model;
+use crate::params::ModelParams;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Times of each engine on one batch.
+#[derive(Debug, Clone)]
+pub struct BenchTimes {
+    /// Samples in the batch.
+    pub batch: usize,
+    /// Multiply-adds of one sample (weight layers and activation × activation MatMuls).
+    pub macs_per_sample: f64,
+    /// Float engine, ms per batch, one entry per timed run.
+    pub float_ms: Vec<f64>,
+    /// Integer engine, ms per batch, one entry per timed run.
+    pub int_ms: Vec<f64>,
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+impl BenchTimes {
+    /// Samples per second of a median time in ms.
+    pub fn samples_per_s(&self, ms: f64) -> f64 {
+        self.batch as f64 / (ms / 1e3)
+    }
+
+    /// Billions of multiply-adds per second of a median time in ms.
+    pub fn gmacs(&self, ms: f64) -> f64 {
+        self.macs_per_sample * self.batch as f64 / (ms / 1e3) / 1e9
+    }
+}
+
+/// Multiply-adds of one sample of `inputs` (a batch): a float run with every node counted.
+pub fn macs_per_sample(model: &Model, inputs: Vec<Tensor>) -> Result<f64> {
+    let n = inputs
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(1)
+        .max(1);
+    let mut shapes: HashMap<usize, Vec<usize>> = model
+        .inputs
+        .iter()
+        .zip(&inputs)
+        .map(|(g, t)| (g.value, t.shape.clone()))
+        .collect();
+    for (v, t) in &model.consts {
+        shapes.insert(*v, t.shape.clone());
+    }
+    let mut total = 0.0;
+    float::forward(model, inputs, float::DEFAULT_MAX_SAMPLE_ELEMS, |i, t| {
+        let l = &model.layers[i];
+        let first = l
+            .data_input()
+            .and_then(|v| shapes.get(&v))
+            .cloned()
+            .unwrap_or_default();
+        total += super::evaluate::node_macs(model, i, &first, t);
+        shapes.insert(l.output, t.shape.clone());
+    })?;
+    Ok(total / n as f64)
+}
+
+/// Runs each engine once to warm up, then `runs` times, on `inputs`.
+pub fn bench(
+    model: &Model,
+    params: &ModelParams,
+    inputs: Vec<Tensor>,
+    runs: usize,
+) -> Result<BenchTimes> {
+    let batch = inputs
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(0);
+    let macs_per_sample = macs_per_sample(model, inputs.clone())?;
+    let limit = float::DEFAULT_MAX_SAMPLE_ELEMS;
+    let int = IntModel::new(model, params, limit);
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<Vec<f64>> {
+        f()?;
+        (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f()?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect()
+    };
+    let float_ms = time(&|| float::forward(model, inputs.clone(), limit, |_, _| {}).map(|_| ()))?;
+    let int_ms = time(&|| int.forward(inputs.clone(), |_, _, _, _| {}).map(|_| ()))?;
+    Ok(BenchTimes {
+        batch,
+        macs_per_sample,
+        float_ms,
+        int_ms,
+    })
+}
