@@ -43,6 +43,7 @@ impl Cancel {
 mod batch;
 mod calibrate;
 mod evaluate;
+pub mod layerwise;
 mod report;
 
 pub use batch::{batches, check_data, make_batch};
@@ -104,7 +105,8 @@ fn run_cached(
     let mut timings = Timings::default();
     if !matches!(cache, Some(c) if c.key == key) {
         let t = Instant::now();
-        let weights = quantize_weights(model, config);
+        let (weights, method_times) = prepare_weights(model, calib, config, cancel)?;
+        timings = method_times;
         timings.weights = ms(t);
         cancel.check()?;
         let t = Instant::now();
@@ -126,10 +128,35 @@ fn run_cached(
     timings.calibration += ms(t);
     let mut outcome = evaluate_params(model, params, eval, config, true, cancel)?;
     outcome.report.calib_samples = calibration.samples;
-    outcome.report.timings_ms.weights = timings.weights;
-    outcome.report.timings_ms.calibration = timings.calibration;
+    outcome.report.timings_ms = Timings {
+        eval: outcome.report.timings_ms.eval,
+        ..timings
+    };
     outcome.calibration = Some(calibration.clone());
     Ok(outcome)
+}
+
+/// Step 1 with the weight methods: quantized weights (nearest, then GPTQ and bias correction
+/// layer by layer on `calib` when `config` asks for them) and the time each method took.
+fn prepare_weights(
+    model: &Model,
+    calib: &Dataset,
+    config: &QuantConfig,
+    cancel: &Cancel,
+) -> Result<(Vec<Option<WeightQuant>>, Timings)> {
+    let mut weights = quantize_weights(model, config);
+    let mut timings = Timings::default();
+    if config.weight_rounding != crate::config::WeightRounding::Nearest || config.bias_correction {
+        check_data(model, calib)?;
+        let lt = layerwise::apply(model, config, &mut weights, calib, cancel)?;
+        if config.weight_rounding == crate::config::WeightRounding::Gptq {
+            timings.gptq = lt.stats + lt.gptq;
+            timings.bias_correction = lt.bias_correction;
+        } else {
+            timings.bias_correction = lt.stats + lt.bias_correction;
+        }
+    }
+    Ok((weights, timings))
 }
 
 /// Evaluates ready-made parameters (from calibration or a `--params` file) and builds the report.
@@ -176,24 +203,38 @@ pub fn evaluate_params(
     })
 }
 
-/// The weight-side settings of every weight layer: when they are unchanged, quantized weights
-/// and calibration histograms can be reused.
-fn weight_key(model: &Model, config: &QuantConfig) -> Vec<Option<crate::config::WeightSettings>> {
+/// What decides the quantized weights and the calibration histograms: each weight layer's
+/// settings and the weight methods.
+type WeightKey = (
+    Vec<Option<crate::config::WeightSettings>>,
+    (bool, bool, crate::config::WeightRounding, bool),
+);
+
+/// The weight-side settings of every weight layer and the weight methods: when they are
+/// unchanged, quantized weights and calibration histograms can be reused.
+fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
     // Float-kept layers are part of the key: they decide where the quantization points are.
-    model
+    let layers = model
         .weight_layers()
         .iter()
         .map(|&i| {
             let name = &model.layers[i].name;
             (!config.is_float(name)).then(|| config.weight_settings(name))
         })
-        .collect()
+        .collect();
+    let methods = (
+        config.bias_correction,
+        config.cle,
+        config.weight_rounding,
+        config.gptq_act_order,
+    );
+    (layers, methods)
 }
 
 /// What a [`Session`] keeps between runs: the weight settings it was made for, the quantized
 /// weights and the calibration histograms.
 struct Cached {
-    key: Vec<Option<crate::config::WeightSettings>>,
+    key: WeightKey,
     weights: Vec<Option<WeightQuant>>,
     calibration: Calibration,
 }
