@@ -129,6 +129,12 @@ fn add_batch(op: &Op, x: &Tensor, limit: usize, stats: &mut InputStats) -> Resul
             stats.count += n * g.out_pixels();
         }
         _ => {
+            if x.shape.last() != Some(&stats.k) {
+                return Err(format!(
+                    "expects a last axis of {}, got shape {:?}",
+                    stats.k, x.shape
+                ));
+            }
             stats.add(0, xs);
             stats.count += xs.len() / stats.k.max(1);
         }
@@ -148,18 +154,24 @@ pub fn input_stats(
     let layer = &model.layers[i];
     let (_, _, k) = layer.op.weight_rows().expect("weight layer");
     let groups = op_groups(&layer.op);
-    let empty = || InputStats::new(k, groups, second);
-    batches(data.n)
-        .into_par_iter()
-        .map(|(s, e)| -> Result<InputStats> {
-            cancel.check()?;
-            let x = forward_until(model, make_batch(model, data, s, e)?, i, limit)?;
-            let mut st = empty();
-            add_batch(&layer.op, &x, limit, &mut st)
-                .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
-            Ok(st)
-        })
-        .try_reduce(empty, |a, b| Ok(a.merge(b)))
+    let mut total = InputStats::new(k, groups, second);
+    // Batches run in parallel a few at a time and are summed in order, so that the sums (and
+    // the biases and roundings made from them) are the same bit for bit on every run.
+    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
+        let parts = chunk
+            .par_iter()
+            .map(|&(s, e)| -> Result<InputStats> {
+                cancel.check()?;
+                let x = forward_until(model, make_batch(model, data, s, e)?, i, limit)?;
+                let mut st = InputStats::new(k, groups, second);
+                add_batch(&layer.op, &x, limit, &mut st)
+                    .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
+                Ok(st)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        total = parts.into_iter().fold(total, InputStats::merge);
+    }
+    Ok(total)
 }
 
 /// The bias of a layer with float weights `w` quantized to `deq` (both [rows, k]), shifted by
