@@ -423,6 +423,15 @@ fn gptq_core_matches_the_reference_and_beats_nearest_rounding() {
 
 #[test]
 fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
+    let mlp = "--model mnist-mlp --weight-bits 3 --act-bits 4 --calib-samples 200 --bias-correction --weight-rounding gptq --gptq-act-order";
+    round_trip(mlp, "mnist-mlp", false);
+    let cnn = "--model mnist-cnn --weight-bits 4 --act-bits 4 --calib-samples 200 --cle --bias-correction";
+    round_trip(cnn, "mnist-cnn", true);
+}
+
+/// Exports with `flags`, evaluates with them, evaluates the exported file: the integer outputs
+/// agree bit for bit; the file still loads without the methods' fields.
+fn round_trip(flags: &str, model: &str, cle: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p.json");
     let (a, b) = (
@@ -434,20 +443,7 @@ fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
         a.to_str().unwrap(),
         b.to_str().unwrap(),
     );
-    let common = [
-        "--model",
-        "mnist-mlp",
-        "--weight-bits",
-        "3",
-        "--act-bits",
-        "4",
-        "--calib-samples",
-        "200",
-        "--bias-correction",
-        "--weight-rounding",
-        "gptq",
-        "--gptq-act-order",
-    ];
+    let common: Vec<&str> = flags.split(' ').collect();
     let (ok, _, err) = qscope(&[&["export", "--out", ps][..], &common].concat());
     assert!(ok, "{err}");
     let (ok, out, err) =
@@ -455,13 +451,21 @@ fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
     assert!(ok, "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["methods"]["bias_correction"], true);
-    assert_eq!(r["methods"]["weight_rounding"], "gptq");
-    assert_eq!(r["methods"]["gptq_act_order"], true);
-    assert_eq!(r["methods"]["cle"], false);
+    assert_eq!(
+        r["methods"]["weight_rounding"],
+        if cle { "nearest" } else { "gptq" }
+    );
+    assert_eq!(r["methods"]["gptq_act_order"], !cle);
+    assert_eq!(r["methods"]["cle"], cle);
+    assert_eq!(
+        r["cle_pairs"].as_array().unwrap().len(),
+        if cle { 3 } else { 0 }
+    );
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     for l in file["layers"].as_array().unwrap() {
         let w = &l["weight"];
+        // CLE leaves the last layer's bias alone; bias correction changes every bias.
         assert!(
             w["weights_int"].as_array().is_some_and(|v| !v.is_empty()),
             "{}",
@@ -476,7 +480,7 @@ fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
     let (ok, _, err) = qscope(&[
         "eval",
         "--model",
-        "mnist-mlp",
+        model,
         "--params",
         ps,
         "--save-outputs",
@@ -501,13 +505,7 @@ fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
         w.remove("bias");
     }
     let q = write(&dir, "old.json", old.to_string().as_bytes());
-    let (ok, _, err) = qscope(&[
-        "eval",
-        "--model",
-        "mnist-mlp",
-        "--params",
-        q.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = qscope(&["eval", "--model", model, "--params", q.to_str().unwrap()]);
     assert!(ok, "{err}");
 }
 
@@ -566,4 +564,157 @@ fn bad_method_fields_in_a_parameters_file_are_refused() {
         q.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("outside"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-layer equalization.
+
+/// conv 2→4 3×3 pad 1, relu, maxpool 2, depthwise conv 4→4 3×3 pad 1, relu, flatten (36),
+/// linear 36→5, relu, linear 5→3; output channels of very different sizes.
+fn chain_model(seed: u64) -> qscope::Model {
+    let mut rng = Rng(seed);
+    let mut spread = |rows: usize, k: usize| -> Vec<f32> {
+        let w = rng.vec(rows * k, -1.0, 1.0);
+        w.iter()
+            .enumerate()
+            .map(|(i, v)| v * 4f32.powi((i / k) as i32 % 4 - 2))
+            .collect()
+    };
+    let (w1, w2, w3, w4) = (spread(4, 18), spread(4, 9), spread(5, 36), spread(3, 5));
+    let mut rng = Rng(seed ^ 0xb1a5);
+    let spec = "input_shape = [2, 6, 6]\n\
+        [[layers]]\nname = \"c1\"\nop = \"conv2d\"\nweight = \"w1\"\nbias = \"b1\"\npadding = 1\n\
+        [[layers]]\nop = \"relu\"\n[[layers]]\nop = \"maxpool2d\"\nkernel = 2\n\
+        [[layers]]\nname = \"c2\"\nop = \"conv2d\"\nweight = \"w2\"\nbias = \"b2\"\npadding = 1\ngroups = 4\n\
+        [[layers]]\nop = \"relu\"\n[[layers]]\nop = \"flatten\"\n\
+        [[layers]]\nname = \"f1\"\nop = \"linear\"\nweight = \"w3\"\nbias = \"b3\"\n\
+        [[layers]]\nop = \"relu\"\n\
+        [[layers]]\nname = \"f2\"\nop = \"linear\"\nweight = \"w4\"\nbias = \"b4\"\n";
+    let bytes = safetensors_bytes(
+        &[
+            f32t("w1", &[4, 2, 3, 3], &w1),
+            f32t("b1", &[4], &rng.vec(4, -0.5, 0.5)),
+            f32t("w2", &[4, 1, 3, 3], &w2),
+            f32t("b2", &[4], &rng.vec(4, -0.5, 0.5)),
+            f32t("w3", &[5, 36], &w3),
+            f32t("b3", &[5], &rng.vec(5, -0.5, 0.5)),
+            f32t("w4", &[3, 5], &w4),
+            f32t("b4", &[3], &rng.vec(3, -0.5, 0.5)),
+        ],
+        Some(spec),
+    );
+    load_model_bytes("chain", "chain", &bytes, None).unwrap()
+}
+
+/// Weights of layer `name` as [rows][k] in f64, and its bias.
+fn layer_f64(m: &qscope::Model, name: &str) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let l = &m.layers[m.layer_index(name).unwrap()];
+    let (w, _, k) = l.op.weight_rows().unwrap();
+    let b = l.op.bias().unwrap().iter().map(|&v| v as f64).collect();
+    (rows_f64(w, k), b)
+}
+
+/// max |w| per output row, and per input channel of `second` (`per` features each; a
+/// depthwise conv's channel i is its row i).
+fn ranges_by_hand(
+    first: &[Vec<f64>],
+    second: &[Vec<f64>],
+    per: usize,
+    depthwise: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let amax = |s: &[f64]| s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let r1: Vec<f64> = first.iter().map(|r| amax(r)).collect();
+    let r2 = (0..first.len())
+        .map(|i| {
+            if depthwise {
+                amax(&second[i])
+            } else {
+                second
+                    .iter()
+                    .fold(0.0f64, |m, r| m.max(amax(&r[i * per..(i + 1) * per])))
+            }
+        })
+        .collect();
+    (r1, r2)
+}
+
+#[test]
+fn cle_keeps_the_float_function_and_equalizes_every_pair() {
+    let model = chain_model(0xc1e0_0001);
+    let (eq, report) = qscope::pipeline::cle::equalize(&model, &QuantConfig::default());
+    let names: Vec<(&str, &str)> = report
+        .iter()
+        .map(|p| (p.first.as_str(), p.second.as_str()))
+        .collect();
+    assert_eq!(names, [("c1", "c2"), ("c2", "f1"), ("f1", "f2")]);
+    let mut rng = Rng(7);
+    let x = rng.vec(16 * 72, -1.0, 2.0);
+    let a = qscope::engine::float::forward_flat(&model, &x, 16).unwrap();
+    let b = qscope::engine::float::forward_flat(&eq, &x, 16).unwrap();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() <= 1e-5 * scale, "{u} vs {v}");
+    }
+    for (first, second, per, dw) in [
+        ("c1", "c2", 1, true),
+        ("c2", "f1", 9, false),
+        ("f1", "f2", 1, false),
+    ] {
+        let (r1, r2) = ranges_by_hand(&layer_f64(&eq, first).0, &layer_f64(&eq, second).0, per, dw);
+        for (x, y) in r1.iter().zip(&r2) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.max(*y),
+                "{first}→{second}: {x} vs {y}"
+            );
+        }
+        let (o1, o2) = ranges_by_hand(
+            &layer_f64(&model, first).0,
+            &layer_f64(&model, second).0,
+            per,
+            dw,
+        );
+        let p = report.iter().find(|p| p.first == first).unwrap();
+        let spread = |r: &[f64]| {
+            r.iter().copied().fold(0.0, f64::max) / r.iter().copied().fold(f64::INFINITY, f64::min)
+        };
+        assert!((p.out_spread_before.unwrap() - spread(&o1)).abs() < 1e-9 * spread(&o1));
+        assert!((p.in_spread_before.unwrap() - spread(&o2)).abs() < 1e-9 * spread(&o2));
+        assert!((p.out_spread_after.unwrap() - spread(&r1)).abs() < 1e-6 * spread(&r1));
+    }
+    // Kept in float, a layer takes part in no pair.
+    let c = QuantConfig {
+        keep_float: vec!["c2".into()],
+        ..Default::default()
+    };
+    let (_, report) = qscope::pipeline::cle::equalize(&model, &c);
+    assert_eq!(report.len(), 1);
+    assert_eq!(
+        (report[0].first.as_str(), report[0].second.as_str()),
+        ("f1", "f2")
+    );
+}
+
+#[test]
+fn cle_on_one_pair_applies_the_papers_scales() {
+    let t = tiny(0xc1e0_0002);
+    let (eq, report) = qscope::pipeline::cle::equalize(&t.model, &QuantConfig::default());
+    assert_eq!(report.len(), 1);
+    let (w1, w2) = (rows_f64(&t.w1, 18), rows_f64(&t.w2, 48));
+    let (r1, r2) = ranges_by_hand(&w1, &w2, 16, false);
+    // s_i = (1/r2_i)·√(r1_i·r2_i): layer 1's channel i / s_i, layer 2's inputs of channel i · s_i.
+    let s: Vec<f64> = (0..3).map(|i| (r1[i] * r2[i]).sqrt() / r2[i]).collect();
+    let ((e1, eb1), (e2, _)) = (layer_f64(&eq, "c"), layer_f64(&eq, "f"));
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (a.abs() + b.abs()) + 1e-12;
+    for i in 0..3 {
+        assert!(
+            w1[i].iter().zip(&e1[i]).all(|(a, b)| close(a / s[i], *b)),
+            "conv row {i}"
+        );
+        assert!(close(t.b1[i] as f64 / s[i], eb1[i]), "bias {i}");
+    }
+    for (o, row) in w2.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            assert!(close(v * s[c / 16], e2[o][c]), "linear [{o}, {c}]");
+        }
+    }
 }
