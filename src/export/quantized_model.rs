@@ -347,7 +347,11 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
             .collect();
         tensors.insert(format!("{l}.bias"), i32s(vec![rows], &ibias));
     }
-    let pf = ParamsFile::from_params(model, params);
+    let mut pf = ParamsFile::from_params(model, params);
+    // The integer weights are the file's tensors: the embedded parameters need not repeat them.
+    for w in pf.layers.iter_mut().filter_map(|l| l.weight.as_mut()) {
+        w.weights_int = None;
+    }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(SPEC_KEY.to_string(), spec_of(model).to_toml());

@@ -497,6 +497,24 @@ fn round_trip(flags: &str, model: &str, cle: bool) {
         quant(&b),
         "--params reproduces the integer outputs"
     );
+    // So does a quantized model file (§6) written with the same flags.
+    let m = dir.path().join("m.safetensors");
+    let (ms, cs) = (m.to_str().unwrap(), dir.path().join("c.safetensors"));
+    let (ok, _, err) = qscope(&[&["export", "--out", ms][..], &common].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = qscope(&[
+        "eval",
+        "--model",
+        ms,
+        "--save-outputs",
+        cs.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        quant(&a),
+        quant(&cs),
+        "the quantized model file reproduces them"
+    );
     // Without the fields the file still loads (the float weights are quantized again).
     let mut old = file.clone();
     for l in old["layers"].as_array_mut().unwrap() {
