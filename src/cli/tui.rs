@@ -27,14 +27,8 @@ pub fn main(c: &Common, out: Option<&Path>) -> Result<()> {
 #[cfg(feature = "tui")]
 fn run(c: &Common, out: Option<&Path>) -> Result<()> {
     let s = super::setup::setup(c)?;
-    let seed = s.params.map(|p| {
-        (
-            p,
-            c.params
-                .as_ref()
-                .map_or(String::new(), |f| f.display().to_string()),
-        )
-    });
+    let origin = s.params_origin.clone().unwrap_or_default();
+    let seed = s.params.map(|p| (p, origin));
     qscope::tui::run(
         s.model,
         s.calib,

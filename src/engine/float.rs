@@ -305,7 +305,7 @@ pub fn forward_flat(model: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
 
 /// A batch of one sample of zeros (ids 0, mask 1) for every graph input, when every
 /// dimension is known.
-fn zero_sample(model: &Model) -> Option<Vec<Tensor>> {
+pub(crate) fn zero_sample(model: &Model) -> Option<Vec<Tensor>> {
     model
         .inputs
         .iter()

@@ -256,12 +256,6 @@ fn quantization_config(model: &Model, params: &ModelParams) -> serde_json::Value
 /// checked to reproduce `params` exactly before it is returned.
 pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<u8>> {
     let label = format!("quantized {}", model.name);
-    if model.spec().is_none() {
-        return Err(Error::format(
-            &label,
-            "a quantized .safetensors of an ONNX model is not written yet; export the parameters (.json/.toml) instead",
-        ));
-    }
     ParamsFile::from_params(model, params)
         .resolve(&label, model, false, WeightInts::FromModel)
         .map_err(|e| {
@@ -354,7 +348,13 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    meta.insert(SPEC_KEY.to_string(), spec_of(model).to_toml());
+    if model.spec().is_some() {
+        meta.insert(SPEC_KEY.to_string(), spec_of(model).to_toml());
+    } else {
+        let (graph, consts) = super::onnx::embed::embed(model)?;
+        meta.insert(super::onnx::embed::GRAPH_KEY.to_string(), graph);
+        tensors.extend(consts);
+    }
     meta.insert(PARAMS_KEY.to_string(), pf.to_json());
     meta.insert(
         QUANT_CONFIG_KEY.to_string(),
@@ -427,13 +427,23 @@ pub struct QuantizedModel {
 pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel> {
     let file = TensorFile::parse(label, bytes)?;
     let spec_key = SPEC_KEY;
-    let spec_text = file.metadata(spec_key).ok_or_else(|| {
-        Error::format(
-            label,
-            format!("a quantized model needs its spec in __metadata__ '{spec_key}'"),
-        )
-    })?;
-    let spec = Spec::parse(&format!("{label} (embedded {spec_key})"), spec_text)?;
+    let graph = file.metadata(super::onnx::embed::GRAPH_KEY);
+    let spec = match (file.metadata(spec_key), graph) {
+        (Some(text), _) => Some(Spec::parse(
+            &format!("{label} (embedded {spec_key})"),
+            text,
+        )?),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(Error::format(
+                label,
+                format!(
+                    "a quantized model needs its spec in __metadata__ '{spec_key}' (or its graph in '{}')",
+                    super::onnx::embed::GRAPH_KEY
+                ),
+            ));
+        }
+    };
     let params_text = file
         .metadata(PARAMS_KEY)
         .ok_or_else(|| Error::format(label, format!("a quantized model needs its parameters in __metadata__ '{PARAMS_KEY}' (bits and schemes are not in the tensors)")))?;
@@ -445,15 +455,20 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
     let mut ints: HashMap<String, Vec<i8>> = HashMap::new();
     let mut float: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut int_bias: HashMap<String, Vec<i32>> = HashMap::new();
-    for ls in spec
-        .layers
-        .iter()
-        .filter(|l| l.op == "linear" || l.op == "conv2d")
-    {
-        let name = ls
-            .name
-            .clone()
-            .ok_or_else(|| Error::spec(label, "a quantized model's spec names every layer"))?;
+    let names: Vec<String> = match &spec {
+        Some(spec) => spec
+            .layers
+            .iter()
+            .filter(|l| l.op == "linear" || l.op == "conv2d")
+            .map(|ls| {
+                ls.name
+                    .clone()
+                    .ok_or_else(|| Error::spec(label, "a quantized model's spec names every layer"))
+            })
+            .collect::<Result<_>>()?,
+        None => pf.layers.iter().map(|l| l.name.clone()).collect(),
+    };
+    for name in names {
         let wname = format!("{name}.weight");
         let bname = format!("{name}.bias");
         if !file.contains(&format!("{name}.weight_scale")) {
@@ -544,15 +559,60 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         int_bias.insert(name.clone(), b.into_iter().map(|v| v as i32).collect());
         float.insert(bname, f32s(vec![shape[0]], &vec![0.0; shape[0]]));
     }
-    let spec_text = spec.to_toml();
-    let shell = st::serialize(&float, &BTreeMap::new());
-    let name = spec.name.clone().unwrap_or_else(|| "model".into());
-    let mut model = load_model_bytes(
-        label,
-        &name,
-        &shell,
-        Some((&format!("{label} (embedded {spec_key})"), &spec_text)),
-    )?;
+    let mut model = match (&spec, graph) {
+        (Some(spec), _) => {
+            let spec_text = spec.to_toml();
+            let shell = st::serialize(&float, &BTreeMap::new());
+            let name = spec.name.clone().unwrap_or_else(|| "model".into());
+            load_model_bytes(
+                label,
+                &name,
+                &shell,
+                Some((&format!("{label} (embedded {spec_key})"), &spec_text)),
+            )?
+        }
+        (None, graph) => {
+            let shapes = float
+                .iter()
+                .filter_map(|(k, t)| {
+                    Some((k.strip_suffix(".weight")?.to_string(), t.shape.clone()))
+                })
+                .collect();
+            let b64 = graph.expect("checked above");
+            let mut m = super::onnx::embed::model_from_embedding(
+                label,
+                &pf.model.name,
+                &file,
+                b64,
+                &shapes,
+            )?;
+            // Float layers: their stored weights (quantized ones are filled in below).
+            for (i, l) in m.layers.iter_mut().enumerate() {
+                let (Some(w), Some(b)) = (
+                    float.get(&format!("{}.weight", l.name)),
+                    float.get(&format!("{}.bias", l.name)),
+                ) else {
+                    continue;
+                };
+                if ints.contains_key(&l.name) {
+                    continue;
+                }
+                let (dw, db) = l.op.weight_bias_mut().ok_or_else(|| {
+                    Error::format(label, format!("node {i} '{}' holds no weights", l.name))
+                })?;
+                if dw.len() != w.len_f32() || db.len() != b.len_f32() {
+                    return Err(Error::tensor(
+                        label,
+                        format!("{}.weight", l.name),
+                        "does not fit the embedded graph's node",
+                    ));
+                }
+                dw.copy_from_slice(&w.to_f32());
+                db.copy_from_slice(&b.to_f32());
+            }
+            m
+        }
+    };
     model.sha256 = pf.model.sha256.clone();
 
     // The parameters, from the stored integers.

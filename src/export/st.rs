@@ -41,6 +41,22 @@ impl Tensor {
             data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
+    /// The values of an F32 tensor (empty for another dtype).
+    pub fn to_f32(&self) -> Vec<f32> {
+        if self.dtype != Dtype::F32 {
+            return Vec::new();
+        }
+        self.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// Number of f32 values (bytes / 4).
+    pub fn len_f32(&self) -> usize {
+        self.data.len() / 4
+    }
+
     /// I8 values.
     pub fn i8(shape: Vec<usize>, v: &[i8]) -> Tensor {
         Tensor {

@@ -188,7 +188,8 @@ fn shape_str(shape: &[usize]) -> String {
 }
 
 impl App {
-    /// A UI over `model` with `config`; `seed` is loaded parameters and the file they came from.
+    /// A UI over `model` with `config`; `seed` is loaded parameters and where they came from
+    /// ("loaded from FILE", "read from the Q/DQ nodes of FILE", …).
     pub fn new(
         model: &Model,
         calib_samples: usize,
@@ -339,7 +340,7 @@ impl App {
         })
     }
 
-    fn say(&mut self, text: impl Into<String>) {
+    pub fn say(&mut self, text: impl Into<String>) {
         self.status = Some(Status {
             text: text.into(),
             error: false,
@@ -364,6 +365,10 @@ impl App {
             Event::Resize(w, h) => self.resize(w, h),
             Event::Tick => Vec::new(),
             Event::Worker(msg) => self.worker(msg),
+            Event::Exported { path, result } => {
+                self.exported(&path, result);
+                Vec::new()
+            }
         }
     }
 
@@ -466,7 +471,7 @@ impl App {
     /// What the event loop reports after writing an export.
     pub fn exported(&mut self, path: &std::path::Path, result: Result<(), String>) {
         match result {
-            Ok(()) => self.say(format!("exported the parameters to {}", path.display())),
+            Ok(()) => self.say(format!("exported to {}", path.display())),
             Err(e) => self.error(format!("export failed: {e}")),
         }
     }

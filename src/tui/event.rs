@@ -21,6 +21,13 @@ pub enum Event {
     Tick,
     /// The worker reports.
     Worker(WorkerMsg),
+    /// An export finished (where it wrote, or why it failed).
+    Exported {
+        /// The file.
+        path: std::path::PathBuf,
+        /// `Err`: one line saying what went wrong.
+        result: Result<(), String>,
+    },
 }
 
 /// Reads terminal events until `stop` is set or the receiver is gone, sending a `Tick` whenever

@@ -29,8 +29,9 @@ use worker::{SessionEngine, Worker};
 /// How often the screen refreshes without input ("computed N s ago").
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// Runs the UI until the user quits. `seed` is parameters loaded with `--params` and the file
-/// they came from; `export_path` is where the export key writes (default: MODEL.params.json).
+/// Runs the UI until the user quits. `seed` is parameters loaded with `--params` (or from a
+/// QDQ or quantized model file) and where they came from;
+/// `export_path` is where the export key writes (default: MODEL.params.json).
 /// The terminal is restored on return, on error and on a panic.
 pub fn run(
     model: Model,
@@ -44,30 +45,54 @@ pub fn run(
     if let Some(p) = export_path {
         app.export_path = p;
     }
-    let export_model = model.clone();
+    let export_model = Arc::new(model.clone());
     let mut tui = Tui::enter()?;
     let size = tui.terminal.size()?;
     app.size = (size.width, size.height);
     let (tx, rx) = channel();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_input(tx.clone(), stop.clone(), TICK)?;
+    let exports = Exports {
+        model: export_model,
+        tx: tx.clone(),
+    };
     let worker = Worker::spawn(SessionEngine::new(model, calib, eval), tx)?;
-    let result = event_loop(&mut tui, &mut app, &worker, &rx, &export_model);
+    let result = event_loop(&mut tui, &mut app, &worker, &rx, &exports);
     stop.store(true, Ordering::Relaxed);
     drop(worker);
     drop(tui);
     result
 }
 
-fn perform(effects: Vec<Effect>, app: &mut App, worker: &Worker, model: &Model) {
+/// Where exports run: a thread of their own per export (a QDQ ONNX file of a large model takes
+/// a while to write), reporting back through the UI's event channel.
+struct Exports {
+    model: Arc<Model>,
+    tx: std::sync::mpsc::Sender<Event>,
+}
+
+fn perform(effects: Vec<Effect>, app: &mut App, worker: &Worker, exports: &Exports) {
     for e in effects {
         match e {
             Effect::Submit(job) => worker.submit(job),
             Effect::Export { path, params } => {
                 let shown = std::path::absolute(&path).unwrap_or(path.clone());
-                let r =
-                    crate::export::save_params(&path, model, &params).map_err(|e| e.to_string());
-                app.exported(&shown, r);
+                app.say(format!("exporting to {}…", shown.display()));
+                let (model, tx, target) =
+                    (exports.model.clone(), exports.tx.clone(), shown.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("qscope-export".into())
+                    .spawn(move || {
+                        let result = crate::export::save_params(&path, &model, &params)
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(Event::Exported {
+                            path: shown,
+                            result,
+                        });
+                    });
+                if let Err(e) = spawned {
+                    app.exported(&target, Err(format!("could not start the export: {e}")));
+                }
             }
         }
     }
@@ -78,10 +103,10 @@ fn event_loop(
     app: &mut App,
     worker: &Worker,
     rx: &Receiver<Event>,
-    model: &Model,
+    exports: &Exports,
 ) -> std::io::Result<()> {
     let first = app.start();
-    perform(first, app, worker, model);
+    perform(first, app, worker, exports);
     while !app.quit {
         tui.terminal.draw(|f| ui::render(app, f))?;
         let Ok(ev) = rx.recv() else { break };
@@ -93,7 +118,7 @@ fn event_loop(
                 Err(_) => break,
             }
         }
-        perform(effects, app, worker, model);
+        perform(effects, app, worker, exports);
     }
     Ok(())
 }

@@ -375,7 +375,7 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
     ];
     if let Some(l) = app.loaded_label() {
         spans.push(Span::styled(
-            format!(" · parameters loaded from {l}"),
+            format!(" · parameters {l}"),
             Style::new().fg(Color::Magenta),
         ));
     }

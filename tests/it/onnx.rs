@@ -66,6 +66,11 @@ fn float_engine_matches_onnx_runtime_on_every_fixture() {
             "tests/fixtures/onnx/bert_dynamo.onnx",
             "tests/fixtures/onnx/bert_dynamo.ref.npz",
         ),
+        // auto_pad SAME_UPPER / SAME_LOWER on convs (stride 2, odd input) and pools.
+        (
+            "tests/fixtures/onnx/autopad.onnx",
+            "tests/fixtures/onnx/autopad.ref.npz",
+        ),
     ] {
         let e = relative_error_vs_ort(model, reference);
         eprintln!("{model}: max |qscope - ORT| / max |ORT| = {e:.2e}");

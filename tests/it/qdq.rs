@@ -157,7 +157,18 @@ fn inits<'a>(om: &'a OModel<'a>) -> HashMap<&'a str, &'a TensorProto<'a>> {
 
 /// A tensor's values as i64 (INT8/UINT8/INT32 raw little-endian) or f32.
 fn ints_of(t: &TensorProto<'_>) -> Vec<i64> {
-    let raw = t.as_raw().unwrap();
+    let Some(raw) = t.as_raw() else {
+        // Small integer types may sit one per int32 (ORT writes zero points so).
+        return t
+            .as_i32()
+            .unwrap()
+            .iter()
+            .map(|&v| match t.data_type() {
+                DataType::Int8 => v as i8 as i64,
+                _ => v as i64,
+            })
+            .collect();
+    };
     match t.data_type() {
         DataType::Int8 => raw.iter().map(|&b| b as i8 as i64).collect(),
         DataType::Uint8 => raw.iter().map(|&b| b as i64).collect(),
@@ -170,6 +181,9 @@ fn ints_of(t: &TensorProto<'_>) -> Vec<i64> {
 }
 
 fn f32s_of(t: &TensorProto<'_>) -> Vec<f32> {
+    if t.as_raw().is_none() {
+        return t.as_f32().unwrap().to_vec();
+    }
     t.as_raw()
         .unwrap()
         .chunks(4)
@@ -467,4 +481,141 @@ fn cli_exports_a_qdq_file_that_eval_opens_with_its_parameters() {
             .unwrap()
             .starts_with("TRT-100300-EntropyCalibration2\ninput: ")
     );
+}
+
+/// The graph inputs of `m` from an npz that ORT's fixture script wrote.
+fn npz_inputs(m: &Model, reference: &Dataset) -> Vec<qscope::engine::tensor::Tensor> {
+    m.inputs
+        .iter()
+        .map(|gi| {
+            let name = &m.values[gi.value].name;
+            let t = reference.named_rows(name, 0, reference.n).unwrap();
+            match gi.dtype {
+                qscope::model::DType::F32 => {
+                    qscope::engine::tensor::Tensor::f32(t.shape.clone(), t.to_f32_vec())
+                }
+                _ => t,
+            }
+        })
+        .collect()
+}
+
+/// qscope's integer engine on a model that ONNX Runtime's quantize_static wrote, against ORT's
+/// own run of it (Q/DQ executed as written): returns (qscope, ORT) outputs and the params.
+fn ort_quantized(name: &str) -> (Vec<f32>, Vec<f32>, Model, ModelParams) {
+    let path = fixture(&format!("tests/fixtures/onnx/{name}.ortq.onnx"));
+    let (m, q) = load_onnx_qdq(&path).unwrap();
+    let p = qdq_params(name, &m, &q.expect("ORT's file is QDQ"))
+        .unwrap()
+        .params;
+    let r = load_dataset(&fixture(&format!(
+        "tests/fixtures/onnx/{name}.ortq.ref.npz"
+    )))
+    .unwrap();
+    let int = qscope::engine::int::IntModel::new(&m, &p, usize::MAX);
+    let out = int.forward(npz_inputs(&m, &r), |_, _, _, _| {}).unwrap();
+    let want = r.named_rows("output", 0, r.n).unwrap().to_f32_vec();
+    (out[0].to_f32_vec(), want, m, p)
+}
+
+#[test]
+fn a_resnet_quantized_by_onnx_runtime_runs_in_qscope_with_orts_parameters() {
+    let (got, want, m, p) = ort_quantized("resnet_ts");
+    // ORT's parameters, read from the file here with onnx-rs: the stem conv's output pair.
+    let bytes = std::fs::read(fixture("tests/fixtures/onnx/resnet_ts.ortq.onnx")).unwrap();
+    let om = onnx_rs::parse(&bytes).unwrap();
+    let inits = inits(&om);
+    let stem = p
+        .by_name("/stem/stem.0/Conv")
+        .unwrap()
+        .act
+        .as_ref()
+        .unwrap()
+        .qparams;
+    let s = f32s_of(inits["/stem/stem.2/Relu_output_0_scale"]);
+    let z = ints_of(inits["/stem/stem.2/Relu_output_0_zero_point"]);
+    assert_eq!((stem.scale, stem.zero_point as i64), (s[0], z[0] - 128));
+    assert!(
+        p.layers.iter().all(|l| l.weight.is_some()),
+        "every conv fixed"
+    );
+    // The float graph has the Relus that ORT's quantizer dropped put back.
+    assert!(m.notes.iter().any(|n| n.contains("Relu")), "{:?}", m.notes);
+    // Outputs: the same class on ≥ 99% of the 200 digits, within a few output steps.
+    let out_scale = p.layers.last().unwrap().act.as_ref().unwrap().qparams.scale;
+    let classes = |v: &[f32]| -> Vec<usize> {
+        v.chunks(10)
+            .map(|r| (0..10).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
+            .collect()
+    };
+    let (a, b) = (classes(&got), classes(&want));
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    let steps = got
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| ((x - y) / out_scale).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("resnet_ts.ortq: agreement with ORT {agree:.4}, max {steps:.1} output steps");
+    assert!(agree >= 0.99, "{agree}");
+    assert!(steps <= 4.0, "{steps} steps");
+}
+
+#[test]
+fn a_bert_quantized_by_onnx_runtime_runs_in_qscope_close_to_orts_own_run() {
+    let (got, want, _, p) = ort_quantized("bert_ts");
+    assert!(p.layers.iter().all(|l| l.weight.is_some()));
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in got.iter().zip(&want) {
+        dot += (*x as f64) * (*y as f64);
+        na += (*x as f64).powi(2);
+        nb += (*y as f64).powi(2);
+    }
+    let cos = dot / (na.sqrt() * nb.sqrt());
+    eprintln!("bert_ts.ortq: cosine with ORT {cos:.6}");
+    assert!(cos > 0.999, "{cos}");
+}
+
+#[test]
+fn a_quantized_safetensors_of_an_onnx_graph_stands_alone_and_reproduces_the_run() {
+    for name in ["mnist-resnet", "bert"] {
+        let (m, calib, eval) = setup(name);
+        let p = run(&m, &calib, &eval, &QuantConfig::default(), &Cancel::new())
+            .unwrap()
+            .params;
+        let bytes = qscope::export::quantized_model::quantized_model_bytes(&m, &p).unwrap();
+        // Weights are stored [out, in…] under the ONNX node names, whatever the source layout
+        // (a MatMul's [K, N] initializer is transposed); read here with the safetensors crate.
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for lp in &p.layers {
+            let t = st.tensor(&format!("{}.weight", lp.name)).unwrap();
+            let q = &lp.weight.as_ref().unwrap().q;
+            assert_eq!(t.shape()[0], q.rows, "{name} {}", lp.name);
+            assert_eq!(t.shape()[1..].iter().product::<usize>(), q.cols);
+            let ints: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
+            assert_eq!(ints, q.q, "{name} {}", lp.name);
+        }
+        let back = qscope::export::load_quantized_bytes(name, &bytes).unwrap();
+        assert_eq!(back.model.layers.len(), m.layers.len(), "{name}");
+        let config = QuantConfig {
+            save_outputs: true,
+            ..QuantConfig::default()
+        };
+        let a = quant_outputs(&m, p, &eval);
+        let b = evaluate_params(
+            &back.model,
+            back.params,
+            &eval,
+            &config,
+            false,
+            &Cancel::new(),
+        )
+        .unwrap()
+        .saved
+        .unwrap()
+        .quant;
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: the quantized file's integer outputs differ"
+        );
+    }
 }

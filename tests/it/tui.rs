@@ -351,7 +351,7 @@ fn loaded_parameters_seed_the_ui_and_a_change_recalibrates() {
         calib.n,
         eval.n,
         QuantConfig::default(),
-        Some((params, "fc2-int4.json".into())),
+        Some((params, "loaded from fc2-int4.json".into())),
     );
     app.size = (160, 48);
     assert_eq!(

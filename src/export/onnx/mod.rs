@@ -2,6 +2,7 @@
 //! QuantizeLinear/DequantizeLinear (QDQ) nodes that ONNX Runtime, TensorRT and NPU compilers
 //! read (formats.md §6b). Opset 21; node and tensor names are the model's.
 
+pub mod embed;
 pub mod proto;
 pub mod qdq;
 pub mod writer;
@@ -33,6 +34,16 @@ pub fn onnx_model_bytes(
     params: Option<&ModelParams>,
     opts: QdqOptions,
 ) -> Result<Vec<u8>> {
+    Ok(onnx_graph(model, params, opts)?.0.encode())
+}
+
+/// The ONNX graph of `model` (float, or with `params` as Q/DQ) and the names of its float
+/// weight-layer initializers.
+pub fn onnx_graph(
+    model: &Model,
+    params: Option<&ModelParams>,
+    opts: QdqOptions,
+) -> Result<(proto::OGraph, Vec<String>)> {
     let mut w = Writer::new(model);
     w.constants();
     w.inputs();
@@ -85,7 +96,7 @@ pub fn onnx_model_bytes(
         let file = crate::export::ParamsFile::from_params(model, p);
         w.g.metadata.push((PARAMS_KEY.into(), file.to_json()));
     }
-    Ok(w.g.encode())
+    Ok((w.g, w.weight_inits))
 }
 
 /// The input normalization as the graph's first nodes: (x − mean) · (1/std) per channel, as

@@ -152,6 +152,7 @@ pub fn weights(
         let (dims, data) = float_layout(layout, weight, bias.len());
         let wn = w.init(OTensor::f32(&format!("{name}_weight"), &dims, &data));
         let bn = w.init(OTensor::f32(&format!("{name}_bias"), &[bias.len()], bias));
+        w.weight_inits.extend([wn.clone(), bn.clone()]);
         return Ok((wn, bn));
     };
     let q = &wq.q;
@@ -299,6 +300,18 @@ fn weight_blocks(
             vec![("axis", AttrValue::Int(out_axis))],
         ),
         Granularity::Group(n) => {
+            let reduce = match layout {
+                Layout::Conv([_, i, kh, kw]) => i * kh * kw,
+                _ => cols,
+            };
+            if !reduce.is_multiple_of(n) {
+                return Err(Error::format(
+                    "--out",
+                    format!(
+                        "layer '{name}': groups of {n} do not divide its {reduce} inputs, and a blocked DequantizeLinear needs whole blocks (choose a group size that divides {reduce})"
+                    ),
+                ));
+            }
             let g = q.groups();
             let at = |r: usize, k: usize| q.param(r, k);
             let (sdims, order, axis, block): (Vec<usize>, Vec<(usize, usize)>, i64, usize) =

@@ -16,6 +16,9 @@ pub struct Writer<'m> {
     pub model: &'m Model,
     /// The ONNX graph so far.
     pub g: OGraph,
+    /// Names of the float weight and bias initializers of weight layers (what a quantized
+    /// model file stores itself, so its embedded graph leaves them out).
+    pub weight_inits: Vec<String>,
     read: Vec<String>,
     taken: HashSet<String>,
     node_names: HashSet<String>,
@@ -42,6 +45,7 @@ impl<'m> Writer<'m> {
                 name: model.name.clone(),
                 ..Default::default()
             },
+            weight_inits: Vec::new(),
             read,
             taken,
             node_names: HashSet::new(),

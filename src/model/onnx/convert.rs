@@ -69,14 +69,23 @@ pub fn pads4(v: &[i64]) -> Result<[usize; 4], String> {
     }
 }
 
-fn no_auto_pad(a: &Attrs) -> Result<(), String> {
+/// The node's `auto_pad`: `None` for explicit pads (NOTSET) or none (VALID), `Some(upper)`
+/// for SAME_UPPER / SAME_LOWER, whose pads depend on the input size and are set once shapes are
+/// known (see `resolve_auto_pad`).
+pub fn auto_pad(a: &Attrs) -> Result<Option<bool>, String> {
     match a.string("auto_pad").as_deref() {
-        None | Some("NOTSET") | Some("VALID") | Some("") => Ok(()),
+        None | Some("NOTSET") | Some("VALID") | Some("") => Ok(None),
+        Some("SAME_UPPER") => Ok(Some(true)),
+        Some("SAME_LOWER") => Ok(Some(false)),
         Some(p) => Err(format!(
-            "auto_pad {} is not supported yet; export with explicit pads",
+            "auto_pad {} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER",
             crate::error::clip(p, crate::error::NAME_MAX)
         )),
     }
+}
+
+fn no_auto_pad(a: &Attrs) -> Result<(), String> {
+    auto_pad(a).map(|_| ())
 }
 
 fn pool(a: &Attrs, max: bool) -> Result<Op, String> {

@@ -3,6 +3,7 @@
 //! batchnorm folded into the conv before it and MatMul + bias Add fused.
 
 mod attrs;
+mod autopad;
 mod convert;
 mod gelu;
 mod passes;
@@ -51,6 +52,8 @@ pub(crate) struct Importer {
     pub normalize: bool,
     /// Relu nodes put back where a Q/DQ pair starting at 0 stood for them.
     pub restored_relus: usize,
+    /// Conv/pool nodes with auto_pad SAME_UPPER (true) or SAME_LOWER (false), by name.
+    pub auto_pad: HashMap<String, bool>,
 }
 
 /// What a QDQ file fixes: activation pairs by tensor name, and weight layers' integer weights
@@ -156,6 +159,7 @@ pub fn load_onnx_bytes_qdq(
         weight_src: HashMap::new(),
         normalize: false,
         restored_relus: 0,
+        auto_pad: HashMap::new(),
     };
     let meta = |k: &str| {
         proto
@@ -263,6 +267,7 @@ pub fn load_onnx_bytes_qdq(
         model.input_mean = mean;
         model.input_std = std;
     }
+    autopad::resolve(&mut model, &imp.auto_pad)?;
     crate::engine::float::infer_shapes(&mut model)?;
     let qdq = imp.qdq.any().then(|| QdqImport {
         acts: imp
@@ -432,6 +437,9 @@ fn read_nodes(
             continue;
         }
         let pending = convert::convert(node).map_err(err)?;
+        if let Some(upper) = convert::auto_pad(&attrs::Attrs::of(node)).map_err(err)? {
+            imp.auto_pad.insert(name.clone(), upper);
+        }
         let mut inputs = Vec::with_capacity(node.input.len());
         for inp in &node.input {
             if inp.is_empty() {
