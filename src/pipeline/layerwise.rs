@@ -166,7 +166,12 @@ pub fn input_stats(
                 super::calibrate::check_finite(model, data, s, &inputs)?;
                 let x = forward_until(model, inputs, i, limit)?;
                 if x.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
-                    return Err(super::calibrate::float_overflow(model, data, s, &layer.name));
+                    return Err(super::calibrate::float_overflow(
+                        model,
+                        data,
+                        s,
+                        &layer.name,
+                    ));
                 }
                 let mut st = InputStats::new(k, groups, second);
                 add_batch(&layer.op, &x, limit, &mut st)

@@ -699,6 +699,13 @@ fn cle_keeps_the_float_function_and_equalizes_every_pair() {
         assert!((p.in_spread_before.unwrap() - spread(&o2)).abs() < 1e-9 * spread(&o2));
         assert!((p.out_spread_after.unwrap() - spread(&r1)).abs() < 1e-6 * spread(&r1));
     }
+    // ReLU6 is not crossed: its bound would have to change per channel.
+    let mut relu6 = model.clone();
+    assert!(matches!(relu6.layers[1].op, qscope::model::Op::Relu));
+    relu6.layers[1].op = qscope::model::Op::Clip { min: 0.0, max: 6.0 };
+    let (_, report) = qscope::pipeline::cle::equalize(&relu6, &QuantConfig::default());
+    let names: Vec<&str> = report.iter().map(|p| p.first.as_str()).collect();
+    assert_eq!(names, ["c2", "f1"]);
     // Kept in float, a layer takes part in no pair.
     let c = QuantConfig {
         keep_float: vec!["c2".into()],
