@@ -39,9 +39,59 @@ pub struct QuantConfig {
     pub layers: BTreeMap<String, LayerOverride>,
     /// Largest tensor a node may make, per sample, in MiB of f32 (refused above it).
     pub max_tensor_mib: u64,
+    /// Empirical bias correction after weight quantization (`--bias-correction`).
+    pub bias_correction: bool,
+    /// Cross-layer equalization of the float weights before quantization (`--cle`).
+    pub cle: bool,
+    /// How weights are rounded onto their grid (`--weight-rounding`).
+    pub weight_rounding: WeightRounding,
+    /// GPTQ visits columns in order of decreasing Hessian diagonal (`--gptq-act-order`).
+    pub gptq_act_order: bool,
     /// Keep the float and quantized outputs of the evaluation (`eval --save-outputs`).
     #[serde(skip)]
     pub save_outputs: bool,
+}
+
+/// How weights are rounded onto the grid their scales define (the scales are chosen first, by
+/// the weight strategy; only the rounding differs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRounding {
+    /// Round to nearest (half away from zero).
+    #[default]
+    Nearest,
+    /// GPTQ (Frantar et al. 2022): column by column with error feedback through the inverse
+    /// Hessian of the layer's calibration inputs.
+    Gptq,
+}
+
+impl WeightRounding {
+    /// The name used by flags, config files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightRounding::Nearest => "nearest",
+            WeightRounding::Gptq => "gptq",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightRounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightRounding {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "nearest" => Ok(WeightRounding::Nearest),
+            "gptq" => Ok(WeightRounding::Gptq),
+            _ => Err(format!(
+                "unknown weight rounding '{s}' (expected nearest or gptq)"
+            )),
+        }
+    }
 }
 
 /// Per-layer settings that differ from the global ones (unset = global).
@@ -133,6 +183,10 @@ impl Default for QuantConfig {
             keep_float: Vec::new(),
             layers: BTreeMap::new(),
             max_tensor_mib: 1024,
+            bias_correction: false,
+            cle: false,
+            weight_rounding: WeightRounding::Nearest,
+            gptq_act_order: false,
             save_outputs: false,
         }
     }
@@ -157,6 +211,12 @@ impl QuantConfig {
     /// The per-sample element limit of any tensor a node makes.
     pub fn max_sample_elems(&self) -> usize {
         usize::try_from(self.max_tensor_mib.saturating_mul(1 << 20) / 4).unwrap_or(usize::MAX)
+    }
+
+    /// Whether a method changes weights or biases beyond rounding to nearest (bias correction,
+    /// CLE, GPTQ): exported parameters then carry the integer weights and biases.
+    pub fn changes_weights(&self) -> bool {
+        self.bias_correction || self.cle || self.weight_rounding != WeightRounding::Nearest
     }
 
     /// Whether weight layer `name` stays in float.
@@ -314,6 +374,14 @@ pub struct ConfigFile {
     pub act_scheme: Option<Scheme>,
     /// See [`QuantConfig::keep_float`].
     pub keep_float: Option<Vec<String>>,
+    /// See [`QuantConfig::bias_correction`].
+    pub bias_correction: Option<bool>,
+    /// See [`QuantConfig::cle`].
+    pub cle: Option<bool>,
+    /// See [`QuantConfig::weight_rounding`].
+    pub weight_rounding: Option<WeightRounding>,
+    /// See [`QuantConfig::gptq_act_order`].
+    pub gptq_act_order: Option<bool>,
     /// Per-layer overrides.
     #[serde(default)]
     pub layers: BTreeMap<String, LayerOverride>,
@@ -345,7 +413,11 @@ impl ConfigFile {
             granularity,
             weight_scheme,
             act_scheme,
-            keep_float
+            keep_float,
+            bias_correction,
+            cle,
+            weight_rounding,
+            gptq_act_order
         );
         for (k, v) in &self.layers {
             base.layers.insert(k.clone(), v.clone());

@@ -23,6 +23,25 @@ pub struct WeightQuant {
     pub settings: WeightSettings,
     /// Integer weights and qparams.
     pub q: QWeights,
+    /// The float bias the integer layer uses instead of the model's, when a method changed it
+    /// (bias correction, cross-layer equalization); `None` = the model's bias.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl WeightQuant {
+    /// Quantized weights that use the model's bias.
+    pub fn new(settings: WeightSettings, q: QWeights) -> Self {
+        WeightQuant {
+            settings,
+            q,
+            bias: None,
+        }
+    }
+
+    /// The float bias of this layer: the replacement if there is one, else `model_bias`.
+    pub fn bias_or<'a>(&'a self, model_bias: &'a [f32]) -> &'a [f32] {
+        self.bias.as_deref().unwrap_or(model_bias)
+    }
 }
 
 /// One weight layer's parameters (`weight` is `None` for a layer kept in float).

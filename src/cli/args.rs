@@ -99,6 +99,20 @@ pub struct Common {
     /// symmetric or asymmetric [default: asymmetric].
     #[arg(long, global = true)]
     pub act_scheme: Option<Scheme>,
+    /// Empirical bias correction: shift each output channel's bias by the mean error the
+    /// quantized weights make on the calibration set, layer by layer.
+    #[arg(long, global = true)]
+    pub bias_correction: bool,
+    /// Cross-layer equalization of consecutive conv/linear pairs through ReLU before weight
+    /// quantization.
+    #[arg(long, global = true)]
+    pub cle: bool,
+    /// nearest or gptq: how weights are rounded onto their grid [default: nearest].
+    #[arg(long, global = true)]
+    pub weight_rounding: Option<qscope::config::WeightRounding>,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (act-order).
+    #[arg(long, global = true)]
+    pub gptq_act_order: bool,
     /// Leave these weight layers in float (comma-separated names).
     #[arg(long, global = true, value_delimiter = ',')]
     pub keep_float: Option<Vec<String>>,

@@ -178,5 +178,43 @@ pub fn human(r: &Report) -> String {
         "\nSQNR in dB; 'A SQNR' accumulates error from earlier layers, 'iso' is the layer alone.\ntimings: weights {:.1} ms · calibration {:.1} ms · eval {:.1} ms\n",
         t.weights, t.calibration, t.eval
     );
+    out += &methods_lines(r);
+    out
+}
+
+/// The accuracy methods that ran, with their times and the CLE spreads (empty when none ran).
+fn methods_lines(r: &Report) -> String {
+    let (m, t) = (&r.methods, r.timings_ms);
+    let mut used = Vec::new();
+    if m.cle {
+        used.push(format!("cle {:.1} ms", t.cle));
+    }
+    if m.weight_rounding == "gptq" {
+        let order = if m.gptq_act_order { " (act-order)" } else { "" };
+        used.push(format!("gptq{order} {:.1} ms", t.gptq));
+    }
+    if m.bias_correction {
+        used.push(format!("bias correction {:.1} ms", t.bias_correction));
+    }
+    if used.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "methods: {}
+",
+        used.join(" · ")
+    );
+    let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+    for p in &r.cle_pairs {
+        out += &format!(
+            "  cle {} → {}: range spread out {} → {}, in {} → {}\n",
+            p.first,
+            p.second,
+            f(p.out_spread_before),
+            f(p.out_spread_after),
+            f(p.in_spread_before),
+            f(p.in_spread_after)
+        );
+    }
     out
 }

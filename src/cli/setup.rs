@@ -40,7 +40,23 @@ fn quant_options_given(c: &Common, file: &ConfigFile) -> Vec<&'static str> {
     }
     given!(weight_bits => "--weight-bits", act_bits => "--act-bits", weight_strategy => "--weight-strategy",
         act_strategy => "--act-strategy", percentile => "--percentile", granularity => "--granularity",
-        weight_scheme => "--weight-scheme", act_scheme => "--act-scheme", keep_float => "--keep-float");
+        weight_scheme => "--weight-scheme", act_scheme => "--act-scheme", keep_float => "--keep-float",
+        weight_rounding => "--weight-rounding");
+    for (on, flag) in [
+        (
+            c.bias_correction || file.bias_correction.is_some(),
+            "--bias-correction",
+        ),
+        (c.cle || file.cle.is_some(), "--cle"),
+        (
+            c.gptq_act_order || file.gptq_act_order.is_some(),
+            "--gptq-act-order",
+        ),
+    ] {
+        if on {
+            v.push(flag);
+        }
+    }
     if !file.layers.is_empty() {
         v.push("[layers.NAME] tables");
     }
@@ -155,6 +171,10 @@ pub fn setup(c: &Common) -> Result<Setup> {
         weight_scheme: c.weight_scheme,
         act_scheme: c.act_scheme,
         keep_float: c.keep_float.clone(),
+        bias_correction: c.bias_correction.then_some(true),
+        cle: c.cle.then_some(true),
+        weight_rounding: c.weight_rounding,
+        gptq_act_order: c.gptq_act_order.then_some(true),
         ..Default::default()
     }
     .apply_to(&mut config);

@@ -380,7 +380,10 @@ impl<'m> IntModel<'m> {
             };
             let fused = model.fused_activation(i);
             let clamp = fused.map(|j| fused_clamp(model, j));
-            let bias = layer.op.bias().expect("weight layer").to_vec();
+            let model_bias = layer.op.bias().expect("weight layer");
+            let bias = wq
+                .bias_or(model_bias.as_slice().expect("contiguous bias"))
+                .to_vec();
             let groups = match layer.op {
                 Op::Conv2d { groups, .. } => groups,
                 _ => 1,

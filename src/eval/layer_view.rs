@@ -290,6 +290,7 @@ mod tests {
         let wq = WeightQuant {
             settings: settings(Granularity::PerChannel, None),
             q: quantize_weights(&w, 2, 3, &settings(Granularity::PerChannel, None)),
+            bias: None,
         };
         let v = weight_view(&w, 2, 3, &wq, 10);
         assert_eq!(v.ranges.iter().map(|r| r.clipped).sum::<u64>(), 0);
@@ -305,6 +306,7 @@ mod tests {
         let wq = WeightQuant {
             settings: s,
             q: quantize_weights(&w, 2, 3, &s),
+            bias: None,
         };
         let v = weight_view(&w, 2, 3, &wq, 10);
         assert_eq!(v.ranges[0].clipped, 1);
@@ -321,6 +323,7 @@ mod tests {
         let wq = WeightQuant {
             settings: s,
             q: quantize_weights(&w, 2, 2, &s),
+            bias: None,
         };
         let v = weight_view(&w, 2, 2, &wq, 8);
         assert!(v.channels.is_empty());

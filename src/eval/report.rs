@@ -40,6 +40,13 @@ pub struct Report {
     /// Share of multiply-adds done in integers.
     #[serde(default)]
     pub int_mac_share: Option<f64>,
+    /// The accuracy methods this run used (bias correction, CLE, weight rounding).
+    #[serde(default)]
+    pub methods: Methods,
+    /// Cross-layer equalization: per equalized pair, the per-channel range spread before and
+    /// after (empty without `cle`, and when parameters were loaded).
+    #[serde(default)]
+    pub cle_pairs: Vec<ClePairReport>,
     /// Wall-clock time of each stage.
     pub timings_ms: Timings,
     /// The int8 matrix kernel that ran ("avx2", "portable", ...).
@@ -103,11 +110,64 @@ pub struct PointReport {
     pub act_range: [f32; 2],
 }
 
+/// The accuracy methods of a run (the `methods` object of the report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Methods {
+    /// Empirical bias correction.
+    pub bias_correction: bool,
+    /// Cross-layer equalization.
+    pub cle: bool,
+    /// `nearest` or `gptq`.
+    pub weight_rounding: String,
+    /// GPTQ's act-order.
+    pub gptq_act_order: bool,
+}
+
+impl Methods {
+    /// The methods `config` asks for.
+    pub fn of(config: &QuantConfig) -> Self {
+        Methods {
+            bias_correction: config.bias_correction,
+            cle: config.cle,
+            weight_rounding: config.weight_rounding.name().into(),
+            gptq_act_order: config.gptq_act_order,
+        }
+    }
+}
+
+/// One pair of layers that cross-layer equalization rescaled: the spread (largest / smallest
+/// nonzero per-channel range, max |w|) of the first layer's output channels and of the second
+/// layer's input channels, before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClePairReport {
+    /// The first layer (its output channels are scaled by 1/s).
+    pub first: String,
+    /// The second layer (its matching input channels are scaled by s).
+    pub second: String,
+    /// Spread of the first layer's per-output-channel ranges before equalization.
+    pub out_spread_before: Option<f64>,
+    /// The same after.
+    pub out_spread_after: Option<f64>,
+    /// Spread of the second layer's per-input-channel ranges before equalization.
+    pub in_spread_before: Option<f64>,
+    /// The same after.
+    pub in_spread_after: Option<f64>,
+}
+
 /// Stage timings in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
-    /// Weight quantization.
+    /// Weight quantization (the methods below included).
     pub weights: f64,
+    /// Cross-layer equalization (part of `weights`).
+    #[serde(default)]
+    pub cle: f64,
+    /// GPTQ rounding, its statistics pass included (part of `weights`).
+    #[serde(default)]
+    pub gptq: f64,
+    /// Bias correction, its statistics pass included without GPTQ (part of `weights`).
+    #[serde(default)]
+    pub bias_correction: f64,
     /// Calibration (histograms and range choice).
     pub calibration: f64,
     /// Evaluation of both engines.

@@ -183,6 +183,7 @@ pub fn params_with_layer_bits(
         lp.weight = Some(crate::params::WeightQuant {
             settings: s,
             q: crate::quant::weights::quantize_weights(w, rows, cols, &s),
+            bias: None,
         });
     }
     if matches!(target, Target::Activations | Target::Both)

@@ -118,10 +118,35 @@ pub fn save_qdq_model(
     opts: onnx::QdqOptions,
 ) -> Result<u64> {
     atomic::check_writable_file(path)?;
+    // A bias that a method replaced (bias correction, CLE) goes out as the model's bias.
+    let with_bias;
+    let model = if params
+        .layers
+        .iter()
+        .any(|l| l.weight.as_ref().is_some_and(|w| w.bias.is_some()))
+    {
+        with_bias = model_with_param_biases(model, params);
+        &with_bias
+    } else {
+        model
+    };
     let bytes = onnx::onnx_model_bytes(model, Some(params), opts)
         .map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
     atomic::write_bytes_atomic(path, &bytes)?;
     Ok(bytes.len() as u64)
+}
+
+/// A copy of `model` whose quantized layers carry the biases `params` replaced.
+pub fn model_with_param_biases(model: &Model, params: &ModelParams) -> Model {
+    let mut m = model.clone();
+    for lp in &params.layers {
+        if let Some(nb) = lp.weight.as_ref().and_then(|w| w.bias.as_ref())
+            && let Some((_, b)) = m.layers[lp.index].op.weight_bias_mut()
+        {
+            b.copy_from_slice(nb);
+        }
+    }
+    m
 }
 
 /// Writes the TensorRT calibration cache of `params` (§6c) with `header`; returns the number

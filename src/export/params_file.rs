@@ -10,7 +10,12 @@
 //!   `clip` (the factor) and `base_strategy` (the strategy the factor applies to);
 //! - a layer kept in float keeps its `activation` when the integer engine quantizes that layer's
 //!   output (it does whenever it has calibrated qparams for it, so that an integer layer after it
-//!   gets integer input); `activation: null` then means "stays float".
+//!   gets integer input); `activation: null` then means "stays float";
+//! - a weight's `weights_int`: the integer weights row-major `[out, in·kh·kw]`, written when a
+//!   method chose them (GPTQ, CLE: quantizing the model's float weights would not give them
+//!   back) and used instead of quantizing the model's weights;
+//! - a weight's `bias`: the float bias `[out]` the integer layer uses instead of the model's,
+//!   written when a method changed it (bias correction, CLE).
 
 use crate::config::{ActSettings, WeightSettings};
 use crate::error::{Error, Result};
@@ -114,6 +119,14 @@ pub struct WeightEntry {
     pub scale: Vec<f64>,
     /// One zero point per block.
     pub zero_point: Vec<i64>,
+    /// The integer weights, row-major `[out, in·kh·kw]`, when a method chose them (GPTQ, CLE):
+    /// used instead of quantizing the model's float weights (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_int: Option<Vec<i64>>,
+    /// The float bias `[out]` the integer layer uses instead of the model's, when a method
+    /// changed it (bias correction, CLE) (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<Vec<f64>>,
 }
 
 /// One weight layer.
@@ -165,7 +178,18 @@ fn act_entry(a: &ActQuant) -> ActEntry {
     }
 }
 
-fn weight_entry(w: &WeightQuant) -> WeightEntry {
+/// The integers of `w` when quantizing the model's float weights `model_w` with its qparams
+/// would not give them back (a method chose them), else `None`.
+fn chosen_ints(w: &WeightQuant, model_w: &[f32]) -> Option<Vec<i64>> {
+    let q = &w.q;
+    let gs = q.group_size();
+    let same = model_w.len() == q.q.len()
+        && (0..q.q.len())
+            .all(|k| q.param(k / q.cols, (k % q.cols) / gs).quantize(model_w[k]) == q.q[k] as i32);
+    (!same).then(|| q.q.iter().map(|&v| v as i64).collect())
+}
+
+fn weight_entry(w: &WeightQuant, model_w: &[f32]) -> WeightEntry {
     let s = w.settings;
     let manual = s.clip.is_some() || s.strategy == Strategy::Manual;
     let base = if s.strategy == Strategy::Manual {
@@ -193,6 +217,11 @@ fn weight_entry(w: &WeightQuant) -> WeightEntry {
         ),
         scale: w.q.params.iter().map(|p| p.scale as f64).collect(),
         zero_point: w.q.params.iter().map(|p| p.zero_point as i64).collect(),
+        weights_int: chosen_ints(w, model_w),
+        bias: w
+            .bias
+            .as_ref()
+            .map(|b| b.iter().map(|&v| v as f64).collect()),
     }
 }
 
@@ -220,7 +249,13 @@ impl ParamsFile {
                 .iter()
                 .map(|l| LayerEntry {
                     name: l.name.clone(),
-                    weight: l.weight.as_ref().map(weight_entry),
+                    weight: l.weight.as_ref().map(|w| {
+                        let model_w = model.layers[l.index]
+                            .op
+                            .weight_rows()
+                            .map_or(&[][..], |r| r.0);
+                        weight_entry(w, model_w)
+                    }),
                     activation: l.act.as_ref().map(act_entry),
                 })
                 .collect(),
@@ -601,9 +636,78 @@ fn weight_parts(
     Ok((settings, params, ranges))
 }
 
+/// A weight entry's `weights_int` checked against the qparams of `q` (count and range).
+fn file_ints(label: &str, key: &str, v: &[i64], q: &QWeights) -> Result<Vec<i8>> {
+    if v.len() != q.rows * q.cols {
+        return Err(bad(
+            label,
+            key,
+            format!(
+                "has {} values; the layer [{}, {}] needs {}",
+                v.len(),
+                q.rows,
+                q.cols,
+                q.rows * q.cols
+            ),
+        ));
+    }
+    let gs = q.group_size();
+    v.iter()
+        .enumerate()
+        .map(|(k, &x)| {
+            let p = q.param(k / q.cols, (k % q.cols) / gs);
+            if x < p.qmin() as i64 || x > p.qmax() as i64 {
+                Err(bad(
+                    label,
+                    key,
+                    format!(
+                        "integer {x} at index {k} is outside [{}, {}]",
+                        p.qmin(),
+                        p.qmax()
+                    ),
+                ))
+            } else {
+                Ok(x as i8)
+            }
+        })
+        .collect()
+}
+
+/// A weight entry's replacement `bias`, checked: one finite f32 per output channel.
+fn stored_bias(label: &str, key: &str, e: &WeightEntry, rows: usize) -> Result<Option<Vec<f32>>> {
+    let Some(b) = &e.bias else { return Ok(None) };
+    if b.len() != rows {
+        return Err(bad(
+            label,
+            key,
+            format!(
+                "has {} values; the layer has {rows} output channels",
+                b.len()
+            ),
+        ));
+    }
+    b.iter()
+        .enumerate()
+        .map(|(r, &v)| {
+            let f = v as f32;
+            if f.is_finite() {
+                Ok(f)
+            } else {
+                Err(bad(
+                    label,
+                    key,
+                    format!("{v} at channel {r} is not a finite f32"),
+                ))
+            }
+        })
+        .collect::<Result<Vec<f32>>>()
+        .map(Some)
+}
+
 /// Where the integer weights come from when a file is turned into parameters.
 pub enum WeightInts<'a> {
-    /// Quantize the model's float weights with the stored qparams (a parameters file).
+    /// A parameters file: its `weights_int` where a layer has them, else the model's float
+    /// weights quantized with the stored qparams.
     FromModel,
     /// Use these integers, by layer name (a quantized model file).
     Stored(&'a dyn Fn(&str) -> Option<Vec<i8>>),
@@ -786,7 +890,12 @@ impl ParamsFile {
                         params,
                         ranges,
                     };
+                    let bias = stored_bias(label, &format!("{key}.weight.bias"), we, rows)?;
                     match &ints {
+                        WeightInts::FromModel if we.weights_int.is_some() => {
+                            let v = we.weights_int.as_deref().unwrap_or_default();
+                            q.q = file_ints(label, &format!("{key}.weight.weights_int"), v, &q)?;
+                        }
                         WeightInts::FromModel => {
                             let gs = q.group_size();
                             for r in 0..rows {
@@ -834,7 +943,7 @@ impl ParamsFile {
                             q.q = stored;
                         }
                     }
-                    Some(WeightQuant { settings, q })
+                    Some(WeightQuant { settings, q, bias })
                 }
             };
             let act = match &e.activation {

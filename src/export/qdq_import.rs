@@ -241,5 +241,7 @@ fn weight_entry(
         range: None,
         scale: order.iter().map(|&k| c.scale[k] as f64).collect(),
         zero_point: order.iter().map(|&k| zp[k]).collect(),
+        weights_int: None,
+        bias: None,
     })
 }

@@ -93,6 +93,7 @@ pub fn check_int_biases(model: &Model, params: &ModelParams) -> Result<()> {
         let Some(bias) = model.layers[lp.index].op.bias() else {
             continue;
         };
+        let bias = wq.bias_or(bias.as_slice().expect("contiguous bias"));
         for (r, (&b, s_w)) in bias.iter().zip(row_ref_scales(&wq.q)).enumerate() {
             let acc = in_q.scale as f64 * s_w;
             if !(acc.is_finite() && acc > 0.0) {
@@ -270,13 +271,16 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         let layer = &model.layers[lp.index];
         let l = &lp.name;
         let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
-        let bias = layer
+        let model_bias = layer
             .op
             .bias()
             .expect("weight layer")
             .as_slice()
-            .expect("contiguous")
-            .to_vec();
+            .expect("contiguous");
+        let bias = match &lp.weight {
+            Some(wq) => wq.bias_or(model_bias).to_vec(),
+            None => model_bias.to_vec(),
+        };
         let in_q = inq.get(&lp.index).copied().flatten();
         if let Some(q) = in_q {
             tensors.insert(format!("{l}.input_scale"), f32s(vec![1], &[q.scale]));
@@ -337,7 +341,11 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
             .collect();
         tensors.insert(format!("{l}.bias"), i32s(vec![rows], &ibias));
     }
-    let pf = ParamsFile::from_params(model, params);
+    let mut pf = ParamsFile::from_params(model, params);
+    // The integer weights are the file's tensors: the embedded parameters need not repeat them.
+    for w in pf.layers.iter_mut().filter_map(|l| l.weight.as_mut()) {
+        w.weights_int = None;
+    }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     if model.spec().is_some() {

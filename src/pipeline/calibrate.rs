@@ -51,21 +51,25 @@ pub fn quantize_weights(model: &Model, config: &QuantConfig) -> Vec<Option<Weigh
             }
             let settings = config.weight_settings(&layer.name);
             let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
-            Some(WeightQuant {
+            Some(WeightQuant::new(
                 settings,
-                q: quantize_matrix(w, rows, cols, &settings),
-            })
+                quantize_matrix(w, rows, cols, &settings),
+            ))
         })
         .collect()
 }
 
-/// The model with each quantized layer's weights replaced by their dequantized values.
+/// The model with each quantized layer's weights replaced by their dequantized values (and its
+/// bias by the replacement bias, when a method made one).
 pub fn with_quantized_weights(model: &Model, weights: &[Option<WeightQuant>]) -> Model {
     let mut m = model.clone();
     for (&i, wq) in model.weight_layers().iter().zip(weights) {
         let Some(wq) = wq else { continue };
-        let (w, _) = m.layers[i].op.weight_bias_mut().expect("weight layer");
+        let (w, b) = m.layers[i].op.weight_bias_mut().expect("weight layer");
         w.copy_from_slice(&wq.q.dequantize());
+        if let Some(nb) = &wq.bias {
+            b.copy_from_slice(nb);
+        }
     }
     m
 }

@@ -43,7 +43,9 @@ impl Cancel {
 mod batch;
 pub mod bench;
 mod calibrate;
+pub mod cle;
 mod evaluate;
+pub mod layerwise;
 mod report;
 
 pub use batch::{batches, check_data, make_batch};
@@ -105,32 +107,95 @@ fn run_cached(
     let mut timings = Timings::default();
     if !matches!(cache, Some(c) if c.key == key) {
         let t = Instant::now();
-        let weights = quantize_weights(model, config);
+        let prepared = prepare_weights(model, calib, config, cancel)?;
+        timings = prepared.timings;
         timings.weights = ms(t);
         cancel.check()?;
         let t = Instant::now();
-        let calibration = calibrate(model, config, &weights, calib, cancel)?;
+        let work = prepared.equalized.as_ref().unwrap_or(model);
+        let calibration = calibrate(work, config, &prepared.weights, calib, cancel)?;
         timings.calibration = ms(t);
         *cache = Some(Cached {
             key,
-            weights,
+            weights: prepared.weights,
             calibration,
+            equalized: prepared.equalized,
+            cle_pairs: prepared.cle_pairs,
         });
     }
-    let Cached {
-        weights,
-        calibration,
-        ..
-    } = cache.as_ref().expect("filled above");
+    let c = cache.as_ref().expect("filled above");
+    // With CLE the flow runs on the equalized model (the same float function): its float
+    // activations are what the quantization points and per-layer figures refer to.
+    let work = c.equalized.as_ref().unwrap_or(model);
     let t = Instant::now();
-    let params = choose_ranges(model, config, weights, calibration);
+    let params = choose_ranges(work, config, &c.weights, &c.calibration);
     timings.calibration += ms(t);
-    let mut outcome = evaluate_params(model, params, eval, config, true, cancel)?;
-    outcome.report.calib_samples = calibration.samples;
-    outcome.report.timings_ms.weights = timings.weights;
-    outcome.report.timings_ms.calibration = timings.calibration;
-    outcome.calibration = Some(calibration.clone());
+    let mut outcome = evaluate_params(work, params, eval, config, true, cancel)?;
+    outcome.report.calib_samples = c.calibration.samples;
+    outcome.report.cle_pairs = c.cle_pairs.clone();
+    outcome.report.timings_ms = Timings {
+        eval: outcome.report.timings_ms.eval,
+        ..timings
+    };
+    outcome.calibration = Some(c.calibration.clone());
     Ok(outcome)
+}
+
+/// The weights step's results: the equalized model (with CLE), the quantized weights, the
+/// CLE report and the methods' timings.
+struct Prepared {
+    equalized: Option<Model>,
+    weights: Vec<Option<WeightQuant>>,
+    cle_pairs: Vec<crate::eval::report::ClePairReport>,
+    timings: Timings,
+}
+
+/// Step 1 with the weight methods: CLE on a copy of the model, quantized weights (nearest,
+/// then GPTQ and bias correction layer by layer on `calib` when `config` asks for them), and
+/// the biases a method changed recorded in the weights (exports write them).
+fn prepare_weights(
+    model: &Model,
+    calib: &Dataset,
+    config: &QuantConfig,
+    cancel: &Cancel,
+) -> Result<Prepared> {
+    let mut timings = Timings::default();
+    let (equalized, cle_pairs) = if config.cle {
+        let t = Instant::now();
+        let (m, pairs) = cle::equalize(model, config);
+        timings.cle = ms(t);
+        (Some(m), pairs)
+    } else {
+        (None, Vec::new())
+    };
+    let work = equalized.as_ref().unwrap_or(model);
+    let mut weights = quantize_weights(work, config);
+    if equalized.is_some() {
+        for (&i, wq) in work.weight_layers().iter().zip(&mut weights) {
+            let (Some(wq), Some(b)) = (wq, work.layers[i].op.bias()) else {
+                continue;
+            };
+            if model.layers[i].op.bias() != Some(b) {
+                wq.bias = Some(b.to_vec());
+            }
+        }
+    }
+    if config.weight_rounding != crate::config::WeightRounding::Nearest || config.bias_correction {
+        check_data(work, calib)?;
+        let lt = layerwise::apply(work, config, &mut weights, calib, cancel)?;
+        if config.weight_rounding == crate::config::WeightRounding::Gptq {
+            timings.gptq = lt.stats + lt.gptq;
+            timings.bias_correction = lt.bias_correction;
+        } else {
+            timings.bias_correction = lt.stats + lt.bias_correction;
+        }
+    }
+    Ok(Prepared {
+        equalized,
+        weights,
+        cle_pairs,
+        timings,
+    })
 }
 
 /// Evaluates ready-made parameters (from calibration or a `--params` file) and builds the report.
@@ -177,26 +242,42 @@ pub fn evaluate_params(
     })
 }
 
-/// The weight-side settings of every weight layer: when they are unchanged, quantized weights
-/// and calibration histograms can be reused.
-fn weight_key(model: &Model, config: &QuantConfig) -> Vec<Option<crate::config::WeightSettings>> {
+/// What decides the quantized weights and the calibration histograms: each weight layer's
+/// settings and the weight methods.
+type WeightKey = (
+    Vec<Option<crate::config::WeightSettings>>,
+    (bool, bool, crate::config::WeightRounding, bool),
+);
+
+/// The weight-side settings of every weight layer and the weight methods: when they are
+/// unchanged, quantized weights and calibration histograms can be reused.
+fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
     // Float-kept layers are part of the key: they decide where the quantization points are.
-    model
+    let layers = model
         .weight_layers()
         .iter()
         .map(|&i| {
             let name = &model.layers[i].name;
             (!config.is_float(name)).then(|| config.weight_settings(name))
         })
-        .collect()
+        .collect();
+    let methods = (
+        config.bias_correction,
+        config.cle,
+        config.weight_rounding,
+        config.gptq_act_order,
+    );
+    (layers, methods)
 }
 
 /// What a [`Session`] keeps between runs: the weight settings it was made for, the quantized
 /// weights and the calibration histograms.
 struct Cached {
-    key: Vec<Option<crate::config::WeightSettings>>,
+    key: WeightKey,
     weights: Vec<Option<WeightQuant>>,
     calibration: Calibration,
+    equalized: Option<Model>,
+    cle_pairs: Vec<crate::eval::report::ClePairReport>,
 }
 
 /// A model with its data sets that re-runs configurations, reusing the quantized weights and

@@ -159,6 +159,8 @@ pub(super) fn build_report(
             .map(|(l, _)| l.name.clone())
             .collect(),
         int_mac_share: ev.int_mac_share(),
+        methods: crate::eval::report::Methods::of(config),
+        cle_pairs: Vec::new(),
         timings_ms,
         kernel: crate::engine::kernels::kernel_name().to_string(),
     }

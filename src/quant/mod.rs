@@ -3,6 +3,7 @@
 
 pub mod calib;
 pub mod fixed_point;
+pub mod gptq;
 pub mod qparams;
 pub mod scheme;
 pub mod weights;

@@ -103,6 +103,7 @@ fn check_one(seed: u64) {
         &[Some(WeightQuant {
             settings: wsettings,
             q: qw.clone(),
+            bias: None,
         })],
     );
     // The bias is an i32 at scale s_in · (the row's largest weight scale): simulate that too.
@@ -130,6 +131,7 @@ fn check_one(seed: u64) {
             weight: Some(WeightQuant {
                 settings: wsettings,
                 q: qw,
+                bias: None,
             }),
             act: Some(out.clone()),
         }],

@@ -8,6 +8,7 @@ mod export;
 mod figures;
 mod graph;
 mod loading;
+mod methods;
 mod onnx;
 mod qdq;
 mod random_graphs;

@@ -962,6 +962,12 @@ fn check_end_to_end(sim: &Sim, seen: &HashMap<ValueId, Tensor>, x: &Tensor) {
     }
     let out = model.outputs[0];
     let (want, bound, _) = &vals[&out];
+    // Stacked attention blocks without normalization can grow values past 1e8; the error
+    // bound's arithmetic then overflows (inf − inf) and says nothing: such a case is skipped
+    // (the per-node check above still ran on it).
+    if bound.v.iter().any(|b| !b.is_finite()) {
+        return;
+    }
     let got = real_of(&seen[&out]);
     for (k, ((g, w), b)) in got.v.iter().zip(&want.v).zip(&bound.v).enumerate() {
         let d = (g - w).abs();
