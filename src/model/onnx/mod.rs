@@ -110,7 +110,26 @@ pub fn load_onnx_qdq(path: &Path) -> Result<(Model, Option<QdqImport>)> {
     let stem = path
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    load_onnx_bytes_qdq(&path.display().to_string(), &stem, &map, path.parent())
+    // Each initializer's pages are let go once it is decoded, so the file and its decoded
+    // copy are not both resident (peak memory near one copy, not two).
+    let base = map.as_ptr() as usize;
+    let release = |raw: &[u8]| {
+        let start = (raw.as_ptr() as usize).wrapping_sub(base);
+        if raw.len() >= 1 << 16 && start.checked_add(raw.len()).is_some_and(|e| e <= map.len()) {
+            // SAFETY: the map is read-only and file-backed: dropped pages are read again from
+            // the file if touched, so no data is lost and every borrow stays valid.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, raw.len())
+            };
+        }
+    };
+    load_onnx_inner(
+        &path.display().to_string(),
+        &stem,
+        &map,
+        path.parent(),
+        &release,
+    )
 }
 
 /// Loads an ONNX model from bytes; `dir` is where external data may live (`None`: nowhere).
@@ -124,6 +143,17 @@ pub fn load_onnx_bytes_qdq(
     name: &str,
     bytes: &[u8],
     dir: Option<&Path>,
+) -> Result<(Model, Option<QdqImport>)> {
+    load_onnx_inner(label, name, bytes, dir, &|_| {})
+}
+
+/// The loader; `release(raw)` is called with each inline initializer's bytes once decoded.
+fn load_onnx_inner(
+    label: &str,
+    name: &str,
+    bytes: &[u8],
+    dir: Option<&Path>,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<(Model, Option<QdqImport>)> {
     let (sha256, proto) = rayon::join(|| crate::model::sha256_hex(bytes), || onnx_rs::parse(bytes));
     let proto =
@@ -176,13 +206,17 @@ pub fn load_onnx_bytes_qdq(
         .initializer
         .par_iter()
         .map(|init| {
-            tensor::to_tensor(init, dir).map_err(|m| {
+            let t = tensor::to_tensor(init, dir).map_err(|m| {
                 Error::tensor(
                     label,
                     crate::error::clip(init.name(), crate::error::NAME_MAX),
                     m,
                 )
-            })
+            });
+            if let Some(raw) = init.as_raw() {
+                release(raw);
+            }
+            t
         })
         .collect::<Result<_>>()?;
     for (init, t) in graph.initializer.iter().zip(decoded) {
