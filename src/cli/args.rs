@@ -29,7 +29,8 @@ pub enum Command {
     Sensitivity(SensitivityArgs),
     /// Per-tensor statistics and int8/int4 weight error of any safetensors file.
     Inspect(InspectArgs),
-    /// Write the chosen parameters (.json, .toml) or a quantized model (.safetensors).
+    /// Write the chosen parameters (.json, .toml), a quantized model (.safetensors), a QDQ ONNX
+    /// model (.onnx) or a TensorRT calibration cache (.cache).
     Export(ExportArgs),
     /// Weight and activation histograms of a layer with the clipping ranges marked (.svg, .png).
     Plot(PlotArgs),
