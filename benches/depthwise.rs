@@ -1,8 +1,9 @@
-//! The depthwise kernel (the integer engine's direct grouped-conv loop, `GroupConv`) on the
+//! The depthwise kernel (the integer engine's grouped-conv kernel, `GroupConv`) on the
 //! MobileNetV2-style fixture's depthwise layers at batch 256, beside the dense int8 GEMM at
-//! 256×784×256, in the same run. Throughput is in elements = multiply-adds, so criterion's
-//! Melem/s of the two are comparable: issue 8 asks the depthwise rate to reach at least half
-//! the GEMM's.
+//! 256×784×256 and the plain direct loop (`GroupConv::run_direct`, the old kernel), in the same
+//! run. Throughput is in elements = multiply-adds, so criterion's elem/s are comparable: issue
+//! 8 asks the depthwise rate to reach at least half the GEMM's. The benchmark names carry the
+//! kernel `GroupConv::run` picked on this CPU.
 //!
 //! `cargo bench --bench qscope -- depthwise`
 
@@ -121,17 +122,30 @@ pub fn depthwise(c: &mut Criterion) {
         b.iter(|| gemm_i8(black_box(&a), m, k, &w, &mut out))
     });
 
+    let kernel = layers[0].conv.kernel_name(&layers[0].geom);
+    let fast = format!("depthwise[{kernel}]");
     g.throughput(Throughput::Elements(layers.iter().map(|l| l.macs).sum()));
-    g.bench_function(BenchmarkId::new("depthwise", "mobilenetv2_all_b256"), |b| {
+    g.bench_function(BenchmarkId::new(&fast, "mobilenetv2_all_b256"), |b| {
         b.iter(|| {
             for l in &layers {
                 black_box(l.conv.run(black_box(&l.x), BATCH, &l.geom));
             }
         })
     });
+    g.bench_function(
+        BenchmarkId::new("depthwise[direct]", "mobilenetv2_all_b256"),
+        |b| {
+            b.iter(|| {
+                for l in &layers {
+                    black_box(l.conv.run_direct(black_box(&l.x), BATCH, &l.geom));
+                }
+            })
+        },
+    );
     for l in &layers {
         g.throughput(Throughput::Elements(l.macs));
-        g.bench_function(BenchmarkId::new("depthwise", &l.name), |b| {
+        let name = format!("depthwise[{}]", l.conv.kernel_name(&l.geom));
+        g.bench_function(BenchmarkId::new(name, &l.name), |b| {
             b.iter(|| l.conv.run(black_box(&l.x), BATCH, &l.geom))
         });
     }
