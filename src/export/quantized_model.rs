@@ -46,7 +46,7 @@ pub fn input_qparams(model: &Model, params: &ModelParams) -> HashMap<usize, Opti
 }
 
 /// The accumulator's reference weight scale of each row: the largest scale of its blocks.
-fn row_ref_scales(q: &QWeights) -> Vec<f64> {
+pub(crate) fn row_ref_scales(q: &QWeights) -> Vec<f64> {
     (0..q.rows)
         .map(|r| {
             (0..q.groups())
@@ -76,7 +76,7 @@ fn check_weight_dims(label: &str, name: &str, shape: &[usize]) -> Result<()> {
 }
 
 /// The integer bias the integer engine derives from a float bias (same arithmetic).
-fn bias_to_int(bias: f32, acc_scale: f64) -> i32 {
+pub(crate) fn bias_to_int(bias: f32, acc_scale: f64) -> i32 {
     (bias as f64 / acc_scale)
         .round()
         .clamp(i32::MIN as f64, i32::MAX as f64) as i32

@@ -3,7 +3,6 @@
 //! being the big-endian bits of the f32 scale amax/127 (symmetric INT8). Deprecated with
 //! implicit quantization in TensorRT 10, still what many pipelines consume.
 
-use crate::engine::int::{point_qparams, source_q};
 use crate::model::Model;
 use crate::params::ModelParams;
 use std::collections::HashMap;
@@ -15,7 +14,6 @@ pub const DEFAULT_HEADER: &str = "TRT-8601-EntropyCalibration2";
 /// The chosen clipping range's amax of every activation tensor with qparams, by ONNX tensor
 /// name: the points, and tensors that ops which keep qparams pass them to. In graph order.
 pub fn tensor_amax(model: &Model, params: &ModelParams) -> Vec<(String, f32)> {
-    let points = point_qparams(model, params);
     let mut amax: HashMap<usize, f32> = params
         .points
         .iter()
@@ -30,30 +28,21 @@ pub fn tensor_amax(model: &Model, params: &ModelParams) -> Vec<(String, f32)> {
         }
     }
     let mut out = Vec::new();
-    let mut push = |v: usize, a: f32| out.push((model.values[v].name.clone(), a));
     for gi in &model.inputs {
         if let Some(&a) = amax.get(&gi.value) {
-            push(gi.value, a);
+            out.push((model.values[gi.value].name.clone(), a));
         }
     }
+    // In graph order, an op that keeps qparams hands its input's amax to its output.
     for l in &model.layers {
         let v = l.output;
-        if let Some(&a) = amax.get(&v) {
-            push(v, a);
-        } else if l.op.keeps_qparams() && source_q(model, &points, v).is_some() {
-            let mut s = l.data_input();
-            while let Some(d) = s {
-                if let Some(&a) = amax.get(&d) {
-                    amax.insert(v, a);
-                    push(v, a);
-                    break;
-                }
-                s = model
-                    .layers
-                    .iter()
-                    .find(|p| p.output == d)
-                    .and_then(|p| p.data_input());
-            }
+        let a = amax.get(&v).copied().or_else(|| {
+            let d = l.data_input().filter(|_| l.op.keeps_qparams())?;
+            amax.get(&d).copied()
+        });
+        if let Some(a) = a {
+            amax.insert(v, a);
+            out.push((model.values[v].name.clone(), a));
         }
     }
     out

@@ -194,29 +194,43 @@ impl Model {
             .map_or(self.input_len(), |l| l.out_shape.iter().product())
     }
 
-    /// Applies the input normalization in place to a batch of raw samples of the first input.
-    pub fn normalize(&self, batch: &mut [f32]) {
+    /// The input normalization per channel of the first input: (channels' mean, 1/std), one
+    /// entry per channel ([C, H, W] inputs) or one for all; `None` when there is none.
+    pub fn normalization(&self) -> Option<(Vec<f32>, Vec<f32>)> {
         if self.input_mean.is_empty() && self.input_std.is_empty() {
-            return;
+            return None;
         }
-        let len = self.input_len().max(1);
         let channels = if self.input_shape.len() == 3 {
             self.input_shape[0].max(1)
         } else {
             1
         };
-        let plane = (len / channels).max(1);
         let pick = |v: &[f32], c: usize, default: f32| match v.len() {
             0 => default,
             1 => v[0],
             _ => v[c.min(v.len() - 1)],
         };
+        let mean = (0..channels)
+            .map(|c| pick(&self.input_mean, c, 0.0))
+            .collect();
+        let inv = (0..channels)
+            .map(|c| 1.0 / pick(&self.input_std, c, 1.0))
+            .collect();
+        Some((mean, inv))
+    }
+
+    /// Applies the input normalization in place to a batch of raw samples of the first input.
+    pub fn normalize(&self, batch: &mut [f32]) {
+        let Some((mean, inv)) = self.normalization() else {
+            return;
+        };
+        let len = self.input_len().max(1);
+        let plane = (len / mean.len()).max(1);
         for sample in batch.chunks_mut(len) {
             for (c, chunk) in sample.chunks_mut(plane).enumerate() {
-                let mean = pick(&self.input_mean, c, 0.0);
-                let inv = 1.0 / pick(&self.input_std, c, 1.0);
+                let (m, k) = (mean[c.min(mean.len() - 1)], inv[c.min(inv.len() - 1)]);
                 for x in chunk {
-                    *x = (*x - mean) * inv;
+                    *x = (*x - m) * k;
                 }
             }
         }

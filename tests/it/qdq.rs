@@ -422,10 +422,12 @@ fn tensorrt_cache_lists_each_point_as_big_endian_hex_of_amax_over_127() {
         .map(|l| {
             let (name, hex) = l.split_once(": ").unwrap();
             assert_eq!(hex.len(), 8, "{l}");
-            let bits = u32::from_str_radix(hex, 16).unwrap();
-            // Big-endian: the hex reads as the f32's bit pattern, most significant byte first.
-            assert_eq!(u32::from_be_bytes(bits.to_be_bytes()), bits);
-            (name.to_string(), f32::from_bits(bits))
+            // Big-endian: the hex's first two digits are the f32's most significant byte.
+            let bytes: Vec<u8> = (0..4)
+                .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).unwrap())
+                .collect();
+            let scale = f32::from_be_bytes(bytes.try_into().unwrap());
+            (name.to_string(), scale)
         })
         .collect();
     let input = p.input().unwrap();

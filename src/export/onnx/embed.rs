@@ -126,11 +126,7 @@ pub fn model_from_embedding(
             owned.push(OTensor::f32(b, &[rows], &vec![0.0; rows]));
         }
     }
-    let protos: Vec<_> = owned
-        .iter()
-        .map(|t| onnx_rs::ast::TensorProto::from_raw(&t.name, t.dims.clone(), t.dtype, &t.raw))
-        .collect();
-    graph.initializer.extend(protos);
+    graph.initializer.extend(owned.iter().map(OTensor::proto));
     let full = onnx_rs::encode(&proto);
     crate::model::onnx::load_onnx_bytes(label, name, &full, None)
 }

@@ -103,28 +103,10 @@ pub fn onnx_graph(
 /// qscope computes it, so the file takes the raw data qscope takes.
 fn normalization(w: &mut Writer) {
     let model = w.model;
-    if model.input_mean.is_empty() && model.input_std.is_empty() {
-        return;
-    }
-    let Some(gi) = model.inputs.first() else {
+    let (Some((mean, inv)), Some(gi)) = (model.normalization(), model.inputs.first()) else {
         return;
     };
-    let channels = if model.input_shape.len() == 3 {
-        model.input_shape[0].max(1)
-    } else {
-        1
-    };
-    let pick = |v: &[f32], c: usize, d: f32| match v.len() {
-        0 => d,
-        1 => v[0],
-        _ => v[c.min(v.len() - 1)],
-    };
-    let mean: Vec<f32> = (0..channels)
-        .map(|c| pick(&model.input_mean, c, 0.0))
-        .collect();
-    let inv: Vec<f32> = (0..channels)
-        .map(|c| 1.0 / pick(&model.input_std, c, 1.0))
-        .collect();
+    let channels = mean.len();
     let dims: Vec<usize> = if model.input_shape.len() == 3 {
         vec![channels, 1, 1]
     } else {

@@ -71,7 +71,8 @@ impl OTensor {
         }
     }
 
-    fn proto(&self) -> ox::TensorProto<'_> {
+    /// The tensor as onnx-rs's TensorProto (borrowing the bytes).
+    pub fn proto(&self) -> ox::TensorProto<'_> {
         ox::TensorProto::from_raw(&self.name, self.dims.clone(), self.dtype, &self.raw)
     }
 }

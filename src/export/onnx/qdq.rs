@@ -214,22 +214,19 @@ pub fn weights(
 }
 
 /// The bias in integers at the accumulator scale s_in·s_w (per row; a grouped row uses its
-/// largest group scale), rounded as the integer engine rounds it, and those scales.
-pub fn int_bias(
+/// largest group scale), as the quantized model file stores it, and those scales.
+fn int_bias(
     q: &crate::quant::weights::QWeights,
     bias: &[f32],
     in_q: QParams,
 ) -> (Vec<i32>, Vec<f32>) {
-    (0..q.rows)
-        .map(|r| {
-            let s_ref = (0..q.groups())
-                .map(|g| q.param(r, g).scale as f64)
-                .fold(0.0f64, f64::max);
-            let acc = in_q.scale as f64 * s_ref;
-            let b = (bias[r] as f64 / acc)
-                .round()
-                .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
-            (b, acc as f32)
+    use crate::export::quantized_model::{bias_to_int, row_ref_scales};
+    row_ref_scales(q)
+        .iter()
+        .zip(bias)
+        .map(|(&s_w, &b)| {
+            let acc = in_q.scale as f64 * s_w;
+            (bias_to_int(b, acc), acc as f32)
         })
         .unzip()
 }

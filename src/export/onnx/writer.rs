@@ -24,6 +24,19 @@ pub struct Writer<'m> {
     node_names: HashSet<String>,
 }
 
+/// `base`, or `base_2`, `base_3`, … : the first name not in `taken`, which it joins (node and
+/// tensor names are separate namespaces in ONNX, so each has its own set).
+fn unique(taken: &mut HashSet<String>, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut k = 1;
+    while taken.contains(&name) {
+        k += 1;
+        name = format!("{base}_{k}");
+    }
+    taken.insert(name.clone());
+    name
+}
+
 /// Ints as an attribute.
 fn ints(v: impl IntoIterator<Item = usize>) -> AttrValue {
     AttrValue::Ints(v.into_iter().map(|x| x as i64).collect())
@@ -52,16 +65,9 @@ impl<'m> Writer<'m> {
         }
     }
 
-    /// A tensor or node name not used yet, from `base`.
+    /// A tensor name not used yet, from `base`.
     pub fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.taken.contains(&name) {
-            k += 1;
-            name = format!("{base}_{k}");
-        }
-        self.taken.insert(name.clone());
-        name
+        unique(&mut self.taken, base)
     }
 
     /// The name readers of value `v` read.
@@ -91,14 +97,7 @@ impl<'m> Writer<'m> {
         outputs: Vec<String>,
         attrs: Vec<(&str, AttrValue)>,
     ) {
-        let mut unique = name.to_string();
-        let mut k = 1;
-        while self.node_names.contains(&unique) {
-            k += 1;
-            unique = format!("{name}_{k}");
-        }
-        self.node_names.insert(unique.clone());
-        let name = unique;
+        let name = unique(&mut self.node_names, name);
         self.g.nodes.push(ONode {
             name,
             op: op.to_string(),
@@ -183,12 +182,7 @@ impl<'m> Writer<'m> {
                 ceil_mode,
             } => (
                 "MaxPool",
-                vec![
-                    ("kernel_shape", ints([kernel.0, kernel.1])),
-                    ("strides", ints([stride.0, stride.1])),
-                    ("pads", pads(*padding)),
-                    ("ceil_mode", AttrValue::Int(*ceil_mode as i64)),
-                ],
+                pool_attrs(*kernel, *stride, *padding, *ceil_mode),
             ),
             Op::AvgPool2d {
                 kernel,
@@ -196,19 +190,14 @@ impl<'m> Writer<'m> {
                 padding,
                 ceil_mode,
                 count_include_pad,
-            } => (
-                "AveragePool",
-                vec![
-                    ("kernel_shape", ints([kernel.0, kernel.1])),
-                    ("strides", ints([stride.0, stride.1])),
-                    ("pads", pads(*padding)),
-                    ("ceil_mode", AttrValue::Int(*ceil_mode as i64)),
-                    (
-                        "count_include_pad",
-                        AttrValue::Int(*count_include_pad as i64),
-                    ),
-                ],
-            ),
+            } => {
+                let mut a = pool_attrs(*kernel, *stride, *padding, *ceil_mode);
+                a.push((
+                    "count_include_pad",
+                    AttrValue::Int(*count_include_pad as i64),
+                ));
+                ("AveragePool", a)
+            }
             Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
             Op::Flatten { axis } => ("Flatten", vec![("axis", AttrValue::Int(*axis))]),
             Op::BatchNorm { scale, shift } => {
@@ -346,6 +335,21 @@ impl<'m> Writer<'m> {
         self.node(&l.name, l.op.kind(), x, o, attrs);
         Ok(())
     }
+}
+
+/// kernel_shape, strides, pads and ceil_mode of a 2-D pool.
+fn pool_attrs(
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: [usize; 4],
+    ceil_mode: bool,
+) -> Vec<(&'static str, AttrValue)> {
+    vec![
+        ("kernel_shape", ints([kernel.0, kernel.1])),
+        ("strides", ints([stride.0, stride.1])),
+        ("pads", pads(padding)),
+        ("ceil_mode", AttrValue::Int(ceil_mode as i64)),
+    ]
 }
 
 /// The ONNX TensorProto.DataType code of a cast target.

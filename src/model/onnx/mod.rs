@@ -303,10 +303,10 @@ fn load_onnx_inner(
         model.input_std = std;
     }
     autopad::resolve(&mut model, &imp.auto_pad)?;
+    // Folding reads full shapes from its own dry runs, so it goes first and shapes are
+    // inferred once, on the folded graph.
+    static_shapes::fold(&mut model)?;
     crate::engine::float::infer_shapes(&mut model)?;
-    if static_shapes::fold(&mut model)? > 0 {
-        crate::engine::float::infer_shapes(&mut model)?;
-    }
     let qdq = imp.qdq.any().then(|| QdqImport {
         acts: imp
             .qdq

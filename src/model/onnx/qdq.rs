@@ -234,7 +234,7 @@ pub(crate) fn read(
             // A Q/DQ pair on a constant: the constant as the pair leaves it.
             let t =
                 fake_quant_const(t, &q).ok_or("quantizes a constant that is not a float tensor")?;
-            let v = value_of(imp, out);
+            let v = imp.value(out);
             imp.consts.insert(v, t);
             return Ok(());
         }
@@ -266,7 +266,7 @@ pub(crate) fn read(
     }
     let c = layout(node, &t.shape, ints, scale, scale_dims, zp, qtype, name)?;
     let floats = dequantize(&c);
-    let v = value_of(imp, out);
+    let v = imp.value(out);
     imp.consts.insert(v, Tensor::f32(c.dims.clone(), floats));
     imp.qdq.consts.insert(v, c);
     Ok(())
@@ -366,10 +366,6 @@ impl ActQdq {
             _ => DataType::Int4,
         }
     }
-}
-
-fn value_of(imp: &mut Importer, name: &str) -> ValueId {
-    imp.value(name)
 }
 
 /// Checks a DequantizeLinear's axis and block size against the initializer and the scale.
