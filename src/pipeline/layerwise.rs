@@ -1,6 +1,7 @@
 //! Weight methods that work layer by layer, in topological order, on the calibration inputs each
 //! weight layer sees in the quantized-weight network (earlier layers already rounded and
-//! corrected, activations in float): GPTQ rounding and empirical bias correction.
+//! corrected, activations in float): GPTQ rounding. Bias correction (`super::bias_correction`)
+//! reuses the input statistics.
 
 use super::Cancel;
 use super::batch::{batches, make_batch};
@@ -31,7 +32,7 @@ pub struct InputStats {
 }
 
 impl InputStats {
-    fn new(k: usize, groups: usize, second: bool) -> Self {
+    pub(super) fn new(k: usize, groups: usize, second: bool) -> Self {
         InputStats {
             k,
             count: 0,
@@ -46,7 +47,7 @@ impl InputStats {
         self.sum[g].iter().map(|s| s / n).collect()
     }
 
-    fn merge(mut self, o: InputStats) -> InputStats {
+    pub(super) fn merge(mut self, o: InputStats) -> InputStats {
         self.count += o.count;
         for (a, b) in self.sum.iter_mut().zip(&o.sum) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -105,7 +106,12 @@ fn forward_until(model: &Model, inputs: Vec<Tensor>, i: usize, limit: usize) -> 
 }
 
 /// Adds one batch's input `x` of weight node `op` to `stats`.
-fn add_batch(op: &Op, x: &Tensor, limit: usize, stats: &mut InputStats) -> Result<(), String> {
+pub(super) fn add_batch(
+    op: &Op,
+    x: &Tensor,
+    limit: usize,
+    stats: &mut InputStats,
+) -> Result<(), String> {
     let xs = x.as_f32().ok_or("expects real-valued input")?;
     match op {
         Op::Conv2d {
@@ -184,24 +190,6 @@ pub fn input_stats(
     Ok(total)
 }
 
-/// The bias of a layer with float weights `w` quantized to `deq` (both [rows, k]), shifted by
-/// the mean output error on inputs whose mean patch per group is `means`:
-/// b + (W − Ŵ)·E[x] per output channel.
-pub fn corrected_bias(w: &[f32], deq: &[f32], bias: &[f32], means: &[Vec<f64>]) -> Vec<f32> {
-    let rows = bias.len();
-    let k = w.len() / rows.max(1);
-    let per_group = rows / means.len().max(1);
-    (0..rows)
-        .map(|r| {
-            let m = &means[r / per_group.max(1)];
-            let e: f64 = (0..k)
-                .map(|c| (w[r * k + c] as f64 - deq[r * k + c] as f64) * m[c])
-                .sum();
-            (bias[r] as f64 + e) as f32
-        })
-        .collect()
-}
-
 /// Time spent in each layer-by-layer method, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LayerwiseTimes {
@@ -209,14 +197,11 @@ pub struct LayerwiseTimes {
     pub stats: f64,
     /// GPTQ rounding.
     pub gptq: f64,
-    /// Bias correction.
-    pub bias_correction: f64,
 }
 
-/// Applies GPTQ (when `config.weight_rounding` says so) and bias correction (when
-/// `config.bias_correction`) to `weights` of `model`, layer by layer: each layer's statistics
-/// come from `model` with the layers before it already replaced by their final quantized
-/// weights and biases. `weights` holds the nearest-rounded weights (their scales stay).
+/// Applies GPTQ (when `config.weight_rounding` says so) to `weights` of `model`, layer by
+/// layer: each layer's statistics come from `model` with the layers before it already replaced
+/// by their final quantized weights and biases. `weights` holds the nearest-rounded weights (their scales stay).
 pub fn apply(
     model: &Model,
     config: &QuantConfig,
@@ -226,7 +211,7 @@ pub fn apply(
 ) -> Result<LayerwiseTimes> {
     let gptq = config.weight_rounding == WeightRounding::Gptq;
     let mut times = LayerwiseTimes::default();
-    if !gptq && !config.bias_correction {
+    if !gptq {
         return Ok(times);
     }
     let limit = config.max_sample_elems();
@@ -256,14 +241,6 @@ pub fn apply(
             times.gptq += super::ms(t);
         }
         let deq = wq.q.dequantize();
-        if config.bias_correction {
-            let t = std::time::Instant::now();
-            let b = layer.op.bias().expect("weight layer");
-            let b = wq.bias_or(b.as_slice().expect("contiguous bias")).to_vec();
-            let means: Vec<Vec<f64>> = (0..groups).map(|g| stats.mean(g)).collect();
-            wq.bias = Some(corrected_bias(w, &deq, &b, &means));
-            times.bias_correction += super::ms(t);
-        }
         let (ww, wb) = work.layers[i].op.weight_bias_mut().expect("weight layer");
         ww.copy_from_slice(&deq);
         if let Some(nb) = &wq.bias {

@@ -42,6 +42,7 @@ impl Cancel {
 
 mod batch;
 pub mod bench;
+pub mod bias_correction;
 mod calibrate;
 pub mod cle;
 mod evaluate;
@@ -128,8 +129,15 @@ fn run_cached(
     // activations are what the quantization points and per-layer figures refer to.
     let work = c.equalized.as_ref().unwrap_or(model);
     let t = Instant::now();
-    let params = choose_ranges(work, config, &c.weights, &c.calibration);
+    let mut params = choose_ranges(work, config, &c.weights, &c.calibration);
     timings.calibration += ms(t);
+    let mut calibration = None;
+    if config.bias_correction {
+        let t = Instant::now();
+        let (p, cal) = bias_correction::apply(work, config, params, calib, cancel)?;
+        (params, calibration) = (p, cal);
+        timings.bias_correction = ms(t);
+    }
     let mut outcome = evaluate_params(work, params, eval, config, true, cancel)?;
     outcome.report.calib_samples = c.calibration.samples;
     outcome.report.cle_pairs = c.cle_pairs.clone();
@@ -137,7 +145,7 @@ fn run_cached(
         eval: outcome.report.timings_ms.eval,
         ..timings
     };
-    outcome.calibration = Some(c.calibration.clone());
+    outcome.calibration = Some(calibration.unwrap_or_else(|| c.calibration.clone()));
     Ok(outcome)
 }
 
@@ -151,7 +159,7 @@ struct Prepared {
 }
 
 /// Step 1 with the weight methods: CLE on a copy of the model, quantized weights (nearest,
-/// then GPTQ and bias correction layer by layer on `calib` when `config` asks for them), and
+/// then GPTQ layer by layer on `calib` when `config` asks for it), and
 /// the biases a method changed recorded in the weights (exports write them).
 fn prepare_weights(
     model: &Model,
@@ -180,15 +188,10 @@ fn prepare_weights(
             }
         }
     }
-    if config.weight_rounding != crate::config::WeightRounding::Nearest || config.bias_correction {
+    if config.weight_rounding != crate::config::WeightRounding::Nearest {
         check_data(work, calib)?;
         let lt = layerwise::apply(work, config, &mut weights, calib, cancel)?;
-        if config.weight_rounding == crate::config::WeightRounding::Gptq {
-            timings.gptq = lt.stats + lt.gptq;
-            timings.bias_correction = lt.bias_correction;
-        } else {
-            timings.bias_correction = lt.stats + lt.bias_correction;
-        }
+        timings.gptq = lt.stats + lt.gptq;
     }
     Ok(Prepared {
         equalized,

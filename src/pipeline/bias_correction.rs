@@ -1,0 +1,258 @@
+//! Empirical bias correction (Nagel et al. 2019) on the network as it is deployed: after the
+//! activation ranges are chosen, each integer weight layer's bias is set, layer by layer in
+//! order, so that its mean output per channel over the calibration set equals the float
+//! model's. The inputs it averages are those the integer engine feeds the layer (weights,
+//! activations and earlier corrections all quantized), so the correction removes the mean
+//! error of everything upstream, not only of the layer's own weights.
+
+use super::batch::{batches, make_batch};
+use super::layerwise::{InputStats, add_batch};
+use super::{Calibration, Cancel, calibrate, choose_ranges};
+use crate::config::QuantConfig;
+use crate::engine::float::argmax;
+use crate::engine::int::{IntModel, input_qparams};
+use crate::error::{Error, Result};
+use crate::model::{Dataset, Model, Op};
+use crate::params::ModelParams;
+use rayon::prelude::*;
+
+/// Per-channel mean outputs of the weight layers (by node index) and the first graph output.
+pub type FloatReference = (Vec<Option<Vec<f64>>>, Vec<f32>);
+
+/// The float model's first output over `data` (flattened in sample order) and, per weight
+/// layer of `model` (indexed like `model.layers`; `None` for other nodes), the mean of its
+/// output per output channel (axis 1 of a conv, the last axis of a linear layer). Batches are
+/// summed in order, so the means are the same on every run.
+pub fn float_reference(
+    model: &Model,
+    data: &Dataset,
+    limit: usize,
+    cancel: &Cancel,
+) -> Result<FloatReference> {
+    let empty = || -> Vec<Option<(Vec<f64>, usize)>> {
+        model
+            .layers
+            .iter()
+            .map(|l| l.op.weight_rows().map(|(_, rows, _)| (vec![0.0; rows], 0)))
+            .collect()
+    };
+    let mut total = empty();
+    let mut outputs = Vec::new();
+    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
+        let parts = chunk
+            .par_iter()
+            .map(|&(s, e)| -> Result<_> {
+                cancel.check()?;
+                let inputs = make_batch(model, data, s, e)?;
+                let mut sums = empty();
+                let out = crate::engine::float::forward(model, inputs, limit, |i, y| {
+                    if let (Some((acc, n)), Some(v)) = (&mut sums[i], y.as_f32()) {
+                        *n += add_channel_sums(&model.layers[i].op, &y.shape, v, acc);
+                    }
+                })?;
+                Ok((sums, out[0].to_f32_vec()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (part, out) in parts {
+            outputs.extend(out);
+            for (t, p) in total.iter_mut().zip(part) {
+                if let (Some((a, n)), Some((b, m))) = (t, p) {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    *n += m;
+                }
+            }
+        }
+    }
+    let means = total
+        .into_iter()
+        .map(|t| t.map(|(s, n)| s.iter().map(|x| x / n.max(1) as f64).collect()))
+        .collect();
+    Ok((means, outputs))
+}
+
+/// Adds a weight op's output `v` (shape `shape`) into per-channel sums `acc`; returns the
+/// values per channel it added.
+fn add_channel_sums(op: &Op, shape: &[usize], v: &[f32], acc: &mut [f64]) -> usize {
+    let c = acc.len();
+    if c == 0 || v.is_empty() {
+        return 0;
+    }
+    if matches!(op, Op::Conv2d { .. }) {
+        let hw: usize = shape.iter().skip(2).product();
+        for (k, plane) in v.chunks(hw.max(1)).enumerate() {
+            acc[k % c] += plane.iter().map(|&x| x as f64).sum::<f64>();
+        }
+        v.len() / c
+    } else {
+        for row in v.chunks(c) {
+            acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x as f64);
+        }
+        v.len() / c
+    }
+}
+
+/// Empirical bias correction (Nagel et al. 2019): the bias that makes the quantized layer's
+/// mean output per channel equal the float model's, E[y_float] − Ŵ·E[x̂], where `deq` is Ŵ
+/// ([rows, k]), `float_means` the float model's mean output per channel and `means` the mean
+/// input patch per channel group in the quantized-weight network.
+pub fn corrected_bias(deq: &[f32], float_means: &[f64], means: &[Vec<f64>]) -> Vec<f32> {
+    let rows = float_means.len();
+    let k = deq.len() / rows.max(1);
+    let per_group = rows / means.len().max(1);
+    (0..rows)
+        .map(|r| {
+            let m = &means[r / per_group.max(1)];
+            let q: f64 = (0..k).map(|c| deq[r * k + c] as f64 * m[c]).sum();
+            (float_means[r] - q) as f32
+        })
+        .collect()
+}
+
+/// How well the integer engine matches on the calibration set: top-1 hits against the labels
+/// (0 without labels), then the negated mean squared error against the float outputs.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Score(usize, f64);
+
+/// One pass of the integer engine of `model` with `params` over `data`: the mean input patch
+/// per channel group of weight node `target` as the engine feeds it (dequantized; a graph
+/// input quantized as the engine quantizes it), and the [`Score`] against `float_out`.
+fn engine_pass(
+    model: &Model,
+    params: &ModelParams,
+    target: Option<usize>,
+    data: &Dataset,
+    float_out: &[f32],
+    (limit, cancel): (usize, &Cancel),
+) -> Result<(Vec<Vec<f64>>, Score)> {
+    let int = IntModel::new(model, params, limit);
+    let in_qs = input_qparams(model, params);
+    let stats_of = |i: usize| {
+        let op = &model.layers[i].op;
+        let (_, _, k) = op.weight_rows().expect("weight layer");
+        let groups = match op {
+            Op::Conv2d { groups, .. } => *groups,
+            _ => 1,
+        };
+        InputStats::new(k, groups, false)
+    };
+    let zero = || (target.map(stats_of), Score(0, 0.0));
+    let per_sample = float_out.len() / data.n.max(1);
+    let mut total = zero();
+    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
+        let parts = chunk
+            .par_iter()
+            .map(|&(s, e)| -> Result<_> {
+                cancel.check()?;
+                let inputs = make_batch(model, data, s, e)?;
+                let mut part = zero();
+                let want = target.map(|i| model.layers[i].data_input().expect("weight input"));
+                let mut seen = want.and_then(|v| {
+                    let k = model.inputs.iter().position(|g| g.value == v)?;
+                    Some(inputs[k].clone())
+                });
+                let out = int.forward(inputs, |_, v, t, _| {
+                    if Some(v) == want && seen.is_none() {
+                        seen = Some(t.clone());
+                    }
+                })?;
+                if let (Some(i), Some(st)) = (target, &mut part.0) {
+                    let layer = &model.layers[i];
+                    let err =
+                        |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
+                    let x = seen.ok_or_else(|| err("its input was not computed".into()))?;
+                    let x = match in_qs.get(&i).copied().flatten() {
+                        Some(q) => x.dequantized().quantize(q).dequantized(),
+                        None => x.dequantized(),
+                    };
+                    add_batch(&layer.op, &x, limit, st).map_err(err)?;
+                }
+                let q = out[0].to_f32_vec();
+                let f = &float_out[s * per_sample..e * per_sample];
+                part.1.1 = -f
+                    .iter()
+                    .zip(&q)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>();
+                if let Some(labels) = &data.labels {
+                    let hits = q.chunks(per_sample.max(1)).zip(&labels[s..e]);
+                    part.1.0 = hits.filter(|(r, l)| argmax(r) as i64 == **l).count();
+                }
+                Ok(part)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (st, sc) in parts {
+            total.0 = match (total.0, st) {
+                (Some(a), Some(b)) => Some(a.merge(b)),
+                (a, _) => a,
+            };
+            total.1 = Score(total.1.0 + sc.0, total.1.1 + sc.1);
+        }
+    }
+    let means = total
+        .0
+        .map(|st| (0..st.sum.len()).map(|g| st.mean(g)).collect());
+    Ok((means.unwrap_or_default(), total.1))
+}
+
+/// Bias correction as a run applies it: the biases of `params` corrected; then the
+/// activation histograms measured again with the corrected biases (they shift the activations
+/// the ranges were chosen on), the ranges chosen again and the biases corrected once more for
+/// those ranges. The second result is kept when it scores at least as well on `data` as the
+/// first (then with its histograms), so the result never scores below `params`.
+pub fn apply(
+    model: &Model,
+    config: &QuantConfig,
+    mut params: ModelParams,
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<(ModelParams, Option<Calibration>)> {
+    let first = correct_biases(model, config, &mut params, data, cancel)?;
+    let weights: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
+    let calibration = calibrate(model, config, &weights, data, cancel)?;
+    let mut again = choose_ranges(model, config, &weights, &calibration);
+    let second = correct_biases(model, config, &mut again, data, cancel)?;
+    Ok(if second >= first {
+        (again, Some(calibration))
+    } else {
+        (params, None)
+    })
+}
+
+/// Corrects the biases of `params`' integer weight layers of `model` on `data`, layer by
+/// layer in network order (each layer measured with the corrections before it in place). A
+/// layer's correction is kept only when the integer engine's [`Score`] on `data` does not get
+/// worse with it. The new biases go to each layer's `weight.bias`, where exports find them.
+/// Returns the final score.
+pub fn correct_biases(
+    model: &Model,
+    config: &QuantConfig,
+    params: &mut ModelParams,
+    data: &Dataset,
+    cancel: &Cancel,
+) -> Result<Score> {
+    super::check_data(model, data)?;
+    let lc = (config.max_sample_elems(), cancel);
+    let (float_means, float_out) = float_reference(model, data, lc.0, cancel)?;
+    let todo: Vec<usize> = (0..params.layers.len())
+        .filter(|&j| params.layers[j].weight.is_some() && params.layers[j].act.is_some())
+        .collect();
+    let nodes: Vec<usize> = todo.iter().map(|&j| params.layers[j].index).collect();
+    let node = |t: usize| nodes.get(t).copied();
+    let (mut means, mut score) = engine_pass(model, params, node(0), data, &float_out, lc)?;
+    for (t, (&j, &i)) in todo.iter().zip(&nodes).enumerate() {
+        let mut cand = params.clone();
+        let wq = cand.layers[j].weight.as_mut().expect("checked above");
+        let fm = float_means[i]
+            .as_deref()
+            .expect("a weight layer's float means");
+        wq.bias = Some(corrected_bias(&wq.q.dequantize(), fm, &means));
+        let next = node(t + 1);
+        let (m, s) = engine_pass(model, &cand, next, data, &float_out, lc)?;
+        if s >= score {
+            (*params, means, score) = (cand, m, s);
+        } else if next.is_some() {
+            means = engine_pass(model, params, next, data, &float_out, lc)?.0;
+        }
+    }
+    Ok(score)
+}
