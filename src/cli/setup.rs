@@ -232,9 +232,9 @@ pub fn setup(c: &Common) -> Result<Setup> {
         errln!("qscope: note: {note}");
     }
     if let Some(p) = &c.params {
-        let (r, smoothed) = qscope::export::load_params_with_notes(p, &model, c.force)?;
+        let mut r = qscope::export::load_params_with_notes(p, &model, c.force)?;
         // The parameters of a SmoothQuant run refer to the model with its migrations applied.
-        if let Some(m) = smoothed {
+        if let Some(m) = r.smoothed.take() {
             model = m;
         }
         for note in &r.notes {

@@ -784,6 +784,9 @@ pub struct Resolved {
     pub params: ModelParams,
     /// What differs between the file's model and this one (empty when they match).
     pub notes: Vec<String>,
+    /// The model the parameters refer to when the file's SmoothQuant migrations changed it
+    /// (set by `export::load_params_with_notes`; `None`: the model given).
+    pub smoothed: Option<Model>,
 }
 
 fn short(h: &str) -> &str {
@@ -1074,7 +1077,11 @@ impl ParamsFile {
                 ),
             ));
         }
-        Ok(Resolved { params, notes })
+        Ok(Resolved {
+            params,
+            notes,
+            smoothed: None,
+        })
     }
 }
 

@@ -13,6 +13,7 @@ mod onnx;
 mod qdq;
 mod random_graphs;
 mod refused;
+mod smoothquant;
 mod smoke_fuzz;
 #[cfg(feature = "tui")]
 mod tui;
