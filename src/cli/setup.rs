@@ -235,7 +235,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         let mut r = qscope::export::load_params_with_notes(p, &model, c.force)?;
         // The parameters of a SmoothQuant run refer to the model with its migrations applied.
         if let Some(m) = r.smoothed.take() {
-            model = m;
+            model = *m;
         }
         for note in &r.notes {
             errln!("qscope: warning: {note}");

@@ -203,7 +203,9 @@ pub fn load_params_with_notes(path: &Path, model: &Model, force: bool) -> Result
     let smoothed = if entries.is_empty() {
         None
     } else {
-        Some(crate::pipeline::smoothquant::replay(model, &entries, &label)?)
+        Some(crate::pipeline::smoothquant::replay(
+            model, &entries, &label,
+        )?)
     };
     let mut r = pf.resolve(
         &label,
@@ -211,7 +213,7 @@ pub fn load_params_with_notes(path: &Path, model: &Model, force: bool) -> Result
         force,
         WeightInts::FromModel,
     )?;
-    r.smoothed = smoothed;
+    r.smoothed = smoothed.map(Box::new);
     Ok(r)
 }
 

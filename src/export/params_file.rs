@@ -786,7 +786,7 @@ pub struct Resolved {
     pub notes: Vec<String>,
     /// The model the parameters refer to when the file's SmoothQuant migrations changed it
     /// (set by `export::load_params_with_notes`; `None`: the model given).
-    pub smoothed: Option<Model>,
+    pub smoothed: Option<Box<Model>>,
 }
 
 fn short(h: &str) -> &str {

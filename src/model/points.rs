@@ -167,8 +167,7 @@ fn integer_inputs(
         && data.iter().all(|&v| real[v])
         && consts.iter().all(|&v| real[v])
         && if strict {
-            data.iter().any(|&v| quantized[v])
-                && data.iter().all(|&v| quantized[v] || ln_output(v))
+            data.iter().any(|&v| quantized[v]) && data.iter().all(|&v| quantized[v] || ln_output(v))
         } else {
             data.iter().any(|&v| quantized[v])
         }

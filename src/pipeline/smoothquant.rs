@@ -113,7 +113,8 @@ fn absorber(model: &Model, v: ValueId, consumers: &[usize], c: usize) -> Option<
         Op::Relu if only_read_by(model, v, consumers) => {
             let x = model.layers[p].data_input()?;
             let q = producer_of(model, x)?;
-            let fits = matches!(&model.layers[q].op, Op::Linear { weight, .. } if weight.dim().0 == c);
+            let fits =
+                matches!(&model.layers[q].op, Op::Linear { weight, .. } if weight.dim().0 == c);
             (fits && only_read_by(model, x, &[p])).then_some(q)
         }
         _ => None,
@@ -292,7 +293,10 @@ pub fn smooth(
         model: m,
         entries,
         report,
-        skipped: skipped.into_iter().map(|i| model.layers[i].name.clone()).collect(),
+        skipped: skipped
+            .into_iter()
+            .map(|i| model.layers[i].name.clone())
+            .collect(),
     })
 }
 
@@ -301,8 +305,7 @@ pub fn smooth(
 pub fn replay(model: &Model, entries: &[SmoothEntry], label: &str) -> Result<Model> {
     let mut m = model.clone();
     for (k, e) in entries.iter().enumerate() {
-        apply(&mut m, e)
-            .map_err(|msg| Error::format(label, format!("smoothquant[{k}]: {msg}")))?;
+        apply(&mut m, e).map_err(|msg| Error::format(label, format!("smoothquant[{k}]: {msg}")))?;
     }
     Ok(m)
 }
@@ -392,7 +395,10 @@ fn fold_layernorm(
     let c = s.len();
     let (g, b) = ln_params(model, p, c).expect("checked by absorber");
     let divided = |model: &Model, id: ValueId| {
-        let x = model.constant(id).and_then(Tensor::as_f32).expect("checked");
+        let x = model
+            .constant(id)
+            .and_then(Tensor::as_f32)
+            .expect("checked");
         let y: Vec<f32> = x.iter().zip(s).map(|(x, s)| x / s).collect();
         Tensor::f32(vec![c], y)
     };

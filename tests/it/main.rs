@@ -13,8 +13,8 @@ mod onnx;
 mod qdq;
 mod random_graphs;
 mod refused;
-mod smoothquant;
 mod smoke_fuzz;
+mod smoothquant;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;

@@ -119,7 +119,12 @@ fn enc_model(p: &Enc) -> Model {
         input_std: Vec::new(),
         layers,
         values,
-        consts: vec![(g1, t(&p.g1)), (b1, t(&p.b1)), (g2, t(&p.g2)), (b2, t(&p.b2))],
+        consts: vec![
+            (g1, t(&p.g1)),
+            (b1, t(&p.b1)),
+            (g2, t(&p.g2)),
+            (b2, t(&p.b2)),
+        ],
         inputs: vec![GraphInput {
             value: x,
             dtype: DType::F32,
@@ -164,8 +169,7 @@ fn lin64(x: &[f64], w: &[f32], b: Option<&[f32]>, rows: usize) -> Vec<f64> {
     let k = x.len();
     (0..rows)
         .map(|o| {
-            b.map_or(0.0, |b| b[o] as f64)
-                + (0..k).map(|i| x[i] * w[o * k + i] as f64).sum::<f64>()
+            b.map_or(0.0, |b| b[o] as f64) + (0..k).map(|i| x[i] * w[o * k + i] as f64).sum::<f64>()
         })
         .collect()
 }
@@ -232,7 +236,11 @@ fn scales_follow_the_definition_computed_in_f64() {
             .collect()
     };
     let expect = [
-        ("ln1", vec!["la", "lb"], want(&m1, &col_max(&[&p.wa, &p.wb], C))),
+        (
+            "ln1",
+            vec!["la", "lb"],
+            want(&m1, &col_max(&[&p.wa, &p.wb], C)),
+        ),
         ("ln2", vec!["fc1"], want(&m2, &col_max(&[&p.w1], C))),
         ("fc1", vec!["fc2"], want(&mr, &col_max(&[&p.w2], H))),
     ];
@@ -363,9 +371,7 @@ fn bert_float_outputs_stay_the_same_and_every_layernorm_group_is_smoothed() {
     assert_eq!(s.report[0].layers.len(), 3);
     assert_eq!(s.skipped.len(), 4, "{:?}", s.skipped);
     assert!(
-        s.skipped
-            .iter()
-            .all(|n| n.ends_with("output/dense/MatMul")),
+        s.skipped.iter().all(|n| n.ends_with("output/dense/MatMul")),
         "{:?}",
         s.skipped
     );
@@ -409,7 +415,10 @@ fn a_bad_alpha_is_a_one_line_error_naming_the_key() {
         let (ok, _, err) = crate::util::qscope(&["eval", &flag]);
         assert!(!ok, "{a}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.contains("smoothquant") && !err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("smoothquant") && !err.contains("panicked"),
+            "{err}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = crate::util::write(&dir, "c.toml", b"smoothquant = 2.0\n");
@@ -459,7 +468,11 @@ fn params_of_a_smoothquant_run_reproduce_it_bit_for_bit() {
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(&json).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(file["smoothquant"].as_array().map(Vec::len), Some(4), "{text}");
+    assert_eq!(
+        file["smoothquant"].as_array().map(Vec::len),
+        Some(4),
+        "{text}"
+    );
     let mut load = common.to_vec();
     load.extend(["--params", json.to_str().unwrap()]);
     let (r1, q1) = eval_run(&load, &dir.path().join("b.safetensors"));
@@ -468,7 +481,14 @@ fn params_of_a_smoothquant_run_reproduce_it_bit_for_bit() {
     assert_eq!(r0["points"], r1["points"]);
     assert_eq!(r1["methods"]["smoothquant"].as_f64(), Some(0.5));
     // A chain model: only linear → Relu → linear folds apply (fc2, fc3); fc1 reads the input.
-    let mlp = ["--model", "mnist-mlp", "--weight-bits", "4", "--act-bits", "4"];
+    let mlp = [
+        "--model",
+        "mnist-mlp",
+        "--weight-bits",
+        "4",
+        "--act-bits",
+        "4",
+    ];
     let mut run_args = mlp.to_vec();
     run_args.extend(["--smoothquant", "0.5"]);
     let (r0, q0) = eval_run(&run_args, &dir.path().join("c.safetensors"));
