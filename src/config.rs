@@ -43,6 +43,8 @@ pub struct QuantConfig {
     pub bias_correction: bool,
     /// Cross-layer equalization of the float weights before quantization (`--cle`).
     pub cle: bool,
+    /// SmoothQuant's migration strength α, 0..=1 (`--smoothquant`); `None` = off.
+    pub smoothquant: Option<f32>,
     /// How weights are rounded onto their grid (`--weight-rounding`).
     pub weight_rounding: WeightRounding,
     /// GPTQ visits columns in order of decreasing Hessian diagonal (`--gptq-act-order`).
@@ -185,6 +187,7 @@ impl Default for QuantConfig {
             max_tensor_mib: 1024,
             bias_correction: false,
             cle: false,
+            smoothquant: None,
             weight_rounding: WeightRounding::Nearest,
             gptq_act_order: false,
             save_outputs: false,
@@ -216,7 +219,10 @@ impl QuantConfig {
     /// Whether a method changes weights or biases beyond rounding to nearest (bias correction,
     /// CLE, GPTQ): exported parameters then carry the integer weights and biases.
     pub fn changes_weights(&self) -> bool {
-        self.bias_correction || self.cle || self.weight_rounding != WeightRounding::Nearest
+        self.bias_correction
+            || self.cle
+            || self.smoothquant.is_some()
+            || self.weight_rounding != WeightRounding::Nearest
     }
 
     /// Whether weight layer `name` stays in float.
@@ -260,6 +266,14 @@ impl QuantConfig {
         check_bits("act_bits", self.act_bits)?;
         check_percentile("percentile", self.percentile)?;
         check_granularity("granularity", self.granularity)?;
+        if let Some(a) = self.smoothquant
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Err(Error::config(
+                "smoothquant",
+                format!("{a} must be within 0..=1 (the migration strength α)"),
+            ));
+        }
         if self.max_tensor_mib == 0 {
             return Err(Error::config("max_tensor_mib", "must be > 0"));
         }
@@ -378,6 +392,8 @@ pub struct ConfigFile {
     pub bias_correction: Option<bool>,
     /// See [`QuantConfig::cle`].
     pub cle: Option<bool>,
+    /// See [`QuantConfig::smoothquant`].
+    pub smoothquant: Option<f32>,
     /// See [`QuantConfig::weight_rounding`].
     pub weight_rounding: Option<WeightRounding>,
     /// See [`QuantConfig::gptq_act_order`].
@@ -419,6 +435,9 @@ impl ConfigFile {
             weight_rounding,
             gptq_act_order
         );
+        if self.smoothquant.is_some() {
+            base.smoothquant = self.smoothquant;
+        }
         for (k, v) in &self.layers {
             base.layers.insert(k.clone(), v.clone());
         }

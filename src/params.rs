@@ -76,6 +76,9 @@ pub struct ModelParams {
     pub points: Vec<PointParams>,
     /// One entry per weight layer, in network order.
     pub layers: Vec<LayerParams>,
+    /// SmoothQuant migrations the parameters were made on (the model they refer to is the
+    /// loaded model with these applied, in order; empty without SmoothQuant).
+    pub smoothquant: Vec<SmoothEntry>,
 }
 
 impl ModelParams {
@@ -98,4 +101,20 @@ impl ModelParams {
     pub fn by_name(&self, name: &str) -> Option<&LayerParams> {
         self.layers.iter().find(|l| l.name == name)
     }
+}
+
+/// One SmoothQuant migration (formats.md §5 extension `smoothquant`): the input channels of
+/// `consumers` (linear layers that all read one tensor) were multiplied by `scales` and the
+/// tensor's producer divided by them — a LayerNormalization's scale and bias (on a copy of the
+/// node when the tensor has other readers too) or a linear layer's output rows and bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmoothEntry {
+    /// The producer node (LayerNormalization or linear layer).
+    pub producer: String,
+    /// The linear layers whose input channels were scaled.
+    pub consumers: Vec<String>,
+    /// The migration strength α the scales came from.
+    pub alpha: f32,
+    /// One scale per channel (s_j > 0).
+    pub scales: Vec<f32>,
 }

@@ -108,6 +108,11 @@ pub struct Common {
     /// quantization.
     #[arg(long, global = true)]
     pub cle: bool,
+    /// SmoothQuant with migration strength ALPHA (0..=1, usually 0.5): move activation
+    /// outliers of linear layers fed by a LayerNorm or a linear layer (through Relu) into
+    /// their weights, folded into that producer.
+    #[arg(long, global = true, value_name = "ALPHA")]
+    pub smoothquant: Option<f32>,
     /// nearest or gptq: how weights are rounded onto their grid [default: nearest].
     #[arg(long, global = true)]
     pub weight_rounding: Option<qscope::config::WeightRounding>,

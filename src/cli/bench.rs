@@ -24,18 +24,24 @@ pub fn main(args: &BenchArgs) -> Result<()> {
             s.eval.n
         );
     }
-    let params = match s.params {
-        Some(p) => p,
+    let (params, smoothed) = match s.params {
+        Some(p) => (p, None),
         None => {
-            run(
+            let o = run(
                 &s.model,
                 &s.calib,
                 &s.eval.take(1),
                 &s.config,
                 &Cancel::new(),
-            )?
-            .params
+            )?;
+            (o.params, o.smoothed)
         }
+    };
+    // A SmoothQuant run's parameters refer to its smoothed copy of the model.
+    let s = super::setup::Setup {
+        model: smoothed.unwrap_or(s.model),
+        params: None,
+        ..s
     };
     let inputs = make_batch(&s.model, &s.eval, 0, batch)?;
     let pool = rayon::ThreadPoolBuilder::new()

@@ -58,8 +58,13 @@ pub fn main(args: &EvalArgs) -> Result<()> {
         errln!("qscope: wrote {} (tensors float, quant)", path.display());
     }
     if let Some(dir) = &args.dump_activations {
-        let (written, skipped) =
-            dump_activations(dir, &s.model, &outcome.params, &s.calib, &cancel)?;
+        let (written, skipped) = dump_activations(
+            dir,
+            outcome.model_or(&s.model),
+            &outcome.params,
+            &s.calib,
+            &cancel,
+        )?;
         for d in &written {
             errln!(
                 "qscope: wrote {}: I8 {:?}, scale {:e}, zero point {} ({} bits {})",

@@ -31,8 +31,8 @@ pub fn bytes(n: u64) -> String {
 pub fn main(args: &ExportArgs) -> Result<()> {
     let kind = check_export_target(&args.out)?;
     let s = setup(&args.common)?;
-    let params = match s.params {
-        Some(p) => p,
+    let (params, smoothed) = match s.params {
+        Some(p) => (p, None),
         None => {
             let pb = spinner("calibrating and evaluating");
             let outcome = run(&s.model, &s.calib, &s.eval, &s.config, &Cancel::new())?;
@@ -47,8 +47,15 @@ pub fn main(args: &ExportArgs) -> Result<()> {
                 pct(r.quant_accuracy),
                 pct(r.agreement)
             );
-            outcome.params
+            (outcome.params, outcome.smoothed)
         }
+    };
+    // A SmoothQuant run's parameters refer to its smoothed copy of the model (a --params file's
+    // migrations are applied to `s.model` already).
+    let s = super::setup::Setup {
+        model: smoothed.unwrap_or(s.model),
+        params: None,
+        ..s
     };
     let out = args.out.display();
     let layers = params.layers.len();

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// Everything a command needs to run the pipeline.
 pub struct Setup {
-    /// The model.
+    /// The model (with a --params file's SmoothQuant migrations applied).
     pub model: Model,
     /// Calibration data (first --calib-samples).
     pub calib: Dataset,
@@ -48,6 +48,10 @@ fn quant_options_given(c: &Common, file: &ConfigFile) -> Vec<&'static str> {
             "--bias-correction",
         ),
         (c.cle || file.cle.is_some(), "--cle"),
+        (
+            c.smoothquant.is_some() || file.smoothquant.is_some(),
+            "--smoothquant",
+        ),
         (
             c.gptq_act_order || file.gptq_act_order.is_some(),
             "--gptq-act-order",
@@ -173,6 +177,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         keep_float: c.keep_float.clone(),
         bias_correction: c.bias_correction.then_some(true),
         cle: c.cle.then_some(true),
+        smoothquant: c.smoothquant,
         weight_rounding: c.weight_rounding,
         gptq_act_order: c.gptq_act_order.then_some(true),
         ..Default::default()
@@ -227,7 +232,11 @@ pub fn setup(c: &Common) -> Result<Setup> {
         errln!("qscope: note: {note}");
     }
     if let Some(p) = &c.params {
-        let r = qscope::export::load_params_with_notes(p, &model, c.force)?;
+        let mut r = qscope::export::load_params_with_notes(p, &model, c.force)?;
+        // The parameters of a SmoothQuant run refer to the model with its migrations applied.
+        if let Some(m) = r.smoothed.take() {
+            model = *m;
+        }
         for note in &r.notes {
             errln!("qscope: warning: {note}");
         }

@@ -47,6 +47,15 @@ pub struct Report {
     /// after (empty without `cle`, and when parameters were loaded).
     #[serde(default)]
     pub cle_pairs: Vec<ClePairReport>,
+    /// SmoothQuant: per smoothed group of linear layers, the producer the scales were folded
+    /// into and the per-channel activation spread before and after (empty without
+    /// `smoothquant`, and when parameters were loaded).
+    #[serde(default)]
+    pub smoothquant: Vec<SmoothReport>,
+    /// SmoothQuant: quantized linear layers whose input no producer could absorb the scales
+    /// into (a graph input, GELU, an attention MatMul, …), left as they were.
+    #[serde(default)]
+    pub smoothquant_skipped: Vec<String>,
     /// Wall-clock time of each stage.
     pub timings_ms: Timings,
     /// The int8 matrix kernel that ran ("avx2", "portable", ...).
@@ -121,6 +130,9 @@ pub struct Methods {
     pub weight_rounding: String,
     /// GPTQ's act-order.
     pub gptq_act_order: bool,
+    /// SmoothQuant's migration strength α (null: off).
+    #[serde(default)]
+    pub smoothquant: Option<f32>,
 }
 
 impl Methods {
@@ -131,6 +143,7 @@ impl Methods {
             cle: config.cle,
             weight_rounding: config.weight_rounding.name().into(),
             gptq_act_order: config.gptq_act_order,
+            smoothquant: config.smoothquant,
         }
     }
 }
@@ -154,6 +167,23 @@ pub struct ClePairReport {
     pub in_spread_after: Option<f64>,
 }
 
+/// One group of linear layers SmoothQuant smoothed: the spread (largest / smallest nonzero
+/// per-channel max |x| over the calibration set) of their input before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmoothReport {
+    /// The linear layers reading the smoothed tensor (their input channels scaled by s).
+    pub layers: Vec<String>,
+    /// The node that absorbed 1/s.
+    pub folded_into: String,
+    /// `layernorm` (its scale and bias), `layernorm-copy` (a copy of it that only these layers
+    /// read: the tensor has other readers) or `linear` (its output rows and bias).
+    pub kind: String,
+    /// Spread of the input's per-channel max |x| before.
+    pub act_spread_before: Option<f64>,
+    /// The same after.
+    pub act_spread_after: Option<f64>,
+}
+
 /// Stage timings in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -162,6 +192,9 @@ pub struct Timings {
     /// Cross-layer equalization (part of `weights`).
     #[serde(default)]
     pub cle: f64,
+    /// SmoothQuant, its statistics pass included (part of `weights`).
+    #[serde(default)]
+    pub smoothquant: f64,
     /// GPTQ rounding, its statistics pass included (part of `weights`).
     #[serde(default)]
     pub gptq: f64,

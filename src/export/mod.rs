@@ -194,18 +194,32 @@ pub fn parse_params_file(path: &Path) -> Result<ParamsFile> {
 
 /// Loads parameters for `model` from a JSON or TOML file; a file made for another model is
 /// refused unless `force`. The notes say what differs when `force` let a mismatch through.
+/// A file with SmoothQuant migrations is resolved against `model` with them re-applied: that
+/// model is the result's `smoothed`.
 pub fn load_params_with_notes(path: &Path, model: &Model, force: bool) -> Result<Resolved> {
     let pf = parse_params_file(path)?;
-    pf.resolve(
-        &path.display().to_string(),
-        model,
+    let label = path.display().to_string();
+    let entries = pf.smooth_entries(&label)?;
+    let smoothed = if entries.is_empty() {
+        None
+    } else {
+        Some(crate::pipeline::smoothquant::replay(
+            model, &entries, &label,
+        )?)
+    };
+    let mut r = pf.resolve(
+        &label,
+        smoothed.as_ref().unwrap_or(model),
         force,
         WeightInts::FromModel,
-    )
+    )?;
+    r.smoothed = smoothed.map(Box::new);
+    Ok(r)
 }
 
 /// Loads parameters for `model` from a JSON or TOML file; a file made for another model is
-/// refused unless `force`.
+/// refused unless `force`. (A file with SmoothQuant migrations refers to the model
+/// [`load_params_with_notes`] returns with them.)
 pub fn load_params(path: &Path, model: &Model, force: bool) -> Result<ModelParams> {
     load_params_with_notes(path, model, force).map(|r| r.params)
 }

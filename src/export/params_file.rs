@@ -15,7 +15,12 @@
 //!   method chose them (GPTQ, CLE: quantizing the model's float weights would not give them
 //!   back) and used instead of quantizing the model's weights;
 //! - a weight's `bias`: the float bias `[out]` the integer layer uses instead of the model's,
-//!   written when a method changed it (bias correction, CLE).
+//!   written when a method changed it (bias correction, CLE);
+//! - `smoothquant`: the SmoothQuant migrations the parameters were made on, in order, each
+//!   `{producer, consumers, alpha, scales}` (see `pipeline::smoothquant`): the parameters refer
+//!   to the model with these applied, which a reader re-applies before resolving the rest
+//!   (`export::load_params_with_notes`). Files embedded in an exported graph leave it out: the
+//!   graph already carries the change.
 
 use crate::config::{ActSettings, WeightSettings};
 use crate::error::{Error, Result};
@@ -51,6 +56,55 @@ pub struct ParamsFile {
     pub points: Vec<PointEntry>,
     /// One entry per weight layer, in network order.
     pub layers: Vec<LayerEntry>,
+    /// SmoothQuant migrations, in the order they were applied (extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoothquant: Vec<SmoothFileEntry>,
+}
+
+/// One SmoothQuant migration (extension): `consumers`' input channels were multiplied by
+/// `scales` and `producer` divided by them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmoothFileEntry {
+    /// The LayerNormalization or linear node that absorbed 1/s.
+    pub producer: String,
+    /// The linear layers whose input channels were scaled.
+    pub consumers: Vec<String>,
+    /// The migration strength.
+    pub alpha: f64,
+    /// One scale per channel (f32 values).
+    pub scales: Vec<f64>,
+}
+
+impl SmoothFileEntry {
+    fn of(e: &crate::params::SmoothEntry) -> Self {
+        SmoothFileEntry {
+            producer: e.producer.clone(),
+            consumers: e.consumers.clone(),
+            alpha: e.alpha as f64,
+            scales: e.scales.iter().map(|&v| v as f64).collect(),
+        }
+    }
+
+    /// The entry as parameters; `key` names it in errors.
+    fn to_entry(&self, label: &str, key: &str) -> Result<crate::params::SmoothEntry> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(bad(label, &format!("{key}.alpha"), "must be within 0..=1"));
+        }
+        let scales: Vec<f32> = self.scales.iter().map(|&v| v as f32).collect();
+        if let Some(v) = scales.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(bad(
+                label,
+                &format!("{key}.scales"),
+                format!("{v} is not a positive finite f32"),
+            ));
+        }
+        Ok(crate::params::SmoothEntry {
+            producer: self.producer.clone(),
+            consumers: self.consumers.clone(),
+            alpha: self.alpha as f32,
+            scales,
+        })
+    }
 }
 
 /// A quantization point of a graph that no weight layer produces.
@@ -259,7 +313,17 @@ impl ParamsFile {
                     activation: l.act.as_ref().map(act_entry),
                 })
                 .collect(),
+            smoothquant: params.smoothquant.iter().map(SmoothFileEntry::of).collect(),
         }
+    }
+
+    /// The file's SmoothQuant migrations, checked; `label` names the file in errors.
+    pub fn smooth_entries(&self, label: &str) -> Result<Vec<crate::params::SmoothEntry>> {
+        self.smoothquant
+            .iter()
+            .enumerate()
+            .map(|(k, e)| e.to_entry(label, &format!("smoothquant[{k}]")))
+            .collect()
     }
 
     /// The file as JSON: objects indented, arrays of numbers on one line.
@@ -720,6 +784,9 @@ pub struct Resolved {
     pub params: ModelParams,
     /// What differs between the file's model and this one (empty when they match).
     pub notes: Vec<String>,
+    /// The model the parameters refer to when the file's SmoothQuant migrations changed it
+    /// (set by `export::load_params_with_notes`; `None`: the model given).
+    pub smoothed: Option<Box<Model>>,
 }
 
 fn short(h: &str) -> &str {
@@ -990,7 +1057,11 @@ impl ParamsFile {
                 format!("{label}: loaded with --force although it was made for another model"),
             );
         }
-        let params = ModelParams { points, layers };
+        let params = ModelParams {
+            points,
+            layers,
+            smoothquant: self.smooth_entries(label)?,
+        };
         let inq = crate::engine::int::input_qparams(model, &params);
         if let Some(lp) = params
             .layers
@@ -1006,7 +1077,11 @@ impl ParamsFile {
                 ),
             ));
         }
-        Ok(Resolved { params, notes })
+        Ok(Resolved {
+            params,
+            notes,
+            smoothed: None,
+        })
     }
 }
 

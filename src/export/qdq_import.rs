@@ -34,6 +34,7 @@ pub fn qdq_params(label: &str, model: &Model, q: &QdqImport) -> Result<Resolved>
         input: None,
         points: Vec::new(),
         layers: Vec::new(),
+        smoothquant: Vec::new(),
     };
     let meta_act = |name: &str| -> Option<&ActEntry> {
         let m = meta.as_ref()?;

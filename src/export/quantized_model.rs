@@ -342,6 +342,8 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         tensors.insert(format!("{l}.bias"), i32s(vec![rows], &ibias));
     }
     let mut pf = ParamsFile::from_params(model, params);
+    // The embedded graph or spec is the model SmoothQuant changed: nothing to re-apply.
+    pf.smoothquant.clear();
     // The integer weights are the file's tensors: the embedded parameters need not repeat them.
     for w in pf.layers.iter_mut().filter_map(|l| l.weight.as_mut()) {
         w.weights_int = None;

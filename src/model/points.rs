@@ -153,11 +153,21 @@ fn integer_inputs(
     let (data, consts): (Vec<ValueId>, Vec<ValueId>) =
         ins.into_iter().partition(|&v| model.constant(v).is_none());
     let strict = matches!(l.op, Op::Binary(_));
+    // A LayerNormalization output that meets a quantized tensor at a residual Add is quantized
+    // there (an entry point) rather than the Add running in float. Without SmoothQuant a
+    // linear layer reading it has usually made it a point already; with SmoothQuant's copy of
+    // the LayerNorm for its linear layers, this keeps the residual branch quantized as before.
+    let ln_output = |v: ValueId| {
+        model
+            .layers
+            .iter()
+            .any(|p| p.output == v && matches!(p.op, Op::LayerNorm { .. }))
+    };
     let ok = !data.is_empty()
         && data.iter().all(|&v| real[v])
         && consts.iter().all(|&v| real[v])
         && if strict {
-            data.iter().all(|&v| quantized[v])
+            data.iter().any(|&v| quantized[v]) && data.iter().all(|&v| quantized[v] || ln_output(v))
         } else {
             data.iter().any(|&v| quantized[v])
         }

@@ -257,5 +257,9 @@ pub fn choose_ranges(
             }
         })
         .collect();
-    ModelParams { points, layers }
+    ModelParams {
+        points,
+        layers,
+        smoothquant: Vec::new(),
+    }
 }

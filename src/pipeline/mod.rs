@@ -48,6 +48,7 @@ pub mod cle;
 mod evaluate;
 pub mod layerwise;
 mod report;
+pub mod smoothquant;
 
 pub use batch::{batches, check_data, make_batch};
 pub use calibrate::{
@@ -76,6 +77,15 @@ pub struct Outcome {
     pub calibration: Option<Calibration>,
     /// Both engines' outputs, when `config.save_outputs` asked for them.
     pub saved: Option<SavedOutputs>,
+    /// The model the parameters refer to when SmoothQuant changed it (`None`: the input model).
+    pub smoothed: Option<Model>,
+}
+
+impl Outcome {
+    /// The model the parameters refer to: the SmoothQuant copy, else `model` (the one run on).
+    pub fn model_or<'a>(&'a self, model: &'a Model) -> &'a Model {
+        self.smoothed.as_ref().unwrap_or(model)
+    }
 }
 
 fn ms(t: Instant) -> f64 {
@@ -113,34 +123,41 @@ fn run_cached(
         timings.weights = ms(t);
         cancel.check()?;
         let t = Instant::now();
-        let work = prepared.equalized.as_ref().unwrap_or(model);
+        let work = prepared.work(model);
         let calibration = calibrate(work, config, &prepared.weights, calib, cancel)?;
         timings.calibration = ms(t);
         *cache = Some(Cached {
             key,
-            weights: prepared.weights,
             calibration,
-            equalized: prepared.equalized,
-            cle_pairs: prepared.cle_pairs,
+            prepared,
         });
     }
     let c = cache.as_ref().expect("filled above");
-    // With CLE the flow runs on the equalized model (the same float function): its float
-    // activations are what the quantization points and per-layer figures refer to.
-    let work = c.equalized.as_ref().unwrap_or(model);
+    // With CLE or SmoothQuant the flow runs on the changed model (the same float function):
+    // its float activations are what the quantization points and per-layer figures refer to.
+    let p = &c.prepared;
+    let work = p.work(model);
     let t = Instant::now();
-    let mut params = choose_ranges(work, config, &c.weights, &c.calibration);
+    let mut params = choose_ranges(work, config, &p.weights, &c.calibration);
     timings.calibration += ms(t);
     let mut calibration = None;
     if config.bias_correction {
         let t = Instant::now();
-        let (p, cal) = bias_correction::apply(work, config, params, calib, cancel)?;
-        (params, calibration) = (p, cal);
+        let (bp, cal) = bias_correction::apply(work, config, params, calib, cancel)?;
+        (params, calibration) = (bp, cal);
         timings.bias_correction = ms(t);
+    }
+    if let Some(sq) = &p.smoothed {
+        params.smoothquant = sq.entries.clone();
     }
     let mut outcome = evaluate_params(work, params, eval, config, true, cancel)?;
     outcome.report.calib_samples = c.calibration.samples;
-    outcome.report.cle_pairs = c.cle_pairs.clone();
+    outcome.report.cle_pairs = p.cle_pairs.clone();
+    if let Some(sq) = &p.smoothed {
+        outcome.report.smoothquant = sq.report.clone();
+        outcome.report.smoothquant_skipped = sq.skipped.clone();
+        outcome.smoothed = Some(sq.model.clone());
+    }
     outcome.report.timings_ms = Timings {
         eval: outcome.report.timings_ms.eval,
         ..timings
@@ -149,18 +166,31 @@ fn run_cached(
     Ok(outcome)
 }
 
-/// The weights step's results: the equalized model (with CLE), the quantized weights, the
-/// CLE report and the methods' timings.
+/// The weights step's results: the SmoothQuant copy, the equalized model (with CLE), the
+/// quantized weights, the methods' reports and timings.
 struct Prepared {
+    smoothed: Option<smoothquant::Smoothed>,
     equalized: Option<Model>,
     weights: Vec<Option<WeightQuant>>,
     cle_pairs: Vec<crate::eval::report::ClePairReport>,
     timings: Timings,
 }
 
-/// Step 1 with the weight methods: CLE on a copy of the model, quantized weights (nearest,
+impl Prepared {
+    /// The model the rest of the flow runs on: equalized, else smoothed, else `model`.
+    fn work<'a>(&'a self, model: &'a Model) -> &'a Model {
+        self.equalized
+            .as_ref()
+            .or(self.smoothed.as_ref().map(|s| &s.model))
+            .unwrap_or(model)
+    }
+}
+
+/// Step 1 with the weight methods, in this order: SmoothQuant on a copy of the model (its
+/// statistics from a float pass over `calib`), CLE on the result, quantized weights (nearest,
 /// then GPTQ layer by layer on `calib` when `config` asks for it), and
-/// the biases a method changed recorded in the weights (exports write them).
+/// the biases CLE changed recorded in the weights (exports write them; the
+/// SmoothQuant changes are replayed from the parameters' `smoothquant` instead).
 fn prepare_weights(
     model: &Model,
     calib: &Dataset,
@@ -168,22 +198,33 @@ fn prepare_weights(
     cancel: &Cancel,
 ) -> Result<Prepared> {
     let mut timings = Timings::default();
+    let smoothed = match config.smoothquant {
+        Some(alpha) => {
+            let t = Instant::now();
+            check_data(model, calib)?;
+            let s = smoothquant::smooth(model, calib, config, alpha, cancel)?;
+            timings.smoothquant = ms(t);
+            Some(s)
+        }
+        None => None,
+    };
+    let base = smoothed.as_ref().map_or(model, |s| &s.model);
     let (equalized, cle_pairs) = if config.cle {
         let t = Instant::now();
-        let (m, pairs) = cle::equalize(model, config);
+        let (m, pairs) = cle::equalize(base, config);
         timings.cle = ms(t);
         (Some(m), pairs)
     } else {
         (None, Vec::new())
     };
-    let work = equalized.as_ref().unwrap_or(model);
+    let work = equalized.as_ref().unwrap_or(base);
     let mut weights = quantize_weights(work, config);
     if equalized.is_some() {
         for (&i, wq) in work.weight_layers().iter().zip(&mut weights) {
             let (Some(wq), Some(b)) = (wq, work.layers[i].op.bias()) else {
                 continue;
             };
-            if model.layers[i].op.bias() != Some(b) {
+            if base.layers[i].op.bias() != Some(b) {
                 wq.bias = Some(b.to_vec());
             }
         }
@@ -194,6 +235,7 @@ fn prepare_weights(
         timings.gptq = lt.stats + lt.gptq;
     }
     Ok(Prepared {
+        smoothed,
         equalized,
         weights,
         cle_pairs,
@@ -242,6 +284,7 @@ pub fn evaluate_params(
         params,
         calibration: None,
         saved,
+        smoothed: None,
     })
 }
 
@@ -249,7 +292,7 @@ pub fn evaluate_params(
 /// settings and the weight methods.
 type WeightKey = (
     Vec<Option<crate::config::WeightSettings>>,
-    (bool, bool, crate::config::WeightRounding, bool),
+    (bool, bool, crate::config::WeightRounding, bool, Option<u32>),
 );
 
 /// The weight-side settings of every weight layer and the weight methods: when they are
@@ -269,6 +312,7 @@ fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
         config.cle,
         config.weight_rounding,
         config.gptq_act_order,
+        config.smoothquant.map(f32::to_bits),
     );
     (layers, methods)
 }
@@ -277,10 +321,8 @@ fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
 /// weights and the calibration histograms.
 struct Cached {
     key: WeightKey,
-    weights: Vec<Option<WeightQuant>>,
     calibration: Calibration,
-    equalized: Option<Model>,
-    cle_pairs: Vec<crate::eval::report::ClePairReport>,
+    prepared: Prepared,
 }
 
 /// A model with its data sets that re-runs configurations, reusing the quantized weights and

@@ -159,8 +159,16 @@ pub(super) fn build_report(
             .map(|(l, _)| l.name.clone())
             .collect(),
         int_mac_share: ev.int_mac_share(),
-        methods: crate::eval::report::Methods::of(config),
+        methods: crate::eval::report::Methods {
+            // Loaded parameters say which SmoothQuant strength they were made with.
+            smoothquant: config
+                .smoothquant
+                .or(params.smoothquant.first().map(|e| e.alpha)),
+            ..crate::eval::report::Methods::of(config)
+        },
         cle_pairs: Vec::new(),
+        smoothquant: Vec::new(),
+        smoothquant_skipped: Vec::new(),
         timings_ms,
         kernel: crate::engine::kernels::kernel_name().to_string(),
     }

@@ -325,7 +325,7 @@ impl Engine for SessionEngine {
         }
         let (_, outcome, loaded) = self.last.as_ref().expect("main_run filled it");
         let views = layer_views(
-            &self.main.model,
+            outcome.model_or(&self.main.model),
             &outcome.params,
             outcome.calibration.as_ref(),
             job.bins,

@@ -135,6 +135,7 @@ fn check_one(seed: u64) {
             }),
             act: Some(out.clone()),
         }],
+        smoothquant: Vec::new(),
     };
     let got = IntModel::new(&model, &params, usize::MAX)
         .forward_flat(&x, n)

@@ -14,6 +14,7 @@ mod qdq;
 mod random_graphs;
 mod refused;
 mod smoke_fuzz;
+mod smoothquant;
 #[cfg(feature = "tui")]
 mod tui;
 mod util;

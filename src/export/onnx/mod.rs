@@ -93,7 +93,9 @@ pub fn onnx_graph(
         });
     }
     if let Some(p) = params {
-        let file = crate::export::ParamsFile::from_params(model, p);
+        let mut file = crate::export::ParamsFile::from_params(model, p);
+        // The graph written is the model SmoothQuant changed: nothing to re-apply on reading.
+        file.smoothquant.clear();
         w.g.metadata.push((PARAMS_KEY.into(), file.to_json()));
     }
     Ok((w.g, w.weight_inits))
