@@ -46,6 +46,7 @@ mod calibrate;
 pub mod cle;
 mod evaluate;
 pub mod layerwise;
+pub mod mixed;
 mod report;
 
 pub use batch::{batches, check_data, make_batch};
