@@ -12,7 +12,8 @@ use qscope::config::ConfigFile;
 use qscope::export::atomic::{check_writable_file, write_bytes_atomic};
 use qscope::export::mixed_plot::mixed_svg;
 use qscope::pipeline::mixed::{
-    Budget, FrontPoint, MixedOptions, MixedSearch, choose_for_budget, config_with_bits, search,
+    Budget, FrontPoint, MixedOptions, MixedSearch, check_budget, choose_for_budget,
+    config_with_bits, search,
 };
 use qscope::pipeline::{Cancel, Session};
 use std::path::Path;
@@ -49,9 +50,12 @@ pub fn main(args: &MixedArgs) -> Result<()> {
     }
     let s = setup(&args.common)?;
     if s.params.is_some() {
-        bail!("mixed: the search calibrates every configuration, so it needs a float model and no --params");
+        bail!(
+            "mixed: the search calibrates every configuration, so it needs a float model and no --params"
+        );
     }
     let config = s.config.clone();
+    check_budget(&s.model, &config, &args.candidates, budget(args))?;
     let mut session = Session::new(s.model, s.calib, s.eval);
     let opts = MixedOptions {
         candidates: args.candidates.clone(),
@@ -122,7 +126,8 @@ fn config_toml(
     };
     let mut layers = config.layers.clone();
     for l in &result.layers {
-        layers.entry(l.name.clone()).or_default().act_bits = Some(config.act_settings(&l.name).bits);
+        layers.entry(l.name.clone()).or_default().act_bits =
+            Some(config.act_settings(&l.name).bits);
     }
     let out = ConfigFile {
         model: c.model.clone().or(file.model).or(Some("mnist-mlp".into())),

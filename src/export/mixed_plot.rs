@@ -55,7 +55,10 @@ pub fn mixed_svg(search: &MixedSearch, chosen: usize) -> Result<String> {
     {
         let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let title = format!("{} · mixed precision: accuracy vs weight size", search.model);
+        let title = format!(
+            "{} · mixed precision: accuracy vs weight size",
+            search.model
+        );
         let mut chart = ChartBuilder::on(&root)
             .caption(title, (FAMILY, 22))
             .margin(16)

@@ -4,11 +4,11 @@
 
 pub mod atomic;
 pub mod dump;
+pub mod mixed_plot;
 pub mod onnx;
 pub mod outputs;
 pub mod packing;
 pub mod params_file;
-pub mod mixed_plot;
 pub mod plot;
 pub mod qdq_import;
 pub mod quantized_model;

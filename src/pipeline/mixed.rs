@@ -209,7 +209,13 @@ pub fn search(
     }
     let (nl, nc) = (layers.len(), candidates.len());
     // The front has at most one point per step, plus the top.
-    let mut total = 1 + nl * (nc - 1) + if opts.evaluate { 1 + nl * (nc - 1) + nc } else { 0 };
+    let mut total = 1
+        + nl * (nc - 1)
+        + if opts.evaluate {
+            1 + nl * (nc - 1) + nc
+        } else {
+            0
+        };
     let mut done = 0;
     // Sensitivities on the calibration set, so the evaluation set only judges the result.
     let mut sens = Session::new(
@@ -218,7 +224,9 @@ pub fn search(
         session.calib.clone(),
     );
     let top = vec![candidates[0]; nl];
-    let base = sens.run(&config_with_bits(config, &layers, &top), cancel)?.report;
+    let base = sens
+        .run(&config_with_bits(config, &layers, &top), cancel)?
+        .report;
     done += 1;
     progress(done, total);
     let mut nsr = vec![vec![nsr_of(&base); nc]; nl];
@@ -227,7 +235,9 @@ pub fn search(
         for k in 1..nc {
             let mut bits = top.clone();
             bits[l] = candidates[k];
-            let r = sens.run(&config_with_bits(config, &layers, &bits), cancel)?.report;
+            let r = sens
+                .run(&config_with_bits(config, &layers, &bits), cancel)?
+                .report;
             done += 1;
             progress(done, total);
             // Fewer bits are never predicted better (a lower measurement is noise).
@@ -307,6 +317,37 @@ pub fn evaluate_points(
     Ok(())
 }
 
+/// Refuses, before any run, a budget no configuration can meet (below every searched layer at
+/// the lowest candidate) or a bad value.
+pub fn check_budget(
+    model: &crate::model::Model,
+    config: &QuantConfig,
+    candidates: &[u8],
+    budget: Budget,
+) -> Result<()> {
+    if let Budget::MaxDrop(pts) = budget {
+        if !(pts.is_finite() && pts >= 0.0) {
+            return Err(Error::config("max_drop", format!("{pts} must be ≥ 0")));
+        }
+        return Ok(());
+    }
+    let (layers, float_params) = searched_layers(model, config);
+    let low = candidates.iter().copied().min().unwrap_or(8);
+    let mut s = MixedSearch {
+        model: model.name.clone(),
+        candidates: vec![low],
+        layers,
+        float_params,
+        fp32_accuracy: None,
+        sensitivity: Vec::new(),
+        front: Vec::new(),
+        uniform: Vec::new(),
+        table: SensitivityTable::default(),
+    };
+    s.front = vec![s.point(vec![low; s.layers.len()], 0.0)];
+    choose(&s, budget).map(|_| ())
+}
+
 /// Whether `p` is within a size budget (always true for a max-drop budget).
 fn within(p: &FrontPoint, budget: Budget) -> bool {
     match budget {
@@ -373,7 +414,9 @@ pub fn choose_for_budget(
 /// Max drop: the smallest point within that many points of float (needs evaluated points).
 pub fn choose(search: &MixedSearch, budget: Budget) -> Result<usize> {
     let front = &search.front;
-    let smallest = front.last().ok_or_else(|| Error::config("front", "empty"))?;
+    let smallest = front
+        .last()
+        .ok_or_else(|| Error::config("front", "empty"))?;
     let fits: Vec<usize> = match budget {
         Budget::Bits(b) => {
             if !(b.is_finite() && b > 0.0) {
