@@ -11,7 +11,7 @@ use super::{Cancel, Session};
 use crate::config::QuantConfig;
 use crate::error::{Error, Result};
 use crate::eval::report::Report;
-use greedy::{SensitivityTable, greedy_front, refine};
+use greedy::{SensitivityTable, exact_within, greedy_front, refine};
 use serde::Serialize;
 
 /// What the search varies.
@@ -348,6 +348,24 @@ pub fn check_budget(
     choose(&s, budget).map(|_| ())
 }
 
+/// The assignment of least predicted noise within a bits or bytes budget ([`exact_within`]).
+fn exact_for(search: &MixedSearch, budget: Budget) -> Option<Vec<usize>> {
+    let (params, cands) = (&search.table.params, &search.candidates);
+    let bits = |l: usize, k: usize| params[l] * cands[k] as u64;
+    match budget {
+        Budget::Bits(b) => {
+            let all = (b * search.total_params() as f64 + 1e-9).floor() as u64;
+            let max = all.checked_sub(32 * search.float_params)?;
+            exact_within(&search.table, bits, max)
+        }
+        Budget::Bytes(n) => {
+            let max = n.checked_sub(4 * search.float_params)?;
+            exact_within(&search.table, |l, k| bits(l, k).div_ceil(8), max)
+        }
+        Budget::MaxDrop(_) => None,
+    }
+}
+
 /// Whether `p` is within a size budget (always true for a max-drop budget).
 fn within(p: &FrontPoint, budget: Budget) -> bool {
     match budget {
@@ -389,7 +407,15 @@ pub fn choose_for_budget(
             })
             .collect();
         let fits = |c: &[usize]| within(&search.point(bits_of(c), 0.0), budget);
-        if let Some(c) = refine(table, &greedy, fits) {
+        let best_front = greedy
+            .iter()
+            .filter(|g| fits(&g.choice))
+            .map(|g| g.nsr)
+            .fold(f64::INFINITY, f64::min);
+        let better = exact_for(search, budget)
+            .or_else(|| refine(table, &greedy, fits))
+            .filter(|c| table.predict(c) < best_front && !greedy.iter().any(|g| g.choice == *c));
+        if let Some(c) = better {
             let mut p = search.point(bits_of(&c), table.predict(&c));
             if search.front[0].quant_accuracy.is_some() {
                 let cfg = config_with_bits(config, &search.layers, &p.weight_bits);

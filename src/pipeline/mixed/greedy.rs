@@ -177,6 +177,50 @@ pub fn refine(
     improved.then_some(cur)
 }
 
+/// Most states [`exact_within`] keeps per layer before giving up.
+pub const EXACT_STATES: usize = 50_000;
+
+/// The assignment of least predicted noise whose size (`size(layer, candidate)` summed over the
+/// layers) is at most `max`: a dynamic program over the layers keeping only the (size, noise)
+/// states no other state beats on both. `None` when nothing fits or the states exceed
+/// [`EXACT_STATES`] (then [`refine`] is the fallback).
+pub fn exact_within(
+    table: &SensitivityTable,
+    size: impl Fn(usize, usize) -> u64,
+    max: u64,
+) -> Option<Vec<usize>> {
+    // (size, noise added over the top, choice so far)
+    let mut states: Vec<(u64, f64, Vec<usize>)> = vec![(0, 0.0, Vec::new())];
+    for (l, row) in table.nsr.iter().enumerate() {
+        let mut next: Vec<(u64, f64, Vec<usize>)> = Vec::new();
+        for (s, n, c) in &states {
+            for (k, v) in row.iter().enumerate() {
+                let s2 = s + size(l, k);
+                if s2 <= max {
+                    let mut c2 = c.clone();
+                    c2.push(k);
+                    next.push((s2, n + (v - row[0]), c2));
+                }
+            }
+        }
+        next.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut best = f64::INFINITY;
+        next.retain(|st| {
+            let keep = st.1 < best;
+            best = best.min(st.1);
+            keep
+        });
+        if next.is_empty() || next.len() > EXACT_STATES {
+            return None;
+        }
+        states = next;
+    }
+    states
+        .into_iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|st| st.2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
