@@ -176,6 +176,57 @@ fn searched_layers(model: &crate::model::Model, config: &QuantConfig) -> (Vec<Mi
     (layers, float)
 }
 
+/// The sensitivity table: with every searched layer at the top candidate, then each layer alone
+/// at each lower candidate, the output noise-to-signal ratio on the calibration set (so the
+/// evaluation set only judges the result). `tick` follows the runs.
+fn measure(
+    session: &Session,
+    config: &QuantConfig,
+    layers: &[MixedLayer],
+    candidates: &[u8],
+    cancel: &Cancel,
+    tick: &mut dyn FnMut(usize),
+) -> Result<(SensitivityTable, Vec<SensitivityEntry>)> {
+    let (nl, nc) = (layers.len(), candidates.len());
+    let mut sens = Session::new(
+        session.model.clone(),
+        session.calib.clone(),
+        session.calib.clone(),
+    );
+    let top = vec![candidates[0]; nl];
+    let base = sens
+        .run(&config_with_bits(config, layers, &top), cancel)?
+        .report;
+    tick(1);
+    let mut nsr = vec![vec![nsr_of(&base); nc]; nl];
+    let mut entries = Vec::new();
+    for l in 0..nl {
+        for k in 1..nc {
+            let mut bits = top.clone();
+            bits[l] = candidates[k];
+            let r = sens
+                .run(&config_with_bits(config, layers, &bits), cancel)?
+                .report;
+            tick(1);
+            // Fewer bits are never predicted better (a lower measurement is noise).
+            nsr[l][k] = nsr_of(&r).max(nsr[l][k - 1]);
+            entries.push(SensitivityEntry {
+                layer: layers[l].name.clone(),
+                bits: candidates[k],
+                output_sqnr_db: r.output_sqnr_db,
+                quant_accuracy: r.quant_accuracy,
+            });
+        }
+    }
+    let table = SensitivityTable {
+        candidates: candidates.to_vec(),
+        params: layers.iter().map(|l| l.params).collect(),
+        nsr,
+        base_nsr: nsr_of(&base),
+    };
+    Ok((table, entries))
+}
+
 /// Runs the whole search on `session` with `config`'s settings (strategies, methods, activation
 /// bits) and each searched layer's weight bits varied over `opts.candidates`. The sensitivity
 /// runs use the calibration set; the front is evaluated on `session.eval`. `progress(done,
@@ -217,45 +268,10 @@ pub fn search(
             0
         };
     let mut done = 0;
-    // Sensitivities on the calibration set, so the evaluation set only judges the result.
-    let mut sens = Session::new(
-        session.model.clone(),
-        session.calib.clone(),
-        session.calib.clone(),
-    );
-    let top = vec![candidates[0]; nl];
-    let base = sens
-        .run(&config_with_bits(config, &layers, &top), cancel)?
-        .report;
-    done += 1;
-    progress(done, total);
-    let mut nsr = vec![vec![nsr_of(&base); nc]; nl];
-    let mut sensitivity = Vec::new();
-    for l in 0..nl {
-        for k in 1..nc {
-            let mut bits = top.clone();
-            bits[l] = candidates[k];
-            let r = sens
-                .run(&config_with_bits(config, &layers, &bits), cancel)?
-                .report;
-            done += 1;
-            progress(done, total);
-            // Fewer bits are never predicted better (a lower measurement is noise).
-            nsr[l][k] = nsr_of(&r).max(nsr[l][k - 1]);
-            sensitivity.push(SensitivityEntry {
-                layer: layers[l].name.clone(),
-                bits: candidates[k],
-                output_sqnr_db: r.output_sqnr_db,
-                quant_accuracy: r.quant_accuracy,
-            });
-        }
-    }
-    let table = SensitivityTable {
-        candidates: candidates.clone(),
-        params: layers.iter().map(|l| l.params).collect(),
-        nsr,
-        base_nsr: nsr_of(&base),
-    };
+    let (table, sensitivity) = measure(session, config, &layers, &candidates, cancel, &mut |_| {
+        done += 1;
+        progress(done, total)
+    })?;
     let greedy = greedy_front(&table)?;
     let mut result = MixedSearch {
         model: session.model.name.clone(),
