@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Some(Command::Export(a)) => cli::export::main(a),
         Some(Command::Plot(a)) => cli::plot::main(a),
         Some(Command::Bench(a)) => cli::bench::main(a),
+        Some(Command::Mixed(a)) => cli::mixed::main(a),
         Some(Command::Tui(a)) => cli::tui::main(&a.common, a.out.as_deref()),
         None => cli::tui::main(&args.common, None),
     };

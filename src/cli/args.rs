@@ -36,6 +36,40 @@ pub enum Command {
     Plot(PlotArgs),
     /// Throughput of the float and the integer engine on one batch (samples/s, GMAC/s).
     Bench(BenchArgs),
+    /// Mixed precision under a budget: per-layer weight bits from a greedy Pareto front.
+    Mixed(MixedArgs),
+}
+
+/// `qscope mixed (--budget-bits B | --budget-bytes N | --max-drop PTS) [--out FILE.toml]
+/// [--plot FILE.svg] [--json]`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("budget").required(true).multiple(false)
+    .args(["budget_bits", "budget_bytes", "max_drop"])))]
+pub struct MixedArgs {
+    /// Model and quantization options (the searched layers' weight bits are varied).
+    #[command(flatten)]
+    pub common: Common,
+    /// Average weight bits, weighted by parameter count.
+    #[arg(long, value_name = "B")]
+    pub budget_bits: Option<f64>,
+    /// Weight storage in bytes (codes packed at their bit width).
+    #[arg(long, value_name = "N")]
+    pub budget_bytes: Option<u64>,
+    /// Largest accuracy drop from float, in percentage points (the smallest point that meets it).
+    #[arg(long, value_name = "PTS")]
+    pub max_drop: Option<f64>,
+    /// Candidate weight bit widths per layer.
+    #[arg(long, value_delimiter = ',', default_value = "8,4,3,2")]
+    pub candidates: Vec<u8>,
+    /// Write the chosen configuration as a --config TOML file.
+    #[arg(long, value_name = "FILE.toml")]
+    pub out: Option<PathBuf>,
+    /// Draw accuracy against size (the front, the chosen point, uniform configurations).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// The front and the chosen point as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `qscope bench [--batch N] [--threads N] [--runs N] [--json]`.

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod mixed;
 pub mod out;
 pub mod plot;
 pub mod progress;

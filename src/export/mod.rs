@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod dump;
+pub mod mixed_plot;
 pub mod onnx;
 pub mod outputs;
 pub mod packing;

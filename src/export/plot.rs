@@ -18,13 +18,13 @@ use std::path::Path;
 /// DejaVu Sans (licence: assets/fonts/LICENSE), for text in PNG and the layout of SVG text.
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// The font family name plots use.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 /// Picture size in pixels.
 const SIZE: (u32, u32) = (1000, 760);
 /// Bars per histogram.
 const BINS: usize = 120;
 
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *ONCE
         .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
@@ -295,7 +295,7 @@ pub fn layer_plot(
     })
 }
 
-fn plot_err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::format("plot", e.to_string())
 }
 

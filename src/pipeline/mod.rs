@@ -47,6 +47,7 @@ mod calibrate;
 pub mod cle;
 mod evaluate;
 pub mod layerwise;
+pub mod mixed;
 mod report;
 pub mod smoothquant;
 

@@ -9,6 +9,7 @@ mod figures;
 mod graph;
 mod loading;
 mod methods;
+mod mixed;
 mod onnx;
 mod qdq;
 mod random_graphs;

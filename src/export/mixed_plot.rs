@@ -1,0 +1,130 @@
+//! The mixed-precision picture (SVG): accuracy against weight storage, the greedy front as a
+//! line with points, the chosen point marked, the uniform configurations as separate markers and
+//! the float accuracy as a dashed line.
+
+use super::plot::{FAMILY, plot_err, register_font};
+use crate::error::{Error, Result};
+use crate::pipeline::mixed::{FrontPoint, MixedSearch};
+use plotters::prelude::*;
+
+/// Picture size in pixels.
+const SIZE: (u32, u32) = (1000, 640);
+
+/// (KiB, accuracy in %) of an evaluated point.
+fn xy(p: &FrontPoint) -> Option<(f64, f64)> {
+    p.quant_accuracy
+        .map(|a| (p.size_bytes as f64 / 1024.0, a * 100.0))
+}
+
+/// A short label of per-layer bits, e.g. `W3·2·8`.
+fn bits_label(p: &FrontPoint) -> String {
+    let b: Vec<String> = p.weight_bits.iter().map(u8::to_string).collect();
+    format!("W{}", b.join("·"))
+}
+
+/// The picture of `search` with front point `chosen` marked, as SVG text. The points must have
+/// been evaluated (accuracies known).
+pub fn mixed_svg(search: &MixedSearch, chosen: usize) -> Result<String> {
+    let front: Vec<(f64, f64)> = search.front.iter().filter_map(xy).collect();
+    let uniform: Vec<(f64, f64, u8)> = search
+        .uniform
+        .iter()
+        .filter_map(|p| xy(p).map(|(x, y)| (x, y, p.weight_bits.first().copied().unwrap_or(0))))
+        .collect();
+    let Some(c) = search.front.get(chosen).and_then(xy) else {
+        return Err(Error::format(
+            "plot",
+            "the plot needs evaluated points with labels",
+        ));
+    };
+    register_font()?;
+    let fp = search.fp32_accuracy.map(|a| a * 100.0);
+    let xs = front
+        .iter()
+        .copied()
+        .chain(uniform.iter().map(|&(x, y, _)| (x, y)));
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in xs {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if let Some(f) = fp {
+        y1 = y1.max(f);
+    }
+    let (dx, dy) = ((x1 - x0).max(1e-3) * 0.06, (y1 - y0).max(0.1) * 0.08);
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let title = format!(
+            "{} · mixed precision: accuracy vs weight size",
+            search.model
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FAMILY, 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d((x0 - dx)..(x1 + dx), (y0 - dy)..(y1 + dy))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("weight storage (KiB, packed codes)")
+            .y_desc("int top-1 (%)")
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_err)?;
+        if let Some(f) = fp {
+            let gray = RGBColor(120, 120, 120);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(x0 - dx, f), (x1 + dx, f)],
+                    6,
+                    4,
+                    gray.stroke_width(1),
+                ))
+                .map_err(plot_err)?
+                .label(format!("float {f:.2}%"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], gray));
+        }
+        let blue = RGBColor(50, 100, 180);
+        chart
+            .draw_series(LineSeries::new(front.clone(), blue.stroke_width(2)))
+            .map_err(plot_err)?
+            .label("greedy front")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], blue));
+        chart
+            .draw_series(front.iter().map(|&p| Circle::new(p, 4, blue.filled())))
+            .map_err(plot_err)?;
+        let green = RGBColor(40, 150, 80);
+        chart
+            .draw_series(uniform.iter().map(|&(x, y, b)| {
+                EmptyElement::at((x, y))
+                    + TriangleMarker::new((0, 0), 7, green.filled())
+                    + Text::new(format!("W{b}"), (8, -16), (FAMILY, 13))
+            }))
+            .map_err(plot_err)?
+            .label("uniform")
+            .legend(move |(x, y)| TriangleMarker::new((x + 7, y), 6, green.filled()));
+        let red = RGBColor(210, 30, 30);
+        let label = bits_label(&search.front[chosen]);
+        chart
+            .draw_series([EmptyElement::at(c)
+                + Circle::new((0, 0), 9, red.stroke_width(3))
+                + Text::new(label, (12, 8), (FAMILY, 14))])
+            .map_err(plot_err)?
+            .label("chosen")
+            .legend(move |(x, y)| Circle::new((x + 7, y), 5, red.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FAMILY, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(s)
+}

@@ -1,0 +1,541 @@
+//! Mixed precision under a budget (as AIMET's AMP): measure each weight layer's sensitivity at
+//! every candidate bit width (that layer alone lowered from the top candidate, output
+//! noise-to-signal ratio on the calibration set), walk the greedy front over that table
+//! ([`greedy`]), evaluate the front's points for real on the evaluation set, and choose the
+//! point a budget asks for. The UI's worker calls [`search`] and [`choose`] the same way
+//! `qscope mixed` does.
+
+pub mod greedy;
+
+use super::{Cancel, Session};
+use crate::config::QuantConfig;
+use crate::error::{Error, Result};
+use crate::eval::report::Report;
+use greedy::{SensitivityTable, exact_within, greedy_front, refine};
+use serde::Serialize;
+
+/// What the search varies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixedOptions {
+    /// Candidate weight bit widths (any order; the highest is the starting point).
+    pub candidates: Vec<u8>,
+    /// Evaluate every front point (and the uniform configurations) on the evaluation set.
+    pub evaluate: bool,
+}
+
+impl Default for MixedOptions {
+    fn default() -> Self {
+        MixedOptions {
+            candidates: vec![8, 4, 3, 2],
+            evaluate: true,
+        }
+    }
+}
+
+/// A searched weight layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MixedLayer {
+    /// Layer name.
+    pub name: String,
+    /// Weights in the layer.
+    pub params: u64,
+}
+
+/// One configuration: per-layer weight bits, its size and (when evaluated) its accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrontPoint {
+    /// Weight bits per searched layer, in network order.
+    pub weight_bits: Vec<u8>,
+    /// Weight storage in bytes: each layer's codes packed at its bit width (rounded up to whole
+    /// bytes per layer), float-kept layers at 4 bytes a weight; scales and biases not counted.
+    pub size_bytes: u64,
+    /// Average weight bits, weighted by parameter count (float-kept layers count 32).
+    pub avg_bits: f64,
+    /// Output SQNR the sensitivity table predicts, in dB.
+    pub predicted_sqnr_db: f64,
+    /// Integer-engine top-1 on the evaluation set (null when not evaluated or no labels).
+    pub quant_accuracy: Option<f64>,
+    /// Agreement with the float model on the evaluation set.
+    pub agreement: Option<f64>,
+    /// Output SQNR on the evaluation set, in dB.
+    pub output_sqnr_db: Option<f64>,
+}
+
+/// One row of the sensitivity table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensitivityEntry {
+    /// Layer name.
+    pub layer: String,
+    /// Its weight bits (every other layer at the top candidate).
+    pub bits: u8,
+    /// Output SQNR on the calibration set, in dB.
+    pub output_sqnr_db: Option<f64>,
+    /// Top-1 on the calibration set.
+    pub quant_accuracy: Option<f64>,
+}
+
+/// Everything a search found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MixedSearch {
+    /// Model name.
+    pub model: String,
+    /// Candidate bit widths, highest first.
+    pub candidates: Vec<u8>,
+    /// The searched layers (weight layers not kept in float).
+    pub layers: Vec<MixedLayer>,
+    /// Weights in float-kept layers.
+    pub float_params: u64,
+    /// Float top-1 on the evaluation set.
+    pub fp32_accuracy: Option<f64>,
+    /// The measured sensitivities (calibration set).
+    pub sensitivity: Vec<SensitivityEntry>,
+    /// The greedy front, largest first.
+    pub front: Vec<FrontPoint>,
+    /// Every layer at one candidate, highest first (for reference).
+    pub uniform: Vec<FrontPoint>,
+    /// The sensitivity table the front was walked on.
+    #[serde(skip)]
+    pub table: SensitivityTable,
+}
+
+/// What a budget asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// Average weight bits (weighted by parameter count) at most this.
+    Bits(f64),
+    /// Weight storage at most this many bytes.
+    Bytes(u64),
+    /// The smallest point whose accuracy is at most this many points below float.
+    MaxDrop(f64),
+}
+
+/// `config` with each searched layer's weight bits set (other settings as they were).
+pub fn config_with_bits(config: &QuantConfig, layers: &[MixedLayer], bits: &[u8]) -> QuantConfig {
+    let mut c = config.clone();
+    for (l, &b) in layers.iter().zip(bits) {
+        c.layer_mut(&l.name).weight_bits = Some(b);
+    }
+    c
+}
+
+fn nsr_of(r: &Report) -> f64 {
+    r.output_sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0))
+}
+
+impl MixedSearch {
+    /// Weights in all weight layers (searched and float-kept).
+    pub fn total_params(&self) -> u64 {
+        self.layers.iter().map(|l| l.params).sum::<u64>() + self.float_params
+    }
+
+    /// A point for per-layer `bits` (not yet evaluated).
+    fn point(&self, bits: Vec<u8>, nsr: f64) -> FrontPoint {
+        let packed: u64 = self
+            .layers
+            .iter()
+            .zip(&bits)
+            .map(|(l, &b)| (l.params * b as u64).div_ceil(8))
+            .sum();
+        let size_bits: u64 = self
+            .layers
+            .iter()
+            .zip(&bits)
+            .map(|(l, &b)| l.params * b as u64)
+            .sum::<u64>()
+            + 32 * self.float_params;
+        FrontPoint {
+            weight_bits: bits,
+            size_bytes: packed + 4 * self.float_params,
+            avg_bits: size_bits as f64 / self.total_params().max(1) as f64,
+            predicted_sqnr_db: -10.0 * nsr.max(f64::MIN_POSITIVE).log10(),
+            quant_accuracy: None,
+            agreement: None,
+            output_sqnr_db: None,
+        }
+    }
+}
+
+/// The layers a search varies: weight layers not kept in float, with their weight counts; and
+/// the weights of the float-kept ones.
+fn searched_layers(model: &crate::model::Model, config: &QuantConfig) -> (Vec<MixedLayer>, u64) {
+    let mut layers = Vec::new();
+    let mut float = 0;
+    for i in model.weight_layers() {
+        let l = &model.layers[i];
+        let (_, rows, cols) = l.op.weight_rows().expect("weight layer");
+        let params = (rows * cols) as u64;
+        if config.is_float(&l.name) {
+            float += params;
+        } else {
+            layers.push(MixedLayer {
+                name: l.name.clone(),
+                params,
+            });
+        }
+    }
+    (layers, float)
+}
+
+/// The sensitivity table: with every searched layer at the top candidate, then each layer alone
+/// at each lower candidate, the output noise-to-signal ratio on the calibration set (so the
+/// evaluation set only judges the result). `tick` follows the runs.
+fn measure(
+    session: &Session,
+    config: &QuantConfig,
+    layers: &[MixedLayer],
+    candidates: &[u8],
+    cancel: &Cancel,
+    tick: &mut dyn FnMut(usize),
+) -> Result<(SensitivityTable, Vec<SensitivityEntry>)> {
+    let (nl, nc) = (layers.len(), candidates.len());
+    let mut sens = Session::new(
+        session.model.clone(),
+        session.calib.clone(),
+        session.calib.clone(),
+    );
+    let top = vec![candidates[0]; nl];
+    let base = sens
+        .run(&config_with_bits(config, layers, &top), cancel)?
+        .report;
+    tick(1);
+    let mut nsr = vec![vec![nsr_of(&base); nc]; nl];
+    let mut entries = Vec::new();
+    for l in 0..nl {
+        for k in 1..nc {
+            let mut bits = top.clone();
+            bits[l] = candidates[k];
+            let r = sens
+                .run(&config_with_bits(config, layers, &bits), cancel)?
+                .report;
+            tick(1);
+            // Fewer bits are never predicted better (a lower measurement is noise).
+            nsr[l][k] = nsr_of(&r).max(nsr[l][k - 1]);
+            entries.push(SensitivityEntry {
+                layer: layers[l].name.clone(),
+                bits: candidates[k],
+                output_sqnr_db: r.output_sqnr_db,
+                quant_accuracy: r.quant_accuracy,
+            });
+        }
+    }
+    let table = SensitivityTable {
+        candidates: candidates.to_vec(),
+        params: layers.iter().map(|l| l.params).collect(),
+        nsr,
+        base_nsr: nsr_of(&base),
+    };
+    Ok((table, entries))
+}
+
+/// Runs the whole search on `session` with `config`'s settings (strategies, methods, activation
+/// bits) and each searched layer's weight bits varied over `opts.candidates`. The sensitivity
+/// runs use the calibration set; the front is evaluated on `session.eval`. `progress(done,
+/// total)` follows the runs; `cancel` stops between runs (and between batches).
+pub fn search(
+    session: &mut Session,
+    config: &QuantConfig,
+    opts: &MixedOptions,
+    cancel: &Cancel,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<MixedSearch> {
+    config.validate(Some(&session.model))?;
+    let mut candidates = opts.candidates.clone();
+    for &b in &candidates {
+        crate::quant::scheme::check_bits("candidates", b)?;
+    }
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    candidates.dedup();
+    if candidates.len() < 2 {
+        return Err(Error::config(
+            "candidates",
+            "give at least two distinct bit widths",
+        ));
+    }
+    let (layers, float_params) = searched_layers(&session.model, config);
+    if layers.is_empty() {
+        return Err(Error::config(
+            "keep_float",
+            "every weight layer is kept in float: nothing to search",
+        ));
+    }
+    let (nl, nc) = (layers.len(), candidates.len());
+    // The front has at most one point per step, plus the top.
+    let mut total = 1
+        + nl * (nc - 1)
+        + if opts.evaluate {
+            1 + nl * (nc - 1) + nc
+        } else {
+            0
+        };
+    let mut done = 0;
+    let (table, sensitivity) = measure(session, config, &layers, &candidates, cancel, &mut |_| {
+        done += 1;
+        progress(done, total)
+    })?;
+    let greedy = greedy_front(&table)?;
+    let mut result = MixedSearch {
+        model: session.model.name.clone(),
+        candidates: candidates.clone(),
+        layers,
+        float_params,
+        fp32_accuracy: None,
+        sensitivity,
+        front: Vec::new(),
+        uniform: Vec::new(),
+        table: table.clone(),
+    };
+    let bits_of = |c: &[usize]| c.iter().map(|&k| candidates[k]).collect::<Vec<u8>>();
+    result.front = greedy
+        .iter()
+        .map(|g| result.point(bits_of(&g.choice), g.nsr))
+        .collect();
+    result.uniform = (0..nc)
+        .map(|k| result.point(vec![candidates[k]; nl], table.predict(&vec![k; nl])))
+        .collect();
+    if opts.evaluate {
+        total = done + result.front.len() + result.uniform.len();
+        evaluate_points(session, config, &mut result, cancel, &mut |n, _| {
+            progress(done + n, total)
+        })?;
+    }
+    Ok(result)
+}
+
+/// Evaluates every front and uniform point on `session.eval` (configurations already measured
+/// are taken from the first run).
+pub fn evaluate_points(
+    session: &mut Session,
+    config: &QuantConfig,
+    result: &mut MixedSearch,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let mut seen: Vec<(Vec<u8>, Report)> = Vec::new();
+    let total = result.front.len() + result.uniform.len();
+    let layers = result.layers.clone();
+    let points = result.front.iter_mut().chain(result.uniform.iter_mut());
+    for (n, p) in points.enumerate() {
+        let r = match seen.iter().find(|(b, _)| *b == p.weight_bits) {
+            Some((_, r)) => r.clone(),
+            None => {
+                let c = config_with_bits(config, &layers, &p.weight_bits);
+                let r = session.run(&c, cancel)?.report;
+                seen.push((p.weight_bits.clone(), r.clone()));
+                r
+            }
+        };
+        p.quant_accuracy = r.quant_accuracy;
+        p.agreement = r.agreement;
+        p.output_sqnr_db = r.output_sqnr_db;
+        result.fp32_accuracy = r.fp32_accuracy;
+        progress(n + 1, total);
+    }
+    Ok(())
+}
+
+/// Refuses, before any run, a budget no configuration can meet (below every searched layer at
+/// the lowest candidate) or a bad value.
+pub fn check_budget(
+    model: &crate::model::Model,
+    config: &QuantConfig,
+    candidates: &[u8],
+    budget: Budget,
+) -> Result<()> {
+    if let Budget::MaxDrop(pts) = budget {
+        if !(pts.is_finite() && pts >= 0.0) {
+            return Err(Error::config("max_drop", format!("{pts} must be ≥ 0")));
+        }
+        return Ok(());
+    }
+    let (layers, float_params) = searched_layers(model, config);
+    let low = candidates.iter().copied().min().unwrap_or(8);
+    let mut s = MixedSearch {
+        model: model.name.clone(),
+        candidates: vec![low],
+        layers,
+        float_params,
+        fp32_accuracy: None,
+        sensitivity: Vec::new(),
+        front: Vec::new(),
+        uniform: Vec::new(),
+        table: SensitivityTable::default(),
+    };
+    s.front = vec![s.point(vec![low; s.layers.len()], 0.0)];
+    choose(&s, budget).map(|_| ())
+}
+
+/// The assignment of least predicted noise within a bits or bytes budget ([`exact_within`]).
+fn exact_for(search: &MixedSearch, budget: Budget) -> Option<Vec<usize>> {
+    let (params, cands) = (&search.table.params, &search.candidates);
+    let bits = |l: usize, k: usize| params[l] * cands[k] as u64;
+    match budget {
+        Budget::Bits(b) => {
+            let all = (b * search.total_params() as f64 + 1e-9).floor() as u64;
+            let max = all.checked_sub(32 * search.float_params)?;
+            exact_within(&search.table, bits, max)
+        }
+        Budget::Bytes(n) => {
+            let max = n.checked_sub(4 * search.float_params)?;
+            exact_within(&search.table, |l, k| bits(l, k).div_ceil(8), max)
+        }
+        Budget::MaxDrop(_) => None,
+    }
+}
+
+/// Whether `p` is within a size budget (always true for a max-drop budget).
+fn within(p: &FrontPoint, budget: Budget) -> bool {
+    match budget {
+        Budget::Bits(b) => p.avg_bits <= b + 1e-9,
+        Budget::Bytes(n) => p.size_bytes <= n,
+        Budget::MaxDrop(_) => true,
+    }
+}
+
+/// The point a size budget asks for, after using the room between two front points: the
+/// configuration [`refine`] finds from the best front point within the budget is evaluated (when
+/// the front was) and inserted into the front; then [`choose`]. Returns an index into
+/// `search.front`.
+pub fn choose_for_budget(
+    session: &mut Session,
+    config: &QuantConfig,
+    search: &mut MixedSearch,
+    budget: Budget,
+    cancel: &Cancel,
+) -> Result<usize> {
+    if !matches!(budget, Budget::MaxDrop(_)) {
+        let cands = search.candidates.clone();
+        let bits_of = |c: &[usize]| c.iter().map(|&k| cands[k]).collect::<Vec<u8>>();
+        let table = &search.table;
+        let greedy: Vec<greedy::GreedyPoint> = search
+            .front
+            .iter()
+            .map(|p| {
+                let choice: Vec<usize> = p
+                    .weight_bits
+                    .iter()
+                    .map(|b| cands.iter().position(|c| c == b).unwrap_or(0))
+                    .collect();
+                greedy::GreedyPoint {
+                    size_bits: table.size_bits(&choice),
+                    nsr: table.predict(&choice),
+                    choice,
+                }
+            })
+            .collect();
+        let fits = |c: &[usize]| within(&search.point(bits_of(c), 0.0), budget);
+        let best_front = greedy
+            .iter()
+            .filter(|g| fits(&g.choice))
+            .map(|g| g.nsr)
+            .fold(f64::INFINITY, f64::min);
+        let better = exact_for(search, budget)
+            .or_else(|| refine(table, &greedy, fits))
+            .filter(|c| table.predict(c) < best_front && !greedy.iter().any(|g| g.choice == *c));
+        if let Some(c) = better {
+            let mut p = search.point(bits_of(&c), table.predict(&c));
+            if search.front[0].quant_accuracy.is_some() {
+                let cfg = config_with_bits(config, &search.layers, &p.weight_bits);
+                let r = session.run(&cfg, cancel)?.report;
+                p.quant_accuracy = r.quant_accuracy;
+                p.agreement = r.agreement;
+                p.output_sqnr_db = r.output_sqnr_db;
+            }
+            let at = search
+                .front
+                .iter()
+                .position(|q| q.avg_bits < p.avg_bits)
+                .unwrap_or(search.front.len());
+            search.front.insert(at, p);
+        }
+    }
+    choose(search, budget)
+}
+
+/// The front point `budget` asks for (an index into `search.front`). Bits and bytes: among the
+/// points within the budget, the most accurate (ties: the smaller; unevaluated: the largest).
+/// Max drop: the smallest point within that many points of float (needs evaluated points).
+pub fn choose(search: &MixedSearch, budget: Budget) -> Result<usize> {
+    let front = &search.front;
+    let smallest = front
+        .last()
+        .ok_or_else(|| Error::config("front", "empty"))?;
+    let fits: Vec<usize> = match budget {
+        Budget::Bits(b) => {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(Error::config("budget_bits", format!("{b} must be > 0")));
+            }
+            if !within(smallest, budget) {
+                return Err(Error::config(
+                    "budget_bits",
+                    format!(
+                        "{b} is below the smallest configuration, {:.3} average bits (every searched layer at {})",
+                        smallest.avg_bits,
+                        search.candidates.last().copied().unwrap_or(0)
+                    ),
+                ));
+            }
+            (0..front.len())
+                .filter(|&i| within(&front[i], budget))
+                .collect()
+        }
+        Budget::Bytes(n) => {
+            if smallest.size_bytes > n {
+                return Err(Error::config(
+                    "budget_bytes",
+                    format!(
+                        "{n} is below the smallest configuration, {} bytes",
+                        smallest.size_bytes
+                    ),
+                ));
+            }
+            (0..front.len())
+                .filter(|&i| within(&front[i], budget))
+                .collect()
+        }
+        Budget::MaxDrop(pts) => return choose_max_drop(search, pts),
+    };
+    // `fits` is in decreasing size: max_by keeps the last of equals, i.e. the smaller.
+    let best = fits.iter().copied().max_by(|&a, &b| {
+        let acc = |i: usize| front[i].quant_accuracy.unwrap_or(f64::NEG_INFINITY);
+        acc(a).total_cmp(&acc(b))
+    });
+    Ok(match front[fits[0]].quant_accuracy {
+        Some(_) => best.expect("fits is not empty"),
+        None => fits[0],
+    })
+}
+
+/// The smallest evaluated front point within `pts` points of float.
+fn choose_max_drop(search: &MixedSearch, pts: f64) -> Result<usize> {
+    if !(pts.is_finite() && pts >= 0.0) {
+        return Err(Error::config("max_drop", format!("{pts} must be ≥ 0")));
+    }
+    let Some(fp) = search.fp32_accuracy else {
+        return Err(Error::config(
+            "max_drop",
+            "needs evaluated points with labels and float weights",
+        ));
+    };
+    let front = &search.front;
+    (0..front.len())
+        .rev()
+        .find(|&i| {
+            front[i]
+                .quant_accuracy
+                .is_some_and(|a| (fp - a) * 100.0 <= pts + 1e-9)
+        })
+        .ok_or_else(|| {
+            let best = front
+                .iter()
+                .filter_map(|p| p.quant_accuracy)
+                .fold(f64::NEG_INFINITY, f64::max);
+            Error::config(
+                "max_drop",
+                format!(
+                    "no configuration is within {pts} points of float ({:.2}%); the best drops {:.2} points",
+                    fp * 100.0,
+                    (fp - best) * 100.0
+                ),
+            )
+        })
+}
