@@ -148,6 +148,7 @@ fn config_toml(
         cle: Some(config.cle),
         weight_rounding: Some(config.weight_rounding),
         gptq_act_order: Some(config.gptq_act_order),
+        smoothquant: config.smoothquant,
         layers,
     };
     let body = toml::to_string(&out)?;
