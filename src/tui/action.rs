@@ -46,6 +46,14 @@ pub enum Action {
     Export,
     /// Linear ↔ logarithmic counts in the histograms.
     ToggleLog,
+    /// Empirical bias correction on ↔ off.
+    ToggleBiasCorrection,
+    /// Cross-layer equalization on ↔ off.
+    ToggleCle,
+    /// Next weight rounding (nearest → gptq → …).
+    CycleRounding,
+    /// SmoothQuant (α 0.5) on ↔ off.
+    ToggleSmoothQuant,
     /// Previous output channel of the weights.
     PrevChannel,
     /// Next output channel of the weights.

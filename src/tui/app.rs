@@ -7,7 +7,7 @@ use super::event::Event;
 use super::keymap::{Mode, action_for};
 use super::ui;
 use super::worker::{Computed, Job, SENSITIVITY_BITS, SensitivityCell, WorkerMsg};
-use crate::config::{INPUT_POINT, QuantConfig};
+use crate::config::{INPUT_POINT, QuantConfig, WeightRounding};
 use crate::model::Model;
 use crate::params::ModelParams;
 use crate::quant::{ClipRange, Granularity, Scheme, Strategy};
@@ -571,6 +571,10 @@ impl App {
                 return vec![self.submit(true)];
             }
             Action::Export => return self.export(),
+            Action::ToggleBiasCorrection
+            | Action::ToggleCle
+            | Action::CycleRounding
+            | Action::ToggleSmoothQuant => return self.method(action),
             edit => return self.edit(edit),
         }
         Vec::new()
@@ -594,6 +598,36 @@ impl App {
             None => s.computed.params.by_name(name)?.act.as_ref(),
         }?;
         (a.settings == self.config.act_settings(name)).then_some(a.range)
+    }
+
+    /// A change of the accuracy methods (global settings): pushed on the undo stack and run.
+    fn method(&mut self, action: Action) -> Vec<Effect> {
+        let mut c = self.config.clone();
+        let on = |b: bool| if b { "on" } else { "off" };
+        let msg = match action {
+            Action::ToggleBiasCorrection => {
+                c.bias_correction = !c.bias_correction;
+                format!("bias correction {}", on(c.bias_correction))
+            }
+            Action::ToggleCle => {
+                c.cle = !c.cle;
+                format!("cross-layer equalization {}", on(c.cle))
+            }
+            Action::CycleRounding => {
+                c.weight_rounding = next_rounding(c.weight_rounding);
+                format!("weight rounding {}", c.weight_rounding)
+            }
+            _ => {
+                c.smoothquant = match c.smoothquant {
+                    Some(_) => None,
+                    None => Some(0.5),
+                };
+                format!("SmoothQuant {}", on(c.smoothquant.is_some()))
+            }
+        };
+        self.undo.push(std::mem::replace(&mut self.config, c));
+        self.say(format!("{msg} (re-running weights and calibration)"));
+        vec![self.submit(false)]
     }
 
     /// A change to the config: on success it is pushed on the undo stack and run.
@@ -813,6 +847,14 @@ impl App {
             Action::ApplyToAll => Ok(apply_to_all(c, name, is_input)),
             _ => Err(format!("{action:?} is not an edit")),
         }
+    }
+}
+
+/// The weight rounding after `r` in the UI's cycle.
+pub fn next_rounding(r: WeightRounding) -> WeightRounding {
+    match r {
+        WeightRounding::Nearest => WeightRounding::Gptq,
+        _ => WeightRounding::Nearest,
     }
 }
 

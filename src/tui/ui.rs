@@ -287,6 +287,28 @@ fn too_small(f: &mut Frame, area: Rect) {
     );
 }
 
+/// The accuracy methods `c` turns on, short (`none` without any).
+pub fn methods_str(c: &crate::QuantConfig) -> String {
+    let mut m = Vec::new();
+    if let Some(a) = c.smoothquant {
+        m.push(format!("smoothquant {a}"));
+    }
+    if c.cle {
+        m.push("cle".to_string());
+    }
+    if c.weight_rounding != crate::config::WeightRounding::Nearest {
+        m.push(c.weight_rounding.to_string());
+    }
+    if c.bias_correction {
+        m.push("bias-correction".to_string());
+    }
+    if m.is_empty() {
+        "none".into()
+    } else {
+        m.join(" + ")
+    }
+}
+
 fn title(app: &App, f: &mut Frame, r: Rect) {
     let kernel = app
         .shown
@@ -307,7 +329,8 @@ fn title(app: &App, f: &mut Frame, r: Rect) {
             app.model, app.calib_samples, app.eval_samples, kernel
         )),
         Span::styled(side, Style::new().fg(Color::Yellow).bold()),
-        Span::raw(" (Tab)"),
+        Span::raw(" (Tab) · methods "),
+        Span::styled(methods_str(&app.config), Style::new().fg(Color::Magenta)),
     ]);
     f.render_widget(Paragraph::new(line), r);
     let right = Line::from(" ? help · q quit ".fg(Color::DarkGray)).alignment(Alignment::Right);
