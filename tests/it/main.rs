@@ -7,6 +7,7 @@ mod engine;
 mod export;
 mod figures;
 mod graph;
+mod lenet_kl;
 mod loading;
 mod methods;
 mod mixed;

@@ -1,9 +1,10 @@
 //! The `kl` strategy: TensorRT-style entropy calibration (formats.md §3).
 //!
 //! The histogram of |x| (signed data, `2^(B−1)` levels) or of x (one-sided data, min ≥ 0,
-//! `2^B` levels) over `[0, max|x|]`, with at most [`KL_BINS`] bins, is searched for the
-//! threshold bin `i` (from `max(128, levels)` to the last bin) whose clipped-and-quantized
-//! distribution is closest to the original:
+//! `2^B` levels with the asymmetric scheme, `2^(B−1)` with the symmetric one, whose grid has
+//! only `2^(B−1) − 1` positive levels) over `[0, max|x|]`, with at most [`KL_BINS`] bins, is
+//! searched for the threshold bin `i` (from `max(128, levels)` to the last bin) whose
+//! clipped-and-quantized distribution is closest to the original:
 //!
 //! * P: the bins below `i`, with the tail beyond folded into bin `i−1`;
 //! * Q: the bins below `i` *without* the tail, merged into `levels` groups (bin `j` goes to
@@ -60,18 +61,13 @@ fn ln_table() -> &'static [f64] {
 
 /// The clipping range KL calibration chooses.
 pub fn range(hist: &Histogram, bits: u8, scheme: Scheme) -> ClipRange {
-    let _ = scheme; // symmetric and asymmetric differ only in how the caller clamps ±t.
     let (min, max) = (hist.min(), hist.max());
     let amax = hist.abs_max();
     if hist.count() == 0 || amax == 0.0 {
         return ClipRange::new(0.0, 0.0);
     }
     let one_sided = min >= 0.0;
-    let levels = if one_sided {
-        1usize << bits
-    } else {
-        1usize << (bits - 1)
-    };
+    let levels = levels(bits, scheme, one_sided);
     let (h, spikes, width) = abs_histogram(hist);
     let i = optimal_bins_with_spikes(&h, &spikes, levels, START_BIN);
     let t = ((i as f64 * width) as f32).min(amax);
@@ -79,6 +75,17 @@ pub fn range(hist: &Histogram, bits: u8, scheme: Scheme) -> ClipRange {
         ClipRange::new(min.min(t), t)
     } else {
         ClipRange::new(min.max(-t), max.min(t))
+    }
+}
+
+/// The number of groups the kept bins merge into: the grid's levels over `[0, t]`. One-sided
+/// data on the asymmetric grid uses all `2^B` levels; a symmetric grid has `2^(B−1)` values
+/// (0 and `2^(B−1) − 1` positive levels) on either side, as TensorRT's signed calibration.
+pub fn levels(bits: u8, scheme: Scheme, one_sided: bool) -> usize {
+    if one_sided && scheme == Scheme::Asymmetric {
+        1usize << bits
+    } else {
+        1usize << (bits - 1)
     }
 }
 
@@ -368,6 +375,94 @@ mod tests {
                     optimal_bins_with_spikes(&h, &sp, levels, 16),
                     reference_best(&h, &sp, levels, 16),
                     "trial {trial} levels {levels}"
+                );
+            }
+        }
+    }
+
+    /// pytorch-quantization's `_compute_amax_entropy` as written (stride 1): `bins[0]` (the
+    /// zero spike) replaced by `bins[1]`; for each candidate `i` from `start`, bin `j` joins
+    /// group `digitize(j, linspace(0, i, L + 1)) − 1`, empty bins leave their group; Q spreads a
+    /// group's mass evenly over its non-empty bins (the tail not included), P folds the tail
+    /// into bin `i − 1`; both normalized, KL = Σ p·ln(p/q), infinite where q = 0 < p; the
+    /// LAST minimum wins. Returns (chosen i, all divergences by i).
+    fn tensorrt_choice(calib_hist: &[u64], levels: usize, start: usize) -> (usize, Vec<f64>) {
+        let mut bins: Vec<f64> = calib_hist.iter().map(|&c| c as f64).collect();
+        bins[0] = bins[1];
+        let mut div = vec![f64::INFINITY; bins.len() + 1];
+        for i in start..=bins.len() {
+            let edges: Vec<f64> = (0..=levels)
+                .map(|k| k as f64 * i as f64 / levels as f64)
+                .collect();
+            let group = |j: usize| edges.iter().filter(|&&e| e <= j as f64).count() - 1;
+            let (mut mass, mut nonempty) = (vec![0.0; levels], vec![0.0; levels]);
+            for j in 0..i {
+                if bins[j] > 0.0 {
+                    mass[group(j)] += bins[j];
+                    nonempty[group(j)] += 1.0;
+                }
+            }
+            let q: Vec<f64> = (0..i)
+                .map(|j| match bins[j] > 0.0 {
+                    true => mass[group(j)] / nonempty[group(j)],
+                    false => 0.0,
+                })
+                .collect();
+            let mut p = bins[..i].to_vec();
+            p[i - 1] += bins[i..].iter().sum::<f64>();
+            let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+            let mut d = 0.0;
+            for j in 0..i {
+                if p[j] > 0.0 {
+                    d += match q[j] > 0.0 {
+                        true => p[j] / sp * ((p[j] / sp) / (q[j] / sq)).ln(),
+                        false => f64::INFINITY,
+                    };
+                }
+            }
+            div[i] = d;
+        }
+        let best = (start..=bins.len())
+            .rev()
+            .min_by(|&a, &b| div[a].total_cmp(&div[b]))
+            .unwrap();
+        (best, div)
+    }
+
+    #[test]
+    fn zero_spike_choice_matches_tensorrt_definition() {
+        // 2048 bins of |x| of post-ReLU-like data: a zero spike of 30-90% of the values in
+        // bin 0, a smooth non-zero density with its own count in bin 0 equal to bin 1's (so
+        // TensorRT's bins[0] = bins[1] is exactly "leave the zeros out", as qscope does),
+        // empty bins inside and at the far tail. qscope's search must choose the threshold
+        // of TensorRT's definition, or one whose divergence ties it (within rounding).
+        let mut r = Rng::new(12);
+        for trial in 0..6 {
+            let nb = KL_BINS;
+            let scale = 80.0 + 400.0 * r.uniform();
+            let mut h: Vec<u64> = (0..nb)
+                .map(|j| {
+                    let x = j as f64 / scale;
+                    let dens = 4000.0 * (-x).exp() * (1.0 + 0.3 * (x * 3.0).sin());
+                    match r.uniform() < 0.05 {
+                        true => 0,
+                        false => (dens * (0.5 + r.uniform())) as u64,
+                    }
+                })
+                .collect();
+            h[0] = h[1];
+            let total: u64 = h.iter().sum();
+            let zeros = (total as f64 * (0.3 + 0.6 * r.uniform())) as u64;
+            let mut calib_hist = h.clone();
+            calib_hist[0] += zeros;
+            for levels in [8usize, 16] {
+                let (want, div) = tensorrt_choice(&calib_hist, levels, START_BIN);
+                let got = optimal_bins(&h, levels, START_BIN);
+                assert!(
+                    got == want || (div[got] - div[want]).abs() <= 1e-12 * div[want],
+                    "trial {trial} levels {levels}: qscope {got} ({}) vs TensorRT {want} ({})",
+                    div[got],
+                    div[want]
                 );
             }
         }

@@ -391,9 +391,10 @@ mod tests {
     /// (2) True MSE ≤ 2× the better of minmax and the brute-force optimum, for kl, mse and
     /// aciq; except that on (c) at 8 bits kl and aciq knowingly clip the rare outliers and the
     /// far Student-t tail (see the table printed), where only (1') holds: they saturate at
-    /// most 0.5% of the values; and kl with the symmetric scheme on one-sided data, where
-    /// formats.md's 2^B levels do not match the grid's 2^(B-1)-1 positive levels, is only
-    /// held to minmax's error.
+    /// most 0.5% of the values; and kl with the symmetric scheme on one-sided data, whose
+    /// 2^(B-1) groups (the grid's, TensorRT's signed calibration) clip far less than the MSE
+    /// optimum at 4 bits (ratio ~2.8 on (b)), is held to a ratio of 2 or doing better than
+    /// minmax.
     /// Percentile is a fixed rule, not an optimizer: only coverage is asserted for it.
     #[test]
     fn spike_robustness() {
@@ -450,8 +451,6 @@ mod tests {
                         let outlier_clipper = *name == "heavy"
                             && bits == 8
                             && matches!(s, Strategy::Kl | Strategy::Aciq);
-                        // formats.md §3: KL uses 2^B levels for one-sided data, but the
-                        // symmetric grid has only 2^(B-1)-1 positive levels: too wide a range.
                         let kl_sym_one_sided =
                             s == Strategy::Kl && scheme == Scheme::Symmetric && h.min() >= 0.0;
                         if outlier_clipper {
@@ -459,8 +458,9 @@ mod tests {
                                 failures.push(format!("{tag}: saturates {saturated}"));
                             }
                         } else if kl_sym_one_sided {
-                            if e > mm {
-                                failures.push(format!("{tag}: worse than minmax"));
+                            if ratio > 2.0 && e >= mm {
+                                failures
+                                    .push(format!("{tag}: mse ratio {ratio:.3}, not below minmax"));
                             }
                         } else if matches!(s, Strategy::Kl | Strategy::Mse | Strategy::Aciq)
                             && ratio > 2.0
