@@ -54,6 +54,10 @@ pub enum Action {
     CycleRounding,
     /// SmoothQuant (α 0.5) on ↔ off.
     ToggleSmoothQuant,
+    /// Open the mixed-precision panel (and start its search).
+    MixedOpen,
+    /// Apply the mixed-precision point selected in the panel.
+    MixedApply,
     /// Previous output channel of the weights.
     PrevChannel,
     /// Next output channel of the weights.

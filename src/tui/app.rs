@@ -10,6 +10,7 @@ use super::worker::{Computed, Job, SENSITIVITY_BITS, SensitivityCell, WorkerMsg}
 use crate::config::{INPUT_POINT, QuantConfig, WeightRounding};
 use crate::model::Model;
 use crate::params::ModelParams;
+use crate::pipeline::mixed::{self, MixedSearch};
 use crate::quant::{ClipRange, Granularity, Scheme, Strategy};
 use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
 use std::path::PathBuf;
@@ -87,6 +88,21 @@ pub enum Effect {
         /// What.
         params: ModelParams,
     },
+}
+
+/// The mixed-precision panel: the search's progress, then its front and the selected point.
+#[derive(Debug, Clone, Default)]
+pub struct MixedPanel {
+    /// The generation of the job searching it.
+    pub generation: u64,
+    /// Runs done and in all, while searching.
+    pub progress: (usize, usize),
+    /// The search, once done.
+    pub search: Option<Box<MixedSearch>>,
+    /// Why the search failed.
+    pub failed: Option<String>,
+    /// The selected front point.
+    pub selected: usize,
 }
 
 /// A result shown as current (or, once a newer job is out, as the last one).
@@ -167,6 +183,8 @@ pub struct App {
     pub sens: Vec<[Option<SensShown>; 2]>,
     /// The status line's message.
     pub status: Option<Status>,
+    /// The mixed-precision panel, while it is open.
+    pub mixed: Option<MixedPanel>,
     /// Where `x` writes.
     pub export_path: PathBuf,
     /// Export as soon as the current result arrives.
@@ -261,6 +279,7 @@ impl App {
             failed: None,
             sens: vec![[None; 2]; layers],
             status: None,
+            mixed: None,
             export_path: PathBuf::from(format!("{}.params.json", model.name)),
             export_pending: false,
             seed,
@@ -290,6 +309,8 @@ impl App {
     pub fn key_mode(&self) -> Mode {
         if self.search.is_some() {
             Mode::Search
+        } else if self.mixed.is_some() {
+            Mode::Mixed
         } else {
             Mode::List
         }
@@ -337,6 +358,7 @@ impl App {
             bins: self.bins(),
             rerun,
             seed,
+            mixed: false,
         })
     }
 
@@ -456,6 +478,23 @@ impl App {
                     self.export_pending = false;
                 }
             }
+            WorkerMsg::MixedProgress {
+                generation,
+                done,
+                total,
+            } => {
+                if let Some(m) = self.mixed.as_mut().filter(|m| m.generation == generation) {
+                    m.progress = (done, total);
+                }
+            }
+            WorkerMsg::Mixed { generation, result } => {
+                if let Some(m) = self.mixed.as_mut().filter(|m| m.generation == generation) {
+                    match result {
+                        Ok(search) => m.search = Some(search),
+                        Err(e) => m.failed = Some(e),
+                    }
+                }
+            }
             WorkerMsg::Sensitivity { generation, cell } => {
                 if generation == self.generation
                     && let Some(slots) = self.sens.get_mut(cell.layer)
@@ -519,6 +558,9 @@ impl App {
             self.help = false;
             return Vec::new();
         }
+        if self.mixed.is_some() && !matches!(action, Action::Quit) {
+            return self.mixed_action(action);
+        }
         match action {
             Action::SelectPrev => self.select(self.selected.saturating_sub(1)),
             Action::SelectNext => self.select((self.selected + 1).min(self.rows.len() - 1)),
@@ -575,6 +617,8 @@ impl App {
             | Action::ToggleCle
             | Action::CycleRounding
             | Action::ToggleSmoothQuant => return self.method(action),
+            Action::MixedOpen => return self.open_mixed(),
+            Action::MixedApply => {}
             edit => return self.edit(edit),
         }
         Vec::new()
@@ -598,6 +642,54 @@ impl App {
             None => s.computed.params.by_name(name)?.act.as_ref(),
         }?;
         (a.settings == self.config.act_settings(name)).then_some(a.range)
+    }
+
+    /// Opens the mixed-precision panel and sends the job that searches its front.
+    fn open_mixed(&mut self) -> Vec<Effect> {
+        let mut effect = self.submit(false);
+        if let Effect::Submit(job) = &mut effect {
+            job.mixed = true;
+        }
+        self.mixed = Some(MixedPanel {
+            generation: self.generation,
+            ..Default::default()
+        });
+        self.say("searching the mixed-precision front (Esc closes)");
+        vec![effect]
+    }
+
+    /// A key while the mixed-precision panel is open.
+    fn mixed_action(&mut self, action: Action) -> Vec<Effect> {
+        let Some(m) = self.mixed.as_mut() else {
+            return Vec::new();
+        };
+        let points = m.search.as_ref().map_or(0, |s| s.front.len());
+        match action {
+            Action::SelectPrev => m.selected = m.selected.saturating_sub(1),
+            Action::SelectNext => m.selected = (m.selected + 1).min(points.saturating_sub(1)),
+            Action::Close => self.mixed = None,
+            Action::MixedApply => {
+                let Some((s, p)) = m
+                    .search
+                    .as_ref()
+                    .and_then(|s| Some((s, s.front.get(m.selected)?)))
+                else {
+                    self.error("no front point to apply yet");
+                    return Vec::new();
+                };
+                let c = mixed::config_with_bits(&self.config, &s.layers, &p.weight_bits);
+                let msg = format!(
+                    "applied {:.3} average weight bits ({} bytes)",
+                    p.avg_bits, p.size_bytes
+                );
+                self.mixed = None;
+                self.undo.push(std::mem::replace(&mut self.config, c));
+                self.say(msg);
+                return vec![self.submit(false)];
+            }
+            _ => {}
+        }
+        Vec::new()
     }
 
     /// A change of the accuracy methods (global settings): pushed on the undo stack and run.

@@ -33,6 +33,8 @@ pub enum Mode {
     List,
     /// The `/` search prompt is open.
     Search,
+    /// The mixed-precision panel is open.
+    Mixed,
 }
 
 /// A row of the table: the mode, the keys, how the help shows them, the action and what it does.
@@ -212,6 +214,48 @@ pub const KEYMAP: &[Binding] = &[
         label: "t",
         action: Action::ToggleSmoothQuant,
         desc: "SmoothQuant (α 0.5) on/off",
+    },
+    Binding {
+        mode: Mode::List,
+        keys: &[ch('M')],
+        label: "M",
+        action: Action::MixedOpen,
+        desc: "mixed precision: search the Pareto front of weight bits",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[code(KeyCode::Up), ch('k')],
+        label: "M … ↑ / k",
+        action: Action::SelectPrev,
+        desc: "mixed panel: the point above",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[code(KeyCode::Down), ch('j')],
+        label: "M … ↓ / j",
+        action: Action::SelectNext,
+        desc: "mixed panel: the point below",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[code(KeyCode::Enter)],
+        label: "M … Enter",
+        action: Action::MixedApply,
+        desc: "mixed panel: apply the point's per-layer bits",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[code(KeyCode::Esc), ch('M')],
+        label: "M … Esc",
+        action: Action::Close,
+        desc: "mixed panel: close",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[ch('q')],
+        label: "M … q",
+        action: Action::Quit,
+        desc: "quit (from the mixed panel)",
     },
     Binding {
         mode: Mode::List,

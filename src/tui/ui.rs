@@ -258,9 +258,92 @@ pub fn render(app: &App, f: &mut Frame) {
     weight_panel(app, f, a.weights);
     act_panel(app, f, a.acts);
     status(app, f, a.status);
+    if let Some(m) = &app.mixed {
+        mixed_panel(m, f, area);
+    }
     if app.help {
         f.render_widget(Help, area);
     }
+}
+
+/// The mixed-precision panel over the middle of the screen: the Pareto front of per-layer
+/// weight bits (size, average bits, accuracy), the selected point highlighted.
+fn mixed_panel(m: &super::app::MixedPanel, f: &mut Frame, area: Rect) {
+    let r = area.inner(ratatui::layout::Margin::new(
+        area.width / 10,
+        area.height / 6,
+    ));
+    f.render_widget(ratatui::widgets::Clear, r);
+    let block = Block::bordered()
+        .title(" Mixed precision: Pareto front · ↑↓ select · Enter apply · Esc close ")
+        .border_style(Style::new().fg(Color::Cyan));
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    let Some(s) = &m.search else {
+        let line = match &m.failed {
+            Some(e) => Line::from(format!("✗ {e}").fg(Color::Red)),
+            None => Line::from(
+                format!(
+                    "◌ measuring each layer's sensitivity and the front… {} of {} runs",
+                    m.progress.0, m.progress.1
+                )
+                .fg(Color::Yellow),
+            ),
+        };
+        f.render_widget(Paragraph::new(line), inner);
+        return;
+    };
+    let names: Vec<String> = s.layers.iter().map(|l| compact_name(&l.name)).collect();
+    let mut lines = vec![Line::from(
+        format!(
+            "  {:>10}  {:>8}  {:>9}  {:>9}  bits per layer ({})",
+            "bytes",
+            "avg bits",
+            "int top-1",
+            "agreement",
+            names.join(", ")
+        )
+        .fg(Color::DarkGray),
+    )];
+    let best = s
+        .front
+        .iter()
+        .filter_map(|p| p.quant_accuracy)
+        .fold(0.0, f64::max);
+    for (k, p) in s.front.iter().enumerate() {
+        let bar = p
+            .quant_accuracy
+            .map(|a| "█".repeat((((a - best + 0.05).max(0.0) / 0.05) * 10.0) as usize))
+            .unwrap_or_default();
+        let text = format!(
+            "{} {:>10}  {:>8.3}  {:>9}  {:>9}  {:<24} {bar}",
+            if k == m.selected { "▶" } else { " " },
+            p.size_bytes,
+            p.avg_bits,
+            pct(p.quant_accuracy),
+            pct(p.agreement),
+            p.weight_bits
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        let style = if k == m.selected {
+            Style::new().fg(Color::Black).bg(Color::Cyan)
+        } else {
+            Style::new()
+        };
+        lines.push(Line::styled(text, style));
+    }
+    let visible = inner.height.saturating_sub(1) as usize;
+    let skip = m.selected.saturating_sub(visible.saturating_sub(2));
+    let body: Vec<Line> = lines
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| *k == 0 || *k > skip)
+        .map(|(_, l)| l)
+        .collect();
+    f.render_widget(Paragraph::new(body), inner);
 }
 
 fn too_small(f: &mut Frame, area: Rect) {

@@ -13,6 +13,7 @@ use crate::eval::layer_view::{LayerView, layer_views};
 use crate::eval::sensitivity::{Target, with_layer_bits};
 use crate::model::{Dataset, Model};
 use crate::params::ModelParams;
+use crate::pipeline::mixed::{self, MixedOptions, MixedSearch};
 use crate::pipeline::{Cancel, Outcome, Session, evaluate_params};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::Sender;
@@ -36,6 +37,8 @@ pub struct Job {
     pub rerun: bool,
     /// Loaded parameters to evaluate instead of calibrating (only with the config they give).
     pub seed: Option<ModelParams>,
+    /// Also search the mixed-precision front for `config` (instead of the sensitivity cells).
+    pub mixed: bool,
 }
 
 /// What one run produced, ready to show.
@@ -84,6 +87,22 @@ pub enum WorkerMsg {
         generation: u64,
         /// One line saying what went wrong.
         msg: String,
+    },
+    /// Progress of a mixed-precision search: runs done of total.
+    MixedProgress {
+        /// The job's generation.
+        generation: u64,
+        /// Runs done.
+        done: usize,
+        /// Runs in all.
+        total: usize,
+    },
+    /// The mixed-precision front (or why the search failed).
+    Mixed {
+        /// The job's generation.
+        generation: u64,
+        /// The search, or one line saying what went wrong.
+        result: Result<Box<MixedSearch>, String>,
     },
     /// One sensitivity figure, after the main result.
     Sensitivity {
@@ -255,6 +274,24 @@ impl SessionEngine {
         Ok(())
     }
 
+    /// The mixed-precision search on the second session, with progress.
+    fn mixed(&mut self, job: &Job, cancel: &Cancel, emit: &mut dyn FnMut(WorkerMsg)) {
+        let generation = job.generation;
+        let opts = MixedOptions::default();
+        let result = mixed::search(&mut self.sens, &job.config, &opts, cancel, |done, total| {
+            emit(WorkerMsg::MixedProgress {
+                generation,
+                done,
+                total,
+            })
+        });
+        let result = match result {
+            Err(Error::Cancelled) => return,
+            r => r.map(Box::new).map_err(|e| e.to_string()),
+        };
+        emit(WorkerMsg::Mixed { generation, result });
+    }
+
     fn sensitivity(&mut self, job: &Job, cancel: &Cancel, emit: &mut dyn FnMut(WorkerMsg)) {
         let Some((config, outcome, _)) = &self.last else {
             return;
@@ -341,6 +378,10 @@ impl Engine for SessionEngine {
                 bins: job.bins,
             }),
         });
-        self.sensitivity(job, cancel, emit);
+        if job.mixed {
+            self.mixed(job, cancel, emit);
+        } else {
+            self.sensitivity(job, cancel, emit);
+        }
     }
 }

@@ -407,3 +407,58 @@ fn graph_models_list_their_entry_tensors_and_start_on_the_first_weight_layer() {
     assert_eq!(app.weight_index(first), Some(0));
     assert_eq!(app.weight_index(0), None);
 }
+
+#[test]
+fn method_keys_toggle_the_methods_and_each_sends_a_job() {
+    let mut app = app();
+    app.start();
+    let e = press(&mut app, "o");
+    assert!(jobs(&e)[0].config.bias_correction);
+    let e = press(&mut app, "e");
+    assert!(jobs(&e)[0].config.cle && jobs(&e)[0].config.bias_correction);
+    let e = press(&mut app, "w");
+    assert_eq!(jobs(&e)[0].config.weight_rounding, WeightRounding::Gptq);
+    let e = press(&mut app, "t");
+    assert_eq!(jobs(&e)[0].config.smoothquant, Some(0.5));
+    let e = press(&mut app, "oetw");
+    let last = jobs(&e).last().unwrap().config.clone();
+    assert!(!last.bias_correction && !last.cle && last.smoothquant.is_none());
+    assert_eq!(last.weight_rounding, WeightRounding::Nearest);
+    press(&mut app, "u");
+    assert_eq!(app.config.weight_rounding, WeightRounding::Gptq, "undo");
+}
+
+#[test]
+fn the_mixed_panel_searches_in_the_worker_and_enter_applies_the_selected_point() {
+    let mut app = app();
+    app.start();
+    let e = press(&mut app, "M");
+    let job = jobs(&e)[0].clone();
+    assert!(job.mixed, "the search goes to the worker");
+    assert_eq!(app.key_mode(), Mode::Mixed);
+    let mut session = crate::pipeline::Session::new(
+        model(),
+        crate::bundled::calib().take(64),
+        crate::bundled::test().take(64),
+    );
+    let opts = crate::pipeline::mixed::MixedOptions::default();
+    let search =
+        crate::pipeline::mixed::search(&mut session, &job.config, &opts, &Cancel::new(), |_, _| {})
+            .unwrap();
+    let want = search.front[1].weight_bits.clone();
+    app.handle(Event::Worker(WorkerMsg::Mixed {
+        generation: job.generation,
+        result: Ok(Box::new(search)),
+    }));
+    let e = press(&mut app, "j");
+    assert!(jobs(&e).is_empty(), "moving in the panel runs nothing");
+    let e = app.handle(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    let config = &jobs(&e)[0].config;
+    for (name, bits) in ["fc1", "fc2", "fc3"].iter().zip(&want) {
+        assert_eq!(config.weight_settings(name).bits, *bits, "{name}");
+    }
+    assert!(app.mixed.is_none() && app.key_mode() == Mode::List);
+}
