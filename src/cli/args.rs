@@ -108,7 +108,7 @@ pub struct Common {
     /// quantization.
     #[arg(long, global = true)]
     pub cle: bool,
-    /// nearest or gptq: how weights are rounded onto their grid [default: nearest].
+    /// nearest, gptq or adaround: how weights are rounded onto their grid [default: nearest].
     #[arg(long, global = true)]
     pub weight_rounding: Option<qscope::config::WeightRounding>,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal (act-order).

@@ -151,7 +151,7 @@ struct Prepared {
 }
 
 /// Step 1 with the weight methods: CLE on a copy of the model, quantized weights (nearest,
-/// then GPTQ and bias correction layer by layer on `calib` when `config` asks for them), and
+/// then GPTQ or AdaRound and bias correction layer by layer on `calib` when `config` asks for them), and
 /// the biases a method changed recorded in the weights (exports write them).
 fn prepare_weights(
     model: &Model,
@@ -183,11 +183,14 @@ fn prepare_weights(
     if config.weight_rounding != crate::config::WeightRounding::Nearest || config.bias_correction {
         check_data(work, calib)?;
         let lt = layerwise::apply(work, config, &mut weights, calib, cancel)?;
-        if config.weight_rounding == crate::config::WeightRounding::Gptq {
-            timings.gptq = lt.stats + lt.gptq;
-            timings.bias_correction = lt.bias_correction;
-        } else {
-            timings.bias_correction = lt.stats + lt.bias_correction;
+        match config.weight_rounding {
+            crate::config::WeightRounding::Gptq => timings.gptq = lt.stats + lt.gptq,
+            crate::config::WeightRounding::Adaround => timings.adaround = lt.stats + lt.adaround,
+            crate::config::WeightRounding::Nearest => {}
+        }
+        timings.bias_correction = lt.bias_correction;
+        if config.weight_rounding == crate::config::WeightRounding::Nearest {
+            timings.bias_correction += lt.stats;
         }
     }
     Ok(Prepared {
