@@ -65,6 +65,9 @@ pub enum WeightRounding {
     /// GPTQ (Frantar et al. 2022): column by column with error feedback through the inverse
     /// Hessian of the layer's calibration inputs.
     Gptq,
+    /// AdaRound (Nagel et al. 2020): up or down per weight, learned on the layer's output error
+    /// over its calibration inputs.
+    Adaround,
 }
 
 impl WeightRounding {
@@ -73,6 +76,7 @@ impl WeightRounding {
         match self {
             WeightRounding::Nearest => "nearest",
             WeightRounding::Gptq => "gptq",
+            WeightRounding::Adaround => "adaround",
         }
     }
 }
@@ -89,8 +93,9 @@ impl std::str::FromStr for WeightRounding {
         match s {
             "nearest" => Ok(WeightRounding::Nearest),
             "gptq" => Ok(WeightRounding::Gptq),
+            "adaround" => Ok(WeightRounding::Adaround),
             _ => Err(format!(
-                "unknown weight rounding '{s}' (expected nearest or gptq)"
+                "unknown weight rounding '{s}' (expected nearest, gptq or adaround)"
             )),
         }
     }
@@ -217,7 +222,7 @@ impl QuantConfig {
     }
 
     /// Whether a method changes weights or biases beyond rounding to nearest (bias correction,
-    /// CLE, GPTQ): exported parameters then carry the integer weights and biases.
+    /// CLE, GPTQ, AdaRound): exported parameters then carry the integer weights and biases.
     pub fn changes_weights(&self) -> bool {
         self.bias_correction
             || self.cle

@@ -147,7 +147,7 @@ pub struct Common {
     /// their weights, folded into that producer.
     #[arg(long, global = true, value_name = "ALPHA")]
     pub smoothquant: Option<f32>,
-    /// nearest or gptq: how weights are rounded onto their grid [default: nearest].
+    /// nearest, gptq or adaround: how weights are rounded onto their grid [default: nearest].
     #[arg(long, global = true)]
     pub weight_rounding: Option<qscope::config::WeightRounding>,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal (act-order).

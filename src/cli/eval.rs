@@ -198,6 +198,9 @@ fn methods_lines(r: &Report) -> String {
         let order = if m.gptq_act_order { " (act-order)" } else { "" };
         used.push(format!("gptq{order} {:.1} ms", t.gptq));
     }
+    if m.weight_rounding == "adaround" {
+        used.push(format!("adaround {:.1} ms", t.adaround));
+    }
     if m.bias_correction {
         used.push(format!("bias correction {:.1} ms", t.bias_correction));
     }

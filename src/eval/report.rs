@@ -126,7 +126,7 @@ pub struct Methods {
     pub bias_correction: bool,
     /// Cross-layer equalization.
     pub cle: bool,
-    /// `nearest` or `gptq`.
+    /// `nearest`, `gptq` or `adaround`.
     pub weight_rounding: String,
     /// GPTQ's act-order.
     pub gptq_act_order: bool,
@@ -198,7 +198,11 @@ pub struct Timings {
     /// GPTQ rounding, its statistics pass included (part of `weights`).
     #[serde(default)]
     pub gptq: f64,
-    /// Bias correction, its statistics pass included without GPTQ (part of `weights`).
+    /// AdaRound rounding, its statistics pass included (part of `weights`).
+    #[serde(default)]
+    pub adaround: f64,
+    /// Bias correction, its statistics pass included without GPTQ or AdaRound (part of
+    /// `weights`).
     #[serde(default)]
     pub bias_correction: f64,
     /// Calibration (histograms and range choice).

@@ -1,7 +1,7 @@
 //! Weight methods that work layer by layer, in topological order, on the calibration inputs each
 //! weight layer sees in the quantized-weight network (earlier layers already rounded and
-//! corrected, activations in float): GPTQ rounding. Bias correction (`super::bias_correction`)
-//! reuses the input statistics.
+//! corrected, activations in float): GPTQ and AdaRound rounding. Bias correction
+//! (`super::bias_correction`) reuses the input statistics.
 
 use super::Cancel;
 use super::batch::{batches, make_batch};
@@ -12,7 +12,9 @@ use crate::engine::tensor::Tensor;
 use crate::error::{Error, Result};
 use crate::model::{Dataset, Model, Op};
 use crate::params::WeightQuant;
+use crate::quant::adaround::{AdaroundError, AdaroundOptions, adaround_rows};
 use crate::quant::gptq::gptq_rows;
+use crate::quant::weights::QWeights;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -197,11 +199,39 @@ pub struct LayerwiseTimes {
     pub stats: f64,
     /// GPTQ rounding.
     pub gptq: f64,
+    /// AdaRound rounding.
+    pub adaround: f64,
 }
 
-/// Applies GPTQ (when `config.weight_rounding` says so) to `weights` of `model`, layer by
-/// layer: each layer's statistics come from `model` with the layers before it already replaced
-/// by their final quantized weights and biases. `weights` holds the nearest-rounded weights (their scales stay).
+/// Rounds rows `rows` of `qw` (float `w` of layer `name`) on their Hessian `h` with the
+/// method `config.weight_rounding`.
+fn round_rows(
+    config: &QuantConfig,
+    name: &str,
+    (w, h): (&[f32], &[f64]),
+    qw: &mut QWeights,
+    rows: std::ops::Range<usize>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let bad = |m: String| Error::config(format!("layers.{name}"), m);
+    match config.weight_rounding {
+        WeightRounding::Gptq => {
+            gptq_rows(w, h, qw, rows, config.gptq_act_order).map_err(|e| bad(e.to_string()))
+        }
+        WeightRounding::Adaround => {
+            let stop = || cancel.is_cancelled();
+            adaround_rows(w, h, qw, rows, &AdaroundOptions::default(), &stop).map_err(|e| match e {
+                AdaroundError::Stopped => Error::Cancelled,
+                e => bad(e.to_string()),
+            })
+        }
+        WeightRounding::Nearest => Ok(()),
+    }
+}
+
+/// Applies GPTQ or AdaRound (when `config.weight_rounding` says so) to `weights` of `model`,
+/// layer by layer: each layer's statistics come from `model` with the layers before it already
+/// replaced by their final quantized weights and biases. `weights` holds the nearest-rounded weights (their scales stay).
 pub fn apply(
     model: &Model,
     config: &QuantConfig,
@@ -209,9 +239,10 @@ pub fn apply(
     data: &Dataset,
     cancel: &Cancel,
 ) -> Result<LayerwiseTimes> {
-    let gptq = config.weight_rounding == WeightRounding::Gptq;
+    let rounding = config.weight_rounding;
+    let second = rounding != WeightRounding::Nearest;
     let mut times = LayerwiseTimes::default();
-    if !gptq {
+    if !second {
         return Ok(times);
     }
     let limit = config.max_sample_elems();
@@ -220,7 +251,7 @@ pub fn apply(
         let Some(wq) = wq else { continue };
         cancel.check()?;
         let t = std::time::Instant::now();
-        let stats = input_stats(&work, i, data, gptq, limit, cancel)?;
+        let stats = input_stats(&work, i, data, second, limit, cancel)?;
         times.stats += super::ms(t);
         let layer = &model.layers[i];
         let (w, rows, _) = layer.op.weight_rows().expect("weight layer");
@@ -229,16 +260,13 @@ pub fn apply(
             let t = std::time::Instant::now();
             let og = rows / groups;
             for (g, hg) in h.iter().enumerate() {
-                gptq_rows(
-                    w,
-                    hg,
-                    &mut wq.q,
-                    g * og..(g + 1) * og,
-                    config.gptq_act_order,
-                )
-                .map_err(|e| Error::config(format!("layers.{}", layer.name), e.to_string()))?;
+                let rows = g * og..(g + 1) * og;
+                round_rows(config, &layer.name, (w, hg), &mut wq.q, rows, cancel)?;
             }
-            times.gptq += super::ms(t);
+            match rounding {
+                WeightRounding::Adaround => times.adaround += super::ms(t),
+                _ => times.gptq += super::ms(t),
+            }
         }
         let deq = wq.q.dequantize();
         let (ww, wb) = work.layers[i].op.weight_bias_mut().expect("weight layer");

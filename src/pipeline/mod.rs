@@ -189,7 +189,7 @@ impl Prepared {
 
 /// Step 1 with the weight methods, in this order: SmoothQuant on a copy of the model (its
 /// statistics from a float pass over `calib`), CLE on the result, quantized weights (nearest,
-/// then GPTQ layer by layer on `calib` when `config` asks for it), and
+/// then GPTQ or AdaRound layer by layer on `calib` when `config` asks for it), and
 /// the biases CLE changed recorded in the weights (exports write them; the
 /// SmoothQuant changes are replayed from the parameters' `smoothquant` instead).
 fn prepare_weights(
@@ -233,7 +233,11 @@ fn prepare_weights(
     if config.weight_rounding != crate::config::WeightRounding::Nearest {
         check_data(work, calib)?;
         let lt = layerwise::apply(work, config, &mut weights, calib, cancel)?;
-        timings.gptq = lt.stats + lt.gptq;
+        match config.weight_rounding {
+            crate::config::WeightRounding::Gptq => timings.gptq = lt.stats + lt.gptq,
+            crate::config::WeightRounding::Adaround => timings.adaround = lt.stats + lt.adaround,
+            crate::config::WeightRounding::Nearest => {}
+        }
     }
     Ok(Prepared {
         smoothed,

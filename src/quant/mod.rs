@@ -1,6 +1,7 @@
 //! Quantization arithmetic: schemes, qparams, fixed-point multipliers, weight quantization and
 //! the calibration strategies that choose clipping ranges.
 
+pub mod adaround;
 pub mod calib;
 pub mod fixed_point;
 pub mod gptq;

@@ -946,7 +946,8 @@ impl App {
 pub fn next_rounding(r: WeightRounding) -> WeightRounding {
     match r {
         WeightRounding::Nearest => WeightRounding::Gptq,
-        _ => WeightRounding::Nearest,
+        WeightRounding::Gptq => WeightRounding::Adaround,
+        WeightRounding::Adaround => WeightRounding::Nearest,
     }
 }
 

@@ -216,6 +216,7 @@ fn job(generation: u64, weight_bits: u8) -> Job {
         bins: 10,
         rerun: false,
         seed: None,
+        mixed: false,
     }
 }
 
