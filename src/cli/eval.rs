@@ -2,7 +2,7 @@
 
 use super::args::EvalArgs;
 use super::out::{errln, out, outln};
-use super::progress::spinner;
+use super::progress::{spinner, with_spinner};
 use super::setup::setup;
 use super::table::{db, pct, render};
 use anyhow::Result;
@@ -21,13 +21,13 @@ pub fn main(args: &EvalArgs) -> Result<()> {
     }
     let mut s = setup(&args.common)?;
     s.config.save_outputs = args.save_outputs.is_some();
-    let cancel = Cancel::new();
     let loaded = s.params.is_some();
     let pb = spinner(if loaded {
         "evaluating"
     } else {
         "calibrating and evaluating"
     });
+    let cancel = with_spinner(Cancel::new(), pb.as_ref());
     let outcome = match s.params {
         Some(params) => {
             evaluate_params(&s.model, params, &s.eval, &s.config, s.has_float, &cancel)?

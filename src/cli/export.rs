@@ -3,7 +3,7 @@
 
 use super::args::ExportArgs;
 use super::out::{errln, outln};
-use super::progress::spinner;
+use super::progress::{spinner, with_spinner};
 use super::setup::setup;
 use super::table::pct;
 use anyhow::Result;
@@ -35,7 +35,8 @@ pub fn main(args: &ExportArgs) -> Result<()> {
         Some(p) => (p, None),
         None => {
             let pb = spinner("calibrating and evaluating");
-            let outcome = run(&s.model, &s.calib, &s.eval, &s.config, &Cancel::new())?;
+            let cancel = with_spinner(Cancel::new(), pb.as_ref());
+            let outcome = run(&s.model, &s.calib, &s.eval, &s.config, &cancel)?;
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }

@@ -29,3 +29,19 @@ pub fn bar(total: u64, msg: &str) -> Option<ProgressBar> {
     pb.set_message(msg.to_string());
     Some(pb)
 }
+
+/// `cancel` reporting the methods' steps as the spinner's message (unchanged without one).
+pub fn with_spinner(
+    cancel: qscope::pipeline::Cancel,
+    pb: Option<&ProgressBar>,
+) -> qscope::pipeline::Cancel {
+    match pb {
+        Some(pb) => {
+            let pb = pb.clone();
+            cancel.with_progress(std::sync::Arc::new(move |m: &str| {
+                pb.set_message(m.to_string())
+            }))
+        }
+        None => cancel,
+    }
+}

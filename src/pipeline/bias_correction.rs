@@ -240,6 +240,12 @@ pub fn correct_biases(
     let node = |t: usize| nodes.get(t).copied();
     let (mut means, mut score) = engine_pass(model, params, node(0), data, &float_out, lc)?;
     for (t, (&j, &i)) in todo.iter().zip(&nodes).enumerate() {
+        let name = &model.layers[i].name;
+        cancel.progress(&format!(
+            "bias correction {name} ({}/{})",
+            t + 1,
+            todo.len()
+        ));
         let mut cand = params.clone();
         let wq = cand.layers[j].weight.as_mut().expect("checked above");
         let fm = float_means[i]

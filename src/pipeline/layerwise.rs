@@ -247,9 +247,14 @@ pub fn apply(
     }
     let limit = config.max_sample_elems();
     let mut work = model.clone();
+    let total = weights.iter().filter(|w| w.is_some()).count();
+    let mut done = 0;
     for (&i, wq) in model.weight_layers().iter().zip(weights.iter_mut()) {
         let Some(wq) = wq else { continue };
         cancel.check()?;
+        done += 1;
+        let what = format!("{rounding} {} ({done}/{total})", model.layers[i].name);
+        cancel.progress(&what);
         let t = std::time::Instant::now();
         let stats = input_stats(&work, i, data, second, limit, cancel)?;
         times.stats += super::ms(t);

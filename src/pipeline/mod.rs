@@ -13,22 +13,49 @@ use std::time::Instant;
 /// Samples per batch in calibration and evaluation (batches run in parallel).
 pub const BATCH: usize = 128;
 
-/// A cancel flag shared with a running job; checked between batches.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+/// Where a long method reports its steps: one short line each ("gptq fc1 (1/3)").
+pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A running job's controls: a cancel flag shared with it (checked between batches and
+/// layers), and an optional sink for the progress of the layer-by-layer methods.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel")
+            .field("cancelled", &self.is_cancelled())
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
 
 impl Cancel {
-    /// A flag that is not set.
+    /// A flag that is not set, without a progress sink.
     pub fn new() -> Self {
         Self::default()
     }
+    /// The same controls, reporting progress to `f`.
+    pub fn with_progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
+        self
+    }
+    /// Reports one step of a long method (nothing without a sink).
+    pub fn progress(&self, msg: &str) {
+        if let Some(f) = &self.progress {
+            f(msg);
+        }
+    }
     /// Asks the job to stop.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::Relaxed);
     }
     /// Whether the job was asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
     }
     /// `Err(Cancelled)` if the job was asked to stop.
     pub fn check(&self) -> Result<()> {
@@ -297,7 +324,7 @@ pub fn evaluate_params(
 /// settings and the weight methods.
 type WeightKey = (
     Vec<Option<crate::config::WeightSettings>>,
-    (bool, bool, crate::config::WeightRounding, bool, Option<u32>),
+    (bool, crate::config::WeightRounding, bool, Option<u32>),
 );
 
 /// The weight-side settings of every weight layer and the weight methods: when they are
@@ -313,7 +340,6 @@ fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
         })
         .collect();
     let methods = (
-        config.bias_correction,
         config.cle,
         config.weight_rounding,
         config.gptq_act_order,

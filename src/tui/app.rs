@@ -185,6 +185,8 @@ pub struct App {
     pub status: Option<Status>,
     /// The mixed-precision panel, while it is open.
     pub mixed: Option<MixedPanel>,
+    /// The running job's last progress line (a method's step), until its result arrives.
+    pub progress: Option<String>,
     /// Where `x` writes.
     pub export_path: PathBuf,
     /// Export as soon as the current result arrives.
@@ -280,6 +282,7 @@ impl App {
             sens: vec![[None; 2]; layers],
             status: None,
             mixed: None,
+            progress: None,
             export_path: PathBuf::from(format!("{}.params.json", model.name)),
             export_pending: false,
             seed,
@@ -444,6 +447,7 @@ impl App {
                 if generation != self.generation {
                     return Vec::new(); // outdated: never shown as current
                 }
+                self.progress = None;
                 let (at, took) = match (&self.shown, self.view_only) {
                     (Some(prev), true) => (prev.at, prev.took),
                     _ => (
@@ -473,9 +477,15 @@ impl App {
             }
             WorkerMsg::Failed { generation, msg } => {
                 if generation == self.generation {
+                    self.progress = None;
                     self.error(format!("run failed: {msg}"));
                     self.failed = Some(msg);
                     self.export_pending = false;
+                }
+            }
+            WorkerMsg::Progress { generation, text } => {
+                if generation == self.generation {
+                    self.progress = Some(text);
                 }
             }
             WorkerMsg::MixedProgress {

@@ -465,7 +465,14 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
             Style::new().fg(Color::Red).bold(),
         )
     } else {
-        Span::styled("◌ recomputing…", Style::new().fg(Color::Yellow).bold())
+        let step = app
+            .progress
+            .as_deref()
+            .map_or(String::new(), |p| format!(" {p}"));
+        Span::styled(
+            format!("◌ recomputing…{step}"),
+            Style::new().fg(Color::Yellow).bold(),
+        )
     };
     let t = rep.timings_ms;
     let mut spans = vec![

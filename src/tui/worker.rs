@@ -88,6 +88,13 @@ pub enum WorkerMsg {
         /// One line saying what went wrong.
         msg: String,
     },
+    /// A step of a long method of the running job ("gptq fc1 (1/3)").
+    Progress {
+        /// The job's generation.
+        generation: u64,
+        /// What it is doing.
+        text: String,
+    },
     /// Progress of a mixed-precision search: runs done of total.
     MixedProgress {
         /// The job's generation.
@@ -172,9 +179,15 @@ impl Worker {
                         if slot.shutdown {
                             return;
                         }
-                        let cancel = Cancel::new();
+                        let job = slot.pending.take().expect("checked above");
+                        let (tx, generation) = (tx.clone(), job.generation);
+                        let cancel = Cancel::new().with_progress(Arc::new(move |m: &str| {
+                            let text = m.to_string();
+                            let _ =
+                                tx.send(Event::Worker(WorkerMsg::Progress { generation, text }));
+                        }));
                         slot.running = Some(cancel.clone());
-                        (slot.pending.take().expect("checked above"), cancel)
+                        (job, cancel)
                     };
                     let mut emit = |m: WorkerMsg| {
                         let _ = tx.send(Event::Worker(m));

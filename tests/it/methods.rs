@@ -841,3 +841,19 @@ fn cnn_w3a3_is_within_one_and_a_half_points_of_float_with_gptq_and_bias_correcti
     assert!(int >= 0.9735 - 0.001, "CNN W3A3 {int}");
     assert!(float - int <= 0.015, "{float} − {int}");
 }
+
+#[test]
+fn the_layerwise_methods_report_each_layer_to_the_progress_sink() {
+    let t = tiny(0x9e5_0001);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    let cancel = Cancel::new().with_progress(std::sync::Arc::new(move |m: &str| {
+        sink.lock().unwrap().push(m.to_string())
+    }));
+    let config = tiny_config(true, WeightRounding::Gptq);
+    run(&t.model, &t.data, &t.data, &config, &cancel).unwrap();
+    let seen = seen.lock().unwrap();
+    for want in ["gptq c (1/2)", "gptq f (2/2)", "bias correction c (1/2)"] {
+        assert!(seen.iter().any(|m| m == want), "{want} not in {seen:?}");
+    }
+}
