@@ -79,6 +79,9 @@ pub struct ModelParams {
     /// SmoothQuant migrations the parameters were made on (the model they refer to is the
     /// loaded model with these applied, in order; empty without SmoothQuant).
     pub smoothquant: Vec<SmoothEntry>,
+    /// The accuracy methods the parameters were made with (`None`: not known, e.g. a file
+    /// written before they were recorded).
+    pub methods: Option<crate::eval::report::Methods>,
 }
 
 impl ModelParams {

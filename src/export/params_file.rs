@@ -59,6 +59,10 @@ pub struct ParamsFile {
     /// SmoothQuant migrations, in the order they were applied (extension).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub smoothquant: Vec<SmoothFileEntry>,
+    /// The accuracy methods the parameters were made with, as the report's `methods`
+    /// (extension; absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<crate::eval::report::Methods>,
 }
 
 /// One SmoothQuant migration (extension): `consumers`' input channels were multiplied by
@@ -314,6 +318,7 @@ impl ParamsFile {
                 })
                 .collect(),
             smoothquant: params.smoothquant.iter().map(SmoothFileEntry::of).collect(),
+            methods: params.methods.clone(),
         }
     }
 
@@ -1061,6 +1066,7 @@ impl ParamsFile {
             points,
             layers,
             smoothquant: self.smooth_entries(label)?,
+            methods: self.methods.clone(),
         };
         let inq = crate::engine::int::input_qparams(model, &params);
         if let Some(lp) = params

@@ -35,6 +35,7 @@ pub fn qdq_params(label: &str, model: &Model, q: &QdqImport) -> Result<Resolved>
         points: Vec::new(),
         layers: Vec::new(),
         smoothquant: Vec::new(),
+        methods: meta.as_ref().and_then(|m| m.methods.clone()),
     };
     let meta_act = |name: &str| -> Option<&ActEntry> {
         let m = meta.as_ref()?;

@@ -261,5 +261,6 @@ pub fn choose_ranges(
         points,
         layers,
         smoothquant: Vec::new(),
+        methods: None,
     }
 }

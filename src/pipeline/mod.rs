@@ -178,6 +178,7 @@ fn run_cached(
     if let Some(sq) = &p.smoothed {
         params.smoothquant = sq.entries.clone();
     }
+    params.methods = Some(crate::eval::report::Methods::of(config));
     let mut outcome = evaluate_params(work, params, eval, config, true, cancel)?;
     outcome.report.calib_samples = c.calibration.samples;
     outcome.report.cle_pairs = p.cle_pairs.clone();

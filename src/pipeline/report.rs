@@ -159,13 +159,17 @@ pub(super) fn build_report(
             .map(|(l, _)| l.name.clone())
             .collect(),
         int_mac_share: ev.int_mac_share(),
-        methods: crate::eval::report::Methods {
-            // Loaded parameters say which SmoothQuant strength they were made with.
-            smoothquant: config
-                .smoothquant
-                .or(params.smoothquant.first().map(|e| e.alpha)),
-            ..crate::eval::report::Methods::of(config)
-        },
+        // Parameters say which methods they were made with (loaded ones too); older files
+        // without them at least say their SmoothQuant strength.
+        methods: params
+            .methods
+            .clone()
+            .unwrap_or_else(|| crate::eval::report::Methods {
+                smoothquant: config
+                    .smoothquant
+                    .or(params.smoothquant.first().map(|e| e.alpha)),
+                ..crate::eval::report::Methods::of(config)
+            }),
         cle_pairs: Vec::new(),
         smoothquant: Vec::new(),
         smoothquant_skipped: Vec::new(),

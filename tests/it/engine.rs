@@ -136,6 +136,7 @@ fn check_one(seed: u64) {
             act: Some(out.clone()),
         }],
         smoothquant: Vec::new(),
+        methods: None,
     };
     let got = IntModel::new(&model, &params, usize::MAX)
         .forward_flat(&x, n)

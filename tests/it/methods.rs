@@ -483,6 +483,10 @@ fn round_trip(flags: &str, model: &str, cle: bool) {
     );
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    assert_eq!(
+        file["methods"], r["methods"],
+        "the file records the methods"
+    );
     let layers = file["layers"].as_array().unwrap();
     for l in layers {
         assert!(
@@ -500,7 +504,7 @@ fn round_trip(flags: &str, model: &str, cle: bool) {
             .is_some_and(|v| !v.is_empty())
     });
     assert!(biased.count() >= 1, "no layer carries a corrected bias");
-    let (ok, _, err) = qscope(&[
+    let (ok, out, err) = qscope(&[
         "eval",
         "--model",
         model,
@@ -508,8 +512,14 @@ fn round_trip(flags: &str, model: &str, cle: bool) {
         ps,
         "--save-outputs",
         bs,
+        "--json",
     ]);
     assert!(ok, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        again["methods"], r["methods"],
+        "--params reports the file's methods"
+    );
     let quant = |path: &std::path::Path| {
         let bytes = std::fs::read(path).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
