@@ -165,6 +165,9 @@ pub struct ClePairReport {
     pub in_spread_before: Option<f64>,
     /// The same after.
     pub in_spread_after: Option<f64>,
+    /// Channels whose high bias was absorbed into the second layer (after equalization).
+    #[serde(default)]
+    pub absorbed_channels: usize,
 }
 
 /// One group of linear layers SmoothQuant smoothed: the spread (largest / smallest nonzero

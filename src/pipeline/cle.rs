@@ -5,8 +5,8 @@
 //! (r = max |w| of the channel), so both ranges become √(r1ᵢ·r2ᵢ). The float function is
 //! unchanged because relu(x / s) = relu(x) / s for s > 0. Pairs are swept until the scales
 //! settle (a layer in the middle of a chain belongs to two pairs). ReLU6 (Clip) is not
-//! crossed: its fixed upper bound would have to change per channel. High-bias absorption is
-//! not done.
+//! crossed: its fixed upper bound would have to change per channel. High-bias absorption
+//! follows in `super::high_bias`.
 
 use crate::config::QuantConfig;
 use crate::eval::report::ClePairReport;
@@ -226,6 +226,7 @@ pub fn equalize(model: &Model, config: &QuantConfig) -> (Model, Vec<ClePairRepor
                 out_spread_after: spread(&a1),
                 in_spread_before: spread(r2),
                 in_spread_after: spread(&a2),
+                absorbed_channels: 0,
             }
         })
         .collect();

@@ -73,6 +73,7 @@ pub mod bias_correction;
 mod calibrate;
 pub mod cle;
 mod evaluate;
+pub mod high_bias;
 pub mod layerwise;
 pub mod mixed;
 mod report;
@@ -240,9 +241,15 @@ fn prepare_weights(
     let base = smoothed.as_ref().map_or(model, |s| &s.model);
     let (equalized, cle_pairs) = if config.cle {
         let t = Instant::now();
-        let (m, pairs) = cle::equalize(base, config);
+        let (mut m, mut reports) = cle::equalize(base, config);
+        let pairs = cle::find_pairs(base, config);
+        let limit = config.max_sample_elems();
+        let absorbed = high_bias::absorb(&mut m, &pairs, calib, limit, cancel)?;
+        for (r, n) in reports.iter_mut().zip(absorbed) {
+            r.absorbed_channels = n;
+        }
         timings.cle = ms(t);
-        (Some(m), pairs)
+        (Some(m), reports)
     } else {
         (None, Vec::new())
     };

@@ -867,3 +867,68 @@ fn the_layerwise_methods_report_each_layer_to_the_progress_sink() {
         assert!(seen.iter().any(|m| m == want), "{want} not in {seen:?}");
     }
 }
+
+#[test]
+fn high_bias_absorption_moves_each_channels_floor_into_the_next_layer() {
+    let mut rng = Rng(0xab50_0001);
+    let (w1, w2) = (rng.vec(3 * 4, -0.5, 0.5), rng.vec(2 * 3, -1.0, 1.0));
+    let (b1, b2) = (vec![3.0f32, -2.0, 2.5], rng.vec(2, -0.2, 0.2));
+    let spec = "input_shape = [4]\n[[layers]]\nname = \"a\"\nop = \"linear\"\nweight = \"w1\"\nbias = \"b1\"\n[[layers]]\nop = \"relu\"\n[[layers]]\nname = \"b\"\nop = \"linear\"\nweight = \"w2\"\nbias = \"b2\"\n";
+    let bytes = safetensors_bytes(
+        &[
+            f32t("w1", &[3, 4], &w1),
+            f32t("b1", &[3], &b1),
+            f32t("w2", &[2, 3], &w2),
+            f32t("b2", &[2], &b2),
+        ],
+        Some(spec),
+    );
+    let mut model = load_model_bytes("hb", "hb", &bytes, None).unwrap();
+    let n = 50;
+    let xs = rng.vec(n * 4, -1.0, 1.0);
+    let data = load_dataset_bytes(
+        "hb data",
+        &safetensors_bytes(&[f32t("inputs", &[n, 4], &xs)], None),
+    )
+    .unwrap();
+    // The reference in f64: each channel's floor over the data, clamped at 0.
+    let y1 = |x: &[f32], c: usize| -> f64 {
+        (0..4)
+            .map(|k| w1[c * 4 + k] as f64 * x[k] as f64)
+            .sum::<f64>()
+            + b1[c] as f64
+    };
+    let h: Vec<f64> = (0..3)
+        .map(|c| {
+            xs.chunks(4)
+                .map(|x| y1(x, c))
+                .fold(f64::INFINITY, f64::min)
+                .max(0.0)
+        })
+        .collect();
+    assert!(h[0] > 1.0 && h[1] == 0.0 && h[2] > 1.0, "{h:?}");
+    let config = QuantConfig::default();
+    let pairs = qscope::pipeline::cle::find_pairs(&model, &config);
+    let before = qscope::engine::float::forward_flat(&model, &xs, n).unwrap();
+    let counts =
+        qscope::pipeline::high_bias::absorb(&mut model, &pairs, &data, usize::MAX, &Cancel::new())
+            .unwrap();
+    assert_eq!(counts, vec![2]);
+    let nb1 = model.layers[0].op.bias().unwrap().to_vec();
+    let nb2 = model.layers[2].op.bias().unwrap().to_vec();
+    for c in 0..3 {
+        assert!(
+            (nb1[c] as f64 - (b1[c] as f64 - h[c])).abs() < 1e-5,
+            "b1[{c}]"
+        );
+    }
+    for r in 0..2 {
+        let want = b2[r] as f64 + (0..3).map(|c| w2[r * 3 + c] as f64 * h[c]).sum::<f64>();
+        assert!((nb2[r] as f64 - want).abs() < 1e-5, "b2[{r}]");
+    }
+    // The float function is the same on the data (every pre-activation is above its floor).
+    let after = qscope::engine::float::forward_flat(&model, &xs, n).unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
