@@ -452,7 +452,8 @@ pub fn choose_for_budget(
 }
 
 /// The front point `budget` asks for (an index into `search.front`). Bits and bytes: among the
-/// points within the budget, the most accurate (ties: the smaller; unevaluated: the largest).
+/// points within the budget, the one with the best predicted SQNR (calibration set; ties: the
+/// smaller).
 /// Max drop: the smallest point within that many points of float (needs evaluated points).
 pub fn choose(search: &MixedSearch, budget: Budget) -> Result<usize> {
     let front = &search.front;
@@ -494,15 +495,14 @@ pub fn choose(search: &MixedSearch, budget: Budget) -> Result<usize> {
         }
         Budget::MaxDrop(pts) => return choose_max_drop(search, pts),
     };
-    // `fits` is in decreasing size: max_by keeps the last of equals, i.e. the smaller.
+    // Chosen by the prediction from the calibration set, never by the evaluation set's
+    // accuracy (that would select on the test data). `fits` is in decreasing size: max_by
+    // keeps the last of equals, i.e. the smaller.
     let best = fits.iter().copied().max_by(|&a, &b| {
-        let acc = |i: usize| front[i].quant_accuracy.unwrap_or(f64::NEG_INFINITY);
-        acc(a).total_cmp(&acc(b))
+        let pred = |i: usize| front[i].predicted_sqnr_db;
+        pred(a).total_cmp(&pred(b))
     });
-    Ok(match front[fits[0]].quant_accuracy {
-        Some(_) => best.expect("fits is not empty"),
-        None => fits[0],
-    })
+    Ok(best.expect("fits is not empty"))
 }
 
 /// The smallest evaluated front point within `pts` points of float.
