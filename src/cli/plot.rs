@@ -46,6 +46,17 @@ pub fn main(args: &PlotArgs) -> Result<()> {
             let c = calibrate(&s.model, &s.config, &weights, &s.calib, &cancel)?;
             (p, c)
         }
+        None if s.config.cle || s.config.smoothquant.is_some() => bail!(
+            "plot: --cle and --smoothquant change the float model the histograms are drawn against; plot without them"
+        ),
+        None if s.config.changes_weights() => {
+            // GPTQ, AdaRound, bias correction: the run's own weights, biases and ranges.
+            let o = qscope::pipeline::run(&s.model, &s.calib, &s.eval, &s.config, &cancel)?;
+            let c = o
+                .calibration
+                .expect("a calibrated run keeps its histograms");
+            (o.params, c)
+        }
         None => {
             let weights = quantize_weights(&s.model, &s.config);
             let c = calibrate(&s.model, &s.config, &weights, &s.calib, &cancel)?;

@@ -932,3 +932,29 @@ fn high_bias_absorption_moves_each_channels_floor_into_the_next_layer() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
 }
+
+#[test]
+fn plot_draws_a_methods_run_and_refuses_the_model_changing_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("fc1.svg");
+    let out = svg.to_str().unwrap();
+    let base = [
+        "plot",
+        "--model",
+        "mnist-mlp",
+        "--calib-samples",
+        "200",
+        "--layer",
+        "fc1",
+    ];
+    let (ok, _, err) = qscope(&[&base[..], &["--bias-correction", "--out", out]].concat());
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    std::fs::remove_file(&svg).unwrap();
+    let (ok, _, err) = qscope(&[&base[..], &["--cle", "--out", out]].concat());
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("--cle"),
+        "{err}"
+    );
+    assert!(!svg.exists(), "no file on refusal");
+}
