@@ -486,6 +486,12 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
             t.eval
         )),
     ];
+    if t.bias_correction > 0.0 {
+        spans.push(Span::raw(format!(
+            " · bias correction {:.0} ms",
+            t.bias_correction
+        )));
+    }
     if let Some(l) = app.loaded_label() {
         spans.push(Span::styled(
             format!(" · parameters {l}"),
