@@ -249,6 +249,10 @@ pub fn apply(
     let mut work = model.clone();
     for (&i, wq) in model.weight_layers().iter().zip(weights.iter_mut()) {
         let Some(wq) = wq else { continue };
+        if !model.layers[i].op.is_gemm() {
+            // An embedding's rows are read, not multiplied: it keeps nearest rounding.
+            continue;
+        }
         cancel.check()?;
         let t = std::time::Instant::now();
         let stats = input_stats(&work, i, data, second, limit, cancel)?;
