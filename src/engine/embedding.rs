@@ -111,8 +111,9 @@ impl IntEmbedding {
             let row = &self.q[r * self.dim..(r + 1) * self.dim];
             for (c, &v) in row.iter().enumerate() {
                 let k = r * self.groups + c / self.group_size;
-                let m = self.mult[k].apply(v as i32 - self.zp[k]);
-                y.push(zo.saturating_add(m).clamp(lo, hi) as i8);
+                // One rounding (the two of the i32 form are coarse for codes this small).
+                let m = self.mult[k].apply_i64((v as i32 - self.zp[k]) as i64);
+                y.push((zo as i64 + m).clamp(lo as i64, hi as i64) as i8);
             }
         }
         Ok(Tensor::q(out_shape(ind, self.dim), y, self.out_q))
