@@ -288,3 +288,70 @@ fn bert_parameters_with_embedding_tables_round_trip_bit_for_bit() {
     let b = quant_outputs(&m, back, &eval);
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
+
+#[test]
+fn qdq_export_writes_the_table_as_int8_rows_behind_a_per_row_dequantize_and_loads_back() {
+    use qscope::export::onnx::{QdqOptions, onnx_model_bytes};
+    use qscope::export::qdq_import::qdq_params;
+    let mut rng = Rng(5);
+    let t = table(&mut rng);
+    let model = embedding_graph(&t);
+    let config = QuantConfig::default();
+    let wq = quantize_weights(&model, &config).remove(0).unwrap();
+    let range = ClipRange::new(-1.0, 1.5);
+    let params = ModelParams {
+        points: vec![],
+        layers: vec![LayerParams {
+            name: "embed".into(),
+            index: 0,
+            weight: Some(wq.clone()),
+            act: Some(ActQuant {
+                settings: config.act_settings("embed"),
+                range,
+                qparams: QParams::from_range(range, 8, Scheme::Asymmetric),
+            }),
+        }],
+        smoothquant: vec![],
+    };
+    let bytes = onnx_model_bytes(&model, Some(&params), QdqOptions::default()).unwrap();
+    let om = onnx_rs::parse(&bytes).unwrap();
+    let g = om.graph.as_ref().unwrap();
+    let gather = g
+        .node
+        .iter()
+        .find(|n| n.op_type.as_str() == "Gather")
+        .unwrap();
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == gather.input.first())
+        .expect("the table comes from a node");
+    assert_eq!(dq.op_type.as_str(), "DequantizeLinear");
+    let axis = dq.attribute.iter().find(|a| a.name == "axis").map(|a| a.i);
+    assert_eq!(axis, Some(0));
+    let init = |name: &str| g.initializer.iter().find(|t| t.name() == name).unwrap();
+    let ints = init(dq.input[0]);
+    assert_eq!(ints.data_type(), onnx_rs::ast::DataType::Int8);
+    assert_eq!(ints.dims(), [ROWS as i64, DIM as i64]);
+    let raw: Vec<i8> = ints.as_raw().unwrap().iter().map(|&b| b as i8).collect();
+    assert_eq!(raw, wq.q.q);
+    let scales = init(dq.input[1]);
+    assert_eq!(scales.dims(), [ROWS as i64]);
+    // Loaded back, the file gives the same embedding and parameters, and the same outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emb.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let (m2, q) = qscope::model::onnx::load_onnx_qdq(&path).unwrap();
+    assert!(matches!(m2.layers[0].op, Op::Embedding { .. }));
+    let p2 = qdq_params("emb", &m2, &q.unwrap()).unwrap().params;
+    assert_eq!(p2.layers[0].weight.as_ref().unwrap().q, wq.q);
+    assert_eq!(p2.layers[0].act, params.layers[0].act);
+    let ids = Tensor::i64(vec![2, SEQ], (0..2 * SEQ as i64).map(|i| i % 11).collect());
+    let run = |m: &Model, p: &ModelParams| {
+        IntModel::new(m, p, usize::MAX)
+            .forward(vec![ids.clone()], |_, _, _, _| {})
+            .unwrap()[0]
+            .to_f32_vec()
+    };
+    assert_eq!(run(&model, &params), run(&m2, &p2));
+}

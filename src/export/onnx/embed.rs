@@ -108,7 +108,7 @@ pub fn model_from_embedding(
         if node.op_type.as_str() == "Gather" {
             // An embedding: the table is the Gather's data input; no bias.
             let t = node.input.first().copied().unwrap_or_default();
-            owned.push(OTensor::f32(t, &shape, &vec![0.0; rows * cols]));
+            owned.push(OTensor::f32(t, shape, &vec![0.0; rows * cols]));
             continue;
         }
         let (w_dims, bias) = match node.op_type.as_str() {
