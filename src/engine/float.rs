@@ -91,8 +91,11 @@ pub fn check_size(per_sample: usize, limit: usize) -> std::result::Result<(), St
     Ok(())
 }
 
-/// Runs a linear or conv node on f32 input `x`.
+/// Runs a linear, conv or embedding node on f32 input `x` (an embedding's: its indices).
 pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<Tensor, String> {
+    if let Op::Embedding { table } = op {
+        return super::embedding::lookup_f32(table, x, limit);
+    }
     let xs = x.as_f32().ok_or("expects real-valued input")?;
     let n = x.shape.first().copied().unwrap_or(1).max(1);
     match op {

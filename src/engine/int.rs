@@ -4,6 +4,7 @@
 //! kept in float) goes back to f32.
 
 use super::conv::conv_nchw;
+use super::embedding::IntEmbedding;
 use super::float::{Values, check_size, last_uses, run_node};
 use super::intops;
 use super::intops::depthwise::GroupConv;
@@ -293,6 +294,13 @@ enum Step {
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
+    /// An embedding: int8 rows picked by the integer indices, requantized to its point.
+    Embed {
+        /// The kernel.
+        kernel: IntEmbedding,
+        /// The value it writes (the fused activation's output, if any).
+        out: ValueId,
+    },
     /// Any other node: on integers when it keeps qparams and gets integers, else in f32.
     Node,
     /// A fused activation: its weight node already applied it.
@@ -372,6 +380,21 @@ impl<'m> IntModel<'m> {
         let mut steps: Vec<Step> = model.layers.iter().map(|_| Step::Node).collect();
         for lp in &params.layers {
             let (i, layer) = (lp.index, &model.layers[lp.index]);
+            if layer.op.is_embedding() {
+                let (Some(wq), Some(act)) = (&lp.weight, &lp.act) else {
+                    continue;
+                };
+                let fused = model.fused_activation(i);
+                let bounds = clamp_bounds(act.qparams, fused.map(|j| fused_clamp(model, j)));
+                steps[i] = Step::Embed {
+                    kernel: IntEmbedding::new(&wq.q, act.qparams, bounds),
+                    out: model.point_value(i),
+                };
+                if let Some(j) = fused {
+                    steps[j] = Step::Fused;
+                }
+                continue;
+            }
             let in_q = layer
                 .data_input()
                 .and_then(|d| Self::source_q(model, &points, d));
@@ -457,9 +480,9 @@ impl<'m> IntModel<'m> {
         }
     }
 
-    /// Whether node `i` runs as an integer weight node.
+    /// Whether node `i` runs as an integer weight node (linear, conv or embedding).
     pub fn is_gemm(&self, i: usize) -> bool {
-        matches!(self.steps[i], Step::Gemm { .. })
+        matches!(self.steps[i], Step::Gemm { .. } | Step::Embed { .. })
     }
 
     /// Runs a batch (one tensor per graph input, the first normalized); `tap(i, v, t, ran)`
@@ -494,6 +517,11 @@ impl<'m> IntModel<'m> {
                         self.run_gemm(&layer.op, kernel, x).map_err(err)?,
                         Ran::Int,
                     )
+                }
+                Step::Embed { kernel, out } => {
+                    let x = vals.inputs_of(layer).map_err(err)?[0]
+                        .ok_or_else(|| err("no input".into()))?;
+                    (*out, kernel.run(x, self.limit).map_err(err)?, Ran::Int)
                 }
                 Step::Node => {
                     let ins = vals.inputs_of(layer).map_err(err)?;
@@ -775,6 +803,10 @@ impl<'m> IntModel<'m> {
     /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
     /// its real-valued (fused) output, or `None` if it is not an integer node.
     pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
+        if let Step::Embed { kernel, .. } = &self.steps[i] {
+            // Its input is the indices: nothing to quantize.
+            return kernel.run(x, self.limit).ok().map(Tensor::dequantized);
+        }
         let Step::Gemm { kernel, .. } = &self.steps[i] else {
             return None;
         };

@@ -963,6 +963,13 @@ impl ParamsFile {
                         ranges,
                     };
                     let bias = stored_bias(label, &format!("{key}.weight.bias"), we, rows)?;
+                    if bias.is_some() && !layer.op.is_gemm() {
+                        return Err(bad(
+                            label,
+                            &format!("{key}.weight.bias"),
+                            format!("layer '{}' is an embedding, which has no bias", layer.name),
+                        ));
+                    }
                     match &ints {
                         WeightInts::FromModel if we.weights_int.is_some() => {
                             let v = we.weights_int.as_deref().unwrap_or_default();
@@ -1069,11 +1076,12 @@ impl ParamsFile {
             methods: self.methods.clone(),
         };
         let inq = crate::engine::int::input_qparams(model, &params);
-        if let Some(lp) = params
-            .layers
-            .iter()
-            .find(|lp| lp.weight.is_some() && inq.get(&lp.index).copied().flatten().is_none())
-        {
+        if let Some(lp) = params.layers.iter().find(|lp| {
+            // An embedding reads integer indices: it has no input qparams.
+            lp.weight.is_some()
+                && model.layers[lp.index].op.is_gemm()
+                && inq.get(&lp.index).copied().flatten().is_none()
+        }) {
             return Err(bad(
                 label,
                 "input",

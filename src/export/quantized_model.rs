@@ -186,6 +186,7 @@ fn weight_shape(op: &Op) -> Vec<usize> {
     match op {
         Op::Linear { weight, .. } => weight.shape().to_vec(),
         Op::Conv2d { weight, .. } => weight.shape().to_vec(),
+        Op::Embedding { table } => table.shape().to_vec(),
         _ => Vec::new(),
     }
 }
@@ -271,12 +272,12 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         let layer = &model.layers[lp.index];
         let l = &lp.name;
         let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
+        // An embedding has no bias and reads integer ids (no input qparams).
+        let gemm = layer.op.is_gemm();
         let model_bias = layer
             .op
             .bias()
-            .expect("weight layer")
-            .as_slice()
-            .expect("contiguous");
+            .map_or(&[][..], |b| b.as_slice().expect("contiguous"));
         let bias = match &lp.weight {
             Some(wq) => wq.bias_or(model_bias).to_vec(),
             None => model_bias.to_vec(),
@@ -301,10 +302,12 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         }
         let Some(wq) = &lp.weight else {
             tensors.insert(format!("{l}.weight"), f32s(weight_shape(&layer.op), w));
-            tensors.insert(format!("{l}.bias"), f32s(vec![rows], &bias));
+            if gemm {
+                tensors.insert(format!("{l}.bias"), f32s(vec![rows], &bias));
+            }
             continue;
         };
-        let (Some(in_q), Some(_)) = (in_q, &lp.act) else {
+        if lp.act.is_none() || (gemm && in_q.is_none()) {
             return Err(Error::format(
                 &label,
                 format!(
@@ -335,6 +338,9 @@ pub fn quantized_model_bytes(model: &Model, params: &ModelParams) -> Result<Vec<
         let zps: Vec<i32> = q.params.iter().map(|p| p.zero_point).collect();
         tensors.insert(format!("{l}.weight_scale"), f32s(scale_shape(q), &scales));
         tensors.insert(format!("{l}.weight_zero_point"), i32s(scale_shape(q), &zps));
+        let Some(in_q) = in_q.filter(|_| gemm) else {
+            continue;
+        };
         let refs = row_ref_scales(q);
         let ibias: Vec<i32> = (0..rows)
             .map(|r| bias_to_int(bias[r], in_q.scale as f64 * refs[r]))
@@ -549,6 +555,9 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
         ints.insert(name.clone(), q);
         let n: usize = shape.iter().product();
         float.insert(wname, f32s(shape.clone(), &vec![0.0; n]));
+        if !file.contains(&bname) {
+            continue; // an embedding (checked against the graph in pass 2)
+        }
         let (bdtype, bshape) = file.info(&bname)?;
         if bdtype != Dtype::I32 || bshape != [shape[0]] {
             return Err(Error::tensor(
@@ -590,15 +599,27 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
             )?;
             // Float layers: their stored weights (quantized ones are filled in below).
             for (i, l) in m.layers.iter_mut().enumerate() {
-                let (Some(w), Some(b)) = (
-                    float.get(&format!("{}.weight", l.name)),
-                    float.get(&format!("{}.bias", l.name)),
-                ) else {
+                let Some(w) = float.get(&format!("{}.weight", l.name)) else {
                     continue;
                 };
                 if ints.contains_key(&l.name) {
                     continue;
                 }
+                if let Op::Embedding { table } = &mut l.op {
+                    if table.len() != w.len_f32() {
+                        return Err(Error::tensor(
+                            label,
+                            format!("{}.weight", l.name),
+                            "does not fit the embedded graph's node",
+                        ));
+                    }
+                    let t = table.as_slice_mut().expect("standard layout");
+                    t.copy_from_slice(&w.to_f32());
+                    continue;
+                }
+                let Some(b) = float.get(&format!("{}.bias", l.name)) else {
+                    continue;
+                };
                 let (dw, db) = l.op.weight_bias_mut().ok_or_else(|| {
                     Error::format(label, format!("node {i} '{}' holds no weights", l.name))
                 })?;
@@ -681,6 +702,20 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
                 ),
             ));
         }
+        let op = &mut model.layers[lp.index].op;
+        if !op.is_gemm() {
+            if int_bias.contains_key(l.as_str()) {
+                return Err(Error::tensor(
+                    label,
+                    format!("{l}.bias"),
+                    "is stored for an embedding, which has no bias",
+                ));
+            }
+            op.weights_mut()
+                .expect("weight layer")
+                .copy_from_slice(&q.dequantize());
+            continue;
+        }
         let in_q = inq.get(&lp.index).copied().flatten().ok_or_else(|| {
             Error::tensor(
                 label,
@@ -689,7 +724,13 @@ pub fn load_quantized_bytes(label: &str, bytes: &[u8]) -> Result<QuantizedModel>
             )
         })?;
         let refs = row_ref_scales(q);
-        let ib = &int_bias[l.as_str()];
+        let ib = int_bias.get(l.as_str()).ok_or_else(|| {
+            Error::tensor(
+                label,
+                format!("{l}.bias"),
+                "is missing: an integer layer stores its bias",
+            )
+        })?;
         let mut fb = Vec::with_capacity(ib.len());
         for (r, &b) in ib.iter().enumerate() {
             fb.push(int_to_bias(b, in_q.scale as f64 * refs[r]).ok_or_else(|| {

@@ -111,6 +111,13 @@ pub enum Op {
         /// Channel groups (= in channels for a depthwise conv).
         groups: usize,
     },
+    /// An embedding lookup: ONNX Gather(axis 0) of a constant [rows, dim] table at the integer
+    /// indices of the node's only input (a graph tensor); the output is indices.shape ++ [dim].
+    /// A weight node: the table is quantized per row (one scale per token).
+    Embedding {
+        /// The table [rows, dim].
+        table: Array2<f32>,
+    },
     /// max(x, 0).
     Relu,
     /// min(max(x, min), max); ReLU6 is Clip(0, 6).
@@ -255,6 +262,7 @@ impl Op {
         match self {
             Op::Linear { .. } => "linear",
             Op::Conv2d { .. } => "conv2d",
+            Op::Embedding { .. } => "Gather",
             Op::Relu => "relu",
             Op::Clip { .. } => "Clip",
             Op::MaxPool2d { .. } => "maxpool2d",
@@ -316,7 +324,21 @@ impl Op {
 
     /// Whether the op holds weights (and so gets quantized).
     pub fn has_weights(&self) -> bool {
+        matches!(
+            self,
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. }
+        )
+    }
+
+    /// Whether the op multiplies its input by its weights (linear, conv): a weight row is an
+    /// output channel with a bias, and the input is a real activation.
+    pub fn is_gemm(&self) -> bool {
         matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
+    }
+
+    /// Whether the op is an embedding lookup (weights read by integer indices).
+    pub fn is_embedding(&self) -> bool {
+        matches!(self, Op::Embedding { .. })
     }
 
     /// Multiply-adds per output element (weight ops: the reduction length), else 0.
@@ -342,11 +364,26 @@ impl Op {
                 let (o, i, kh, kw) = weight.dim();
                 Some((weight.as_slice()?, o, i * kh * kw))
             }
+            Op::Embedding { table } => {
+                let (r, d) = table.dim();
+                Some((table.as_slice()?, r, d))
+            }
             _ => None,
         }
     }
 
-    /// The weights as a mutable row-major slice and the bias, for layers that have them.
+    /// The weights as a mutable row-major slice, for every weight op (an embedding included).
+    pub fn weights_mut(&mut self) -> Option<&mut [f32]> {
+        match self {
+            Op::Linear { weight, .. } => weight.as_slice_mut(),
+            Op::Conv2d { weight, .. } => weight.as_slice_mut(),
+            Op::Embedding { table } => table.as_slice_mut(),
+            _ => None,
+        }
+    }
+
+    /// The weights as a mutable row-major slice and the bias, for linear and conv layers (an
+    /// embedding has no bias: see `weights_mut`).
     pub fn weight_bias_mut(&mut self) -> Option<(&mut [f32], &mut [f32])> {
         let (w, b) = match self {
             Op::Linear { weight, bias } => (weight.as_slice_mut(), bias.as_slice_mut()),

@@ -49,7 +49,7 @@ pub fn real_values(model: &Model) -> Vec<bool> {
             | Op::Unary(UnaryOp::Not) => false,
             Op::Cast { to } => *to == DType::F32,
             Op::ConstantOfShape { dtype, .. } => *dtype == DType::F32,
-            Op::Linear { .. } | Op::Conv2d { .. } => true,
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. } => true,
             Op::Where => first(1),
             _ => first(0),
         };
@@ -184,7 +184,8 @@ impl Points {
         let mut entries: Vec<EntryPoint> = Vec::new();
         for (i, l) in model.layers.iter().enumerate() {
             if l.op.has_weights() && !is_float(&l.name) {
-                if let Some(d) = l.data_input() {
+                // An embedding's input is its integer indices, not a point.
+                if let Some(d) = l.data_input().filter(|_| l.op.is_gemm()) {
                     Self::require(model, d, &mut quantized, &mut entries);
                 }
                 let p = model.point_value(i);

@@ -33,7 +33,11 @@ pub fn float_reference(
         model
             .layers
             .iter()
-            .map(|l| l.op.weight_rows().map(|(_, rows, _)| (vec![0.0; rows], 0)))
+            .map(|l| {
+                l.op.weight_rows()
+                    .filter(|_| l.op.is_gemm())
+                    .map(|(_, rows, _)| (vec![0.0; rows], 0))
+            })
             .collect()
     };
     let mut total = empty();
@@ -234,7 +238,11 @@ pub fn correct_biases(
     let lc = (config.max_sample_elems(), cancel);
     let (float_means, float_out) = float_reference(model, data, lc.0, cancel)?;
     let todo: Vec<usize> = (0..params.layers.len())
-        .filter(|&j| params.layers[j].weight.is_some() && params.layers[j].act.is_some())
+        .filter(|&j| {
+            let l = &params.layers[j];
+            // An embedding has no bias to correct.
+            l.weight.is_some() && l.act.is_some() && model.layers[l.index].op.is_gemm()
+        })
         .collect();
     let nodes: Vec<usize> = todo.iter().map(|&j| params.layers[j].index).collect();
     let node = |t: usize| nodes.get(t).copied();

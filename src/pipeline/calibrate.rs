@@ -65,9 +65,11 @@ pub fn with_quantized_weights(model: &Model, weights: &[Option<WeightQuant>]) ->
     let mut m = model.clone();
     for (&i, wq) in model.weight_layers().iter().zip(weights) {
         let Some(wq) = wq else { continue };
-        let (w, b) = m.layers[i].op.weight_bias_mut().expect("weight layer");
-        w.copy_from_slice(&wq.q.dequantize());
-        if let Some(nb) = &wq.bias {
+        let op = &mut m.layers[i].op;
+        op.weights_mut()
+            .expect("weight layer")
+            .copy_from_slice(&wq.q.dequantize());
+        if let (Some(nb), Some((_, b))) = (&wq.bias, op.weight_bias_mut()) {
             b.copy_from_slice(nb);
         }
     }

@@ -69,7 +69,7 @@ pub fn find_pairs(model: &Model, config: &QuantConfig) -> Vec<Pair> {
     model
         .weight_layers()
         .into_iter()
-        .filter(|&i| quantized(i))
+        .filter(|&i| quantized(i) && model.layers[i].op.is_gemm())
         .filter_map(|first| {
             let (second, flat) = follow_chain(model, first)?;
             if !quantized(second) {

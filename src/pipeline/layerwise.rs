@@ -251,6 +251,10 @@ pub fn apply(
     let mut done = 0;
     for (&i, wq) in model.weight_layers().iter().zip(weights.iter_mut()) {
         let Some(wq) = wq else { continue };
+        if !model.layers[i].op.is_gemm() {
+            // An embedding's rows are read, not multiplied: it keeps nearest rounding.
+            continue;
+        }
         cancel.check()?;
         done += 1;
         let what = format!("{rounding} {} ({done}/{total})", model.layers[i].name);

@@ -7,6 +7,7 @@ mod campaign;
 mod engine;
 mod export;
 mod figures;
+mod gather_int8;
 mod graph;
 mod lenet_kl;
 mod loading;

@@ -63,7 +63,9 @@ fn dispatch(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
     let x = || get(inputs, 0);
     let y = || get(inputs, 1);
     match op {
-        Op::Linear { .. } | Op::Conv2d { .. } => Err("weight layers are run by the engine".into()),
+        Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. } => {
+            Err("weight layers are run by the engine".into())
+        }
         Op::Relu => nn::relu(x()?),
         Op::Clip { min, max } => nn::clip(x()?, *min, *max),
         Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => pooling::pool(op, x()?, limits),

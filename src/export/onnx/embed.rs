@@ -105,6 +105,12 @@ pub fn model_from_embedding(
         {
             return Err(bad(format!("weight of '{layer}' has shape {shape:?}")));
         }
+        if node.op_type.as_str() == "Gather" {
+            // An embedding: the table is the Gather's data input; no bias.
+            let t = node.input.first().copied().unwrap_or_default();
+            owned.push(OTensor::f32(t, shape, &vec![0.0; rows * cols]));
+            continue;
+        }
         let (w_dims, bias) = match node.op_type.as_str() {
             "MatMul" => {
                 let add = graph

@@ -147,7 +147,8 @@ fn normalization(w: &mut Writer) {
         .push((NORMALIZATION_KEY.into(), json.to_string()));
 }
 
-/// Writes weight layer `i` (Conv, Gemm, or MatMul + Add over a rank > 2 input) to output `out`.
+/// Writes weight layer `i` (Conv, Gemm, MatMul + Add over a rank > 2 input, or the Gather of an
+/// embedding) to output `out`.
 fn weight_op(
     w: &mut Writer,
     i: usize,
@@ -216,7 +217,17 @@ fn weight_op(
                 );
             }
         }
-        _ => unreachable!("only conv and linear hold weights"),
+        Op::Embedding { table } => {
+            let tn = qdq::table(w, l, table, wq, opts)?;
+            w.node(
+                &name,
+                "Gather",
+                vec![tn, x],
+                vec![out.to_string()],
+                vec![("axis", proto::AttrValue::Int(0))],
+            );
+        }
+        _ => unreachable!("only conv, linear and embedding hold weights"),
     }
     Ok(())
 }

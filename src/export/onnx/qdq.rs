@@ -155,7 +155,41 @@ pub fn weights(
         w.weight_inits.extend([wn.clone(), bn.clone()]);
         return Ok((wn, bn));
     };
-    let q = &wq.q;
+    let wout = quantized_weight(w, name, layout, &wq.q, opts)?;
+    let Some(in_q) = in_q else {
+        let bn = w.init(OTensor::f32(&format!("{name}_bias"), &[bias.len()], bias));
+        return Ok((wout, bn));
+    };
+    let (bq, bs) = int_bias(&wq.q, bias, in_q);
+    let bn = w.init(OTensor::i32(
+        &format!("{name}_bias_quantized"),
+        &[bq.len()],
+        &bq,
+    ));
+    let bsn = w.init(OTensor::f32(
+        &format!("{name}_bias_scale"),
+        &[bs.len()],
+        &bs,
+    ));
+    let bout = w.fresh(&format!("{name}_bias_dequantized"));
+    w.node(
+        &format!("{name}_bias_DequantizeLinear"),
+        "DequantizeLinear",
+        vec![bn, bsn],
+        vec![bout.clone()],
+        vec![("axis", AttrValue::Int(0))],
+    );
+    Ok((wout, bout))
+}
+
+/// The integers of `q` in `layout` behind a DequantizeLinear; returns its output name.
+fn quantized_weight(
+    w: &mut Writer,
+    name: &str,
+    layout: Layout,
+    q: &crate::quant::weights::QWeights,
+    opts: QdqOptions,
+) -> Result<String> {
     let dt = if opts.native_int4 && q.bits() <= 4 {
         DataType::Int4
     } else {
@@ -187,30 +221,27 @@ pub fn weights(
         vec![wout.clone()],
         attrs,
     );
-    let Some(in_q) = in_q else {
-        let bn = w.init(OTensor::f32(&format!("{name}_bias"), &[bias.len()], bias));
-        return Ok((wout, bn));
+    Ok(wout)
+}
+
+/// The table of embedding `l` ([rows, dim], rows on axis 0), as floats or, with `wq`, integers
+/// behind a DequantizeLinear (one scale per row on axis 0 when per channel). Returns the name
+/// the Gather reads.
+pub fn table(
+    w: &mut Writer,
+    l: &Layer,
+    table: &ndarray::Array2<f32>,
+    wq: Option<&WeightQuant>,
+    opts: QdqOptions,
+) -> Result<String> {
+    let Some(wq) = wq else {
+        let (r, c) = table.dim();
+        let data = table.as_slice().expect("standard layout");
+        let wn = w.init(OTensor::f32(&format!("{}_weight", l.name), &[r, c], data));
+        w.weight_inits.push(wn.clone());
+        return Ok(wn);
     };
-    let (bq, bs) = int_bias(q, bias, in_q);
-    let bn = w.init(OTensor::i32(
-        &format!("{name}_bias_quantized"),
-        &[bq.len()],
-        &bq,
-    ));
-    let bsn = w.init(OTensor::f32(
-        &format!("{name}_bias_scale"),
-        &[bs.len()],
-        &bs,
-    ));
-    let bout = w.fresh(&format!("{name}_bias_dequantized"));
-    w.node(
-        &format!("{name}_bias_DequantizeLinear"),
-        "DequantizeLinear",
-        vec![bn, bsn],
-        vec![bout.clone()],
-        vec![("axis", AttrValue::Int(0))],
-    );
-    Ok((wout, bout))
+    quantized_weight(w, &l.name, Layout::Gemm, &wq.q, opts)
 }
 
 /// The bias in integers at the accumulator scale s_in·s_w (per row; a grouped row uses its

@@ -270,7 +270,9 @@ impl<'m> Writer<'m> {
             }
             Op::Where => ("Where", vec![]),
             Op::Identity => ("Identity", vec![]),
-            Op::Linear { .. } | Op::Conv2d { .. } => unreachable!("weight ops are written apart"),
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. } => {
+                unreachable!("weight ops are written apart")
+            }
         };
         self.node(name, op, x, o, attrs);
         Ok(())

@@ -194,6 +194,13 @@ fn take_weights(imp: &mut Importer) -> Result<()> {
     while i < imp.nodes.len() {
         let pending = imp.nodes[i].pending.clone();
         let op = match pending {
+            Pending::Op(Op::Gather { axis }) => {
+                if let Some(op) = embedding(imp, i, axis) {
+                    imp.nodes[i].pending = Pending::Op(op);
+                }
+                i += 1;
+                continue;
+            }
             Pending::Op(_) => {
                 i += 1;
                 continue;
@@ -337,6 +344,27 @@ fn gemm(
         weight,
         bias: Array1::from(bias),
     })
+}
+
+/// A Gather along axis 0 of a constant float matrix at indices that are not constant becomes
+/// an embedding (a weight node whose only input is the indices); `None` leaves it a Gather.
+fn embedding(imp: &mut Importer, i: usize, axis: i64) -> Option<Op> {
+    let n = &imp.nodes[i];
+    let (tv, iv) = match n.inputs[..] {
+        [Some(t), Some(x)] => (t, x),
+        _ => return None,
+    };
+    let is_table = imp.consts.get(&tv).is_some_and(|t| {
+        t.as_f32().is_some() && t.shape.len() == 2 && t.shape.iter().all(|&d| d > 0)
+    });
+    if !is_table || !(axis == 0 || axis == -2) || imp.consts.contains_key(&iv) {
+        return None;
+    }
+    imp.weight_src.insert(n.name.clone(), (tv, false));
+    let (shape, t) = take_constant_f32(imp, i, Some(tv))?;
+    let table = Array2::from_shape_vec((shape[0], shape[1]), t).expect("checked shape");
+    imp.nodes[i].inputs = vec![Some(iv)];
+    Some(Op::Embedding { table })
 }
 
 fn matmul(imp: &mut Importer, i: usize) -> Op {

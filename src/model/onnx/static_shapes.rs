@@ -112,6 +112,16 @@ fn fold_shape(model: &Model, shapes: &Shapes, i: usize) -> Option<Tensor> {
 /// A node whose inputs are all constants, evaluated.
 fn fold_constant(model: &Model, i: usize) -> Result<Option<Tensor>> {
     let l = &model.layers[i];
+    let err = |m: String| Error::node(&model.source, &l.name, &l.op_type, m);
+    if let Op::Embedding { table } = &l.op {
+        // An embedding at ids that became constant (position ids) is a constant.
+        let Some(ids) = l.data_input().and_then(|v| model.constant(v)) else {
+            return Ok(None);
+        };
+        return crate::engine::embedding::lookup_f32(table, ids, usize::MAX)
+            .map(Some)
+            .map_err(err);
+    }
     if l.op.has_weights() || l.inputs.is_empty() {
         return Ok(None);
     }
@@ -126,7 +136,7 @@ fn fold_constant(model: &Model, i: usize) -> Result<Option<Tensor>> {
     let Some(ins) = ins else { return Ok(None) };
     eval(&l.op, &ins, &Limits { max_elems: 1 << 28 })
         .map(Some)
-        .map_err(|m| Error::node(&model.source, &l.name, &l.op_type, m))
+        .map_err(err)
 }
 
 /// Folds what the data's fixed sizes make constant; returns how many nodes went.
