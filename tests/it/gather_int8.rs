@@ -117,6 +117,7 @@ fn the_integer_gather_matches_an_f64_fake_quant_reference() {
                 }),
             }],
             smoothquant: vec![],
+            methods: None,
         };
         let n = 3;
         let ids: Vec<i64> = (0..n * SEQ)
@@ -179,6 +180,7 @@ fn an_index_out_of_range_is_an_error_naming_the_node() {
             }),
         }],
         smoothquant: vec![],
+        methods: None,
     };
     let int = IntModel::new(&model, &params, usize::MAX);
     let ids = Tensor::i64(vec![1, SEQ], vec![0, 1, ROWS as i64, 2, 3]);
@@ -312,6 +314,7 @@ fn qdq_export_writes_the_table_as_int8_rows_behind_a_per_row_dequantize_and_load
             }),
         }],
         smoothquant: vec![],
+        methods: None,
     };
     let bytes = onnx_model_bytes(&model, Some(&params), QdqOptions::default()).unwrap();
     let om = onnx_rs::parse(&bytes).unwrap();
