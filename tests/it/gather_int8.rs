@@ -80,9 +80,7 @@ fn the_table_is_quantized_per_row_with_max_abs_over_127() {
         );
         assert_eq!(p.zero_point, 0);
         for (c, &x) in row.iter().enumerate() {
-            let want = (x as f64 / p.scale as f64)
-                .round()
-                .clamp(-127.0, 127.0) as i8;
+            let want = (x as f64 / p.scale as f64).round().clamp(-127.0, 127.0) as i8;
             assert_eq!(q.q[r * DIM + c], want, "row {r} col {c}");
         }
     }
