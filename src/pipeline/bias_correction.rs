@@ -210,8 +210,13 @@ pub fn apply(
     data: &Dataset,
     cancel: &Cancel,
 ) -> Result<(ModelParams, Option<Calibration>)> {
+    let before: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
     let first = correct_biases(model, config, &mut params, data, cancel)?;
     let weights: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
+    if weights == before {
+        // Nothing kept: measuring again would give the same histograms and ranges.
+        return Ok((params, None));
+    }
     let calibration = calibrate(model, config, &weights, data, cancel)?;
     let mut again = choose_ranges(model, config, &weights, &calibration);
     let second = correct_biases(model, config, &mut again, data, cancel)?;
