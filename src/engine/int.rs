@@ -407,10 +407,7 @@ impl<'m> IntModel<'m> {
             let bias = wq
                 .bias_or(model_bias.as_slice().expect("contiguous bias"))
                 .to_vec();
-            let groups = match layer.op {
-                Op::Conv2d { groups, .. } => groups,
-                _ => 1,
-            };
+            let groups = layer.op.channel_groups();
             let kernel =
                 Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q, act.qparams), clamp);
             steps[i] = Step::Gemm {

@@ -336,6 +336,14 @@ impl Op {
         matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
     }
 
+    /// Channel groups of the op's weights: a conv's `groups`, else 1.
+    pub fn channel_groups(&self) -> usize {
+        match self {
+            Op::Conv2d { groups, .. } => (*groups).max(1),
+            _ => 1,
+        }
+    }
+
     /// Whether the op is an embedding lookup (weights read by integer indices).
     pub fn is_embedding(&self) -> bool {
         matches!(self, Op::Embedding { .. })

@@ -12,6 +12,25 @@ pub fn batches(n: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Runs `map(start, end)` on the batches of `n` samples, a few in parallel at a time, and
+/// hands the results to `fold` in batch order, so that sums made from them are the same bit
+/// for bit on every run. Stops at the first error.
+pub fn fold_batches<T: Send>(
+    n: usize,
+    map: impl Fn(usize, usize) -> Result<T> + Sync,
+    mut fold: impl FnMut(T),
+) -> Result<()> {
+    use rayon::prelude::*;
+    for chunk in batches(n).chunks(2 * rayon::current_num_threads().max(1)) {
+        let parts = chunk
+            .par_iter()
+            .map(|&(s, e)| map(s, e))
+            .collect::<Result<Vec<_>>>()?;
+        parts.into_iter().for_each(&mut fold);
+    }
+    Ok(())
+}
+
 /// Samples `start..end` as one tensor per graph input: a tensor named after the input, or
 /// (for the first input) the data set's `inputs`, normalized with the model's mean and std.
 pub fn make_batch(model: &Model, data: &Dataset, start: usize, end: usize) -> Result<Vec<Tensor>> {

@@ -5,7 +5,7 @@
 //! activations and earlier corrections all quantized), so the correction removes the mean
 //! error of everything upstream, not only of the layer's own weights.
 
-use super::batch::{batches, make_batch};
+use super::batch::{fold_batches, make_batch};
 use super::layerwise::{InputStats, add_batch};
 use super::{Calibration, Cancel, calibrate, choose_ranges};
 use crate::config::QuantConfig;
@@ -14,84 +14,79 @@ use crate::engine::int::{IntModel, input_qparams};
 use crate::error::{Error, Result};
 use crate::model::{Dataset, Model, Op};
 use crate::params::ModelParams;
-use rayon::prelude::*;
 
-/// Per-channel mean outputs of the weight layers (by node index) and the first graph output.
-pub type FloatReference = (Vec<Option<Vec<f64>>>, Vec<f32>);
+/// What bias correction compares with, from one float pass over the calibration set: per
+/// model node, the mean output per channel of the linear and conv layers (`None` elsewhere),
+/// and the first graph output (flattened in sample order).
+pub struct FloatReference {
+    /// Mean output per output channel, by node index.
+    pub means: Vec<Option<Vec<f64>>>,
+    /// The first graph output over the data set.
+    pub output: Vec<f32>,
+}
 
-/// The float model's first output over `data` (flattened in sample order) and, per weight
-/// layer of `model` (indexed like `model.layers`; `None` for other nodes), the mean of its
-/// output per output channel (axis 1 of a conv, the last axis of a linear layer). Batches are
-/// summed in order, so the means are the same on every run.
-pub fn float_reference(
-    model: &Model,
-    data: &Dataset,
-    limit: usize,
-    cancel: &Cancel,
-) -> Result<FloatReference> {
-    let empty = || -> Vec<Option<(Vec<f64>, usize)>> {
-        model
-            .layers
-            .iter()
-            .map(|l| {
-                l.op.weight_rows()
-                    .filter(|_| l.op.is_gemm())
-                    .map(|(_, rows, _)| (vec![0.0; rows], 0))
-            })
-            .collect()
-    };
-    let mut total = empty();
-    let mut outputs = Vec::new();
-    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
-        let parts = chunk
-            .par_iter()
-            .map(|&(s, e)| -> Result<_> {
-                cancel.check()?;
-                let inputs = make_batch(model, data, s, e)?;
-                let mut sums = empty();
-                let out = crate::engine::float::forward(model, inputs, limit, |i, y| {
-                    if let (Some((acc, n)), Some(v)) = (&mut sums[i], y.as_f32()) {
-                        *n += add_channel_sums(&model.layers[i].op, &y.shape, v, acc);
-                    }
-                })?;
-                Ok((sums, out[0].to_f32_vec()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (part, out) in parts {
-            outputs.extend(out);
+impl FloatReference {
+    /// The float model's reference over `data` (batches summed in order: the same on every
+    /// run).
+    pub fn of(model: &Model, data: &Dataset, limit: usize, cancel: &Cancel) -> Result<Self> {
+        let empty = || -> Vec<Option<(Vec<f64>, usize)>> {
+            let rows = |op: &Op| op.weight_rows().map(|(_, r, _)| (vec![0.0; r], 0));
+            let gemm = |op: &Op| rows(op).filter(|_| op.is_gemm());
+            model.layers.iter().map(|l| gemm(&l.op)).collect()
+        };
+        let batch = |s: usize, e: usize| -> Result<_> {
+            cancel.check()?;
+            let inputs = make_batch(model, data, s, e)?;
+            let mut sums = empty();
+            let out = crate::engine::float::forward(model, inputs, limit, |i, y| {
+                if let (Some((acc, n)), Some(v)) = (&mut sums[i], y.as_f32()) {
+                    *n += v.len() / acc.len().max(1);
+                    for_each_channel(&model.layers[i].op, &y.shape, v, acc.len(), |c, xs| {
+                        acc[c] += xs.iter().map(|&x| x as f64).sum::<f64>()
+                    });
+                }
+            })?;
+            Ok((sums, out[0].to_f32_vec()))
+        };
+        let (mut total, mut output) = (empty(), Vec::new());
+        fold_batches(data.n, batch, |(part, out)| {
+            output.extend(out);
             for (t, p) in total.iter_mut().zip(part) {
                 if let (Some((a, n)), Some((b, m))) = (t, p) {
                     a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                     *n += m;
                 }
             }
-        }
+        })?;
+        let means = total
+            .into_iter()
+            .map(|t| t.map(|(s, n)| s.iter().map(|x| x / n.max(1) as f64).collect()))
+            .collect();
+        Ok(FloatReference { means, output })
     }
-    let means = total
-        .into_iter()
-        .map(|t| t.map(|(s, n)| s.iter().map(|x| x / n.max(1) as f64).collect()))
-        .collect();
-    Ok((means, outputs))
 }
 
-/// Adds a weight op's output `v` (shape `shape`) into per-channel sums `acc`; returns the
-/// values per channel it added.
-fn add_channel_sums(op: &Op, shape: &[usize], v: &[f32], acc: &mut [f64]) -> usize {
-    let c = acc.len();
-    if c == 0 || v.is_empty() {
-        return 0;
+/// Calls `f(channel, values)` over a weight op's output `v` (shape `shape`, `c` channels):
+/// whole planes of a conv (channel axis 1), single values of a linear layer (last axis).
+pub fn for_each_channel(
+    op: &Op,
+    shape: &[usize],
+    v: &[f32],
+    c: usize,
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    if c == 0 {
+        return;
     }
     if matches!(op, Op::Conv2d { .. }) {
         let hw: usize = shape.iter().skip(2).product();
         for (k, plane) in v.chunks(hw.max(1)).enumerate() {
-            acc[k % c] += plane.iter().map(|&x| x as f64).sum::<f64>();
+            f(k % c, plane);
         }
-        v.len() / c
     } else {
-        for row in v.chunks(c) {
-            acc.iter_mut().zip(row).for_each(|(a, &x)| *a += x as f64);
+        for (k, x) in v.iter().enumerate() {
+            f(k % c, std::slice::from_ref(x));
         }
-        v.len() / c
     }
 }
 
@@ -133,76 +128,59 @@ fn engine_pass(
     let stats_of = |i: usize| {
         let op = &model.layers[i].op;
         let (_, _, k) = op.weight_rows().expect("weight layer");
-        let groups = match op {
-            Op::Conv2d { groups, .. } => *groups,
-            _ => 1,
-        };
-        InputStats::new(k, groups, false)
+        InputStats::new(k, op.channel_groups(), false)
     };
-    let zero = || (target.map(stats_of), Score(0, 0.0));
+    let want = target.map(|i| model.layers[i].data_input().expect("weight input"));
     let per_sample = float_out.len() / data.n.max(1);
-    let mut total = zero();
-    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
-        let parts = chunk
-            .par_iter()
-            .map(|&(s, e)| -> Result<_> {
-                cancel.check()?;
-                let inputs = make_batch(model, data, s, e)?;
-                let mut part = zero();
-                let want = target.map(|i| model.layers[i].data_input().expect("weight input"));
-                let mut seen = want.and_then(|v| {
-                    let k = model.inputs.iter().position(|g| g.value == v)?;
-                    Some(inputs[k].clone())
-                });
-                let out = int.forward(inputs, |_, v, t, _| {
-                    if Some(v) == want && seen.is_none() {
-                        seen = Some(t.clone());
-                    }
-                })?;
-                if let (Some(i), Some(st)) = (target, &mut part.0) {
-                    let layer = &model.layers[i];
-                    let err =
-                        |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-                    let x = seen.ok_or_else(|| err("its input was not computed".into()))?;
-                    let x = match in_qs.get(&i).copied().flatten() {
-                        Some(q) => x.dequantized().quantize(q).dequantized(),
-                        None => x.dequantized(),
-                    };
-                    add_batch(&layer.op, &x, limit, st).map_err(err)?;
-                }
-                let q = out[0].to_f32_vec();
-                let f = &float_out[s * per_sample..e * per_sample];
-                part.1.1 = -f
-                    .iter()
-                    .zip(&q)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum::<f64>();
-                if let Some(labels) = &data.labels {
-                    let hits = q.chunks(per_sample.max(1)).zip(&labels[s..e]);
-                    part.1.0 = hits.filter(|(r, l)| argmax(r) as i64 == **l).count();
-                }
-                Ok(part)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (st, sc) in parts {
-            total.0 = match (total.0, st) {
-                (Some(a), Some(b)) => Some(a.merge(b)),
-                (a, _) => a,
+    let batch = |s: usize, e: usize| -> Result<_> {
+        cancel.check()?;
+        let inputs = make_batch(model, data, s, e)?;
+        let mut seen = want.and_then(|v| {
+            let k = model.inputs.iter().position(|g| g.value == v)?;
+            Some(inputs[k].clone())
+        });
+        let out = int.forward(inputs, |_, v, t, _| {
+            if Some(v) == want && seen.is_none() {
+                seen = Some(t.clone());
+            }
+        })?;
+        let mut stats = target.map(stats_of);
+        if let (Some(i), Some(st)) = (target, &mut stats) {
+            let layer = &model.layers[i];
+            let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
+            let x = seen.ok_or_else(|| err("its input was not computed".into()))?;
+            let x = match in_qs.get(&i).copied().flatten() {
+                Some(q) => x.dequantized().quantize(q).dequantized(),
+                None => x.dequantized(),
             };
-            total.1 = Score(total.1.0 + sc.0, total.1.1 + sc.1);
+            add_batch(&layer.op, &x, limit, st).map_err(err)?;
         }
-    }
-    let means = total
-        .0
-        .map(|st| (0..st.sum.len()).map(|g| st.mean(g)).collect());
-    Ok((means.unwrap_or_default(), total.1))
+        let q = out[0].to_f32_vec();
+        let f = &float_out[s * per_sample..e * per_sample];
+        let sq = f.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2));
+        let hits = data.labels.as_ref().map_or(0, |labels| {
+            let rows = q.chunks(per_sample.max(1)).zip(&labels[s..e]);
+            rows.filter(|(r, l)| argmax(r) as i64 == **l).count()
+        });
+        Ok((stats, Score(hits, -sq.sum::<f64>())))
+    };
+    let (mut total, mut score) = (target.map(stats_of), Score(0, 0.0));
+    fold_batches(data.n, batch, |(st, sc)| {
+        if let (Some(a), Some(b)) = (&mut total, &st) {
+            a.merge(b);
+        }
+        score = Score(score.0 + sc.0, score.1 + sc.1);
+    })?;
+    let means = total.map(|st| (0..st.sum.len()).map(|g| st.mean(g)).collect());
+    Ok((means.unwrap_or_default(), score))
 }
 
-/// Bias correction as a run applies it: the biases of `params` corrected; then the
-/// activation histograms measured again with the corrected biases (they shift the activations
-/// the ranges were chosen on), the ranges chosen again and the biases corrected once more for
-/// those ranges. The second result is kept when it scores at least as well on `data` as the
-/// first (then with its histograms), so the result never scores below `params`.
+/// Bias correction as a run applies it: the biases of `params` corrected; then, if any
+/// correction was kept, the activation histograms measured again with the corrected biases
+/// (they shift the activations the ranges were chosen on), the ranges chosen again and the
+/// biases corrected once more for those ranges. The second result is kept when it scores at
+/// least as well on `data` as the first (then with its histograms), so the result never scores
+/// below `params`.
 pub fn apply(
     model: &Model,
     config: &QuantConfig,
@@ -210,16 +188,17 @@ pub fn apply(
     data: &Dataset,
     cancel: &Cancel,
 ) -> Result<(ModelParams, Option<Calibration>)> {
-    let before: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
-    let first = correct_biases(model, config, &mut params, data, cancel)?;
-    let weights: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
-    if weights == before {
-        // Nothing kept: measuring again would give the same histograms and ranges.
+    super::check_data(model, data)?;
+    let float = FloatReference::of(model, data, config.max_sample_elems(), cancel)?;
+    let (first, kept) = correct_biases(model, config, &mut params, data, &float, cancel)?;
+    if kept == 0 {
+        // Measuring again would give the same histograms and ranges.
         return Ok((params, None));
     }
+    let weights: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
     let calibration = calibrate(model, config, &weights, data, cancel)?;
     let mut again = choose_ranges(model, config, &weights, &calibration);
-    let second = correct_biases(model, config, &mut again, data, cancel)?;
+    let (second, _) = correct_biases(model, config, &mut again, data, &float, cancel)?;
     Ok(if second >= first {
         (again, Some(calibration))
     } else {
@@ -227,21 +206,21 @@ pub fn apply(
     })
 }
 
-/// Corrects the biases of `params`' integer weight layers of `model` on `data`, layer by
-/// layer in network order (each layer measured with the corrections before it in place). A
-/// layer's correction is kept only when the integer engine's [`Score`] on `data` does not get
-/// worse with it. The new biases go to each layer's `weight.bias`, where exports find them.
-/// Returns the final score.
+/// Corrects the biases of `params`' integer linear and conv layers of `model` on `data`, layer
+/// by layer in network order (each layer measured with the corrections before it in place),
+/// against the float model's `float` reference. A layer's correction is kept only when the
+/// integer engine's [`Score`] on `data` does not get worse with it. The new biases go to each
+/// layer's `weight.bias`, where exports find them. Returns the final score and how many
+/// corrections were kept.
 pub fn correct_biases(
     model: &Model,
     config: &QuantConfig,
     params: &mut ModelParams,
     data: &Dataset,
+    float: &FloatReference,
     cancel: &Cancel,
-) -> Result<Score> {
-    super::check_data(model, data)?;
+) -> Result<(Score, usize)> {
     let lc = (config.max_sample_elems(), cancel);
-    let (float_means, float_out) = float_reference(model, data, lc.0, cancel)?;
     let todo: Vec<usize> = (0..params.layers.len())
         .filter(|&j| {
             let l = &params.layers[j];
@@ -251,7 +230,9 @@ pub fn correct_biases(
         .collect();
     let nodes: Vec<usize> = todo.iter().map(|&j| params.layers[j].index).collect();
     let node = |t: usize| nodes.get(t).copied();
-    let (mut means, mut score) = engine_pass(model, params, node(0), data, &float_out, lc)?;
+    let out = &float.output;
+    let (mut means, mut score) = engine_pass(model, params, node(0), data, out, lc)?;
+    let mut kept = 0;
     for (t, (&j, &i)) in todo.iter().zip(&nodes).enumerate() {
         let name = &model.layers[i].name;
         cancel.progress(&format!(
@@ -261,17 +242,18 @@ pub fn correct_biases(
         ));
         let mut cand = params.clone();
         let wq = cand.layers[j].weight.as_mut().expect("checked above");
-        let fm = float_means[i]
+        let fm = float.means[i]
             .as_deref()
             .expect("a weight layer's float means");
         wq.bias = Some(corrected_bias(&wq.q.dequantize(), fm, &means));
         let next = node(t + 1);
-        let (m, s) = engine_pass(model, &cand, next, data, &float_out, lc)?;
+        let (m, s) = engine_pass(model, &cand, next, data, out, lc)?;
         if s >= score {
             (*params, means, score) = (cand, m, s);
+            kept += 1;
         } else if next.is_some() {
-            means = engine_pass(model, params, next, data, &float_out, lc)?.0;
+            means = engine_pass(model, params, next, data, out, lc)?.0;
         }
     }
-    Ok(score)
+    Ok((score, kept))
 }

@@ -201,9 +201,31 @@ fn equalize_pair(model: &mut Model, p: &Pair) -> f64 {
     s.iter().fold(0.0, |m, &v| m.max((v - 1.0).abs()))
 }
 
+/// CLE as a run applies it: a copy of `model` with every pair equalized and then its high
+/// biases absorbed (measured on `data`), and per pair the range spreads and absorbed channels.
+pub fn equalize_and_absorb(
+    model: &Model,
+    config: &QuantConfig,
+    data: &crate::model::Dataset,
+    cancel: &super::Cancel,
+) -> crate::error::Result<(Model, Vec<ClePairReport>)> {
+    let pairs = find_pairs(model, config);
+    let (mut m, mut reports) = equalize_pairs(model, &pairs);
+    let limit = config.max_sample_elems();
+    let absorbed = super::high_bias::absorb(&mut m, &pairs, data, limit, cancel)?;
+    for (r, n) in reports.iter_mut().zip(absorbed) {
+        r.absorbed_channels = n;
+    }
+    Ok((m, reports))
+}
+
 /// A copy of `model` with every pair equalized, and per pair the range spreads before and after.
 pub fn equalize(model: &Model, config: &QuantConfig) -> (Model, Vec<ClePairReport>) {
-    let pairs = find_pairs(model, config);
+    equalize_pairs(model, &find_pairs(model, config))
+}
+
+/// A copy of `model` with `pairs` equalized, and per pair the range spreads before and after.
+fn equalize_pairs(model: &Model, pairs: &[Pair]) -> (Model, Vec<ClePairReport>) {
     let before: Vec<(Vec<f64>, Vec<f64>)> = pairs.iter().map(|p| ranges(model, p)).collect();
     let mut m = model.clone();
     for _ in 0..MAX_SWEEPS {

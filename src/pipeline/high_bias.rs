@@ -10,7 +10,8 @@
 //! padded convolution would see h at its zero padding too, so it takes no absorption.
 
 use super::Cancel;
-use super::batch::{batches, make_batch};
+use super::batch::{fold_batches, make_batch};
+use super::bias_correction::for_each_channel;
 use super::cle::Pair;
 use crate::error::Result;
 use crate::model::{Dataset, Model, Op};
@@ -40,22 +41,6 @@ fn absorbable(model: &Model, p: &Pair) -> bool {
     false
 }
 
-/// The minimum per output channel of weight node `i`'s output `y` (shape `shape`).
-fn channel_min(op: &Op, shape: &[usize], y: &[f32], acc: &mut [f32]) {
-    let c = acc.len().max(1);
-    if matches!(op, Op::Conv2d { .. }) {
-        let hw: usize = shape.iter().skip(2).product::<usize>().max(1);
-        for (k, plane) in y.chunks(hw).enumerate() {
-            let m = plane.iter().copied().fold(f32::INFINITY, f32::min);
-            acc[k % c] = acc[k % c].min(m);
-        }
-    } else {
-        for row in y.chunks(c) {
-            acc.iter_mut().zip(row).for_each(|(a, &v)| *a = a.min(v));
-        }
-    }
-}
-
 /// Per model node: the minimum per output channel over `data` of the nodes in `firsts`.
 fn minima(
     model: &Model,
@@ -64,20 +49,34 @@ fn minima(
     limit: usize,
     cancel: &Cancel,
 ) -> Result<Vec<Option<Vec<f32>>>> {
-    let rows = |i: usize| model.layers[i].op.weight_rows().map_or(0, |(_, r, _)| r);
-    let mut mins: Vec<Option<Vec<f32>>> = (0..model.layers.len())
-        .map(|i| firsts.contains(&i).then(|| vec![f32::INFINITY; rows(i)]))
-        .collect();
-    for (s, e) in batches(data.n) {
+    let empty = || -> Vec<Option<Vec<f32>>> {
+        let rows = |i: usize| model.layers[i].op.weight_rows().map_or(0, |(_, r, _)| r);
+        (0..model.layers.len())
+            .map(|i| firsts.contains(&i).then(|| vec![f32::INFINITY; rows(i)]))
+            .collect()
+    };
+    let batch = |s: usize, e: usize| -> Result<_> {
         cancel.check()?;
         let inputs = make_batch(model, data, s, e)?;
+        let mut mins = empty();
         crate::engine::float::forward(model, inputs, limit, |i, y| {
             if let (Some(acc), Some(v)) = (&mut mins[i], y.as_f32()) {
-                channel_min(&model.layers[i].op, &y.shape, v, acc);
+                for_each_channel(&model.layers[i].op, &y.shape, v, acc.len(), |c, xs| {
+                    acc[c] = xs.iter().copied().fold(acc[c], f32::min)
+                });
             }
         })?;
-    }
-    Ok(mins)
+        Ok(mins)
+    };
+    let mut total = empty();
+    fold_batches(data.n, batch, |part| {
+        for (t, p) in total.iter_mut().zip(part) {
+            if let (Some(a), Some(b)) = (t, p) {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x = x.min(y));
+            }
+        }
+    })?;
+    Ok(total)
 }
 
 /// Absorbs the high biases of `pairs` of `model` (already equalized) measured on `data`;
@@ -89,30 +88,27 @@ pub fn absorb(
     limit: usize,
     cancel: &Cancel,
 ) -> Result<Vec<usize>> {
-    let ok: Vec<bool> = pairs.iter().map(|p| absorbable(model, p)).collect();
     let firsts: Vec<usize> = pairs
         .iter()
-        .zip(&ok)
-        .filter(|(_, o)| **o)
-        .map(|(p, _)| p.first)
+        .filter(|p| absorbable(model, p))
+        .map(|p| p.first)
         .collect();
     let mins = minima(model, &firsts, data, limit, cancel)?;
     let mut counts = Vec::with_capacity(pairs.len());
-    for (p, &ok) in pairs.iter().zip(&ok) {
-        let Some(Some(m)) = mins.get(p.first).filter(|_| ok) else {
+    for p in pairs {
+        // Only the first layers of absorbable pairs have minima (a layer starts one pair).
+        let Some(m) = &mins[p.first] else {
             counts.push(0);
             continue;
         };
-        let h: Vec<f64> = m
-            .iter()
-            .map(|&v| {
-                if v.is_finite() {
-                    v.max(0.0) as f64
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let floor = |v: f32| {
+            if v.is_finite() {
+                v.max(0.0) as f64
+            } else {
+                0.0
+            }
+        };
+        let h: Vec<f64> = m.iter().map(|&v| floor(v)).collect();
         counts.push(h.iter().filter(|&&x| x > 0.0).count());
         shift(model, p, &h);
     }
@@ -128,18 +124,20 @@ fn shift(model: &mut Model, p: &Pair, h: &[f64]) {
     b1.iter_mut()
         .zip(h)
         .for_each(|(b, &x)| *b = (*b as f64 - x) as f32);
-    let (w2, rows, k2) = model.layers[p.second]
-        .op
-        .weight_rows()
-        .expect("weight layer");
-    let taps = k2 / (h.len() / group_count(&model.layers[p.second].op)).max(1);
+    let op = &model.layers[p.second].op;
+    let (w2, rows, k2) = op.weight_rows().expect("weight layer");
+    let groups = op.channel_groups();
+    // A row of group g reads that group's channels, `taps` columns each (kernel taps, or the
+    // features a channel flattens to).
+    let per_group = h.len() / groups;
+    let taps = (k2 / per_group.max(1)).max(1);
     let add: Vec<f64> = (0..rows)
         .map(|r| {
+            let hg = &h[r / (rows / groups).max(1) * per_group..];
             let row = &w2[r * k2..(r + 1) * k2];
-            let g = group_of(&model.layers[p.second].op, r, rows);
-            let per_group = h.len() / group_count(&model.layers[p.second].op);
-            (0..k2)
-                .map(|c| row[c] as f64 * h[g * per_group + c / taps.max(1)])
+            row.iter()
+                .enumerate()
+                .map(|(c, &w)| w as f64 * hg[c / taps])
                 .sum()
         })
         .collect();
@@ -150,17 +148,4 @@ fn shift(model: &mut Model, p: &Pair, h: &[f64]) {
     b2.iter_mut()
         .zip(&add)
         .for_each(|(b, &a)| *b = (*b as f64 + a) as f32);
-}
-
-/// Channel groups of a weight op (1 for a linear layer).
-fn group_count(op: &Op) -> usize {
-    match op {
-        Op::Conv2d { groups, .. } => (*groups).max(1),
-        _ => 1,
-    }
-}
-
-/// The group of output row `r` of `rows`.
-fn group_of(op: &Op, r: usize, rows: usize) -> usize {
-    r / (rows / group_count(op)).max(1)
 }

@@ -4,7 +4,7 @@
 //! (`super::bias_correction`) reuses the input statistics.
 
 use super::Cancel;
-use super::batch::{batches, make_batch};
+use super::batch::{fold_batches, make_batch};
 use crate::config::{QuantConfig, WeightRounding};
 use crate::engine::float::{Values, checked_conv_geom, last_uses, op_geom, run_node};
 use crate::engine::im2col::im2col_channels;
@@ -17,7 +17,6 @@ use crate::quant::gptq::gptq_rows;
 use crate::quant::weights::QWeights;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
-use rayon::prelude::*;
 
 /// A weight layer's inputs over the calibration set, per channel group, as the patches its
 /// matrix multiplies (a linear layer's input rows, a conv's im2col rows, padding included).
@@ -49,7 +48,8 @@ impl InputStats {
         self.sum[g].iter().map(|s| s / n).collect()
     }
 
-    pub(super) fn merge(mut self, o: InputStats) -> InputStats {
+    /// Adds the statistics of other patches `o` (of the same layer).
+    pub(super) fn merge(&mut self, o: &InputStats) {
         self.count += o.count;
         for (a, b) in self.sum.iter_mut().zip(&o.sum) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
@@ -59,7 +59,6 @@ impl InputStats {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
             }
         }
-        self
     }
 
     /// Adds `rows` patches of group `g` (row-major, k each).
@@ -75,14 +74,6 @@ impl InputStats {
             let mut hv = ArrayViewMut2::from_shape((k, k), &mut h[g]).expect("k×k");
             general_mat_mul(1.0, &xv.t(), &xv, 1.0, &mut hv);
         }
-    }
-}
-
-/// Channel groups of a weight op (1 for linear).
-fn op_groups(op: &Op) -> usize {
-    match op {
-        Op::Conv2d { groups, .. } => *groups,
-        _ => 1,
     }
 }
 
@@ -161,34 +152,29 @@ pub fn input_stats(
 ) -> Result<InputStats> {
     let layer = &model.layers[i];
     let (_, _, k) = layer.op.weight_rows().expect("weight layer");
-    let groups = op_groups(&layer.op);
+    let groups = layer.op.channel_groups();
     let mut total = InputStats::new(k, groups, second);
-    // Batches run in parallel a few at a time and are summed in order, so that the sums (and
-    // the biases and roundings made from them) are the same bit for bit on every run.
-    for chunk in batches(data.n).chunks(2 * rayon::current_num_threads().max(1)) {
-        let parts = chunk
-            .par_iter()
-            .map(|&(s, e)| -> Result<InputStats> {
-                cancel.check()?;
-                let inputs = make_batch(model, data, s, e)?;
-                super::calibrate::check_finite(model, data, s, &inputs)?;
-                let x = forward_until(model, inputs, i, limit)?;
-                if x.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
-                    return Err(super::calibrate::float_overflow(
-                        model,
-                        data,
-                        s,
-                        &layer.name,
-                    ));
-                }
-                let mut st = InputStats::new(k, groups, second);
-                add_batch(&layer.op, &x, limit, &mut st)
-                    .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
-                Ok(st)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        total = parts.into_iter().fold(total, InputStats::merge);
-    }
+    // Batches are summed in order, so that the sums (and the biases and roundings made from
+    // them) are the same bit for bit on every run.
+    let batch = |s: usize, e: usize| -> Result<InputStats> {
+        cancel.check()?;
+        let inputs = make_batch(model, data, s, e)?;
+        super::calibrate::check_finite(model, data, s, &inputs)?;
+        let x = forward_until(model, inputs, i, limit)?;
+        if x.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err(super::calibrate::float_overflow(
+                model,
+                data,
+                s,
+                &layer.name,
+            ));
+        }
+        let mut st = InputStats::new(k, groups, second);
+        add_batch(&layer.op, &x, limit, &mut st)
+            .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
+        Ok(st)
+    };
+    fold_batches(data.n, batch, |st| total.merge(&st))?;
     Ok(total)
 }
 

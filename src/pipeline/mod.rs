@@ -241,13 +241,7 @@ fn prepare_weights(
     let base = smoothed.as_ref().map_or(model, |s| &s.model);
     let (equalized, cle_pairs) = if config.cle {
         let t = Instant::now();
-        let (mut m, mut reports) = cle::equalize(base, config);
-        let pairs = cle::find_pairs(base, config);
-        let limit = config.max_sample_elems();
-        let absorbed = high_bias::absorb(&mut m, &pairs, calib, limit, cancel)?;
-        for (r, n) in reports.iter_mut().zip(absorbed) {
-            r.absorbed_channels = n;
-        }
+        let (m, reports) = cle::equalize_and_absorb(base, config, calib, cancel)?;
         timings.cle = ms(t);
         (Some(m), reports)
     } else {

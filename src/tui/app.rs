@@ -346,6 +346,11 @@ impl App {
     }
 
     fn submit(&mut self, rerun: bool) -> Effect {
+        self.submit_job(rerun, false)
+    }
+
+    /// A new job for the current config; `mixed` also asks for the mixed-precision front.
+    fn submit_job(&mut self, rerun: bool, mixed: bool) -> Effect {
         self.generation += 1;
         self.sent_at = Some(Instant::now());
         self.view_only = false;
@@ -361,8 +366,15 @@ impl App {
             bins: self.bins(),
             rerun,
             seed,
-            mixed: false,
+            mixed,
         })
+    }
+
+    /// Makes `c` the config (the old one goes on the undo stack), says `msg` and runs it.
+    fn change_to(&mut self, c: QuantConfig, msg: String) -> Vec<Effect> {
+        self.undo.push(std::mem::replace(&mut self.config, c));
+        self.say(msg);
+        vec![self.submit(false)]
     }
 
     pub fn say(&mut self, text: impl Into<String>) {
@@ -656,10 +668,7 @@ impl App {
 
     /// Opens the mixed-precision panel and sends the job that searches its front.
     fn open_mixed(&mut self) -> Vec<Effect> {
-        let mut effect = self.submit(false);
-        if let Effect::Submit(job) = &mut effect {
-            job.mixed = true;
-        }
+        let effect = self.submit_job(false, true);
         self.mixed = Some(MixedPanel {
             generation: self.generation,
             ..Default::default()
@@ -693,9 +702,7 @@ impl App {
                     p.avg_bits, p.size_bytes
                 );
                 self.mixed = None;
-                self.undo.push(std::mem::replace(&mut self.config, c));
-                self.say(msg);
-                return vec![self.submit(false)];
+                return self.change_to(c, msg);
             }
             _ => {}
         }
@@ -727,9 +734,7 @@ impl App {
                 format!("SmoothQuant {}", on(c.smoothquant.is_some()))
             }
         };
-        self.undo.push(std::mem::replace(&mut self.config, c));
-        self.say(format!("{msg} (re-running weights and calibration)"));
-        vec![self.submit(false)]
+        self.change_to(c, format!("{msg} (re-running weights and calibration)"))
     }
 
     /// A change to the config: on success it is pushed on the undo stack and run.
@@ -743,9 +748,7 @@ impl App {
                     self.say(format!("{msg} (no change)"));
                     return Vec::new();
                 }
-                self.undo.push(std::mem::replace(&mut self.config, c));
-                self.say(msg);
-                vec![self.submit(false)]
+                self.change_to(c, msg)
             }
             Err(msg) => {
                 self.error(msg);

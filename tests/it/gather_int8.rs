@@ -3,13 +3,13 @@
 //! Gather against an f64 fake-quant reference written here, BERT at W8A8 with its embeddings
 //! quantized, and `--params` reproducing the run bit for bit.
 
-use crate::util::Rng;
+use crate::util::{Rng, quant_outputs};
 use qscope::engine::IntModel;
 use qscope::engine::tensor::Tensor;
 use qscope::export::onnx::proto::{AttrValue, OGraph, OIo, ONode, OTensor};
 use qscope::model::{Model, Op, load_dataset, load_model};
-use qscope::params::{ActQuant, LayerParams, ModelParams};
-use qscope::pipeline::{Cancel, evaluate_params, quantize_weights, run};
+use qscope::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
+use qscope::pipeline::{Cancel, quantize_weights, run};
 use qscope::{ClipRange, QParams, QuantConfig, Scheme};
 use std::path::{Path, PathBuf};
 
@@ -102,21 +102,7 @@ fn the_integer_gather_matches_an_f64_fake_quant_reference() {
     ] {
         let range = ClipRange::new(lo, hi);
         let out_q = QParams::from_range(range, 8, scheme);
-        let params = ModelParams {
-            points: vec![],
-            layers: vec![LayerParams {
-                name: "embed".into(),
-                index: 0,
-                weight: Some(wq.clone()),
-                act: Some(ActQuant {
-                    settings: config.act_settings("embed"),
-                    range,
-                    qparams: out_q,
-                }),
-            }],
-            smoothquant: vec![],
-            methods: None,
-        };
+        let params = embed_params(wq.clone(), &config, range, out_q);
         let n = 3;
         let ids: Vec<i64> = (0..n * SEQ)
             .map(|i| {
@@ -165,21 +151,12 @@ fn an_index_out_of_range_is_an_error_naming_the_node() {
     let config = QuantConfig::default();
     let wq = quantize_weights(&model, &config).remove(0).unwrap();
     let range = ClipRange::new(-1.0, 1.0);
-    let params = ModelParams {
-        points: vec![],
-        layers: vec![LayerParams {
-            name: "embed".into(),
-            index: 0,
-            weight: Some(wq),
-            act: Some(ActQuant {
-                settings: config.act_settings("embed"),
-                range,
-                qparams: QParams::from_range(range, 8, Scheme::Asymmetric),
-            }),
-        }],
-        smoothquant: vec![],
-        methods: None,
-    };
+    let params = embed_params(
+        wq,
+        &config,
+        range,
+        QParams::from_range(range, 8, Scheme::Asymmetric),
+    );
     let int = IntModel::new(&model, &params, usize::MAX);
     let ids = Tensor::i64(vec![1, SEQ], vec![0, 1, ROWS as i64, 2, 3]);
     let err = int.forward(vec![ids], |_, _, _, _| {}).unwrap_err();
@@ -194,18 +171,6 @@ fn bert() -> (Model, qscope::Dataset, qscope::Dataset) {
     let m = load_model(&fixture("tests/fixtures/onnx/bert_ts.onnx"), None).unwrap();
     let d = load_dataset(&fixture("tests/fixtures/onnx/bert_data.safetensors")).unwrap();
     (m, d.take(100), d.take(60))
-}
-
-fn quant_outputs(m: &Model, p: ModelParams, eval: &qscope::Dataset) -> Vec<f32> {
-    let config = QuantConfig {
-        save_outputs: true,
-        ..QuantConfig::default()
-    };
-    evaluate_params(m, p, eval, &config, true, &Cancel::new())
-        .unwrap()
-        .saved
-        .unwrap()
-        .quant
 }
 
 #[test]
@@ -299,21 +264,12 @@ fn qdq_export_writes_the_table_as_int8_rows_behind_a_per_row_dequantize_and_load
     let config = QuantConfig::default();
     let wq = quantize_weights(&model, &config).remove(0).unwrap();
     let range = ClipRange::new(-1.0, 1.5);
-    let params = ModelParams {
-        points: vec![],
-        layers: vec![LayerParams {
-            name: "embed".into(),
-            index: 0,
-            weight: Some(wq.clone()),
-            act: Some(ActQuant {
-                settings: config.act_settings("embed"),
-                range,
-                qparams: QParams::from_range(range, 8, Scheme::Asymmetric),
-            }),
-        }],
-        smoothquant: vec![],
-        methods: None,
-    };
+    let params = embed_params(
+        wq.clone(),
+        &config,
+        range,
+        QParams::from_range(range, 8, Scheme::Asymmetric),
+    );
     let bytes = onnx_model_bytes(&model, Some(&params), QdqOptions::default()).unwrap();
     let om = onnx_rs::parse(&bytes).unwrap();
     let g = om.graph.as_ref().unwrap();
@@ -355,4 +311,29 @@ fn qdq_export_writes_the_table_as_int8_rows_behind_a_per_row_dequantize_and_load
             .to_f32_vec()
     };
     assert_eq!(run(&model, &params), run(&m2, &p2));
+}
+
+/// Parameters of the one-node embedding graph: its quantized table `wq` and output point
+/// (`range` with `qparams`).
+fn embed_params(
+    wq: WeightQuant,
+    config: &QuantConfig,
+    range: ClipRange,
+    qparams: QParams,
+) -> ModelParams {
+    ModelParams {
+        points: vec![],
+        layers: vec![LayerParams {
+            name: "embed".into(),
+            index: 0,
+            weight: Some(wq),
+            act: Some(ActQuant {
+                settings: config.act_settings("embed"),
+                range,
+                qparams,
+            }),
+        }],
+        smoothquant: vec![],
+        methods: None,
+    }
 }

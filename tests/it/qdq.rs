@@ -3,6 +3,7 @@
 //! dequantized in the test) says the parameters; bad QDQ files are refused naming the node; the
 //! TensorRT cache says each point's amax.
 
+use crate::util::quant_outputs;
 use onnx_rs::ast::{DataType, Model as OModel, TensorProto};
 use qscope::config::QuantConfig;
 use qscope::export::onnx::{QdqOptions, onnx_model_bytes};
@@ -54,18 +55,6 @@ fn round_trip(
     let (m2, q) = load_onnx_qdq(&path).unwrap();
     let p2 = qdq_params("test", &m2, &q.expect("a QDQ file")).unwrap();
     (m, out.params, eval, path, m2, p2.params)
-}
-
-fn quant_outputs(m: &Model, p: ModelParams, eval: &Dataset) -> Vec<f32> {
-    let config = QuantConfig {
-        save_outputs: true,
-        ..QuantConfig::default()
-    };
-    evaluate_params(m, p, eval, &config, true, &Cancel::new())
-        .unwrap()
-        .saved
-        .unwrap()
-        .quant
 }
 
 #[test]

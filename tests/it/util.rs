@@ -96,3 +96,20 @@ pub fn qscope_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String)
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The integer engine's outputs (flattened) of `m` with parameters `p` on `eval`.
+pub fn quant_outputs(
+    m: &qscope::Model,
+    p: qscope::params::ModelParams,
+    eval: &qscope::Dataset,
+) -> Vec<f32> {
+    let config = qscope::QuantConfig {
+        save_outputs: true,
+        ..qscope::QuantConfig::default()
+    };
+    qscope::pipeline::evaluate_params(m, p, eval, &config, true, &qscope::pipeline::Cancel::new())
+        .unwrap()
+        .saved
+        .unwrap()
+        .quant
+}
