@@ -93,6 +93,9 @@ pub fn absorb(
         .filter(|p| absorbable(model, p))
         .map(|p| p.first)
         .collect();
+    if firsts.is_empty() {
+        return Ok(vec![0; pairs.len()]);
+    }
     let mins = minima(model, &firsts, data, limit, cancel)?;
     let mut counts = Vec::with_capacity(pairs.len());
     for p in pairs {
