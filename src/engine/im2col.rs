@@ -199,6 +199,81 @@ pub fn im2col_channels<T: Copy>(
     out
 }
 
+/// `dst` [cols, rows] = the transpose of `src` [rows, cols], in tiles that stay in cache.
+pub fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let d = &mut dst[c * rows + r0..c * rows + r1];
+                for (r, v) in (r0..r1).zip(d) {
+                    *v = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// NCHW samples [n, c, plane] to channels-last [n, plane, c] in `out`.
+pub fn nchw_to_nhwc<T: Copy + Default>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    plane: usize,
+    out: &mut Vec<T>,
+) {
+    out.clear();
+    out.resize(n * c * plane, T::default());
+    for (xs, os) in x
+        .chunks_exact(c * plane)
+        .zip(out.chunks_exact_mut(c * plane))
+    {
+        transpose(xs, c, plane, os);
+    }
+}
+
+/// Rows [n · oh · ow, kh · kw · c] of input patches, taps ordered (ky, kx, channel), from
+/// channels-last samples `x` ([n, h, w, c]): each kernel row of an undilated window is one
+/// contiguous copy of kw · c values. Out-of-image taps get `pad`.
+pub fn im2col_nhwc<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
+    assert!(x.len() >= n * g.c * g.h * g.w, "im2col input too short");
+    let (kh, kw) = g.kernel;
+    let (dh, dw) = g.dilation;
+    let c = g.c;
+    let k = kh * kw * c;
+    let mut out = vec![pad; n * g.out_pixels() * k];
+    let rows = tap_ranges(g.oh, g.h, kh, g.stride.0, g.pad[0], dh);
+    let cols = tap_ranges(g.ow, g.w, kw, g.stride.1, g.pad[1], dw);
+    for (s, dst_s) in out.chunks_exact_mut(g.out_pixels() * k).enumerate() {
+        let xs = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
+        for (oy, &(ky0, ky1)) in rows.iter().enumerate() {
+            let y0 = (oy * g.stride.0 + ky0 * dh).wrapping_sub(g.pad[0]);
+            for (ox, &(kx0, kx1)) in cols.iter().enumerate() {
+                if kx0 == kx1 {
+                    continue;
+                }
+                let dst = &mut dst_s[(oy * g.ow + ox) * k..][..k];
+                let x0 = ox * g.stride.1 + kx0 * dw - g.pad[1];
+                for (j, ky) in (ky0..ky1).enumerate() {
+                    let src = &xs[(y0 + j * dh) * g.w * c..][..g.w * c];
+                    let d = &mut dst[ky * kw * c..][..kw * c];
+                    if dw == 1 {
+                        let len = (kx1 - kx0) * c;
+                        d[kx0 * c..kx0 * c + len].copy_from_slice(&src[x0 * c..x0 * c + len]);
+                    } else {
+                        for (i, kx) in (kx0..kx1).enumerate() {
+                            let from = (x0 + i * dw) * c;
+                            d[kx * c..(kx + 1) * c].copy_from_slice(&src[from..from + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// [n · pixels, o] rows (one row per output pixel) to NCHW [n, o, pixels].
 pub fn nhwc_rows_to_nchw<T: Copy + Default>(y: &[T], n: usize, pixels: usize, o: usize) -> Vec<T> {
     let mut out = vec![T::default(); y.len()];
@@ -236,6 +311,49 @@ mod tests {
             (old.oh, old.ow, old.pad, old.dilation),
             (4, 4, [1, 1, 1, 1], (1, 1))
         );
+    }
+
+    #[test]
+    fn im2col_nhwc_matches_direct_loops() {
+        let (c, h, w, n) = (3, 5, 7, 2);
+        // Channels-last input: value = its NCHW index, so the check reads it back by (ch, iy, ix).
+        let nchw: Vec<i32> = (0..(n * c * h * w) as i32).collect();
+        let mut x = Vec::new();
+        nchw_to_nhwc(&nchw, n, c, h * w, &mut x);
+        for (kernel, stride, pad, dil) in [
+            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
+            ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
+            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
+            ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
+        ] {
+            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
+            let got = im2col_nhwc(&x, n, &g, -1);
+            let mut want = Vec::new();
+            for s in 0..n {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        for ky in 0..kernel.0 {
+                            for kx in 0..kernel.1 {
+                                for ch in 0..c {
+                                    let iy =
+                                        (oy * stride.0 + ky * dil.0) as isize - pad[0] as isize;
+                                    let ix =
+                                        (ox * stride.1 + kx * dil.1) as isize - pad[1] as isize;
+                                    let inside = (0..h as isize).contains(&iy)
+                                        && (0..w as isize).contains(&ix);
+                                    want.push(if inside {
+                                        nchw[((s * c + ch) * h + iy as usize) * w + ix as usize]
+                                    } else {
+                                        -1
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "{kernel:?} {stride:?} {pad:?} {dil:?}");
+        }
     }
 
     #[test]

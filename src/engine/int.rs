@@ -7,6 +7,7 @@ use super::conv::conv_nchw;
 use super::embedding::IntEmbedding;
 use super::float::{Values, check_size, last_uses, run_node};
 use super::intops;
+use super::intops::conv_nhwc::NhwcConv;
 use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::PoolGeom;
@@ -264,6 +265,8 @@ enum WeightKernel {
     Gemm(Vec<IntGemm>),
     /// A grouped or depthwise conv as a direct loop.
     Group(GroupConv),
+    /// An ungrouped conv over channels-last patches.
+    Nhwc(NhwcConv),
 }
 
 impl WeightKernel {
@@ -272,6 +275,7 @@ impl WeightKernel {
         match self {
             WeightKernel::Gemm(g) => g[0].in_q,
             WeightKernel::Group(c) => c.in_q,
+            WeightKernel::Nhwc(c) => c.in_q(),
         }
     }
 
@@ -280,6 +284,7 @@ impl WeightKernel {
         match self {
             WeightKernel::Gemm(g) => g[0].out_q,
             WeightKernel::Group(c) => c.out_q,
+            WeightKernel::Nhwc(c) => c.out_q(),
         }
     }
 }
@@ -437,13 +442,15 @@ impl<'m> IntModel<'m> {
         qs: (QParams, QParams),
         clamp: Option<(f32, f32)>,
     ) -> WeightKernel {
-        if let Op::Conv2d { weight, .. } = &layer.op
-            && groups > 1
-        {
-            let (_, _, kh, kw) = weight.dim();
-            let bounds = clamp_bounds(qs.1, clamp);
-            if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
-                return WeightKernel::Group(c);
+        if let Op::Conv2d { weight, .. } = &layer.op {
+            let (_, c, kh, kw) = weight.dim();
+            if groups > 1 {
+                let bounds = clamp_bounds(qs.1, clamp);
+                if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
+                    return WeightKernel::Group(c);
+                }
+            } else if let Some(c) = NhwcConv::new(w, bias, (c, kh, kw), qs, clamp) {
+                return WeightKernel::Nhwc(c);
             }
         }
         let og = w.rows / groups;
@@ -755,7 +762,7 @@ impl<'m> IntModel<'m> {
         let out_q = kernel.out_q();
         let gemms = match kernel {
             WeightKernel::Gemm(g) => g.as_slice(),
-            WeightKernel::Group(_) => &[],
+            WeightKernel::Group(_) | WeightKernel::Nhwc(_) => &[],
         };
         match op {
             Op::Linear { weight, .. } => {
@@ -784,10 +791,15 @@ impl<'m> IntModel<'m> {
                 let o = weight.dim().0;
                 let p = super::float::op_geom(weight, stride, padding, dilation, *groups);
                 let g = super::float::checked_conv_geom(&p, x, self.limit)?;
-                if let WeightKernel::Group(c) = kernel {
-                    return Ok(Tensor::q(vec![n, o, g.oh, g.ow], c.run(data, n, &g), out_q));
-                }
                 let pad = in_q.zero_point.clamp(-128, 127) as i8;
+                let y = match kernel {
+                    WeightKernel::Group(c) => Some(c.run(data, n, &g)),
+                    WeightKernel::Nhwc(c) => Some(c.run(data, n, &g, pad)),
+                    WeightKernel::Gemm(_) => None,
+                };
+                if let Some(y) = y {
+                    return Ok(Tensor::q(vec![n, o, g.oh, g.ow], y, out_q));
+                }
                 let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
                     gemms[gi].run(cols, rows)
                 });
@@ -916,6 +928,43 @@ mod tests {
                         .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
                 );
                 assert!(off * 100 <= got.len(), "{off} of {} off by one", got.len());
+            }
+        }
+    }
+
+    #[test]
+    fn channels_last_conv_equals_the_nchw_im2col_path_and_the_f64_reference() {
+        let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
+        let out_q = QParams::from_range(ClipRange::new(-3.0, 4.0), 8, Scheme::Asymmetric);
+        for (c, o, (kh, kw), stride, pad, dil) in [
+            (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
+            (6, 12, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1)),
+            (8, 4, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1)),
+            (5, 7, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
+        ] {
+            let (n, h, w) = (3, 7, 9);
+            let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
+            let wq = weights(o, c * kh * kw, c + o);
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let x: Vec<i8> = (0..n * c * h * w)
+                .map(|i| ((i * 53) % 256) as u8 as i8)
+                .collect();
+            for clamp in [None, Some((0.0, 6.0))] {
+                let pad_code = in_q.zero_point as i8;
+                let conv = NhwcConv::new(&wq, &bias, (c, kh, kw), (in_q, out_q), clamp).unwrap();
+                let got = conv.run(&x, n, &g, pad_code);
+                let gemm = IntGemm::new(&wq, &bias, in_q, out_q, clamp);
+                let want = conv_nchw(&x, n, &g, 1, o, pad_code, |_, cols, rows| {
+                    gemm.run(cols, rows)
+                });
+                assert_eq!(got, want, "c {c} kernel {kh}x{kw} clamp {clamp:?}");
+                let bounds = clamp_bounds(out_q, clamp);
+                let r = group_conv_reference(&x, n, &g, &wq, &bias, 1, (in_q, out_q), bounds);
+                assert!(
+                    got.iter()
+                        .zip(&r)
+                        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
+                );
             }
         }
     }

@@ -3,17 +3,19 @@
 //! share of multiply-adds.
 
 use super::Cancel;
-use super::batch::{batches, check_data, make_batch};
+use super::batch::fold_batches;
+use super::batch::{check_data, make_batch};
+use super::float_side::{FloatBatch, FloatCache, Keeper, float_batch, wanted_values};
 use crate::config::QuantConfig;
+use crate::engine::IntModel;
 use crate::engine::int::Ran;
 use crate::engine::tensor::Tensor;
-use crate::engine::{IntModel, float};
 use crate::error::Result;
 use crate::eval::accuracy::AccuracyCounts;
 use crate::eval::sqnr::SqnrAcc;
 use crate::model::{Dataset, Model, Op};
 use crate::params::ModelParams;
-use rayon::prelude::*;
+use std::collections::HashMap;
 
 /// Float and quantized outputs, one vector per batch.
 pub type SavedBatches = (Vec<Vec<f32>>, Vec<Vec<f32>>);
@@ -106,6 +108,15 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// Where the float side of an evaluation comes from.
+pub enum FloatSide<'a> {
+    /// Run the float model on every batch; keep nothing.
+    Run,
+    /// Use the cache when it covers the evaluation set; otherwise run the float model and fill
+    /// the cache (within [`FLOAT_CACHE_BYTES`](super::float_side::FLOAT_CACHE_BYTES)).
+    Cached(&'a mut Option<FloatCache>),
+}
+
 /// Step 4: runs the float model and the integer engine on `data` and compares them.
 /// With `has_float == false` (no float weights) only the integer side is measured; `save`
 /// keeps both outputs.
@@ -118,6 +129,21 @@ pub fn evaluate(
     save: bool,
     cancel: &Cancel,
 ) -> Result<Evaluation> {
+    let opts = (has_float, save);
+    evaluate_with(model, config, params, data, opts, FloatSide::Run, cancel)
+}
+
+/// [`evaluate`] with the float side taken from (or kept in) `side`; `(has_float, save)` as
+/// there. Batches are summed in order, so the figures are the same on every run.
+pub fn evaluate_with(
+    model: &Model,
+    config: &QuantConfig,
+    params: &ModelParams,
+    data: &Dataset,
+    (has_float, save): (bool, bool),
+    side: FloatSide,
+    cancel: &Cancel,
+) -> Result<Evaluation> {
     check_data(model, data)?;
     super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
     if model.output_len() > 0 {
@@ -127,6 +153,7 @@ pub fn evaluate(
     let limit = config.max_sample_elems();
     let int = IntModel::new(model, params, limit);
     let wl = model.weight_layers();
+    let wanted = wanted_values(model);
     let zero = || Evaluation {
         act: vec![SqnrAcc::default(); wl.len()],
         isolated: vec![SqnrAcc::default(); wl.len()],
@@ -134,18 +161,51 @@ pub fn evaluate(
         saved: save.then(Default::default),
         ..Default::default()
     };
-    batches(data.n)
-        .into_par_iter()
-        .map(|(s, e)| -> Result<Evaluation> {
+    let (reuse, fill): (Option<&FloatCache>, _) = match side {
+        FloatSide::Cached(slot) if has_float => {
+            if slot.as_ref().is_some_and(|c| c.samples == data.n) {
+                let shared: &Option<FloatCache> = slot;
+                (shared.as_ref(), None)
+            } else {
+                (None, Some(slot))
+            }
+        }
+        _ => (None, None),
+    };
+    let filling = fill.is_some();
+    let keeper = Keeper::default();
+    let (mut total, mut kept) = (zero(), Vec::new());
+    fold_batches(
+        data.n,
+        |s, e| {
             cancel.check()?;
+            let inputs = make_batch(model, data, s, e)?;
+            let own = match (has_float, reuse) {
+                (true, None) => Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?),
+                (false, _) => {
+                    super::calibrate::check_finite(model, data, s, &inputs)?;
+                    None
+                }
+                (true, Some(_)) => None,
+            };
+            let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
             let mut ev = zero();
-            eval_batch(model, params, &int, data, (s, e), has_float, limit, &mut ev)?;
-            Ok(ev)
-        })
-        .try_reduce(zero, |a, b| Ok(a.merge(b)))
+            eval_batch(model, params, &int, data, (s, e), inputs, fb, &mut ev)?;
+            Ok((ev, own.filter(|b| filling && keeper.admit(b))))
+        },
+        |(ev, keep)| {
+            total = std::mem::take(&mut total).merge(ev);
+            kept.push(keep);
+        },
+    )?;
+    if let Some(slot) = fill {
+        *slot = keeper.finish(data.n, kept);
+    }
+    Ok(total)
 }
 
-/// One batch of [`evaluate`].
+/// One batch of [`evaluate`]: the integer engine on `inputs`, compared with the float side
+/// `fb` (`None` without float weights).
 #[allow(clippy::too_many_arguments)]
 fn eval_batch(
     model: &Model,
@@ -153,47 +213,16 @@ fn eval_batch(
     int: &IntModel,
     data: &Dataset,
     (s, e): (usize, usize),
-    has_float: bool,
-    limit: usize,
+    inputs: Vec<Tensor>,
+    fb: Option<&FloatBatch>,
     ev: &mut Evaluation,
 ) -> Result<()> {
     let n = e - s;
     let wl = model.weight_layers();
-    let inputs = make_batch(model, data, s, e)?;
-    // Float values the comparisons need: each weight layer's input and (fused) output.
-    let mut wanted: Vec<crate::model::ValueId> = Vec::new();
-    for &i in &wl {
-        wanted.push(model.point_value(i));
-        wanted.extend(model.layers[i].data_input());
-    }
-    let mut float_vals: std::collections::HashMap<usize, Tensor> = Default::default();
-    for (gi, t) in model.inputs.iter().zip(&inputs) {
-        if wanted.contains(&gi.value) {
-            float_vals.insert(gi.value, t.clone());
-        }
-    }
-    super::calibrate::check_finite(model, data, s, &inputs)?;
-    let float_out = if has_float {
-        let mut overflow = None;
-        let out = float::forward(model, inputs.clone(), limit, |i, t| {
-            super::calibrate::note_overflow(&mut overflow, i, t);
-            let v = model.layers[i].output;
-            if wanted.contains(&v) {
-                float_vals.insert(v, t.clone());
-            }
-        })?;
-        if let Some(i) = overflow {
-            return Err(super::calibrate::float_overflow(
-                model,
-                data,
-                s,
-                &model.layers[i].name,
-            ));
-        }
-        Some(out)
-    } else {
-        None
-    };
+    let has_float = fb.is_some();
+    let empty = HashMap::new();
+    let float_vals = fb.map_or(&empty, |b| &b.values);
+    let float_out = fb.map(|b| &b.outputs);
     let point_to_layer: Vec<(usize, usize)> = wl
         .iter()
         .enumerate()
@@ -201,7 +230,7 @@ fn eval_batch(
         .collect();
     // Shapes of the values computed so far (a MatMul's reduction length is its first input's
     // last axis).
-    let mut shapes: std::collections::HashMap<usize, Vec<usize>> = model
+    let mut shapes: HashMap<usize, Vec<usize>> = model
         .inputs
         .iter()
         .zip(&inputs)

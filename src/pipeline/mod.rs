@@ -73,6 +73,7 @@ pub mod bias_correction;
 mod calibrate;
 pub mod cle;
 mod evaluate;
+pub mod float_side;
 pub mod high_bias;
 pub mod layerwise;
 pub mod mixed;
@@ -83,7 +84,7 @@ pub use batch::{batches, check_data, make_batch};
 pub use calibrate::{
     Calibration, calibrate, choose_ranges, quantize_weights, with_quantized_weights,
 };
-pub use evaluate::{Evaluation, evaluate};
+pub use evaluate::{Evaluation, FloatSide, evaluate, evaluate_with};
 use report::build_report;
 
 /// The float and quantized graph outputs of an evaluation, flattened in sample order.
@@ -129,7 +130,15 @@ pub fn run(
     config: &QuantConfig,
     cancel: &Cancel,
 ) -> Result<Outcome> {
-    run_cached(model, calib, eval, config, &mut None, cancel)
+    run_cached(
+        model,
+        calib,
+        eval,
+        config,
+        &mut None,
+        FloatSide::Run,
+        cancel,
+    )
 }
 
 /// The flow, reusing `cache` (quantized weights and histograms) when it was made for the same
@@ -140,6 +149,7 @@ fn run_cached(
     eval: &Dataset,
     config: &QuantConfig,
     cache: &mut Option<Cached>,
+    floats: FloatSide,
     cancel: &Cancel,
 ) -> Result<Outcome> {
     config.validate(Some(model))?;
@@ -180,7 +190,7 @@ fn run_cached(
         params.smoothquant = sq.entries.clone();
     }
     params.methods = Some(crate::eval::report::Methods::of(config));
-    let mut outcome = evaluate_params(work, params, eval, config, true, cancel)?;
+    let mut outcome = evaluate_params_with(work, params, eval, config, (true, floats), cancel)?;
     outcome.report.calib_samples = c.calibration.samples;
     outcome.report.cle_pairs = p.cle_pairs.clone();
     if let Some(sq) = &p.smoothed {
@@ -286,16 +296,22 @@ pub fn evaluate_params(
     has_float: bool,
     cancel: &Cancel,
 ) -> Result<Outcome> {
+    let side = (has_float, FloatSide::Run);
+    evaluate_params_with(model, params, eval, config, side, cancel)
+}
+
+/// [`evaluate_params`] with the float side from `side` (a session's cache).
+fn evaluate_params_with(
+    model: &Model,
+    params: ModelParams,
+    eval: &Dataset,
+    config: &QuantConfig,
+    (has_float, side): (bool, FloatSide),
+    cancel: &Cancel,
+) -> Result<Outcome> {
     let t = Instant::now();
-    let mut ev = evaluate(
-        model,
-        config,
-        &params,
-        eval,
-        has_float,
-        config.save_outputs,
-        cancel,
-    )?;
+    let opts = (has_float, config.save_outputs);
+    let mut ev = evaluate_with(model, config, &params, eval, opts, side, cancel)?;
     let saved = ev.saved.take().map(|(f, q)| SavedOutputs {
         float: f.concat(),
         quant: q.concat(),
@@ -368,6 +384,23 @@ pub struct Session {
     /// Evaluation data.
     pub eval: Dataset,
     cache: Option<Cached>,
+    /// The float model's results on `eval` and the model changes they were made for (CLE,
+    /// SmoothQuant α): they depend on no other setting.
+    floats: Option<(FloatKey, Option<float_side::FloatCache>)>,
+}
+
+/// The settings that change the float model a session evaluates: CLE, SmoothQuant's α and,
+/// with either, which layers stay float (they are left out of both).
+type FloatKey = (bool, Option<u32>, Vec<bool>);
+
+fn float_key(model: &Model, config: &QuantConfig) -> FloatKey {
+    let changes = config.cle || config.smoothquant.is_some();
+    let kept = model
+        .layers
+        .iter()
+        .map(|l| changes && config.is_float(&l.name))
+        .collect();
+    (config.cle, config.smoothquant.map(f32::to_bits), kept)
 }
 
 impl Session {
@@ -378,17 +411,31 @@ impl Session {
             calib,
             eval,
             cache: None,
+            floats: None,
         }
     }
 
+    /// Whether the float model's results on the evaluation set are kept from an earlier run.
+    pub fn float_cached(&self) -> bool {
+        matches!(&self.floats, Some((_, Some(_))))
+    }
+
     /// Runs `config`, recalibrating only if its weight settings differ from the last run's.
+    /// The float model's results on the evaluation set are measured once per CLE/SmoothQuant
+    /// setting and kept while they fit [`float_side::FLOAT_CACHE_BYTES`].
     pub fn run(&mut self, config: &QuantConfig, cancel: &Cancel) -> Result<Outcome> {
+        let key = float_key(&self.model, config);
+        if !matches!(&self.floats, Some((k, _)) if *k == key) {
+            self.floats = Some((key, None));
+        }
+        let slot = &mut self.floats.as_mut().expect("set above").1;
         run_cached(
             &self.model,
             &self.calib,
             &self.eval,
             config,
             &mut self.cache,
+            FloatSide::Cached(slot),
             cancel,
         )
     }

@@ -17,6 +17,7 @@ mod onnx;
 mod qdq;
 mod random_graphs;
 mod refused;
+mod session;
 mod smoke_fuzz;
 mod smoothquant;
 #[cfg(feature = "tui")]

@@ -2,6 +2,7 @@
 //! tables, activation matmuls), each on quantized codes with a plain reference beside it.
 
 pub mod add;
+pub mod conv_nhwc;
 pub mod depthwise;
 pub mod lut;
 pub mod matmul;

@@ -1,0 +1,66 @@
+//! A `Session` keeps the float model's results between runs: what it reports after a change
+//! must be what a fresh run of the same configuration reports.
+
+use qscope::pipeline::{Cancel, Session, run};
+use qscope::{QuantConfig, Strategy, bundled};
+
+/// The report as JSON without its timings (the only part that may differ).
+fn figures(r: &qscope::eval::report::Report) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    v.as_object_mut().unwrap().remove("timings_ms");
+    v
+}
+
+fn check(model_name: &str, first: &QuantConfig, then: &[QuantConfig]) {
+    let model = bundled::model(model_name).unwrap();
+    let (calib, test) = (bundled::calib(), bundled::test());
+    let mut session = Session::new(model.clone(), calib.clone(), test.clone());
+    assert!(!session.float_cached());
+    session.run(first, &Cancel::new()).unwrap();
+    assert!(
+        session.float_cached(),
+        "{model_name}: the float side fits the budget"
+    );
+    for c in then {
+        let got = session.run(c, &Cancel::new()).unwrap().report;
+        assert!(session.float_cached());
+        let fresh = run(&model, &calib, &test, c, &Cancel::new())
+            .unwrap()
+            .report;
+        assert_eq!(figures(&got), figures(&fresh), "{model_name}: {c:?}");
+    }
+}
+
+#[test]
+fn a_session_after_an_activation_change_reports_what_a_fresh_run_reports() {
+    let base = QuantConfig::default();
+    let changed = [
+        QuantConfig {
+            act_bits: 4,
+            act_strategy: Strategy::Kl,
+            ..Default::default()
+        },
+        QuantConfig {
+            weight_bits: 4,
+            ..Default::default()
+        },
+    ];
+    check("mnist-cnn", &base, &changed);
+}
+
+#[test]
+fn a_session_measures_the_float_model_again_when_cle_changes_it() {
+    let base = QuantConfig::default();
+    let changed = [
+        QuantConfig {
+            cle: true,
+            weight_bits: 4,
+            ..Default::default()
+        },
+        QuantConfig {
+            weight_bits: 4,
+            ..Default::default()
+        },
+    ];
+    check("mnist-mlp", &base, &changed);
+}
