@@ -2,8 +2,9 @@
 //! ndarray's matrix multiply for linear and (im2col) convolution nodes and the plain op
 //! implementations of [`super::ops`] for the rest. A value is freed after its last reader.
 
-use super::conv::{conv_nchw, group_conv_f32};
+use super::conv::group_conv_f32;
 use super::im2col::ConvGeom;
+use super::im2col::im2col_columns;
 use super::ops::{Limits, eval};
 use super::tensor::Tensor;
 use crate::error::{Error, Result};
@@ -140,18 +141,24 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
-            let og = o / groups;
             let k = ci * kh * kw;
             let w2 = ArrayView2::from_shape((o, k), wts).expect("weight size");
-            let y = conv_nchw(xs, n, &g, *groups, o, 0.0f32, |gi, cols, rows| {
-                let b = &bias[gi * og..(gi + 1) * og];
-                let mut y: Vec<f32> = std::iter::repeat_n(b, rows).flatten().copied().collect();
-                let cv = ArrayView2::from_shape((rows, k), cols).expect("im2col size");
-                let wg = w2.slice(ndarray::s![gi * og..(gi + 1) * og, ..]);
-                let mut yv = ArrayViewMut2::from_shape((rows, og), &mut y).expect("output size");
-                general_mat_mul(1.0, &cv, &wg.t(), 1.0, &mut yv);
-                y
-            });
+            let pixels = g.out_pixels();
+            let mut y = vec![0f32; n * o * pixels];
+            let mut cols = Vec::new();
+            for (xs, ys) in xs
+                .chunks_exact(ci * g.h * g.w)
+                .zip(y.chunks_exact_mut(o * pixels))
+            {
+                // [o, k] × [k, pixels]: the output comes out in NCHW order.
+                im2col_columns(xs, &g, 0.0, &mut cols);
+                for (row, &b) in ys.chunks_exact_mut(pixels).zip(bias) {
+                    row.fill(b);
+                }
+                let cv = ArrayView2::from_shape((k, pixels), &cols).expect("im2col size");
+                let mut yv = ArrayViewMut2::from_shape((o, pixels), ys).expect("output size");
+                general_mat_mul(1.0, &w2, &cv, 1.0, &mut yv);
+            }
             Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y))
         }
         _ => Err("is not a weight op".into()),

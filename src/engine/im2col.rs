@@ -199,6 +199,52 @@ pub fn im2col_channels<T: Copy>(
     out
 }
 
+/// One sample's patches as columns: [c · kh · kw, oh · ow], taps in (channel, ky, kx) order,
+/// so that weights [o, c · kh · kw] times it is the output [o, oh · ow] in NCHW order. Each
+/// output row of an undilated, unit-stride tap is one contiguous copy. Out-of-image taps get
+/// `pad`. `x` is one sample [c, h, w].
+pub fn im2col_columns<T: Copy>(x: &[T], g: &ConvGeom, pad: T, out: &mut Vec<T>) {
+    let (kh, kw) = g.kernel;
+    let (dh, dw) = g.dilation;
+    let (plane, pixels) = (g.h * g.w, g.out_pixels());
+    out.clear();
+    out.resize(g.k() * pixels, pad);
+    let rows = tap_ranges(g.oh, g.h, kh, g.stride.0, g.pad[0], dh);
+    let cols = tap_ranges(g.ow, g.w, kw, g.stride.1, g.pad[1], dw);
+    for c in 0..g.c {
+        let xc = &x[c * plane..(c + 1) * plane];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let dst = &mut out[((c * kh + ky) * kw + kx) * pixels..][..pixels];
+                // The output columns whose tap kx lies in the image: a contiguous run.
+                let ox0 = cols.iter().position(|&(a, b)| (a..b).contains(&kx));
+                let Some(ox0) = ox0 else { continue };
+                let ox1 = ox0
+                    + cols[ox0..]
+                        .iter()
+                        .take_while(|&&(a, b)| (a..b).contains(&kx))
+                        .count();
+                let ix0 = ox0 * g.stride.1 + kx * dw - g.pad[1];
+                for (oy, &(a, b)) in rows.iter().enumerate() {
+                    if !(a..b).contains(&ky) {
+                        continue;
+                    }
+                    let iy = oy * g.stride.0 + ky * dh - g.pad[0];
+                    let src = &xc[iy * g.w..(iy + 1) * g.w];
+                    let d = &mut dst[oy * g.ow + ox0..oy * g.ow + ox1];
+                    if g.stride.1 == 1 {
+                        d.copy_from_slice(&src[ix0..ix0 + d.len()]);
+                    } else {
+                        for (v, &s) in d.iter_mut().zip(src[ix0..].iter().step_by(g.stride.1)) {
+                            *v = s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `dst` [cols, rows] = the transpose of `src` [rows, cols], in tiles that stay in cache.
 pub fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     const TILE: usize = 32;
@@ -311,6 +357,32 @@ mod tests {
             (old.oh, old.ow, old.pad, old.dilation),
             (4, 4, [1, 1, 1, 1], (1, 1))
         );
+    }
+
+    #[test]
+    fn im2col_columns_is_the_transpose_of_the_row_patches() {
+        let (c, h, w) = (3, 5, 7);
+        let x: Vec<i32> = (0..(c * h * w) as i32).collect();
+        for (kernel, stride, pad, dil) in [
+            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
+            ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
+            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
+            ((3, 3), (2, 2), [2, 1, 0, 2], (1, 2)),
+        ] {
+            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
+            let rows = im2col(&x, 1, &g, -1);
+            let mut got = Vec::new();
+            im2col_columns(&x, &g, -1, &mut got);
+            for p in 0..g.out_pixels() {
+                for t in 0..g.k() {
+                    assert_eq!(
+                        got[t * g.out_pixels() + p],
+                        rows[p * g.k() + t],
+                        "{kernel:?} {stride:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
