@@ -64,8 +64,13 @@ impl NhwcConv {
         for s0 in (0..n).step_by(block) {
             let bn = block.min(n - s0);
             nchw_to_nhwc(&x[s0 * g.c * plane..], bn, g.c, plane, &mut nhwc);
-            let cols = im2col_nhwc(&nhwc, bn, g, pad);
-            let y = self.gemm.run(&cols, bn * pixels);
+            let pointwise = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
+            // A 1×1 conv's patches are the channels-last input itself.
+            let y = if pointwise {
+                self.gemm.run(&nhwc, bn * pixels)
+            } else {
+                self.gemm.run(&im2col_nhwc(&nhwc, bn, g, pad), bn * pixels)
+            };
             let dst = &mut out[s0 * o * pixels..(s0 + bn) * o * pixels];
             for (ys, ds) in y
                 .chunks_exact(pixels * o)
