@@ -44,6 +44,7 @@ struct Acc {
     hist: Hist,
     noise_c: [f64; 2],
     buf: Vec<f32>,
+    err: Vec<f32>,
 }
 
 fn bits(c: &[u8]) -> u16 {
@@ -56,6 +57,7 @@ impl Acc {
             hist: vec![0u64; 65536].into_boxed_slice().try_into().expect("65536"),
             noise_c: [0.0; 2],
             buf: Vec::with_capacity(BLOCK),
+            err: Vec::with_capacity(BLOCK),
         }
     }
 
@@ -70,35 +72,25 @@ impl Acc {
 
     /// Counts `bytes`, converting them into `buf` when `decode`.
     fn count(&mut self, kind: Half, bytes: &[u8], decode: bool) {
-        if !decode {
-            bytes
-                .chunks_exact(2)
-                .for_each(|c| self.hist[bits(c) as usize] += 1);
-            return;
-        }
-        self.buf.clear();
-        match kind {
-            Half::BF16 => self.buf.extend(bytes.chunks_exact(2).map(|c| {
-                let b = bits(c);
-                self.hist[b as usize] += 1;
-                f32::from_bits((b as u32) << 16)
-            })),
-            Half::F16 => {
-                let t = f16_table();
-                self.buf.extend(bytes.chunks_exact(2).map(|c| {
-                    let b = bits(c);
-                    self.hist[b as usize] += 1;
-                    t[b as usize]
-                }))
-            }
+        bytes
+            .chunks_exact(2)
+            .for_each(|c| self.hist[bits(c) as usize] += 1);
+        if decode {
+            self.decode(kind, bytes);
         }
     }
 
-    /// Converts `bytes` into `buf` without counting.
+    /// Converts `bytes` into `buf` (BF16 by a shift, which vectorizes; F16 by table).
     fn decode(&mut self, kind: Half, bytes: &[u8]) {
-        self.buf.clear();
-        self.buf
-            .extend(bytes.chunks_exact(2).map(|c| kind.value(bits(c))));
+        self.buf.resize(bytes.len() / 2, 0.0);
+        let pairs = self.buf.iter_mut().zip(bytes.chunks_exact(2));
+        match kind {
+            Half::BF16 => pairs.for_each(|(o, c)| *o = f32::from_bits((bits(c) as u32) << 16)),
+            Half::F16 => {
+                let t = f16_table();
+                pairs.for_each(|(o, c)| *o = t[bits(c) as usize])
+            }
+        }
     }
 
     /// One output channel: counts, then its own int8/int4 error (blocks of a long row twice).
@@ -126,6 +118,7 @@ impl Acc {
             &self.buf,
             (scale_for(amax, 127.0), 127.0),
             (scale_for(amax, 7.0), 7.0),
+            &mut self.err,
         );
         self.noise_c[0] += n[0];
         self.noise_c[1] += n[1];

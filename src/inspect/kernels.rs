@@ -16,53 +16,100 @@ pub(super) fn scale_for(amax: f32, levels: f64) -> f32 {
     }
 }
 
-/// (x − x̂)² for x quantized at `scale` to ±`l` (round half away from zero, then clamp) and
-/// dequantized to f32: the arithmetic of `QParams::quantize` / `dequantize` in f64.
+/// The integer of x at `scale` with ±`l` levels: round(x / scale) half away from zero, clamped
+/// (`QParams::quantize` in f64).
 #[inline(always)]
-pub(super) fn sq_err(x: f32, scale: f64, l: f64) -> f64 {
+fn q_exact(x: f32, scale: f64, l: f64) -> f64 {
     let v = x as f64 / scale;
     let t = v.trunc();
     let frac = v - t;
     let up = if frac >= 0.5 { 1.0 } else { 0.0 };
     let down = if frac <= -0.5 { 1.0 } else { 0.0 };
-    let q = (t + up - down).max(-l).min(l);
-    let e = x as f64 - (scale * q) as f32 as f64;
+    (t + up - down).max(-l).min(l)
+}
+
+/// (x − x̂)² for x quantized at `scale` to ±`l` and dequantized to f32 (`QParams::dequantize`:
+/// the f64 product rounded to f32).
+#[inline(always)]
+pub(super) fn sq_err(x: f32, scale: f64, l: f64) -> f64 {
+    let e = x as f64 - (scale * q_exact(x, scale, l)) as f32 as f64;
     e * e
 }
 
+/// Half-widths of the window around x.5 inside which the f32 quotient may round differently
+/// from the f64 one (its error is below 2⁻¹⁶ for |x / scale| ≤ 128: a margin of 4).
+const TIE: f32 = 1.0 / 16384.0;
+
+/// x − x̂ for every x into `err` (x̂ as in [`sq_err`]), fast in f32; returns how many quotients
+/// fell near a tie, whose error must be taken again with [`q_exact`].
+///
+/// Exact outside the tie window: x·(1/scale) in f32 is within 2⁻¹⁶ of the f64 quotient, so it
+/// rounds to the same integer; scale·q rounded once to f32 equals the f64 product rounded to
+/// f32; and x − x̂ is exact in f32 (Sterbenz: x̂ is 0, or x lies within [x̂/2, 2x̂]).
 #[inline(always)]
-fn noise2_body(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
-    let (sa, sb) = (a.0 as f64, b.0 as f64);
-    let (mut na, mut nb) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let chunks = x.chunks_exact(LANES);
+fn errors_f32(x: &[f32], scale: f32, l: f32, err: &mut [f32]) -> u32 {
+    let inv = 1.0 / scale;
+    let mut ties = 0u32;
+    for (e, &v) in err.iter_mut().zip(x) {
+        let q = v * inv;
+        let t = q.trunc();
+        let frac = q - t;
+        let up = if frac >= 0.5 { 1.0 } else { 0.0 };
+        let down = if frac <= -0.5 { 1.0 } else { 0.0 };
+        let r = (t + up - down).max(-l).min(l);
+        ties += ((frac.abs() - 0.5).abs() < TIE && q.abs() < l + 1.0) as u32;
+        *e = v - scale * r;
+    }
+    ties
+}
+
+/// Σ e² in f64 over `err`.
+#[inline(always)]
+fn sum_sq(err: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = err.chunks_exact(LANES);
     let rest = chunks.remainder();
     for ch in chunks {
         for k in 0..LANES {
-            na[k] += sq_err(ch[k], sa, a.1);
-            nb[k] += sq_err(ch[k], sb, b.1);
+            let e = ch[k] as f64;
+            acc[k] += e * e;
         }
     }
-    for &v in rest {
-        na[0] += sq_err(v, sa, a.1);
-        nb[0] += sq_err(v, sb, b.1);
+    rest.iter().for_each(|&e| acc[0] += e as f64 * e as f64);
+    acc.iter().sum()
+}
+
+/// Elements checked for ties together (a block with one is taken again exactly).
+const TIE_BLOCK: usize = 64;
+
+#[inline(always)]
+fn noise_body(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
+    err.resize(x.len(), 0.0);
+    let s = scale as f64;
+    for (xb, eb) in x.chunks(TIE_BLOCK).zip(err.chunks_mut(TIE_BLOCK)) {
+        if errors_f32(xb, scale, l as f32, eb) > 0 {
+            for (e, &v) in eb.iter_mut().zip(xb) {
+                *e = v - (s * q_exact(v, s, l)) as f32;
+            }
+        }
     }
-    [na.iter().sum(), nb.iter().sum()]
+    sum_sq(err)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn noise2_avx512(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
-    noise2_body(x, a, b)
+unsafe fn noise_avx512(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
+    noise_body(x, scale, l, err)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn noise2_avx2(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
-    noise2_body(x, a, b)
+unsafe fn noise_avx2(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
+    noise_body(x, scale, l, err)
 }
 
-/// Σ(x − x̂)² over `x` for two quantizers at once, each given as (scale, levels).
-pub(super) fn noise2(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
+/// Σ(x − x̂)² over `x` for symmetric quantization at `scale` with ±`l` levels (`err` is scratch).
+pub(super) fn noise(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -70,14 +117,19 @@ pub(super) fn noise2(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
             // SAFETY: the CPU has these features, checked just above.
-            return unsafe { noise2_avx512(x, a, b) };
+            return unsafe { noise_avx512(x, scale, l, err) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { noise2_avx2(x, a, b) };
+            return unsafe { noise_avx2(x, scale, l, err) };
         }
     }
-    noise2_body(x, a, b)
+    noise_body(x, scale, l, err)
+}
+
+/// [`noise`] for two quantizers at once, each given as (scale, levels).
+pub(super) fn noise2(x: &[f32], a: (f32, f64), b: (f32, f64), err: &mut Vec<f32>) -> [f64; 2] {
+    [noise(x, a.0, a.1, err), noise(x, b.0, b.1, err)]
 }
 
 /// Largest |x| over `x` (NaN ignored, as `f32::max` does; 0 for an empty slice).

@@ -56,6 +56,13 @@ impl Sums {
     }
 }
 
+/// A worker's buffers: decoded values and their quantization errors.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<f32>,
+    err: Vec<f32>,
+}
+
 /// What the second pass needs from the first.
 struct Plan<'a> {
     dtype: Dtype,
@@ -96,10 +103,10 @@ pub(super) fn analyze(dtype: Dtype, raw: &[u8], lay: &Layout, done: Done) -> Fig
     };
     let sums = chunks
         .par_iter()
-        .map_init(Vec::new, |buf, ch| {
+        .map_init(Scratch::default, |scratch, ch| {
             let mut s = Sums::default();
             for seg in lay.segments(ch.clone()) {
-                plan.segment(&raw[esize * seg.start..esize * seg.end], buf, &mut s);
+                plan.segment(&raw[esize * seg.start..esize * seg.end], scratch, &mut s);
             }
             done(&raw[esize * ch.start..esize * ch.end]);
             s
@@ -110,7 +117,8 @@ pub(super) fn analyze(dtype: Dtype, raw: &[u8], lay: &Layout, done: Done) -> Fig
 
 impl Plan<'_> {
     /// Second-pass sums of one segment (an output channel when per-channel).
-    fn segment(&self, bytes: &[u8], buf: &mut Vec<f32>, s: &mut Sums) {
+    fn segment(&self, bytes: &[u8], scratch: &mut Scratch, s: &mut Sums) {
+        let Scratch { buf, err } = scratch;
         let blocks = bytes.chunks(self.esize * BLOCK);
         let mut amax = 0.0f32;
         for b in blocks.clone() {
@@ -118,7 +126,7 @@ impl Plan<'_> {
             let c = central(buf, self.mean);
             (0..4).for_each(|k| s.c[k] += c[k]);
             if let Some([a, b]) = self.tensor {
-                let n = noise2(buf, a, b);
+                let n = noise2(buf, a, b, err);
                 s.noise_t[0] += n[0];
                 s.noise_t[1] += n[1];
                 amax = amax.max(abs_max(buf));
@@ -133,7 +141,7 @@ impl Plan<'_> {
             if !one_block {
                 decode(self.dtype, b, buf);
             }
-            let n = noise2(buf, row[0], row[1]);
+            let n = noise2(buf, row[0], row[1], err);
             s.noise_c[0] += n[0];
             s.noise_c[1] += n[1];
         }
