@@ -114,7 +114,11 @@ pub fn write(path: &std::path::Path, dims: Dims) -> std::io::Result<u64> {
     let mut row = Vec::new();
     for (_, shape) in &list {
         let norm = shape.len() == 1;
-        let (rows, cols) = if norm { (1, shape[0]) } else { (shape[0], shape[1]) };
+        let (rows, cols) = if norm {
+            (1, shape[0])
+        } else {
+            (shape[0], shape[1])
+        };
         for r in 0..rows {
             let gain = if !norm && r % 97 == 13 { 16.0 } else { 1.0 };
             row.clear();
@@ -143,10 +147,16 @@ fn main() -> std::io::Result<()> {
     };
     let mut dims = Dims::LLAMA;
     if let Some(k) = args.iter().position(|a| a == "--layers") {
-        dims.layers = args.get(k + 1).and_then(|v| v.parse().ok()).unwrap_or(dims.layers);
+        dims.layers = args
+            .get(k + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(dims.layers);
     }
     let t = std::time::Instant::now();
     let bytes = write(std::path::Path::new(path), dims)?;
-    eprintln!("{path}: {bytes} bytes in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "{path}: {bytes} bytes in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -44,7 +44,6 @@ struct Acc {
     hist: Hist,
     noise_c: [f64; 2],
     buf: Vec<f32>,
-    err: Vec<f32>,
 }
 
 fn bits(c: &[u8]) -> u16 {
@@ -54,10 +53,12 @@ fn bits(c: &[u8]) -> u16 {
 impl Acc {
     fn new() -> Acc {
         Acc {
-            hist: vec![0u64; 65536].into_boxed_slice().try_into().expect("65536"),
+            hist: vec![0u64; 65536]
+                .into_boxed_slice()
+                .try_into()
+                .expect("65536"),
             noise_c: [0.0; 2],
             buf: Vec::with_capacity(BLOCK),
-            err: Vec::with_capacity(BLOCK),
         }
     }
 
@@ -118,7 +119,6 @@ impl Acc {
             &self.buf,
             (scale_for(amax, 127.0), 127.0),
             (scale_for(amax, 7.0), 7.0),
-            &mut self.err,
         );
         self.noise_c[0] += n[0];
         self.noise_c[1] += n[1];
@@ -191,7 +191,13 @@ fn finish(kind: Half, acc: &Acc, lay: &Layout) -> Figures {
     }
     let stats = m.to_stats(lo, hi, zeros);
     let sqnr = if lay.weight && finite {
-        let pc = |noise: f64| if lay.per_channel { db(signal, noise) } else { None };
+        let pc = |noise: f64| {
+            if lay.per_channel {
+                db(signal, noise)
+            } else {
+                None
+            }
+        };
         [
             db(signal, noise8),
             pc(acc.noise_c[0]),

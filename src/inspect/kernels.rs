@@ -36,80 +36,58 @@ pub(super) fn sq_err(x: f32, scale: f64, l: f64) -> f64 {
     e * e
 }
 
-/// Half-widths of the window around x.5 inside which the f32 quotient may round differently
-/// from the f64 one (its error is below 2⁻¹⁶ for |x / scale| ≤ 128: a margin of 4).
-const TIE: f32 = 1.0 / 16384.0;
-
-/// x − x̂ for every x into `err` (x̂ as in [`sq_err`]), fast in f32; returns how many quotients
-/// fell near a tie, whose error must be taken again with [`q_exact`].
+/// (x − x̂)² as [`sq_err`] gives it, without a division: the candidate c = ⌊|x|·(1/scale) + ½⌋
+/// is off by at most one, and one exact comparison of |x| with (c ∓ ½)·scale on each side fixes
+/// it ((c ± ½)·scale has at most 33 significant bits: exact in f64).
 ///
-/// Exact outside the tie window: x·(1/scale) in f32 is within 2⁻¹⁶ of the f64 quotient, so it
-/// rounds to the same integer; scale·q rounded once to f32 equals the f64 product rounded to
-/// f32; and x − x̂ is exact in f32 (Sterbenz: x̂ is 0, or x lies within [x̂/2, 2x̂]).
+/// Equal to rounding the f64 quotient: a quotient |x|/scale of two f32 that is not exactly
+/// k + ½ lies at least 2⁻²⁶ away from it, far beyond the f64 rounding error (2⁻⁴⁶ at 128),
+/// so the rounded quotient falls on the same side of every half step.
 #[inline(always)]
-fn errors_f32(x: &[f32], scale: f32, l: f32, err: &mut [f32]) -> u32 {
-    let inv = 1.0 / scale;
-    let mut ties = 0u32;
-    for (e, &v) in err.iter_mut().zip(x) {
-        let q = v * inv;
-        let t = q.trunc();
-        let frac = q - t;
-        let up = if frac >= 0.5 { 1.0 } else { 0.0 };
-        let down = if frac <= -0.5 { 1.0 } else { 0.0 };
-        let r = (t + up - down).max(-l).min(l);
-        ties += ((frac.abs() - 0.5).abs() < TIE && q.abs() < l + 1.0) as u32;
-        *e = v - scale * r;
-    }
-    ties
+fn sq_err_fast(x: f32, scale: f64, inv: f64, l: f64) -> f64 {
+    let a = (x as f64).abs();
+    let c = (a * inv + 0.5).floor();
+    let c = if a < (c - 0.5) * scale { c - 1.0 } else { c };
+    let c = if a >= (c + 0.5) * scale { c + 1.0 } else { c };
+    let e = a - (scale * c.min(l)) as f32 as f64;
+    e * e
 }
 
-/// Σ e² in f64 over `err`.
 #[inline(always)]
-fn sum_sq(err: &[f32]) -> f64 {
+fn noise_body(x: &[f32], scale: f32, l: f64) -> f64 {
+    let (s, inv) = (scale as f64, 1.0 / scale as f64);
     let mut acc = [0.0f64; LANES];
-    let chunks = err.chunks_exact(LANES);
+    let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for ch in chunks {
         for k in 0..LANES {
-            let e = ch[k] as f64;
-            acc[k] += e * e;
+            acc[k] += sq_err_fast(ch[k], s, inv, l);
         }
     }
-    rest.iter().for_each(|&e| acc[0] += e as f64 * e as f64);
-    acc.iter().sum()
-}
-
-/// Elements checked for ties together (a block with one is taken again exactly).
-const TIE_BLOCK: usize = 64;
-
-#[inline(always)]
-fn noise_body(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
-    err.resize(x.len(), 0.0);
-    let s = scale as f64;
-    for (xb, eb) in x.chunks(TIE_BLOCK).zip(err.chunks_mut(TIE_BLOCK)) {
-        if errors_f32(xb, scale, l as f32, eb) > 0 {
-            for (e, &v) in eb.iter_mut().zip(xb) {
-                *e = v - (s * q_exact(v, s, l)) as f32;
-            }
-        }
+    for &v in rest {
+        acc[0] += sq_err_fast(v, s, inv, l);
     }
-    sum_sq(err)
+    let mut total = 0.0;
+    for a in acc {
+        total += a;
+    }
+    total
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn noise_avx512(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
-    noise_body(x, scale, l, err)
+unsafe fn noise_avx512(x: &[f32], scale: f32, l: f64) -> f64 {
+    noise_body(x, scale, l)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn noise_avx2(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
-    noise_body(x, scale, l, err)
+unsafe fn noise_avx2(x: &[f32], scale: f32, l: f64) -> f64 {
+    noise_body(x, scale, l)
 }
 
-/// Σ(x − x̂)² over `x` for symmetric quantization at `scale` with ±`l` levels (`err` is scratch).
-pub(super) fn noise(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
+/// Σ(x − x̂)² over `x` for symmetric quantization at `scale` with ±`l` levels.
+pub(super) fn noise(x: &[f32], scale: f32, l: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -117,19 +95,19 @@ pub(super) fn noise(x: &[f32], scale: f32, l: f64, err: &mut Vec<f32>) -> f64 {
             && std::arch::is_x86_feature_detected!("avx512vl")
         {
             // SAFETY: the CPU has these features, checked just above.
-            return unsafe { noise_avx512(x, scale, l, err) };
+            return unsafe { noise_avx512(x, scale, l) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { noise_avx2(x, scale, l, err) };
+            return unsafe { noise_avx2(x, scale, l) };
         }
     }
-    noise_body(x, scale, l, err)
+    noise_body(x, scale, l)
 }
 
 /// [`noise`] for two quantizers at once, each given as (scale, levels).
-pub(super) fn noise2(x: &[f32], a: (f32, f64), b: (f32, f64), err: &mut Vec<f32>) -> [f64; 2] {
-    [noise(x, a.0, a.1, err), noise(x, b.0, b.1, err)]
+pub(super) fn noise2(x: &[f32], a: (f32, f64), b: (f32, f64)) -> [f64; 2] {
+    [noise(x, a.0, a.1), noise(x, b.0, b.1)]
 }
 
 /// Largest |x| over `x` (NaN ignored, as `f32::max` does; 0 for an empty slice).
@@ -258,5 +236,45 @@ mod tests {
         assert_eq!(scale_for(0.0, 127.0), 1.0);
         assert_eq!(scale_for(f32::INFINITY, 127.0), 1.0);
         assert_eq!(scale_for(0.875, 7.0), 0.125);
+    }
+
+    #[test]
+    fn the_division_free_error_equals_the_f64_quotient_rule() {
+        // Exact half steps, their f32 neighbours, clamped values and random ones.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for &(amax, l) in &[
+            (1.984375f32, 127.0),
+            (0.875, 7.0),
+            (3.1e-3, 127.0),
+            (1.0, 7.0),
+        ] {
+            let scale = scale_for(amax, l);
+            let (s, inv) = (scale as f64, 1.0 / scale as f64);
+            for i in -300i32..=300 {
+                let half = (i as f64 + 0.5) * s;
+                for x in [
+                    half as f32,
+                    (half as f32).next_up(),
+                    (half as f32).next_down(),
+                ] {
+                    assert_eq!(
+                        sq_err_fast(x, s, inv, l),
+                        sq_err(x, s, l),
+                        "x {x} scale {s}"
+                    );
+                }
+            }
+            for _ in 0..20_000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let x = ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amax * 1.2;
+                assert_eq!(
+                    sq_err_fast(x, s, inv, l),
+                    sq_err(x, s, l),
+                    "x {x} scale {s}"
+                );
+            }
+        }
     }
 }

@@ -151,7 +151,11 @@ impl Checkpoint {
         if !shards::is_index(&path) {
             let map = map_file(&path)?;
             let files = vec![(path.display().to_string(), map)];
-            return Ok(Checkpoint { label, files, index: None });
+            return Ok(Checkpoint {
+                label,
+                files,
+                index: None,
+            });
         }
         let index = shards::parse(&path, &crate::input::read_text(&path)?)?;
         let files = index
@@ -162,7 +166,11 @@ impl Checkpoint {
                 Ok((p.display().to_string(), m))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Checkpoint { label, files, index: Some(index) })
+        Ok(Checkpoint {
+            label,
+            files,
+            index: Some(index),
+        })
     }
 
     /// Bytes of all files together.

@@ -22,7 +22,8 @@ pub struct Index {
 
 /// Whether `path` names an index rather than a safetensors file (by its `.json` ending).
 pub fn is_index(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 /// The checkpoint file a folder stands for: its index, or its single `model.safetensors`.

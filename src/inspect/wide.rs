@@ -56,13 +56,6 @@ impl Sums {
     }
 }
 
-/// A worker's buffers: decoded values and their quantization errors.
-#[derive(Default)]
-struct Scratch {
-    buf: Vec<f32>,
-    err: Vec<f32>,
-}
-
 /// What the second pass needs from the first.
 struct Plan<'a> {
     dtype: Dtype,
@@ -88,7 +81,9 @@ pub(super) fn analyze(dtype: Dtype, raw: &[u8], lay: &Layout, done: Done) -> Fig
         })
         .reduce(Scan::empty, Scan::merge);
     if first.n == 0 {
-        chunks.iter().for_each(|ch| done(&raw[esize * ch.start..esize * ch.end]));
+        chunks
+            .iter()
+            .for_each(|ch| done(&raw[esize * ch.start..esize * ch.end]));
         return Figures::none();
     }
     let finite = first.n as usize == lay.n;
@@ -103,10 +98,10 @@ pub(super) fn analyze(dtype: Dtype, raw: &[u8], lay: &Layout, done: Done) -> Fig
     };
     let sums = chunks
         .par_iter()
-        .map_init(Scratch::default, |scratch, ch| {
+        .map_init(Vec::new, |buf, ch| {
             let mut s = Sums::default();
             for seg in lay.segments(ch.clone()) {
-                plan.segment(&raw[esize * seg.start..esize * seg.end], scratch, &mut s);
+                plan.segment(&raw[esize * seg.start..esize * seg.end], buf, &mut s);
             }
             done(&raw[esize * ch.start..esize * ch.end]);
             s
@@ -117,8 +112,7 @@ pub(super) fn analyze(dtype: Dtype, raw: &[u8], lay: &Layout, done: Done) -> Fig
 
 impl Plan<'_> {
     /// Second-pass sums of one segment (an output channel when per-channel).
-    fn segment(&self, bytes: &[u8], scratch: &mut Scratch, s: &mut Sums) {
-        let Scratch { buf, err } = scratch;
+    fn segment(&self, bytes: &[u8], buf: &mut Vec<f32>, s: &mut Sums) {
         let blocks = bytes.chunks(self.esize * BLOCK);
         let mut amax = 0.0f32;
         for b in blocks.clone() {
@@ -126,7 +120,7 @@ impl Plan<'_> {
             let c = central(buf, self.mean);
             (0..4).for_each(|k| s.c[k] += c[k]);
             if let Some([a, b]) = self.tensor {
-                let n = noise2(buf, a, b, err);
+                let n = noise2(buf, a, b);
                 s.noise_t[0] += n[0];
                 s.noise_t[1] += n[1];
                 amax = amax.max(abs_max(buf));
@@ -141,7 +135,7 @@ impl Plan<'_> {
             if !one_block {
                 decode(self.dtype, b, buf);
             }
-            let n = noise2(buf, row[0], row[1], err);
+            let n = noise2(buf, row[0], row[1]);
             s.noise_c[0] += n[0];
             s.noise_c[1] += n[1];
         }

@@ -61,9 +61,7 @@ fn reference(values: &[f32], shape: &[usize]) -> Reference {
             .chunks(values.len() / shape[0])
             .map(|r| quant_sums(r, l))
             .collect();
-        db(rows
-            .iter()
-            .fold((0.0, 0.0), |a, r| (a.0 + r.0, a.1 + r.1)))
+        db(rows.iter().fold((0.0, 0.0), |a, r| (a.0 + r.0, a.1 + r.1)))
     };
     Reference {
         min: fin.iter().cloned().fold(f64::INFINITY, f64::min),
@@ -149,7 +147,11 @@ fn one_pass_figures_equal_a_direct_f64_reference() {
             let v = values(&mut rng, shape);
             let (raw, held) = encode(dtype, &v);
             let f = analyze(dtype, shape, &raw, &|_| {});
-            check(&f, &reference(&held, shape), &format!("{dtype:?} {shape:?}"));
+            check(
+                &f,
+                &reference(&held, shape),
+                &format!("{dtype:?} {shape:?}"),
+            );
             if shape.len() < 2 {
                 assert!(f.sqnr[1].is_none() && f.sqnr[3].is_none(), "rank 1");
                 assert!(f.sqnr[0].is_some(), "rank 1 has a per-tensor figure");
@@ -167,7 +169,11 @@ fn long_rows_and_non_finite_values() {
         let v = values(&mut rng, &shape);
         let (raw, held) = encode(dtype, &v);
         let f = analyze(dtype, &shape, &raw, &|_| {});
-        check(&f, &reference(&held, &shape), &format!("{dtype:?} long rows"));
+        check(
+            &f,
+            &reference(&held, &shape),
+            &format!("{dtype:?} long rows"),
+        );
     }
     // inf / nan: statistics of the finite values, no SQNR at all.
     for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
@@ -187,7 +193,10 @@ fn empty_scalar_and_integer_tensors() {
     for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
         for shape in [&[0usize, 4][..], &[4, 0], &[0]] {
             let f = analyze(dtype, shape, &[], &|_| {});
-            assert!(f.stats.is_none() && f.sqnr == [None; 4], "{dtype:?} {shape:?}");
+            assert!(
+                f.stats.is_none() && f.sqnr == [None; 4],
+                "{dtype:?} {shape:?}"
+            );
         }
     }
     // A scalar: statistics, no SQNR.
@@ -219,8 +228,7 @@ fn write_shards(dir: &tempfile::TempDir, index_map: &str) -> [Vec<T>; 2] {
     [a, b]
 }
 
-const MAP: &str =
-    r#"{"b.weight": "m-1.safetensors", "a.bias": "m-1.safetensors", "c.weight": "m-2.safetensors"}"#;
+const MAP: &str = r#"{"b.weight": "m-1.safetensors", "a.bias": "m-1.safetensors", "c.weight": "m-2.safetensors"}"#;
 
 #[test]
 fn a_sharded_checkpoint_equals_its_shards_one_by_one() {
