@@ -180,8 +180,8 @@ pub(super) fn scan(x: &[f32]) -> Scan {
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for ch in chunks {
-        for k in 0..LANES {
-            one(k, ch[k]);
+        for (k, &v) in ch.iter().enumerate() {
+            one(k, v);
         }
     }
     for &v in rest {
@@ -212,8 +212,8 @@ pub(super) fn central(x: &[f32], mean: f64) -> [f64; 4] {
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for ch in chunks {
-        for k in 0..LANES {
-            one(k, ch[k]);
+        for (k, &v) in ch.iter().enumerate() {
+            one(k, v);
         }
     }
     for &v in rest {
