@@ -272,10 +272,10 @@ pub struct SensitivityArgs {
     pub json: bool,
 }
 
-/// `qscope inspect FILE`.
+/// `qscope inspect FILE` (a safetensors file, a `*.safetensors.index.json` of shards, or a folder with one).
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Any safetensors file (or a bundled model name).
+    /// A safetensors file, a sharded checkpoint's index (or its folder), or a bundled model name.
     pub file: String,
     /// JSON on stdout.
     #[arg(long)]

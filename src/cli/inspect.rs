@@ -5,19 +5,37 @@ use super::out::{out, outln};
 use super::table::{db, render};
 use anyhow::Result;
 use qscope::bundled;
-use qscope::inspect::inspect_bytes;
+use qscope::inspect::{Checkpoint, Inspection, inspect_bytes};
+use std::path::Path;
+
+/// Inputs larger than this get a progress bar (when stderr is a terminal).
+const PROGRESS_BYTES: u64 = 1 << 30;
+
+/// The inspection of a bundled model, a safetensors file or a sharded checkpoint.
+fn inspection(file: &str) -> Result<Inspection> {
+    let path = Path::new(file);
+    if let Some(b) = bundled::model_bytes(file).filter(|_| !path.exists()) {
+        return Ok(inspect_bytes(file, b)?);
+    }
+    let ck = Checkpoint::open(path)?;
+    let total = ck.bytes();
+    let pb = (total > PROGRESS_BYTES)
+        .then(|| super::progress::bytes_bar(total, "inspecting"))
+        .flatten();
+    let ins = ck.inspect(&|n| {
+        if let Some(pb) = &pb {
+            pb.inc(n)
+        }
+    });
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(ins?)
+}
 
 /// Runs `qscope inspect`.
 pub fn main(args: &InspectArgs) -> Result<()> {
-    let owned;
-    let bytes: &[u8] = match bundled::model_bytes(&args.file) {
-        Some(b) if !std::path::Path::new(&args.file).exists() => b,
-        _ => {
-            owned = qscope::input::read_bytes(std::path::Path::new(&args.file))?;
-            &owned
-        }
-    };
-    let ins = inspect_bytes(&args.file, bytes)?;
+    let ins = inspection(&args.file)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&ins)?)?;
         return Ok(());

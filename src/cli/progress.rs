@@ -30,6 +30,19 @@ pub fn bar(total: u64, msg: &str) -> Option<ProgressBar> {
     Some(pb)
 }
 
+/// A bar over `total` bytes with the throughput, or nothing when stderr is not a terminal.
+pub fn bytes_bar(total: u64, msg: &str) -> Option<ProgressBar> {
+    let pb = bar(total, msg)?;
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(pb)
+}
+
 /// `cancel` reporting the methods' steps as the spinner's message (unchanged without one).
 pub fn with_spinner(
     cancel: qscope::pipeline::Cancel,

@@ -9,6 +9,7 @@ mod export;
 mod figures;
 mod gather_int8;
 mod graph;
+mod inspect;
 mod lenet_kl;
 mod loading;
 mod methods;
