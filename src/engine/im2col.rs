@@ -207,7 +207,7 @@ pub fn im2col_columns<T: Copy>(x: &[T], g: &ConvGeom, pad: T, out: &mut Vec<T>) 
     let (kh, kw) = g.kernel;
     let (dh, dw) = g.dilation;
     let (plane, pixels) = (g.h * g.w, g.out_pixels());
-    out.clear();
+    // Every tap row is written in full below, so a reused buffer needs no clearing.
     out.resize(g.k() * pixels, pad);
     let rows = tap_ranges(g.oh, g.h, kh, g.stride.0, g.pad[0], dh);
     let cols = tap_ranges(g.ow, g.w, kw, g.stride.1, g.pad[1], dw);
@@ -216,6 +216,11 @@ pub fn im2col_columns<T: Copy>(x: &[T], g: &ConvGeom, pad: T, out: &mut Vec<T>) 
         for ky in 0..kh {
             for kx in 0..kw {
                 let dst = &mut out[((c * kh + ky) * kw + kx) * pixels..][..pixels];
+                if g.stride == (1, 1) && g.dilation == (1, 1) && g.ow == g.w {
+                    shifted_plane(xc, g, (ky, kx), pad, dst);
+                    continue;
+                }
+                dst.fill(pad);
                 // The output columns whose tap kx lies in the image: a contiguous run.
                 let ox0 = cols.iter().position(|&(a, b)| (a..b).contains(&kx));
                 let Some(ox0) = ox0 else { continue };
@@ -242,6 +247,34 @@ pub fn im2col_columns<T: Copy>(x: &[T], g: &ConvGeom, pad: T, out: &mut Vec<T>) 
                 }
             }
         }
+    }
+}
+
+/// One tap's row of [`im2col_columns`] for a unit-stride, undilated conv whose output rows are
+/// as wide as the input's: the tap reads the plane shifted by a fixed offset, so it is one
+/// copy, after which the columns that fell off the left or right edge are set to `pad`.
+fn shifted_plane<T: Copy>(xc: &[T], g: &ConvGeom, (ky, kx): (usize, usize), pad: T, dst: &mut [T]) {
+    let (w, ow) = (g.w as isize, g.ow);
+    // Output rows whose input row oy + ky − pad_top lies in the image.
+    let oy0 = g.pad[0].saturating_sub(ky).min(g.oh);
+    let oy1 = (g.h + g.pad[0]).saturating_sub(ky).min(g.oh).max(oy0);
+    let off = (ky as isize - g.pad[0] as isize) * w + kx as isize - g.pad[1] as isize;
+    // dst[i] = xc[i + off] for i in the valid rows, clipped to the plane.
+    let lo = ((oy0 * ow) as isize).max(-off) as usize;
+    let hi = ((oy1 * ow) as isize)
+        .min(xc.len() as isize - off)
+        .max(lo as isize) as usize;
+    let s0 = (lo as isize + off) as usize;
+    dst[..lo].fill(pad);
+    dst[lo..hi].copy_from_slice(&xc[s0..s0 + hi - lo]);
+    dst[hi..].fill(pad);
+    // Columns whose input column ox + kx − pad_left is outside [0, w) read a neighbouring row.
+    let left = g.pad[1].saturating_sub(kx).min(ow);
+    let right = (g.w + g.pad[1]).saturating_sub(kx).min(ow).max(left);
+    for oy in oy0..oy1 {
+        let row = &mut dst[oy * ow..(oy + 1) * ow];
+        row[..left].fill(pad);
+        row[right..].fill(pad);
     }
 }
 
@@ -368,10 +401,14 @@ mod tests {
             ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
             ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
             ((3, 3), (2, 2), [2, 1, 0, 2], (1, 2)),
+            ((3, 3), (1, 1), [2, 1, 0, 1], (1, 1)),
+            ((5, 3), (1, 1), [0, 2, 4, 0], (1, 1)),
+            ((1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
         ] {
             let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
             let rows = im2col(&x, 1, &g, -1);
-            let mut got = Vec::new();
+            // A reused buffer holding other values must come out the same.
+            let mut got = vec![7; g.k() * g.out_pixels()];
             im2col_columns(&x, &g, -1, &mut got);
             for p in 0..g.out_pixels() {
                 for t in 0..g.k() {
