@@ -1,11 +1,14 @@
 //! Loss-aware activation range refinement (`--act-refine`): after the ranges are chosen (and
-//! after bias correction), each quantization point's clipping range is replaced by the chosen
-//! range scaled by one of [`factors`] when that lowers the [`loss`] of the integer engine
-//! against the float model on the calibration set. Coordinate descent: one point at a time in
-//! network order (graph inputs first, then by producing node), every candidate scored with the
-//! points before it already refined, for up to [`SWEEPS`] sweeps (fewer when a sweep changes
-//! nothing). Points with a hand-set range are left alone. A candidate is taken only when it
-//! scores strictly lower, so the result never scores above the ranges it started from.
+//! after bias correction), each quantization point's clipping range is replaced by its current
+//! range scaled (about zero) by the one of [`factors`] that lowers the [`loss`] of the integer
+//! engine against the float model on the calibration set the most. Coordinate descent: one
+//! point at a time in network order (graph inputs first, then by producing node), every
+//! candidate scored with the points before it already refined, for up to [`SWEEPS`] sweeps
+//! (fewer when a sweep changes nothing; a second sweep scales the range the first one chose).
+//! Points with a hand-set range are left alone. A candidate is taken only when it scores
+//! strictly lower (the first such factor on ties), so the result never scores above the ranges
+//! it started from. The parameters carry the refined scales and zero points, so `--params`
+//! reproduces the run.
 
 use super::Cancel;
 use super::batch::{fold_batches, make_batch};
