@@ -41,6 +41,9 @@ pub struct QuantConfig {
     pub max_tensor_mib: u64,
     /// Empirical bias correction after weight quantization (`--bias-correction`).
     pub bias_correction: bool,
+    /// Loss-aware refinement of the activation ranges on the calibration set, after bias
+    /// correction (`--act-refine`; see `pipeline::act_refine`).
+    pub act_refine: bool,
     /// Cross-layer equalization of the float weights before quantization (`--cle`).
     pub cle: bool,
     /// SmoothQuant's migration strength α, 0..=1 (`--smoothquant`); `None` = off.
@@ -191,6 +194,7 @@ impl Default for QuantConfig {
             layers: BTreeMap::new(),
             max_tensor_mib: 1024,
             bias_correction: false,
+            act_refine: false,
             cle: false,
             smoothquant: None,
             weight_rounding: WeightRounding::Nearest,
@@ -395,6 +399,8 @@ pub struct ConfigFile {
     pub keep_float: Option<Vec<String>>,
     /// See [`QuantConfig::bias_correction`].
     pub bias_correction: Option<bool>,
+    /// See [`QuantConfig::act_refine`].
+    pub act_refine: Option<bool>,
     /// See [`QuantConfig::cle`].
     pub cle: Option<bool>,
     /// See [`QuantConfig::smoothquant`].
@@ -436,6 +442,7 @@ impl ConfigFile {
             act_scheme,
             keep_float,
             bias_correction,
+            act_refine,
             cle,
             weight_rounding,
             gptq_act_order

@@ -138,6 +138,10 @@ pub struct Common {
     /// quantized weights make on the calibration set, layer by layer.
     #[arg(long, global = true)]
     pub bias_correction: bool,
+    /// Refine each activation range (the chosen range × 0.50..1.30) by the calibration set's
+    /// KL divergence of the integer engine's outputs from the float model's, point by point.
+    #[arg(long, global = true)]
+    pub act_refine: bool,
     /// Cross-layer equalization of consecutive conv/linear pairs through ReLU before weight
     /// quantization.
     #[arg(long, global = true)]

@@ -204,6 +204,9 @@ fn methods_lines(r: &Report) -> String {
     if m.bias_correction {
         used.push(format!("bias correction {:.1} ms", t.bias_correction));
     }
+    if m.act_refine {
+        used.push(format!("act refine {:.1} ms", t.act_refine));
+    }
     if used.is_empty() {
         return String::new();
     }

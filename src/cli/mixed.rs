@@ -145,6 +145,7 @@ fn config_toml(
         act_scheme: Some(config.act_scheme),
         keep_float: (!config.keep_float.is_empty()).then(|| config.keep_float.clone()),
         bias_correction: Some(config.bias_correction),
+        act_refine: Some(config.act_refine),
         cle: Some(config.cle),
         weight_rounding: Some(config.weight_rounding),
         gptq_act_order: Some(config.gptq_act_order),

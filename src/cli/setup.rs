@@ -47,6 +47,7 @@ fn quant_options_given(c: &Common, file: &ConfigFile) -> Vec<&'static str> {
             c.bias_correction || file.bias_correction.is_some(),
             "--bias-correction",
         ),
+        (c.act_refine || file.act_refine.is_some(), "--act-refine"),
         (c.cle || file.cle.is_some(), "--cle"),
         (
             c.smoothquant.is_some() || file.smoothquant.is_some(),
@@ -176,6 +177,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         act_scheme: c.act_scheme,
         keep_float: c.keep_float.clone(),
         bias_correction: c.bias_correction.then_some(true),
+        act_refine: c.act_refine.then_some(true),
         cle: c.cle.then_some(true),
         smoothquant: c.smoothquant,
         weight_rounding: c.weight_rounding,

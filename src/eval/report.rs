@@ -124,6 +124,9 @@ pub struct PointReport {
 pub struct Methods {
     /// Empirical bias correction.
     pub bias_correction: bool,
+    /// Loss-aware activation range refinement.
+    #[serde(default)]
+    pub act_refine: bool,
     /// Cross-layer equalization.
     pub cle: bool,
     /// `nearest`, `gptq` or `adaround`.
@@ -140,6 +143,7 @@ impl Methods {
     pub fn of(config: &QuantConfig) -> Self {
         Methods {
             bias_correction: config.bias_correction,
+            act_refine: config.act_refine,
             cle: config.cle,
             weight_rounding: config.weight_rounding.name().into(),
             gptq_act_order: config.gptq_act_order,
@@ -208,6 +212,9 @@ pub struct Timings {
     /// `weights`).
     #[serde(default)]
     pub bias_correction: f64,
+    /// Activation range refinement.
+    #[serde(default)]
+    pub act_refine: f64,
     /// Calibration (histograms and range choice).
     pub calibration: f64,
     /// Evaluation of both engines.

@@ -67,6 +67,7 @@ impl Cancel {
     }
 }
 
+pub mod act_refine;
 mod batch;
 pub mod bench;
 pub mod bias_correction;
@@ -185,6 +186,11 @@ fn run_cached(
         let (bp, cal) = bias_correction::apply(work, config, params, calib, cancel)?;
         (params, calibration) = (bp, cal);
         timings.bias_correction = ms(t);
+    }
+    if config.act_refine {
+        let t = Instant::now();
+        act_refine::refine(work, config, &mut params, calib, cancel)?;
+        timings.act_refine = ms(t);
     }
     if let Some(sq) = &p.smoothed {
         params.smoothquant = sq.entries.clone();

@@ -385,6 +385,9 @@ pub fn methods_str(c: &crate::QuantConfig) -> String {
     if c.bias_correction {
         m.push("bias-correction".to_string());
     }
+    if c.act_refine {
+        m.push("act-refine".to_string());
+    }
     if m.is_empty() {
         "none".into()
     } else {
@@ -491,6 +494,9 @@ fn results(app: &App, f: &mut Frame, r: Rect) {
             " · bias correction {:.0} ms",
             t.bias_correction
         )));
+    }
+    if t.act_refine > 0.0 {
+        spans.push(Span::raw(format!(" · act refine {:.0} ms", t.act_refine)));
     }
     if let Some(l) = app.loaded_label() {
         spans.push(Span::styled(

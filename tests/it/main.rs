@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 
+mod act_refine;
 mod adaround;
 mod bad_input;
 mod bench_cmd;

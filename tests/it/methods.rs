@@ -443,7 +443,7 @@ fn gptq_core_matches_the_reference_and_beats_nearest_rounding() {
 
 #[test]
 fn exported_parameters_reproduce_a_run_with_the_methods_bit_for_bit() {
-    let mlp = "--model mnist-mlp --weight-bits 3 --act-bits 4 --calib-samples 200 --bias-correction --weight-rounding gptq --gptq-act-order";
+    let mlp = "--model mnist-mlp --weight-bits 3 --act-bits 4 --calib-samples 200 --bias-correction --weight-rounding gptq --gptq-act-order --act-refine";
     round_trip(mlp, "mnist-mlp", false);
     let cnn = "--model mnist-cnn --weight-bits 4 --act-bits 4 --calib-samples 200 --cle --bias-correction";
     round_trip(cnn, "mnist-cnn", true);
@@ -477,6 +477,7 @@ fn round_trip(flags: &str, model: &str, cle: bool) {
     );
     assert_eq!(r["methods"]["gptq_act_order"], !cle);
     assert_eq!(r["methods"]["cle"], cle);
+    assert_eq!(r["methods"]["act_refine"], !cle);
     assert_eq!(
         r["cle_pairs"].as_array().unwrap().len(),
         if cle { 3 } else { 0 }
