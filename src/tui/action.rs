@@ -54,6 +54,8 @@ pub enum Action {
     CycleRounding,
     /// SmoothQuant (α 0.5) on ↔ off.
     ToggleSmoothQuant,
+    /// Loss-aware activation range refinement on ↔ off.
+    ToggleActRefine,
     /// Open the mixed-precision panel (and start its search).
     MixedOpen,
     /// Apply the mixed-precision point selected in the panel.

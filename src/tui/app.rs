@@ -638,7 +638,8 @@ impl App {
             Action::ToggleBiasCorrection
             | Action::ToggleCle
             | Action::CycleRounding
-            | Action::ToggleSmoothQuant => return self.method(action),
+            | Action::ToggleSmoothQuant
+            | Action::ToggleActRefine => return self.method(action),
             Action::MixedOpen => return self.open_mixed(),
             Action::MixedApply => {}
             edit => return self.edit(edit),
@@ -725,6 +726,10 @@ impl App {
             Action::CycleRounding => {
                 c.weight_rounding = next_rounding(c.weight_rounding);
                 format!("weight rounding {}", c.weight_rounding)
+            }
+            Action::ToggleActRefine => {
+                c.act_refine = !c.act_refine;
+                format!("activation range refinement {}", on(c.act_refine))
             }
             _ => {
                 c.smoothquant = match c.smoothquant {

@@ -217,6 +217,13 @@ pub const KEYMAP: &[Binding] = &[
     },
     Binding {
         mode: Mode::List,
+        keys: &[ch('v')],
+        label: "v",
+        action: Action::ToggleActRefine,
+        desc: "activation range refinement (calibration KL) on/off",
+    },
+    Binding {
+        mode: Mode::List,
         keys: &[ch('M')],
         label: "M",
         action: Action::MixedOpen,

@@ -422,12 +422,14 @@ fn method_keys_toggle_the_methods_and_each_sends_a_job() {
     assert_eq!(jobs(&e)[0].config.smoothquant, Some(0.5));
     let e = press(&mut app, "w");
     assert_eq!(jobs(&e)[0].config.weight_rounding, WeightRounding::Adaround);
-    let e = press(&mut app, "oetw");
+    let e = press(&mut app, "v");
+    assert!(jobs(&e)[0].config.act_refine);
+    let e = press(&mut app, "oetwv");
     let last = jobs(&e).last().unwrap().config.clone();
-    assert!(!last.bias_correction && !last.cle && last.smoothquant.is_none());
+    assert!(!last.bias_correction && !last.cle && last.smoothquant.is_none() && !last.act_refine);
     assert_eq!(last.weight_rounding, WeightRounding::Nearest);
     press(&mut app, "u");
-    assert_eq!(app.config.weight_rounding, WeightRounding::Adaround, "undo");
+    assert!(app.config.act_refine, "undo");
 }
 
 #[test]
