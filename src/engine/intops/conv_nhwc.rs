@@ -3,7 +3,9 @@
 //! kw codes per channel), and the GEMM's weights are ordered (ky, kx, channel) to match.
 //! Integer sums are the same in any order, so the output equals the NCHW im2col path exactly.
 
-use crate::engine::im2col::{ConvGeom, im2col_nhwc, nchw_to_nhwc, samples_per_block, transpose};
+use crate::engine::im2col::{
+    ConvGeom, im2col_columns, im2col_nhwc, nchw_to_nhwc, samples_per_block, transpose,
+};
 use crate::engine::int::IntGemm;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
@@ -59,18 +61,14 @@ impl NhwcConv {
     pub fn run(&self, x: &[i8], n: usize, g: &ConvGeom, pad: i8) -> Vec<i8> {
         let (plane, pixels, o) = (g.h * g.w, g.out_pixels(), self.gemm.out_channels());
         let mut out = vec![0i8; n * o * pixels];
-        let mut nhwc = Vec::new();
+        let mut scratch = (Vec::new(), Vec::new());
         let block = samples_per_block(g);
         for s0 in (0..n).step_by(block) {
             let bn = block.min(n - s0);
-            nchw_to_nhwc(&x[s0 * g.c * plane..], bn, g.c, plane, &mut nhwc);
-            let pointwise = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
-            // A 1×1 conv's patches are the channels-last input itself.
-            let y = if pointwise {
-                self.gemm.run(&nhwc, bn * pixels)
-            } else {
-                self.gemm.run(&im2col_nhwc(&nhwc, bn, g, pad), bn * pixels)
-            };
+            let xs = &x[s0 * g.c * plane..(s0 + bn) * g.c * plane];
+            let y = self
+                .gemm
+                .run(patches(xs, bn, g, pad, &mut scratch), bn * pixels);
             let dst = &mut out[s0 * o * pixels..(s0 + bn) * o * pixels];
             for (ys, ds) in y
                 .chunks_exact(pixels * o)
@@ -81,4 +79,35 @@ impl NhwcConv {
         }
         out
     }
+}
+
+/// The patch rows [bn · pixels, kh · kw · c] of `bn` NCHW samples, in `scratch`.
+fn patches<'s>(
+    xs: &[i8],
+    bn: usize,
+    g: &ConvGeom,
+    pad: i8,
+    (nhwc, rows): &'s mut (Vec<i8>, Vec<i8>),
+) -> &'s [i8] {
+    let (plane, pixels, k) = (g.h * g.w, g.out_pixels(), g.k());
+    if g.c == 1 {
+        // One channel: the rows are the transpose of the per-tap shifted planes (a few wide
+        // copies instead of one short copy per kernel row and pixel).
+        rows.resize(bn * pixels * k, 0);
+        for (x1, dst) in xs
+            .chunks_exact(plane)
+            .zip(rows.chunks_exact_mut(pixels * k))
+        {
+            im2col_columns(x1, g, pad, nhwc);
+            transpose(nhwc, k, pixels, dst);
+        }
+        return rows;
+    }
+    nchw_to_nhwc(xs, bn, g.c, plane, nhwc);
+    if g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4] {
+        // A 1×1 conv's patches are the channels-last input itself.
+        return nhwc;
+    }
+    *rows = im2col_nhwc(nhwc, bn, g, pad);
+    rows
 }
