@@ -207,6 +207,7 @@ pub fn last_uses(model: &Model) -> Vec<usize> {
 }
 
 /// The value table of one run: constants borrowed from the model, activations owned.
+#[derive(Clone)]
 pub struct Values<'m> {
     slots: Vec<Option<std::borrow::Cow<'m, Tensor>>>,
 }
@@ -222,6 +223,18 @@ impl<'m> Values<'m> {
             slots[gi.value] = Some(std::borrow::Cow::Owned(t));
         }
         Values { slots }
+    }
+
+    /// Bytes held by owned values (borrowed constants are not counted).
+    pub fn owned_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|c| match c {
+                std::borrow::Cow::Owned(t) => Some(t.bytes()),
+                std::borrow::Cow::Borrowed(_) => None,
+            })
+            .sum()
     }
 
     /// The tensor of value `v`, if it is set.

@@ -495,10 +495,18 @@ impl<'m> IntModel<'m> {
     pub fn forward(
         &self,
         inputs: Vec<Tensor>,
-        mut tap: impl FnMut(usize, ValueId, &Tensor, Ran),
+        tap: impl FnMut(usize, ValueId, &Tensor, Ran),
     ) -> Result<Vec<Tensor>> {
+        let vals = self.forward_prefix(inputs, 0)?;
+        self.forward_resume(vals, 0, tap)
+    }
+
+    /// The value table just before node `stop` runs: the graph inputs quantized as
+    /// [`IntModel::forward`] does, and nodes `0..stop` run (values freed after their last
+    /// reader). [`IntModel::forward_resume`] of any plan of the same graph whose nodes before
+    /// `stop` compute the same continues it.
+    pub fn forward_prefix(&self, inputs: Vec<Tensor>, stop: usize) -> Result<Values<'m>> {
         let model = self.model;
-        let last = last_uses(model);
         let inputs = inputs
             .into_iter()
             .zip(&model.inputs)
@@ -508,8 +516,56 @@ impl<'m> IntModel<'m> {
             })
             .collect();
         let mut vals = Values::new(model, inputs);
+        self.run_nodes(&mut vals, 0..stop, &mut |_, _, _, _| {})?;
+        Ok(vals)
+    }
+
+    /// Runs nodes `start..` on `vals` (from [`IntModel::forward_prefix`] with `stop = start`)
+    /// and returns the graph outputs as reals; `tap` sees each node's output.
+    pub fn forward_resume(
+        &self,
+        mut vals: Values<'m>,
+        start: usize,
+        mut tap: impl FnMut(usize, ValueId, &Tensor, Ran),
+    ) -> Result<Vec<Tensor>> {
+        let model = self.model;
+        self.run_nodes(&mut vals, start..model.layers.len(), &mut tap)?;
+        model
+            .outputs
+            .iter()
+            .map(|&v| {
+                let t = vals.take(v).or_else(|| vals.get(v).cloned());
+                t.map(Tensor::dequantized)
+                    .ok_or_else(|| Error::format(&model.source, "a graph output was not computed"))
+            })
+            .collect()
+    }
+
+    /// The first node that writes value `v` (a weight node writing its fused point, or the
+    /// node whose output it is).
+    pub fn first_writer(&self, v: ValueId) -> Option<usize> {
+        self.steps.iter().enumerate().find_map(|(i, st)| {
+            let out = match st {
+                Step::Gemm { out, .. } | Step::Embed { out, .. } => *out,
+                Step::Node => self.model.layers[i].output,
+                Step::Fused => return None,
+            };
+            (out == v).then_some(i)
+        })
+    }
+
+    /// Runs `nodes` in order on `vals`.
+    fn run_nodes(
+        &self,
+        vals: &mut Values<'m>,
+        nodes: std::ops::Range<usize>,
+        tap: &mut dyn FnMut(usize, ValueId, &Tensor, Ran),
+    ) -> Result<()> {
+        let model = self.model;
+        let last = last_uses(model);
         let mut island_at = vec![false; model.layers.len()];
-        for (i, layer) in model.layers.iter().enumerate() {
+        for i in nodes {
+            let layer = &model.layers[i];
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
             let (out, y, ran) = match &self.steps[i] {
                 Step::Fused => continue,
@@ -550,15 +606,7 @@ impl<'m> IntModel<'m> {
             vals.set(out, y);
             vals.free_after(model, &last, i);
         }
-        model
-            .outputs
-            .iter()
-            .map(|&v| {
-                let t = vals.take(v).or_else(|| vals.get(v).cloned());
-                t.map(Tensor::dequantized)
-                    .ok_or_else(|| Error::format(&model.source, "a graph output was not computed"))
-            })
-            .collect()
+        Ok(())
     }
 
     /// Runs a one-input model on `n` normalized samples; returns its first output as reals.

@@ -56,6 +56,15 @@ impl Tensor {
         }
     }
 
+    /// Bytes of data.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len() * 4,
+            Data::I64(v) => v.len() * 8,
+            Data::Q { data, .. } => data.len(),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()

@@ -14,6 +14,7 @@ use super::Cancel;
 use super::batch::{fold_batches, make_batch};
 use super::bias_correction::FloatReference;
 use crate::config::QuantConfig;
+use crate::engine::float::Values;
 use crate::engine::int::IntModel;
 use crate::error::Result;
 use crate::model::{Dataset, Model};
@@ -100,14 +101,32 @@ pub fn loss(
     params: &ModelParams,
     data: &Dataset,
     float_out: &[f32],
+    lc: (usize, &Cancel),
+) -> Result<f64> {
+    loss_from(model, params, data, float_out, None, lc)
+}
+
+/// [`loss`], continuing each batch from `prefix` (its value tables before node `start`, made
+/// under parameters that agree with `params` before that node) instead of from the inputs.
+fn loss_from(
+    model: &Model,
+    params: &ModelParams,
+    data: &Dataset,
+    float_out: &[f32],
+    prefix: Option<(&[Values], usize)>,
     (limit, cancel): (usize, &Cancel),
 ) -> Result<f64> {
     let int = IntModel::new(model, params, limit);
     let per = (float_out.len() / data.n.max(1)).max(1);
     let batch = |s: usize, e: usize| -> Result<f64> {
         cancel.check()?;
-        let inputs = make_batch(model, data, s, e)?;
-        let q = int.forward(inputs, |_, _, _, _| {})?[0].to_f32_vec();
+        let out = match prefix {
+            Some((tables, start)) => {
+                int.forward_resume(tables[s / super::BATCH].clone(), start, |_, _, _, _| {})?
+            }
+            None => int.forward(make_batch(model, data, s, e)?, |_, _, _, _| {})?,
+        };
+        let q = out[0].to_f32_vec();
         let f = &float_out[s * per..e * per];
         Ok(f.chunks(per)
             .zip(q.chunks(per))
@@ -117,6 +136,40 @@ pub fn loss(
     let mut total = 0.0;
     fold_batches(data.n, batch, |x| total += x)?;
     Ok(total / data.n.max(1) as f64)
+}
+
+/// Bytes of integer-engine state kept per refined point at most (the value tables of every
+/// calibration batch before the point's first writer); past it, candidates run from the inputs.
+const PREFIX_BYTES: usize = 512 << 20;
+
+/// The node a point's candidates change first, and the calibration batches' value tables
+/// before it under `params` (`None`: a graph input, or the tables exceed [`PREFIX_BYTES`]).
+fn prefixes<'m>(
+    model: &'m Model,
+    params: &ModelParams,
+    s: Slot,
+    data: &Dataset,
+    (limit, cancel): (usize, &Cancel),
+) -> Result<Option<(Vec<Values<'m>>, usize)>> {
+    let int = IntModel::new(model, params, limit);
+    let v = match s {
+        Slot::Point(k) => params.points[k].value,
+        Slot::Layer(k) => model.point_value(params.layers[k].index),
+    };
+    let Some(start) = int.first_writer(v) else {
+        return Ok(None);
+    };
+    let mut tables = Vec::new();
+    let mut bytes = 0usize;
+    let batch = |s: usize, e: usize| -> Result<Values<'m>> {
+        cancel.check()?;
+        int.forward_prefix(make_batch(model, data, s, e)?, start)
+    };
+    fold_batches(data.n, batch, |t| {
+        bytes += t.owned_bytes();
+        tables.push(t);
+    })?;
+    Ok((bytes <= PREFIX_BYTES).then_some((tables, start)))
 }
 
 /// Refines the activation ranges of `params` (for `model`) on the calibration set `data`, as
@@ -143,6 +196,8 @@ pub fn refine(
             cancel.progress(&format!("act refine {name} ({}/{})", t + 1, slots.len()));
             let base = act_mut(params, s).clone();
             let current = base.qparams;
+            let pre = prefixes(model, params, s, data, lc)?;
+            let pre = pre.as_ref().map(|(t, start)| (t.as_slice(), *start));
             let mut pick = None;
             for &f in &grid {
                 let mut a = base.clone();
@@ -153,7 +208,7 @@ pub fn refine(
                 }
                 let mut cand = params.clone();
                 *act_mut(&mut cand, s) = a.clone();
-                let l = loss(model, &cand, data, &float, lc)?;
+                let l = loss_from(model, &cand, data, &float, pre, lc)?;
                 if l < best {
                     (best, pick) = (l, Some(a));
                 }

@@ -179,3 +179,24 @@ fn whole_bundled_cnn_in_integers_stays_above_25_db_of_the_float_output() {
         out.report.output_sqnr_db
     );
 }
+
+#[test]
+fn resuming_the_integer_engine_at_any_node_gives_the_whole_run() {
+    // What activation refinement relies on: the value table before node i, continued from
+    // node i, ends where one uninterrupted run ends (the ResNet has adds, pools and a Gemm).
+    use qscope::pipeline::{Cancel, run};
+    let model = qscope::bundled::model("mnist-resnet").unwrap();
+    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
+    let out = run(&model, &calib, &test, &Default::default(), &Cancel::new()).unwrap();
+    let int = IntModel::new(&model, &out.params, usize::MAX);
+    let x = test.samples(0, 4).to_vec();
+    let mut xn = x.clone();
+    model.normalize(&mut xn);
+    let input = || vec![float::input_tensor(&model, &xn, 4)];
+    let whole = int.forward(input(), |_, _, _, _| {}).unwrap()[0].to_f32_vec();
+    for start in 0..=model.layers.len() {
+        let vals = int.forward_prefix(input(), start).unwrap();
+        let got = int.forward_resume(vals, start, |_, _, _, _| {}).unwrap();
+        assert_eq!(got[0].to_f32_vec(), whole, "resumed at node {start}");
+    }
+}
