@@ -739,7 +739,14 @@ impl App {
                 format!("SmoothQuant {}", on(c.smoothquant.is_some()))
             }
         };
-        self.change_to(c, format!("{msg} (re-running weights and calibration)"))
+        // Bias correction and refinement start from the cached histograms.
+        let redo = match action {
+            Action::ToggleBiasCorrection | Action::ToggleActRefine => {
+                "re-running from the histograms"
+            }
+            _ => "re-running weights and calibration",
+        };
+        self.change_to(c, format!("{msg} ({redo})"))
     }
 
     /// A change to the config: on success it is pushed on the undo stack and run.
