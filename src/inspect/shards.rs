@@ -69,11 +69,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Index> {
         .ok_or_else(|| bad("not a safetensors index: no \"weight_map\" object".into()))?;
     let mut weight_map = BTreeMap::new();
     for (tensor, shard) in map {
+        let tensor_name = crate::error::clip(tensor, crate::error::NAME_MAX);
         let shard = shard.as_str().ok_or_else(|| {
             bad(format!(
-                "weight_map entry for tensor '{tensor}' is not a file name"
+                "weight_map entry for tensor '{tensor_name}' is not a file name"
             ))
         })?;
+        // Shards sit beside the index: a path (absolute, with a folder, or `..`) is refused, so
+        // an index cannot make inspect read files elsewhere.
+        let plain = Path::new(shard).file_name().is_some_and(|n| n == shard)
+            && !shard.contains(['/', '\\']);
+        if !plain {
+            return Err(bad(format!(
+                "weight_map entry for tensor '{tensor_name}' names '{}', not a file beside the index",
+                crate::error::clip(shard, crate::error::NAME_MAX)
+            )));
+        }
         weight_map.insert(tensor.clone(), shard.to_string());
     }
     let dir = path.parent().unwrap_or(Path::new("."));

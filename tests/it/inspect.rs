@@ -292,6 +292,30 @@ fn a_missing_shard_or_misplaced_tensor_is_one_line_naming_the_index() {
 }
 
 #[test]
+fn an_index_naming_a_file_outside_its_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for shard in [
+        "../m-1.safetensors",
+        "/etc/passwd",
+        "sub/m-1.safetensors",
+        "..",
+    ] {
+        let map = format!(r#"{{"b.weight": "{shard}", "a.bias": "m-1.safetensors"}}"#);
+        write_shards(&dir, &map);
+        let (ok, _, err) = qscope_in(dir.path(), &["inspect", "model.safetensors.index.json"]);
+        assert!(!ok, "{shard}");
+        let line = err.trim();
+        assert!(
+            line.lines().count() == 1
+                && line.contains("model.safetensors.index.json")
+                && line.contains("b.weight")
+                && line.contains("not a file beside the index"),
+            "{shard}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_truncated_file_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = safetensors_bytes(&[f32t("w", &[64, 64], &[0.5; 4096])], None);
