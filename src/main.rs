@@ -53,8 +53,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE // the reader went away: nobody to tell
         }
         Err(e) => {
-            errln!("qscope: error: {}", clip(&format!("{e:#}"), LINE_MAX));
+            errln!("qscope: error: {}", clip(&one_line(&e), LINE_MAX));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the line already
+/// holds (library errors name their cause in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

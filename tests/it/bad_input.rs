@@ -375,3 +375,17 @@ fn flags_win_over_the_config_file_which_wins_over_defaults() {
     assert_eq!(flagged["config"]["act_strategy"], "mse");
     assert_eq!(flagged["calib_samples"], 30);
 }
+
+#[test]
+fn a_missing_file_says_why_once() {
+    let (ok, _, err) = crate::util::qscope(&["eval", "--model", "/nonexistent/m.safetensors"]);
+    assert!(!ok);
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.contains("/nonexistent/m.safetensors"), "{err}");
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "{err}"
+    );
+}
