@@ -354,20 +354,6 @@ pub fn im2col_nhwc<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
     out
 }
 
-/// [n · pixels, o] rows (one row per output pixel) to NCHW [n, o, pixels].
-pub fn nhwc_rows_to_nchw<T: Copy + Default>(y: &[T], n: usize, pixels: usize, o: usize) -> Vec<T> {
-    let mut out = vec![T::default(); y.len()];
-    for s in 0..n {
-        for p in 0..pixels {
-            let src = &y[(s * pixels + p) * o..(s * pixels + p + 1) * o];
-            for (c, &v) in src.iter().enumerate() {
-                out[(s * o + c) * pixels + p] = v;
-            }
-        }
-    }
-    out
-}
-
 /// Samples per im2col block so that one block's patch matrix stays cache-sized (~4096 rows).
 pub fn samples_per_block(g: &ConvGeom) -> usize {
     (4096 / g.out_pixels().max(1)).max(1)
@@ -393,128 +379,128 @@ mod tests {
         );
     }
 
-    #[test]
-    fn im2col_columns_is_the_transpose_of_the_row_patches() {
-        for (c, h, w) in [(3, 5, 7), (2, 1, 1), (1, 2, 1)] {
-            columns_against_rows(c, h, w);
+    /// Kernel, stride, padding (top, left, bottom, right) and dilation.
+    type Geometry = ((usize, usize), (usize, usize), [usize; 4], (usize, usize));
+
+    /// Geometries the layouts are checked on: strides, dilations, asymmetric and wide padding.
+    const GEOMETRIES: [Geometry; 10] = [
+        ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
+        ((2, 3), (1, 2), [0, 2, 1, 0], (1, 1)),
+        ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
+        ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
+        ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
+        ((3, 3), (1, 1), [2, 2, 0, 0], (1, 1)),
+        ((3, 3), (1, 1), [4, 0, 4, 2], (1, 1)),
+        ((3, 3), (2, 2), [2, 1, 0, 2], (1, 2)),
+        ((5, 3), (1, 1), [0, 2, 4, 0], (1, 1)),
+        ((1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
+    ];
+
+    /// The patch of output pixel (s, oy, ox) by direct indexing of NCHW `x`: for each tap in
+    /// `order` (channel-major (c, ky, kx) or channels-last (ky, kx, c)) over channels
+    /// `c0..c1`, the input value or -1 outside the image.
+    fn patch(
+        x: &[i32],
+        g: &ConvGeom,
+        (s, oy, ox): (usize, usize, usize),
+        c0: usize,
+        c1: usize,
+        last: bool,
+    ) -> Vec<i32> {
+        let at = |ch: usize, ky: usize, kx: usize| {
+            let iy = (oy * g.stride.0 + ky * g.dilation.0) as isize - g.pad[0] as isize;
+            let ix = (ox * g.stride.1 + kx * g.dilation.1) as isize - g.pad[1] as isize;
+            let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+            if inside {
+                x[((s * g.c + ch) * g.h + iy as usize) * g.w + ix as usize]
+            } else {
+                -1
+            }
+        };
+        let taps = (0..g.kernel.0).flat_map(|ky| (0..g.kernel.1).map(move |kx| (ky, kx)));
+        if last {
+            taps.flat_map(|(ky, kx)| (c0..c1).map(move |ch| (ch, ky, kx)))
+                .map(|(ch, ky, kx)| at(ch, ky, kx))
+                .collect()
+        } else {
+            (c0..c1)
+                .flat_map(|ch| taps.clone().map(move |(ky, kx)| (ch, ky, kx)))
+                .map(|(ch, ky, kx)| at(ch, ky, kx))
+                .collect()
         }
     }
 
-    fn columns_against_rows(c: usize, h: usize, w: usize) {
-        let x: Vec<i32> = (0..(c * h * w) as i32).collect();
-        for (kernel, stride, pad, dil) in [
-            ((3, 3), (1, 1), [2, 2, 0, 0], (1, 1)),
-            ((3, 3), (1, 1), [4, 0, 4, 2], (1, 1)),
-            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
-            ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
-            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
-            ((3, 3), (2, 2), [2, 1, 0, 2], (1, 2)),
-            ((3, 3), (1, 1), [2, 1, 0, 1], (1, 1)),
-            ((5, 3), (1, 1), [0, 2, 4, 0], (1, 1)),
-            ((1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
-        ] {
-            let Ok(g) = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil) else {
-                continue;
-            };
-            let rows = im2col(&x, 1, &g, -1);
-            // A reused buffer holding other values must come out the same.
-            let mut got = vec![7; g.k() * g.out_pixels()];
-            im2col_columns(&x, &g, -1, &mut got);
-            for p in 0..g.out_pixels() {
-                for t in 0..g.k() {
-                    assert_eq!(
-                        got[t * g.out_pixels() + p],
-                        rows[p * g.k() + t],
-                        "{kernel:?} {stride:?}"
-                    );
+    /// Every output pixel's [`patch`], in (sample, oy, ox) order.
+    fn reference_rows(
+        x: &[i32],
+        n: usize,
+        g: &ConvGeom,
+        c0: usize,
+        c1: usize,
+        last: bool,
+    ) -> Vec<Vec<i32>> {
+        let mut rows = Vec::new();
+        for s in 0..n {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    rows.push(patch(x, g, (s, oy, ox), c0, c1, last));
+                }
+            }
+        }
+        rows
+    }
+
+    /// The geometries of [`GEOMETRIES`] that fit a [c, h, w] input.
+    fn geometries(c: usize, h: usize, w: usize) -> impl Iterator<Item = ConvGeom> {
+        GEOMETRIES
+            .into_iter()
+            .filter_map(move |(k, s, p, d)| ConvGeom::general(&[c, h, w], k, s, p, d).ok())
+    }
+
+    #[test]
+    fn im2col_columns_matches_direct_indexing() {
+        for (c, h, w) in [(3, 5, 7), (2, 1, 1), (1, 2, 1)] {
+            let x: Vec<i32> = (0..(c * h * w) as i32).collect();
+            for g in geometries(c, h, w) {
+                let want = reference_rows(&x, 1, &g, 0, c, false);
+                // A reused buffer holding other values must come out the same.
+                let mut got = vec![7; g.k() * g.out_pixels()];
+                im2col_columns(&x, &g, -1, &mut got);
+                for (p, row) in want.iter().enumerate() {
+                    for (t, &v) in row.iter().enumerate() {
+                        assert_eq!(got[t * g.out_pixels() + p], v, "{g:?} {c}x{h}x{w}");
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn im2col_nhwc_matches_direct_loops() {
+    fn im2col_nhwc_matches_direct_indexing() {
         let (c, h, w, n) = (3, 5, 7, 2);
         // Channels-last input: value = its NCHW index, so the check reads it back by (ch, iy, ix).
         let nchw: Vec<i32> = (0..(n * c * h * w) as i32).collect();
         let mut x = Vec::new();
         nchw_to_nhwc(&nchw, n, c, h * w, &mut x);
-        for (kernel, stride, pad, dil) in [
-            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
-            ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
-            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
-            ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
-        ] {
-            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
-            let got = im2col_nhwc(&x, n, &g, -1);
-            let mut want = Vec::new();
-            for s in 0..n {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        for ky in 0..kernel.0 {
-                            for kx in 0..kernel.1 {
-                                for ch in 0..c {
-                                    let iy =
-                                        (oy * stride.0 + ky * dil.0) as isize - pad[0] as isize;
-                                    let ix =
-                                        (ox * stride.1 + kx * dil.1) as isize - pad[1] as isize;
-                                    let inside = (0..h as isize).contains(&iy)
-                                        && (0..w as isize).contains(&ix);
-                                    want.push(if inside {
-                                        nchw[((s * c + ch) * h + iy as usize) * w + ix as usize]
-                                    } else {
-                                        -1
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            assert_eq!(got, want, "{kernel:?} {stride:?} {pad:?} {dil:?}");
+        for g in geometries(c, h, w) {
+            let want = reference_rows(&nchw, n, &g, 0, c, true).concat();
+            assert_eq!(im2col_nhwc(&x, n, &g, -1), want, "{g:?}");
         }
     }
 
     #[test]
-    fn im2col_channels_matches_direct_loops() {
+    fn im2col_channels_matches_direct_indexing() {
         let (c, h, w, n) = (4, 5, 7, 2);
         let x: Vec<i32> = (0..(n * c * h * w) as i32).collect();
-        for (kernel, stride, pad, dil) in [
-            ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
-            ((2, 3), (1, 2), [0, 2, 1, 0], (1, 1)),
-            ((1, 1), (3, 3), [2, 2, 2, 2], (1, 1)),
-            ((3, 3), (1, 1), [2, 1, 0, 2], (1, 2)),
-        ] {
-            let g = ConvGeom::general(&[c, h, w], kernel, stride, pad, dil).unwrap();
+        for g in geometries(c, h, w) {
             let (c0, cg) = (1, 2);
-            let got = im2col_channels(&x, n, &g, c0, cg, -1);
-            let mut want = Vec::new();
-            for s in 0..n {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        for ch in c0..c0 + cg {
-                            for ky in 0..kernel.0 {
-                                for kx in 0..kernel.1 {
-                                    let iy =
-                                        (oy * stride.0 + ky * dil.0) as isize - pad[0] as isize;
-                                    let ix =
-                                        (ox * stride.1 + kx * dil.1) as isize - pad[1] as isize;
-                                    let inside = (0..h as isize).contains(&iy)
-                                        && (0..w as isize).contains(&ix);
-                                    want.push(if inside {
-                                        x[((s * c + ch) * h + iy as usize) * w + ix as usize]
-                                    } else {
-                                        -1
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            assert_eq!(got, want, "{kernel:?} {stride:?} {pad:?} {dil:?}");
+            let want = reference_rows(&x, n, &g, c0, c0 + cg, false).concat();
+            assert_eq!(im2col_channels(&x, n, &g, c0, cg, -1), want, "{g:?}");
             // All channels: `im2col` is the full slice.
-            assert_eq!(im2col(&x, n, &g, -1).len(), n * g.out_pixels() * g.k());
+            assert_eq!(
+                im2col(&x, n, &g, -1),
+                reference_rows(&x, n, &g, 0, c, false).concat()
+            );
         }
     }
 }

@@ -53,20 +53,28 @@ fn sq_err_fast(x: f32, scale: f64, inv: f64, l: f64) -> f64 {
     e * e
 }
 
+/// Calls `one(lane, v)` for every value of `x`, lane = position mod [`LANES`] (the remainder
+/// in lane 0): per-lane accumulators the compiler keeps in vector registers, summed in a fixed
+/// order.
+#[inline(always)]
+fn for_lanes(x: &[f32], mut one: impl FnMut(usize, f32)) {
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (k, &v) in ch.iter().enumerate() {
+            one(k, v);
+        }
+    }
+    for &v in rest {
+        one(0, v);
+    }
+}
+
 #[inline(always)]
 fn noise_body(x: &[f32], scale: f32, l: f64) -> f64 {
     let (s, inv) = (scale as f64, 1.0 / scale as f64);
     let mut acc = [0.0f64; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for k in 0..LANES {
-            acc[k] += sq_err_fast(ch[k], s, inv, l);
-        }
-    }
-    for &v in rest {
-        acc[0] += sq_err_fast(v, s, inv, l);
-    }
+    for_lanes(x, |k, v| acc[k] += sq_err_fast(v, s, inv, l));
     let mut total = 0.0;
     for a in acc {
         total += a;
@@ -169,7 +177,7 @@ impl Scan {
 pub(super) fn scan(x: &[f32]) -> Scan {
     let (mut n, mut zeros, mut sum) = ([0u64; LANES], [0u64; LANES], [0.0f64; LANES]);
     let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
-    let mut one = |k: usize, v: f32| {
+    let one = |k: usize, v: f32| {
         let ok = v.is_finite();
         n[k] += ok as u64;
         zeros[k] += (v == 0.0) as u64;
@@ -177,16 +185,7 @@ pub(super) fn scan(x: &[f32]) -> Scan {
         lo[k] = lo[k].min(if ok { v } else { f32::INFINITY });
         hi[k] = hi[k].max(if ok { v } else { f32::NEG_INFINITY });
     };
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for (k, &v) in ch.iter().enumerate() {
-            one(k, v);
-        }
-    }
-    for &v in rest {
-        one(0, v);
-    }
+    for_lanes(x, one);
     Scan {
         n: n.iter().sum(),
         zeros: zeros.iter().sum(),
@@ -199,7 +198,7 @@ pub(super) fn scan(x: &[f32]) -> Scan {
 /// Σ(x−mean)², Σ(x−mean)³, Σ(x−mean)⁴ and Σx² over the finite values of `x`.
 pub(super) fn central(x: &[f32], mean: f64) -> [f64; 4] {
     let mut s = [[0.0f64; LANES]; 4];
-    let mut one = |k: usize, v: f32| {
+    let one = |k: usize, v: f32| {
         let ok = v.is_finite();
         let x = if ok { v as f64 } else { mean };
         let d = x - mean;
@@ -209,16 +208,7 @@ pub(super) fn central(x: &[f32], mean: f64) -> [f64; 4] {
         s[2][k] += d2 * d2;
         s[3][k] += if ok { x * x } else { 0.0 };
     };
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for (k, &v) in ch.iter().enumerate() {
-            one(k, v);
-        }
-    }
-    for &v in rest {
-        one(0, v);
-    }
+    for_lanes(x, one);
     s.map(|lanes| lanes.iter().sum())
 }
 

@@ -12,7 +12,6 @@
 
 use super::Cancel;
 use super::batch::{fold_batches, make_batch};
-use super::bias_correction::FloatReference;
 use crate::config::QuantConfig;
 use crate::engine::float::Values;
 use crate::engine::int::IntModel;
@@ -173,21 +172,20 @@ fn prefixes<'m>(
 }
 
 /// Refines the activation ranges of `params` (for `model`) on the calibration set `data`, as
-/// the module doc says.
+/// the module doc says; `float` is the float model's first output on `data` (sample order).
 pub fn refine(
     model: &Model,
     config: &QuantConfig,
     params: &mut ModelParams,
     data: &Dataset,
+    float: &[f32],
     cancel: &Cancel,
 ) -> Result<Refined> {
-    super::check_data(model, data)?;
     let lc = (config.max_sample_elems(), cancel);
-    let float = FloatReference::of(model, data, lc.0, cancel)?.output;
     let slots = slots(model, params);
     let chosen: Vec<ActQuant> = slots.iter().map(|&s| act_mut(params, s).clone()).collect();
     let grid = factors();
-    let before = loss(model, params, data, &float, lc)?;
+    let before = loss(model, params, data, float, lc)?;
     let mut best = before;
     for _ in 0..SWEEPS {
         let mut moved = false;
@@ -208,7 +206,7 @@ pub fn refine(
                 }
                 let mut cand = params.clone();
                 *act_mut(&mut cand, s) = a.clone();
-                let l = loss_from(model, &cand, data, &float, pre, lc)?;
+                let l = loss_from(model, &cand, data, float, pre, lc)?;
                 if l < best {
                     (best, pick) = (l, Some(a));
                 }

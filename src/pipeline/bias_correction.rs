@@ -180,17 +180,16 @@ fn engine_pass(
 /// (they shift the activations the ranges were chosen on), the ranges chosen again and the
 /// biases corrected once more for those ranges. The second result is kept when it scores at
 /// least as well on `data` as the first (then with its histograms), so the result never scores
-/// below `params`.
+/// below `params`. `float` is the float model's reference on `data`.
 pub fn apply(
     model: &Model,
     config: &QuantConfig,
     mut params: ModelParams,
     data: &Dataset,
+    float: &FloatReference,
     cancel: &Cancel,
 ) -> Result<(ModelParams, Option<Calibration>)> {
-    super::check_data(model, data)?;
-    let float = FloatReference::of(model, data, config.max_sample_elems(), cancel)?;
-    let (first, kept) = correct_biases(model, config, &mut params, data, &float, cancel)?;
+    let (first, kept) = correct_biases(model, config, &mut params, data, float, cancel)?;
     if kept == 0 {
         // Measuring again would give the same histograms and ranges.
         return Ok((params, None));
@@ -198,7 +197,7 @@ pub fn apply(
     let weights: Vec<_> = params.layers.iter().map(|l| l.weight.clone()).collect();
     let calibration = calibrate(model, config, &weights, data, cancel)?;
     let mut again = choose_ranges(model, config, &weights, &calibration);
-    let (second, _) = correct_biases(model, config, &mut again, data, &float, cancel)?;
+    let (second, _) = correct_biases(model, config, &mut again, data, float, cancel)?;
     Ok(if second >= first {
         (again, Some(calibration))
     } else {

@@ -170,8 +170,22 @@ fn run_cached(
             key,
             calibration,
             prepared,
+            float_ref: None,
         });
     }
+    // The float model's means and outputs on the calibration set: measured once per weight
+    // settings, for bias correction and activation refinement both.
+    let t = Instant::now();
+    let c = cache.as_mut().expect("filled above");
+    if (config.bias_correction || config.act_refine) && c.float_ref.is_none() {
+        let work = c.prepared.work(model);
+        check_data(work, calib)?;
+        let limit = config.max_sample_elems();
+        c.float_ref = Some(bias_correction::FloatReference::of(
+            work, calib, limit, cancel,
+        )?);
+    }
+    let float_ref_ms = ms(t);
     let c = cache.as_ref().expect("filled above");
     // With CLE or SmoothQuant the flow runs on the changed model (the same float function):
     // its float activations are what the quantization points and per-layer figures refer to.
@@ -183,14 +197,21 @@ fn run_cached(
     let mut calibration = None;
     if config.bias_correction {
         let t = Instant::now();
-        let (bp, cal) = bias_correction::apply(work, config, params, calib, cancel)?;
+        let float = c.float_ref.as_ref().expect("measured above");
+        let (bp, cal) = bias_correction::apply(work, config, params, calib, float, cancel)?;
         (params, calibration) = (bp, cal);
-        timings.bias_correction = ms(t);
+        timings.bias_correction = ms(t) + float_ref_ms;
     }
     if config.act_refine {
         let t = Instant::now();
-        act_refine::refine(work, config, &mut params, calib, cancel)?;
-        timings.act_refine = ms(t);
+        let float = &c.float_ref.as_ref().expect("measured above").output;
+        act_refine::refine(work, config, &mut params, calib, float, cancel)?;
+        timings.act_refine = ms(t)
+            + if config.bias_correction {
+                0.0
+            } else {
+                float_ref_ms
+            };
     }
     if let Some(sq) = &p.smoothed {
         params.smoothquant = sq.entries.clone();
@@ -378,6 +399,8 @@ struct Cached {
     key: WeightKey,
     calibration: Calibration,
     prepared: Prepared,
+    /// The float model on the calibration set, once bias correction or refinement asked.
+    float_ref: Option<bias_correction::FloatReference>,
 }
 
 /// A model with its data sets that re-runs configurations, reusing the quantized weights and

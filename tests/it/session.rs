@@ -49,7 +49,7 @@ fn a_session_after_an_activation_change_reports_what_a_fresh_run_reports() {
 }
 
 #[test]
-fn a_session_measures_the_float_model_again_when_cle_changes_it() {
+fn a_session_measures_the_float_model_again_when_cle_changes_it_and_shares_it_between_methods() {
     let base = QuantConfig::default();
     let changed = [
         QuantConfig {
@@ -59,6 +59,20 @@ fn a_session_measures_the_float_model_again_when_cle_changes_it() {
         },
         QuantConfig {
             weight_bits: 4,
+            ..Default::default()
+        },
+        // Bias correction and refinement measure the float model on the calibration set once
+        // per weight settings; the second of these reuses it.
+        QuantConfig {
+            weight_bits: 4,
+            bias_correction: true,
+            ..Default::default()
+        },
+        QuantConfig {
+            weight_bits: 4,
+            act_bits: 6,
+            bias_correction: true,
+            act_refine: true,
             ..Default::default()
         },
     ];

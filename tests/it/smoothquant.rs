@@ -392,13 +392,7 @@ fn bert_cosines_with_and_without_smoothquant() {
                 .unwrap()
                 .report;
             // The residual branches stay integer: only Softmax and LayerNorm run in float.
-            assert!(
-                r.float_islands
-                    .iter()
-                    .all(|n| n.contains("Softmax") || n.contains("LayerNorm")),
-                "{:?}",
-                r.float_islands
-            );
+            crate::util::assert_only_softmax_layernorm_islands(&r);
             r.output_cosine.unwrap()
         };
         let (c0, c1) = (cos(None), cos(Some(0.5)));

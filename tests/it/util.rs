@@ -113,3 +113,15 @@ pub fn quant_outputs(
         .unwrap()
         .quant
 }
+
+/// Asserts that only Softmax and LayerNormalization ran as float islands (what a BERT-style
+/// encoder keeps in float).
+pub fn assert_only_softmax_layernorm_islands(r: &qscope::eval::report::Report) {
+    assert!(
+        r.float_islands
+            .iter()
+            .all(|n| n.contains("Softmax") || n.contains("LayerNorm")),
+        "{:?}",
+        r.float_islands
+    );
+}

@@ -81,13 +81,14 @@ impl NhwcConv {
     }
 }
 
-/// The patch rows [bn · pixels, kh · kw · c] of `bn` NCHW samples, in `scratch`.
+/// The patch rows [bn · pixels, kh · kw · c] of `bn` NCHW samples, built in `scratch`: a
+/// staging buffer (the channels-last input, or one sample's tap planes) and the rows.
 fn patches<'s>(
     xs: &[i8],
     bn: usize,
     g: &ConvGeom,
     pad: i8,
-    (nhwc, rows): &'s mut (Vec<i8>, Vec<i8>),
+    (staged, rows): &'s mut (Vec<i8>, Vec<i8>),
 ) -> &'s [i8] {
     let (plane, pixels, k) = (g.h * g.w, g.out_pixels(), g.k());
     if g.c == 1 {
@@ -98,16 +99,16 @@ fn patches<'s>(
             .chunks_exact(plane)
             .zip(rows.chunks_exact_mut(pixels * k))
         {
-            im2col_columns(x1, g, pad, nhwc);
-            transpose(nhwc, k, pixels, dst);
+            im2col_columns(x1, g, pad, staged);
+            transpose(staged, k, pixels, dst);
         }
         return rows;
     }
-    nchw_to_nhwc(xs, bn, g.c, plane, nhwc);
+    nchw_to_nhwc(xs, bn, g.c, plane, staged);
     if g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4] {
         // A 1×1 conv's patches are the channels-last input itself.
-        return nhwc;
+        return staged;
     }
-    *rows = im2col_nhwc(nhwc, bn, g, pad);
+    *rows = im2col_nhwc(staged, bn, g, pad);
     rows
 }
