@@ -1,7 +1,8 @@
-//! Float engine vs integer engine on whole bundled models at batch 256, one thread each
-//! (the pipeline splits batches across threads the same way for both).
+//! Float engine vs integer engine on whole bundled models at batch 256, the batch cut into one
+//! part per thread of the default pool (as `qscope bench` runs it; ORT is timed with 2 threads).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use qscope::engine::split::forward_split;
 use qscope::engine::{IntModel, float};
 use qscope::pipeline::{Cancel, run};
 use qscope::{QuantConfig, bundled};
@@ -31,11 +32,18 @@ pub fn engines(c: &mut Criterion) {
         let int = IntModel::new(&model, &out.params, usize::MAX);
         let mut x = test.samples(0, BATCH).to_vec();
         model.normalize(&mut x);
+        let input = || vec![float::input_tensor(&model, black_box(&x), BATCH)];
+        let parts = rayon::current_num_threads();
         g.bench_function(BenchmarkId::new("float", name), |b| {
-            b.iter(|| float::forward_flat(&model, black_box(&x), BATCH).unwrap())
+            b.iter(|| {
+                forward_split(input(), parts, |t| {
+                    float::forward(&model, t, usize::MAX, |_, _| {})
+                })
+                .unwrap()
+            })
         });
         g.bench_function(BenchmarkId::new("int", name), |b| {
-            b.iter(|| int.forward_flat(black_box(&x), BATCH).unwrap())
+            b.iter(|| forward_split(input(), parts, |t| int.forward(t, |_, _, _, _| {})).unwrap())
         });
     }
     g.finish();

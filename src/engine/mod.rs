@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod ops;
 pub mod pool;
 pub mod requant;
+pub mod split;
 pub mod tensor;
 
 pub use float::argmax;

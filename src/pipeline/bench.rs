@@ -4,6 +4,7 @@
 
 use crate::engine::float;
 use crate::engine::int::IntModel;
+use crate::engine::split::forward_split;
 use crate::engine::tensor::Tensor;
 use crate::error::Result;
 use crate::model::Model;
@@ -77,7 +78,8 @@ pub fn macs_per_sample(model: &Model, inputs: Vec<Tensor>) -> Result<f64> {
     Ok(total / n as f64)
 }
 
-/// Runs each engine once to warm up, then `runs` times, on `inputs`.
+/// Runs each engine once to warm up, then `runs` times, on `inputs` split over the threads of
+/// the current rayon pool.
 pub fn bench(
     model: &Model,
     params: &ModelParams,
@@ -101,8 +103,17 @@ pub fn bench(
             })
             .collect()
     };
-    let float_ms = time(&|| float::forward(model, inputs.clone(), limit, |_, _| {}).map(|_| ()))?;
-    let int_ms = time(&|| int.forward(inputs.clone(), |_, _, _, _| {}).map(|_| ()))?;
+    // The batch is cut into one part per thread of the current pool (see `engine::split`).
+    let parts = rayon::current_num_threads();
+    let float_ms = time(&|| {
+        forward_split(inputs.clone(), parts, |x| {
+            float::forward(model, x, limit, |_, _| {})
+        })
+        .map(|_| ())
+    })?;
+    let int_ms = time(&|| {
+        forward_split(inputs.clone(), parts, |x| int.forward(x, |_, _, _, _| {})).map(|_| ())
+    })?;
     Ok(BenchTimes {
         batch,
         macs_per_sample,

@@ -200,3 +200,66 @@ fn resuming_the_integer_engine_at_any_node_gives_the_whole_run() {
         assert_eq!(got[0].to_f32_vec(), whole, "resumed at node {start}");
     }
 }
+
+#[test]
+fn a_batch_split_over_threads_gives_the_whole_batch_run() {
+    // `qscope bench` cuts a batch into one part per thread: every sample is computed alone in
+    // both engines, so any cut (odd sizes, more parts than threads) must give the same values.
+    use qscope::engine::split::{forward_split, join_rows, rows};
+    use qscope::pipeline::{Cancel, run};
+    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
+    for name in ["mnist-cnn", "mnist-resnet"] {
+        let model = qscope::bundled::model(name).unwrap();
+        let out = run(
+            &model,
+            &calib,
+            &test.take(8),
+            &Default::default(),
+            &Cancel::new(),
+        )
+        .unwrap();
+        let int = IntModel::new(&model, &out.params, usize::MAX);
+        let n = 13;
+        let mut x = test.samples(0, n).to_vec();
+        model.normalize(&mut x);
+        let input = || vec![float::input_tensor(&model, &x, n)];
+        let f = |x| float::forward(&model, x, usize::MAX, |_, _| {});
+        let i = |x| int.forward(x, |_, _, _, _| {});
+        let (f_whole, i_whole) = (f(input()).unwrap(), i(input()).unwrap());
+        // A direct per-sample loop: each sample alone through the engine.
+        let alone: Vec<f32> = (0..n)
+            .flat_map(|s| i(vec![rows(&input()[0], s, s + 1)]).unwrap()[0].to_f32_vec())
+            .collect();
+        assert_eq!(alone, i_whole[0].to_f32_vec(), "{name}: per-sample int");
+        for parts in [2, 3, 5] {
+            assert_eq!(
+                forward_split(input(), parts, f).unwrap(),
+                f_whole,
+                "{name} float {parts}"
+            );
+            assert_eq!(
+                forward_split(input(), parts, i).unwrap(),
+                i_whole,
+                "{name} int {parts}"
+            );
+        }
+    }
+    // Parts that differ beyond the first axis, or in qparams, are not joined.
+    let q = |z| qscope::QParams {
+        scale: 0.5,
+        zero_point: z,
+        bits: 8,
+        scheme: Scheme::Asymmetric,
+    };
+    let a = qscope::engine::tensor::Tensor::q(vec![1, 2], vec![1, 2], q(0));
+    let b = qscope::engine::tensor::Tensor::q(vec![2, 2], vec![3, 4, 5, 6], q(0));
+    let joined = join_rows(vec![a.clone(), b.clone()]).unwrap();
+    assert_eq!(
+        (joined.shape.clone(), joined.as_q().unwrap().0.to_vec()),
+        (vec![3, 2], vec![1, 2, 3, 4, 5, 6])
+    );
+    let c = qscope::engine::tensor::Tensor::q(vec![1, 2], vec![1, 2], q(1));
+    assert!(join_rows(vec![a.clone(), c]).is_none());
+    let d = qscope::engine::tensor::Tensor::q(vec![1, 3], vec![1, 2, 3], q(0));
+    assert!(join_rows(vec![a, d]).is_none());
+}
