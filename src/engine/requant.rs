@@ -43,6 +43,14 @@ impl Requant {
             return self.reference(c, y);
         }
         #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU supports AVX-512F and DQ (64-bit lane multiplies), checked above.
+            unsafe { self.body_avx512(c, y) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
             unsafe { self.body_avx2(c, y) };
@@ -65,6 +73,12 @@ impl Requant {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn body_avx2(&self, c: &[i32], y: &mut [i8]) {
+        self.body(c, y);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    unsafe fn body_avx512(&self, c: &[i32], y: &mut [i8]) {
         self.body(c, y);
     }
 

@@ -10,6 +10,10 @@ use crate::quant::{FixedMultiplier, QParams};
 /// Left shift applied to both operands before their multipliers (TFLite's int8 value).
 pub const LEFT_SHIFT: i32 = 20;
 
+/// Elements from which a same-shape Add builds a table of every code pair (building it costs
+/// about as much as 65,536 elements done one by one).
+const PAIR_TABLE_MIN: usize = 1 << 18;
+
 /// One Add or Sub of two quantized operands into `out` qparams.
 #[derive(Debug, Clone, Copy)]
 pub struct QAdd {
@@ -78,6 +82,18 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     let (t1, t2) = k.tables();
     let apply = |u: i8, v: i8| k.finish(t1[u as u8 as usize], t2[v as u8 as usize]);
     if x1.shape == x2.shape {
+        if a.len() >= PAIR_TABLE_MIN {
+            // One table of all 65,536 code pairs: a single load per element.
+            let table: Vec<i8> = (0..=u16::MAX)
+                .map(|i| apply((i >> 8) as u8 as i8, i as u8 as i8))
+                .collect();
+            let y = a
+                .iter()
+                .zip(b)
+                .map(|(&u, &v)| table[(u as u8 as usize) << 8 | v as u8 as usize])
+                .collect();
+            return Ok(Tensor::q(x1.shape.clone(), y, qo));
+        }
         let y = a.iter().zip(b).map(|(&u, &v)| apply(u, v)).collect();
         return Ok(Tensor::q(x1.shape.clone(), y, qo));
     }
@@ -133,14 +149,25 @@ mod tests {
                 assert!(exact * 100 >= 256 * 256 * 99, "only {exact} exact");
                 // The tensor kernel (per-code tables) on all 65,536 pairs, against the f64
                 // reference as well.
-                let xa: Vec<i8> = (0..65536).map(|i| (i / 256) as u8 as i8).collect();
-                let xb: Vec<i8> = (0..65536).map(|i| (i % 256) as u8 as i8).collect();
+                // Four copies: long enough for the pair-table path too.
+                let n = 4 * 65536;
+                let xa: Vec<i8> = (0..n).map(|i| (i / 256) as u8 as i8).collect();
+                let xb: Vec<i8> = (0..n).map(|i| (i % 256) as u8 as i8).collect();
                 let (ta, tb) = (
-                    Tensor::q(vec![65536], xa.clone(), q1),
-                    Tensor::q(vec![65536], xb.clone(), q2),
+                    Tensor::q(vec![n], xa.clone(), q1),
+                    Tensor::q(vec![n], xb.clone(), q2),
                 );
+                let short = add(
+                    &Tensor::q(vec![65536], xa[..65536].to_vec(), q1),
+                    &Tensor::q(vec![65536], xb[..65536].to_vec(), q2),
+                    qo,
+                    sub,
+                )
+                .unwrap();
+                assert_eq!(short.as_q().unwrap().0.len(), 65536);
                 let y = add(&ta, &tb, qo, sub).unwrap();
                 let (yq, _) = y.as_q().unwrap();
+                assert_eq!(&yq[..65536], short.as_q().unwrap().0, "both paths");
                 for ((&u, &v), &got) in xa.iter().zip(&xb).zip(yq) {
                     assert_eq!(got, k.apply(u, v));
                     let want = add_reference(u, q1, v, q2, qo, sub);
