@@ -10,7 +10,7 @@ mod engines;
 mod kernels;
 mod pipeline;
 
-use criterion::{criterion_group, criterion_main};
+use criterion::criterion_group;
 
 criterion_group! {
     name = benches;
@@ -19,4 +19,11 @@ criterion_group! {
     targets = kernels::kernels, calibration::calibration, engines::engines, pipeline::pipeline,
         depthwise::depthwise
 }
-criterion_main!(benches);
+// criterion_main!, after the allocator setting the binary makes (so the benches time what it runs).
+fn main() {
+    qscope::process::keep_freed_memory();
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

@@ -2,6 +2,7 @@
 use qscope::pipeline::{Cancel, Session};
 use qscope::{QuantConfig, Strategy, bundled};
 fn main() {
+    qscope::process::keep_freed_memory();
     let name = std::env::args().nth(1).unwrap();
     let mut s = Session::new(
         bundled::model(&name).unwrap(),

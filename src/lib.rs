@@ -17,6 +17,7 @@ pub mod model;
 pub mod params;
 pub mod params_config;
 pub mod pipeline;
+pub mod process;
 pub mod quant;
 #[cfg(feature = "tui")]
 pub mod tui;

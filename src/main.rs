@@ -12,6 +12,7 @@ use std::process::ExitCode;
 const LINE_MAX: usize = 1000;
 
 fn main() -> ExitCode {
+    qscope::process::keep_freed_memory();
     let args = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {

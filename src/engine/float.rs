@@ -142,28 +142,79 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
             let k = ci * kh * kw;
-            let w2 = ArrayView2::from_shape((o, k), wts).expect("weight size");
-            let pixels = g.out_pixels();
-            let mut y = vec![0f32; n * o * pixels];
-            let mut cols = Vec::new();
-            for (xs, ys) in xs
-                .chunks_exact(ci * g.h * g.w)
-                .zip(y.chunks_exact_mut(o * pixels))
-            {
-                // [o, k] × [k, pixels]: the output comes out in NCHW order.
-                im2col_columns(xs, &g, 0.0, &mut cols);
-                for (row, &b) in ys.chunks_exact_mut(pixels).zip(bias) {
-                    row.fill(b);
-                }
-                let cv = ArrayView2::from_shape((k, pixels), &cols).expect("im2col size");
-                let mut yv = ArrayViewMut2::from_shape((o, pixels), ys).expect("output size");
-                general_mat_mul(1.0, &w2, &cv, 1.0, &mut yv);
-            }
+            let y = conv_columns(
+                xs,
+                n,
+                &g,
+                ArrayView2::from_shape((o, k), wts).expect("weights"),
+                bias,
+            );
             Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y))
         }
         _ => Err("is not a weight op".into()),
     }
 }
+
+/// An ungrouped conv of `n` NCHW samples as [o, k] × [k, columns] products whose output comes
+/// out in NCHW order. Samples with few output pixels are taken several at a time (their
+/// columns side by side), so that each product is wide enough for the weights' packing to pay.
+fn conv_columns(xs: &[f32], n: usize, g: &ConvGeom, w: ArrayView2<f32>, bias: &[f32]) -> Vec<f32> {
+    let (o, k) = w.dim();
+    let (pixels, sample) = (g.out_pixels(), g.c * g.h * g.w);
+    let mut y = vec![0f32; n * o * pixels];
+    if pixels == 0 || o == 0 {
+        return y;
+    }
+    let block = (MIN_COLUMNS / pixels).clamp(1, n);
+    let (mut cols, mut one, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    if block == 1 {
+        // Wide enough alone: each sample's product writes its output in place.
+        for (x1, ys) in xs.chunks_exact(sample).zip(y.chunks_exact_mut(o * pixels)) {
+            im2col_columns(x1, g, 0.0, &mut cols);
+            for (row, &b) in ys.chunks_exact_mut(pixels).zip(bias) {
+                row.fill(b);
+            }
+            let cv = ArrayView2::from_shape((k, pixels), &cols).expect("im2col size");
+            let mut yv = ArrayViewMut2::from_shape((o, pixels), ys).expect("output size");
+            general_mat_mul(1.0, &w, &cv, 1.0, &mut yv);
+        }
+        return y;
+    }
+    for s0 in (0..n).step_by(block) {
+        let bn = block.min(n - s0);
+        let width = bn * pixels;
+        cols.resize(k * width, 0.0);
+        for s in 0..bn {
+            im2col_columns(
+                &xs[(s0 + s) * sample..(s0 + s + 1) * sample],
+                g,
+                0.0,
+                &mut one,
+            );
+            for (dst, src) in cols.chunks_exact_mut(width).zip(one.chunks_exact(pixels)) {
+                dst[s * pixels..(s + 1) * pixels].copy_from_slice(src);
+            }
+        }
+        out.resize(o * width, 0.0);
+        for (row, &b) in out.chunks_exact_mut(width).zip(bias) {
+            row.fill(b);
+        }
+        let cv = ArrayView2::from_shape((k, width), &cols[..k * width]).expect("im2col size");
+        let mut yv = ArrayViewMut2::from_shape((o, width), &mut out[..o * width]).expect("out");
+        general_mat_mul(1.0, &w, &cv, 1.0, &mut yv);
+        // [o, bn · pixels] to the samples' [o, pixels] planes.
+        for s in 0..bn {
+            let ys = &mut y[(s0 + s) * o * pixels..(s0 + s + 1) * o * pixels];
+            for (dst, src) in ys.chunks_exact_mut(pixels).zip(out.chunks_exact(width)) {
+                dst.copy_from_slice(&src[s * pixels..(s + 1) * pixels]);
+            }
+        }
+    }
+    y
+}
+
+/// Columns below which a float conv takes several samples per product.
+const MIN_COLUMNS: usize = 512;
 
 /// Runs one node on its inputs (constants included) in f32.
 pub fn run_node(

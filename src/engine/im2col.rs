@@ -318,40 +318,56 @@ pub fn nchw_to_nhwc<T: Copy + Default>(
 /// contiguous copy of kw · c values. Out-of-image taps get `pad`.
 pub fn im2col_nhwc<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
     assert!(x.len() >= n * g.c * g.h * g.w, "im2col input too short");
+    let (pixels, sample) = (g.out_pixels(), g.h * g.w * g.c);
+    let mut out = vec![pad; n * pixels * g.k()];
+    for (s, dst) in out.chunks_exact_mut(pixels * g.k()).enumerate() {
+        im2col_nhwc_rows(&x[s * sample..(s + 1) * sample], g, pad, 0..pixels, dst);
+    }
+    out
+}
+
+/// The patch rows of output pixels `pixels` (row-major over oh × ow) of one channels-last
+/// sample `xs` ([h, w, c]) into `dst` ([pixels.len(), kh · kw · c]), as [`im2col_nhwc`].
+pub fn im2col_nhwc_rows<T: Copy>(
+    xs: &[T],
+    g: &ConvGeom,
+    pad: T,
+    pixels: std::ops::Range<usize>,
+    dst: &mut [T],
+) {
     let (kh, kw) = g.kernel;
     let (dh, dw) = g.dilation;
     let c = g.c;
     let k = kh * kw * c;
-    let mut out = vec![pad; n * g.out_pixels() * k];
+    assert!(xs.len() >= g.h * g.w * c && dst.len() >= pixels.len() * k);
     let rows = tap_ranges(g.oh, g.h, kh, g.stride.0, g.pad[0], dh);
     let cols = tap_ranges(g.ow, g.w, kw, g.stride.1, g.pad[1], dw);
-    for (s, dst_s) in out.chunks_exact_mut(g.out_pixels() * k).enumerate() {
-        let xs = &x[s * g.h * g.w * c..(s + 1) * g.h * g.w * c];
-        for (oy, &(ky0, ky1)) in rows.iter().enumerate() {
-            let y0 = (oy * g.stride.0 + ky0 * dh).wrapping_sub(g.pad[0]);
-            for (ox, &(kx0, kx1)) in cols.iter().enumerate() {
-                if kx0 == kx1 {
-                    continue;
-                }
-                let dst = &mut dst_s[(oy * g.ow + ox) * k..][..k];
-                let x0 = ox * g.stride.1 + kx0 * dw - g.pad[1];
-                for (j, ky) in (ky0..ky1).enumerate() {
-                    let src = &xs[(y0 + j * dh) * g.w * c..][..g.w * c];
-                    let d = &mut dst[ky * kw * c..][..kw * c];
-                    if dw == 1 {
-                        let len = (kx1 - kx0) * c;
-                        d[kx0 * c..kx0 * c + len].copy_from_slice(&src[x0 * c..x0 * c + len]);
-                    } else {
-                        for (i, kx) in (kx0..kx1).enumerate() {
-                            let from = (x0 + i * dw) * c;
-                            d[kx * c..(kx + 1) * c].copy_from_slice(&src[from..from + c]);
-                        }
-                    }
+    for (p, dst) in pixels.zip(dst.chunks_exact_mut(k)) {
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        let ((ky0, ky1), (kx0, kx1)) = (rows[oy], cols[ox]);
+        if (ky0, ky1, kx0, kx1) != (0, kh, 0, kw) {
+            // A window that reaches past the image: its outside taps are `pad`.
+            dst.fill(pad);
+        }
+        if kx0 == kx1 {
+            continue;
+        }
+        let y0 = (oy * g.stride.0 + ky0 * dh).wrapping_sub(g.pad[0]);
+        let x0 = ox * g.stride.1 + kx0 * dw - g.pad[1];
+        for (j, ky) in (ky0..ky1).enumerate() {
+            let src = &xs[(y0 + j * dh) * g.w * c..][..g.w * c];
+            let d = &mut dst[ky * kw * c..][..kw * c];
+            if dw == 1 {
+                let len = (kx1 - kx0) * c;
+                d[kx0 * c..kx0 * c + len].copy_from_slice(&src[x0 * c..x0 * c + len]);
+            } else {
+                for (i, kx) in (kx0..kx1).enumerate() {
+                    let from = (x0 + i * dw) * c;
+                    d[kx * c..(kx + 1) * c].copy_from_slice(&src[from..from + c]);
                 }
             }
         }
     }
-    out
 }
 
 /// Samples per im2col block so that one block's patch matrix stays cache-sized (~4096 rows).
@@ -485,6 +501,19 @@ mod tests {
         for g in geometries(c, h, w) {
             let want = reference_rows(&nchw, n, &g, 0, c, true).concat();
             assert_eq!(im2col_nhwc(&x, n, &g, -1), want, "{g:?}");
+            // Rows of pixel blocks of sample 1, into a dirty buffer, give the same rows.
+            let (pixels, k) = (g.out_pixels(), g.k());
+            let x1 = &x[c * h * w..];
+            for block in [1, 3, pixels] {
+                let mut got = Vec::new();
+                for p0 in (0..pixels).step_by(block) {
+                    let mut dst = vec![77; block * k];
+                    let p1 = (p0 + block).min(pixels);
+                    im2col_nhwc_rows(x1, &g, -1, p0..p1, &mut dst);
+                    got.extend_from_slice(&dst[..(p1 - p0) * k]);
+                }
+                assert_eq!(got, want[pixels * k..], "{g:?} blocks of {block}");
+            }
         }
     }
 

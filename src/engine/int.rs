@@ -165,28 +165,26 @@ impl IntGemm {
         self.out
     }
 
+    /// The epilogue of a one-group layer (its constants fold in the bias and −z_x·Σw).
+    pub fn requant(&self) -> &Requant {
+        &self.requant
+    }
+
+    /// Whether the weights have nonzero zero points (asymmetric weights).
+    pub fn has_weight_zero_points(&self) -> bool {
+        !self.w_zp.is_empty()
+    }
+
     /// Runs `m` rows of `k` integers (row-major) to `m × out` integers.
     pub fn run(&self, a: &[i8], m: usize) -> Vec<i8> {
         let out = self.out;
         let mut y = vec![0i8; m * out];
-        let mut c = vec![0i32; m * out];
+        let mut c = Vec::new();
         if self.groups == 1 {
-            // Σ(x − z_x)(w − z_w) + bias = Σ x·w + (z_w terms) + (bias − z_x·Σw): the last part is
-            // the epilogue's per-row constant.
-            gemm_i8(a, m, self.k, &self.packed[0], &mut c);
-            if !self.w_zp.is_empty() {
-                let k = self.k as i32;
-                for (i, crow) in c.chunks_exact_mut(out).enumerate() {
-                    let xsum = self.row_sum(a, i, 0);
-                    for (r, v) in crow.iter_mut().enumerate() {
-                        let zw = self.w_zp[r];
-                        *v += -zw * xsum + k * self.in_zp * zw;
-                    }
-                }
-            }
-            self.requant.run(&c, &mut y);
+            self.run_into(a, m, &mut c, &mut y);
             return y;
         }
+        c.resize(m * out, 0);
         // Several groups: each partial sum is rescaled to the row's reference scale in a wide
         // accumulator with GROUP_FRAC fraction bits, then requantized once.
         let mut wide: Vec<i64> = (0..m * out)
@@ -213,6 +211,31 @@ impl IntGemm {
             y[j] = v.clamp(self.lo as i64, self.hi as i64) as i8;
         }
         y
+    }
+
+    /// A one-group layer on `m` rows of `a` into `y` ([m, out]), with `c` as the accumulator
+    /// scratch (grown as needed, so a caller running blocks allocates it once).
+    pub fn run_into(&self, a: &[i8], m: usize, c: &mut Vec<i32>, y: &mut [i8]) {
+        assert_eq!(self.groups, 1, "run_into is for one-group layers");
+        let out = self.out;
+        if c.len() < m * out {
+            c.resize(m * out, 0);
+        }
+        let c = &mut c[..m * out];
+        // Σ(x − z_x)(w − z_w) + bias = Σ x·w + (z_w terms) + (bias − z_x·Σw): the last part is
+        // the epilogue's per-row constant.
+        gemm_i8(a, m, self.k, &self.packed[0], c);
+        if !self.w_zp.is_empty() {
+            let k = self.k as i32;
+            for (i, crow) in c.chunks_exact_mut(out).enumerate() {
+                let xsum = self.row_sum(a, i, 0);
+                for (r, v) in crow.iter_mut().enumerate() {
+                    let zw = self.w_zp[r];
+                    *v += -zw * xsum + k * self.in_zp * zw;
+                }
+            }
+        }
+        self.requant.run(c, &mut y[..m * out]);
     }
 
     /// Σ x over row `i`'s group `g` (only needed when weights have zero points).
@@ -266,7 +289,7 @@ enum WeightKernel {
     /// A grouped or depthwise conv as a direct loop.
     Group(GroupConv),
     /// An ungrouped conv over channels-last patches.
-    Nhwc(NhwcConv),
+    Nhwc(Box<NhwcConv>),
 }
 
 impl WeightKernel {
@@ -450,7 +473,7 @@ impl<'m> IntModel<'m> {
                     return WeightKernel::Group(c);
                 }
             } else if let Some(c) = NhwcConv::new(w, bias, (c, kh, kw), qs, clamp) {
-                return WeightKernel::Nhwc(c);
+                return WeightKernel::Nhwc(Box::new(c));
             }
         }
         let og = w.rows / groups;
@@ -778,6 +801,10 @@ impl<'m> IntModel<'m> {
                 qp,
             ));
         }
+        if let Op::MaxPool2d { .. } = layer.op {
+            // Pooled on the codes themselves.
+            return run_node(layer, ins, self.limit);
+        }
         let codes = Tensor::f32(x.shape.clone(), q.iter().map(|&v| v as f32).collect());
         let mut refs: Vec<Option<&Tensor>> = ins.to_vec();
         refs[0] = Some(&codes);
@@ -984,13 +1011,17 @@ mod tests {
     fn channels_last_conv_equals_the_nchw_im2col_path_and_the_f64_reference() {
         let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
         let out_q = QParams::from_range(ClipRange::new(-3.0, 4.0), 8, Scheme::Asymmetric);
-        for (c, o, (kh, kw), stride, pad, dil) in [
-            (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
-            (6, 12, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1)),
-            (8, 4, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1)),
-            (5, 7, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
+        // The last two: one channel strided (the tap-plane loop), and patch rows of several
+        // blocks per sample (k · pixels past the block size).
+        for (c, o, (kh, kw), stride, pad, dil, (h, w)) in [
+            (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (7, 9)),
+            (6, 12, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1), (7, 9)),
+            (8, 4, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1), (7, 9)),
+            (5, 7, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1), (7, 9)),
+            (1, 6, (5, 5), (2, 2), [2, 2, 2, 2], (1, 1), (11, 10)),
+            (64, 8, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (12, 13)),
         ] {
-            let (n, h, w) = (3, 7, 9);
+            let n = 3;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             let wq = weights(o, c * kh * kw, c + o);
             let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();

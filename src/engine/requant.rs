@@ -89,26 +89,64 @@ impl Requant {
         let (mant, right, konst) = (&self.mant[..out], &self.right[..out], &self.konst[..out]);
         for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
             for r in 0..out {
-                let acc =
-                    (crow[r] as i64 + konst[r] as i64).clamp(i32::MIN as i64, i32::MAX as i64);
-                // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
-                let ab = acc * mant[r];
-                let nudge = if ab >= 0 {
-                    1i64 << 30
-                } else {
-                    1 - (1i64 << 30)
-                };
-                let x = ab + nudge;
-                let high = (x + ((x >> 63) & ((1i64 << 31) - 1))) >> 31; // x / 2^31 toward zero
-                // rounding_divide_by_pot
-                let e = right[r];
-                let mask = (1i64 << e) - 1;
-                let rem = high & mask;
-                let threshold = (mask >> 1) + i64::from(high < 0);
-                let q = (high >> e) + i64::from(rem > threshold);
-                yrow[r] = (self.out_zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8;
+                yrow[r] = self.one(crow[r], konst[r], mant[r], right[r]);
             }
         }
+    }
+
+    /// Requantizes `c`, accumulators of column `r` only (a channel-major block), into `y`.
+    pub fn run_column(&self, r: usize, c: &[i32], y: &mut [i8]) {
+        if !self.small {
+            for (v, o) in c.iter().zip(y) {
+                let q = self.out_zp + self.mult[r].apply(v.saturating_add(self.konst[r]));
+                *o = q.clamp(self.lo, self.hi) as i8;
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU supports AVX-512F and DQ, checked just above.
+            unsafe { self.column_avx512(r, c, y) };
+            return;
+        }
+        self.column(r, c, y);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    unsafe fn column_avx512(&self, r: usize, c: &[i32], y: &mut [i8]) {
+        self.column(r, c, y);
+    }
+
+    #[inline(always)]
+    fn column(&self, r: usize, c: &[i32], y: &mut [i8]) {
+        let (k, m, e) = (self.konst[r], self.mant[r], self.right[r]);
+        for (&v, o) in c.iter().zip(y) {
+            *o = self.one(v, k, m, e);
+        }
+    }
+
+    /// One accumulator: clamp(z_out + SRDHM(acc + k, mantissa) >> e rounded), multiplier < 1.
+    #[inline(always)]
+    fn one(&self, acc: i32, konst: i32, mant: i64, e: i64) -> i8 {
+        let acc = (acc as i64 + konst as i64).clamp(i32::MIN as i64, i32::MAX as i64);
+        // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
+        let ab = acc * mant;
+        let nudge = if ab >= 0 {
+            1i64 << 30
+        } else {
+            1 - (1i64 << 30)
+        };
+        let x = ab + nudge;
+        let high = (x + ((x >> 63) & ((1i64 << 31) - 1))) >> 31; // x / 2^31 toward zero
+        // rounding_divide_by_pot
+        let mask = (1i64 << e) - 1;
+        let rem = high & mask;
+        let threshold = (mask >> 1) + i64::from(high < 0);
+        let q = (high >> e) + i64::from(rem > threshold);
+        (self.out_zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8
     }
 }
 
@@ -148,6 +186,16 @@ mod tests {
                 assert_eq!(got, want, "out {out} zp {zp}");
                 rq.body(&c, &mut got);
                 assert_eq!(got, want, "portable body, out {out}");
+                // Column by column on channel-major accumulators.
+                for r in 0..out {
+                    let col: Vec<i32> = c.iter().skip(r).step_by(out).copied().collect();
+                    let mut y = vec![0i8; col.len()];
+                    rq.run_column(r, &col, &mut y);
+                    let w: Vec<i8> = want.iter().skip(r).step_by(out).copied().collect();
+                    assert_eq!(y, w, "column {r}, out {out}");
+                    rq.column(r, &col, &mut y);
+                    assert_eq!(y, w, "portable column {r}, out {out}");
+                }
             }
         }
     }

@@ -3,9 +3,7 @@
 //! kw codes per channel), and the GEMM's weights are ordered (ky, kx, channel) to match.
 //! Integer sums are the same in any order, so the output equals the NCHW im2col path exactly.
 
-use crate::engine::im2col::{
-    ConvGeom, im2col_columns, im2col_nhwc, nchw_to_nhwc, samples_per_block, transpose,
-};
+use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows, transpose};
 use crate::engine::int::IntGemm;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
@@ -14,6 +12,9 @@ use crate::quant::weights::QWeights;
 #[derive(Debug)]
 pub struct NhwcConv {
     gemm: IntGemm,
+    /// One input channel and symmetric weights: the weight rows ([out, kh · kw]) for the
+    /// direct channel-major loop over the tap planes (no patch rows, no transposes).
+    planes: Option<Vec<i8>>,
 }
 
 impl NhwcConv {
@@ -41,9 +42,9 @@ impl NhwcConv {
                 }
             }
         }
-        Some(NhwcConv {
-            gemm: IntGemm::new(&reordered, bias, in_q, out_q, clamp),
-        })
+        let gemm = IntGemm::new(&reordered, bias, in_q, out_q, clamp);
+        let planes = (c == 1 && !gemm.has_weight_zero_points()).then(|| reordered.q.clone());
+        Some(NhwcConv { gemm, planes })
     }
 
     /// The qparams of the input the kernel expects.
@@ -57,58 +58,128 @@ impl NhwcConv {
     }
 
     /// Runs `n` NCHW samples `x` ([n, g.c, g.h, g.w]) with out-of-image taps at `pad` (the
-    /// input zero point): [n, out, g.oh, g.ow].
+    /// input zero point): [n, out, g.oh, g.ow]. Each sample is turned channels-last once; then
+    /// blocks of output pixels go through patch rows, the GEMM and its epilogue in buffers of
+    /// cache size that every block reuses, and land in the NCHW output.
     pub fn run(&self, x: &[i8], n: usize, g: &ConvGeom, pad: i8) -> Vec<i8> {
-        let (plane, pixels, o) = (g.h * g.w, g.out_pixels(), self.gemm.out_channels());
+        let (plane, pixels, o, k) = (g.h * g.w, g.out_pixels(), self.gemm.out_channels(), g.k());
         let mut out = vec![0i8; n * o * pixels];
-        let mut scratch = (Vec::new(), Vec::new());
-        let block = samples_per_block(g);
-        for s0 in (0..n).step_by(block) {
-            let bn = block.min(n - s0);
-            let xs = &x[s0 * g.c * plane..(s0 + bn) * g.c * plane];
-            let y = self
-                .gemm
-                .run(patches(xs, bn, g, pad, &mut scratch), bn * pixels);
-            let dst = &mut out[s0 * o * pixels..(s0 + bn) * o * pixels];
-            for (ys, ds) in y
-                .chunks_exact(pixels * o)
-                .zip(dst.chunks_exact_mut(o * pixels))
-            {
-                transpose(ys, pixels, o, ds);
+        if pixels == 0 || o == 0 {
+            return out;
+        }
+        let block = (BLOCK_BYTES / k.max(1)).clamp(1, pixels);
+        let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
+        let (mut staged, mut rows) = (Vec::new(), vec![0i8; block * k]);
+        let (mut acc, mut y) = (Vec::new(), vec![0i8; block * o]);
+        for (xs, os) in x
+            .chunks_exact(g.c * plane)
+            .zip(out.chunks_exact_mut(o * pixels))
+        {
+            if let Some(w) = &self.planes {
+                im2col_columns(xs, g, pad, &mut staged);
+                self.run_planes(w, &staged, pixels, &mut acc, os);
+                continue;
+            }
+            if g.c == 1 {
+                // One channel: the per-tap shifted planes ([k, pixels]: a few wide copies
+                // instead of one short copy per kernel row and pixel), transposed per block.
+                im2col_columns(xs, g, pad, &mut staged);
+            } else {
+                staged.resize(xs.len(), 0);
+                transpose(xs, g.c, plane, &mut staged);
+            }
+            for p0 in (0..pixels).step_by(block) {
+                let p1 = (p0 + block).min(pixels);
+                let m = p1 - p0;
+                let a: &[i8] = if g.c == 1 {
+                    columns_to_rows(&staged, pixels, p0..p1, &mut rows);
+                    &rows[..m * k]
+                } else if one_by_one {
+                    &staged[p0 * k..p1 * k]
+                } else {
+                    im2col_nhwc_rows(&staged, g, pad, p0..p1, &mut rows);
+                    &rows[..m * k]
+                };
+                self.gemm.run_into(a, m, &mut acc, &mut y);
+                for (ch, dst) in os.chunks_exact_mut(pixels).enumerate() {
+                    for (d, yr) in dst[p0..p1].iter_mut().zip(y.chunks_exact(o)) {
+                        *d = yr[ch];
+                    }
+                }
             }
         }
         out
     }
 }
 
-/// The patch rows [bn · pixels, kh · kw · c] of `bn` NCHW samples, built in `scratch`: a
-/// staging buffer (the channels-last input, or one sample's tap planes) and the rows.
-fn patches<'s>(
-    xs: &[i8],
-    bn: usize,
-    g: &ConvGeom,
-    pad: i8,
-    (staged, rows): &'s mut (Vec<i8>, Vec<i8>),
-) -> &'s [i8] {
-    let (plane, pixels, k) = (g.h * g.w, g.out_pixels(), g.k());
-    if g.c == 1 {
-        // One channel: the rows are the transpose of the per-tap shifted planes (a few wide
-        // copies instead of one short copy per kernel row and pixel).
-        rows.resize(bn * pixels * k, 0);
-        for (x1, dst) in xs
-            .chunks_exact(plane)
-            .zip(rows.chunks_exact_mut(pixels * k))
+impl NhwcConv {
+    /// One sample of a one-channel conv: each output channel's accumulators are the sum over
+    /// taps of weight × tap plane (`taps`: [k, pixels]), requantized straight into its NCHW
+    /// plane of `out`. The input zero point is folded into the epilogue's constants.
+    fn run_planes(&self, w: &[i8], taps: &[i8], pixels: usize, acc: &mut Vec<i32>, out: &mut [i8]) {
+        let k = taps.len() / pixels;
+        acc.resize(pixels, 0);
+        for (r, (wr, dst)) in w
+            .chunks_exact(k)
+            .zip(out.chunks_exact_mut(pixels))
+            .enumerate()
         {
-            im2col_columns(x1, g, pad, staged);
-            transpose(staged, k, pixels, dst);
+            tap_sums(wr, taps, acc);
+            self.gemm.requant().run_column(r, acc, dst);
         }
-        return rows;
     }
-    nchw_to_nhwc(xs, bn, g.c, plane, staged);
-    if g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4] {
-        // A 1×1 conv's patches are the channels-last input itself.
-        return staged;
+}
+
+/// acc = Σ_t w[t] · taps[t] (i32 sums of i8 products over planes of acc.len() codes), on the
+/// widest vector unit this CPU has.
+fn tap_sums(w: &[i8], taps: &[i8], acc: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU supports AVX-512F and BW, checked just above.
+        return unsafe { tap_sums_avx512(w, taps, acc) };
     }
-    *rows = im2col_nhwc(staged, bn, g, pad);
-    rows
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { tap_sums_avx2(w, taps, acc) };
+    }
+    tap_sums_body(w, taps, acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn tap_sums_avx512(w: &[i8], taps: &[i8], acc: &mut [i32]) {
+    tap_sums_body(w, taps, acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tap_sums_avx2(w: &[i8], taps: &[i8], acc: &mut [i32]) {
+    tap_sums_body(w, taps, acc);
+}
+
+#[inline(always)]
+fn tap_sums_body(w: &[i8], taps: &[i8], acc: &mut [i32]) {
+    acc.fill(0);
+    for (&wt, plane) in w.iter().zip(taps.chunks_exact(acc.len())) {
+        let wt = wt as i32;
+        for (a, &x) in acc.iter_mut().zip(plane) {
+            *a += wt * x as i32;
+        }
+    }
+}
+
+/// Bytes of patch rows per block: with the block's accumulators and outputs, well inside L2.
+const BLOCK_BYTES: usize = 48 << 10;
+
+/// Columns `cols` of the row-major matrix `src` ([k, width]) as rows ([cols.len(), k]) in `dst`.
+fn columns_to_rows(src: &[i8], width: usize, cols: std::ops::Range<usize>, dst: &mut [i8]) {
+    let k = src.len() / width;
+    for (t, srow) in src.chunks_exact(width).enumerate() {
+        for (j, &v) in srow[cols.clone()].iter().enumerate() {
+            dst[j * k + t] = v;
+        }
+    }
 }

@@ -32,6 +32,13 @@ pub struct Limits {
 /// Runs `op` (any variant except Op::Linear and Op::Conv2d, which the engine runs itself) on its
 /// inputs (None = an absent optional ONNX input); returns the output or a one-line reason.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
+    if let (Op::MaxPool2d { .. }, Some(Some(x))) = (op, inputs.first())
+        && x.is_quantized()
+        && x.as_q().is_some_and(|(q, _)| q.len() == x.len())
+    {
+        // The one op that runs on quantized codes as they are (the integer engine's MaxPool).
+        return pooling::pool(op, x, limits).map_err(|e| format!("{}: {e}", op.kind()));
+    }
     check_inputs(inputs)
         .and_then(|()| dispatch(op, inputs, limits))
         .map_err(|e| format!("{}: {e}", op.kind()))

@@ -56,7 +56,7 @@ pub(super) fn pool(op: &Op, x: &Tensor, limits: &Limits) -> Result<Tensor, Strin
     }
 }
 
-/// The geometry of pooling `x` (rank 4, F32) and its output shape, checked against the limits.
+/// The geometry of pooling `x` (rank 4) and its output shape, checked against the limits.
 fn geometry(x: &Tensor, w: &Window, limits: &Limits) -> Result<(PoolGeom, Vec<usize>), String> {
     let &[n, c, h, wd] = x.shape.as_slice() else {
         return Err(format!("input {:?} is not NCHW", x.shape));
@@ -67,8 +67,14 @@ fn geometry(x: &Tensor, w: &Window, limits: &Limits) -> Result<(PoolGeom, Vec<us
     Ok((g, shape))
 }
 
-/// Max over each window (padding never wins).
+/// Max over each window (padding never wins). Quantized input is pooled on its codes (the
+/// max of codes is the code of the max: dequantizing is increasing) and keeps its qparams.
 pub(super) fn max_pool(x: &Tensor, w: &Window, limits: &Limits) -> Result<Tensor, String> {
+    if let Some((q, qp)) = x.as_q() {
+        let (g, shape) = geometry(x, w, limits)?;
+        let y = pool_padded(q, shape[0], &g, i8::MIN, i8::max, |m, _, _| m);
+        return Ok(Tensor::q(shape, y, qp));
+    }
     let v = f32s(x, "the input")?;
     let (g, shape) = geometry(x, w, limits)?;
     let y = pool_padded(v, shape[0], &g, f32::NEG_INFINITY, f32::max, |m, _, _| m);
@@ -162,12 +168,26 @@ mod tests {
             };
             let mx = max_pool(&x, &w, &BIG).unwrap();
             let (oh, ow) = (mx.shape[2], mx.shape[3]);
+            // The same values as codes: pooled on the codes, qparams kept.
+            let qp = crate::quant::QParams {
+                scale: 0.25,
+                zero_point: 3,
+                bits: 8,
+                scheme: crate::quant::Scheme::Asymmetric,
+            };
+            let codes = vals.iter().map(|&v| v as i8).collect();
+            let mq = max_pool(&Tensor::q(x.shape.clone(), codes, qp), &w, &BIG).unwrap();
+            assert_eq!(
+                (mq.shape.clone(), mq.as_q().unwrap().1),
+                (mx.shape.clone(), qp)
+            );
             let r = reference(&vals, h, wd, &w, oh, ow);
             let avg_in = avg_pool(&x, &w, false, &BIG).unwrap();
             let avg_pad = avg_pool(&x, &w, true, &BIG).unwrap();
             for (i, &(m, s, taps, padded)) in r.iter().enumerate() {
                 assert!(taps > 0);
                 assert_eq!(mx.as_f32().unwrap()[i], m);
+                assert_eq!(mq.as_q().unwrap().0[i], m as i8);
                 assert_eq!(avg_in.as_f32().unwrap()[i], s / taps as f32);
                 assert_eq!(avg_pad.as_f32().unwrap()[i], s / padded as f32);
             }
