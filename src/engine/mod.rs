@@ -12,6 +12,7 @@ pub mod pool;
 pub mod requant;
 pub mod split;
 pub mod tensor;
+pub mod transpose;
 
 pub use float::argmax;
 pub use int::IntModel;

@@ -3,8 +3,9 @@
 //! kw codes per channel), and the GEMM's weights are ordered (ky, kx, channel) to match.
 //! Integer sums are the same in any order, so the output equals the NCHW im2col path exactly.
 
-use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows, transpose};
+use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows};
 use crate::engine::int::IntGemm;
+use crate::engine::transpose::transpose_i8;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
 
@@ -86,7 +87,7 @@ impl NhwcConv {
                 im2col_columns(xs, g, pad, &mut staged);
             } else {
                 staged.resize(xs.len(), 0);
-                transpose(xs, g.c, plane, &mut staged);
+                transpose_i8(xs, (g.c, plane, plane), &mut staged, g.c);
             }
             for p0 in (0..pixels).step_by(block) {
                 let p1 = (p0 + block).min(pixels);
@@ -101,11 +102,8 @@ impl NhwcConv {
                     &rows[..m * k]
                 };
                 self.gemm.run_into(a, m, &mut acc, &mut y);
-                for (ch, dst) in os.chunks_exact_mut(pixels).enumerate() {
-                    for (d, yr) in dst[p0..p1].iter_mut().zip(y.chunks_exact(o)) {
-                        *d = yr[ch];
-                    }
-                }
+                // [m, o] rows to the o planes of the NCHW output, at pixel p0.
+                transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
             }
         }
         out

@@ -1,0 +1,136 @@
+//! Byte matrix transposes for the integer engine's layout changes (NCHW planes to channels-last
+//! rows and back): 16 × 16 blocks transposed in SSE2 registers (the x86-64 baseline, so no
+//! run-time detection), the ragged edges by the plain loop.
+
+/// `dst[c · dst_stride + r] = src[r · src_stride + c]` for `r < rows`, `c < cols`.
+/// Panics when a slice is too short for the strides.
+pub fn transpose_i8(
+    src: &[i8],
+    (rows, cols, src_stride): (usize, usize, usize),
+    dst: &mut [i8],
+    dst_stride: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        src_stride >= cols && dst_stride >= rows,
+        "strides shorter than rows"
+    );
+    assert!(
+        src.len() >= (rows - 1) * src_stride + cols,
+        "transpose source too short"
+    );
+    assert!(
+        dst.len() >= (cols - 1) * dst_stride + rows,
+        "transpose destination too short"
+    );
+    let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
+    #[cfg(target_arch = "x86_64")]
+    for r0 in (0..r16).step_by(16) {
+        for c0 in (0..c16).step_by(16) {
+            // SAFETY: rows r0..r0+16 and columns c0..c0+16 lie inside both slices (checked
+            // above: r0 + 16 <= rows, c0 + 16 <= cols).
+            unsafe {
+                block16(
+                    src,
+                    r0 * src_stride + c0,
+                    src_stride,
+                    dst,
+                    c0 * dst_stride + r0,
+                    dst_stride,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let (r16, c16) = (0, 0);
+    // The edges: the columns past the last full block for every row, and the rows past it
+    // for the block columns.
+    for r in 0..rows {
+        let from = if r < r16 { c16 } else { 0 };
+        for c in from..cols {
+            dst[c * dst_stride + r] = src[r * src_stride + c];
+        }
+    }
+}
+
+/// One 16 × 16 block: 16 loads, four rounds of unpacks (bytes, words, dwords, qwords), 16 stores.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block16(src: &[i8], s0: usize, ss: usize, dst: &mut [i8], d0: usize, ds: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller guarantees 16 rows of 16 bytes at s0 + i·ss in src and
+    // at d0 + i·ds in dst; loads and stores are unaligned.
+    unsafe {
+        let mut r = [_mm_setzero_si128(); 16];
+        for (i, v) in r.iter_mut().enumerate() {
+            *v = _mm_loadu_si128(src.as_ptr().add(s0 + i * ss) as *const __m128i);
+        }
+        let mut t = [_mm_setzero_si128(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4q + j]: rows 4q..4q+4, columns 4j..4j+4.
+        let mut u = [_mm_setzero_si128(); 16];
+        for q in 0..4 {
+            let (a0, a1, b0, b1) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+            u[4 * q] = _mm_unpacklo_epi16(a0, b0);
+            u[4 * q + 1] = _mm_unpackhi_epi16(a0, b0);
+            u[4 * q + 2] = _mm_unpacklo_epi16(a1, b1);
+            u[4 * q + 3] = _mm_unpackhi_epi16(a1, b1);
+        }
+        // v[8h + 2j + e]: rows 8h..8h+8, columns 4j + 2e .. 4j + 2e + 2.
+        let mut v = [_mm_setzero_si128(); 16];
+        for h in 0..2 {
+            for j in 0..4 {
+                let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
+                v[8 * h + 2 * j] = _mm_unpacklo_epi32(a, b);
+                v[8 * h + 2 * j + 1] = _mm_unpackhi_epi32(a, b);
+            }
+        }
+        for p in 0..8 {
+            let (a, b) = (v[p], v[8 + p]);
+            let lo = _mm_unpacklo_epi64(a, b);
+            let hi = _mm_unpackhi_epi64(a, b);
+            _mm_storeu_si128(dst.as_mut_ptr().add(d0 + 2 * p * ds) as *mut __m128i, lo);
+            _mm_storeu_si128(
+                dst.as_mut_ptr().add(d0 + (2 * p + 1) * ds) as *mut __m128i,
+                hi,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equals_the_direct_loop_on_ragged_and_strided_shapes() {
+        for (rows, cols) in [
+            (1, 1),
+            (16, 16),
+            (17, 33),
+            (64, 784),
+            (784, 16),
+            (5, 40),
+            (48, 3),
+        ] {
+            for (extra_s, extra_d) in [(0, 0), (3, 7)] {
+                let ss = cols + extra_s;
+                let ds = rows + extra_d;
+                let src: Vec<i8> = (0..rows * ss).map(|i| (i * 37 % 251) as u8 as i8).collect();
+                let mut got = vec![99i8; cols * ds];
+                transpose_i8(&src, (rows, cols, ss), &mut got, ds);
+                let mut want = vec![99i8; cols * ds];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        want[c * ds + r] = src[r * ss + c];
+                    }
+                }
+                assert_eq!(got, want, "{rows}x{cols} strides {ss} {ds}");
+            }
+        }
+    }
+}
