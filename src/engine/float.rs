@@ -303,6 +303,18 @@ impl<'m> Values<'m> {
         self.slots[v].take().map(|c| c.into_owned())
     }
 
+    /// Takes the one input of a one-input node `layer` (node `i`) out of the table when `i`
+    /// is its last reader and the table owns it (not a constant).
+    pub fn take_last_sole(&mut self, layer: &Layer, last: &[usize], i: usize) -> Option<Tensor> {
+        let [Some(v)] = layer.inputs[..] else {
+            return None;
+        };
+        match &self.slots[v] {
+            Some(std::borrow::Cow::Owned(_)) if last[v] == i => self.take(v),
+            _ => None,
+        }
+    }
+
     /// The inputs of node `layer`; an error names the first missing one.
     pub fn inputs_of(&self, layer: &Layer) -> std::result::Result<Vec<Option<&Tensor>>, String> {
         layer
@@ -339,6 +351,17 @@ pub fn forward(
     let last = last_uses(model);
     let mut vals = Values::new(model, inputs);
     for (i, layer) in model.layers.iter().enumerate() {
+        // A Relu/Clip that is its input's last reader works on it in place.
+        if matches!(layer.op, Op::Relu | Op::Clip { .. })
+            && let Some(mut x) = vals.take_last_sole(layer, &last, i)
+        {
+            if super::ops::eval_in_place(&layer.op, &mut x) {
+                tap(i, &x);
+                vals.set(layer.output, x);
+                continue;
+            }
+            vals.set(layer.inputs[0].expect("sole input"), x);
+        }
         let ins = vals
             .inputs_of(layer)
             .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;

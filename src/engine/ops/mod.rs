@@ -44,6 +44,12 @@ pub fn eval(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tens
         .map_err(|e| format!("{}: {e}", op.kind()))
 }
 
+/// Runs a Relu or Clip on real values in the tensor itself (the same values as [`eval`]);
+/// false, leaving `x` untouched, for any other op or data.
+pub fn eval_in_place(op: &Op, x: &mut Tensor) -> bool {
+    nn::clamp_in_place(op, x)
+}
+
 /// Every present input is F32 or I64 and holds as many values as its shape says; the product
 /// of its nonzero dims fits in usize (so no partial product of its dims overflows).
 fn check_inputs(inputs: &[Option<&Tensor>]) -> Result<(), String> {

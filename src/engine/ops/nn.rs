@@ -7,7 +7,7 @@ use crate::engine::tensor::{Data, Tensor};
 /// max(x, 0) (NaN stays NaN); I64 too.
 pub(super) fn relu(x: &Tensor) -> Result<Tensor, String> {
     let data = match &x.data {
-        Data::F32(v) => Data::F32(v.iter().map(|&t| if t < 0.0 { 0.0 } else { t }).collect()),
+        Data::F32(v) => Data::F32(v.iter().map(|&t| relu_f32(t)).collect()),
         Data::I64(v) => Data::I64(v.iter().map(|&t| t.max(0)).collect()),
         Data::Q { .. } => return Err("quantized input".into()),
     };
@@ -17,6 +17,40 @@ pub(super) fn relu(x: &Tensor) -> Result<Tensor, String> {
     })
 }
 
+/// Relu of one real (NaN and −0 pass through).
+#[inline(always)]
+fn relu_f32(t: f32) -> f32 {
+    if t < 0.0 { 0.0 } else { t }
+}
+
+/// Clip of one real to [lo, hi] (NaN passes through).
+#[inline(always)]
+fn clip_f32(t: f32, lo: f32, hi: f32) -> f32 {
+    if t < lo {
+        lo
+    } else if t > hi {
+        hi
+    } else {
+        t
+    }
+}
+
+/// Relu or Clip (lo ≤ hi) applied to real values in place, exactly as [`relu`] and [`clip`];
+/// false (nothing done) for other ops or data.
+pub(super) fn clamp_in_place(op: &crate::model::Op, x: &mut Tensor) -> bool {
+    let Data::F32(v) = &mut x.data else {
+        return false;
+    };
+    match *op {
+        crate::model::Op::Relu => v.iter_mut().for_each(|t| *t = relu_f32(*t)),
+        crate::model::Op::Clip { min, max } if min <= max => {
+            v.iter_mut().for_each(|t| *t = clip_f32(*t, min, max))
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// min(max(x, lo), hi) (NaN stays NaN); for I64 the bounds round inward.
 pub(super) fn clip(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, String> {
     if lo > hi {
@@ -24,19 +58,7 @@ pub(super) fn clip(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, String> {
         return clip(x, hi, hi);
     }
     let data = match &x.data {
-        Data::F32(v) => Data::F32(
-            v.iter()
-                .map(|&t| {
-                    if t < lo {
-                        lo
-                    } else if t > hi {
-                        hi
-                    } else {
-                        t
-                    }
-                })
-                .collect(),
-        ),
+        Data::F32(v) => Data::F32(v.iter().map(|&t| clip_f32(t, lo, hi)).collect()),
         Data::I64(v) => {
             let (l, h) = (lo.ceil() as i64, hi.floor() as i64);
             Data::I64(v.iter().map(|&t| t.max(l).min(h)).collect())
@@ -191,6 +213,51 @@ mod tests {
         let g1 = Tensor::f32(vec![3], vec![1.0; 3]);
         assert!(layer_norm(&x, &g1, None, 1, 1e-5).is_err());
         assert!(layer_norm(&x, &g1, None, -1, 1e-5).is_ok());
+    }
+
+    #[test]
+    fn in_place_relu_and_clip_give_the_same_values() {
+        use crate::model::Op;
+        let vals = vec![
+            -2.5,
+            -0.0,
+            0.0,
+            1.5,
+            7.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        let x = Tensor::f32(vec![2, 4], vals);
+        for op in [
+            Op::Relu,
+            Op::Clip { min: 0.0, max: 6.0 },
+            Op::Clip {
+                min: -1.0,
+                max: 1.0,
+            },
+        ] {
+            let want = match op {
+                Op::Relu => relu(&x).unwrap(),
+                Op::Clip { min, max } => clip(&x, min, max).unwrap(),
+                _ => unreachable!(),
+            };
+            let mut y = x.clone();
+            assert!(clamp_in_place(&op, &mut y));
+            let bits = |t: &Tensor| {
+                t.as_f32()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&y), bits(&want), "{op:?}");
+        }
+        // Reversed bounds and other ops are left to `eval`.
+        let mut y = x.clone();
+        assert!(!clamp_in_place(&Op::Clip { min: 2.0, max: 1.0 }, &mut y));
+        assert!(!clamp_in_place(&Op::GlobalAvgPool, &mut y));
+        assert_eq!(y.shape, x.shape);
     }
 
     #[test]
