@@ -828,7 +828,7 @@ impl<'m> IntModel<'m> {
         let x = match x.as_q() {
             Some((_, qp)) if qp == in_q => x,
             _ => {
-                requantized = x.clone().dequantized().quantize(in_q);
+                requantized = x.quantize(in_q);
                 &requantized
             }
         };
@@ -884,6 +884,20 @@ impl<'m> IntModel<'m> {
         }
     }
 
+    /// Whether weight node `i` run alone ([`IntModel::run_isolated`] on the float value of its
+    /// input) computes exactly what it computes in [`IntModel::forward`]: its input is a graph
+    /// input, which the whole run quantizes with the node's own input qparams.
+    pub fn isolated_is_in_run(&self, i: usize) -> bool {
+        let Step::Gemm { kernel, .. } = &self.steps[i] else {
+            return false;
+        };
+        let Some(v) = self.model.layers[i].data_input() else {
+            return false;
+        };
+        self.model.inputs.iter().any(|g| g.value == v)
+            && self.points.get(&v) == Some(&kernel.in_q())
+    }
+
     /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
     /// its real-valued (fused) output, or `None` if it is not an integer node.
     pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
@@ -894,7 +908,7 @@ impl<'m> IntModel<'m> {
         let Step::Gemm { kernel, .. } = &self.steps[i] else {
             return None;
         };
-        let q = x.clone().dequantized().quantize(kernel.in_q());
+        let q = x.quantize(kernel.in_q());
         self.run_gemm(&self.model.layers[i].op, kernel, &q)
             .ok()
             .map(Tensor::dequantized)

@@ -236,6 +236,9 @@ fn eval_batch(
         .zip(&inputs)
         .map(|(gi, t)| (gi.value, t.shape.clone()))
         .collect();
+    // A layer fed straight by a graph input quantized with the layer's own input qparams gives
+    // the same codes alone as in the whole run: its isolated output is taken from the run.
+    let mut from_run: Vec<Option<Vec<f32>>> = vec![None; wl.len()];
     let quant_out = int.forward(inputs, |i, v, t, ran| {
         ev.islands[i] |= ran.island();
         let first_in = model.layers[i].data_input().and_then(|d| shapes.get(&d));
@@ -256,7 +259,11 @@ fn eval_batch(
                 && integer
                 && let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32())
             {
-                ev.act[j].add(f, &t.to_f32_vec());
+                let q = t.to_f32_vec();
+                ev.act[j].add(f, &q);
+                if int.isolated_is_in_run(wl[j]) {
+                    from_run[j] = Some(q);
+                }
             }
         }
     })?;
@@ -268,7 +275,9 @@ fn eval_batch(
             let want = float_vals
                 .get(&model.point_value(i))
                 .and_then(|t| t.as_f32());
-            if let (Some(x), Some(want)) = (x, want)
+            if let (Some(q), Some(want)) = (&from_run[j], want) {
+                ev.isolated[j].add(want, q);
+            } else if let (Some(x), Some(want)) = (x, want)
                 && let Some(y) = int.run_isolated(i, x)
             {
                 ev.isolated[j].add(want, y.as_f32().expect("dequantized"));

@@ -263,3 +263,38 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
     let d = qscope::engine::tensor::Tensor::q(vec![1, 3], vec![1, 2, 3], q(0));
     assert!(join_rows(vec![a, d]).is_none());
 }
+
+#[test]
+fn a_layer_fed_by_the_graph_input_gives_alone_what_it_gives_in_the_run() {
+    // The evaluation takes such a layer's isolated output from the whole run: check that the
+    // two are the same values, and that no other layer claims it.
+    use qscope::pipeline::{Cancel, run};
+    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
+    let model = qscope::bundled::model("mnist-cnn").unwrap();
+    let out = run(
+        &model,
+        &calib,
+        &test.take(8),
+        &Default::default(),
+        &Cancel::new(),
+    )
+    .unwrap();
+    let int = IntModel::new(&model, &out.params, usize::MAX);
+    let wl = model.weight_layers();
+    let claims: Vec<bool> = wl.iter().map(|&i| int.isolated_is_in_run(i)).collect();
+    assert_eq!(claims, [true, false, false, false]);
+    let n = 5;
+    let mut x = test.samples(0, n).to_vec();
+    model.normalize(&mut x);
+    let input = float::input_tensor(&model, &x, n);
+    let point = model.point_value(wl[0]);
+    let mut in_run = None;
+    int.forward(vec![input.clone()], |_, v, t, _| {
+        if v == point {
+            in_run = Some(t.to_f32_vec());
+        }
+    })
+    .unwrap();
+    let alone = int.run_isolated(wl[0], &input).unwrap();
+    assert_eq!(alone.to_f32_vec(), in_run.unwrap());
+}
