@@ -57,6 +57,13 @@ unsafe fn quantize_slice_avx2(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo
     quantize_slice(x, out, scale, zp, lo, hi);
 }
 
+/// The same loop compiled for AVX-512 (8 f64 lanes, native f64 → i64 conversions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn quantize_slice_avx512(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
+    quantize_slice(x, out, scale, zp, lo, hi);
+}
+
 /// round_half_away(x / scale) + zp clamped to [lo, hi], written so that it vectorizes
 /// (truncate, then compare the exact remainder with ±0.5: the same result as `f64::round`).
 #[inline(always)]
@@ -133,6 +140,14 @@ impl QParams {
     /// Quantizes a slice into i8 storage (the same arithmetic as [`QParams::quantize`]).
     pub fn quantize_into(&self, x: &[f32], out: &mut [i8]) {
         let (scale, zp, lo, hi) = (self.scale, self.zero_point, self.qmin(), self.qmax());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU supports AVX-512F and DQ, checked just above.
+            unsafe { quantize_slice_avx512(x, out, scale, zp, lo, hi) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
