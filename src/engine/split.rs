@@ -1,6 +1,6 @@
 //! One batch on several threads: the batch is cut along its first axis into one contiguous part
 //! per thread, each part runs alone, and the outputs are joined in order. Samples are independent
-//! in every graph qscope runs (the pipeline already evaluates batches of 128 on their own), so
+//! in every graph qscope runs (the pipeline already evaluates batches of 64 on their own), so
 //! the joined outputs equal one run on the whole batch value for value.
 
 use super::tensor::{Data, Tensor};

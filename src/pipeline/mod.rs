@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Samples per batch in calibration and evaluation (batches run in parallel).
-pub const BATCH: usize = 128;
+pub const BATCH: usize = 64;
 
 /// Where a long method reports its steps: one short line each ("gptq fc1 (1/3)").
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
