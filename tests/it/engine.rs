@@ -206,22 +206,11 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
     // `qscope bench` cuts a batch into one part per thread: every sample is computed alone in
     // both engines, so any cut (odd sizes, more parts than threads) must give the same values.
     use qscope::engine::split::{forward_split, join_rows, rows};
-    use qscope::pipeline::{Cancel, run};
-    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
     for name in ["mnist-cnn", "mnist-resnet"] {
-        let model = qscope::bundled::model(name).unwrap();
-        let out = run(
-            &model,
-            &calib,
-            &test.take(8),
-            &Default::default(),
-            &Cancel::new(),
-        )
-        .unwrap();
-        let int = IntModel::new(&model, &out.params, usize::MAX);
+        let (model, params) = default_params(name);
+        let int = IntModel::new(&model, &params, usize::MAX);
         let n = 13;
-        let mut x = test.samples(0, n).to_vec();
-        model.normalize(&mut x);
+        let x = normalized(&model, n);
         let input = || vec![float::input_tensor(&model, &x, n)];
         let f = |x| float::forward(&model, x, usize::MAX, |_, _| {});
         let i = |x| int.forward(x, |_, _, _, _| {});
@@ -268,25 +257,13 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
 fn a_layer_fed_by_the_graph_input_gives_alone_what_it_gives_in_the_run() {
     // The evaluation takes such a layer's isolated output from the whole run: check that the
     // two are the same values, and that no other layer claims it.
-    use qscope::pipeline::{Cancel, run};
-    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
-    let model = qscope::bundled::model("mnist-cnn").unwrap();
-    let out = run(
-        &model,
-        &calib,
-        &test.take(8),
-        &Default::default(),
-        &Cancel::new(),
-    )
-    .unwrap();
-    let int = IntModel::new(&model, &out.params, usize::MAX);
+    let (model, params) = default_params("mnist-cnn");
+    let int = IntModel::new(&model, &params, usize::MAX);
     let wl = model.weight_layers();
     let claims: Vec<bool> = wl.iter().map(|&i| int.isolated_is_in_run(i)).collect();
     assert_eq!(claims, [true, false, false, false]);
     let n = 5;
-    let mut x = test.samples(0, n).to_vec();
-    model.normalize(&mut x);
-    let input = float::input_tensor(&model, &x, n);
+    let input = float::input_tensor(&model, &normalized(&model, n), n);
     let point = model.point_value(wl[0]);
     let mut in_run = None;
     int.forward(vec![input.clone()], |_, v, t, _| {
@@ -297,4 +274,27 @@ fn a_layer_fed_by_the_graph_input_gives_alone_what_it_gives_in_the_run() {
     .unwrap();
     let alone = int.run_isolated(wl[0], &input).unwrap();
     assert_eq!(alone.to_f32_vec(), in_run.unwrap());
+}
+
+/// A bundled model and the default configuration's parameters (calibrated on the bundled set).
+fn default_params(name: &str) -> (Model, ModelParams) {
+    use qscope::pipeline::{Cancel, run};
+    let model = qscope::bundled::model(name).unwrap();
+    let (calib, test) = (qscope::bundled::calib(), qscope::bundled::test());
+    let out = run(
+        &model,
+        &calib,
+        &test.take(8),
+        &Default::default(),
+        &Cancel::new(),
+    )
+    .unwrap();
+    (model, out.params)
+}
+
+/// The first `n` bundled test digits, normalized for `model`.
+fn normalized(model: &Model, n: usize) -> Vec<f32> {
+    let mut x = qscope::bundled::test().samples(0, n).to_vec();
+    model.normalize(&mut x);
+    x
 }
