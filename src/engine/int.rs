@@ -11,7 +11,7 @@ use super::intops::conv_nhwc::NhwcConv;
 use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::PoolGeom;
-use super::requant::Requant;
+use super::requant::{Requant, split_bias};
 use super::tensor::{Data, Tensor};
 use crate::error::{Error, Result};
 use crate::model::points::{integer_op, scalar_operand};
@@ -70,7 +70,8 @@ pub struct IntGemm {
     /// The one-group epilogue: out_mult with k_r = bias_r − z_x·Σw_r.
     requant: Requant,
     in_zp: i32,
-    out_zp: i32,
+    /// Output zero point per row (with the bias of a row whose bias does not fit its accumulator).
+    out_zp: Vec<i32>,
     lo: i32,
     hi: i32,
     /// The qparams of the input this layer expects.
@@ -106,6 +107,7 @@ impl IntGemm {
         let mut group_mult = Vec::new();
         let mut bias_q = vec![0i32; out];
         let mut out_mult = vec![FixedMultiplier::from_f64(0.0); out];
+        let mut out_off = vec![0i32; out];
         for r in 0..out {
             let s_ref = (0..groups)
                 .map(|g| w.param(r, g).scale as f64)
@@ -121,9 +123,7 @@ impl IntGemm {
                 }
             }
             let acc_scale = in_q.scale as f64 * s_ref;
-            bias_q[r] = (bias[r] as f64 / acc_scale)
-                .round()
-                .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
+            (bias_q[r], out_off[r]) = split_bias(bias[r], acc_scale, out_q.scale as f64);
             let frac = if groups > 1 {
                 (1i64 << GROUP_FRAC) as f64
             } else {
@@ -138,7 +138,8 @@ impl IntGemm {
         let konst: Vec<i32> = (0..out)
             .map(|r| bias_q[r].saturating_sub(in_q.zero_point.saturating_mul(w_sum[r * groups])))
             .collect();
-        let requant = Requant::new(out_mult.clone(), konst, out_q.zero_point, lo, hi);
+        let zp: Vec<i32> = out_off.iter().map(|&o| out_q.zero_point + o).collect();
+        let requant = Requant::new(out_mult.clone(), konst, zp.clone(), lo, hi);
         IntGemm {
             requant,
             out,
@@ -152,7 +153,7 @@ impl IntGemm {
             bias: bias_q,
             out_mult,
             in_zp: in_q.zero_point,
-            out_zp: out_q.zero_point,
+            out_zp: zp,
             lo,
             hi,
             in_q,
@@ -207,7 +208,7 @@ impl IntGemm {
             }
         }
         for (j, &acc) in wide.iter().enumerate() {
-            let v = self.out_zp as i64 + self.out_mult[j % out].apply_i64(acc);
+            let v = self.out_zp[j % out] as i64 + self.out_mult[j % out].apply_i64(acc);
             y[j] = v.clamp(self.lo as i64, self.hi as i64) as i8;
         }
         y
@@ -974,6 +975,50 @@ mod tests {
             clip: None,
         };
         crate::quant::weights::quantize_weights(&w, o, k, &s)
+    }
+
+    #[test]
+    fn a_bias_past_the_accumulator_range_lands_at_the_output() {
+        // An input range of ~1e-12 makes s_in · s_w so small that an ordinary bias is past 2³¹
+        // accumulator steps: the output must still be the bias (within one step of f64), not
+        // the saturated i32's nothing. Both the one-group and the grouped (group rescaling)
+        // paths, and the depthwise kernel.
+        let in_q = QParams::from_range(ClipRange::new(-1e-12, 1e-12), 8, Scheme::Symmetric);
+        let out_q = QParams::from_range(ClipRange::new(-0.15, 0.15), 8, Scheme::Symmetric);
+        let bias = [-0.056f32, 0.1, 0.0];
+        let want: Vec<i32> = bias
+            .iter()
+            .map(|&b| (b as f64 / out_q.scale as f64).round() as i32)
+            .collect();
+        for granularity in [Granularity::PerChannel, Granularity::Group(4)] {
+            let w: Vec<f32> = (0..3 * 8).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+            let s = crate::config::WeightSettings {
+                bits: 8,
+                scheme: Scheme::Symmetric,
+                granularity,
+                strategy: crate::quant::Strategy::MinMax,
+                percentile: 99.99,
+                clip: None,
+            };
+            let wq = crate::quant::weights::quantize_weights(&w, 3, 8, &s);
+            let gemm = IntGemm::new(&wq, &bias, in_q, out_q, None);
+            let x = [0i8, 5, -3, 0, 0, 1, 0, 0];
+            let y: Vec<i32> = gemm.run(&x, 1).iter().map(|&v| v as i32).collect();
+            for (g, w) in y.iter().zip(&want) {
+                assert!((g - w).abs() <= 1, "{granularity:?}: {y:?} vs {want:?}");
+            }
+        }
+        let wq = weights(3, 9, 1);
+        let bounds = (out_q.qmin(), out_q.qmax());
+        let dw = GroupConv::new(&wq, &bias, (3, 3), 3, (in_q, out_q), bounds).unwrap();
+        let g = ConvGeom::general(&[3, 4, 4], (3, 3), (1, 1), [1; 4], (1, 1)).unwrap();
+        let y = dw.run(&[1i8; 3 * 16], 1, &g);
+        for (c, plane) in y.chunks(16).enumerate() {
+            assert!(
+                plane.iter().all(|&v| (v as i32 - want[c]).abs() <= 1),
+                "{c}: {plane:?}"
+            );
+        }
     }
 
     #[test]

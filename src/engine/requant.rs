@@ -16,22 +16,44 @@ pub struct Requant {
     right: Vec<i64>,
     /// Every multiplier is below 1 (no left shift): the branch-free form applies.
     small: bool,
-    out_zp: i32,
+    /// Output zero point per column (the layer's, plus the bias of a column whose bias does not
+    /// fit its accumulator: see [`split_bias`]).
+    zp: Vec<i32>,
     lo: i32,
     hi: i32,
 }
 
+/// A layer's bias as (accumulator units, output steps): `bias / acc_scale` rounded when it fits
+/// in i32, else 0 and the bias rounded to output steps, added to that column's zero point.
+/// It does not fit when the input's range is nearly empty (a scale of 1e-14 puts an ordinary
+/// bias past 2³¹ steps): the saturated i32 would lose the bias and give a wrong output, while
+/// adding it at the output keeps the result within one step of the real sum.
+pub fn split_bias(bias: f32, acc_scale: f64, out_scale: f64) -> (i32, i32) {
+    let steps = (bias as f64 / acc_scale).round();
+    if steps.abs() <= i32::MAX as f64 {
+        return (steps as i32, 0);
+    }
+    (0, (bias as f64 / out_scale).round().clamp(-1e6, 1e6) as i32)
+}
+
 impl Requant {
-    /// The epilogue y = clamp(out_zp + M_r · (acc + k_r), lo, hi).
-    pub fn new(mult: Vec<FixedMultiplier>, konst: Vec<i32>, out_zp: i32, lo: i32, hi: i32) -> Self {
+    /// The epilogue y = clamp(zp_r + M_r · (acc + k_r), lo, hi).
+    pub fn new(
+        mult: Vec<FixedMultiplier>,
+        konst: Vec<i32>,
+        zp: Vec<i32>,
+        lo: i32,
+        hi: i32,
+    ) -> Self {
         assert_eq!(mult.len(), konst.len(), "one constant per multiplier");
+        assert_eq!(mult.len(), zp.len(), "one zero point per multiplier");
         Requant {
             mant: mult.iter().map(|m| m.mantissa as i64).collect(),
             right: mult.iter().map(|m| (-m.shift).min(62) as i64).collect(),
             small: mult.iter().all(|m| m.shift <= 0),
             mult,
             konst,
-            out_zp,
+            zp,
             lo,
             hi,
         }
@@ -64,7 +86,7 @@ impl Requant {
         let out = self.mult.len();
         for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
             for r in 0..out {
-                let v = self.out_zp + self.mult[r].apply(crow[r].saturating_add(self.konst[r]));
+                let v = self.zp[r] + self.mult[r].apply(crow[r].saturating_add(self.konst[r]));
                 yrow[r] = v.clamp(self.lo, self.hi) as i8;
             }
         }
@@ -87,9 +109,10 @@ impl Requant {
     fn body(&self, c: &[i32], y: &mut [i8]) {
         let out = self.mult.len();
         let (mant, right, konst) = (&self.mant[..out], &self.right[..out], &self.konst[..out]);
+        let zp = &self.zp[..out];
         for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
             for r in 0..out {
-                yrow[r] = self.one(crow[r], konst[r], mant[r], right[r]);
+                yrow[r] = self.one(crow[r], (konst[r], zp[r]), mant[r], right[r]);
             }
         }
     }
@@ -98,7 +121,7 @@ impl Requant {
     pub fn run_column(&self, r: usize, c: &[i32], y: &mut [i8]) {
         if !self.small {
             for (v, o) in c.iter().zip(y) {
-                let q = self.out_zp + self.mult[r].apply(v.saturating_add(self.konst[r]));
+                let q = self.zp[r] + self.mult[r].apply(v.saturating_add(self.konst[r]));
                 *o = q.clamp(self.lo, self.hi) as i8;
             }
             return;
@@ -122,15 +145,15 @@ impl Requant {
 
     #[inline(always)]
     fn column(&self, r: usize, c: &[i32], y: &mut [i8]) {
-        let (k, m, e) = (self.konst[r], self.mant[r], self.right[r]);
+        let (k, m, e) = ((self.konst[r], self.zp[r]), self.mant[r], self.right[r]);
         for (&v, o) in c.iter().zip(y) {
             *o = self.one(v, k, m, e);
         }
     }
 
-    /// One accumulator: clamp(z_out + SRDHM(acc + k, mantissa) >> e rounded), multiplier < 1.
+    /// One accumulator: clamp(z_r + SRDHM(acc + k, mantissa) >> e rounded), multiplier < 1.
     #[inline(always)]
-    fn one(&self, acc: i32, konst: i32, mant: i64, e: i64) -> i8 {
+    fn one(&self, acc: i32, (konst, zp): (i32, i32), mant: i64, e: i64) -> i8 {
         let acc = (acc as i64 + konst as i64).clamp(i32::MIN as i64, i32::MAX as i64);
         // saturating_rounding_doubling_high_mul (the i32::MIN² case cannot occur: mantissa ≥ 2^30)
         let ab = acc * mant;
@@ -146,7 +169,7 @@ impl Requant {
         let rem = high & mask;
         let threshold = (mask >> 1) + i64::from(high < 0);
         let q = (high >> e) + i64::from(rem > threshold);
-        (self.out_zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8
+        (zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8
     }
 }
 
@@ -178,7 +201,7 @@ mod tests {
             let len = c.len();
             c[1 % len] = i32::MIN;
             for (zp, lo, hi) in [(-128, -128, 127), (3, 3, 127), (0, -7, 7)] {
-                let rq = Requant::new(mult.clone(), konst.clone(), zp, lo, hi);
+                let rq = Requant::new(mult.clone(), konst.clone(), vec![zp; out], lo, hi);
                 let mut want = vec![0i8; c.len()];
                 let mut got = vec![0i8; c.len()];
                 rq.reference(&c, &mut want);

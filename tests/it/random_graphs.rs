@@ -322,8 +322,12 @@ impl Builder {
         let qt = self.push(Op::Transpose { perm }, &[q], vec![hw, d]);
         let k = self.conv(x, ConvSpec::dense(d, 1), Act::None);
         let k = self.push(Op::Reshape { allowzero: false }, &[k, flat_d], vec![d, hw]);
+        // Raw scores square the block's input: only the first attention block of a graph may
+        // keep them (chained ones would square again and again, past f32); later ones bound
+        // them with a Sigmoid.
+        let chained = self.layers.iter().any(|l| matches!(l.op, Op::MatMul));
         let mut a = self.push(Op::MatMul, &[qt, k], vec![hw, hw]);
-        if self.rng.below(2) == 0 {
+        if chained || self.rng.below(2) == 0 {
             a = self.push(Op::Unary(UnaryOp::Sigmoid), &[a], vec![hw, hw]);
         }
         let v = self.conv(x, ConvSpec::dense(c, 1), Act::None);

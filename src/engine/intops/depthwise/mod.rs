@@ -27,6 +27,7 @@ mod tests;
 
 use crate::engine::conv::conv_channel;
 use crate::engine::im2col::ConvGeom;
+use crate::engine::requant::split_bias;
 use crate::quant::weights::QWeights;
 use crate::quant::{FixedMultiplier, QParams};
 use line::Line;
@@ -39,9 +40,7 @@ pub struct GroupConv {
     w: Vec<i16>,
     /// Per output channel: bias at scale s_x · s_w,c.
     bias: Vec<i32>,
-    /// Per output channel: s_x · s_w,c / s_o.
-    mult: Vec<FixedMultiplier>,
-    /// Per output channel: the requantization as a verified f64 line (or not).
+    /// Per output channel: the requantization (multiplier s_x · s_w,c / s_o, zero point, clamp) as a verified f64 line (or not).
     lines: Vec<Line>,
     /// The weights as `vpdpbusd` operands, when they and the input zero point fit in bytes.
     #[cfg(target_arch = "x86_64")]
@@ -98,6 +97,7 @@ impl GroupConv {
         let mut cw = Vec::with_capacity(w.q.len());
         let mut bq = Vec::with_capacity(w.rows);
         let mut mult = Vec::with_capacity(w.rows);
+        let mut zo = Vec::with_capacity(w.rows);
         for (r, &b) in bias.iter().enumerate() {
             let p = w.param(r, 0);
             cw.extend(
@@ -106,18 +106,16 @@ impl GroupConv {
                     .map(|&v| (v as i32 - p.zero_point) as i16),
             );
             let acc_scale = in_q.scale as f64 * p.scale as f64;
-            bq.push(
-                (b as f64 / acc_scale)
-                    .round()
-                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32,
-            );
+            let (b_q, off) = split_bias(b, acc_scale, out_q.scale as f64);
+            bq.push(b_q);
+            zo.push(out_q.zero_point + off);
             mult.push(FixedMultiplier::from_f64(acc_scale / out_q.scale as f64));
         }
         let z = in_q.zero_point;
         let lines = (0..w.rows)
             .map(|r| {
                 let range = acc_range(&cw[r * w.cols..(r + 1) * w.cols], bq[r], z);
-                Line::new(mult[r], (out_q.zero_point, lo, hi), range)
+                Line::new(mult[r], (zo[r], lo, hi), range)
             })
             .collect();
         Some(GroupConv {
@@ -126,7 +124,6 @@ impl GroupConv {
             quads: avx512::Quads::new(&cw, &bq, w.rows, kernel, z).map(Box::new),
             w: cw,
             bias: bq,
-            mult,
             lines,
             out: w.rows,
             kernel,
@@ -212,10 +209,11 @@ impl GroupConv {
                     let wk = &self.w[(oc * cg + icg) * self.kernel.0 * self.kernel.1..];
                     conv_channel(xp, wk, g, &mut acc);
                 }
-                let m = self.mult[oc];
+                // The exact fixed-point path (with the channel's own zero point).
+                let line = &self.lines[oc];
                 let dst = &mut y[(s * self.out + oc) * opix..(s * self.out + oc + 1) * opix];
                 for (d, &a) in dst.iter_mut().zip(&acc) {
-                    *d = (self.out_q.zero_point + m.apply(a)).clamp(self.lo, self.hi) as i8;
+                    *d = line.exact(a);
                 }
             }
         }
