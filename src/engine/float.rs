@@ -171,12 +171,7 @@ fn conv_columns(xs: &[f32], n: usize, g: &ConvGeom, w: ArrayView2<f32>, bias: &[
         // Wide enough alone: each sample's product writes its output in place.
         for (x1, ys) in xs.chunks_exact(sample).zip(y.chunks_exact_mut(o * pixels)) {
             im2col_columns(x1, g, 0.0, &mut cols);
-            for (row, &b) in ys.chunks_exact_mut(pixels).zip(bias) {
-                row.fill(b);
-            }
-            let cv = ArrayView2::from_shape((k, pixels), &cols).expect("im2col size");
-            let mut yv = ArrayViewMut2::from_shape((o, pixels), ys).expect("output size");
-            general_mat_mul(1.0, &w, &cv, 1.0, &mut yv);
+            biased_product(w, &cols, bias, ys);
         }
         return y;
     }
@@ -185,23 +180,14 @@ fn conv_columns(xs: &[f32], n: usize, g: &ConvGeom, w: ArrayView2<f32>, bias: &[
         let width = bn * pixels;
         cols.resize(k * width, 0.0);
         for s in 0..bn {
-            im2col_columns(
-                &xs[(s0 + s) * sample..(s0 + s + 1) * sample],
-                g,
-                0.0,
-                &mut one,
-            );
+            let x1 = &xs[(s0 + s) * sample..(s0 + s + 1) * sample];
+            im2col_columns(x1, g, 0.0, &mut one);
             for (dst, src) in cols.chunks_exact_mut(width).zip(one.chunks_exact(pixels)) {
                 dst[s * pixels..(s + 1) * pixels].copy_from_slice(src);
             }
         }
         out.resize(o * width, 0.0);
-        for (row, &b) in out.chunks_exact_mut(width).zip(bias) {
-            row.fill(b);
-        }
-        let cv = ArrayView2::from_shape((k, width), &cols[..k * width]).expect("im2col size");
-        let mut yv = ArrayViewMut2::from_shape((o, width), &mut out[..o * width]).expect("out");
-        general_mat_mul(1.0, &w, &cv, 1.0, &mut yv);
+        biased_product(w, &cols[..k * width], bias, &mut out[..o * width]);
         // [o, bn · pixels] to the samples' [o, pixels] planes.
         for s in 0..bn {
             let ys = &mut y[(s0 + s) * o * pixels..(s0 + s + 1) * o * pixels];
@@ -211,6 +197,18 @@ fn conv_columns(xs: &[f32], n: usize, g: &ConvGeom, w: ArrayView2<f32>, bias: &[
         }
     }
     y
+}
+
+/// out = bias (per row) + w [o, k] × cols [k, out.len() / o].
+fn biased_product(w: ArrayView2<f32>, cols: &[f32], bias: &[f32], out: &mut [f32]) {
+    let (o, k) = w.dim();
+    let width = out.len() / o;
+    for (row, &b) in out.chunks_exact_mut(width).zip(bias) {
+        row.fill(b);
+    }
+    let cv = ArrayView2::from_shape((k, width), cols).expect("im2col size");
+    let mut yv = ArrayViewMut2::from_shape((o, width), out).expect("output size");
+    general_mat_mul(1.0, &w, &cv, 1.0, &mut yv);
 }
 
 /// Columns below which a float conv takes several samples per product.
@@ -226,6 +224,11 @@ pub fn run_node(
         let x = inputs.first().copied().flatten().ok_or("has no input")?;
         return run_weight_op(&layer.op, x, limit);
     }
+    eval(&layer.op, inputs, &batch_limits(inputs, limit))
+}
+
+/// The output limits of a node on a batch: `limit` elements per sample of its first input.
+pub fn batch_limits(inputs: &[Option<&Tensor>], limit: usize) -> Limits {
     let n = inputs
         .first()
         .copied()
@@ -233,13 +236,9 @@ pub fn run_node(
         .and_then(|t| t.shape.first().copied())
         .unwrap_or(1)
         .max(1);
-    eval(
-        &layer.op,
-        inputs,
-        &Limits {
-            max_elems: limit.saturating_mul(n),
-        },
-    )
+    Limits {
+        max_elems: limit.saturating_mul(n),
+    }
 }
 
 /// For each value, the index of the last node that reads it (`usize::MAX`: a graph output or

@@ -802,9 +802,9 @@ impl<'m> IntModel<'m> {
                 qp,
             ));
         }
-        if let Op::MaxPool2d { .. } = layer.op {
-            // Pooled on the codes themselves.
-            return run_node(layer, ins, self.limit);
+        let limits = super::float::batch_limits(ins, self.limit);
+        if let Some(y) = super::ops::max_pool_codes(&layer.op, x, &limits) {
+            return y;
         }
         let codes = Tensor::f32(x.shape.clone(), q.iter().map(|&v| v as f32).collect());
         let mut refs: Vec<Option<&Tensor>> = ins.to_vec();

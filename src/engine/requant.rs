@@ -86,10 +86,16 @@ impl Requant {
         let out = self.mult.len();
         for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
             for r in 0..out {
-                let v = self.zp[r] + self.mult[r].apply(crow[r].saturating_add(self.konst[r]));
-                yrow[r] = v.clamp(self.lo, self.hi) as i8;
+                yrow[r] = self.exact(r, crow[r]);
             }
         }
+    }
+
+    /// Column `r`'s accumulator `acc` through the fixed-point path.
+    #[inline]
+    fn exact(&self, r: usize, acc: i32) -> i8 {
+        let v = self.zp[r] + self.mult[r].apply(acc.saturating_add(self.konst[r]));
+        v.clamp(self.lo, self.hi) as i8
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -120,9 +126,8 @@ impl Requant {
     /// Requantizes `c`, accumulators of column `r` only (a channel-major block), into `y`.
     pub fn run_column(&self, r: usize, c: &[i32], y: &mut [i8]) {
         if !self.small {
-            for (v, o) in c.iter().zip(y) {
-                let q = self.zp[r] + self.mult[r].apply(v.saturating_add(self.konst[r]));
-                *o = q.clamp(self.lo, self.hi) as i8;
+            for (&v, o) in c.iter().zip(y) {
+                *o = self.exact(r, v);
             }
             return;
         }

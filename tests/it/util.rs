@@ -125,3 +125,8 @@ pub fn assert_only_softmax_layernorm_islands(r: &qscope::eval::report::Report) {
         r.float_islands
     );
 }
+
+/// Whether `err` is one line that names every one of `names`.
+pub fn one_line_naming(err: &str, names: &[&str]) -> bool {
+    err.trim().lines().count() == 1 && names.iter().all(|n| err.contains(n))
+}

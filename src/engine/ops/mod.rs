@@ -32,16 +32,17 @@ pub struct Limits {
 /// Runs `op` (any variant except Op::Linear and Op::Conv2d, which the engine runs itself) on its
 /// inputs (None = an absent optional ONNX input); returns the output or a one-line reason.
 pub fn eval(op: &Op, inputs: &[Option<&Tensor>], limits: &Limits) -> Result<Tensor, String> {
-    if let (Op::MaxPool2d { .. }, Some(Some(x))) = (op, inputs.first())
-        && x.is_quantized()
-        && x.as_q().is_some_and(|(q, _)| q.len() == x.len())
-    {
-        // The one op that runs on quantized codes as they are (the integer engine's MaxPool).
-        return pooling::pool(op, x, limits).map_err(|e| format!("{}: {e}", op.kind()));
-    }
     check_inputs(inputs)
         .and_then(|()| dispatch(op, inputs, limits))
         .map_err(|e| format!("{}: {e}", op.kind()))
+}
+
+/// Runs a MaxPool2d on quantized codes as they are (the max of codes is the code of the max),
+/// keeping their qparams; `None` for any other op or input.
+pub fn max_pool_codes(op: &Op, x: &Tensor, limits: &Limits) -> Option<Result<Tensor, String>> {
+    let ok =
+        matches!(op, Op::MaxPool2d { .. }) && x.as_q().is_some_and(|(q, _)| q.len() == x.len());
+    ok.then(|| pooling::pool(op, x, limits).map_err(|e| format!("{}: {e}", op.kind())))
 }
 
 /// Runs a Relu or Clip on real values in the tensor itself (the same values as [`eval`]);
