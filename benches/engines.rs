@@ -32,18 +32,23 @@ pub fn engines(c: &mut Criterion) {
         let int = IntModel::new(&model, &out.params, usize::MAX);
         let mut x = test.samples(0, BATCH).to_vec();
         model.normalize(&mut x);
-        let input = || vec![float::input_tensor(&model, black_box(&x), BATCH)];
+        let input = vec![float::input_tensor(&model, &x, BATCH)];
         let parts = rayon::current_num_threads();
         g.bench_function(BenchmarkId::new("float", name), |b| {
             b.iter(|| {
-                forward_split(input(), parts, |t| {
+                forward_split(black_box(&input), parts, |t| {
                     float::forward(&model, t, usize::MAX, |_, _| {})
                 })
                 .unwrap()
             })
         });
         g.bench_function(BenchmarkId::new("int", name), |b| {
-            b.iter(|| forward_split(input(), parts, |t| int.forward(t, |_, _, _, _| {})).unwrap())
+            b.iter(|| {
+                forward_split(black_box(&input), parts, |t| {
+                    int.forward(t, |_, _, _, _| {})
+                })
+                .unwrap()
+            })
         });
     }
     g.finish();

@@ -10,6 +10,8 @@ pub mod kernels;
 pub mod ops;
 pub mod pool;
 pub mod requant;
+#[cfg(target_arch = "x86_64")]
+mod requant_avx512;
 pub mod split;
 pub mod tensor;
 pub mod transpose;

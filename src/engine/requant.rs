@@ -21,6 +21,9 @@ pub struct Requant {
     zp: Vec<i32>,
     lo: i32,
     hi: i32,
+    /// The constants as the explicit AVX-512 loop reads them (when `small`).
+    #[cfg(target_arch = "x86_64")]
+    blocks: Option<super::requant_avx512::Blocks>,
 }
 
 /// A layer's bias as (accumulator units, output steps): `bias / acc_scale` rounded when it fits
@@ -47,10 +50,15 @@ impl Requant {
     ) -> Self {
         assert_eq!(mult.len(), konst.len(), "one constant per multiplier");
         assert_eq!(mult.len(), zp.len(), "one zero point per multiplier");
+        let mant: Vec<i64> = mult.iter().map(|m| m.mantissa as i64).collect();
+        let right: Vec<i64> = mult.iter().map(|m| (-m.shift).min(62) as i64).collect();
+        let small = mult.iter().all(|m| m.shift <= 0);
         Requant {
-            mant: mult.iter().map(|m| m.mantissa as i64).collect(),
-            right: mult.iter().map(|m| (-m.shift).min(62) as i64).collect(),
-            small: mult.iter().all(|m| m.shift <= 0),
+            #[cfg(target_arch = "x86_64")]
+            blocks: small.then(|| super::requant_avx512::Blocks::new(&konst, &mant, &right, &zp)),
+            mant,
+            right,
+            small,
             mult,
             konst,
             zp,
@@ -65,11 +73,11 @@ impl Requant {
             return self.reference(c, y);
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
+        if let Some(b) = &self.blocks
+            && has_avx512()
         {
-            // SAFETY: the CPU supports AVX-512F and DQ (64-bit lane multiplies), checked above.
-            unsafe { self.body_avx512(c, y) };
+            // SAFETY: the CPU supports AVX-512 F, DQ and BW, checked just above.
+            unsafe { super::requant_avx512::rows(b, self.mult.len(), c, y, (self.lo, self.hi)) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -104,12 +112,6 @@ impl Requant {
         self.body(c, y);
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-    unsafe fn body_avx512(&self, c: &[i32], y: &mut [i8]) {
-        self.body(c, y);
-    }
-
     /// SRDHM then a rounding right shift, in branch-free i64 arithmetic (multipliers < 1).
     #[inline(always)]
     fn body(&self, c: &[i32], y: &mut [i8]) {
@@ -132,19 +134,14 @@ impl Requant {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
+        if let Some(b) = &self.blocks
+            && has_avx512()
         {
-            // SAFETY: the CPU supports AVX-512F and DQ, checked just above.
-            unsafe { self.column_avx512(r, c, y) };
+            let b = b.broadcast(r);
+            // SAFETY: the CPU supports AVX-512 F, DQ and BW, checked just above.
+            unsafe { super::requant_avx512::column(&b, c, y, (self.lo, self.hi)) };
             return;
         }
-        self.column(r, c, y);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-    unsafe fn column_avx512(&self, r: usize, c: &[i32], y: &mut [i8]) {
         self.column(r, c, y);
     }
 
@@ -178,9 +175,54 @@ impl Requant {
     }
 }
 
+/// Whether this CPU runs the explicit AVX-512 epilogue (detected once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Multipliers of few mantissa bits put many accumulators exactly on a rounding tie, of the
+    /// doubling high multiply or of the right shift: every one of them must round as the
+    /// reference does.
+    #[test]
+    fn fast_epilogue_rounds_ties_as_the_reference() {
+        let ms = [
+            0.5,
+            0.25,
+            0.75,
+            2f64.powi(-5),
+            3.0 * 2f64.powi(-7),
+            2f64.powi(-12),
+        ];
+        let mult: Vec<FixedMultiplier> = ms.iter().map(|&m| FixedMultiplier::from_f64(m)).collect();
+        let out = mult.len();
+        let c: Vec<i32> = (-6000..6000).flat_map(|a| vec![a; out]).collect();
+        for konst in [0, 1, -7] {
+            let rq = Requant::new(mult.clone(), vec![konst; out], vec![0; out], -128, 127);
+            let (mut want, mut got) = (vec![0i8; c.len()], vec![0i8; c.len()]);
+            rq.reference(&c, &mut want);
+            rq.run(&c, &mut got);
+            assert_eq!(got, want, "konst {konst}");
+            rq.body(&c, &mut got);
+            assert_eq!(got, want, "portable body, konst {konst}");
+            for r in 0..out {
+                let col: Vec<i32> = (-6000..6000).collect();
+                let mut y = vec![0i8; col.len()];
+                rq.run_column(r, &col, &mut y);
+                let w: Vec<i8> = want.iter().skip(r).step_by(out).copied().collect();
+                assert_eq!(y, w, "column {r}");
+            }
+        }
+    }
 
     #[test]
     fn fast_epilogue_equals_the_reference() {

@@ -58,21 +58,22 @@ fn collect<T: Copy>(parts: Vec<Tensor>, get: impl Fn(&Tensor) -> Option<&[T]>) -
 }
 
 /// Runs `run` on `inputs` cut into `parts` contiguous parts of the batch, in parallel on the
-/// current rayon pool, and joins the outputs. Runs the whole batch at once when the inputs do
-/// not share a first axis, or when an output is not batch-major (a part's outputs do not have
-/// the part's length first).
-pub fn forward_split<F>(inputs: Vec<Tensor>, parts: usize, run: F) -> Result<Vec<Tensor>>
+/// current rayon pool, and joins the outputs. Each part copies only its own rows (in its own
+/// thread); the whole batch is copied once when it runs at once: when the inputs do not share
+/// a first axis, or when an output is not batch-major (a part's outputs do not have the part's
+/// length first).
+pub fn forward_split<F>(inputs: &[Tensor], parts: usize, run: F) -> Result<Vec<Tensor>>
 where
     F: Fn(Vec<Tensor>) -> Result<Vec<Tensor>> + Sync,
 {
     use rayon::prelude::*;
     let n = match inputs.first().and_then(|t| t.shape.first()) {
         Some(&n) if inputs.iter().all(|t| t.shape.first() == Some(&n)) => n,
-        _ => return run(inputs),
+        _ => return run(inputs.to_vec()),
     };
     let parts = parts.min(n);
     if parts <= 1 {
-        return run(inputs);
+        return run(inputs.to_vec());
     }
     let bounds: Vec<(usize, usize)> = (0..parts)
         .map(|p| (p * n / parts, (p + 1) * n / parts))
@@ -86,7 +87,7 @@ where
             .all(|t| t.shape.first() == Some(&(e - s)) && !t.shape.is_empty())
     });
     if !batch_major {
-        return run(inputs);
+        return run(inputs.to_vec());
     }
     let count = outs[0].len();
     let mut per_output: Vec<Vec<Tensor>> = (0..count).map(|_| Vec::new()).collect();
@@ -101,6 +102,6 @@ where
         .collect::<Option<Vec<_>>>()
     {
         Some(joined) => Ok(joined),
-        None => run(inputs),
+        None => run(inputs.to_vec()),
     }
 }

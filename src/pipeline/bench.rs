@@ -106,14 +106,13 @@ pub fn bench(
     // The batch is cut into one part per thread of the current pool (see `engine::split`).
     let parts = rayon::current_num_threads();
     let float_ms = time(&|| {
-        forward_split(inputs.clone(), parts, |x| {
+        forward_split(&inputs, parts, |x| {
             float::forward(model, x, limit, |_, _| {})
         })
         .map(|_| ())
     })?;
-    let int_ms = time(&|| {
-        forward_split(inputs.clone(), parts, |x| int.forward(x, |_, _, _, _| {})).map(|_| ())
-    })?;
+    let int_ms =
+        time(&|| forward_split(&inputs, parts, |x| int.forward(x, |_, _, _, _| {})).map(|_| ()))?;
     Ok(BenchTimes {
         batch,
         macs_per_sample,

@@ -6,6 +6,8 @@ pub mod calib;
 pub mod fixed_point;
 pub mod gptq;
 pub mod qparams;
+#[cfg(target_arch = "x86_64")]
+mod quantize_simd;
 pub mod scheme;
 pub mod weights;
 

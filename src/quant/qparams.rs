@@ -43,25 +43,11 @@ pub fn round_half_away(x: f64) -> f64 {
 }
 
 /// [`quantize_core`] over a slice.
-#[inline(always)]
+#[inline]
 fn quantize_slice(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = quantize_core(v, scale, zp, lo, hi) as i8;
     }
-}
-
-/// The same loop compiled for AVX2 (4 f64 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_slice_avx2(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
-    quantize_slice(x, out, scale, zp, lo, hi);
-}
-
-/// The same loop compiled for AVX-512 (8 f64 lanes, native f64 → i64 conversions).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn quantize_slice_avx512(x: &[f32], out: &mut [i8], scale: f32, zp: i32, lo: i32, hi: i32) {
-    quantize_slice(x, out, scale, zp, lo, hi);
 }
 
 /// round_half_away(x / scale) + zp clamped to [lo, hi], written so that it vectorizes
@@ -141,17 +127,7 @@ impl QParams {
     pub fn quantize_into(&self, x: &[f32], out: &mut [i8]) {
         let (scale, zp, lo, hi) = (self.scale, self.zero_point, self.qmin(), self.qmax());
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-        {
-            // SAFETY: the CPU supports AVX-512F and DQ, checked just above.
-            unsafe { quantize_slice_avx512(x, out, scale, zp, lo, hi) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { quantize_slice_avx2(x, out, scale, zp, lo, hi) };
+        if super::quantize_simd::quantize_fast(x, out, scale, zp, (lo, hi)) {
             return;
         }
         quantize_slice(x, out, scale, zp, lo, hi);

@@ -222,12 +222,12 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
         assert_eq!(alone, i_whole[0].to_f32_vec(), "{name}: per-sample int");
         for parts in [2, 3, 5] {
             assert_eq!(
-                forward_split(input(), parts, f).unwrap(),
+                forward_split(&input(), parts, f).unwrap(),
                 f_whole,
                 "{name} float {parts}"
             );
             assert_eq!(
-                forward_split(input(), parts, i).unwrap(),
+                forward_split(&input(), parts, i).unwrap(),
                 i_whole,
                 "{name} int {parts}"
             );

@@ -1,0 +1,168 @@
+//! The requantization epilogue written out in AVX-512 (F, DQ, BW): the same integer steps as
+//! [`super::requant::Requant`]'s reference, 16 accumulators per vector.
+//!
+//! The i32 accumulators stay in their vector; even and odd lanes are widened in place to two
+//! vectors of i64 (a shift pair and a shift), each goes through: + k (clamped to i32, the
+//! reference's saturating add), · mantissa (`vpmuldq`, exact), the doubling high multiply
+//! as ⌊(ab + 2³⁰) / 2³¹⌋ (its nudge below zero, 1 − 2³⁰, and its division toward zero, + 2³¹ − 1
+//! before the shift, add up to the same 2³⁰), and the rounding right shift by e written as one add
+//! and one arithmetic shift: ⌊(h + 2^(e−1) − [h < 0 and e > 0]) / 2^e⌋ is h / 2^e rounded half
+//! away from zero. The odd results go back into the odd i32 lanes, then + z, clamp, narrow.
+
+use std::arch::x86_64::*;
+
+/// Per-column constants of one block of 16 columns, even columns then odd ones, as i64.
+#[derive(Debug, Clone)]
+pub(super) struct Block16 {
+    /// k (the constant added to the accumulator), [even 8, odd 8].
+    konst: [i64; 16],
+    /// The mantissa (low 32 bits used), [even 8, odd 8].
+    mant: [i64; 16],
+    /// 2^(e−1) or 0 for e = 0.
+    half: [i64; 16],
+    /// 1 where e > 0 (the round-half-away correction for negatives).
+    neg: [i64; 16],
+    /// The shift e.
+    shift: [i64; 16],
+    /// Output zero point per column, in column order.
+    zp: [i32; 16],
+}
+
+/// The epilogue's constants laid out for the vector loop, columns padded to blocks of 16.
+#[derive(Debug, Clone)]
+pub(super) struct Blocks {
+    blocks: Vec<Block16>,
+}
+
+impl Blocks {
+    /// From the per-column constant k, mantissa, right shift e (≤ 62) and zero point.
+    pub(super) fn new(konst: &[i32], mant: &[i64], right: &[i64], zp: &[i32]) -> Self {
+        let n = konst.len();
+        let blocks = (0..n.div_ceil(16))
+            .map(|b| {
+                let col = |lane: usize| {
+                    let c = 16 * b
+                        + if lane < 8 {
+                            2 * lane
+                        } else {
+                            2 * (lane - 8) + 1
+                        };
+                    (c < n).then_some(c)
+                };
+                let per = |f: &dyn Fn(usize) -> i64| std::array::from_fn(|l| col(l).map_or(0, f));
+                Block16 {
+                    konst: per(&|c| konst[c] as i64),
+                    mant: per(&|c| mant[c]),
+                    half: per(&|c| {
+                        if right[c] > 0 {
+                            1i64 << (right[c] - 1)
+                        } else {
+                            0
+                        }
+                    }),
+                    neg: per(&|c| i64::from(right[c] > 0)),
+                    shift: per(&|c| right[c]),
+                    zp: std::array::from_fn(|l| zp.get(16 * b + l).copied().unwrap_or(0)),
+                }
+            })
+            .collect();
+        Blocks { blocks }
+    }
+
+    /// A block with column `r`'s constants in every lane (for a channel-major run).
+    pub(super) fn broadcast(&self, r: usize) -> Block16 {
+        let b = &self.blocks[r / 16];
+        let l = r % 16;
+        let lane = l / 2 + 8 * (l % 2);
+        Block16 {
+            konst: [b.konst[lane]; 16],
+            mant: [b.mant[lane]; 16],
+            half: [b.half[lane]; 16],
+            neg: [b.neg[lane]; 16],
+            shift: [b.shift[lane]; 16],
+            zp: [b.zp[l]; 16],
+        }
+    }
+}
+
+/// The i64 half of the steps for 8 lanes: accumulators `a` (sign-extended), constants from
+/// offset `o` (0 even, 8 odd) of `b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn steps64(a: __m512i, b: &Block16, o: usize) -> __m512i {
+    // SAFETY (loads): each array holds 16 i64; o + 8 ≤ 16.
+    let ld = |v: &[i64; 16]| unsafe { _mm512_loadu_si512(v[o..].as_ptr().cast()) };
+    let a = _mm512_add_epi64(a, ld(&b.konst));
+    let a = _mm512_min_epi64(
+        _mm512_max_epi64(a, _mm512_set1_epi64(i32::MIN as i64)),
+        _mm512_set1_epi64(i32::MAX as i64),
+    );
+    let ab = _mm512_mul_epi32(a, ld(&b.mant));
+    // The doubling high multiply with its nudge (1 − 2^30 below zero) and division toward zero
+    // is ⌊(ab + 2^30) / 2^31⌋ for either sign: the two corrections below zero add up to 2^30.
+    let x = _mm512_add_epi64(ab, _mm512_set1_epi64(1 << 30));
+    let h = _mm512_srai_epi64::<31>(x);
+    let hneg = _mm512_movepi64_mask(h);
+    let h = _mm512_add_epi64(h, ld(&b.half));
+    let h = _mm512_mask_sub_epi64(h, hneg, h, ld(&b.neg));
+    _mm512_srav_epi64(h, ld(&b.shift))
+}
+
+/// 16 accumulators (columns in order) to their clamped output codes as i32.
+///
+/// # Safety
+/// The CPU supports AVX-512 F and DQ.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+pub(super) fn requant16(acc: __m512i, b: &Block16, (lo, hi): (__m512i, __m512i)) -> __m512i {
+    let even = _mm512_srai_epi64::<32>(_mm512_slli_epi64::<32>(acc));
+    let odd = _mm512_srai_epi64::<32>(acc);
+    let qe = steps64(even, b, 0);
+    let qo = steps64(odd, b, 8);
+    // Even results in the low halves, odd ones in the high halves of the 64-bit lanes.
+    let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
+    // SAFETY: `zp` holds 16 i32.
+    let zp = unsafe { _mm512_loadu_si512(b.zp.as_ptr().cast()) };
+    _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
+}
+
+/// Requantizes rows of `out` accumulators in `c` into `y` (as many rows as both hold).
+///
+/// # Safety
+/// The CPU supports AVX-512 F, DQ and BW; `blocks` built for `out` columns.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
+    let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
+    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
+        for (j, b) in blocks.blocks.iter().enumerate() {
+            let n = (out - 16 * j).min(16);
+            let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
+            // SAFETY: the mask covers columns 16j .. 16j + n < out of this row in c and y.
+            unsafe {
+                let a = _mm512_maskz_loadu_epi32(m, crow.as_ptr().add(16 * j));
+                let q = requant16(a, b, bounds);
+                _mm_mask_storeu_epi8(yrow.as_mut_ptr().add(16 * j), m, _mm512_cvtepi32_epi8(q));
+            }
+        }
+    }
+}
+
+/// Requantizes accumulators of a single column (constants `b` from [`Blocks::broadcast`]).
+///
+/// # Safety
+/// The CPU supports AVX-512 F, DQ and BW.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+pub(super) unsafe fn column(b: &Block16, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
+    let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
+    let n = c.len().min(y.len());
+    for i in (0..n).step_by(16) {
+        let k = (n - i).min(16);
+        let m: u16 = if k == 16 { !0 } else { (1 << k) - 1 };
+        // SAFETY: the mask covers elements i .. i + k ≤ n of c and y.
+        unsafe {
+            let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(i));
+            let q = requant16(a, b, bounds);
+            _mm_mask_storeu_epi8(y.as_mut_ptr().add(i), m, _mm512_cvtepi32_epi8(q));
+        }
+    }
+}
