@@ -76,7 +76,7 @@ impl Requant {
         if let Some(b) = &self.blocks
             && has_avx512()
         {
-            // SAFETY: the CPU supports AVX-512 F, DQ and BW, checked just above.
+            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
             unsafe { super::requant_avx512::rows(b, self.mult.len(), c, y, (self.lo, self.hi)) };
             return;
         }
@@ -138,7 +138,7 @@ impl Requant {
             && has_avx512()
         {
             let b = b.broadcast(r);
-            // SAFETY: the CPU supports AVX-512 F, DQ and BW, checked just above.
+            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
             unsafe { super::requant_avx512::column(&b, c, y, (self.lo, self.hi)) };
             return;
         }
@@ -183,6 +183,7 @@ fn has_avx512() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     })
 }
 

@@ -129,8 +129,8 @@ pub(super) fn requant16(acc: __m512i, b: &Block16, (lo, hi): (__m512i, __m512i))
 /// Requantizes rows of `out` accumulators in `c` into `y` (as many rows as both hold).
 ///
 /// # Safety
-/// The CPU supports AVX-512 F, DQ and BW; `blocks` built for `out` columns.
-#[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+/// The CPU supports AVX-512 F, DQ, BW and VL; `blocks` built for `out` columns.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
 pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
     for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
@@ -150,8 +150,8 @@ pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], 
 /// Requantizes accumulators of a single column (constants `b` from [`Blocks::broadcast`]).
 ///
 /// # Safety
-/// The CPU supports AVX-512 F, DQ and BW.
-#[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+/// The CPU supports AVX-512 F, DQ, BW and VL.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
 pub(super) unsafe fn column(b: &Block16, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
     let n = c.len().min(y.len());

@@ -39,7 +39,10 @@ pub(super) fn quantize_fast(
     }
     let n = x.len().min(out.len());
     let (x, out) = (&x[..n], &mut out[..n]);
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+    {
         // SAFETY: the CPU features were checked just above.
         unsafe { quantize_avx512(x, out, scale, zp, (lo, hi)) };
         true
@@ -53,7 +56,7 @@ pub(super) fn quantize_fast(
 }
 
 /// 16 lanes at a time; the tail through a masked load and store.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn quantize_avx512(x: &[f32], out: &mut [i8], scale: f32, zp: i32, (lo, hi): (i32, i32)) {
     let s = _mm512_set1_ps(scale);
     let inv = _mm512_set1_ps(1.0 / scale);
@@ -257,7 +260,9 @@ mod tests {
     }
 
     fn has_simd() -> bool {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
             || is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 

@@ -98,6 +98,17 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
         return Ok(Tensor::q(x1.shape.clone(), y, qo));
     }
     let shape = broadcast_shape(&x1.shape, &x2.shape)?;
+    // One operand a single value (a normalization's mean): a table of the other's 256 codes.
+    if a.len() == 1 || b.len() == 1 {
+        let table: [i8; 256] = if b.len() == 1 {
+            std::array::from_fn(|i| apply(i as u8 as i8, b[0]))
+        } else {
+            std::array::from_fn(|i| apply(a[0], i as u8 as i8))
+        };
+        let x = if b.len() == 1 { a } else { b };
+        let y = x.iter().map(|&c| table[c as u8 as usize]).collect();
+        return Ok(Tensor::q(shape, y, qo));
+    }
     let oa = broadcast_offsets(&x1.shape, &shape)?;
     let ob = broadcast_offsets(&x2.shape, &shape)?;
     let y = oa
@@ -193,5 +204,26 @@ mod tests {
         }
         assert!(add(&t1, &Tensor::q(vec![3], vec![0, 0, 0], q2), qo, false).is_err());
         assert!(add(&t1, &Tensor::f32(vec![1], vec![0.0]), qo, false).is_err());
+    }
+
+    #[test]
+    fn a_single_value_operand_on_either_side_is_within_one_step_of_f64() {
+        // The table path (a normalization's x − mean, or mean − x): every code of the tensor.
+        let (q1, q2, qo) = (qp(-0.2, 1.0), qp(-3.0, 3.0), qp(-2.5, 2.5));
+        let x: Vec<i8> = (-128..=127).collect();
+        let t = Tensor::q(vec![1, 1, 16, 16], x.clone(), q1);
+        let m = Tensor::q(vec![1, 1, 1, 1], vec![37], q2);
+        for sub in [false, true] {
+            let right = add(&t, &m, qo, sub).unwrap();
+            let left = add(&m, &t, qo, sub).unwrap();
+            assert_eq!((&right.shape, &left.shape), (&t.shape, &t.shape));
+            let (r, l) = (right.as_q().unwrap().0, left.as_q().unwrap().0);
+            for (i, &c) in x.iter().enumerate() {
+                let want = add_reference(c, q1, 37, q2, qo, sub) as i32;
+                assert!((r[i] as i32 - want).abs() <= 1, "x ± m, code {c}");
+                let want = add_reference(37, q2, c, q1, qo, sub) as i32;
+                assert!((l[i] as i32 - want).abs() <= 1, "m ± x, code {c}");
+            }
+        }
     }
 }
