@@ -272,10 +272,17 @@ fn shifted_plane<T: Copy>(xc: &[T], g: &ConvGeom, (ky, kx): (usize, usize), pad:
     // Columns whose input column ox + kx − pad_left is outside [0, w) read a neighbouring row.
     let left = g.pad[1].saturating_sub(kx).min(ow);
     let right = (g.w + g.pad[1]).saturating_sub(kx).min(ow).max(left);
-    for oy in oy0..oy1 {
-        let row = &mut dst[oy * ow..(oy + 1) * ow];
-        row[..left].fill(pad);
-        row[right..].fill(pad);
+    // Column by column down the rows (a few columns at most): a fill per row would be a
+    // memset call for one or two codes.
+    let cols = if oy1 > oy0 {
+        (0..left).chain(right..ow)
+    } else {
+        (0..0).chain(0..0)
+    };
+    for c in cols {
+        for v in dst[oy0 * ow + c..oy1 * ow].iter_mut().step_by(ow) {
+            *v = pad;
+        }
     }
 }
 
@@ -399,7 +406,7 @@ mod tests {
     type Geometry = ((usize, usize), (usize, usize), [usize; 4], (usize, usize));
 
     /// Geometries the layouts are checked on: strides, dilations, asymmetric and wide padding.
-    const GEOMETRIES: [Geometry; 10] = [
+    const GEOMETRIES: [Geometry; 11] = [
         ((3, 2), (2, 1), [1, 0, 2, 3], (2, 3)),
         ((2, 3), (1, 2), [0, 2, 1, 0], (1, 1)),
         ((3, 3), (1, 1), [1, 1, 1, 1], (1, 1)),
@@ -410,6 +417,8 @@ mod tests {
         ((3, 3), (2, 2), [2, 1, 0, 2], (1, 2)),
         ((5, 3), (1, 1), [0, 2, 4, 0], (1, 1)),
         ((1, 1), (1, 1), [0, 0, 0, 0], (1, 1)),
+        // Taller than the image with its padding: some taps read no image row at all.
+        ((5, 3), (1, 1), [4, 1, 0, 1], (1, 1)),
     ];
 
     /// The patch of output pixel (s, oy, ox) by direct indexing of NCHW `x`: for each tap in
@@ -475,7 +484,7 @@ mod tests {
 
     #[test]
     fn im2col_columns_matches_direct_indexing() {
-        for (c, h, w) in [(3, 5, 7), (2, 1, 1), (1, 2, 1)] {
+        for (c, h, w) in [(3, 5, 7), (2, 1, 1), (1, 2, 1), (1, 2, 3)] {
             let x: Vec<i32> = (0..(c * h * w) as i32).collect();
             for g in geometries(c, h, w) {
                 let want = reference_rows(&x, 1, &g, 0, c, false);

@@ -902,17 +902,21 @@ impl<'m> IntModel<'m> {
     /// Runs weight node `i` alone on real input `x` (quantized with its input qparams); returns
     /// its real-valued (fused) output, or `None` if it is not an integer node.
     pub fn run_isolated(&self, i: usize, x: &Tensor) -> Option<Tensor> {
+        self.run_isolated_codes(i, x).map(Tensor::dequantized)
+    }
+
+    /// [`IntModel::run_isolated`] before the final dequantization: the output codes (or reals,
+    /// for a node whose output is real).
+    pub fn run_isolated_codes(&self, i: usize, x: &Tensor) -> Option<Tensor> {
         if let Step::Embed { kernel, .. } = &self.steps[i] {
             // Its input is the indices: nothing to quantize.
-            return kernel.run(x, self.limit).ok().map(Tensor::dequantized);
+            return kernel.run(x, self.limit).ok();
         }
         let Step::Gemm { kernel, .. } = &self.steps[i] else {
             return None;
         };
         let q = x.quantize(kernel.in_q());
-        self.run_gemm(&self.model.layers[i].op, kernel, &q)
-            .ok()
-            .map(Tensor::dequantized)
+        self.run_gemm(&self.model.layers[i].op, kernel, &q).ok()
     }
 }
 

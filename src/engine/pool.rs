@@ -150,6 +150,58 @@ pub fn pool_padded<T: Copy, A: Copy>(
     out
 }
 
+/// Max pooling of `n` planes of codes `x` over 2×2 windows with stride 2 and no padding
+/// (the inputs's last row and column dropped when odd, as ONNX's floor mode does): per output
+/// row, the two input rows' elementwise max, then the max of each adjacent pair. `None` for any
+/// other geometry. The same values as [`pool_padded`] with `i8::max` (a max is a max in any
+/// order), in loops the compiler vectorizes.
+pub fn max_pool_2x2_codes(x: &[i8], n: usize, g: &PoolGeom) -> Option<Vec<i8>> {
+    let fits = g.kernel == (2, 2)
+        && g.stride == (2, 2)
+        && g.pad == [0; 4]
+        && g.oh == g.h / 2
+        && g.ow == g.w / 2;
+    if !fits {
+        return None;
+    }
+    let plane = g.h * g.w;
+    assert!(x.len() >= n * g.c * plane, "pool input too short");
+    let mut out = vec![0i8; n * g.c * g.oh * g.ow];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU supports AVX-512BW, checked just above.
+        unsafe { max_2x2_avx512(x, g, &mut out) };
+        return Some(out);
+    }
+    max_2x2(x, g, &mut out);
+    Some(out)
+}
+
+/// [`max_2x2`] compiled for AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn max_2x2_avx512(x: &[i8], g: &PoolGeom, out: &mut [i8]) {
+    max_2x2(x, g, out);
+}
+
+#[inline(always)]
+fn max_2x2(x: &[i8], g: &PoolGeom, out: &mut [i8]) {
+    let (w, ow) = (g.w, g.ow);
+    let mut rowmax = vec![0i8; 2 * ow];
+    let planes = x.chunks_exact(g.h * w).zip(out.chunks_exact_mut(g.oh * ow));
+    for (p, o) in planes {
+        for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+            let (r0, r1) = (&p[2 * oy * w..][..2 * ow], &p[(2 * oy + 1) * w..][..2 * ow]);
+            for ((m, &a), &b) in rowmax.iter_mut().zip(r0).zip(r1) {
+                *m = a.max(b);
+            }
+            for (v, pair) in orow.iter_mut().zip(rowmax.chunks_exact(2)) {
+                *v = pair[0].max(pair[1]);
+            }
+        }
+    }
+}
+
 /// Per output position along one axis: the input range [lo, hi) of the window and the
 /// number of its taps inside the padded input.
 fn windows(
@@ -219,6 +271,31 @@ mod tests {
             |s, k| (s / k as i32) as i8,
         );
         assert_eq!(old, vec![-1, 1, 3, 0]);
+    }
+
+    #[test]
+    fn the_two_by_two_code_kernel_matches_direct_loops() {
+        for (n, c, h, w) in [(2, 3, 28, 28), (1, 2, 5, 7), (3, 1, 10, 130), (1, 1, 3, 2)] {
+            let x: Vec<i8> = (0..n * c * h * w)
+                .map(|i| ((i * 7919 + 13) % 256) as u8 as i8)
+                .collect();
+            let g = PoolGeom::new(&[c, h, w], (2, 2), (2, 2), [0; 4], false).unwrap();
+            let got = max_pool_2x2_codes(&x, n, &g).expect("a 2×2/2 window");
+            let mut want = Vec::new();
+            for p in 0..n * c {
+                for oy in 0..h / 2 {
+                    for ox in 0..w / 2 {
+                        let at = |dy, dx| x[(p * h + 2 * oy + dy) * w + 2 * ox + dx];
+                        want.push(at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1)));
+                    }
+                }
+            }
+            assert_eq!(got, want, "{n}x{c}x{h}x{w}");
+        }
+        let padded = PoolGeom::new(&[1, 4, 4], (2, 2), (2, 2), [1, 1, 0, 0], false).unwrap();
+        assert!(max_pool_2x2_codes(&[0; 16], 1, &padded).is_none());
+        let ceil = PoolGeom::new(&[1, 5, 5], (2, 2), (2, 2), [0; 4], true).unwrap();
+        assert!(max_pool_2x2_codes(&[0; 25], 1, &ceil).is_none());
     }
 
     #[test]

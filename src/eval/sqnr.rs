@@ -1,5 +1,7 @@
 //! Signal-to-quantization-noise ratio, pooled over many batches.
 
+use crate::quant::QParams;
+
 /// Running sums for SQNR = 10·log10(Σx² / Σ(x − x̂)²).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SqnrAcc {
@@ -15,22 +17,37 @@ impl SqnrAcc {
     /// the additions overlap instead of waiting on one another).
     pub fn add(&mut self, reference: &[f32], approx: &[f32]) {
         debug_assert_eq!(reference.len(), approx.len());
-        const L: usize = 8;
-        let (mut sig, mut noi) = ([0f64; L], [0f64; L]);
-        let (xs, ys) = (reference.chunks_exact(L), approx.chunks_exact(L));
-        let (xt, yt) = (xs.remainder(), ys.remainder());
-        for (x, y) in xs.zip(ys) {
-            for l in 0..L {
-                let (a, b) = (x[l] as f64, y[l] as f64);
-                sig[l] += a * a;
-                noi[l] += (a - b) * (a - b);
+        let (sig, noi) = {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                unsafe { real_lanes_avx512(reference, approx) }
+            } else {
+                real_lanes(reference, approx)
             }
-        }
-        for (l, (&a, &b)) in xt.iter().zip(yt).enumerate() {
-            let (a, b) = (a as f64, b as f64);
-            sig[l] += a * a;
-            noi[l] += (a - b) * (a - b);
-        }
+            #[cfg(not(target_arch = "x86_64"))]
+            real_lanes(reference, approx)
+        };
+        self.signal += sig.iter().sum::<f64>();
+        self.noise += noi.iter().sum::<f64>();
+    }
+
+    /// Adds a batch whose x̂ are integer `codes` in `qp`: the same sums as [`SqnrAcc::add`] on
+    /// the codes dequantized to f32 ([`QParams::dequantize`], computed here in the loop, on
+    /// AVX-512 where the CPU has it), without materializing them.
+    pub fn add_codes(&mut self, reference: &[f32], codes: &[i8], qp: QParams) {
+        debug_assert_eq!(reference.len(), codes.len());
+        let (sig, noi) = {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                unsafe { code_lanes_avx512(reference, codes, qp) }
+            } else {
+                code_lanes(reference, codes, qp)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            code_lanes(reference, codes, qp)
+        };
         self.signal += sig.iter().sum::<f64>();
         self.noise += noi.iter().sum::<f64>();
     }
@@ -49,6 +66,135 @@ impl SqnrAcc {
             None
         }
     }
+}
+
+/// Lanes of f64 sums, as [`SqnrAcc::add`] keeps them.
+type Lanes = ([f64; 8], [f64; 8]);
+
+/// The lane sums of x² and (x − x̂)², eight interleaved lanes.
+#[inline(always)]
+fn real_lanes(reference: &[f32], approx: &[f32]) -> Lanes {
+    const L: usize = 8;
+    let (mut sig, mut noi) = ([0f64; L], [0f64; L]);
+    let (xs, ys) = (reference.chunks_exact(L), approx.chunks_exact(L));
+    let (xt, yt) = (xs.remainder(), ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        for l in 0..L {
+            let (a, b) = (x[l] as f64, y[l] as f64);
+            sig[l] += a * a;
+            noi[l] += (a - b) * (a - b);
+        }
+    }
+    for (l, (&a, &b)) in xt.iter().zip(yt).enumerate() {
+        let (a, b) = (a as f64, b as f64);
+        sig[l] += a * a;
+        noi[l] += (a - b) * (a - b);
+    }
+    (sig, noi)
+}
+
+/// [`real_lanes`] in AVX-512 intrinsics, bit-identical as [`code_lanes_avx512`] is.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn real_lanes_avx512(reference: &[f32], approx: &[f32]) -> Lanes {
+    use std::arch::x86_64::*;
+    const L: usize = 8;
+    let n = reference.len().min(approx.len());
+    let body = n / L * L;
+    let (mut sig, mut noi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    for i in (0..body).step_by(L) {
+        // SAFETY: i + 8 ≤ body ≤ the length of both slices.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(reference.as_ptr().add(i)),
+                _mm256_loadu_ps(approx.as_ptr().add(i)),
+            )
+        };
+        let (a, b) = (_mm512_cvtps_pd(x), _mm512_cvtps_pd(y));
+        let d = _mm512_sub_pd(a, b);
+        sig = _mm512_add_pd(sig, _mm512_mul_pd(a, a));
+        noi = _mm512_add_pd(noi, _mm512_mul_pd(d, d));
+    }
+    let mut out = ([0f64; L], [0f64; L]);
+    // SAFETY: both arrays hold 8 f64.
+    unsafe {
+        _mm512_storeu_pd(out.0.as_mut_ptr(), sig);
+        _mm512_storeu_pd(out.1.as_mut_ptr(), noi);
+    }
+    let tail = real_lanes(&reference[body..n], &approx[body..n]);
+    for l in 0..L {
+        out.0[l] += tail.0[l];
+        out.1[l] += tail.1[l];
+    }
+    out
+}
+
+/// [`code_lanes`] in AVX-512 intrinsics: lane l of each vector is lane l of the plain loop,
+/// with the same operations (a product then a sum, no fused multiply-add), so the sums are
+/// bit-identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn code_lanes_avx512(reference: &[f32], codes: &[i8], qp: QParams) -> Lanes {
+    use std::arch::x86_64::*;
+    const L: usize = 8;
+    let n = reference.len().min(codes.len());
+    let body = n / L * L;
+    let (scale, zp) = (
+        _mm512_set1_pd(qp.scale as f64),
+        _mm256_set1_epi32(qp.zero_point),
+    );
+    let (mut sig, mut noi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    for i in (0..body).step_by(L) {
+        // SAFETY: i + 8 ≤ body ≤ the length of both slices.
+        let (x, c) = unsafe {
+            (
+                _mm256_loadu_ps(reference.as_ptr().add(i)),
+                _mm_loadl_epi64(codes.as_ptr().add(i).cast()),
+            )
+        };
+        let a = _mm512_cvtps_pd(x);
+        let q = _mm256_sub_epi32(_mm256_cvtepi8_epi32(c), zp);
+        let b = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_mul_pd(scale, _mm512_cvtepi32_pd(q))));
+        let d = _mm512_sub_pd(a, b);
+        sig = _mm512_add_pd(sig, _mm512_mul_pd(a, a));
+        noi = _mm512_add_pd(noi, _mm512_mul_pd(d, d));
+    }
+    let (mut s, mut z) = ([0f64; L], [0f64; L]);
+    // SAFETY: both arrays hold 8 f64.
+    unsafe {
+        _mm512_storeu_pd(s.as_mut_ptr(), sig);
+        _mm512_storeu_pd(z.as_mut_ptr(), noi);
+    }
+    let (ts, tz) = code_lanes(&reference[body..n], &codes[body..n], qp);
+    for l in 0..L {
+        s[l] += ts[l];
+        z[l] += tz[l];
+    }
+    (s, z)
+}
+
+/// The lane sums of x² and (x − x̂)² with x̂ the dequantized codes, in [`SqnrAcc::add`]'s order.
+#[inline(always)]
+fn code_lanes(reference: &[f32], codes: &[i8], qp: QParams) -> Lanes {
+    const L: usize = 8;
+    let (scale, zp) = (qp.scale as f64, qp.zero_point);
+    let deq = |c: i8| (scale * (c as i32 - zp) as f64) as f32 as f64;
+    let (mut sig, mut noi) = ([0f64; L], [0f64; L]);
+    let (xs, cs) = (reference.chunks_exact(L), codes.chunks_exact(L));
+    let (xt, ct) = (xs.remainder(), cs.remainder());
+    for (x, c) in xs.zip(cs) {
+        for l in 0..L {
+            let (a, b) = (x[l] as f64, deq(c[l]));
+            sig[l] += a * a;
+            noi[l] += (a - b) * (a - b);
+        }
+    }
+    for (l, (&a, &c)) in xt.iter().zip(ct).enumerate() {
+        let (a, b) = (a as f64, deq(c));
+        sig[l] += a * a;
+        noi[l] += (a - b) * (a - b);
+    }
+    (sig, noi)
 }
 
 /// SQNR in dB of `approx` against `reference`; `None` if they are equal.
@@ -80,6 +226,56 @@ mod tests {
         let mut acc = SqnrAcc::default();
         acc.add(&x, &y);
         assert!((acc.signal - s).abs() <= 1e-12 * s && (acc.noise - n).abs() <= 1e-12 * n);
+    }
+
+    #[test]
+    fn code_sums_equal_the_sums_over_dequantized_codes() {
+        // Every code, with references around their values; an odd length for the tail.
+        let range = crate::quant::ClipRange::new(-0.7, 2.3);
+        let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
+        let codes: Vec<i8> = (0..1001).map(|i| (i * 97 % 256) as u8 as i8).collect();
+        let x: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| qp.dequantize(c as i32) + ((i % 11) as f32 - 5.0) * 1e-3)
+            .collect();
+        let (mut s, mut n) = (0f64, 0f64);
+        for (&a, &c) in x.iter().zip(&codes) {
+            let b = qp.dequantize(c as i32) as f64;
+            s += (a as f64).powi(2);
+            n += (a as f64 - b).powi(2);
+        }
+        let mut acc = SqnrAcc::default();
+        acc.add_codes(&x, &codes, qp);
+        assert!((acc.signal - s).abs() <= 1e-12 * s && (acc.noise - n).abs() <= 1e-12 * n);
+        let deq: Vec<f32> = codes.iter().map(|&c| qp.dequantize(c as i32)).collect();
+        let mut same = SqnrAcc::default();
+        same.add(&x, &deq);
+        assert_eq!(
+            acc, same,
+            "bit for bit the sums over the dequantized values"
+        );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_lanes_are_the_plain_lanes_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let range = crate::quant::ClipRange::new(-1.3, 0.4);
+        let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
+        for len in [0, 5, 8, 1003] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.027)
+                .collect();
+            let y: Vec<f32> = x.iter().map(|v| v * 0.99 + 1e-3).collect();
+            let c: Vec<i8> = (0..len).map(|i| (i * 31 % 256) as u8 as i8).collect();
+            // SAFETY: AVX-512F was checked above.
+            let (r, q) = unsafe { (real_lanes_avx512(&x, &y), code_lanes_avx512(&x, &c, qp)) };
+            assert_eq!(r, real_lanes(&x, &y), "reals, length {len}");
+            assert_eq!(q, code_lanes(&x, &c, qp), "codes, length {len}");
+        }
     }
 
     #[test]

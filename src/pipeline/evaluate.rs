@@ -91,6 +91,16 @@ pub(super) fn node_macs(model: &Model, i: usize, first_in: &[usize], out: &Tenso
     (per * out.len()) as f64
 }
 
+/// Adds `t` (codes or reals) against the float reference `f` to `acc`: codes straight from
+/// their bytes, the same sums as over their dequantized values.
+fn add_value(acc: &mut SqnrAcc, f: &[f32], t: &Tensor) {
+    match (t.as_q(), t.as_f32()) {
+        (Some((codes, qp)), _) => acc.add_codes(f, codes, qp),
+        (None, Some(v)) => acc.add(f, v),
+        _ => acc.add(f, &t.to_f32_vec()),
+    }
+}
+
 /// Cosine between two flattened samples (1 when both are zero).
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
@@ -238,7 +248,7 @@ fn eval_batch(
         .collect();
     // A layer fed straight by a graph input quantized with the layer's own input qparams gives
     // the same codes alone as in the whole run: its isolated output is taken from the run.
-    let mut from_run: Vec<Option<Vec<f32>>> = vec![None; wl.len()];
+    let mut from_run: Vec<Option<Tensor>> = vec![None; wl.len()];
     let quant_out = int.forward(inputs, |i, v, t, ran| {
         ev.islands[i] |= ran.island();
         let first_in = model.layers[i].data_input().and_then(|d| shapes.get(&d));
@@ -259,10 +269,9 @@ fn eval_batch(
                 && integer
                 && let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32())
             {
-                let q = t.to_f32_vec();
-                ev.act[j].add(f, &q);
+                add_value(&mut ev.act[j], f, t);
                 if int.isolated_is_in_run(wl[j]) {
-                    from_run[j] = Some(q);
+                    from_run[j] = Some(t.clone());
                 }
             }
         }
@@ -276,11 +285,11 @@ fn eval_batch(
                 .get(&model.point_value(i))
                 .and_then(|t| t.as_f32());
             if let (Some(q), Some(want)) = (&from_run[j], want) {
-                ev.isolated[j].add(want, q);
+                add_value(&mut ev.isolated[j], want, q);
             } else if let (Some(x), Some(want)) = (x, want)
-                && let Some(y) = int.run_isolated(i, x)
+                && let Some(y) = int.run_isolated_codes(i, x)
             {
-                ev.isolated[j].add(want, y.as_f32().expect("dequantized"));
+                add_value(&mut ev.isolated[j], want, &y);
             }
         }
     }
