@@ -84,7 +84,7 @@ pub struct BenchArgs {
     /// Threads of the engines (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Timed runs after one warm-up run; the median is reported.
+    /// Timed runs after three warm-up runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// The figures as JSON.

@@ -335,12 +335,58 @@ pub fn im2col_nhwc<T: Copy>(x: &[T], n: usize, g: &ConvGeom, pad: T) -> Vec<T> {
 
 /// The patch rows of output pixels `pixels` (row-major over oh × ow) of one channels-last
 /// sample `xs` ([h, w, c]) into `dst` ([pixels.len(), kh · kw · c]), as [`im2col_nhwc`].
+/// Codes (one-byte `T`) take a build whose runs move in masked 64-byte vector copies where the
+/// CPU has AVX-512BW: a run is a few dozen bytes, for which a `memcpy` call costs more than
+/// the copy.
 pub fn im2col_nhwc_rows<T: Copy>(
     xs: &[T],
     g: &ConvGeom,
     pad: T,
     pixels: std::ops::Range<usize>,
     dst: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<T>() == 1 && has_avx512bw() {
+        // SAFETY: AVX-512BW was detected just above.
+        unsafe { nhwc_rows_avx512(xs, g, pad, pixels, dst) };
+        return;
+    }
+    nhwc_rows(xs, g, pad, pixels, dst, |d, s| d.copy_from_slice(s));
+}
+
+/// [`nhwc_rows`] for one-byte `T`, runs copied by [`copy_bytes_avx512`].
+///
+/// # Safety
+/// The CPU supports AVX-512F and BW; `T` is one byte.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn nhwc_rows_avx512<T: Copy>(
+    xs: &[T],
+    g: &ConvGeom,
+    pad: T,
+    pixels: std::ops::Range<usize>,
+    dst: &mut [T],
+) {
+    nhwc_rows(xs, g, pad, pixels, dst, |d: &mut [T], s: &[T]| {
+        assert_eq!(d.len(), s.len(), "runs of one length");
+        if d.len() <= 256 {
+            // SAFETY: T is one byte and Copy, so moving its bytes moves its values; both
+            // slices hold `len` of them; the features per this fn's contract.
+            unsafe { copy_bytes_avx512(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
+        } else {
+            d.copy_from_slice(s)
+        }
+    });
+}
+
+#[inline(always)]
+fn nhwc_rows<T: Copy>(
+    xs: &[T],
+    g: &ConvGeom,
+    pad: T,
+    pixels: std::ops::Range<usize>,
+    dst: &mut [T],
+    copy_run: impl Fn(&mut [T], &[T]),
 ) {
     let (kh, kw) = g.kernel;
     let (dh, dw) = g.dilation;
@@ -377,22 +423,6 @@ pub fn im2col_nhwc_rows<T: Copy>(
     }
 }
 
-/// `dst.copy_from_slice(src)`; runs of bytes (integer codes) go through 64-byte masked vector
-/// moves where the CPU has AVX-512BW: a patch row's run is a few dozen bytes, for which a
-/// `memcpy` call costs more than the copy.
-#[inline]
-fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
-    assert_eq!(dst.len(), src.len(), "runs of one length");
-    #[cfg(target_arch = "x86_64")]
-    if std::mem::size_of::<T>() == 1 && dst.len() <= 256 && has_avx512bw() {
-        // SAFETY: AVX-512BW was detected; T is one byte and Copy, so moving its bytes moves
-        // its values; both slices hold `len` of them.
-        unsafe { copy_bytes_avx512(dst.as_mut_ptr().cast(), src.as_ptr().cast(), dst.len()) };
-        return;
-    }
-    dst.copy_from_slice(src);
-}
-
 /// Whether this CPU has AVX-512BW (detected once).
 #[cfg(target_arch = "x86_64")]
 fn has_avx512bw() -> bool {
@@ -405,6 +435,7 @@ fn has_avx512bw() -> bool {
 /// # Safety
 /// AVX-512BW; `src` readable and `dst` writable for `len` bytes, not overlapping.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn copy_bytes_avx512(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::*;
@@ -527,13 +558,20 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn byte_runs_copy_exactly() {
         // Every length of the vector path (and past it), at odd offsets; bytes around the run
         // stay untouched.
         let src: Vec<i8> = (0..400).map(|i| (i * 37 % 256) as u8 as i8).collect();
         for len in 0..300 {
             let mut dst = vec![5i8; 400];
-            copy_run(&mut dst[3..3 + len], &src[7..7 + len]);
+            if !std::arch::is_x86_feature_detected!("avx512bw") {
+                return;
+            }
+            // SAFETY: AVX-512BW was checked; both ranges hold `len` bytes.
+            unsafe {
+                copy_bytes_avx512(dst[3..].as_mut_ptr().cast(), src[7..].as_ptr().cast(), len)
+            };
             assert_eq!(&dst[3..3 + len], &src[7..7 + len], "length {len}");
             assert!(
                 dst[..3].iter().chain(&dst[3 + len..]).all(|&v| v == 5),
@@ -582,6 +620,26 @@ mod tests {
                     got.extend_from_slice(&dst[..(p1 - p0) * k]);
                 }
                 assert_eq!(got, want[pixels * k..], "{g:?} blocks of {block}");
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_nhwc_rows_of_codes_equal_the_generic_rows() {
+        // Codes take the vector-copy build: the same rows as the i32 build on the same values,
+        // for channel counts whose runs are shorter and longer than one vector.
+        for c in [1, 6, 40] {
+            let (h, w) = (5, 7);
+            let x32: Vec<i32> = (0..(c * h * w) as i32).map(|v| v % 251 - 125).collect();
+            let x8: Vec<i8> = x32.iter().map(|&v| v as i8).collect();
+            for g in geometries(c, h, w) {
+                let (pixels, k) = (g.out_pixels(), g.k());
+                let mut want = vec![77i32; pixels * k];
+                im2col_nhwc_rows(&x32, &g, -1, 0..pixels, &mut want);
+                let mut got = vec![77i8; pixels * k];
+                im2col_nhwc_rows(&x8, &g, -1, 0..pixels, &mut got);
+                let got: Vec<i32> = got.iter().map(|&v| v as i32).collect();
+                assert_eq!(got, want, "{g:?}, {c} channels");
             }
         }
     }

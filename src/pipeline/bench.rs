@@ -1,5 +1,5 @@
 //! `qscope bench`: the float and the integer engine's throughput on one batch, measured as a
-//! user measures a runtime (a warm-up run, then the median of several), with the multiply-adds
+//! user measures a runtime (three warm-up runs, then the median of several), with the multiply-adds
 //! one sample costs so that rates compare across models.
 
 use crate::engine::float;
@@ -78,8 +78,12 @@ pub fn macs_per_sample(model: &Model, inputs: Vec<Tensor>) -> Result<f64> {
     Ok(total / n as f64)
 }
 
-/// Runs each engine once to warm up, then `runs` times, on `inputs` split over the threads of
-/// the current rayon pool.
+/// Untimed runs before the timed ones (as the ORT reference script does): the first runs
+/// fault in pages and wake the thread pool.
+const WARM_UP_RUNS: usize = 3;
+
+/// Runs each engine [`WARM_UP_RUNS`] times to warm up, then `runs` times, on `inputs` split
+/// over the threads of the current rayon pool.
 pub fn bench(
     model: &Model,
     params: &ModelParams,
@@ -94,7 +98,9 @@ pub fn bench(
     let limit = float::DEFAULT_MAX_SAMPLE_ELEMS;
     let int = IntModel::new(model, params, limit);
     let time = |f: &dyn Fn() -> Result<()>| -> Result<Vec<f64>> {
-        f()?;
+        for _ in 0..WARM_UP_RUNS {
+            f()?;
+        }
         (0..runs.max(1))
             .map(|_| {
                 let t = Instant::now();
