@@ -37,19 +37,22 @@ impl SqnrAcc {
     /// AVX-512 where the CPU has it), without materializing them.
     pub fn add_codes(&mut self, reference: &[f32], codes: &[i8], qp: QParams) {
         debug_assert_eq!(reference.len(), codes.len());
-        let (sig, noi) = {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                unsafe { code_lanes_avx512(reference, codes, qp) }
-            } else {
-                code_lanes(reference, codes, qp)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            code_lanes(reference, codes, qp)
-        };
+        let (sig, [noi]) = lanes_of_codes(reference, [(codes, qp)]);
         self.signal += sig.iter().sum::<f64>();
         self.noise += noi.iter().sum::<f64>();
+    }
+
+    /// [`SqnrAcc::add_codes`] of two approximations of one reference (a layer's output in the
+    /// whole run and alone) into `self` and `other`, reading the reference once; the same sums
+    /// as two separate calls.
+    pub fn add_codes_pair(&mut self, other: &mut SqnrAcc, reference: &[f32], codes: [Codes; 2]) {
+        debug_assert!(codes.iter().all(|c| c.0.len() == reference.len()));
+        let (sig, [n0, n1]) = lanes_of_codes(reference, codes);
+        let sig = sig.iter().sum::<f64>();
+        self.signal += sig;
+        other.signal += sig;
+        self.noise += n0.iter().sum::<f64>();
+        other.noise += n1.iter().sum::<f64>();
     }
 
     /// Combines two partial sums.
@@ -66,6 +69,16 @@ impl SqnrAcc {
             None
         }
     }
+}
+
+/// [`code_lanes`] on the widest build this CPU runs.
+fn lanes_of_codes<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        return unsafe { code_lanes_avx512(reference, codes) };
+    }
+    code_lanes(reference, codes)
 }
 
 /// Lanes of f64 sums, as [`SqnrAcc::add`] keeps them.
@@ -129,72 +142,77 @@ unsafe fn real_lanes_avx512(reference: &[f32], approx: &[f32]) -> Lanes {
     out
 }
 
+/// Codes with their qparams: one approximation x̂ of the reference.
+type Codes<'a> = (&'a [i8], QParams);
+
+/// Lanes of Σx² and, per approximation, of Σ(x − x̂)².
+type LanesN<const N: usize> = ([f64; 8], [[f64; 8]; N]);
+
 /// [`code_lanes`] in AVX-512 intrinsics: lane l of each vector is lane l of the plain loop,
 /// with the same operations (a product then a sum, no fused multiply-add), so the sums are
 /// bit-identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn code_lanes_avx512(reference: &[f32], codes: &[i8], qp: QParams) -> Lanes {
+unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
     use std::arch::x86_64::*;
     const L: usize = 8;
-    let n = reference.len().min(codes.len());
+    let n = codes.iter().fold(reference.len(), |n, c| n.min(c.0.len()));
     let body = n / L * L;
-    let (scale, zp) = (
-        _mm512_set1_pd(qp.scale as f64),
-        _mm256_set1_epi32(qp.zero_point),
-    );
-    let (mut sig, mut noi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    let scale = codes.map(|(_, q)| _mm512_set1_pd(q.scale as f64));
+    let zp = codes.map(|(_, q)| _mm256_set1_epi32(q.zero_point));
+    let mut sig = _mm512_setzero_pd();
+    let mut noi = [_mm512_setzero_pd(); N];
     for i in (0..body).step_by(L) {
-        // SAFETY: i + 8 ≤ body ≤ the length of both slices.
-        let (x, c) = unsafe {
-            (
-                _mm256_loadu_ps(reference.as_ptr().add(i)),
-                _mm_loadl_epi64(codes.as_ptr().add(i).cast()),
-            )
-        };
-        let a = _mm512_cvtps_pd(x);
-        let q = _mm256_sub_epi32(_mm256_cvtepi8_epi32(c), zp);
-        let b = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_mul_pd(scale, _mm512_cvtepi32_pd(q))));
-        let d = _mm512_sub_pd(a, b);
+        // SAFETY: i + 8 ≤ body ≤ the length of every slice.
+        let a = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(reference.as_ptr().add(i)) });
         sig = _mm512_add_pd(sig, _mm512_mul_pd(a, a));
-        noi = _mm512_add_pd(noi, _mm512_mul_pd(d, d));
-    }
-    let (mut s, mut z) = ([0f64; L], [0f64; L]);
-    // SAFETY: both arrays hold 8 f64.
-    unsafe {
-        _mm512_storeu_pd(s.as_mut_ptr(), sig);
-        _mm512_storeu_pd(z.as_mut_ptr(), noi);
-    }
-    let (ts, tz) = code_lanes(&reference[body..n], &codes[body..n], qp);
-    for l in 0..L {
-        s[l] += ts[l];
-        z[l] += tz[l];
-    }
-    (s, z)
-}
-
-/// The lane sums of x² and (x − x̂)² with x̂ the dequantized codes, in [`SqnrAcc::add`]'s order.
-#[inline(always)]
-fn code_lanes(reference: &[f32], codes: &[i8], qp: QParams) -> Lanes {
-    const L: usize = 8;
-    let (scale, zp) = (qp.scale as f64, qp.zero_point);
-    let deq = |c: i8| (scale * (c as i32 - zp) as f64) as f32 as f64;
-    let (mut sig, mut noi) = ([0f64; L], [0f64; L]);
-    let (xs, cs) = (reference.chunks_exact(L), codes.chunks_exact(L));
-    let (xt, ct) = (xs.remainder(), cs.remainder());
-    for (x, c) in xs.zip(cs) {
-        for l in 0..L {
-            let (a, b) = (x[l] as f64, deq(c[l]));
-            sig[l] += a * a;
-            noi[l] += (a - b) * (a - b);
+        for t in 0..N {
+            // SAFETY: as above.
+            let c = unsafe { _mm_loadl_epi64(codes[t].0.as_ptr().add(i).cast()) };
+            let q = _mm256_sub_epi32(_mm256_cvtepi8_epi32(c), zp[t]);
+            let b = _mm512_mul_pd(scale[t], _mm512_cvtepi32_pd(q));
+            let d = _mm512_sub_pd(a, _mm512_cvtps_pd(_mm512_cvtpd_ps(b)));
+            noi[t] = _mm512_add_pd(noi[t], _mm512_mul_pd(d, d));
         }
     }
-    for (l, (&a, &c)) in xt.iter().zip(ct).enumerate() {
-        let (a, b) = (a as f64, deq(c));
-        sig[l] += a * a;
-        noi[l] += (a - b) * (a - b);
+    let mut out: LanesN<N> = ([0f64; L], [[0f64; L]; N]);
+    // SAFETY: every array holds 8 f64.
+    unsafe {
+        _mm512_storeu_pd(out.0.as_mut_ptr(), sig);
+        for t in 0..N {
+            _mm512_storeu_pd(out.1[t].as_mut_ptr(), noi[t]);
+        }
     }
-    (sig, noi)
+    let tail = code_lanes(&reference[body..n], codes.map(|(c, q)| (&c[body..n], q)));
+    for l in 0..L {
+        out.0[l] += tail.0[l];
+        for t in 0..N {
+            out.1[t][l] += tail.1[t][l];
+        }
+    }
+    out
+}
+
+/// The lane sums of x² and, per approximation, of (x − x̂)² with x̂ its dequantized codes, in
+/// [`SqnrAcc::add`]'s order.
+#[inline(always)]
+fn code_lanes<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
+    const L: usize = 8;
+    let deq = |t: usize, c: i8| {
+        let q = codes[t].1;
+        (q.scale as f64 * (c as i32 - q.zero_point) as f64) as f32 as f64
+    };
+    let mut out: LanesN<N> = ([0f64; L], [[0f64; L]; N]);
+    let n = codes.iter().fold(reference.len(), |n, c| n.min(c.0.len()));
+    for (i, &x) in reference[..n].iter().enumerate() {
+        let (a, l) = (x as f64, i % L);
+        out.0[l] += a * a;
+        for t in 0..N {
+            let d = a - deq(t, codes[t].0[i]);
+            out.1[t][l] += d * d;
+        }
+    }
+    out
 }
 
 /// SQNR in dB of `approx` against `reference`; `None` if they are equal.
@@ -265,6 +283,7 @@ mod tests {
         }
         let range = crate::quant::ClipRange::new(-1.3, 0.4);
         let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
+        let qp2 = QParams::from_range(range, 4, crate::quant::Scheme::Symmetric);
         for len in [0, 5, 8, 1003] {
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.027)
@@ -272,9 +291,14 @@ mod tests {
             let y: Vec<f32> = x.iter().map(|v| v * 0.99 + 1e-3).collect();
             let c: Vec<i8> = (0..len).map(|i| (i * 31 % 256) as u8 as i8).collect();
             // SAFETY: AVX-512F was checked above.
-            let (r, q) = unsafe { (real_lanes_avx512(&x, &y), code_lanes_avx512(&x, &c, qp)) };
+            let (r, q) = unsafe {
+                (
+                    real_lanes_avx512(&x, &y),
+                    code_lanes_avx512(&x, [(&c, qp), (&c[..], qp2)]),
+                )
+            };
             assert_eq!(r, real_lanes(&x, &y), "reals, length {len}");
-            assert_eq!(q, code_lanes(&x, &c, qp), "codes, length {len}");
+            assert_eq!(q, code_lanes(&x, [(&c, qp), (&c[..], qp2)]), "codes, {len}");
         }
     }
 

@@ -101,6 +101,30 @@ fn add_value(acc: &mut SqnrAcc, f: &[f32], t: &Tensor) {
     }
 }
 
+/// [`add_value`] of a layer's output in the run into `act` and of its isolated output into
+/// `alone`, both against `f`: one pass over `f` when both are codes of its length.
+fn add_pair(
+    act: &mut SqnrAcc,
+    alone: &mut SqnrAcc,
+    f: &[f32],
+    run: Option<Tensor>,
+    iso: Option<Tensor>,
+) {
+    if let (Some(r), Some(a)) = (&run, &iso)
+        && let (Some(rq), Some(aq)) = (r.as_q(), a.as_q())
+        && rq.0.len() == f.len()
+        && aq.0.len() == f.len()
+    {
+        return act.add_codes_pair(alone, f, [rq, aq]);
+    }
+    if let Some(r) = &run {
+        add_value(act, f, r);
+    }
+    if let Some(a) = &iso {
+        add_value(alone, f, a);
+    }
+}
+
 /// Cosine between two flattened samples (1 when both are zero).
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
@@ -248,7 +272,9 @@ fn eval_batch(
         .collect();
     // A layer fed straight by a graph input quantized with the layer's own input qparams gives
     // the same codes alone as in the whole run: its isolated output is taken from the run.
-    let mut from_run: Vec<Option<Tensor>> = vec![None; wl.len()];
+    // Each layer's output in the whole run, compared with the float value after the run
+    // together with its isolated output (both against the same float tensor, read once).
+    let mut in_run: Vec<Option<Tensor>> = vec![None; wl.len()];
     let quant_out = int.forward(inputs, |i, v, t, ran| {
         ev.islands[i] |= ran.island();
         let first_in = model.layers[i].data_input().and_then(|d| shapes.get(&d));
@@ -269,9 +295,10 @@ fn eval_batch(
                 && integer
                 && let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32())
             {
-                add_value(&mut ev.act[j], f, t);
-                if int.isolated_is_in_run(wl[j]) {
-                    from_run[j] = Some(t.clone());
+                if f.len() == t.len() {
+                    in_run[j] = Some(t.clone());
+                } else {
+                    add_value(&mut ev.act[j], f, t);
                 }
             }
         }
@@ -284,13 +311,13 @@ fn eval_batch(
             let want = float_vals
                 .get(&model.point_value(i))
                 .and_then(|t| t.as_f32());
-            if let (Some(q), Some(want)) = (&from_run[j], want) {
-                add_value(&mut ev.isolated[j], want, q);
-            } else if let (Some(x), Some(want)) = (x, want)
-                && let Some(y) = int.run_isolated_codes(i, x)
-            {
-                add_value(&mut ev.isolated[j], want, &y);
-            }
+            let Some(want) = want else { continue };
+            let run = in_run[j].take();
+            let alone = match &run {
+                Some(t) if int.isolated_is_in_run(i) => Some(t.clone()),
+                _ => x.and_then(|x| int.run_isolated_codes(i, x)),
+            };
+            add_pair(&mut ev.act[j], &mut ev.isolated[j], want, run, alone);
         }
     }
     let q = &quant_out[0];
