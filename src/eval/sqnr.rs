@@ -179,8 +179,8 @@ unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]
     // SAFETY: every array holds 8 f64.
     unsafe {
         _mm512_storeu_pd(out.0.as_mut_ptr(), sig);
-        for t in 0..N {
-            _mm512_storeu_pd(out.1[t].as_mut_ptr(), noi[t]);
+        for (o, v) in out.1.iter_mut().zip(noi) {
+            _mm512_storeu_pd(o.as_mut_ptr(), v);
         }
     }
     let tail = code_lanes(&reference[body..n], codes.map(|(c, q)| (&c[body..n], q)));
@@ -198,18 +198,15 @@ unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]
 #[inline(always)]
 fn code_lanes<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
     const L: usize = 8;
-    let deq = |t: usize, c: i8| {
-        let q = codes[t].1;
-        (q.scale as f64 * (c as i32 - q.zero_point) as f64) as f32 as f64
-    };
+    let deq = |q: QParams, c: i8| (q.scale as f64 * (c as i32 - q.zero_point) as f64) as f32 as f64;
     let mut out: LanesN<N> = ([0f64; L], [[0f64; L]; N]);
     let n = codes.iter().fold(reference.len(), |n, c| n.min(c.0.len()));
     for (i, &x) in reference[..n].iter().enumerate() {
         let (a, l) = (x as f64, i % L);
         out.0[l] += a * a;
-        for t in 0..N {
-            let d = a - deq(t, codes[t].0[i]);
-            out.1[t][l] += d * d;
+        for (o, (c, q)) in out.1.iter_mut().zip(codes) {
+            let d = a - deq(q, c[i]);
+            o[l] += d * d;
         }
     }
     out
