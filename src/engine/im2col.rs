@@ -354,6 +354,53 @@ pub fn im2col_nhwc_rows<T: Copy>(
     nhwc_rows(xs, g, pad, pixels, dst, |d, s| d.copy_from_slice(s));
 }
 
+/// [`im2col_nhwc_rows`] of codes written shifted to unsigned, x ^ 0x80 (padding `pad ^ 0x80`),
+/// as [`gemm_i8_shifted`](crate::engine::kernels::gemm_i8_shifted) reads them.
+pub fn im2col_nhwc_rows_shifted(
+    xs: &[i8],
+    g: &ConvGeom,
+    pad: i8,
+    pixels: std::ops::Range<usize>,
+    dst: &mut [i8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512bw() {
+        // SAFETY: AVX-512BW was detected just above.
+        unsafe { nhwc_rows_shifted_avx512(xs, g, pad, pixels, dst) };
+        return;
+    }
+    nhwc_rows(xs, g, pad ^ i8::MIN, pixels, dst, |d, s| {
+        d.iter_mut().zip(s).for_each(|(d, &s)| *d = s ^ i8::MIN)
+    });
+}
+
+/// [`im2col_nhwc_rows_shifted`] with the runs moved by [`copy_bytes_avx512`] (flipping).
+///
+/// # Safety
+/// The CPU supports AVX-512F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn nhwc_rows_shifted_avx512(
+    xs: &[i8],
+    g: &ConvGeom,
+    pad: i8,
+    pixels: std::ops::Range<usize>,
+    dst: &mut [i8],
+) {
+    nhwc_rows(
+        xs,
+        g,
+        pad ^ i8::MIN,
+        pixels,
+        dst,
+        |d: &mut [i8], s: &[i8]| {
+            assert_eq!(d.len(), s.len(), "runs of one length");
+            // SAFETY: both slices hold `len` bytes; the features per this fn's contract.
+            unsafe { copy_bytes_avx512::<true>(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
+        },
+    );
+}
+
 /// [`nhwc_rows`] for one-byte `T`, runs copied by [`copy_bytes_avx512`].
 ///
 /// # Safety
@@ -372,7 +419,7 @@ unsafe fn nhwc_rows_avx512<T: Copy>(
         if d.len() <= 256 {
             // SAFETY: T is one byte and Copy, so moving its bytes moves its values; both
             // slices hold `len` of them; the features per this fn's contract.
-            unsafe { copy_bytes_avx512(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
+            unsafe { copy_bytes_avx512::<false>(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
         } else {
             d.copy_from_slice(s)
         }
@@ -430,15 +477,17 @@ fn has_avx512bw() -> bool {
     *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bw"))
 }
 
-/// Copies `len` bytes from `src` to `dst` in masked 64-byte moves.
+/// Copies `len` bytes from `src` to `dst` in masked 64-byte moves, each byte with its top bit
+/// flipped (x ^ 0x80) when `FLIP`.
 ///
 /// # Safety
 /// AVX-512BW; `src` readable and `dst` writable for `len` bytes, not overlapping.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn copy_bytes_avx512(dst: *mut u8, src: *const u8, len: usize) {
+unsafe fn copy_bytes_avx512<const FLIP: bool>(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::*;
+    let flip = _mm512_set1_epi8(if FLIP { i8::MIN } else { 0 });
     let mut i = 0;
     while i < len {
         let n = (len - i).min(64);
@@ -446,6 +495,7 @@ unsafe fn copy_bytes_avx512(dst: *mut u8, src: *const u8, len: usize) {
         // SAFETY: the mask covers bytes i .. i + n ≤ len of both, per this fn's contract.
         unsafe {
             let v = _mm512_maskz_loadu_epi8(m, src.add(i).cast());
+            let v = if FLIP { _mm512_xor_si512(v, flip) } else { v };
             _mm512_mask_storeu_epi8(dst.add(i).cast(), m, v);
         }
         i += 64;
@@ -570,7 +620,11 @@ mod tests {
             }
             // SAFETY: AVX-512BW was checked; both ranges hold `len` bytes.
             unsafe {
-                copy_bytes_avx512(dst[3..].as_mut_ptr().cast(), src[7..].as_ptr().cast(), len)
+                copy_bytes_avx512::<false>(
+                    dst[3..].as_mut_ptr().cast(),
+                    src[7..].as_ptr().cast(),
+                    len,
+                )
             };
             assert_eq!(&dst[3..3 + len], &src[7..7 + len], "length {len}");
             assert!(
@@ -620,6 +674,23 @@ mod tests {
                     got.extend_from_slice(&dst[..(p1 - p0) * k]);
                 }
                 assert_eq!(got, want[pixels * k..], "{g:?} blocks of {block}");
+            }
+        }
+    }
+
+    #[test]
+    fn shifted_patch_rows_are_the_rows_with_the_top_bit_flipped() {
+        for c in [1, 6, 40] {
+            let (h, w) = (5, 7);
+            let x: Vec<i8> = (0..c * h * w).map(|v| (v * 37 % 256) as u8 as i8).collect();
+            for g in geometries(c, h, w) {
+                let (pixels, k) = (g.out_pixels(), g.k());
+                let mut want = vec![0i8; pixels * k];
+                im2col_nhwc_rows(&x, &g, -3, 0..pixels, &mut want);
+                let mut got = vec![0i8; pixels * k];
+                im2col_nhwc_rows_shifted(&x, &g, -3, 0..pixels, &mut got);
+                let flipped: Vec<i8> = want.iter().map(|&v| v ^ i8::MIN).collect();
+                assert_eq!(got, flipped, "{g:?}, {c} channels");
             }
         }
     }

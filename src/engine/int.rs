@@ -239,6 +239,36 @@ impl IntGemm {
         self.requant.run(c, &mut y[..m * out]);
     }
 
+    /// Whether [`IntGemm::run_into_shifted`] applies: one group, weights without zero points,
+    /// packed for the kernel that reads rows shifted to unsigned in place (AVX-512 VNNI).
+    pub fn takes_shifted_rows(&self) -> bool {
+        self.groups == 1
+            && self.w_zp.is_empty()
+            && self.packed[0].kernel() == crate::engine::kernels::Kernel::Avx512Vnni
+    }
+
+    /// [`IntGemm::run_into`] on rows of `x ^ 0x80` bytes at stride k (patch rows written
+    /// shifted, so the GEMM reads them in place), with
+    /// [`shifted_row_bytes`](crate::engine::kernels::shifted_row_bytes)`(k)` readable from the
+    /// last row's start.
+    ///
+    /// # Panics
+    /// Unless [`IntGemm::takes_shifted_rows`].
+    pub fn run_into_shifted(&self, a: &[i8], m: usize, c: &mut Vec<i32>, y: &mut [i8]) {
+        assert!(
+            self.takes_shifted_rows(),
+            "weights for the shifted-row kernel"
+        );
+        let out = self.out;
+        if c.len() < m * out {
+            c.resize(m * out, 0);
+        }
+        let c = &mut c[..m * out];
+        let ran = crate::engine::kernels::gemm_i8_shifted(a, m, self.k, &self.packed[0], c);
+        assert!(ran, "the VNNI kernel takes shifted rows");
+        self.requant.run(c, &mut y[..m * out]);
+    }
+
     /// Σ x over row `i`'s group `g` (only needed when weights have zero points).
     fn row_sum(&self, a: &[i8], i: usize, g: usize) -> i32 {
         if self.w_zp.is_empty() {

@@ -3,8 +3,9 @@
 //! kw codes per channel), and the GEMM's weights are ordered (ky, kx, channel) to match.
 //! Integer sums are the same in any order, so the output equals the NCHW im2col path exactly.
 
-use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows};
+use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows, im2col_nhwc_rows_shifted};
 use crate::engine::int::IntGemm;
+use crate::engine::kernels::shifted_row_bytes;
 use crate::engine::transpose::transpose_i8;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
@@ -70,7 +71,10 @@ impl NhwcConv {
         }
         let block = (BLOCK_BYTES / k.max(1)).clamp(1, pixels);
         let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
-        let (mut staged, mut rows) = (Vec::new(), vec![0i8; block * k]);
+        // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
+        let shifted = !one_by_one && g.c > 1 && self.gemm.takes_shifted_rows();
+        let slack = shifted_row_bytes(k) - k;
+        let (mut staged, mut rows) = (Vec::new(), vec![0i8; block * k + slack]);
         let (mut acc, mut y) = (Vec::new(), vec![0i8; block * o]);
         for (xs, os) in x
             .chunks_exact(g.c * plane)
@@ -92,6 +96,13 @@ impl NhwcConv {
             for p0 in (0..pixels).step_by(block) {
                 let p1 = (p0 + block).min(pixels);
                 let m = p1 - p0;
+                if shifted {
+                    im2col_nhwc_rows_shifted(&staged, g, pad, p0..p1, &mut rows);
+                    self.gemm
+                        .run_into_shifted(&rows[..m * k + slack], m, &mut acc, &mut y);
+                    transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
+                    continue;
+                }
                 let a: &[i8] = if g.c == 1 {
                     columns_to_rows(&staged, pixels, p0..p1, &mut rows);
                     &rows[..m * k]

@@ -217,6 +217,33 @@ fn check_a(a: &[i8], m: usize, lda: usize, k: usize) {
     }
 }
 
+/// Bytes a row of shifted A must have readable for [`gemm_i8_shifted`]: `k` rounded up to 4.
+pub fn shifted_row_bytes(k: usize) -> usize {
+    k.next_multiple_of(4)
+}
+
+/// [`gemm_i8`] on rows already shifted to unsigned bytes (`a` holds `x ^ 0x80` for each of
+/// the `k` values of a row, at stride `lda`, with [`shifted_row_bytes`]`(k)` bytes readable
+/// from the last row's start; bytes past `k` may hold anything), read in place with no copy.
+/// Only the AVX-512 VNNI kernel takes such rows: returns `false`, touching nothing, when `w`
+/// was packed for another kernel.
+///
+/// # Panics
+/// If `lda < w.k()`, `c.len() != m * w.n()`, or `a` is shorter than the rows need.
+pub fn gemm_i8_shifted(a: &[i8], m: usize, lda: usize, w: &PackedWeights, c: &mut [i32]) -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if let Inner::Vnni(p) = &w.inner {
+        assert!(lda >= w.k, "lda ({lda}) must be >= k ({})", w.k);
+        assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
+        // SAFETY: `Inner::Vnni` is only built after AVX-512F + VNNI were detected; the row
+        // length is asserted inside.
+        unsafe { vnni::gemm_shifted(a, m, lda, p, w.n, c) };
+        return true;
+    }
+    let _ = (a, m, lda, c);
+    false
+}
+
 /// `C = A · Bᵀ`: `C[i*n + j] = Σ_{t<k} A[i*lda + t] as i32 * B[j*k + t] as i32`
 /// for `i < m`, `j < n`, with `n`, `k` and `B` taken from `w`.
 ///

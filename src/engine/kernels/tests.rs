@@ -227,3 +227,39 @@ proptest! {
         check(&a, m, k, &b, n, k);
     }
 }
+
+#[test]
+fn shifted_rows_match_the_reference() {
+    // Rows of x ^ 0x80 read in place, tight (lda = k, k not a multiple of 4, the last row's
+    // quad running past k into slack) and strided; junk past k must not matter.
+    let mut rng = Rng(0x5eed_0001);
+    for (m, n, k, lda) in [
+        (13, 16, 150, 150),
+        (8, 40, 7, 9),
+        (1, 5, 3, 3),
+        (17, 64, 576, 580),
+    ] {
+        let a = rng.vec(m * lda);
+        let b = rng.vec(n * k);
+        let w = PackedWeights::new(&b, n, k);
+        let mut want = vec![0i32; m * n];
+        gemm_i8_reference(&a, m, lda, &b, n, k, &mut want);
+        let mut shifted: Vec<i8> = a.iter().map(|&v| v ^ i8::MIN).collect();
+        shifted.extend(std::iter::repeat_n(0x55, shifted_row_bytes(k)));
+        for (i, v) in shifted.iter_mut().enumerate() {
+            if i % lda >= k && i < m * lda {
+                *v = 0x3c; // junk between rows
+            }
+        }
+        let mut got = vec![0i32; m * n];
+        if gemm_i8_shifted(&shifted, m, lda, &w, &mut got) {
+            assert_eq!(got, want, "m {m} n {n} k {k} lda {lda}");
+        } else {
+            assert_ne!(
+                w.kernel(),
+                Kernel::Avx512Vnni,
+                "the VNNI kernel takes shifted rows"
+            );
+        }
+    }
+}

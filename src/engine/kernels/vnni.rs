@@ -118,20 +118,76 @@ pub(super) unsafe fn gemm(
             // SAFETY: AVX-512F/VNNI per this fn's contract; `abuf` holds `rows` rows of
             // `ks = 4·kq` bytes, panel `q` holds `kq` vectors, `corr` 16 values from
             // `16q`, and the C tile lies inside `c` (asserted above).
-            unsafe {
-                match rows {
-                    8 => kernel::<8>(&tile),
-                    7 => kernel::<7>(&tile),
-                    6 => kernel::<6>(&tile),
-                    5 => kernel::<5>(&tile),
-                    4 => kernel::<4>(&tile),
-                    3 => kernel::<3>(&tile),
-                    2 => kernel::<2>(&tile),
-                    _ => kernel::<1>(&tile),
-                }
-            }
+            unsafe { kernel_rows(rows, &tile) };
         }
         i0 += rows;
+    }
+}
+
+/// [`gemm`] on rows already shifted to unsigned (`a` holds `x ^ 0x80` bytes, row stride `lda`,
+/// at least `4·kq` bytes readable from each row's start: the bytes past `k` meet zero-padded B
+/// and may hold anything). The kernel reads the rows in place: no copy of A.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512 VNNI; `a` holds `(m − 1)·lda + 4·kq` bytes.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn gemm_shifted(
+    a: &[i8],
+    m: usize,
+    lda: usize,
+    p: &Packed,
+    n: usize,
+    c: &mut [i32],
+) {
+    let kq = p.kq;
+    assert!(
+        m == 0 || a.len() >= (m - 1) * lda + 4 * kq,
+        "shifted rows too short"
+    );
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = MR.min(m - i0);
+        for (q, col0) in (0..n).step_by(16).enumerate() {
+            let ncols = 16.min(n - col0);
+            let coff = i0 * n + col0;
+            assert!(coff + (rows - 1) * n + ncols <= c.len());
+            let tile = Tile {
+                // SAFETY: row i0 starts inside `a` (asserted length).
+                a: unsafe { a.as_ptr().add(i0 * lda).cast() },
+                ks: lda,
+                b: p.data[q * kq..].as_ptr(),
+                kq,
+                corr: p.corr[16 * q..].as_ptr(),
+                c: c[coff..].as_mut_ptr(),
+                ldc: n,
+                ncols,
+            };
+            // SAFETY: as in `gemm`; rows r < `rows` have 4·kq readable bytes at stride lda.
+            unsafe { kernel_rows(rows, &tile) };
+        }
+        i0 += rows;
+    }
+}
+
+/// [`kernel`] for `rows` ≤ 8 rows.
+///
+/// # Safety
+/// As [`kernel`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn kernel_rows(rows: usize, t: &Tile) {
+    // SAFETY: per this fn's contract.
+    unsafe {
+        match rows {
+            8 => kernel::<8>(t),
+            7 => kernel::<7>(t),
+            6 => kernel::<6>(t),
+            5 => kernel::<5>(t),
+            4 => kernel::<4>(t),
+            3 => kernel::<3>(t),
+            2 => kernel::<2>(t),
+            _ => kernel::<1>(t),
+        }
     }
 }
 
