@@ -496,13 +496,34 @@ impl<'m> IntModel<'m> {
         qs: (QParams, QParams),
         clamp: Option<(f32, f32)>,
     ) -> WeightKernel {
-        if let Op::Conv2d { weight, .. } = &layer.op {
+        if let Op::Conv2d {
+            weight,
+            stride,
+            padding,
+            dilation,
+            ..
+        } = &layer.op
+        {
             let (_, c, kh, kw) = weight.dim();
+            let bounds = clamp_bounds(qs.1, clamp);
             if groups > 1 {
-                let bounds = clamp_bounds(qs.1, clamp);
                 if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
                     return WeightKernel::Group(c);
                 }
+            } else if c == 1
+                && let Ok(g) = crate::engine::im2col::ConvGeom::general(
+                    &layer.in_shape,
+                    (kh, kw),
+                    *stride,
+                    *padding,
+                    *dilation,
+                )
+                && let Some(k) = GroupConv::new(w, bias, (kh, kw), 1, qs, bounds)
+                && k.kernel_name(&g) == "avx512-vnni"
+            {
+                // One input channel: the direct kernel's `vpdpbusd` over quads of taps beats
+                // both patch rows of a few bytes and the channel-major tap loop.
+                return WeightKernel::Group(k);
             } else if let Some(c) = NhwcConv::new(w, bias, (c, kh, kw), qs, clamp) {
                 return WeightKernel::Nhwc(Box::new(c));
             }
@@ -1137,6 +1158,13 @@ mod tests {
                         .zip(&r)
                         .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
                 );
+                // A one-channel conv runs on the direct kernel where it has `vpdpbusd`: the
+                // same codes as the im2col GEMM path.
+                if c == 1 {
+                    let direct =
+                        GroupConv::new(&wq, &bias, (kh, kw), 1, (in_q, out_q), bounds).unwrap();
+                    assert_eq!(direct.run(&x, n, &g), want, "direct, kernel {kh}x{kw}");
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The integer engine's epilogue: y = clamp(z_out + M_r · (acc + k_r)) for every row of a GEMM
-//! result, with per-column fixed-point multipliers. A plain version and an AVX2-compiled copy of
-//! the same code (chosen at run time) give identical results.
+//! result, with per-column fixed-point multipliers. The same integers three ways, chosen at run
+//! time: the plain loop, its AVX2-compiled copy, and the AVX-512 intrinsics of
+//! `requant_avx512`; [`Requant::reference`] is the direct loop they are tested against.
 
 use crate::quant::FixedMultiplier;
 
