@@ -204,10 +204,19 @@ mod tests {
             2f64.powi(-5),
             3.0 * 2f64.powi(-7),
             2f64.powi(-12),
+            // Shifts of 31 bits (results of ±1 only near the ends of i32) and past 31 (0).
+            0.99 * 2f64.powi(-31),
+            0.6 * 2f64.powi(-31),
+            2f64.powi(-40),
         ];
         let mult: Vec<FixedMultiplier> = ms.iter().map(|&m| FixedMultiplier::from_f64(m)).collect();
         let out = mult.len();
-        let c: Vec<i32> = (-6000..6000).flat_map(|a| vec![a; out]).collect();
+        // Small accumulators (ties of small multipliers) and a sweep of the whole i32 range.
+        let accs: Vec<i32> = (-6000..6000)
+            .chain((i32::MIN..=i32::MAX).step_by(1 << 19))
+            .chain([i32::MIN + 1, i32::MAX, (3 << 29) - 1, -(3 << 29) + 1])
+            .collect();
+        let c: Vec<i32> = accs.iter().flat_map(|&a| vec![a; out]).collect();
         for konst in [0, 1, -7] {
             let rq = Requant::new(mult.clone(), vec![konst; out], vec![0; out], -128, 127);
             let (mut want, mut got) = (vec![0i8; c.len()], vec![0i8; c.len()]);
@@ -217,9 +226,8 @@ mod tests {
             rq.body(&c, &mut got);
             assert_eq!(got, want, "portable body, konst {konst}");
             for r in 0..out {
-                let col: Vec<i32> = (-6000..6000).collect();
-                let mut y = vec![0i8; col.len()];
-                rq.run_column(r, &col, &mut y);
+                let mut y = vec![0i8; accs.len()];
+                rq.run_column(r, &accs, &mut y);
                 let w: Vec<i8> = want.iter().skip(r).step_by(out).copied().collect();
                 assert_eq!(y, w, "column {r}");
             }

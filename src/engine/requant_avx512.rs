@@ -2,12 +2,15 @@
 //! [`super::requant::Requant`]'s reference, 16 accumulators per vector.
 //!
 //! The i32 accumulators stay in their vector; even and odd lanes are widened in place to two
-//! vectors of i64 (a shift pair and a shift), each goes through: + k (clamped to i32, the
-//! reference's saturating add), · mantissa (`vpmuldq`, exact), the doubling high multiply
-//! as ⌊(ab + 2³⁰) / 2³¹⌋ (its nudge below zero, 1 − 2³⁰, and its division toward zero, + 2³¹ − 1
-//! before the shift, add up to the same 2³⁰), and the rounding right shift by e written as one add
-//! and one arithmetic shift: ⌊(h + 2^(e−1) − [h < 0 and e > 0]) / 2^e⌋ is h / 2^e rounded half
-//! away from zero. The odd results go back into the odd i32 lanes, then + z, clamp, narrow.
+//! vectors of i64 (a shift pair and a shift), each goes through + k (clamped to i32, the
+//! reference's saturating add) and · mantissa (`vpmuldq`, exact, giving ab), then one floor:
+//! the doubling high multiply is h = ⌊(ab + 2³⁰)/2³¹⌋ (its nudge below zero, 1 − 2³⁰, and its
+//! division toward zero, + 2³¹ − 1 before the shift, add up to the same 2³⁰), and the rounding
+//! shift by e > 0 is ⌊(h + 2^(e−1) − [h < 0])/2^e⌋ (h/2^e rounded half away from zero); nested
+//! floors of integers merge, so y = ⌊(ab + 2³⁰ + 2^(30+e) − [ab + 2³⁰ < 0]·2³¹) / 2^(31+e)⌋,
+//! one add, one masked subtract and one arithmetic shift (for e = 0: ⌊(ab + 2³⁰)/2³¹⌋). Shifts
+//! past 31 give 0 for every i32 accumulator (|h| < 2³¹) and run as mantissa 0. The odd results
+//! go back into the odd i32 lanes, then + z, clamp, narrow.
 
 use std::arch::x86_64::*;
 
@@ -18,11 +21,11 @@ pub(super) struct Block16 {
     konst: [i64; 16],
     /// The mantissa (low 32 bits used), [even 8, odd 8].
     mant: [i64; 16],
-    /// 2^(e−1) or 0 for e = 0.
-    half: [i64; 16],
-    /// 1 where e > 0 (the round-half-away correction for negatives).
-    neg: [i64; 16],
-    /// The shift e.
+    /// The offset 2^30 + 2^(30+e) (2^30 alone for e = 0).
+    cpos: [i64; 16],
+    /// What the offset loses where ab + 2^30 < 0: 2^31 (0 for e = 0).
+    delta: [i64; 16],
+    /// The shift 31 + e.
     shift: [i64; 16],
     /// Output zero point per column, in column order.
     zp: [i32; 16],
@@ -52,16 +55,13 @@ impl Blocks {
                 let per = |f: &dyn Fn(usize) -> i64| std::array::from_fn(|l| col(l).map_or(0, f));
                 Block16 {
                     konst: per(&|c| konst[c] as i64),
-                    mant: per(&|c| mant[c]),
-                    half: per(&|c| {
-                        if right[c] > 0 {
-                            1i64 << (right[c] - 1)
-                        } else {
-                            0
-                        }
+                    mant: per(&|c| if right[c] > 31 { 0 } else { mant[c] }),
+                    cpos: per(&|c| {
+                        let e = right[c].min(31);
+                        (1 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 }
                     }),
-                    neg: per(&|c| i64::from(right[c] > 0)),
-                    shift: per(&|c| right[c]),
+                    delta: per(&|c| if right[c] > 0 { 1i64 << 31 } else { 0 }),
+                    shift: per(&|c| 31 + right[c].min(31)),
                     zp: std::array::from_fn(|l| zp.get(16 * b + l).copied().unwrap_or(0)),
                 }
             })
@@ -77,8 +77,8 @@ impl Blocks {
         Block16 {
             konst: [b.konst[lane]; 16],
             mant: [b.mant[lane]; 16],
-            half: [b.half[lane]; 16],
-            neg: [b.neg[lane]; 16],
+            cpos: [b.cpos[lane]; 16],
+            delta: [b.delta[lane]; 16],
             shift: [b.shift[lane]; 16],
             zp: [b.zp[l]; 16],
         }
@@ -98,14 +98,11 @@ fn steps64(a: __m512i, b: &Block16, o: usize) -> __m512i {
         _mm512_set1_epi64(i32::MAX as i64),
     );
     let ab = _mm512_mul_epi32(a, ld(&b.mant));
-    // The doubling high multiply with its nudge (1 − 2^30 below zero) and division toward zero
-    // is ⌊(ab + 2^30) / 2^31⌋ for either sign: the two corrections below zero add up to 2^30.
-    let x = _mm512_add_epi64(ab, _mm512_set1_epi64(1 << 30));
-    let h = _mm512_srai_epi64::<31>(x);
-    let hneg = _mm512_movepi64_mask(h);
-    let h = _mm512_add_epi64(h, ld(&b.half));
-    let h = _mm512_mask_sub_epi64(h, hneg, h, ld(&b.neg));
-    _mm512_srav_epi64(h, ld(&b.shift))
+    // One floor for both rounding steps (see the module doc).
+    let below = _mm512_cmplt_epi64_mask(ab, _mm512_set1_epi64(-(1 << 30)));
+    let t = _mm512_add_epi64(ab, ld(&b.cpos));
+    let t = _mm512_mask_sub_epi64(t, below, t, ld(&b.delta));
+    _mm512_srav_epi64(t, ld(&b.shift))
 }
 
 /// 16 accumulators (columns in order) to their clamped output codes as i32.
