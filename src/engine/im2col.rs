@@ -347,8 +347,8 @@ pub fn im2col_nhwc_rows<T: Copy>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::mem::size_of::<T>() == 1 && has_avx512bw() {
-        // SAFETY: AVX-512BW was detected just above.
-        unsafe { nhwc_rows_avx512(xs, g, pad, pixels, dst) };
+        // SAFETY: AVX-512BW was detected just above; T is one byte.
+        unsafe { nhwc_rows_avx512::<T, false>(xs, g, pad, pixels, dst) };
         return;
     }
     nhwc_rows(xs, g, pad, pixels, dst, |d, s| d.copy_from_slice(s));
@@ -363,51 +363,26 @@ pub fn im2col_nhwc_rows_shifted(
     pixels: std::ops::Range<usize>,
     dst: &mut [i8],
 ) {
+    let pad = pad ^ i8::MIN;
     #[cfg(target_arch = "x86_64")]
     if has_avx512bw() {
-        // SAFETY: AVX-512BW was detected just above.
-        unsafe { nhwc_rows_shifted_avx512(xs, g, pad, pixels, dst) };
+        // SAFETY: AVX-512BW was detected just above; i8 is one byte.
+        unsafe { nhwc_rows_avx512::<i8, true>(xs, g, pad, pixels, dst) };
         return;
     }
-    nhwc_rows(xs, g, pad ^ i8::MIN, pixels, dst, |d, s| {
+    nhwc_rows(xs, g, pad, pixels, dst, |d, s| {
         d.iter_mut().zip(s).for_each(|(d, &s)| *d = s ^ i8::MIN)
     });
 }
 
-/// [`im2col_nhwc_rows_shifted`] with the runs moved by [`copy_bytes_avx512`] (flipping).
-///
-/// # Safety
-/// The CPU supports AVX-512F and BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn nhwc_rows_shifted_avx512(
-    xs: &[i8],
-    g: &ConvGeom,
-    pad: i8,
-    pixels: std::ops::Range<usize>,
-    dst: &mut [i8],
-) {
-    nhwc_rows(
-        xs,
-        g,
-        pad ^ i8::MIN,
-        pixels,
-        dst,
-        |d: &mut [i8], s: &[i8]| {
-            assert_eq!(d.len(), s.len(), "runs of one length");
-            // SAFETY: both slices hold `len` bytes; the features per this fn's contract.
-            unsafe { copy_bytes_avx512::<true>(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
-        },
-    );
-}
-
-/// [`nhwc_rows`] for one-byte `T`, runs copied by [`copy_bytes_avx512`].
+/// [`nhwc_rows`] for one-byte `T`, runs moved by [`copy_bytes_avx512`] (their top bits flipped
+/// when `FLIP`; a long unflipped run by `copy_from_slice`). `pad` is written as given.
 ///
 /// # Safety
 /// The CPU supports AVX-512F and BW; `T` is one byte.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn nhwc_rows_avx512<T: Copy>(
+unsafe fn nhwc_rows_avx512<T: Copy, const FLIP: bool>(
     xs: &[T],
     g: &ConvGeom,
     pad: T,
@@ -416,10 +391,10 @@ unsafe fn nhwc_rows_avx512<T: Copy>(
 ) {
     nhwc_rows(xs, g, pad, pixels, dst, |d: &mut [T], s: &[T]| {
         assert_eq!(d.len(), s.len(), "runs of one length");
-        if d.len() <= 256 {
+        if FLIP || d.len() <= 256 {
             // SAFETY: T is one byte and Copy, so moving its bytes moves its values; both
             // slices hold `len` of them; the features per this fn's contract.
-            unsafe { copy_bytes_avx512::<false>(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
+            unsafe { copy_bytes_avx512::<FLIP>(d.as_mut_ptr().cast(), s.as_ptr().cast(), d.len()) }
         } else {
             d.copy_from_slice(s)
         }

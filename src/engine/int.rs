@@ -519,7 +519,7 @@ impl<'m> IntModel<'m> {
                     *dilation,
                 )
                 && let Some(k) = GroupConv::new(w, bias, (kh, kw), 1, qs, bounds)
-                && k.kernel_name(&g) == "avx512-vnni"
+                && k.runs_vnni(&g)
             {
                 // One input channel: the direct kernel's `vpdpbusd` over quads of taps beats
                 // both patch rows of a few bytes and the channel-major tap loop.

@@ -1,4 +1,4 @@
-//! The requantization epilogue written out in AVX-512 (F, DQ, BW): the same integer steps as
+//! The requantization epilogue written out in AVX-512 (F, DQ, BW, VL): the same integer steps as
 //! [`super::requant::Requant`]'s reference, 16 accumulators per vector.
 //!
 //! The i32 accumulators stay in their vector; even and odd lanes are widened in place to two
@@ -43,15 +43,8 @@ impl Blocks {
         let n = konst.len();
         let blocks = (0..n.div_ceil(16))
             .map(|b| {
-                let col = |lane: usize| {
-                    let c = 16 * b
-                        + if lane < 8 {
-                            2 * lane
-                        } else {
-                            2 * (lane - 8) + 1
-                        };
-                    (c < n).then_some(c)
-                };
+                // Lane l holds column 2·(l mod 8) + ⌊l / 8⌋ of the block (evens, then odds).
+                let col = |lane: usize| Some(16 * b + 2 * (lane % 8) + lane / 8).filter(|&c| c < n);
                 let per = |f: &dyn Fn(usize) -> i64| std::array::from_fn(|l| col(l).map_or(0, f));
                 Block16 {
                     konst: per(&|c| konst[c] as i64),

@@ -107,20 +107,20 @@ fn add_pair(
     act: &mut SqnrAcc,
     alone: &mut SqnrAcc,
     f: &[f32],
-    run: Option<Tensor>,
-    iso: Option<Tensor>,
+    run: Option<&Tensor>,
+    iso: Option<&Tensor>,
 ) {
-    if let (Some(r), Some(a)) = (&run, &iso)
+    if let (Some(r), Some(a)) = (run, iso)
         && let (Some(rq), Some(aq)) = (r.as_q(), a.as_q())
         && rq.0.len() == f.len()
         && aq.0.len() == f.len()
     {
         return act.add_codes_pair(alone, f, [rq, aq]);
     }
-    if let Some(r) = &run {
+    if let Some(r) = run {
         add_value(act, f, r);
     }
-    if let Some(a) = &iso {
+    if let Some(a) = iso {
         add_value(alone, f, a);
     }
 }
@@ -270,9 +270,7 @@ fn eval_batch(
         .zip(&inputs)
         .map(|(gi, t)| (gi.value, t.shape.clone()))
         .collect();
-    // A layer fed straight by a graph input quantized with the layer's own input qparams gives
-    // the same codes alone as in the whole run: its isolated output is taken from the run.
-    // Each layer's output in the whole run, compared with the float value after the run
+    // Each layer's output in the whole run, compared with its float value after the run,
     // together with its isolated output (both against the same float tensor, read once).
     let mut in_run: Vec<Option<Tensor>> = vec![None; wl.len()];
     let quant_out = int.forward(inputs, |i, v, t, ran| {
@@ -313,11 +311,23 @@ fn eval_batch(
                 .and_then(|t| t.as_f32());
             let Some(want) = want else { continue };
             let run = in_run[j].take();
+            // A layer fed straight by a graph input quantized with the layer's own input
+            // qparams gives the same codes alone as in the whole run.
+            let computed;
             let alone = match &run {
-                Some(t) if int.isolated_is_in_run(i) => Some(t.clone()),
-                _ => x.and_then(|x| int.run_isolated_codes(i, x)),
+                Some(t) if int.isolated_is_in_run(i) => Some(t),
+                _ => {
+                    computed = x.and_then(|x| int.run_isolated_codes(i, x));
+                    computed.as_ref()
+                }
             };
-            add_pair(&mut ev.act[j], &mut ev.isolated[j], want, run, alone);
+            add_pair(
+                &mut ev.act[j],
+                &mut ev.isolated[j],
+                want,
+                run.as_ref(),
+                alone,
+            );
         }
     }
     let q = &quant_out[0];

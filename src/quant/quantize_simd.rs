@@ -18,11 +18,13 @@ use std::arch::x86_64::*;
 /// Cap on the rounded quotient: every code, zero point and clamp bound is far inside it.
 const CAP: f32 = (1 << 21) as f32;
 
-/// Whether the fast loops handle this scale and these bounds exactly (see the module doc).
+/// Whether the fast loops handle this scale, zero point and these bounds exactly (see the
+/// module doc): codes of i8, a zero point far inside [`CAP`].
 fn suits(scale: f32, zp: i32, lo: i32, hi: i32) -> bool {
-    let bound = 1 << 17;
     (2f32.powi(-60)..=2f32.powi(60)).contains(&scale)
-        && [zp, lo, hi].iter().all(|v| v.abs() < bound)
+        && zp.abs() < 1 << 17
+        && i8::MIN as i32 <= lo
+        && hi <= i8::MAX as i32
 }
 
 /// Quantizes `x` into `out` with the fastest exact loop this CPU has; false (nothing written)
@@ -34,7 +36,7 @@ pub(super) fn quantize_fast(
     zp: i32,
     (lo, hi): (i32, i32),
 ) -> bool {
-    if !suits(scale, zp, lo, hi) || lo < i8::MIN as i32 || hi > i8::MAX as i32 {
+    if !suits(scale, zp, lo, hi) {
         return false;
     }
     let n = x.len().min(out.len());
@@ -75,8 +77,9 @@ unsafe fn quantize_avx512(x: &[f32], out: &mut [i8], scale: f32, zp: i32, (lo, h
         let t = _mm512_min_ps(_mm512_mul_ps(a, inv), cap);
         let k = _mm512_cvtps_epi32(t);
         let kf = _mm512_cvtepi32_ps(k);
-        let up = _mm512_fmadd_ps(_mm512_add_ps(kf, half), s, _mm512_sub_ps(zero, a));
-        let down = _mm512_fmadd_ps(_mm512_sub_ps(kf, half), s, _mm512_sub_ps(zero, a));
+        let na = _mm512_sub_ps(zero, a);
+        let up = _mm512_fmadd_ps(_mm512_add_ps(kf, half), s, na);
+        let down = _mm512_fmadd_ps(_mm512_sub_ps(kf, half), s, na);
         let k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(up, zero), k, one);
         let k = _mm512_mask_sub_epi32(k, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(down, zero), k, one);
         let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);

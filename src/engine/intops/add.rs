@@ -100,12 +100,11 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     let shape = broadcast_shape(&x1.shape, &x2.shape)?;
     // One operand a single value (a normalization's mean): a table of the other's 256 codes.
     if a.len() == 1 || b.len() == 1 {
-        let table: [i8; 256] = if b.len() == 1 {
-            std::array::from_fn(|i| apply(i as u8 as i8, b[0]))
+        let (table, x): ([i8; 256], _) = if b.len() == 1 {
+            (std::array::from_fn(|i| apply(i as u8 as i8, b[0])), a)
         } else {
-            std::array::from_fn(|i| apply(a[0], i as u8 as i8))
+            (std::array::from_fn(|i| apply(a[0], i as u8 as i8)), b)
         };
-        let x = if b.len() == 1 { a } else { b };
         let y = x.iter().map(|&c| table[c as u8 as usize]).collect();
         return Ok(Tensor::q(shape, y, qo));
     }

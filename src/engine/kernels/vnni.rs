@@ -92,35 +92,16 @@ pub(super) unsafe fn gemm(
     k: usize,
     c: &mut [i32],
 ) {
-    let kq = p.kq;
-    let ks = astride(kq);
+    let ks = astride(p.kq);
     let mut abuf = vec![0u8; MR * ks];
-    let mut i0 = 0;
-    while i0 < m {
+    for i0 in (0..m).step_by(MR) {
         let rows = MR.min(m - i0);
         for r in 0..rows {
             shift_row(a, (i0 + r) * lda, k, &mut abuf[r * ks..(r + 1) * ks]);
         }
-        for (q, col0) in (0..n).step_by(16).enumerate() {
-            let ncols = 16.min(n - col0);
-            let coff = i0 * n + col0;
-            assert!(coff + (rows - 1) * n + ncols <= c.len());
-            let tile = Tile {
-                a: abuf.as_ptr(),
-                ks,
-                b: p.data[q * kq..].as_ptr(),
-                kq,
-                corr: p.corr[16 * q..].as_ptr(),
-                c: c[coff..].as_mut_ptr(),
-                ldc: n,
-                ncols,
-            };
-            // SAFETY: AVX-512F/VNNI per this fn's contract; `abuf` holds `rows` rows of
-            // `ks = 4·kq` bytes, panel `q` holds `kq` vectors, `corr` 16 values from
-            // `16q`, and the C tile lies inside `c` (asserted above).
-            unsafe { kernel_rows(rows, &tile) };
-        }
-        i0 += rows;
+        // SAFETY: AVX-512F/VNNI per this fn's contract; `abuf` holds `rows` rows of
+        // `ks = 4·kq` bytes.
+        unsafe { row_block(abuf.as_ptr(), ks, rows, p, n, &mut c[i0 * n..]) };
     }
 }
 
@@ -139,33 +120,44 @@ pub(super) unsafe fn gemm_shifted(
     n: usize,
     c: &mut [i32],
 ) {
-    let kq = p.kq;
     assert!(
-        m == 0 || a.len() >= (m - 1) * lda + 4 * kq,
+        m == 0 || a.len() >= (m - 1) * lda + astride(p.kq),
         "shifted rows too short"
     );
-    let mut i0 = 0;
-    while i0 < m {
-        let rows = MR.min(m - i0);
-        for (q, col0) in (0..n).step_by(16).enumerate() {
-            let ncols = 16.min(n - col0);
-            let coff = i0 * n + col0;
-            assert!(coff + (rows - 1) * n + ncols <= c.len());
-            let tile = Tile {
-                // SAFETY: row i0 starts inside `a` (asserted length).
-                a: unsafe { a.as_ptr().add(i0 * lda).cast() },
-                ks: lda,
-                b: p.data[q * kq..].as_ptr(),
-                kq,
-                corr: p.corr[16 * q..].as_ptr(),
-                c: c[coff..].as_mut_ptr(),
-                ldc: n,
-                ncols,
-            };
-            // SAFETY: as in `gemm`; rows r < `rows` have 4·kq readable bytes at stride lda.
-            unsafe { kernel_rows(rows, &tile) };
+    for i0 in (0..m).step_by(MR) {
+        // SAFETY: AVX-512F/VNNI per this fn's contract; rows i0.. have 4·kq readable bytes at
+        // stride lda (asserted length), so row i0 starts inside `a`.
+        unsafe {
+            let rows_at = a.as_ptr().add(i0 * lda).cast();
+            row_block(rows_at, lda, MR.min(m - i0), p, n, &mut c[i0 * n..]);
         }
-        i0 += rows;
+    }
+}
+
+/// One block of `rows` ≤ 8 unsigned A rows (`ks` bytes apart, `4·kq` readable each) times every
+/// 16-column panel of `p`, into the C rows starting at `c` (row stride `n`).
+///
+/// # Safety
+/// AVX-512F + VNNI; `a` valid for the rows as described.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn row_block(a: *const u8, ks: usize, rows: usize, p: &Packed, n: usize, c: &mut [i32]) {
+    let kq = p.kq;
+    for (q, col0) in (0..n).step_by(16).enumerate() {
+        let ncols = 16.min(n - col0);
+        assert!(col0 + (rows - 1) * n + ncols <= c.len());
+        let tile = Tile {
+            a,
+            ks,
+            b: p.data[q * kq..].as_ptr(),
+            kq,
+            corr: p.corr[16 * q..].as_ptr(),
+            c: c[col0..].as_mut_ptr(),
+            ldc: n,
+            ncols,
+        };
+        // SAFETY: per this fn's contract for A; panel `q` holds `kq` vectors, `corr` 16 values
+        // from `16q`, and the C tile lies inside `c` (asserted above).
+        unsafe { kernel_rows(rows, &tile) };
     }
 }
 

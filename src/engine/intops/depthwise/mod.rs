@@ -146,6 +146,17 @@ impl GroupConv {
         self.path(g).name()
     }
 
+    /// Whether [`GroupConv::run`] takes the `vpdpbusd` kernel for `g` on this CPU.
+    pub(crate) fn runs_vnni(&self, g: &ConvGeom) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.path(g) == Path::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = g;
+            false
+        }
+    }
+
     /// The fastest kernel for `g` on this CPU.
     pub(crate) fn path(&self, g: &ConvGeom) -> Path {
         #[cfg(target_arch = "x86_64")]
