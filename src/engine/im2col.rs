@@ -445,6 +445,34 @@ fn nhwc_rows<T: Copy>(
     }
 }
 
+/// `dst[i] = src[i] ^ 0x80` (codes shifted to unsigned bytes), in masked 64-byte moves where
+/// the CPU has AVX-512BW.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn copy_flipped(dst: &mut [i8], src: &[i8]) {
+    assert_eq!(dst.len(), src.len(), "flipped copy of one length");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512bw() {
+        // SAFETY: AVX-512BW was detected just above; both slices hold `len` bytes and one is
+        // borrowed mutably, so they do not overlap.
+        unsafe { copy_flipped_avx512(dst, src) };
+        return;
+    }
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s ^ i8::MIN);
+}
+
+/// [`copy_flipped`] in AVX-512 moves.
+///
+/// # Safety
+/// AVX-512F and BW; slices of one length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn copy_flipped_avx512(dst: &mut [i8], src: &[i8]) {
+    // SAFETY: per this fn's contract.
+    unsafe { copy_bytes_avx512::<true>(dst.as_mut_ptr().cast(), src.as_ptr().cast(), src.len()) }
+}
+
 /// Whether this CPU has AVX-512BW (detected once).
 #[cfg(target_arch = "x86_64")]
 fn has_avx512bw() -> bool {

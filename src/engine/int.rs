@@ -255,6 +255,23 @@ impl IntGemm {
     /// # Panics
     /// Unless [`IntGemm::takes_shifted_rows`].
     pub fn run_into_shifted(&self, a: &[i8], m: usize, c: &mut Vec<i32>, y: &mut [i8]) {
+        self.run_into_runs(a, (m, self.k), (&[0], self.k), c, y);
+    }
+
+    /// [`IntGemm::run_into_shifted`] on `m` rows at stride `lda` whose k values lie in runs
+    /// (`offsets.len()` runs of `len` values, as
+    /// [`gemm_i8_shifted_runs`](crate::engine::kernels::gemm_i8_shifted_runs) reads them).
+    ///
+    /// # Panics
+    /// Unless [`IntGemm::takes_shifted_rows`]; if the runs do not fit the kernel's rules.
+    pub fn run_into_runs(
+        &self,
+        a: &[i8],
+        (m, lda): (usize, usize),
+        runs: (&[usize], usize),
+        c: &mut Vec<i32>,
+        y: &mut [i8],
+    ) {
         assert!(
             self.takes_shifted_rows(),
             "weights for the shifted-row kernel"
@@ -264,7 +281,8 @@ impl IntGemm {
             c.resize(m * out, 0);
         }
         let c = &mut c[..m * out];
-        let ran = crate::engine::kernels::gemm_i8_shifted(a, m, self.k, &self.packed[0], c);
+        let w = &self.packed[0];
+        let ran = crate::engine::kernels::gemm_i8_shifted_runs(a, m, lda, runs, w, c);
         assert!(ran, "the VNNI kernel takes shifted rows");
         self.requant.run(c, &mut y[..m * out]);
     }
@@ -1012,6 +1030,7 @@ pub(crate) fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<Valu
 mod tests {
     use super::*;
     use crate::engine::im2col::ConvGeom;
+    use crate::engine::intops::conv_padded::PaddedImage;
     use crate::engine::intops::depthwise::group_conv_reference;
     use crate::quant::Granularity;
     use crate::quant::weights::QWeights;
@@ -1125,18 +1144,25 @@ mod tests {
     fn channels_last_conv_equals_the_nchw_im2col_path_and_the_f64_reference() {
         let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
         let out_q = QParams::from_range(ClipRange::new(-3.0, 4.0), 8, Scheme::Asymmetric);
-        // The last two: one channel strided (the tap-plane loop), and patch rows of several
-        // blocks per sample (k · pixels past the block size).
+        // Then: one channel strided (the tap-plane loop), and patch rows of several blocks per
+        // sample (k · pixels past the block size). Those from (8, 4, …) on read their patch
+        // rows in place from a padded image where the CPU has AVX-512 VNNI: strided rows, a
+        // vertical and a horizontal dilation (a run per tap), a 1×1, blocks of output rows.
         for (c, o, (kh, kw), stride, pad, dil, (h, w)) in [
             (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (7, 9)),
             (6, 12, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1), (7, 9)),
-            (8, 4, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1), (7, 9)),
             (5, 7, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1), (7, 9)),
             (1, 6, (5, 5), (2, 2), [2, 2, 2, 2], (1, 1), (11, 10)),
+            (8, 4, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1), (7, 9)),
             (64, 8, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (12, 13)),
+            (8, 16, (3, 3), (1, 1), [0, 1, 2, 1], (1, 3), (9, 14)),
+            (12, 8, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1), (7, 9)),
+            (16, 16, (3, 3), (2, 2), [1, 1, 1, 1], (1, 1), (13, 14)),
+            (4, 64, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (20, 28)),
         ] {
             let n = 3;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
+            assert_eq!(PaddedImage::for_geometry(&g).is_some(), c % 4 == 0, "c {c}");
             let wq = weights(o, c * kh * kw, c + o);
             let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();
             let x: Vec<i8> = (0..n * c * h * w)

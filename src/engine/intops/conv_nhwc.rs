@@ -5,6 +5,7 @@
 
 use crate::engine::im2col::{ConvGeom, im2col_columns, im2col_nhwc_rows, im2col_nhwc_rows_shifted};
 use crate::engine::int::IntGemm;
+use crate::engine::intops::conv_padded::PaddedImage;
 use crate::engine::kernels::shifted_row_bytes;
 use crate::engine::transpose::transpose_i8;
 use crate::quant::QParams;
@@ -70,6 +71,10 @@ impl NhwcConv {
             return out;
         }
         let block = (BLOCK_BYTES / k.max(1)).clamp(1, pixels);
+        // Patch rows read in place from a padded image: no patch matrix at all.
+        let mut padded = (g.c > 1 && self.gemm.takes_shifted_rows())
+            .then(|| PaddedImage::for_geometry(g))
+            .flatten();
         let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
         // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
         let shifted = !one_by_one && g.c > 1 && self.gemm.takes_shifted_rows();
@@ -92,6 +97,11 @@ impl NhwcConv {
             } else {
                 staged.resize(xs.len(), 0);
                 transpose_i8(xs, (g.c, plane, plane), &mut staged, g.c);
+            }
+            if let Some(p) = &mut padded {
+                p.fill(&staged, g, pad);
+                p.run(&self.gemm, g, (&mut acc, &mut y), os);
+                continue;
             }
             for p0 in (0..pixels).step_by(block) {
                 let p1 = (p0 + block).min(pixels);

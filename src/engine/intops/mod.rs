@@ -3,6 +3,7 @@
 
 pub mod add;
 pub mod conv_nhwc;
+pub mod conv_padded;
 pub mod depthwise;
 pub mod lut;
 pub mod matmul;

@@ -12,7 +12,7 @@
 //!
 //! Kernels:
 //! * `avx512-vnni` (x86/x86_64 with AVX-512F + VNNI): `vpdpbusd` on `a + 128` with a
-//!   per-column correction. Untested on the development machine (no AVX-512 there).
+//!   per-column correction; rows may be read in place already shifted, and in runs.
 //! * `avx2` (x86/x86_64 with AVX2): i8 widened to i16, `vpmaddwd` with a 6×16 register tile.
 //! * `portable`: plain Rust that LLVM autovectorizes; used on every other target.
 
@@ -231,16 +231,46 @@ pub fn shifted_row_bytes(k: usize) -> usize {
 /// # Panics
 /// If `lda < w.k()`, `c.len() != m * w.n()`, or `a` is shorter than the rows need.
 pub fn gemm_i8_shifted(a: &[i8], m: usize, lda: usize, w: &PackedWeights, c: &mut [i32]) -> bool {
+    assert!(lda >= w.k, "lda ({lda}) must be >= k ({})", w.k);
+    gemm_i8_shifted_runs(a, m, lda, (&[0], w.k), w, c)
+}
+
+/// [`gemm_i8_shifted`] on rows whose k values lie in runs: `offsets.len()` runs of `len` values,
+/// run `j` at `offsets[j]` bytes from the row's start (k order: run 0's values, then run 1's, …).
+/// A conv reads its patch rows this way straight from a padded channels-last image: one run
+/// per kernel row. With several runs `len` must be a multiple of 4; one run may end short of
+/// one, with [`shifted_row_bytes`]`(len)` bytes readable. Returns `false`, touching nothing,
+/// when `w` was packed for a kernel other than AVX-512 VNNI.
+///
+/// # Panics
+/// If the runs do not hold `w.k()` values, `c.len() != m * w.n()`, or `a` is shorter than the
+/// rows need.
+pub fn gemm_i8_shifted_runs(
+    a: &[i8],
+    m: usize,
+    lda: usize,
+    (offsets, len): (&[usize], usize),
+    w: &PackedWeights,
+    c: &mut [i32],
+) -> bool {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if let Inner::Vnni(p) = &w.inner {
-        assert!(lda >= w.k, "lda ({lda}) must be >= k ({})", w.k);
+        assert_eq!(offsets.len() * len, w.k, "runs hold k values");
+        assert!(
+            offsets.len() == 1 || len % 4 == 0,
+            "several runs of whole k-quads"
+        );
         assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
-        // SAFETY: `Inner::Vnni` is only built after AVX-512F + VNNI were detected; the row
-        // length is asserted inside.
-        unsafe { vnni::gemm_shifted(a, m, lda, p, w.n, c) };
+        let runs = vnni::Runs {
+            offsets,
+            quads: len.div_ceil(4),
+        };
+        // SAFETY: `Inner::Vnni` is only built after AVX-512F + VNNI were detected; the quads
+        // and the rows' length are asserted inside.
+        unsafe { vnni::gemm_shifted(a, m, lda, &runs, p, w.n, c) };
         return true;
     }
-    let _ = (a, m, lda, c);
+    let _ = (a, m, lda, offsets, len, c);
     false
 }
 

@@ -263,3 +263,39 @@ fn shifted_rows_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn rows_in_runs_match_the_reference_on_the_gathered_rows() {
+    // Rows that overlap (lda below k, as a conv's pixels in a padded image) with their k values
+    // in runs at fixed offsets: gathered into a plain matrix, they go to the reference.
+    let mut rng = Rng(0x5eed_0002);
+    for (m, n, lda, offsets, len) in [
+        (21, 16, 16, vec![0, 480, 960], 48),
+        (9, 40, 8, vec![0, 24, 200, 224], 8),
+        (3, 5, 64, vec![0], 36),
+        (1, 17, 4, vec![100, 0], 4),
+    ] {
+        let k = offsets.len() * len;
+        let span = offsets.iter().max().unwrap() + len;
+        let image = rng.vec((m - 1) * lda + span);
+        let rows: Vec<i8> = (0..m)
+            .flat_map(|i| {
+                offsets
+                    .iter()
+                    .flat_map(move |&o| i * lda + o..i * lda + o + len)
+            })
+            .map(|j| image[j])
+            .collect();
+        let b = rng.vec(n * k);
+        let w = PackedWeights::new(&b, n, k);
+        let mut want = vec![0i32; m * n];
+        gemm_i8_reference(&rows, m, k, &b, n, k, &mut want);
+        let shifted: Vec<i8> = image.iter().map(|&v| v ^ i8::MIN).collect();
+        let mut got = vec![0i32; m * n];
+        if gemm_i8_shifted_runs(&shifted, m, lda, (&offsets, len), &w, &mut got) {
+            assert_eq!(got, want, "m {m} n {n} lda {lda} offsets {offsets:?}");
+        } else {
+            assert_ne!(w.kernel(), Kernel::Avx512Vnni, "the VNNI kernel takes runs");
+        }
+    }
+}

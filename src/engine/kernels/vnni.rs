@@ -1,9 +1,8 @@
 //! AVX-512 VNNI kernel (`vpdpbusd`).
 //!
-//! **Untested on the development machine** (AMD EPYC Zen 3: AVX2 only). Only the packing
-//! layout and the offset correction are exercised there, through the scalar emulation
-//! `emulate` in the tests; the intrinsic path runs only where
-//! `is_x86_feature_detected!("avx512vnni")` holds.
+//! Runs where `is_x86_feature_detected!("avx512vnni")` holds; on other machines the tests
+//! exercise the packing layout and the offset correction through the scalar emulation
+//! `emulate`.
 //!
 //! Scheme: `vpdpbusd` multiplies *unsigned* bytes by signed bytes, summing 4 products
 //! into each i32 lane without intermediate saturation. A is shifted to unsigned,
@@ -11,7 +10,9 @@
 //! `Σ a·b = Σ (a+128)·b − 128·Σ_t b[j][t]`, with the per-column `128·Σ b` computed at
 //! pack time. All sums wrap mod 2^32 like the reference, so the result is exact.
 //! B is packed in 16-column panels holding, per k-quad, 16 columns × 4 bytes (one zmm);
-//! the micro-kernel holds an 8×16 C tile in 8 zmm accumulators.
+//! the micro-kernel holds an 8×16 C tile in 8 zmm accumulators. A rows are read as runs of
+//! k-quads at fixed offsets from each row's start ([`Runs`]): one run for a plain row, one per
+//! kernel row for a conv's patch read in place from a padded image.
 
 #[cfg(target_arch = "x86")]
 use std::arch::x86::*;
@@ -100,47 +101,94 @@ pub(super) unsafe fn gemm(
             shift_row(a, (i0 + r) * lda, k, &mut abuf[r * ks..(r + 1) * ks]);
         }
         // SAFETY: AVX-512F/VNNI per this fn's contract; `abuf` holds `rows` rows of
-        // `ks = 4·kq` bytes.
-        unsafe { row_block(abuf.as_ptr(), ks, rows, p, n, &mut c[i0 * n..]) };
+        // `ks = 4·kq` bytes, read as one run.
+        let runs = Runs::whole(p.kq);
+        unsafe { row_block(abuf.as_ptr(), ks, rows, &runs, p, n, &mut c[i0 * n..]) };
     }
 }
 
-/// [`gemm`] on rows already shifted to unsigned (`a` holds `x ^ 0x80` bytes, row stride `lda`,
-/// at least `4·kq` bytes readable from each row's start: the bytes past `k` meet zero-padded B
+/// Where the `4·kq` bytes of a shifted A row lie: `offsets.len()` runs of `quads` k-quads each,
+/// run `j` at byte `offsets[j]` from the row's start (k order: run 0's bytes, then run 1's, …).
+/// A row in one piece is one run at offset 0; a conv's patch row read in place from a padded
+/// channels-last image is one run per kernel row.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Runs<'a> {
+    /// Byte offset of each run from the row's start.
+    pub offsets: &'a [usize],
+    /// k-quads per run.
+    pub quads: usize,
+}
+
+impl Runs<'static> {
+    /// One run of `kq` quads at offset 0.
+    pub(super) fn whole(kq: usize) -> Self {
+        Runs {
+            offsets: &[0],
+            quads: kq,
+        }
+    }
+}
+
+impl Runs<'_> {
+    /// Bytes readable from a row's start that the runs need.
+    fn span(&self) -> usize {
+        self.offsets.iter().max().map_or(0, |&o| o + 4 * self.quads)
+    }
+}
+
+/// [`gemm`] on rows already shifted to unsigned (`a` holds `x ^ 0x80` bytes, row stride `lda`),
+/// each row's k-quads laid out as `runs` says (the bytes of a run past `k` meet zero-padded B
 /// and may hold anything). The kernel reads the rows in place: no copy of A.
 ///
 /// # Safety
-/// The CPU must support AVX-512F and AVX-512 VNNI; `a` holds `(m − 1)·lda + 4·kq` bytes.
+/// The CPU must support AVX-512F and AVX-512 VNNI.
+///
+/// # Panics
+/// If the runs do not hold `kq` quads, or `a` is shorter than `(m − 1)·lda` plus their span.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn gemm_shifted(
     a: &[i8],
     m: usize,
     lda: usize,
+    runs: &Runs,
     p: &Packed,
     n: usize,
     c: &mut [i32],
 ) {
+    assert_eq!(
+        runs.offsets.len() * runs.quads,
+        p.kq,
+        "runs hold every k-quad"
+    );
     assert!(
-        m == 0 || a.len() >= (m - 1) * lda + astride(p.kq),
+        m == 0 || a.len() >= (m - 1) * lda + runs.span(),
         "shifted rows too short"
     );
     for i0 in (0..m).step_by(MR) {
-        // SAFETY: AVX-512F/VNNI per this fn's contract; rows i0.. have 4·kq readable bytes at
+        // SAFETY: AVX-512F/VNNI per this fn's contract; rows i0.. have their runs readable at
         // stride lda (asserted length), so row i0 starts inside `a`.
         unsafe {
             let rows_at = a.as_ptr().add(i0 * lda).cast();
-            row_block(rows_at, lda, MR.min(m - i0), p, n, &mut c[i0 * n..]);
+            row_block(rows_at, lda, MR.min(m - i0), runs, p, n, &mut c[i0 * n..]);
         }
     }
 }
 
-/// One block of `rows` ≤ 8 unsigned A rows (`ks` bytes apart, `4·kq` readable each) times every
-/// 16-column panel of `p`, into the C rows starting at `c` (row stride `n`).
+/// One block of `rows` ≤ 8 unsigned A rows (`ks` bytes apart, each laid out as `runs`) times
+/// every 16-column panel of `p`, into the C rows starting at `c` (row stride `n`).
 ///
 /// # Safety
-/// AVX-512F + VNNI; `a` valid for the rows as described.
+/// AVX-512F + VNNI; `a` valid for the rows as described; `runs` hold `p.kq` quads.
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn row_block(a: *const u8, ks: usize, rows: usize, p: &Packed, n: usize, c: &mut [i32]) {
+unsafe fn row_block(
+    a: *const u8,
+    ks: usize,
+    rows: usize,
+    runs: &Runs,
+    p: &Packed,
+    n: usize,
+    c: &mut [i32],
+) {
     let kq = p.kq;
     for (q, col0) in (0..n).step_by(16).enumerate() {
         let ncols = 16.min(n - col0);
@@ -148,8 +196,8 @@ unsafe fn row_block(a: *const u8, ks: usize, rows: usize, p: &Packed, n: usize, 
         let tile = Tile {
             a,
             ks,
+            runs: *runs,
             b: p.data[q * kq..].as_ptr(),
-            kq,
             corr: p.corr[16 * q..].as_ptr(),
             c: c[col0..].as_mut_ptr(),
             ldc: n,
@@ -184,13 +232,13 @@ unsafe fn kernel_rows(rows: usize, t: &Tile) {
 }
 
 /// Pointers for one micro-kernel call.
-struct Tile {
-    /// Unsigned A block, row stride `ks` bytes.
+struct Tile<'a> {
+    /// Unsigned A block, row stride `ks` bytes, each row's quads laid out as `runs`.
     a: *const u8,
     ks: usize,
-    /// Panel start (`kq` vectors).
+    runs: Runs<'a>,
+    /// Panel start (one vector per k-quad of the runs).
     b: *const V64,
-    kq: usize,
     /// 16 correction values of the panel.
     corr: *const i32,
     /// Top-left of the C tile, row stride `ldc`, `ncols ≤ 16` valid columns.
@@ -202,18 +250,25 @@ struct Tile {
 /// `R`×16 tile (`R ≤ 8`): `vpdpbusd` over k-quads, then subtract the correction.
 ///
 /// # Safety
-/// AVX-512F + VNNI available; `t.a` valid for `R` rows of `t.ks = 4·t.kq` bytes, `t.b` for
-/// `t.kq` vectors, `t.corr` for 16 i32, `t.c` for `R` rows of `t.ncols` i32 at stride `t.ldc`.
+/// AVX-512F + VNNI available; `t.a` valid for `R` rows at stride `t.ks`, each with its runs
+/// readable; `t.b` for one vector per quad of the runs, `t.corr` for 16 i32, `t.c` for `R` rows
+/// of `t.ncols` i32 at stride `t.ldc`.
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn kernel<const R: usize>(t: &Tile) {
     let mut acc = [_mm512_setzero_si512(); R];
-    for q in 0..t.kq {
-        // SAFETY: q < kq vectors in the panel; row r < R has bytes 4q .. 4q+4 < ks.
-        unsafe {
-            let bv = _mm512_load_si512(t.b.add(q).cast());
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let x = t.a.add(r * t.ks + 4 * q).cast::<i32>().read_unaligned();
-                *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(x), bv);
+    let mut b = t.b;
+    for &off in t.runs.offsets {
+        let a = t.a.wrapping_add(off);
+        for q in 0..t.runs.quads {
+            // SAFETY: one panel vector per quad of the runs; row r < R has bytes
+            // off + 4q .. off + 4q + 4 readable, per this fn's contract.
+            unsafe {
+                let bv = _mm512_load_si512(b.cast());
+                b = b.add(1);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = a.add(r * t.ks + 4 * q).cast::<i32>().read_unaligned();
+                    *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(x), bv);
+                }
             }
         }
     }

@@ -1,0 +1,105 @@
+//! A conv whose patch rows the AVX-512 VNNI GEMM reads in place from a padded channels-last
+//! image, with no patch matrix: output pixel (oy, ox) reads padded pixel
+//! (oy·sh + ky·dh, ox·sw + kx·dw), so its patch row is `kh` runs of `kw · c` contiguous codes
+//! (one run per kernel row; with a horizontal dilation, `kh · kw` runs of `c` codes), at offsets
+//! that are the same for every pixel. The image is written once per sample, shifted to
+//! unsigned (x ^ 0x80, the GEMM's operand) with its border at the input zero point.
+//! Integer sums do not depend on the order, so the output equals the patch-row path exactly.
+
+use crate::engine::im2col::{ConvGeom, copy_flipped};
+use crate::engine::int::IntGemm;
+use crate::engine::transpose::transpose_i8;
+
+/// Bytes of accumulators per block of output rows: with the block's outputs, inside L2.
+const ACC_BYTES: usize = 64 << 10;
+
+/// The padded image of one sample and the runs each patch row reads from it.
+#[derive(Debug, Default)]
+pub struct PaddedImage {
+    /// [hp, wp, c] shifted codes.
+    buf: Vec<i8>,
+    /// Byte offsets of a patch row's runs from its first code.
+    offsets: Vec<usize>,
+    /// Codes per run.
+    len: usize,
+}
+
+impl PaddedImage {
+    /// The layout for geometry `g`, or `None` when a run would not be whole k-quads (the
+    /// GEMM reads four codes at a time, so a quad may not straddle two runs).
+    pub fn for_geometry(g: &ConvGeom) -> Option<Self> {
+        let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
+        let row = padded_width(g) * c;
+        let (offsets, len) = if dw == 1 && (kw * c) % 4 == 0 {
+            ((0..kh).map(|ky| ky * dh * row).collect(), kw * c)
+        } else if c % 4 == 0 {
+            let taps = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky, kx)));
+            (
+                taps.map(|(ky, kx)| ky * dh * row + kx * dw * c).collect(),
+                c,
+            )
+        } else {
+            return None;
+        };
+        Some(PaddedImage {
+            buf: Vec::new(),
+            offsets,
+            len,
+        })
+    }
+
+    /// Writes channels-last sample `xs` ([h, w, c]) into the padded image, shifted to
+    /// unsigned, with the border at `pad` (the input zero point).
+    pub fn fill(&mut self, xs: &[i8], g: &ConvGeom, pad: i8) {
+        let (c, wp) = (g.c, padded_width(g));
+        let hp = g.h + g.pad[0] + g.pad[2];
+        let (row, run) = (wp * c, g.w * c);
+        let pad = pad ^ i8::MIN;
+        self.buf.resize(hp * row, pad);
+        let (top, left) = (g.pad[0] * row, g.pad[1] * c);
+        self.buf[..top].fill(pad);
+        for (y, src) in xs.chunks_exact(run).take(g.h).enumerate() {
+            let at = top + y * row;
+            self.buf[at..at + left].fill(pad);
+            copy_flipped(&mut self.buf[at + left..at + left + run], src);
+            self.buf[at + left + run..at + row].fill(pad);
+        }
+        self.buf[top + g.h * row..].fill(pad);
+    }
+
+    /// Runs `gemm` (which must take shifted rows) over the image into `out`, one sample's NCHW
+    /// output ([o, oh · ow]), in blocks of output rows whose accumulators `acc` and codes `y`
+    /// are reused: one GEMM per output row, or one per block when the rows of the block are
+    /// evenly spaced in the image (stride 1 and an image as wide as the output, as a 1×1 conv).
+    pub fn run(
+        &self,
+        gemm: &IntGemm,
+        g: &ConvGeom,
+        (acc, y): (&mut Vec<i32>, &mut Vec<i8>),
+        out: &mut [i8],
+    ) {
+        let (c, wp, o) = (g.c, padded_width(g), gemm.out_channels());
+        let (sh, sw) = g.stride;
+        let runs = (&self.offsets[..], self.len);
+        let block = (ACC_BYTES / (g.ow * o * 4).max(1)).clamp(1, g.oh.max(1));
+        for oy0 in (0..g.oh).step_by(block) {
+            let nr = block.min(g.oh - oy0);
+            let pixels = nr * g.ow;
+            y.resize(pixels * o, 0);
+            if g.stride == (1, 1) && wp == g.ow {
+                gemm.run_into_runs(&self.buf[oy0 * wp * c..], (pixels, c), runs, acc, y);
+            } else {
+                for (r, yr) in y.chunks_exact_mut(g.ow * o).enumerate() {
+                    let a = &self.buf[(oy0 + r) * sh * wp * c..];
+                    gemm.run_into_runs(a, (g.ow, sw * c), runs, acc, yr);
+                }
+            }
+            transpose_i8(y, (pixels, o, o), &mut out[oy0 * g.ow..], g.oh * g.ow);
+        }
+    }
+}
+
+/// Width of the padded image.
+fn padded_width(g: &ConvGeom) -> usize {
+    g.w + g.pad[1] + g.pad[3]
+}
