@@ -78,63 +78,91 @@ impl Blocks {
     }
 }
 
-/// The i64 half of the steps for 8 lanes: accumulators `a` (sign-extended), constants from
-/// offset `o` (0 even, 8 odd) of `b`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512dq")]
-fn steps64(a: __m512i, b: &Block16, o: usize) -> __m512i {
-    // SAFETY (loads): each array holds 16 i64; o + 8 ≤ 16.
-    let ld = |v: &[i64; 16]| unsafe { _mm512_loadu_si512(v[o..].as_ptr().cast()) };
-    let a = _mm512_add_epi64(a, ld(&b.konst));
-    let a = _mm512_min_epi64(
-        _mm512_max_epi64(a, _mm512_set1_epi64(i32::MIN as i64)),
-        _mm512_set1_epi64(i32::MAX as i64),
-    );
-    let ab = _mm512_mul_epi32(a, ld(&b.mant));
-    // One floor for both rounding steps (see the module doc).
-    let below = _mm512_cmplt_epi64_mask(ab, _mm512_set1_epi64(-(1 << 30)));
-    let t = _mm512_add_epi64(ab, ld(&b.cpos));
-    let t = _mm512_mask_sub_epi64(t, below, t, ld(&b.delta));
-    _mm512_srav_epi64(t, ld(&b.shift))
-}
-
-/// 16 accumulators (columns in order) to their clamped output codes as i32.
-///
-/// # Safety
-/// The CPU supports AVX-512 F and DQ.
-#[inline]
-#[target_feature(enable = "avx512f,avx512dq")]
-pub(super) fn requant16(acc: __m512i, b: &Block16, (lo, hi): (__m512i, __m512i)) -> __m512i {
-    let even = _mm512_srai_epi64::<32>(_mm512_slli_epi64::<32>(acc));
-    let odd = _mm512_srai_epi64::<32>(acc);
-    let qe = steps64(even, b, 0);
-    let qo = steps64(odd, b, 8);
-    // Even results in the low halves, odd ones in the high halves of the 64-bit lanes.
-    let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
-    // SAFETY: `zp` holds 16 i32.
-    let zp = unsafe { _mm512_loadu_si512(b.zp.as_ptr().cast()) };
-    _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
-}
-
-/// Requantizes rows of `out` accumulators in `c` into `y` (as many rows as both hold).
+/// Requantizes rows of `out` accumulators in `c` into `y` (as many rows as both hold): block of
+/// 16 columns by block, its constants loaded into registers once for all the rows.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, DQ, BW and VL; `blocks` built for `out` columns.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
 pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
-    for (crow, yrow) in c.chunks_exact(out).zip(y.chunks_exact_mut(out)) {
-        for (j, b) in blocks.blocks.iter().enumerate() {
-            let n = (out - 16 * j).min(16);
-            let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
-            // SAFETY: the mask covers columns 16j .. 16j + n < out of this row in c and y.
+    let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
+    for (j, b) in blocks.blocks.iter().enumerate() {
+        let n = (out - 16 * j).min(16);
+        let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
+        let k = Consts::load(b);
+        for r in 0..n_rows {
+            let at = r * out + 16 * j;
+            // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
+            // both c and y hold.
             unsafe {
-                let a = _mm512_maskz_loadu_epi32(m, crow.as_ptr().add(16 * j));
-                let q = requant16(a, b, bounds);
-                _mm_mask_storeu_epi8(yrow.as_mut_ptr().add(16 * j), m, _mm512_cvtepi32_epi8(q));
+                let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(at));
+                let q = k.requant16(a, bounds);
+                _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), m, _mm512_cvtepi32_epi8(q));
             }
         }
     }
+}
+
+/// A [`Block16`]'s constants in registers: even halves, odd halves, zero points.
+#[derive(Clone, Copy)]
+struct Consts {
+    even: [__m512i; 5],
+    odd: [__m512i; 5],
+    zp: __m512i,
+}
+
+impl Consts {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(b: &Block16) -> Self {
+        let half = |o: usize| {
+            // SAFETY: each array holds 16 i64; o + 8 ≤ 16.
+            let ld = |v: &[i64; 16]| unsafe { _mm512_loadu_si512(v[o..].as_ptr().cast()) };
+            [
+                ld(&b.konst),
+                ld(&b.mant),
+                ld(&b.cpos),
+                ld(&b.delta),
+                ld(&b.shift),
+            ]
+        };
+        Consts {
+            even: half(0),
+            odd: half(8),
+            // SAFETY: `zp` holds 16 i32.
+            zp: unsafe { _mm512_loadu_si512(b.zp.as_ptr().cast()) },
+        }
+    }
+
+    /// 16 accumulators (columns in order) to their clamped output codes as i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn requant16(&self, acc: __m512i, (lo, hi): (__m512i, __m512i)) -> __m512i {
+        let even = _mm512_srai_epi64::<32>(_mm512_slli_epi64::<32>(acc));
+        let odd = _mm512_srai_epi64::<32>(acc);
+        let qe = steps64(even, &self.even);
+        let qo = steps64(odd, &self.odd);
+        let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
+        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, self.zp), lo), hi)
+    }
+}
+
+/// The i64 half of the steps for 8 lanes: accumulators `a` (sign-extended) and that half's
+/// constants [k, mantissa, offset, delta, shift].
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn steps64(a: __m512i, [konst, mant, cpos, delta, shift]: &[__m512i; 5]) -> __m512i {
+    let a = _mm512_add_epi64(a, *konst);
+    let a = _mm512_min_epi64(
+        _mm512_max_epi64(a, _mm512_set1_epi64(i32::MIN as i64)),
+        _mm512_set1_epi64(i32::MAX as i64),
+    );
+    let ab = _mm512_mul_epi32(a, *mant);
+    let below = _mm512_cmplt_epi64_mask(ab, _mm512_set1_epi64(-(1 << 30)));
+    let t = _mm512_add_epi64(ab, *cpos);
+    let t = _mm512_mask_sub_epi64(t, below, t, *delta);
+    _mm512_srav_epi64(t, *shift)
 }
 
 /// Requantizes accumulators of a single column (constants `b` from [`Blocks::broadcast`]).
@@ -144,6 +172,7 @@ pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], 
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
 pub(super) unsafe fn column(b: &Block16, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
+    let consts = Consts::load(b);
     let n = c.len().min(y.len());
     for i in (0..n).step_by(16) {
         let k = (n - i).min(16);
@@ -151,7 +180,7 @@ pub(super) unsafe fn column(b: &Block16, c: &[i32], y: &mut [i8], lohi: (i32, i3
         // SAFETY: the mask covers elements i .. i + k ≤ n of c and y.
         unsafe {
             let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(i));
-            let q = requant16(a, b, bounds);
+            let q = consts.requant16(a, bounds);
             _mm_mask_storeu_epi8(y.as_mut_ptr().add(i), m, _mm512_cvtepi32_epi8(q));
         }
     }
