@@ -732,19 +732,17 @@ impl<'m> IntModel<'m> {
         {
             return Ok((y, Ran::Int));
         }
-        let owned: Vec<Option<Tensor>> = ins
+        // Quantized inputs dequantized; real ones borrowed as they are.
+        let owned: Vec<Option<std::borrow::Cow<Tensor>>> = ins
             .iter()
             .map(|t| {
-                t.map(|t| {
-                    if t.is_quantized() {
-                        t.clone().dequantized()
-                    } else {
-                        t.clone()
-                    }
+                t.map(|t| match t.is_quantized() {
+                    true => std::borrow::Cow::Owned(t.clone().dequantized()),
+                    false => std::borrow::Cow::Borrowed(t),
                 })
             })
             .collect();
-        let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_ref()).collect();
+        let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_deref()).collect();
         let y = run_node(layer, &refs, self.limit)?;
         Ok((y, if quantized { Ran::Island } else { Ran::Float }))
     }

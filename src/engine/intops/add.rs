@@ -4,6 +4,7 @@
 //! M_o = 2·max(s₁, s₂) / (2²⁰ · s_o): y = z_o + M_o(M₁(x₁ − z₁)·2²⁰ ± M₂(x₂ − z₂)·2²⁰).
 
 use crate::engine::ops::broadcast::{broadcast_offsets, broadcast_shape};
+use crate::engine::requant::Requant;
 use crate::engine::tensor::Tensor;
 use crate::quant::{FixedMultiplier, QParams};
 
@@ -60,6 +61,23 @@ impl QAdd {
         (self.zo + self.mo.apply(raw)).clamp(self.lo, self.hi) as i8
     }
 
+    /// The result for every code pair (index: first code as u8 · 256 + second code as u8):
+    /// the raw sums from the per-code tables, then `finish`'s multiply, zero point and clamp as
+    /// the requantization epilogue computes them (with k = 0, the same arithmetic) in one pass.
+    fn pair_table(&self, t1: &[i32; 256], t2: &[i32; 256]) -> Vec<i8> {
+        let raw: Vec<i32> = t1
+            .iter()
+            .flat_map(|&p| {
+                t2.iter()
+                    .map(move |&q| if self.sub { p - q } else { p + q })
+            })
+            .collect();
+        let epilogue = Requant::new(vec![self.mo], vec![0], vec![self.zo], self.lo, self.hi);
+        let mut table = vec![0i8; raw.len()];
+        epilogue.run_column(0, &raw, &mut table);
+        table
+    }
+
     /// Each operand's scaled term for all 256 codes (indexed by the code as u8): the first two
     /// multiplies of [`QAdd::apply`] done once per tensor instead of once per element.
     fn tables(&self) -> ([i32; 256], [i32; 256]) {
@@ -84,9 +102,7 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     if x1.shape == x2.shape {
         if a.len() >= PAIR_TABLE_MIN {
             // One table of all 65,536 code pairs: a single load per element.
-            let table: Vec<i8> = (0..=u16::MAX)
-                .map(|i| apply((i >> 8) as u8 as i8, i as u8 as i8))
-                .collect();
+            let table = k.pair_table(&t1, &t2);
             let y = a
                 .iter()
                 .zip(b)
