@@ -141,6 +141,10 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
+            if super::conv_f32::applies(&g) {
+                let y = super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias);
+                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
+            }
             let k = ci * kh * kw;
             let y = conv_columns(
                 xs,

@@ -1,6 +1,7 @@
 //! The two engines: the f32 reference and the integer-only engine, plus the kernels they share.
 
 pub mod conv;
+pub mod conv_f32;
 pub mod embedding;
 pub mod float;
 pub mod im2col;

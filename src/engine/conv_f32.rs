@@ -1,0 +1,240 @@
+//! The float engine's stride-1 conv without a patch matrix: each sample is copied once into a
+//! zero-padded NCHW image, and output pixel p (counted along rows of the padded width, the
+//! pixels past `ow` computed and dropped) of tap k = (c, ky, kx) reads image element
+//! p + off_k, off_k = c·hp·wp + ky·dh·wp + kx·dw. So a run of pixels of one tap is one
+//! contiguous vector load, and an AVX-512 tile of 8 output channels × 32 pixels is bias plus
+//! one fused multiply-add per tap in tap order. Ungrouped convs of stride 1 only; the rest
+//! keep im2col and the sgemm.
+
+use super::im2col::ConvGeom;
+
+/// Output channels per tile.
+const MR: usize = 8;
+/// Vectors of 16 pixels per tile.
+const NV: usize = 2;
+/// Pixels per tile.
+const NR: usize = 16 * NV;
+
+/// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1 and AVX-512F.
+pub fn applies(g: &ConvGeom) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        g.stride == (1, 1) && *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
+}
+
+/// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
+/// [n, o, oh, ow], each output bias + Σ_k w_k · x_k summed in tap order with fused
+/// multiply-adds.
+///
+/// # Panics
+/// Unless [`applies`]`(g)`, or if the slices do not match the geometry.
+pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
+    assert!(applies(g), "a stride-1 conv on an AVX-512 CPU");
+    let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
+    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (o, k, pixels) = (bias.len(), c * kh * kw, g.out_pixels());
+    assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
+    assert_eq!(xs.len(), n * c * g.h * g.w, "input [n, c, h, w]");
+    let mut y = vec![0f32; n * o * pixels];
+    if pixels == 0 || o == 0 {
+        return y;
+    }
+    let offsets: Vec<usize> = (0..c)
+        .flat_map(|ch| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ch, ky, kx))))
+        .map(|(ch, ky, kx)| ch * hp * wp + ky * dh * wp + kx * dw)
+        .collect();
+    let packed = pack(w, o, k);
+    // Pixels along padded rows up to the last output pixel; a tile may read NR past them.
+    let virt = (g.oh - 1) * wp + g.ow;
+    let mut img = vec![0f32; c * hp * wp + NR];
+    let mut tile_out = vec![0f32; MR * virt];
+    for (x1, ys) in xs
+        .chunks_exact(c * g.h * g.w)
+        .zip(y.chunks_exact_mut(o * pixels))
+    {
+        // The border stays zero; the interior is overwritten by every sample.
+        for (ch, plane) in x1.chunks_exact(g.h * g.w).enumerate() {
+            for (r, row) in plane.chunks_exact(g.w).enumerate() {
+                let at = ch * hp * wp + (r + g.pad[0]) * wp + g.pad[1];
+                img[at..at + g.w].copy_from_slice(row);
+            }
+        }
+        for (ob, wk) in packed.chunks_exact(MR * k).enumerate() {
+            let rows = MR.min(o - ob * MR);
+            let mut b = [0f32; MR];
+            b[..rows].copy_from_slice(&bias[ob * MR..ob * MR + rows]);
+            for p0 in (0..virt).step_by(NR) {
+                let lanes = NR.min(virt - p0);
+                // SAFETY: AVX-512F per `applies`; every tap reads img[p0 + off .. p0 + off +
+                // NR], inside the image plus its NR slack since p0 < virt and virt − 1 + off
+                // is a padded-image element; `wk` holds MR weights per tap; the tile writes
+                // `rows` rows of `lanes` values at stride virt inside `tile_out`.
+                unsafe {
+                    tile(
+                        img[p0..].as_ptr(),
+                        &offsets,
+                        (wk, &b),
+                        tile_out[p0..].as_mut_ptr(),
+                        (rows, lanes, virt),
+                    )
+                };
+            }
+            // Each output row's ow pixels, dropping the columns past them.
+            for (r, vrow) in tile_out.chunks_exact(virt).take(rows).enumerate() {
+                let plane = &mut ys[(ob * MR + r) * pixels..(ob * MR + r + 1) * pixels];
+                for (oy, dst) in plane.chunks_exact_mut(g.ow).enumerate() {
+                    dst.copy_from_slice(&vrow[oy * wp..oy * wp + g.ow]);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Weights [o, k] as blocks of MR output channels, tap by tap: [o / MR][k][MR], zero rows past o.
+fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
+    let blocks = o.div_ceil(MR);
+    let mut p = vec![0f32; blocks * k * MR];
+    for (r, row) in w.chunks_exact(k).enumerate() {
+        let (ob, lane) = (r / MR, r % MR);
+        for (t, &v) in row.iter().enumerate() {
+            p[(ob * k + t) * MR + lane] = v;
+        }
+    }
+    p
+}
+
+/// One tile: rows r < `rows` of `out` (stride `ld`), lanes < `lanes`, get
+/// bias[r] + Σ_t w[t][r] · img[off_t + lane] in tap order.
+///
+/// # Safety
+/// AVX-512F; img[off + 0 .. off + NR] readable for every offset; `w` holds MR values per offset;
+/// `out` writable for `rows` rows of `lanes` values at stride `ld`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    img: *const f32,
+    offsets: &[usize],
+    (w, bias): (&[f32], &[f32; MR]),
+    out: *mut f32,
+    (rows, lanes, ld): (usize, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for (a, &b) in acc.iter_mut().zip(bias) {
+        *a = [_mm512_set1_ps(b); NV];
+    }
+    for (&off, wt) in offsets.iter().zip(w.chunks_exact(MR)) {
+        // SAFETY: per this fn's contract.
+        let x: [__m512; NV] =
+            std::array::from_fn(|v| unsafe { _mm512_loadu_ps(img.add(off + 16 * v)) });
+        for (a, &wv) in acc.iter_mut().zip(wt) {
+            let wv = _mm512_set1_ps(wv);
+            for (a, &x) in a.iter_mut().zip(&x) {
+                *a = _mm512_fmadd_ps(wv, x, *a);
+            }
+        }
+    }
+    let mask = |from: usize| -> u16 {
+        let n = lanes.saturating_sub(from).min(16);
+        if n == 16 { !0 } else { (1u16 << n) - 1 }
+    };
+    for (r, a) in acc.iter().enumerate().take(rows) {
+        // SAFETY: row r < rows, lanes ≤ NR masked, per this fn's contract.
+        for (v, &a) in a.iter().enumerate() {
+            unsafe { _mm512_mask_storeu_ps(out.wrapping_add(r * ld + 16 * v), mask(16 * v), a) };
+        }
+    }
+}
+
+/// Not built off x86-64: [`applies`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile(
+    _: *const f32,
+    _: &[usize],
+    _: (&[f32], &[f32; MR]),
+    _: *mut f32,
+    _: (usize, usize, usize),
+) {
+    unreachable!("applies() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conv in f64 straight from its definition, and Σ|w·x| + |b| per output (the scale
+    /// of f32 rounding in any summation order).
+    fn reference(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<(f64, f64)> {
+        let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
+        let mut out = Vec::new();
+        for s in 0..n {
+            for (o, &b) in bias.iter().enumerate() {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let (mut sum, mut mag) = (b as f64, (b as f64).abs());
+                        for ch in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let y = (oy + ky * dh) as isize - g.pad[0] as isize;
+                                    let x = (ox + kx * dw) as isize - g.pad[1] as isize;
+                                    if y < 0 || x < 0 || y >= g.h as isize || x >= g.w as isize {
+                                        continue;
+                                    }
+                                    let v =
+                                        xs[((s * c + ch) * g.h + y as usize) * g.w + x as usize];
+                                    let wt = w[((o * c + ch) * kh + ky) * kw + kx];
+                                    sum += v as f64 * wt as f64;
+                                    mag += (v as f64 * wt as f64).abs();
+                                }
+                            }
+                        }
+                        out.push((sum, mag));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stride_one_convs_match_the_f64_definition() {
+        // Output channels past a multiple of 8, pixel counts past a multiple of 32, asymmetric
+        // padding, dilations, 1×1, a kernel as large as the padded image.
+        for (c, o, (kh, kw), pad, dil, (h, w)) in [
+            (3, 5, (3, 3), [1, 1, 1, 1], (1, 1), (7, 9)),
+            (16, 16, (3, 3), [1, 1, 1, 1], (1, 1), (28, 28)),
+            (2, 9, (3, 2), [0, 2, 1, 0], (2, 1), (7, 9)),
+            (4, 3, (2, 3), [2, 0, 0, 1], (1, 3), (8, 11)),
+            (8, 17, (1, 1), [0, 0, 0, 0], (1, 1), (5, 6)),
+            (1, 2, (5, 5), [0, 0, 0, 0], (1, 1), (5, 5)),
+        ] {
+            let n = 2;
+            let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
+            if !applies(&g) {
+                return; // No AVX-512 here: the engine keeps the im2col path.
+            }
+            let wave = |i: usize, f: f32| ((i as f32 * f).sin() * 1.7).powi(3);
+            let xs: Vec<f32> = (0..n * c * h * w).map(|i| wave(i, 0.37)).collect();
+            let wt: Vec<f32> = (0..o * c * kh * kw).map(|i| wave(i, 0.91)).collect();
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let got = conv_f32_padded(&xs, n, &g, &wt, &bias);
+            let want = reference(&xs, n, &g, &wt, &bias);
+            assert_eq!(got.len(), want.len(), "c {c} o {o}");
+            for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
+                let tol = 2.0 * f32::EPSILON as f64 * (c * kh * kw + 1) as f64 * mag + 1e-30;
+                assert!(
+                    (y as f64 - r).abs() <= tol,
+                    "c {c} o {o} at {i}: {y} vs {r}"
+                );
+            }
+        }
+    }
+}
