@@ -137,6 +137,10 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             )?;
             let bias = bias.as_slice().expect("contiguous bias");
             let wts = weight.as_slice().expect("contiguous");
+            if *groups > 1 && super::conv_f32::group_applies(&g) {
+                let y = super::conv_f32::group_conv_f32_padded(xs, n, &g, (wts, bias), *groups);
+                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
+            }
             if *groups > 1 {
                 let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
