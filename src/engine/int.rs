@@ -139,7 +139,21 @@ impl IntGemm {
             .map(|r| bias_q[r].saturating_sub(in_q.zero_point.saturating_mul(w_sum[r * groups])))
             .collect();
         let zp: Vec<i32> = out_off.iter().map(|&o| out_q.zero_point + o).collect();
+        // With symmetric weights an accumulator is Σ x·w over i8 codes, at most 128·Σ|w_r|: when
+        // that and k_r stay inside i32 for every row, the epilogue's add never saturates.
+        let fits = w_zp.is_empty()
+            && groups == 1
+            && (0..out).all(|r| {
+                let row = w.q[r * k..(r + 1) * k].iter();
+                let abs: i64 = row.map(|&v| (v as i64).abs()).sum();
+                128 * abs + (konst[r] as i64).abs() < i32::MAX as i64
+            });
         let requant = Requant::new(out_mult.clone(), konst, zp.clone(), lo, hi);
+        let requant = if fits {
+            requant.sums_fit_i32()
+        } else {
+            requant
+        };
         IntGemm {
             requant,
             out,

@@ -22,6 +22,9 @@ pub struct Requant {
     zp: Vec<i32>,
     lo: i32,
     hi: i32,
+    /// acc + k never leaves i32 for the accumulators this epilogue is given (the caller's
+    /// bound, [`Requant::sums_fit_i32`]): the saturating add is a plain one.
+    sums_fit: bool,
     /// The constants as the explicit AVX-512 loop reads them (when `small`).
     #[cfg(target_arch = "x86_64")]
     blocks: Option<super::requant_avx512::Blocks>,
@@ -65,7 +68,16 @@ impl Requant {
             zp,
             lo,
             hi,
+            sums_fit: false,
         }
+    }
+
+    /// This epilogue, told that every accumulator it will be given keeps acc + k_r inside i32
+    /// (the caller bounds its sums, e.g. 128·Σ|w_r| + |k_r| < 2³¹ for a GEMM of i8 codes). Then
+    /// the saturating add never saturates, and the vector loop skips its clamp and its widening.
+    pub fn sums_fit_i32(mut self) -> Self {
+        self.sums_fit = true;
+        self
     }
 
     /// Requantizes `c` (rows of as many accumulators as there are multipliers) into `y`.
@@ -78,7 +90,11 @@ impl Requant {
             && has_avx512()
         {
             // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
-            unsafe { super::requant_avx512::rows(b, self.mult.len(), c, y, (self.lo, self.hi)) };
+            let out = self.mult.len();
+            // SAFETY: as above.
+            unsafe {
+                super::requant_avx512::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi))
+            };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -225,6 +241,20 @@ mod tests {
             assert_eq!(got, want, "konst {konst}");
             rq.body(&c, &mut got);
             assert_eq!(got, want, "portable body, konst {konst}");
+            // Told that the sums fit i32 (they do, but for the ends of the sweep): the add
+            // without saturation and the product of the unwidened lanes give the same codes.
+            {
+                let fit: Vec<i32> = c
+                    .iter()
+                    .copied()
+                    .filter(|a| a.checked_add(konst).is_some())
+                    .collect();
+                let (mut want, mut got) = (vec![0i8; fit.len()], vec![0i8; fit.len()]);
+                let fitting = rq.clone().sums_fit_i32();
+                fitting.reference(&fit, &mut want);
+                fitting.run(&fit, &mut got);
+                assert_eq!(got, want, "sums known to fit i32, konst {konst}");
+            }
             for r in 0..out {
                 let mut y = vec![0i8; accs.len()];
                 rq.run_column(r, &accs, &mut y);
@@ -266,6 +296,16 @@ mod tests {
                 assert_eq!(got, want, "out {out} zp {zp}");
                 rq.body(&c, &mut got);
                 assert_eq!(got, want, "portable body, out {out}");
+                // Per-column constants through the path for sums that fit i32 (the two extreme
+                // accumulators put back in range).
+                {
+                    let mut fit = c.clone();
+                    fit[..2.min(len)].fill(0);
+                    let (mut want, mut got) = (vec![0i8; len], vec![0i8; len]);
+                    rq.reference(&fit, &mut want);
+                    rq.clone().sums_fit_i32().run(&fit, &mut got);
+                    assert_eq!(got, want, "sums known to fit i32, out {out} zp {zp}");
+                }
                 // Column by column on channel-major accumulators.
                 for r in 0..out {
                     let col: Vec<i32> = c.iter().skip(r).step_by(out).copied().collect();

@@ -84,7 +84,13 @@ impl Blocks {
 /// # Safety
 /// The CPU supports AVX-512 F, DQ, BW and VL; `blocks` built for `out` columns.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], lohi: (i32, i32)) {
+pub(super) unsafe fn rows(
+    blocks: &Blocks,
+    (out, sums_fit): (usize, bool),
+    c: &[i32],
+    y: &mut [i8],
+    lohi: (i32, i32),
+) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
     for (j, b) in blocks.blocks.iter().enumerate() {
@@ -97,7 +103,11 @@ pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], 
             // both c and y hold.
             unsafe {
                 let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(at));
-                let q = k.requant16(a, bounds);
+                let q = if sums_fit {
+                    k.requant16_fitting(a, bounds)
+                } else {
+                    k.requant16(a, bounds)
+                };
                 _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), m, _mm512_cvtepi32_epi8(q));
             }
         }
@@ -109,6 +119,8 @@ pub(super) unsafe fn rows(blocks: &Blocks, out: usize, c: &[i32], y: &mut [i8], 
 struct Consts {
     even: [__m512i; 5],
     odd: [__m512i; 5],
+    /// k as i32 in column order (for sums known to fit i32).
+    konst: __m512i,
     zp: __m512i,
 }
 
@@ -127,9 +139,13 @@ impl Consts {
                 ld(&b.shift),
             ]
         };
+        let (even, odd) = (half(0), half(8));
+        // Even k in the low halves, odd k in the high halves: column order as i32.
+        let konst = _mm512_mask_blend_epi32(0xAAAA, even[0], _mm512_slli_epi64::<32>(odd[0]));
         Consts {
-            even: half(0),
-            odd: half(8),
+            even,
+            odd,
+            konst,
             // SAFETY: `zp` holds 16 i32.
             zp: unsafe { _mm512_loadu_si512(b.zp.as_ptr().cast()) },
         }
@@ -148,17 +164,42 @@ impl Consts {
     }
 }
 
+impl Consts {
+    /// [`Consts::requant16`] for accumulators whose acc + k fits i32: a plain 32-bit add, and
+    /// `vpmuldq` reads each 64-bit lane's low i32 (even columns) or, shifted down, its high one
+    /// (odd columns), so neither half is widened or clamped first.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn requant16_fitting(&self, acc: __m512i, (lo, hi): (__m512i, __m512i)) -> __m512i {
+        let a = _mm512_add_epi32(acc, self.konst);
+        let qe = rounded(_mm512_mul_epi32(a, self.even[1]), &self.even);
+        let qo = rounded(
+            _mm512_mul_epi32(_mm512_srli_epi64::<32>(a), self.odd[1]),
+            &self.odd,
+        );
+        let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
+        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, self.zp), lo), hi)
+    }
+}
+
 /// The i64 half of the steps for 8 lanes: accumulators `a` (sign-extended) and that half's
 /// constants [k, mantissa, offset, delta, shift].
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn steps64(a: __m512i, [konst, mant, cpos, delta, shift]: &[__m512i; 5]) -> __m512i {
-    let a = _mm512_add_epi64(a, *konst);
+fn steps64(a: __m512i, c: &[__m512i; 5]) -> __m512i {
+    let a = _mm512_add_epi64(a, c[0]);
     let a = _mm512_min_epi64(
         _mm512_max_epi64(a, _mm512_set1_epi64(i32::MIN as i64)),
         _mm512_set1_epi64(i32::MAX as i64),
     );
-    let ab = _mm512_mul_epi32(a, *mant);
+    rounded(_mm512_mul_epi32(a, c[1]), c)
+}
+
+/// The one floor of both rounding steps (see the module doc) on the products `ab`, with the
+/// half's [offset, delta, shift] from `c`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn rounded(ab: __m512i, [_, _, cpos, delta, shift]: &[__m512i; 5]) -> __m512i {
     let below = _mm512_cmplt_epi64_mask(ab, _mm512_set1_epi64(-(1 << 30)));
     let t = _mm512_add_epi64(ab, *cpos);
     let t = _mm512_mask_sub_epi64(t, below, t, *delta);
