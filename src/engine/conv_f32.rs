@@ -399,6 +399,29 @@ mod tests {
         out
     }
 
+    /// Runs `conv` (input, weights, bias) on smooth inputs with large and small values and
+    /// holds every output to the f64 definition within f32 rounding in any summation order.
+    fn check(
+        g: &ConvGeom,
+        (n, o, groups): (usize, usize, usize),
+        conv: impl Fn(&[f32], &[f32], &[f32]) -> Vec<f32>,
+    ) {
+        let (c, taps) = (g.c, g.kernel.0 * g.kernel.1);
+        let cg = c / groups;
+        let wave = |i: usize, f: f32| ((i as f32 * f).sin() * 1.7).powi(3);
+        let xs: Vec<f32> = (0..n * c * g.h * g.w).map(|i| wave(i, 0.37)).collect();
+        let wt: Vec<f32> = (0..o * cg * taps).map(|i| wave(i, 0.91)).collect();
+        let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let got = conv(&xs, &wt, &bias);
+        let want = reference(&xs, (n, groups), g, &wt, &bias);
+        assert_eq!(got.len(), want.len(), "c {c} o {o} groups {groups}");
+        for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
+            let tol = 2.0 * f32::EPSILON as f64 * (cg * taps + 1) as f64 * mag + 1e-30;
+            let at = format!("c {c} o {o} groups {groups} at {i}: {y} vs {r}");
+            assert!((y as f64 - r).abs() <= tol, "{at}");
+        }
+    }
+
     #[test]
     fn stride_one_convs_match_the_f64_definition() {
         // Output channels past a multiple of 8, pixel counts past a multiple of 32, asymmetric
@@ -416,20 +439,9 @@ mod tests {
             if !applies(&g) {
                 return; // No AVX-512 here: the engine keeps the im2col path.
             }
-            let wave = |i: usize, f: f32| ((i as f32 * f).sin() * 1.7).powi(3);
-            let xs: Vec<f32> = (0..n * c * h * w).map(|i| wave(i, 0.37)).collect();
-            let wt: Vec<f32> = (0..o * c * kh * kw).map(|i| wave(i, 0.91)).collect();
-            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.25 - 1.0).collect();
-            let got = conv_f32_padded(&xs, n, &g, &wt, &bias);
-            let want = reference(&xs, (n, 1), &g, &wt, &bias);
-            assert_eq!(got.len(), want.len(), "c {c} o {o}");
-            for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
-                let tol = 2.0 * f32::EPSILON as f64 * (c * kh * kw + 1) as f64 * mag + 1e-30;
-                assert!(
-                    (y as f64 - r).abs() <= tol,
-                    "c {c} o {o} at {i}: {y} vs {r}"
-                );
-            }
+            check(&g, (n, o, 1), |xs, wt, bias| {
+                conv_f32_padded(xs, n, &g, wt, bias)
+            });
         }
     }
 
@@ -448,21 +460,9 @@ mod tests {
             if !group_applies(&g) {
                 return; // No AVX-512 here: the engine keeps the direct loops.
             }
-            let wave = |i: usize, f: f32| ((i as f32 * f).sin() * 1.7).powi(3);
-            let xs: Vec<f32> = (0..n * c * h * w).map(|i| wave(i, 0.37)).collect();
-            let cg = c / groups;
-            let wt: Vec<f32> = (0..o * cg * kh * kw).map(|i| wave(i, 0.91)).collect();
-            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.25 - 1.0).collect();
-            let got = group_conv_f32_padded(&xs, n, &g, (&wt, &bias), groups);
-            let want = reference(&xs, (n, groups), &g, &wt, &bias);
-            assert_eq!(got.len(), want.len(), "c {c} groups {groups}");
-            for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
-                let tol = 2.0 * f32::EPSILON as f64 * (cg * kh * kw + 1) as f64 * mag + 1e-30;
-                assert!(
-                    (y as f64 - r).abs() <= tol,
-                    "groups {groups} at {i}: {y} vs {r}"
-                );
-            }
+            check(&g, (n, o, groups), |xs, wt, bias| {
+                group_conv_f32_padded(xs, n, &g, (wt, bias), groups)
+            });
         }
     }
 }
