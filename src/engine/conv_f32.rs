@@ -18,18 +18,20 @@ const NV: usize = 2;
 /// Pixels per tile.
 const NR: usize = 16 * NV;
 
-/// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1 and AVX-512F.
-pub fn applies(g: &ConvGeom) -> bool {
+/// Whether this CPU runs the padded-image kernels (AVX-512F; detected once).
+pub fn applies_any_stride() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        g.stride == (1, 1) && *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+        *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = g;
-        false
-    }
+    false
+}
+
+/// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1 and AVX-512F.
+pub fn applies(g: &ConvGeom) -> bool {
+    g.stride == (1, 1) && applies_any_stride()
 }
 
 /// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
@@ -228,7 +230,7 @@ unsafe fn channel_rows(
 
 /// Each tap's element offset in a padded image ([c, hp, wp]) from its output pixel's first
 /// element, in the weights' (channel, ky, kx) order, over `c` channels.
-fn tap_offsets(c: usize, g: &ConvGeom) -> Vec<usize> {
+pub(super) fn tap_offsets(c: usize, g: &ConvGeom) -> Vec<usize> {
     let ((kh, kw), (dh, dw)) = (g.kernel, g.dilation);
     let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
     (0..c)
@@ -239,7 +241,7 @@ fn tap_offsets(c: usize, g: &ConvGeom) -> Vec<usize> {
 
 /// Copies sample `x1` ([c, h, w]) into the interior of the padded image `img` ([c, hp, wp],
 /// then slack); the border is never written, so it stays zero from the image's creation.
-fn fill_padded(img: &mut [f32], x1: &[f32], g: &ConvGeom) {
+pub(super) fn fill_padded(img: &mut [f32], x1: &[f32], g: &ConvGeom) {
     let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
     if hp == g.h && wp == g.w {
         img[..x1.len()].copy_from_slice(x1);
@@ -462,6 +464,30 @@ mod tests {
             }
             check(&g, (n, o, groups), |xs, wt, bias| {
                 group_conv_f32_padded(xs, n, &g, (wt, bias), groups)
+            });
+        }
+    }
+
+    #[test]
+    fn strided_convs_match_the_f64_definition() {
+        // The channels-in-lanes kernel: strides 2 and 3 and mixed, output channels past a
+        // multiple of 32, pixels past a multiple of 8, dilation, asymmetric padding, a 1×1
+        // downsample, and a stride-1 conv (it takes any stride).
+        for (c, o, (kh, kw), stride, pad, dil, (h, w)) in [
+            (16, 32, (3, 3), (2, 2), [1, 1, 1, 1], (1, 1), (28, 28)),
+            (3, 37, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1), (9, 11)),
+            (4, 5, (1, 1), (2, 2), [0, 0, 0, 0], (1, 1), (7, 9)),
+            (2, 9, (3, 2), (3, 1), [0, 2, 1, 0], (2, 1), (13, 9)),
+            (5, 33, (2, 3), (1, 2), [2, 0, 0, 1], (1, 3), (8, 17)),
+            (6, 8, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (5, 6)),
+        ] {
+            let n = 2;
+            let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
+            if !applies_any_stride() {
+                return; // No AVX-512 here: the engine keeps the im2col path.
+            }
+            check(&g, (n, o, 1), |xs, wt, bias| {
+                crate::engine::conv_f32_strided::conv_f32_strided(xs, n, &g, wt, bias)
             });
         }
     }

@@ -145,8 +145,15 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
-            if super::conv_f32::applies(&g) {
+            // Pixels in the lanes at stride 1, unless the output channels fill whole tiles of
+            // the channels-in-lanes kernel and the taps are enough to pay for its scattered
+            // stores (it then wastes no lanes on padded columns).
+            if super::conv_f32::applies(&g) && (o % 32 != 0 || ci * kh * kw < 128) {
                 let y = super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias);
+                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
+            }
+            if super::conv_f32::applies_any_stride() {
+                let y = super::conv_f32_strided::conv_f32_strided(xs, n, &g, wts, bias);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
             let k = ci * kh * kw;

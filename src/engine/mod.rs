@@ -2,6 +2,7 @@
 
 pub mod conv;
 pub mod conv_f32;
+pub mod conv_f32_strided;
 pub mod embedding;
 pub mod float;
 pub mod im2col;

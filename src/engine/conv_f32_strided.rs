@@ -1,0 +1,148 @@
+//! The float engine's ungrouped conv at any stride, read in place from the zero-padded image of
+//! [`super::conv_f32`]: output channels in the vector lanes instead of pixels, so strided
+//! pixels cost nothing. A tile of 8 output pixels × 32 output channels is the bias plus, per
+//! tap k = (c, ky, kx), one broadcast image element per pixel (at the pixel's first element
+//! plus off_k) times the 32 weights of that tap: one fused multiply-add per pixel, vector and
+//! tap, in tap order.
+
+use super::conv_f32::{applies_any_stride, fill_padded, tap_offsets};
+use super::im2col::ConvGeom;
+
+/// Output pixels per tile.
+const PR: usize = 8;
+/// Output channels per tile (two vectors).
+const OC: usize = 32;
+
+/// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
+/// [n, o, oh, ow], each output bias + Σ_k w_k · x_k summed in tap order with fused
+/// multiply-adds.
+///
+/// # Panics
+/// Unless [`applies_any_stride`]`()`, or if the slices do not match the geometry.
+pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
+    assert!(applies_any_stride(), "an AVX-512 CPU");
+    let (kh, kw) = g.kernel;
+    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (o, k, pixels) = (bias.len(), g.c * kh * kw, g.out_pixels());
+    assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
+    assert_eq!(xs.len(), n * g.c * g.h * g.w, "input [n, c, h, w]");
+    let mut y = vec![0f32; n * o * pixels];
+    if pixels == 0 || o == 0 {
+        return y;
+    }
+    let offsets = tap_offsets(g.c, g);
+    // Each output pixel's first element in the padded image.
+    let starts: Vec<usize> = (0..pixels)
+        .map(|p| (p / g.ow) * g.stride.0 * wp + (p % g.ow) * g.stride.1)
+        .collect();
+    let packed = pack(w, o, k);
+    let padded_bias: Vec<f32> = (0..o.div_ceil(OC) * OC)
+        .map(|r| bias.get(r).copied().unwrap_or(0.0))
+        .collect();
+    let mut img = vec![0f32; g.c * hp * wp];
+    let mut tile_out = [[0f32; OC]; PR];
+    for (x1, ys) in xs
+        .chunks_exact(g.c * g.h * g.w)
+        .zip(y.chunks_exact_mut(o * pixels))
+    {
+        fill_padded(&mut img, x1, g);
+        for (ob, wk) in packed.chunks_exact(OC * k).enumerate() {
+            let rows = OC.min(o - ob * OC);
+            let b = &padded_bias[ob * OC..(ob + 1) * OC];
+            for p0 in (0..pixels).step_by(PR) {
+                let np = PR.min(pixels - p0);
+                // Past the last pixel, the last one again (computed, not stored).
+                let at: [usize; PR] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
+                // SAFETY: AVX-512F per `applies_any_stride`; every pixel's start plus any tap
+                // offset is an element of the padded image (its window lies inside it); `wk`
+                // holds OC weights per tap and `b` OC biases.
+                unsafe { tile(&img, &at, &offsets, (wk, b), &mut tile_out) };
+                for (ch, plane) in ys
+                    .chunks_exact_mut(pixels)
+                    .skip(ob * OC)
+                    .take(rows)
+                    .enumerate()
+                {
+                    for (r, v) in plane[p0..p0 + np].iter_mut().enumerate() {
+                        *v = tile_out[r][ch];
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Weights [o, k] as blocks of OC output channels, tap by tap: [o / OC][k][OC], zero past o.
+fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
+    let mut p = vec![0f32; o.div_ceil(OC) * k * OC];
+    for (r, row) in w.chunks_exact(k).enumerate() {
+        let (ob, lane) = (r / OC, r % OC);
+        for (t, &v) in row.iter().enumerate() {
+            p[(ob * k + t) * OC + lane] = v;
+        }
+    }
+    p
+}
+
+/// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order.
+///
+/// # Safety
+/// AVX-512F; every at[r] + off_t indexes `img` (checked); `w` holds OC values per offset.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    img: &[f32],
+    at: &[usize; PR],
+    offsets: &[usize],
+    (w, b): (&[f32], &[f32]),
+    out: &mut [[f32; OC]; PR],
+) {
+    use std::arch::x86_64::*;
+    let last = offsets.iter().max().copied().unwrap_or(0);
+    assert!(
+        at.iter().all(|&a| a + last < img.len()),
+        "taps inside the image"
+    );
+    assert!(w.len() >= offsets.len() * OC && b.len() >= OC);
+    // SAFETY (loads below): b holds OC floats, w holds OC per tap (asserted).
+    let bias = unsafe {
+        [
+            _mm512_loadu_ps(b.as_ptr()),
+            _mm512_loadu_ps(b.as_ptr().add(16)),
+        ]
+    };
+    let mut acc = [bias; PR];
+    let base = img.as_ptr();
+    for (t, &off) in offsets.iter().enumerate() {
+        // SAFETY: tap t's OC weights and every pixel's element (asserted above).
+        unsafe {
+            let wt = w.as_ptr().add(t * OC);
+            let (w0, w1) = (_mm512_loadu_ps(wt), _mm512_loadu_ps(wt.add(16)));
+            for (a, &p) in acc.iter_mut().zip(at) {
+                let x = _mm512_set1_ps(*base.add(p + off));
+                a[0] = _mm512_fmadd_ps(x, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(x, w1, a[1]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row of `out` holds OC = 32 floats.
+        unsafe {
+            _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
+        }
+    }
+}
+
+/// Not built off x86-64: [`applies_any_stride`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile(
+    _: &[f32],
+    _: &[usize; PR],
+    _: &[usize],
+    _: (&[f32], &[f32]),
+    _: &mut [[f32; OC]; PR],
+) {
+    unreachable!("applies_any_stride() is false off x86-64")
+}
