@@ -52,7 +52,7 @@ pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f3
         return y;
     }
     let offsets = tap_offsets(c, g);
-    let packed = pack(w, o, k);
+    let packed = pack(w, (o, k), MR);
     // Pixels along padded rows up to the last output pixel; a tile may read NR past them.
     let virt = (g.oh - 1) * wp + g.ow;
     let mut img = vec![0f32; c * hp * wp + NR];
@@ -288,14 +288,14 @@ unsafe fn copy_avx512(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Weights [o, k] as blocks of MR output channels, tap by tap: [o / MR][k][MR], zero rows past o.
-fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
-    let blocks = o.div_ceil(MR);
-    let mut p = vec![0f32; blocks * k * MR];
+/// Weights [o, k] as blocks of `block` output channels, tap by tap: [o / block][k][block], zero
+/// rows past o.
+pub(super) fn pack(w: &[f32], (o, k): (usize, usize), block: usize) -> Vec<f32> {
+    let mut p = vec![0f32; o.div_ceil(block) * k * block];
     for (r, row) in w.chunks_exact(k).enumerate() {
-        let (ob, lane) = (r / MR, r % MR);
+        let (ob, lane) = (r / block, r % block);
         for (t, &v) in row.iter().enumerate() {
-            p[(ob * k + t) * MR + lane] = v;
+            p[(ob * k + t) * block + lane] = v;
         }
     }
     p

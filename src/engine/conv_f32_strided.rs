@@ -5,7 +5,7 @@
 //! plus off_k) times the 32 weights of that tap: one fused multiply-add per pixel, vector and
 //! tap, in tap order.
 
-use super::conv_f32::{applies_any_stride, fill_padded, tap_offsets};
+use super::conv_f32::{applies_any_stride, fill_padded, pack, tap_offsets};
 use super::im2col::ConvGeom;
 
 /// Output pixels per tile.
@@ -35,7 +35,7 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
     let starts: Vec<usize> = (0..pixels)
         .map(|p| (p / g.ow) * g.stride.0 * wp + (p % g.ow) * g.stride.1)
         .collect();
-    let packed = pack(w, o, k);
+    let packed = pack(w, (o, k), OC);
     let padded_bias: Vec<f32> = (0..o.div_ceil(OC) * OC)
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
         .collect();
@@ -71,18 +71,6 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
         }
     }
     y
-}
-
-/// Weights [o, k] as blocks of OC output channels, tap by tap: [o / OC][k][OC], zero past o.
-fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
-    let mut p = vec![0f32; o.div_ceil(OC) * k * OC];
-    for (r, row) in w.chunks_exact(k).enumerate() {
-        let (ob, lane) = (r / OC, r % OC);
-        for (t, &v) in row.iter().enumerate() {
-            p[(ob * k + t) * OC + lane] = v;
-        }
-    }
-    p
 }
 
 /// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order.
