@@ -9,7 +9,7 @@
 //! Grouped and depthwise convs (stride 1 or 2 across) read the same padded image: each output
 //! row 16 pixels to a vector, four rows at a time, one fused multiply-add per (channel, tap).
 
-use super::im2col::ConvGeom;
+use super::im2col::{ConvGeom, copy_short};
 
 /// Output channels per tile.
 const MR: usize = 8;
@@ -43,7 +43,7 @@ pub fn applies(g: &ConvGeom) -> bool {
 pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(applies(g), "a stride-1 conv on an AVX-512 CPU");
     let ((kh, kw), c) = (g.kernel, g.c);
-    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (hp, wp) = g.padded_dims();
     let (o, k, pixels) = (bias.len(), c * kh * kw, g.out_pixels());
     assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
     assert_eq!(xs.len(), n * c * g.h * g.w, "input [n, c, h, w]");
@@ -101,11 +101,7 @@ pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f3
 /// Whether [`group_conv_f32_padded`] runs geometry `g` on this CPU: AVX-512F and a horizontal
 /// stride of 1 or 2.
 pub fn group_applies(g: &ConvGeom) -> bool {
-    let one = ConvGeom {
-        stride: (1, 1),
-        ..*g
-    };
-    applies(&one) && matches!(g.stride.1, 1 | 2)
+    applies_any_stride() && matches!(g.stride.1, 1 | 2)
 }
 
 /// A grouped (or depthwise) conv of `n` NCHW samples with weights [o, c / groups, kh, kw] and
@@ -125,7 +121,7 @@ pub fn group_conv_f32_padded(
     assert!(group_applies(g), "stride 1 or 2 across, on an AVX-512 CPU");
     let (out, pixels) = (bias.len(), g.out_pixels());
     let (cg, og) = (g.c / groups.max(1), out / groups.max(1));
-    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (hp, wp) = g.padded_dims();
     assert_eq!(
         w.len(),
         out * cg * g.kernel.0 * g.kernel.1,
@@ -232,7 +228,7 @@ unsafe fn channel_rows(
 /// element, in the weights' (channel, ky, kx) order, over `c` channels.
 pub(super) fn tap_offsets(c: usize, g: &ConvGeom) -> Vec<usize> {
     let ((kh, kw), (dh, dw)) = (g.kernel, g.dilation);
-    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (hp, wp) = g.padded_dims();
     (0..c)
         .flat_map(|ch| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ch, ky, kx))))
         .map(|(ch, ky, kx)| ch * hp * wp + ky * dh * wp + kx * dw)
@@ -240,9 +236,10 @@ pub(super) fn tap_offsets(c: usize, g: &ConvGeom) -> Vec<usize> {
 }
 
 /// Copies sample `x1` ([c, h, w]) into the interior of the padded image `img` ([c, hp, wp],
-/// then slack); the border is never written, so it stays zero from the image's creation.
+/// then slack), row by row; the border is never written, so it stays zero from the image's
+/// creation.
 pub(super) fn fill_padded(img: &mut [f32], x1: &[f32], g: &ConvGeom) {
-    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (hp, wp) = g.padded_dims();
     if hp == g.h && wp == g.w {
         img[..x1.len()].copy_from_slice(x1);
         return;
@@ -251,39 +248,6 @@ pub(super) fn fill_padded(img: &mut [f32], x1: &[f32], g: &ConvGeom) {
         for (r, row) in plane.chunks_exact(g.w).enumerate() {
             let at = ch * hp * wp + (r + g.pad[0]) * wp + g.pad[1];
             copy_short(&mut img[at..at + g.w], row);
-        }
-    }
-}
-
-/// `dst.copy_from_slice(src)` for the short rows of an image, in masked vector moves (a
-/// `memmove` call per row of a few dozen floats costs more than the copy).
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    assert_eq!(dst.len(), src.len(), "rows of one length");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only reached on the AVX-512 paths (`applies`, `group_applies`); both slices hold
-    // `len` floats, masked past it.
-    unsafe {
-        copy_avx512(dst, src)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    dst.copy_from_slice(src);
-}
-
-/// [`copy_short`]'s moves.
-///
-/// # Safety
-/// AVX-512F; slices of one length.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy_avx512(dst: &mut [f32], src: &[f32]) {
-    use std::arch::x86_64::*;
-    for i in (0..src.len()).step_by(16) {
-        let n = (src.len() - i).min(16);
-        let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
-        // SAFETY: the mask covers elements i .. i + n ≤ len of both.
-        unsafe {
-            let v = _mm512_maskz_loadu_ps(m, src.as_ptr().add(i));
-            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), m, v);
         }
     }
 }

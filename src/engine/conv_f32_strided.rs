@@ -22,7 +22,7 @@ const OC: usize = 32;
 pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(applies_any_stride(), "an AVX-512 CPU");
     let (kh, kw) = g.kernel;
-    let (hp, wp) = (g.h + g.pad[0] + g.pad[2], g.w + g.pad[1] + g.pad[3]);
+    let (hp, wp) = g.padded_dims();
     let (o, k, pixels) = (bias.len(), g.c * kh * kw, g.out_pixels());
     assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
     assert_eq!(xs.len(), n * g.c * g.h * g.w, "input [n, c, h, w]");
@@ -35,6 +35,12 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
     let starts: Vec<usize> = (0..pixels)
         .map(|p| (p / g.ow) * g.stride.0 * wp + (p % g.ow) * g.stride.1)
         .collect();
+    // Pixel starts rise with the pixel, so the last pixel's last tap is the furthest read.
+    let furthest = starts[pixels - 1] + offsets.iter().max().copied().unwrap_or(0);
+    assert!(
+        furthest < g.c * hp * wp,
+        "every tap inside the padded image"
+    );
     let packed = pack(w, (o, k), OC);
     let padded_bias: Vec<f32> = (0..o.div_ceil(OC) * OC)
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
@@ -54,8 +60,8 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
                 // Past the last pixel, the last one again (computed, not stored).
                 let at: [usize; PR] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
                 // SAFETY: AVX-512F per `applies_any_stride`; every pixel's start plus any tap
-                // offset is an element of the padded image (its window lies inside it); `wk`
-                // holds OC weights per tap and `b` OC biases.
+                // offset is at most `furthest`, inside the image (asserted above); `wk` holds
+                // OC weights per tap (a chunk of OC·k) and `b` OC biases.
                 unsafe { tile(&img, &at, &offsets, (wk, b), &mut tile_out) };
                 for (ch, plane) in ys
                     .chunks_exact_mut(pixels)
@@ -76,7 +82,7 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
 /// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order.
 ///
 /// # Safety
-/// AVX-512F; every at[r] + off_t indexes `img` (checked); `w` holds OC values per offset.
+/// AVX-512F; every at[r] + off_t indexes `img`; `w` holds OC values per offset, `b` OC values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(
@@ -87,13 +93,7 @@ unsafe fn tile(
     out: &mut [[f32; OC]; PR],
 ) {
     use std::arch::x86_64::*;
-    let last = offsets.iter().max().copied().unwrap_or(0);
-    assert!(
-        at.iter().all(|&a| a + last < img.len()),
-        "taps inside the image"
-    );
-    assert!(w.len() >= offsets.len() * OC && b.len() >= OC);
-    // SAFETY (loads below): b holds OC floats, w holds OC per tap (asserted).
+    // SAFETY (loads below): b holds OC floats, w holds OC per tap, per this fn's contract.
     let bias = unsafe {
         [
             _mm512_loadu_ps(b.as_ptr()),
@@ -103,7 +103,7 @@ unsafe fn tile(
     let mut acc = [bias; PR];
     let base = img.as_ptr();
     for (t, &off) in offsets.iter().enumerate() {
-        // SAFETY: tap t's OC weights and every pixel's element (asserted above).
+        // SAFETY: tap t's OC weights and every pixel's element, per this fn's contract.
         unsafe {
             let wt = w.as_ptr().add(t * OC);
             let (w0, w1) = (_mm512_loadu_ps(wt), _mm512_loadu_ps(wt.add(16)));

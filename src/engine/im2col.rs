@@ -77,6 +77,14 @@ impl ConvGeom {
     pub fn out_pixels(&self) -> usize {
         self.oh * self.ow
     }
+
+    /// Height and width of the input with its padding on all sides (hp, wp).
+    pub fn padded_dims(&self) -> (usize, usize) {
+        (
+            self.h + self.pad[0] + self.pad[2],
+            self.w + self.pad[1] + self.pad[3],
+        )
+    }
 }
 
 /// Output length along one axis: (len + pads − ((k − 1)·d + 1)) / s + 1.
@@ -456,21 +464,30 @@ pub fn copy_flipped(dst: &mut [i8], src: &[i8]) {
     if has_avx512bw() {
         // SAFETY: AVX-512BW was detected just above; both slices hold `len` bytes and one is
         // borrowed mutably, so they do not overlap.
-        unsafe { copy_flipped_avx512(dst, src) };
+        unsafe {
+            copy_bytes_avx512::<true>(dst.as_mut_ptr().cast(), src.as_ptr().cast(), src.len())
+        };
         return;
     }
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s ^ i8::MIN);
 }
 
-/// [`copy_flipped`] in AVX-512 moves.
+/// `dst.copy_from_slice(src)` for the short runs of an image row (a few dozen values), in
+/// masked 64-byte moves where the CPU has AVX-512BW: a `memmove` call costs more than the copy.
 ///
-/// # Safety
-/// AVX-512F and BW; slices of one length.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn copy_flipped_avx512(dst: &mut [i8], src: &[i8]) {
-    // SAFETY: per this fn's contract.
-    unsafe { copy_bytes_avx512::<true>(dst.as_mut_ptr().cast(), src.as_ptr().cast(), src.len()) }
+/// # Panics
+/// If the slices differ in length.
+pub fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "runs of one length");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512bw() {
+        let bytes = std::mem::size_of_val(src);
+        // SAFETY: AVX-512BW was detected just above; T is Copy, so moving its bytes moves its
+        // values; both slices hold `bytes` bytes and one is borrowed mutably (no overlap).
+        unsafe { copy_bytes_avx512::<false>(dst.as_mut_ptr().cast(), src.as_ptr().cast(), bytes) };
+        return;
+    }
+    dst.copy_from_slice(src);
 }
 
 /// Whether this CPU has AVX-512BW (detected once).
@@ -615,12 +632,12 @@ mod tests {
     fn byte_runs_copy_exactly() {
         // Every length of the vector path (and past it), at odd offsets; bytes around the run
         // stay untouched.
+        if !std::arch::is_x86_feature_detected!("avx512bw") {
+            return;
+        }
         let src: Vec<i8> = (0..400).map(|i| (i * 37 % 256) as u8 as i8).collect();
         for len in 0..300 {
             let mut dst = vec![5i8; 400];
-            if !std::arch::is_x86_feature_detected!("avx512bw") {
-                return;
-            }
             // SAFETY: AVX-512BW was checked; both ranges hold `len` bytes.
             unsafe {
                 copy_bytes_avx512::<false>(

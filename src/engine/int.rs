@@ -750,9 +750,12 @@ impl<'m> IntModel<'m> {
         let owned: Vec<Option<std::borrow::Cow<Tensor>>> = ins
             .iter()
             .map(|t| {
-                t.map(|t| match t.is_quantized() {
-                    true => std::borrow::Cow::Owned(t.clone().dequantized()),
-                    false => std::borrow::Cow::Borrowed(t),
+                t.map(|t| {
+                    if t.is_quantized() {
+                        std::borrow::Cow::Owned(Tensor::f32(t.shape.clone(), t.to_f32_vec()))
+                    } else {
+                        std::borrow::Cow::Borrowed(t)
+                    }
                 })
             })
             .collect();

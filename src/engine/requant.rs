@@ -89,9 +89,8 @@ impl Requant {
         if let Some(b) = &self.blocks
             && has_avx512()
         {
-            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
             let out = self.mult.len();
-            // SAFETY: as above.
+            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
             unsafe {
                 super::requant_avx512::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi))
             };

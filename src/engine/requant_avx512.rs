@@ -157,14 +157,9 @@ impl Consts {
     fn requant16(&self, acc: __m512i, (lo, hi): (__m512i, __m512i)) -> __m512i {
         let even = _mm512_srai_epi64::<32>(_mm512_slli_epi64::<32>(acc));
         let odd = _mm512_srai_epi64::<32>(acc);
-        let qe = steps64(even, &self.even);
-        let qo = steps64(odd, &self.odd);
-        let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
-        _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, self.zp), lo), hi)
+        self.finish(steps64(even, &self.even), steps64(odd, &self.odd), (lo, hi))
     }
-}
 
-impl Consts {
     /// [`Consts::requant16`] for accumulators whose acc + k fits i32: a plain 32-bit add, and
     /// `vpmuldq` reads each 64-bit lane's low i32 (even columns) or, shifted down, its high one
     /// (odd columns), so neither half is widened or clamped first.
@@ -177,6 +172,14 @@ impl Consts {
             _mm512_mul_epi32(_mm512_srli_epi64::<32>(a), self.odd[1]),
             &self.odd,
         );
+        self.finish(qe, qo, (lo, hi))
+    }
+
+    /// The even results (low halves of `qe`'s i64 lanes) and odd ones (of `qo`) back in column
+    /// order as i32, plus the zero points, clamped to the output bounds.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn finish(&self, qe: __m512i, qo: __m512i, (lo, hi): (__m512i, __m512i)) -> __m512i {
         let q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo));
         _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, self.zp), lo), hi)
     }

@@ -79,7 +79,13 @@ impl NhwcConv {
         // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
         let shifted = !one_by_one && g.c > 1 && self.gemm.takes_shifted_rows();
         let slack = shifted_row_bytes(k) - k;
-        let (mut staged, mut rows) = (Vec::new(), vec![0i8; block * k + slack]);
+        // Patch rows only where the padded image does not apply.
+        let rows_len = if padded.is_some() {
+            0
+        } else {
+            block * k + slack
+        };
+        let (mut staged, mut rows) = (Vec::new(), vec![0i8; rows_len]);
         let (mut acc, mut y) = (Vec::new(), vec![0i8; block * o]);
         for (xs, os) in x
             .chunks_exact(g.c * plane)

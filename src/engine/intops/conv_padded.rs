@@ -29,7 +29,7 @@ impl PaddedImage {
     /// GEMM reads four codes at a time, so a quad may not straddle two runs).
     pub fn for_geometry(g: &ConvGeom) -> Option<Self> {
         let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
-        let row = padded_width(g) * c;
+        let row = g.padded_dims().1 * c;
         let (offsets, len) = if dw == 1 && (kw * c) % 4 == 0 {
             ((0..kh).map(|ky| ky * dh * row).collect(), kw * c)
         } else if c % 4 == 0 {
@@ -51,8 +51,7 @@ impl PaddedImage {
     /// Writes channels-last sample `xs` ([h, w, c]) into the padded image, shifted to
     /// unsigned, with the border at `pad` (the input zero point).
     pub fn fill(&mut self, xs: &[i8], g: &ConvGeom, pad: i8) {
-        let (c, wp) = (g.c, padded_width(g));
-        let hp = g.h + g.pad[0] + g.pad[2];
+        let (c, (hp, wp)) = (g.c, g.padded_dims());
         let (row, run) = (wp * c, g.w * c);
         let pad = pad ^ i8::MIN;
         self.buf.resize(hp * row, pad);
@@ -78,7 +77,7 @@ impl PaddedImage {
         (acc, y): (&mut Vec<i32>, &mut Vec<i8>),
         out: &mut [i8],
     ) {
-        let (c, wp, o) = (g.c, padded_width(g), gemm.out_channels());
+        let (c, wp, o) = (g.c, g.padded_dims().1, gemm.out_channels());
         let (sh, sw) = g.stride;
         let runs = (&self.offsets[..], self.len);
         let block = (ACC_BYTES / (g.ow * o * 4).max(1)).clamp(1, g.oh.max(1));
@@ -97,9 +96,4 @@ impl PaddedImage {
             transpose_i8(y, (pixels, o, o), &mut out[oy0 * g.ow..], g.oh * g.ow);
         }
     }
-}
-
-/// Width of the padded image.
-fn padded_width(g: &ConvGeom) -> usize {
-    g.w + g.pad[1] + g.pad[3]
 }

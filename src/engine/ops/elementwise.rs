@@ -64,33 +64,25 @@ fn float_binary(op: BinaryOp, a: Side<f32>, b: Side<f32>, shape: &[usize]) -> Re
     use BinaryOp::*;
     // Each op's closure is its own type, so the element loop is compiled for it (inlined and
     // vectorized; through a function pointer it would be a call per element).
-    fn num(
-        a: Side<f32>,
-        b: Side<f32>,
-        s: &[usize],
-        f: impl Fn(f32, f32) -> f32,
+    fn map<R>(
+        (a, b, s): (Side<f32>, Side<f32>, &[usize]),
+        f: impl Fn(f32, f32) -> R,
+        data: fn(Vec<R>) -> Data,
     ) -> Result<Data, String> {
-        zip(a, b, s, f).map(Data::F32)
+        zip(a, b, s, f).map(data)
     }
-    fn cmp(
-        a: Side<f32>,
-        b: Side<f32>,
-        s: &[usize],
-        f: impl Fn(f32, f32) -> bool,
-    ) -> Result<Data, String> {
-        zip(a, b, s, move |x, y| f(x, y) as i64).map(Data::I64)
-    }
+    let ab = (a, b, shape);
     match op {
-        Add => num(a, b, shape, |x, y| x + y),
-        Sub => num(a, b, shape, |x, y| x - y),
-        Mul => num(a, b, shape, |x, y| x * y),
-        Div => num(a, b, shape, |x, y| x / y),
-        Pow => num(a, b, shape, f32::powf),
-        Equal => cmp(a, b, shape, |x, y| x == y),
-        Greater => cmp(a, b, shape, |x, y| x > y),
-        GreaterOrEqual => cmp(a, b, shape, |x, y| x >= y),
-        Less => cmp(a, b, shape, |x, y| x < y),
-        LessOrEqual => cmp(a, b, shape, |x, y| x <= y),
+        Add => map(ab, |x, y| x + y, Data::F32),
+        Sub => map(ab, |x, y| x - y, Data::F32),
+        Mul => map(ab, |x, y| x * y, Data::F32),
+        Div => map(ab, |x, y| x / y, Data::F32),
+        Pow => map(ab, f32::powf, Data::F32),
+        Equal => map(ab, |x, y| (x == y) as i64, Data::I64),
+        Greater => map(ab, |x, y| (x > y) as i64, Data::I64),
+        GreaterOrEqual => map(ab, |x, y| (x >= y) as i64, Data::I64),
+        Less => map(ab, |x, y| (x < y) as i64, Data::I64),
+        LessOrEqual => map(ab, |x, y| (x <= y) as i64, Data::I64),
         And | Or => Err("logical ops take I64 booleans, not F32".into()),
     }
 }

@@ -271,8 +271,7 @@ struct Grid {
 
 impl Grid {
     fn new(g: &ConvGeom) -> Self {
-        let hp = g.h + g.pad[0] + g.pad[2];
-        let wp = g.w + g.pad[1] + g.pad[3];
+        let (hp, wp) = g.padded_dims();
         Grid {
             sh: g.stride.0,
             sw: g.stride.1,
