@@ -110,6 +110,16 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             }
             let rows = xs.len() / inp;
             check_size(rows / n * out, limit)?;
+            let mut shape = x.shape.clone();
+            *shape.last_mut().expect("rank ≥ 1") = out;
+            if inp > 0 && super::conv_f32::applies_any_stride() {
+                let w = weight.as_slice().expect("contiguous weight");
+                let b = bias.as_slice().expect("contiguous bias");
+                return Ok(Tensor::f32(
+                    shape,
+                    super::linear_f32::linear_f32(xs, inp, w, b),
+                ));
+            }
             let mut y: Vec<f32> = std::iter::repeat_n(bias.as_slice().expect("contiguous"), rows)
                 .flatten()
                 .copied()
@@ -117,8 +127,6 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             let xv = ArrayView2::from_shape((rows, inp), xs).expect("input size");
             let mut yv = ArrayViewMut2::from_shape((rows, out), &mut y).expect("output size");
             general_mat_mul(1.0, &xv, &weight.t(), 1.0, &mut yv);
-            let mut shape = x.shape.clone();
-            *shape.last_mut().expect("rank ≥ 1") = out;
             Ok(Tensor::f32(shape, y))
         }
         Op::Conv2d {

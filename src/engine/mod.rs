@@ -9,6 +9,7 @@ pub mod im2col;
 pub mod int;
 pub mod intops;
 pub mod kernels;
+pub mod linear_f32;
 pub mod ops;
 pub mod pool;
 pub mod requant;

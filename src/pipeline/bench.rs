@@ -82,7 +82,12 @@ pub fn macs_per_sample(model: &Model, inputs: Vec<Tensor>) -> Result<f64> {
 /// fault in pages and wake the thread pool.
 const WARM_UP_RUNS: usize = 3;
 
-/// Runs each engine [`WARM_UP_RUNS`] times to warm up, then `runs` times, on `inputs` split
+/// The least time spent warming up each engine. A new pool's threads can share one core for
+/// tens of milliseconds before the scheduler moves one away (seen on a 2-core VM: the MLP at
+/// 2 threads ran at 1-thread speed for its first ~30 ms), so a few runs are not enough.
+const WARM_UP_TIME: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs each engine at least [`WARM_UP_RUNS`] times and [`WARM_UP_TIME`] to warm up, then `runs` times, on `inputs` split
 /// over the threads of the current rayon pool.
 pub fn bench(
     model: &Model,
@@ -98,8 +103,11 @@ pub fn bench(
     let limit = float::DEFAULT_MAX_SAMPLE_ELEMS;
     let int = IntModel::new(model, params, limit);
     let time = |f: &dyn Fn() -> Result<()>| -> Result<Vec<f64>> {
-        for _ in 0..WARM_UP_RUNS {
+        let start = Instant::now();
+        let mut warm = 0;
+        while warm < WARM_UP_RUNS || start.elapsed() < WARM_UP_TIME {
             f()?;
+            warm += 1;
         }
         (0..runs.max(1))
             .map(|_| {
