@@ -21,7 +21,7 @@ pub fn linear_f32(xs: &[f32], k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
     assert!(applies_any_stride(), "an AVX-512 CPU");
     let o = bias.len();
     assert_eq!(w.len(), o * k, "weights [o, k]");
-    assert!(k > 0 && xs.len() % k == 0, "input [rows, k]");
+    assert!(k > 0 && xs.len().is_multiple_of(k), "input [rows, k]");
     let rows = xs.len() / k;
     let mut y = vec![0f32; rows * o];
     if rows == 0 || o == 0 {
