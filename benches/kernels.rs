@@ -1,5 +1,6 @@
-//! int8 GEMM kernels vs the reference triple loop vs f32 sgemm (ndarray/matrixmultiply)
-//! on the engine's layer shapes. Throughput is reported in elements = multiply-adds.
+//! int8 GEMM kernels vs the reference triple loop vs f32 sgemm (ndarray/matrixmultiply) vs the
+//! float engine's linear layer (`f32_linear`, AVX-512, weights read unpacked) on the engine's
+//! layer shapes. Throughput is reported in elements = multiply-adds.
 //!
 //! `cargo bench --bench qscope -- kernels`
 
@@ -64,6 +65,13 @@ pub fn kernels(c: &mut Criterion) {
                 ndarray::linalg::general_mat_mul(1.0, black_box(&af), &bf.t(), 0.0, &mut cf)
             })
         });
+        if qscope::engine::conv_f32::applies_any_stride() {
+            let (xs, ws) = (af.as_slice().unwrap(), bf.as_slice().unwrap());
+            let bias = vec![0f32; n];
+            g.bench_function(BenchmarkId::new("f32_linear", name), |bch| {
+                bch.iter(|| qscope::engine::linear_f32::linear_f32(black_box(xs), k, ws, &bias))
+            });
+        }
     }
     g.finish();
 }
