@@ -59,10 +59,26 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
                 let np = PR.min(pixels - p0);
                 // Past the last pixel, the last one again (computed, not stored).
                 let at: [usize; PR] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
+                // A whole tile goes straight to its OC planes, 8 pixels per plane.
+                let whole = np == PR && rows == OC;
+                let planes = ys[ob * OC * pixels + p0..].as_mut_ptr();
                 // SAFETY: AVX-512F per `applies_any_stride`; every pixel's start plus any tap
                 // offset is at most `furthest`, inside the image (asserted above); `wk` holds
-                // OC weights per tap (a chunk of OC·k) and `b` OC biases.
-                unsafe { tile(&img, &at, &offsets, (wk, b), &mut tile_out) };
+                // OC weights per tap (a chunk of OC·k) and `b` OC biases; a whole tile writes
+                // pixels p0 .. p0 + PR of planes ob·OC .. ob·OC + OC, inside `ys`.
+                unsafe {
+                    tile(
+                        &img,
+                        &at,
+                        &offsets,
+                        (wk, b),
+                        whole.then_some((planes, pixels)),
+                        &mut tile_out,
+                    )
+                };
+                if whole {
+                    continue;
+                }
                 for (ch, plane) in ys
                     .chunks_exact_mut(pixels)
                     .skip(ob * OC)
@@ -79,10 +95,12 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
     y
 }
 
-/// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order.
+/// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order; with
+/// `planes` = (p, ld), written transposed instead: out[r][j] to p[j · ld + r].
 ///
 /// # Safety
-/// AVX-512F; every at[r] + off_t indexes `img`; `w` holds OC values per offset, `b` OC values.
+/// AVX-512F; every at[r] + off_t indexes `img`; `w` holds OC values per offset, `b` OC values;
+/// p[j · ld .. j · ld + PR] writable for every j < OC.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(
@@ -90,6 +108,7 @@ unsafe fn tile(
     at: &[usize; PR],
     offsets: &[usize],
     (w, b): (&[f32], &[f32]),
+    planes: Option<(*mut f32, usize)>,
     out: &mut [[f32; OC]; PR],
 ) {
     use std::arch::x86_64::*;
@@ -114,6 +133,11 @@ unsafe fn tile(
             }
         }
     }
+    if let Some((p, ld)) = planes {
+        // SAFETY: per this fn's contract.
+        unsafe { store_transposed(&acc, p, ld) };
+        return;
+    }
     for (o, a) in out.iter_mut().zip(&acc) {
         // SAFETY: each row of `out` holds OC = 32 floats.
         unsafe {
@@ -123,6 +147,71 @@ unsafe fn tile(
     }
 }
 
+/// Channel j of the tile (lane j mod 16 of vector j / 16 of every row) as 8 consecutive
+/// values at p[j · ld]: four 8 × 8 transposes.
+///
+/// # Safety
+/// AVX-512F; p[j · ld .. j · ld + PR] writable for every j < OC.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_transposed(acc: &[[std::arch::x86_64::__m512; 2]; PR], p: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    for v in 0..2 {
+        for half in 0..2 {
+            let rows: [__m256; PR] = std::array::from_fn(|r| {
+                let wide = _mm512_castps_pd(acc[r][v]);
+                if half == 0 {
+                    _mm256_castpd_ps(_mm512_castpd512_pd256(wide))
+                } else {
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(wide))
+                }
+            });
+            for (j, col) in transpose8(rows).into_iter().enumerate() {
+                let ch = 16 * v + 8 * half + j;
+                // SAFETY: channel ch < OC, per this fn's contract.
+                unsafe { _mm256_storeu_ps(p.add(ch * ld), col) };
+            }
+        }
+    }
+}
+
+/// The 8 × 8 transpose of `r` (element i of result j is element j of r[i]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let lo = |a, b| _mm256_unpacklo_ps(a, b);
+    let hi = |a, b| _mm256_unpackhi_ps(a, b);
+    let t = [
+        lo(r[0], r[1]),
+        hi(r[0], r[1]),
+        lo(r[2], r[3]),
+        hi(r[2], r[3]),
+        lo(r[4], r[5]),
+        hi(r[4], r[5]),
+        lo(r[6], r[7]),
+        hi(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    std::array::from_fn(|j| {
+        let (a, b) = (u[j % 4], u[4 + j % 4]);
+        if j < 4 {
+            _mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    })
+}
+
 /// Not built off x86-64: [`applies_any_stride`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile(
@@ -130,6 +219,7 @@ unsafe fn tile(
     _: &[usize; PR],
     _: &[usize],
     _: (&[f32], &[f32]),
+    _: Option<(*mut f32, usize)>,
     _: &mut [[f32; OC]; PR],
 ) {
     unreachable!("applies_any_stride() is false off x86-64")
