@@ -156,10 +156,11 @@ unsafe fn tile(
 #[target_feature(enable = "avx512f")]
 unsafe fn store_transposed(acc: &[[std::arch::x86_64::__m512; 2]; PR], p: *mut f32, ld: usize) {
     use std::arch::x86_64::*;
-    for v in 0..2 {
+    let by_vector: [[__m512; PR]; 2] = std::array::from_fn(|v| std::array::from_fn(|r| acc[r][v]));
+    for (v, vecs) in by_vector.iter().enumerate() {
         for half in 0..2 {
             let rows: [__m256; PR] = std::array::from_fn(|r| {
-                let wide = _mm512_castps_pd(acc[r][v]);
+                let wide = _mm512_castps_pd(vecs[r]);
                 if half == 0 {
                     _mm256_castpd_ps(_mm512_castpd512_pd256(wide))
                 } else {
