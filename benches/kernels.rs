@@ -65,7 +65,7 @@ pub fn kernels(c: &mut Criterion) {
                 ndarray::linalg::general_mat_mul(1.0, black_box(&af), &bf.t(), 0.0, &mut cf)
             })
         });
-        if qscope::engine::conv_f32::applies_any_stride() {
+        if qscope::engine::linear_f32::applies() {
             let (xs, ws) = (af.as_slice().unwrap(), bf.as_slice().unwrap());
             let bias = vec![0f32; n];
             g.bench_function(BenchmarkId::new("f32_linear", name), |bch| {

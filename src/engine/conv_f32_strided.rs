@@ -3,7 +3,8 @@
 //! pixels cost nothing. A tile of 8 output pixels × 32 output channels is the bias plus, per
 //! tap k = (c, ky, kx), one broadcast image element per pixel (at the pixel's first element
 //! plus off_k) times the 32 weights of that tap: one fused multiply-add per pixel, vector and
-//! tap, in tap order.
+//! tap, in tap order. The tile is stored transposed (four 8 × 8 register transposes), 8
+//! pixels into each of its 32 output planes.
 
 use super::conv_f32::{applies_any_stride, fill_padded, pack, tap_offsets};
 use super::im2col::ConvGeom;
@@ -46,7 +47,8 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
         .collect();
     let mut img = vec![0f32; g.c * hp * wp];
-    let mut tile_out = [[0f32; OC]; PR];
+    // A partial tile's planes (PR values each), copied out for its pixels and channels.
+    let mut scratch = [0f32; OC * PR];
     for (x1, ys) in xs
         .chunks_exact(g.c * g.h * g.w)
         .zip(y.chunks_exact_mut(o * pixels))
@@ -59,35 +61,25 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
                 let np = PR.min(pixels - p0);
                 // Past the last pixel, the last one again (computed, not stored).
                 let at: [usize; PR] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
-                // A whole tile goes straight to its OC planes, 8 pixels per plane.
+                // A whole tile goes straight to its OC planes, PR pixels per plane.
                 let whole = np == PR && rows == OC;
-                let planes = ys[ob * OC * pixels + p0..].as_mut_ptr();
+                let dst = if whole {
+                    (ys[ob * OC * pixels + p0..].as_mut_ptr(), pixels)
+                } else {
+                    (scratch.as_mut_ptr(), PR)
+                };
                 // SAFETY: AVX-512F per `applies_any_stride`; every pixel's start plus any tap
                 // offset is at most `furthest`, inside the image (asserted above); `wk` holds
                 // OC weights per tap (a chunk of OC·k) and `b` OC biases; a whole tile writes
-                // pixels p0 .. p0 + PR of planes ob·OC .. ob·OC + OC, inside `ys`.
-                unsafe {
-                    tile(
-                        &img,
-                        &at,
-                        &offsets,
-                        (wk, b),
-                        whole.then_some((planes, pixels)),
-                        &mut tile_out,
-                    )
-                };
+                // pixels p0 .. p0 + PR of planes ob·OC .. ob·OC + OC, inside `ys`, and a
+                // partial one the OC planes of PR values of `scratch`.
+                unsafe { tile(&img, &at, &offsets, (wk, b), dst) };
                 if whole {
                     continue;
                 }
-                for (ch, plane) in ys
-                    .chunks_exact_mut(pixels)
-                    .skip(ob * OC)
-                    .take(rows)
-                    .enumerate()
-                {
-                    for (r, v) in plane[p0..p0 + np].iter_mut().enumerate() {
-                        *v = tile_out[r][ch];
-                    }
+                let planes = ys.chunks_exact_mut(pixels).skip(ob * OC).take(rows);
+                for (plane, part) in planes.zip(scratch.chunks_exact(PR)) {
+                    plane[p0..p0 + np].copy_from_slice(&part[..np]);
                 }
             }
         }
@@ -95,8 +87,8 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
     y
 }
 
-/// One tile: out[r][j] = b[j] + Σ_t w[t][j] · img[at[r] + off_t], in tap order; with
-/// `planes` = (p, ld), written transposed instead: out[r][j] to p[j · ld + r].
+/// One tile, written transposed to `(p, ld)`: p[j · ld + r] = b[j] + Σ_t w[t][j] ·
+/// img[at[r] + off_t], in tap order.
 ///
 /// # Safety
 /// AVX-512F; every at[r] + off_t indexes `img`; `w` holds OC values per offset, `b` OC values;
@@ -108,8 +100,7 @@ unsafe fn tile(
     at: &[usize; PR],
     offsets: &[usize],
     (w, b): (&[f32], &[f32]),
-    planes: Option<(*mut f32, usize)>,
-    out: &mut [[f32; OC]; PR],
+    (p, ld): (*mut f32, usize),
 ) {
     use std::arch::x86_64::*;
     // SAFETY (loads below): b holds OC floats, w holds OC per tap, per this fn's contract.
@@ -133,18 +124,8 @@ unsafe fn tile(
             }
         }
     }
-    if let Some((p, ld)) = planes {
-        // SAFETY: per this fn's contract.
-        unsafe { store_transposed(&acc, p, ld) };
-        return;
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row of `out` holds OC = 32 floats.
-        unsafe {
-            _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-            _mm512_storeu_ps(o.as_mut_ptr().add(16), a[1]);
-        }
-    }
+    // SAFETY: per this fn's contract.
+    unsafe { store_transposed(&acc, p, ld) };
 }
 
 /// Channel j of the tile (lane j mod 16 of vector j / 16 of every row) as 8 consecutive
@@ -215,13 +196,6 @@ fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 
 
 /// Not built off x86-64: [`applies_any_stride`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(
-    _: &[f32],
-    _: &[usize; PR],
-    _: &[usize],
-    _: (&[f32], &[f32]),
-    _: Option<(*mut f32, usize)>,
-    _: &mut [[f32; OC]; PR],
-) {
+unsafe fn tile(_: &[f32], _: &[usize; PR], _: &[usize], _: (&[f32], &[f32]), _: (*mut f32, usize)) {
     unreachable!("applies_any_stride() is false off x86-64")
 }

@@ -1,6 +1,8 @@
-//! The f32 reference engine: interprets the model graph on a batch, node by node, with
-//! ndarray's matrix multiply for linear and (im2col) convolution nodes and the plain op
-//! implementations of [`super::ops`] for the rest. A value is freed after its last reader.
+//! The f32 reference engine: interprets the model graph on a batch, node by node. Linear and
+//! conv nodes run the AVX-512 kernels of [`super::linear_f32`], [`super::conv_f32`] and
+//! [`super::conv_f32_strided`] where the CPU has them, else ndarray's matrix multiply (over
+//! im2col columns for convs); the rest runs the plain op implementations of [`super::ops`].
+//! A value is freed after its last reader.
 
 use super::conv::group_conv_f32;
 use super::im2col::ConvGeom;
@@ -112,7 +114,7 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             check_size(rows / n * out, limit)?;
             let mut shape = x.shape.clone();
             *shape.last_mut().expect("rank ≥ 1") = out;
-            if inp > 0 && super::conv_f32::applies_any_stride() {
+            if inp > 0 && super::linear_f32::applies() {
                 let w = weight.as_slice().expect("contiguous weight");
                 let b = bias.as_slice().expect("contiguous bias");
                 return Ok(Tensor::f32(
@@ -154,8 +156,8 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
             // Pixels in the lanes at stride 1, unless the output channels fill whole tiles of
-            // the channels-in-lanes kernel and the taps are enough to pay for its scattered
-            // stores (it then wastes no lanes on padded columns).
+            // the channels-in-lanes kernel and the taps are enough to pay for transposing its
+            // output (it then wastes no lanes on padded columns).
             if super::conv_f32::applies(&g) && (o % 32 != 0 || ci * kh * kw < 128) {
                 let y = super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));

@@ -6,7 +6,10 @@
 //! Each output's sum depends only on its row and its weights, never on the tile it fell in,
 //! so a batch cut in parts gives the same values as one run.
 
-use super::conv_f32::applies_any_stride;
+/// Whether [`linear_f32`] runs on this CPU (AVX-512F, detected once).
+pub fn applies() -> bool {
+    super::conv_f32::applies_any_stride()
+}
 
 /// Rows per tile.
 const TR: usize = 4;
@@ -16,9 +19,9 @@ const TO: usize = 4;
 /// y [rows, o] = bias + x [rows, k] · Wᵀ for weights `w` [o, k].
 ///
 /// # Panics
-/// Unless [`applies_any_stride`]`()`, or if the slices do not match `k` and the bias length.
+/// Unless [`applies`]`()`, or if the slices do not match `k` and the bias length.
 pub fn linear_f32(xs: &[f32], k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
-    assert!(applies_any_stride(), "an AVX-512 CPU");
+    assert!(applies(), "an AVX-512 CPU");
     let o = bias.len();
     assert_eq!(w.len(), o * k, "weights [o, k]");
     assert!(k > 0 && xs.len().is_multiple_of(k), "input [rows, k]");
@@ -30,23 +33,15 @@ pub fn linear_f32(xs: &[f32], k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
     let mut sums = [[0f32; TO]; TR];
     for r0 in (0..rows).step_by(TR) {
         let nr = TR.min(rows - r0);
-        // Past the last row (output), the last one again: computed, not stored.
-        let xr: [&[f32]; TR] = std::array::from_fn(|r| {
-            let at = (r0 + r.min(nr - 1)) * k;
-            &xs[at..at + k]
-        });
+        let xr = rows_from::<TR>(xs, k, r0, nr);
         for o0 in (0..o).step_by(TO) {
             let no = TO.min(o - o0);
-            let wr: [&[f32]; TO] = std::array::from_fn(|j| {
-                let at = (o0 + j.min(no - 1)) * k;
-                &w[at..at + k]
-            });
-            // SAFETY: AVX-512F per `applies_any_stride`; every slice holds k values.
-            unsafe { tile(&xr, &wr, k, &mut sums) };
+            // SAFETY: AVX-512F per `applies`; every slice holds k values.
+            unsafe { tile(&xr, &rows_from::<TO>(w, k, o0, no), &mut sums) };
             for (r, s) in sums.iter().take(nr).enumerate() {
                 let at = (r0 + r) * o + o0;
-                for (j, (v, &b)) in y[at..at + no].iter_mut().zip(&bias[o0..]).enumerate() {
-                    *v = b + s[j];
+                for ((v, &b), &s) in y[at..at + no].iter_mut().zip(&bias[o0..]).zip(s) {
+                    *v = b + s;
                 }
             }
         }
@@ -54,14 +49,25 @@ pub fn linear_f32(xs: &[f32], k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
     y
 }
 
-/// out[r][j] = Σ_t x[r][t] · w[j][t]: 16 partial sums per (r, j) by lane, then folded.
+/// Rows `first .. first + count` of the row-major matrix `m` (rows of `k`), as N slices: past
+/// the last one, the last one again (computed by the tile, not stored).
+fn rows_from<const N: usize>(m: &[f32], k: usize, first: usize, count: usize) -> [&[f32]; N] {
+    std::array::from_fn(|r| {
+        let at = (first + r.min(count - 1)) * k;
+        &m[at..at + k]
+    })
+}
+
+/// out[r][j] = Σ_t x[r][t] · w[j][t] over the k values of every slice: 16 partial sums per
+/// (r, j) by lane, then folded.
 ///
 /// # Safety
-/// AVX-512F; every slice of `x` and `w` holds at least `k` values.
+/// AVX-512F; every slice of `x` and `w` holds as many values as `x[0]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(x: &[&[f32]; TR], w: &[&[f32]; TO], k: usize, out: &mut [[f32; TO]; TR]) {
+unsafe fn tile(x: &[&[f32]; TR], w: &[&[f32]; TO], out: &mut [[f32; TO]; TR]) {
     use std::arch::x86_64::*;
+    let k = x[0].len();
     // acc[j * TR + r] holds the partial sums of row r, output j.
     let mut acc = [_mm512_setzero_ps(); TR * TO];
     let step = |acc: &mut [__m512; TR * TO], xv: [__m512; TR], wv: [__m512; TO]| {
@@ -132,10 +138,10 @@ fn fold16(v: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
     )
 }
 
-/// Not built off x86-64: [`applies_any_stride`] is false there.
+/// Not built off x86-64: [`applies`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: &[&[f32]; TR], _: &[&[f32]; TO], _: usize, _: &mut [[f32; TO]; TR]) {
-    unreachable!("applies_any_stride() is false off x86-64")
+unsafe fn tile(_: &[&[f32]; TR], _: &[&[f32]; TO], _: &mut [[f32; TO]; TR]) {
+    unreachable!("applies() is false off x86-64")
 }
 
 #[cfg(test)]
@@ -160,7 +166,7 @@ mod tests {
 
     #[test]
     fn matches_f64_on_tails_of_rows_outputs_and_taps() {
-        if !applies_any_stride() {
+        if !applies() {
             return;
         }
         let val = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;

@@ -71,13 +71,13 @@ impl NhwcConv {
             return out;
         }
         let block = (BLOCK_BYTES / k.max(1)).clamp(1, pixels);
+        // The VNNI GEMM reads rows already shifted to unsigned, in place.
+        let vnni_rows = g.c > 1 && self.gemm.takes_shifted_rows();
         // Patch rows read in place from a padded image: no patch matrix at all.
-        let mut padded = (g.c > 1 && self.gemm.takes_shifted_rows())
-            .then(|| PaddedImage::for_geometry(g))
-            .flatten();
+        let mut padded = vnni_rows.then(|| PaddedImage::for_geometry(g)).flatten();
         let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
         // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
-        let shifted = !one_by_one && g.c > 1 && self.gemm.takes_shifted_rows();
+        let shifted = !one_by_one && vnni_rows;
         let slack = shifted_row_bytes(k) - k;
         // Patch rows only where the padded image does not apply.
         let rows_len = if padded.is_some() {
