@@ -2,6 +2,10 @@
 //! float engine's linear layer (`f32_linear`, AVX-512, weights read unpacked) on the engine's
 //! layer shapes. Throughput is reported in elements = multiply-adds.
 //!
+//! The residual Add (`int_add`: the engine's kernel; `int_add_scalar`: `QAdd::apply` in a
+//! loop; `f32_add`: the float sum) runs on the bundled ResNet's first block, 64 images of
+//! 16×28×28; throughput in elements.
+//!
 //! `cargo bench --bench qscope -- kernels`
 
 use std::hint::black_box;
@@ -73,5 +77,45 @@ pub fn kernels(c: &mut Criterion) {
             });
         }
     }
+    residual_add(&mut g);
     g.finish();
+}
+
+/// The residual Add's kernels beside the float sum on one tensor.
+fn residual_add(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
+    use qscope::engine::intops::add::{QAdd, add};
+    use qscope::engine::tensor::Tensor;
+    use qscope::quant::{ClipRange, QParams, Scheme};
+    let shape = vec![64, 16, 28, 28];
+    let len: usize = shape.iter().product();
+    let qp = |lo, hi| QParams::from_range(ClipRange::new(lo, hi), 8, Scheme::Asymmetric);
+    let (q1, q2, qo) = (qp(-1.5, 4.0), qp(0.0, 6.0), qp(0.0, 9.0));
+    let (a, b) = (data(len, 3), data(len, 4));
+    let (ta, tb) = (
+        Tensor::q(shape.clone(), a.clone(), q1),
+        Tensor::q(shape, b.clone(), q2),
+    );
+    g.throughput(Throughput::Elements(len as u64));
+    let name = "resnet_block_64x16x28x28";
+    g.bench_function(BenchmarkId::new("int_add", name), |bch| {
+        bch.iter(|| add(black_box(&ta), &tb, qo, false).unwrap())
+    });
+    let k = QAdd::new(q1, q2, qo, false);
+    g.bench_function(BenchmarkId::new("int_add_scalar", name), |bch| {
+        bch.iter(|| {
+            let y: Vec<i8> = a.iter().zip(&b).map(|(&u, &v)| k.apply(u, v)).collect();
+            y
+        })
+    });
+    let (fa, fb): (Vec<f32>, Vec<f32>) = a
+        .iter()
+        .zip(&b)
+        .map(|(&u, &v)| (u as f32, v as f32))
+        .unzip();
+    g.bench_function(BenchmarkId::new("f32_add", name), |bch| {
+        bch.iter(|| {
+            let y: Vec<f32> = black_box(&fa).iter().zip(&fb).map(|(u, v)| u + v).collect();
+            y
+        })
+    });
 }
