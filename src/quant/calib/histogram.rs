@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default number of bins (as TensorRT's entropy calibrator).
 pub const DEFAULT_BINS: usize = 2048;
+/// Values binned per block (zeros dropped, then bins located, then counted).
+const BLOCK: usize = 1024;
 /// Smallest number of bins a histogram may have; `with_bins` raises smaller requests to this.
 pub const MIN_BINS: usize = 8;
 /// The finest bin width is 2^(⌊log2 max|x|⌋ − REL_EXP).
@@ -61,7 +63,7 @@ pub struct Histogram {
     exp: i32,
     /// Global index of `counts[0]`.
     offset: i64,
-    /// `nbins + 1` entries: the last one is a scratch slot for zeros during `add`.
+    /// `nbins + 1` entries; the last one is always 0 (a slot kept from an older layout).
     counts: Vec<u64>,
     /// Per bin: Σ u where u = x/w − g ∈ [0, 1) is the value's position inside its bin.
     sum_u: Vec<f64>,
@@ -115,7 +117,29 @@ struct Scan {
     sum: f64,
 }
 
+/// The first pass over a batch: [`scan_body`] compiled for AVX2 where the CPU has it (the same
+/// operations per lane, so the same results, four times wider).
 fn scan(values: &[f32]) -> Scan {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { scan_avx2(values) };
+    }
+    scan_body(values)
+}
+
+/// [`scan_body`] with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(values: &[f32]) -> Scan {
+    scan_body(values)
+}
+
+#[inline(always)]
+fn scan_body(values: &[f32]) -> Scan {
     const L: usize = 8;
     let mut mn = [f32::INFINITY; L];
     let mut mx = [f32::NEG_INFINITY; L];
@@ -167,6 +191,46 @@ fn scan(values: &[f32]) -> Scan {
         nz_min: fold_min(nzmn),
         nz_max: fold_max(nzmx),
         sum: sum.iter().sum(),
+    }
+}
+
+/// Each value's bin (window index, from global bin `off`) and position u ∈ [0, 1) inside it,
+/// with bins `1/inv_w` wide: [`locate_body`] compiled for AVX2 where the CPU has it (the same
+/// operations per value).
+fn locate(values: &[f32], inv_w: f64, off: i64, bins: &mut [usize], pos: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { locate_avx2(values, inv_w, off, bins, pos) };
+    }
+    locate_body(values, inv_w, off, bins, pos)
+}
+
+/// [`locate_body`] with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn locate_avx2(values: &[f32], inv_w: f64, off: i64, bins: &mut [usize], pos: &mut [f64]) {
+    locate_body(values, inv_w, off, bins, pos)
+}
+
+#[inline(always)]
+fn locate_body(values: &[f32], inv_w: f64, off: i64, bins: &mut [usize], pos: &mut [f64]) {
+    // floor(t) without a libm call or a saturating conversion: adding 1.5·2^52 rounds t to an
+    // integer held in the low mantissa bits (|t| < 2^42 here: the grid is never finer than
+    // 2^-40·max|x|), then one step down when rounding went up.
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    let magic_bits = MAGIC.to_bits() as i64;
+    for ((&x, b), p) in values.iter().zip(bins).zip(pos) {
+        let t = x as f64 * inv_w;
+        let y = t + MAGIC;
+        let rf = y - MAGIC;
+        let up = (rf > t) as i64;
+        let g = (y.to_bits() as i64 - magic_bits) - up;
+        *p = t - (rf - up as f64);
+        *b = (g - off) as usize;
     }
 }
 
@@ -270,37 +334,36 @@ impl Histogram {
         self.moments = Moments::combine(&self.moments, &Moments::of_finite(values, s.sum));
     }
 
-    /// The hot loop: every value's bin, branch-free (zeros go to the scratch slot).
+    /// The hot loop: every non-zero value's bin. Zeros (counted apart) are dropped first,
+    /// branch-free, a block at a time, so post-ReLU data does not chain updates of one slot;
+    /// the non-zero values reach their bins in their original order.
     fn bin_batch(&mut self, values: &[f32]) {
+        let mut kept = [0f32; BLOCK];
+        let mut at = ([0usize; BLOCK], [0f64; BLOCK]);
+        for block in values.chunks(BLOCK) {
+            let mut m = 0;
+            for &x in block {
+                kept[m] = x;
+                m += (x != 0.0) as usize;
+            }
+            self.bin_nonzero(&kept[..m], &mut at);
+        }
+    }
+
+    /// Adds non-zero values (at most a block; all inside the window) to their bins: their bins
+    /// and in-bin positions first (a loop that vectorizes), then the counts and sums.
+    fn bin_nonzero(&mut self, values: &[f32], (bins, pos): &mut ([usize; BLOCK], [f64; BLOCK])) {
+        let m = values.len().min(BLOCK);
+        locate(values, pow2(-self.exp), self.offset, bins, pos);
         let n = self.nbins;
-        let inv_w = pow2(-self.exp);
-        let off = self.offset;
-        let counts = &mut self.counts[..=n];
-        let su = &mut self.sum_u[..=n];
-        let su2 = &mut self.sum_u2[..=n];
-        // floor(t) without a libm call or a saturating conversion: adding 1.5·2^52 rounds t to
-        // an integer held in the low mantissa bits (|t| < 2^42 here: the grid is never finer
-        // than 2^-40·max|x|), then one step down when rounding went up.
-        const MAGIC: f64 = 6_755_399_441_055_744.0;
-        let magic_bits = MAGIC.to_bits() as i64;
-        for &x in values {
-            let t = x as f64 * inv_w;
-            let y = t + MAGIC;
-            let rf = y - MAGIC;
-            let up = (rf > t) as i64;
-            let g = (y.to_bits() as i64 - magic_bits) - up;
-            let u = t - (rf - up as f64);
-            // Zeros go to the scratch slot n, without a branch (non-zero values are always
-            // inside the window; a zero's own index is discarded).
-            let z = (x == 0.0) as usize;
-            let j = ((g - off) as usize).wrapping_mul(1 - z) + n * z;
+        let counts = &mut self.counts[..n];
+        let su = &mut self.sum_u[..n];
+        let su2 = &mut self.sum_u2[..n];
+        for (&j, &u) in bins[..m].iter().zip(&pos[..m]) {
             counts[j] += 1;
             su[j] += u;
             su2[j] += u * u;
         }
-        counts[n] = 0;
-        su[n] = 0.0;
-        su2[n] = 0.0;
     }
 
     /// True when `[lo, hi]` fits in the window at exponent `e`.
