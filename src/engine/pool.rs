@@ -156,6 +156,34 @@ pub fn pool_padded<T: Copy, A: Copy>(
 /// other geometry. The same values as [`pool_padded`] with `i8::max` (a max is a max in any
 /// order), in loops the compiler vectorizes.
 pub fn max_pool_2x2_codes(x: &[i8], n: usize, g: &PoolGeom) -> Option<Vec<i8>> {
+    let mut out = vec![0i8; len_2x2(x.len(), n, g)?];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU supports AVX-512BW, checked just above.
+        unsafe { max_2x2_avx512(x, g, &mut out) };
+        return Some(out);
+    }
+    max_2x2(x, g, &mut out, i8::max);
+    Some(out)
+}
+
+/// [`max_pool_2x2_codes`] on reals, with `f32::max` (which ignores a NaN beside a number, as
+/// [`pool_padded`]'s fold from −∞ does; four NaN give NaN here and −∞ there, both non-finite).
+pub fn max_pool_2x2_f32(x: &[f32], n: usize, g: &PoolGeom) -> Option<Vec<f32>> {
+    let mut out = vec![0f32; len_2x2(x.len(), n, g)?];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        unsafe { max_2x2_f32_avx512(x, g, &mut out) };
+        return Some(out);
+    }
+    max_2x2(x, g, &mut out, f32::max);
+    Some(out)
+}
+
+/// The output length of a 2×2, stride-2, unpadded floor-mode pool of `n` planes, or `None`
+/// for any other geometry. Panics if `len` is short of the input.
+fn len_2x2(len: usize, n: usize, g: &PoolGeom) -> Option<usize> {
     let fits = g.kernel == (2, 2)
         && g.stride == (2, 2)
         && g.pad == [0; 4]
@@ -164,39 +192,37 @@ pub fn max_pool_2x2_codes(x: &[i8], n: usize, g: &PoolGeom) -> Option<Vec<i8>> {
     if !fits {
         return None;
     }
-    let plane = g.h * g.w;
-    assert!(x.len() >= n * g.c * plane, "pool input too short");
-    let mut out = vec![0i8; n * g.c * g.oh * g.ow];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU supports AVX-512BW, checked just above.
-        unsafe { max_2x2_avx512(x, g, &mut out) };
-        return Some(out);
-    }
-    max_2x2(x, g, &mut out);
-    Some(out)
+    assert!(len >= n * g.c * g.h * g.w, "pool input too short");
+    Some(n * g.c * g.oh * g.ow)
 }
 
-/// [`max_2x2`] compiled for AVX-512BW.
+/// [`max_2x2`] on codes compiled for AVX-512BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn max_2x2_avx512(x: &[i8], g: &PoolGeom, out: &mut [i8]) {
-    max_2x2(x, g, out);
+    max_2x2(x, g, out, i8::max);
+}
+
+/// [`max_2x2`] on reals compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_2x2_f32_avx512(x: &[f32], g: &PoolGeom, out: &mut [f32]) {
+    max_2x2(x, g, out, f32::max);
 }
 
 #[inline(always)]
-fn max_2x2(x: &[i8], g: &PoolGeom, out: &mut [i8]) {
+fn max_2x2<T: Copy + Default>(x: &[T], g: &PoolGeom, out: &mut [T], max: impl Fn(T, T) -> T) {
     let (w, ow) = (g.w, g.ow);
-    let mut rowmax = vec![0i8; 2 * ow];
+    let mut rowmax = vec![T::default(); 2 * ow];
     let planes = x.chunks_exact(g.h * w).zip(out.chunks_exact_mut(g.oh * ow));
     for (p, o) in planes {
         for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
             let (r0, r1) = (&p[2 * oy * w..][..2 * ow], &p[(2 * oy + 1) * w..][..2 * ow]);
             for ((m, &a), &b) in rowmax.iter_mut().zip(r0).zip(r1) {
-                *m = a.max(b);
+                *m = max(a, b);
             }
             for (v, pair) in orow.iter_mut().zip(rowmax.chunks_exact(2)) {
-                *v = pair[0].max(pair[1]);
+                *v = max(pair[0], pair[1]);
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use super::Limits;
 use super::args::{check_out, f32s};
-use crate::engine::pool::{PoolGeom, max_pool_2x2_codes, pool_padded};
+use crate::engine::pool::{PoolGeom, max_pool_2x2_codes, max_pool_2x2_f32, pool_padded};
 use crate::engine::tensor::Tensor;
 use crate::model::op::Op;
 
@@ -78,7 +78,8 @@ pub(super) fn max_pool(x: &Tensor, w: &Window, limits: &Limits) -> Result<Tensor
     }
     let v = f32s(x, "the input")?;
     let (g, shape) = geometry(x, w, limits)?;
-    let y = pool_padded(v, shape[0], &g, f32::NEG_INFINITY, f32::max, |m, _, _| m);
+    let y = max_pool_2x2_f32(v, shape[0], &g)
+        .unwrap_or_else(|| pool_padded(v, shape[0], &g, f32::NEG_INFINITY, f32::max, |m, _, _| m));
     Ok(Tensor::f32(shape, y))
 }
 
@@ -160,6 +161,8 @@ mod tests {
             ((2, 3), (2, 3), [0, 1, 1, 2], true),
             ((3, 2), (1, 2), [2, 1, 0, 0], false),
             ((2, 2), (2, 2), [1, 1, 1, 1], true),
+            // The 2×2 fast paths (reals and codes), odd height dropped.
+            ((2, 2), (2, 2), [0, 0, 0, 0], false),
         ] {
             let w = Window {
                 kernel,
