@@ -1,6 +1,9 @@
 //! One full re-run (weight quantization + calibration on 1,000 samples + evaluation of both
 //! engines on 2,000) on the bundled models: the budget that keeps the UI live
-//! (MLP < 150 ms, CNN < 1 s), and the activation-only re-run that reuses histograms.
+//! (MLP < 150 ms, CNN < 1 s), and the activation-only re-runs that reuse histograms: every
+//! point's strategy or bits switched (`activation_change_cached`), and one layer's output bits
+//! switched as in the UI (`one_layer_activation_change_cached`: the middle weight layer, so the
+//! layers before it keep their isolated SQNR sums).
 
 use criterion::{BenchmarkId, Criterion};
 use qscope::pipeline::{Cancel, Session, run};
@@ -38,6 +41,27 @@ pub fn pipeline(c: &mut Criterion) {
                 session.run(&configs[i % 2], &Cancel::new()).unwrap()
             })
         });
+        let wl = model.weight_layers();
+        let middle = model.layers[wl[wl.len() / 2]].name.clone();
+        let mut one = QuantConfig::default();
+        one.layers.insert(
+            middle,
+            qscope::config::LayerOverride {
+                act_bits: Some(6),
+                ..Default::default()
+            },
+        );
+        let configs = [QuantConfig::default(), one];
+        session.run(&configs[0], &Cancel::new()).unwrap();
+        g.bench_function(
+            BenchmarkId::new("one_layer_activation_change_cached", name),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    session.run(&configs[i % 2], &Cancel::new()).unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -5,7 +5,7 @@
 use super::Cancel;
 use super::batch::fold_batches;
 use super::batch::{check_data, make_batch};
-use super::float_side::{FloatBatch, FloatCache, Keeper, float_batch, wanted_values};
+use super::float_side::{FloatBatch, FloatCache, IsolatedKey, Keeper, float_batch, wanted_values};
 use crate::config::QuantConfig;
 use crate::engine::IntModel;
 use crate::engine::int::Ran;
@@ -195,56 +195,93 @@ pub fn evaluate_with(
         saved: save.then(Default::default),
         ..Default::default()
     };
-    let (reuse, fill): (Option<&FloatCache>, _) = match side {
-        FloatSide::Cached(slot) if has_float => {
-            if slot.as_ref().is_some_and(|c| c.samples == data.n) {
-                let shared: &Option<FloatCache> = slot;
-                (shared.as_ref(), None)
-            } else {
-                (None, Some(slot))
-            }
-        }
-        _ => (None, None),
+    let slot = match side {
+        FloatSide::Cached(slot) if has_float => Some(slot),
+        _ => None,
     };
-    let filling = fill.is_some();
+    let covers = slot
+        .as_deref()
+        .is_some_and(|c| c.as_ref().is_some_and(|c| c.samples == data.n));
+    let keys = isolated_keys(model, params);
+    // Layers whose isolated sums the cache holds for the same key are not run alone again.
+    let known: Vec<Option<SqnrAcc>> = keys
+        .iter()
+        .enumerate()
+        .map(|(j, key)| {
+            let c = slot.as_deref().filter(|_| covers)?.as_ref()?;
+            let (k, acc) = c.isolated.get(j)?.as_ref()?;
+            (k == key).then_some(*acc)
+        })
+        .collect();
+    let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
+    let filling = slot.is_some() && !covers;
     let keeper = Keeper::default();
     let (mut total, mut kept) = (zero(), Vec::new());
-    fold_batches(
-        data.n,
-        |s, e| {
-            cancel.check()?;
-            let inputs = make_batch(model, data, s, e)?;
-            let own = match (has_float, reuse) {
-                (true, None) => Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?),
-                (false, _) => {
-                    super::calibrate::check_finite(model, data, s, &inputs)?;
-                    None
-                }
-                (true, Some(_)) => None,
-            };
-            let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
-            let mut ev = zero();
-            eval_batch(model, params, &int, data, (s, e), inputs, fb, &mut ev)?;
-            Ok((ev, own.filter(|b| filling && keeper.admit(b))))
-        },
-        |(ev, keep)| {
-            total = std::mem::take(&mut total).merge(ev);
-            kept.push(keep);
-        },
-    )?;
-    if let Some(slot) = fill {
-        *slot = keeper.finish(data.n, kept);
+    {
+        let reuse: Option<&FloatCache> =
+            slot.as_deref().filter(|_| covers).and_then(Option::as_ref);
+        fold_batches(
+            data.n,
+            |s, e| {
+                cancel.check()?;
+                let inputs = make_batch(model, data, s, e)?;
+                let own = match (has_float, reuse) {
+                    (true, None) => {
+                        Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?)
+                    }
+                    (false, _) => {
+                        super::calibrate::check_finite(model, data, s, &inputs)?;
+                        None
+                    }
+                    (true, Some(_)) => None,
+                };
+                let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
+                let mut ev = zero();
+                let run = (&int, &skip[..]);
+                eval_batch(model, params, run, data, (s, e), inputs, fb, &mut ev)?;
+                Ok((ev, own.filter(|b| filling && keeper.admit(b))))
+            },
+            |(ev, keep)| {
+                total = std::mem::take(&mut total).merge(ev);
+                kept.push(keep);
+            },
+        )?;
+    }
+    for (j, acc) in known.into_iter().enumerate() {
+        if let Some(acc) = acc {
+            total.isolated[j] = acc;
+        }
+    }
+    if let Some(slot) = slot {
+        if filling {
+            *slot = keeper.finish(data.n, kept);
+        }
+        if let Some(c) = slot {
+            let sums = total.isolated.iter().cloned();
+            c.isolated = keys.into_iter().zip(sums).map(Some).collect();
+        }
     }
     Ok(total)
 }
 
+/// Each weight layer's [`IsolatedKey`] under `params`.
+fn isolated_keys(model: &Model, params: &ModelParams) -> Vec<IsolatedKey> {
+    let in_qs = crate::engine::int::input_qparams(model, params);
+    params
+        .layers
+        .iter()
+        .map(|l| (l.clone(), in_qs.get(&l.index).copied().flatten()))
+        .collect()
+}
+
 /// One batch of [`evaluate`]: the integer engine on `inputs`, compared with the float side
-/// `fb` (`None` without float weights).
+/// `fb` (`None` without float weights); weight layers marked in `skip` are not run alone (their
+/// isolated sums are known).
 #[allow(clippy::too_many_arguments)]
 fn eval_batch(
     model: &Model,
     params: &ModelParams,
-    int: &IntModel,
+    (int, skip): (&IntModel, &[bool]),
     data: &Dataset,
     (s, e): (usize, usize),
     inputs: Vec<Tensor>,
@@ -315,6 +352,7 @@ fn eval_batch(
             // qparams gives the same codes alone as in the whole run.
             let computed;
             let alone = match &run {
+                _ if skip[j] => None,
                 Some(t) if int.isolated_is_in_run(i) => Some(t),
                 _ => {
                     computed = x.and_then(|x| int.run_isolated_codes(i, x));

@@ -6,7 +6,10 @@ use super::calibrate::{check_finite, float_overflow, note_overflow};
 use crate::engine::float;
 use crate::engine::tensor::Tensor;
 use crate::error::Result;
+use crate::eval::sqnr::SqnrAcc;
 use crate::model::{Dataset, Model, ValueId};
+use crate::params::LayerParams;
+use crate::quant::QParams;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -73,6 +76,10 @@ pub fn float_batch(
     Ok(FloatBatch { outputs, values })
 }
 
+/// What a weight layer's isolated output depends on besides the float side: its parameters
+/// (weights, bias, output point) and the qparams its input is quantized with.
+pub type IsolatedKey = (LayerParams, Option<QParams>);
+
 /// The float side of every batch of one evaluation set, in batch order.
 #[derive(Debug, Clone, Default)]
 pub struct FloatCache {
@@ -80,6 +87,9 @@ pub struct FloatCache {
     pub samples: usize,
     /// One entry per batch of [`super::batches`].
     pub batches: Vec<FloatBatch>,
+    /// Per weight layer: the isolated SQNR sums of the last evaluation on this float side and
+    /// what they were computed for, so a layer whose key is unchanged is not run alone again.
+    pub isolated: Vec<Option<(IsolatedKey, SqnrAcc)>>,
 }
 
 /// Collects batches while their total stays within [`FLOAT_CACHE_BYTES`]; past it, keeps
@@ -111,6 +121,10 @@ impl Keeper {
             return None;
         }
         let batches = kept.into_iter().collect::<Option<Vec<_>>>()?;
-        Some(FloatCache { samples, batches })
+        Some(FloatCache {
+            samples,
+            batches,
+            isolated: Vec::new(),
+        })
     }
 }

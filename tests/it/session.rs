@@ -49,6 +49,40 @@ fn a_session_after_an_activation_change_reports_what_a_fresh_run_reports() {
 }
 
 #[test]
+fn a_session_after_one_layers_activation_change_reports_what_a_fresh_run_reports() {
+    // One point changed at a time: the layers whose parameters and input qparams stay the same
+    // keep their isolated sums from the run before; conv2's output is fc1's input, so fc1's
+    // isolated output must be measured again with conv2's.
+    let layer = |name: &str, o: qscope::config::LayerOverride| {
+        let mut c = QuantConfig::default();
+        c.layers.insert(name.into(), o);
+        c
+    };
+    let changed = [
+        layer(
+            "conv2",
+            qscope::config::LayerOverride {
+                act_bits: Some(4),
+                ..Default::default()
+            },
+        ),
+        layer(
+            "fc1",
+            qscope::config::LayerOverride {
+                act_strategy: Some(Strategy::Kl),
+                ..Default::default()
+            },
+        ),
+        QuantConfig::default(),
+        QuantConfig {
+            weight_bits: 6,
+            ..Default::default()
+        },
+    ];
+    check("mnist-cnn", &QuantConfig::default(), &changed);
+}
+
+#[test]
 fn a_session_measures_the_float_model_again_when_cle_changes_it_and_shares_it_between_methods() {
     let base = QuantConfig::default();
     let changed = [
