@@ -203,16 +203,7 @@ pub fn evaluate_with(
         .as_deref()
         .is_some_and(|c| c.as_ref().is_some_and(|c| c.samples == data.n));
     let keys = isolated_keys(model, params);
-    // Layers whose isolated sums the cache holds for the same key are not run alone again.
-    let known: Vec<Option<SqnrAcc>> = keys
-        .iter()
-        .enumerate()
-        .map(|(j, key)| {
-            let c = slot.as_deref().filter(|_| covers)?.as_ref()?;
-            let (k, acc) = c.isolated.get(j)?.as_ref()?;
-            (k == key).then_some(*acc)
-        })
-        .collect();
+    let known = known_isolated(slot.as_deref().filter(|_| covers), &keys);
     let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
     let filling = slot.is_some() && !covers;
     let keeper = Keeper::default();
@@ -262,6 +253,23 @@ pub fn evaluate_with(
         }
     }
     Ok(total)
+}
+
+/// Per weight layer, the isolated sums `cache` holds for the same key: that layer is not run
+/// alone again.
+fn known_isolated(
+    cache: Option<&Option<FloatCache>>,
+    keys: &[IsolatedKey],
+) -> Vec<Option<SqnrAcc>> {
+    let c = cache.and_then(Option::as_ref);
+    let held = |j: usize, key: &IsolatedKey| {
+        let (k, acc) = c?.isolated.get(j)?.as_ref()?;
+        (k == key).then_some(*acc)
+    };
+    keys.iter()
+        .enumerate()
+        .map(|(j, key)| held(j, key))
+        .collect()
 }
 
 /// Each weight layer's [`IsolatedKey`] under `params`.
