@@ -1162,7 +1162,8 @@ mod tests {
         // Then: one channel strided (the tap-plane loop), and patch rows of several blocks per
         // sample (k · pixels past the block size). Those from (8, 4, …) on read their patch
         // rows in place from a padded image where the CPU has AVX-512 VNNI: strided rows, a
-        // vertical and a horizontal dilation (a run per tap), a 1×1, blocks of output rows.
+        // vertical and a horizontal dilation (a run per tap), a 1×1, blocks of output rows,
+        // strided 1×1s.
         for (c, o, (kh, kw), stride, pad, dil, (h, w)) in [
             (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (7, 9)),
             (6, 12, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1), (7, 9)),
@@ -1174,6 +1175,9 @@ mod tests {
             (12, 8, (1, 1), (1, 1), [0, 0, 0, 0], (1, 1), (7, 9)),
             (16, 16, (3, 3), (2, 2), [1, 1, 1, 1], (1, 1), (13, 14)),
             (4, 64, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (20, 28)),
+            // Strided 1×1s (a downsampling shortcut), strides unequal in the second.
+            (16, 8, (1, 1), (2, 2), [0, 0, 0, 0], (1, 1), (7, 9)),
+            (8, 32, (1, 1), (2, 3), [0, 0, 0, 0], (1, 1), (13, 14)),
         ] {
             let n = 3;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();

@@ -372,15 +372,16 @@ fn fifos_and_devices_are_refused_before_reading() {
 #[cfg(unix)]
 #[test]
 fn a_closed_or_full_stdout_and_an_unwritable_stderr_exit_quietly() {
-    // A closed pipe: the reader is gone before qscope writes.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qscope"))
+    // A closed pipe: the reader is gone before qscope starts (closed before the spawn, so a
+    // busy machine cannot let qscope write into the pipe's buffer first).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_qscope"))
         .args(["inspect", "mnist-cnn", "--json"])
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
