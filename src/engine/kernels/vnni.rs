@@ -65,6 +65,15 @@ pub(super) fn pack(b: &[i8], n: usize, k: usize) -> Packed {
     Packed { data, corr, kq }
 }
 
+/// `m` rows cut into the fewest blocks of at most [`MR`], their sizes differing by at most one
+/// (28 rows: four of 7, not 8 + 8 + 8 + 4, whose short block leaves the accumulator chains
+/// waiting on `vpdpbusd`'s latency): (first row, rows) per block.
+fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(MR);
+    let (base, extra) = (m / blocks.max(1), m % blocks.max(1));
+    (0..blocks).map(move |b| (b * base + b.min(extra), base + usize::from(b < extra)))
+}
+
 /// Row stride (bytes) of the unsigned A scratch block: `k` rounded up to 4.
 fn astride(kq: usize) -> usize {
     kq * 4
@@ -95,8 +104,7 @@ pub(super) unsafe fn gemm(
 ) {
     let ks = astride(p.kq);
     let mut abuf = vec![0u8; MR * ks];
-    for i0 in (0..m).step_by(MR) {
-        let rows = MR.min(m - i0);
+    for (i0, rows) in row_blocks(m) {
         for r in 0..rows {
             shift_row(a, (i0 + r) * lda, k, &mut abuf[r * ks..(r + 1) * ks]);
         }
@@ -164,12 +172,12 @@ pub(super) unsafe fn gemm_shifted(
         m == 0 || a.len() >= (m - 1) * lda + runs.span(),
         "shifted rows too short"
     );
-    for i0 in (0..m).step_by(MR) {
+    for (i0, rows) in row_blocks(m) {
         // SAFETY: AVX-512F/VNNI per this fn's contract; rows i0.. have their runs readable at
         // stride lda (asserted length), so row i0 starts inside `a`.
         unsafe {
             let rows_at = a.as_ptr().add(i0 * lda).cast();
-            row_block(rows_at, lda, MR.min(m - i0), runs, p, n, &mut c[i0 * n..]);
+            row_block(rows_at, lda, rows, runs, p, n, &mut c[i0 * n..]);
         }
     }
 }
@@ -317,6 +325,29 @@ pub(super) fn emulate(
                 }
             }
             c[i * n + j] = acc.wrapping_sub(p.corr[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MR, row_blocks};
+
+    #[test]
+    fn row_blocks_cover_the_rows_in_the_fewest_even_blocks() {
+        for m in 0..=100 {
+            let blocks: Vec<(usize, usize)> = row_blocks(m).collect();
+            assert_eq!(blocks.len(), m.div_ceil(MR), "m {m}");
+            let mut next = 0;
+            for &(start, rows) in &blocks {
+                assert_eq!(start, next, "m {m}: contiguous");
+                assert!((1..=MR).contains(&rows), "m {m}: {rows} rows");
+                next += rows;
+            }
+            assert_eq!(next, m);
+            let sizes = blocks.iter().map(|b| b.1);
+            let (lo, hi) = (sizes.clone().min(), sizes.max());
+            assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "m {m}: uneven");
         }
     }
 }
