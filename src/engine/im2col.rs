@@ -490,9 +490,9 @@ pub fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     dst.copy_from_slice(src);
 }
 
-/// Whether this CPU has AVX-512BW (detected once).
+/// Whether this CPU has AVX-512BW (detected once; the integer engine's byte kernels ask here).
 #[cfg(target_arch = "x86_64")]
-fn has_avx512bw() -> bool {
+pub(crate) fn has_avx512bw() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bw"))
 }

@@ -150,40 +150,19 @@ pub fn pool_padded<T: Copy, A: Copy>(
     out
 }
 
-/// Max pooling of `n` planes of codes `x` over 2×2 windows with stride 2 and no padding
-/// (the inputs's last row and column dropped when odd, as ONNX's floor mode does): per output
-/// row, the two input rows' elementwise max, then the max of each adjacent pair. `None` for any
-/// other geometry. The same values as [`pool_padded`] with `i8::max` (a max is a max in any
-/// order), in loops the compiler vectorizes.
-pub fn max_pool_2x2_codes(x: &[i8], n: usize, g: &PoolGeom) -> Option<Vec<i8>> {
-    let mut out = vec![0i8; len_2x2(x.len(), n, g)?];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU supports AVX-512BW, checked just above.
-        unsafe { max_2x2_avx512(x, g, &mut out) };
-        return Some(out);
-    }
-    max_2x2(x, g, &mut out, i8::max);
-    Some(out)
-}
-
-/// [`max_pool_2x2_codes`] on reals, with `f32::max` (which ignores a NaN beside a number, as
-/// [`pool_padded`]'s fold from −∞ does; four NaN give NaN here and −∞ there, both non-finite).
-pub fn max_pool_2x2_f32(x: &[f32], n: usize, g: &PoolGeom) -> Option<Vec<f32>> {
-    let mut out = vec![0f32; len_2x2(x.len(), n, g)?];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        unsafe { max_2x2_f32_avx512(x, g, &mut out) };
-        return Some(out);
-    }
-    max_2x2(x, g, &mut out, f32::max);
-    Some(out)
-}
-
-/// The output length of a 2×2, stride-2, unpadded floor-mode pool of `n` planes, or `None`
-/// for any other geometry. Panics if `len` is short of the input.
-fn len_2x2(len: usize, n: usize, g: &PoolGeom) -> Option<usize> {
+/// Max pooling of `n` planes `x` (codes or reals) over 2×2 windows with stride 2 and no
+/// padding (the input's last row and column dropped when odd, as ONNX's floor mode does): per
+/// output row, the two input rows' elementwise `max`, then the max of each adjacent pair.
+/// `None` for any other geometry. `max` is a generic parameter, not a function pointer, so the
+/// loops are compiled for it. The same values as [`pool_padded`] with that `max` (a max is a
+/// max in any order; `f32::max` ignores a NaN beside a number as the fold from −∞ does, and
+/// four NaN give NaN here and −∞ there, both non-finite), in loops the compiler vectorizes.
+pub fn max_pool_2x2<T: Copy + Default, M: Fn(T, T) -> T>(
+    x: &[T],
+    n: usize,
+    g: &PoolGeom,
+    max: M,
+) -> Option<Vec<T>> {
     let fits = g.kernel == (2, 2)
         && g.stride == (2, 2)
         && g.pad == [0; 4]
@@ -192,22 +171,28 @@ fn len_2x2(len: usize, n: usize, g: &PoolGeom) -> Option<usize> {
     if !fits {
         return None;
     }
-    assert!(len >= n * g.c * g.h * g.w, "pool input too short");
-    Some(n * g.c * g.oh * g.ow)
+    assert!(x.len() >= n * g.c * g.h * g.w, "pool input too short");
+    let mut out = vec![T::default(); n * g.c * g.oh * g.ow];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU supports AVX-512BW, checked just above.
+        unsafe { max_2x2_avx512(x, g, &mut out, max) };
+        return Some(out);
+    }
+    max_2x2(x, g, &mut out, max);
+    Some(out)
 }
 
-/// [`max_2x2`] on codes compiled for AVX-512BW.
+/// [`max_2x2`] compiled for AVX-512BW (bytes and floats alike).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn max_2x2_avx512(x: &[i8], g: &PoolGeom, out: &mut [i8]) {
-    max_2x2(x, g, out, i8::max);
-}
-
-/// [`max_2x2`] on reals compiled for AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_2x2_f32_avx512(x: &[f32], g: &PoolGeom, out: &mut [f32]) {
-    max_2x2(x, g, out, f32::max);
+unsafe fn max_2x2_avx512<T: Copy + Default, M: Fn(T, T) -> T>(
+    x: &[T],
+    g: &PoolGeom,
+    out: &mut [T],
+    max: M,
+) {
+    max_2x2(x, g, out, max);
 }
 
 #[inline(always)]
@@ -306,7 +291,7 @@ mod tests {
                 .map(|i| ((i * 7919 + 13) % 256) as u8 as i8)
                 .collect();
             let g = PoolGeom::new(&[c, h, w], (2, 2), (2, 2), [0; 4], false).unwrap();
-            let got = max_pool_2x2_codes(&x, n, &g).expect("a 2×2/2 window");
+            let got = max_pool_2x2(&x, n, &g, i8::max).expect("a 2×2/2 window");
             let mut want = Vec::new();
             for p in 0..n * c {
                 for oy in 0..h / 2 {
@@ -319,9 +304,9 @@ mod tests {
             assert_eq!(got, want, "{n}x{c}x{h}x{w}");
         }
         let padded = PoolGeom::new(&[1, 4, 4], (2, 2), (2, 2), [1, 1, 0, 0], false).unwrap();
-        assert!(max_pool_2x2_codes(&[0; 16], 1, &padded).is_none());
+        assert!(max_pool_2x2(&[0i8; 16], 1, &padded, i8::max).is_none());
         let ceil = PoolGeom::new(&[1, 5, 5], (2, 2), (2, 2), [0; 4], true).unwrap();
-        assert!(max_pool_2x2_codes(&[0; 25], 1, &ceil).is_none());
+        assert!(max_pool_2x2(&[0i8; 25], 1, &ceil, i8::max).is_none());
     }
 
     #[test]

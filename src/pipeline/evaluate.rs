@@ -199,45 +199,45 @@ pub fn evaluate_with(
         FloatSide::Cached(slot) if has_float => Some(slot),
         _ => None,
     };
-    let covers = slot
+    // The cache's float side when it covers this data set; else it is filled (or not kept).
+    let reuse: Option<&FloatCache> = slot
         .as_deref()
-        .is_some_and(|c| c.as_ref().is_some_and(|c| c.samples == data.n));
-    let keys = isolated_keys(model, params);
-    let known = known_isolated(slot.as_deref().filter(|_| covers), &keys);
+        .and_then(Option::as_ref)
+        .filter(|c| c.samples == data.n);
+    let filling = slot.is_some() && reuse.is_none();
+    // Only a session keeps isolated sums: keys are made for it alone.
+    let keys = slot.is_some().then(|| isolated_keys(model, params));
+    let known = match (reuse, &keys) {
+        (Some(c), Some(keys)) => known_isolated(c, keys),
+        _ => vec![None; wl.len()],
+    };
     let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
-    let filling = slot.is_some() && !covers;
     let keeper = Keeper::default();
     let (mut total, mut kept) = (zero(), Vec::new());
-    {
-        let reuse: Option<&FloatCache> =
-            slot.as_deref().filter(|_| covers).and_then(Option::as_ref);
-        fold_batches(
-            data.n,
-            |s, e| {
-                cancel.check()?;
-                let inputs = make_batch(model, data, s, e)?;
-                let own = match (has_float, reuse) {
-                    (true, None) => {
-                        Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?)
-                    }
-                    (false, _) => {
-                        super::calibrate::check_finite(model, data, s, &inputs)?;
-                        None
-                    }
-                    (true, Some(_)) => None,
-                };
-                let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
-                let mut ev = zero();
-                let run = (&int, &skip[..]);
-                eval_batch(model, params, run, data, (s, e), inputs, fb, &mut ev)?;
-                Ok((ev, own.filter(|b| filling && keeper.admit(b))))
-            },
-            |(ev, keep)| {
-                total = std::mem::take(&mut total).merge(ev);
-                kept.push(keep);
-            },
-        )?;
-    }
+    fold_batches(
+        data.n,
+        |s, e| {
+            cancel.check()?;
+            let inputs = make_batch(model, data, s, e)?;
+            let own = match (has_float, reuse) {
+                (true, None) => Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?),
+                (false, _) => {
+                    super::calibrate::check_finite(model, data, s, &inputs)?;
+                    None
+                }
+                (true, Some(_)) => None,
+            };
+            let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
+            let mut ev = zero();
+            let run = (&int, &skip[..]);
+            eval_batch(model, params, run, data, (s, e), inputs, fb, &mut ev)?;
+            Ok((ev, own.filter(|b| filling && keeper.admit(b))))
+        },
+        |(ev, keep)| {
+            total = std::mem::take(&mut total).merge(ev);
+            kept.push(keep);
+        },
+    )?;
     for (j, acc) in known.into_iter().enumerate() {
         if let Some(acc) = acc {
             total.isolated[j] = acc;
@@ -247,8 +247,8 @@ pub fn evaluate_with(
         if filling {
             *slot = keeper.finish(data.n, kept);
         }
-        if let Some(c) = slot {
-            let sums = total.isolated.iter().cloned();
+        if let (Some(c), Some(keys)) = (slot, keys) {
+            let sums = total.isolated.iter().copied();
             c.isolated = keys.into_iter().zip(sums).map(Some).collect();
         }
     }
@@ -257,13 +257,9 @@ pub fn evaluate_with(
 
 /// Per weight layer, the isolated sums `cache` holds for the same key: that layer is not run
 /// alone again.
-fn known_isolated(
-    cache: Option<&Option<FloatCache>>,
-    keys: &[IsolatedKey],
-) -> Vec<Option<SqnrAcc>> {
-    let c = cache.and_then(Option::as_ref);
+fn known_isolated(cache: &FloatCache, keys: &[IsolatedKey]) -> Vec<Option<SqnrAcc>> {
     let held = |j: usize, key: &IsolatedKey| {
-        let (k, acc) = c?.isolated.get(j)?.as_ref()?;
+        let (k, acc) = cache.isolated.get(j)?.as_ref()?;
         (k == key).then_some(*acc)
     };
     keys.iter()

@@ -12,7 +12,7 @@ pub(super) fn same_shape(k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
         "operands of one length"
     );
     #[cfg(target_arch = "x86_64")]
-    if k.fits_i32() && has_avx512bw() {
+    if k.fits_i32() && crate::engine::im2col::has_avx512bw() {
         let whole = y.len() / 16 * 16;
         // SAFETY: AVX-512BW was detected; the kernel reads and writes `whole` ≤ len elements of
         // each slice, and `fits_i32` bounds every 32-bit sum.
@@ -23,13 +23,6 @@ pub(super) fn same_shape(k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
         return true;
     }
     false
-}
-
-/// Whether this CPU has AVX-512BW (detected once).
-#[cfg(target_arch = "x86_64")]
-fn has_avx512bw() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bw"))
 }
 
 /// The kernel on the first `n` (a multiple of 16) elements.

@@ -2,7 +2,7 @@
 
 use super::Limits;
 use super::args::{check_out, f32s};
-use crate::engine::pool::{PoolGeom, max_pool_2x2_codes, max_pool_2x2_f32, pool_padded};
+use crate::engine::pool::{PoolGeom, max_pool_2x2, pool_padded};
 use crate::engine::tensor::Tensor;
 use crate::model::op::Op;
 
@@ -72,13 +72,13 @@ fn geometry(x: &Tensor, w: &Window, limits: &Limits) -> Result<(PoolGeom, Vec<us
 pub(super) fn max_pool(x: &Tensor, w: &Window, limits: &Limits) -> Result<Tensor, String> {
     if let Some((q, qp)) = x.as_q() {
         let (g, shape) = geometry(x, w, limits)?;
-        let y = max_pool_2x2_codes(q, shape[0], &g)
+        let y = max_pool_2x2(q, shape[0], &g, i8::max)
             .unwrap_or_else(|| pool_padded(q, shape[0], &g, i8::MIN, i8::max, |m, _, _| m));
         return Ok(Tensor::q(shape, y, qp));
     }
     let v = f32s(x, "the input")?;
     let (g, shape) = geometry(x, w, limits)?;
-    let y = max_pool_2x2_f32(v, shape[0], &g)
+    let y = max_pool_2x2(v, shape[0], &g, f32::max)
         .unwrap_or_else(|| pool_padded(v, shape[0], &g, f32::NEG_INFINITY, f32::max, |m, _, _| m));
     Ok(Tensor::f32(shape, y))
 }

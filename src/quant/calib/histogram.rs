@@ -29,7 +29,7 @@
 //!
 //! With `n` bins, the bin width is less than `2·(nz_max − nz_min)/(n − 2)`: the non-zero data
 //! range always spans more than `(n−2)/2` bins (1023 of the default 2048), unless that range is
-//! narrower than `2^−40·max|x|`. Memory is `3·(n+1)` words whatever the number of values.
+//! narrower than `2^−40·max|x|`. Memory is `3·n` words whatever the number of values.
 
 use super::stats::{Moments, Stats};
 use crate::quant::qparams::ClipRange;
@@ -63,7 +63,7 @@ pub struct Histogram {
     exp: i32,
     /// Global index of `counts[0]`.
     offset: i64,
-    /// `nbins + 1` entries; the last one is always 0 (a slot kept from an older layout).
+    /// Count per bin.
     counts: Vec<u64>,
     /// Per bin: Σ u where u = x/w − g ∈ [0, 1) is the value's position inside its bin.
     sum_u: Vec<f64>,
@@ -203,8 +203,13 @@ fn drop_zeros(block: &[f32], kept: &mut [f32; BLOCK + 16]) -> usize {
         // SAFETY: AVX-512F was detected just above; the block fits `kept` with 16 slots spare.
         return unsafe { drop_zeros_avx512(block, kept) };
     }
-    let mut m = 0;
-    for &x in block {
+    keep_nonzero(block, kept, 0)
+}
+
+/// Appends the non-zero values of `xs` to `kept` after its first `m`, branch-free; returns the
+/// new count.
+fn keep_nonzero(xs: &[f32], kept: &mut [f32], mut m: usize) -> usize {
+    for &x in xs {
         kept[m] = x;
         m += (x != 0.0) as usize;
     }
@@ -233,11 +238,7 @@ unsafe fn drop_zeros_avx512(block: &[f32], kept: &mut [f32; BLOCK + 16]) -> usiz
             m += nz.count_ones() as usize;
         }
     }
-    for &x in rest {
-        kept[m] = x;
-        m += (x != 0.0) as usize;
-    }
-    m
+    keep_nonzero(rest, kept, m)
 }
 
 /// Each value's bin (window index, from global bin `off`) and position u ∈ [0, 1) inside it,
@@ -329,9 +330,9 @@ impl Histogram {
             nbins: n,
             exp: 0,
             offset: 0,
-            counts: vec![0; n + 1],
-            sum_u: vec![0.0; n + 1],
-            sum_u2: vec![0.0; n + 1],
+            counts: vec![0; n],
+            sum_u: vec![0.0; n],
+            sum_u2: vec![0.0; n],
             nonzero: 0,
             zeros: 0,
             nonfinite: 0,
@@ -398,10 +399,7 @@ impl Histogram {
     fn bin_nonzero(&mut self, values: &[f32], (bins, pos): &mut ([usize; BLOCK], [f64; BLOCK])) {
         let m = values.len().min(BLOCK);
         locate(values, pow2(-self.exp), self.offset, bins, pos);
-        let n = self.nbins;
-        let counts = &mut self.counts[..n];
-        let su = &mut self.sum_u[..n];
-        let su2 = &mut self.sum_u2[..n];
+        let (counts, su, su2) = (&mut self.counts, &mut self.sum_u, &mut self.sum_u2);
         for (&j, &u) in bins[..m].iter().zip(&pos[..m]) {
             counts[j] += 1;
             su[j] += u;
@@ -444,9 +442,9 @@ impl Histogram {
     /// Re-bins the stored counts at exponent `e` (≥ current) with window start `off`.
     fn regrid(&mut self, e: i32, off: i64) {
         let n = self.nbins;
-        let mut counts = vec![0u64; n + 1];
-        let mut su = vec![0.0f64; n + 1];
-        let mut su2 = vec![0.0f64; n + 1];
+        let mut counts = vec![0u64; n];
+        let mut su = vec![0.0f64; n];
+        let mut su2 = vec![0.0f64; n];
         let s = e - self.exp;
         debug_assert!(s >= 0);
         for j in 0..n {
@@ -565,7 +563,7 @@ impl Histogram {
     /// [`Histogram::zeros`]). Bin `j` covers `[lo + j·width, lo + (j+1)·width)` with
     /// `(lo, width) = bin_edges()`.
     pub fn counts(&self) -> &[u64] {
-        &self.counts[..self.nbins]
+        &self.counts
     }
 
     /// `(lo, bin width)` of the bins returned by [`Histogram::counts`]; `(0, 1)` while no
@@ -726,7 +724,7 @@ impl Histogram {
     /// The raw bins as (global index, count) pairs at exponent `exp()` (for KL).
     pub(crate) fn raw_bins(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
         let off = self.offset;
-        self.counts[..self.nbins]
+        self.counts
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
