@@ -6,6 +6,10 @@
 //! loop; `f32_add`: the float sum) runs on the bundled ResNet's first block, 64 images of
 //! 16×28×28; throughput in elements.
 //!
+//! The per-layer SQNR sums on the same tensor: `sqnr_codes_pair` (a layer's output in the run
+//! and alone, both as codes, against one float reference: what an evaluation does per layer)
+//! and `sqnr_reals` (the same sums over one approximation already in f32).
+//!
 //! `cargo bench --bench qscope -- kernels`
 
 use std::hint::black_box;
@@ -116,6 +120,32 @@ fn residual_add(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTi
         bch.iter(|| {
             let y: Vec<f32> = black_box(&fa).iter().zip(&fb).map(|(u, v)| u + v).collect();
             y
+        })
+    });
+    sqnr_sums(g, name, (&fa, &fb), (&a, &b), (q1, q2));
+}
+
+/// The SQNR rows on the residual Add's tensors: `x` as the float reference.
+fn sqnr_sums(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    name: &str,
+    (x, y): (&[f32], &[f32]),
+    (a, b): (&[i8], &[i8]),
+    (q1, q2): (qscope::quant::QParams, qscope::quant::QParams),
+) {
+    use qscope::eval::sqnr::SqnrAcc;
+    g.bench_function(BenchmarkId::new("sqnr_codes_pair", name), |bch| {
+        bch.iter(|| {
+            let (mut run, mut alone) = (SqnrAcc::default(), SqnrAcc::default());
+            run.add_codes_pair(&mut alone, black_box(x), [(a, q1), (b, q2)]);
+            (run, alone)
+        })
+    });
+    g.bench_function(BenchmarkId::new("sqnr_reals", name), |bch| {
+        bch.iter(|| {
+            let mut acc = SqnrAcc::default();
+            acc.add(black_box(x), y);
+            acc
         })
     });
 }

@@ -312,6 +312,25 @@ impl<'m> Values<'m> {
             .sum()
     }
 
+    /// Copies of the owned values (activations and graph inputs, not constants), by value id.
+    pub fn owned_values(&self) -> Vec<(ValueId, Tensor)> {
+        let owned = |(v, c): (usize, &Option<std::borrow::Cow<'m, Tensor>>)| match c {
+            Some(std::borrow::Cow::Owned(t)) => Some((v, t.clone())),
+            _ => None,
+        };
+        self.slots.iter().enumerate().filter_map(owned).collect()
+    }
+
+    /// A table holding the model's constants and copies of `owned` (from
+    /// [`Values::owned_values`] of a table of the same model).
+    pub fn with_owned(model: &'m Model, owned: &[(ValueId, Tensor)]) -> Self {
+        let mut vals = Values::new(model, Vec::new());
+        for (v, t) in owned {
+            vals.set(*v, t.clone());
+        }
+        vals
+    }
+
     /// The tensor of value `v`, if it is set.
     pub fn get(&self, v: ValueId) -> Option<&Tensor> {
         self.slots[v].as_deref()

@@ -648,6 +648,35 @@ impl<'m> IntModel<'m> {
             .collect()
     }
 
+    /// Runs `nodes` (a range of node indices in order) on `vals`, from
+    /// [`IntModel::forward_prefix`] with `stop = nodes.start` or from an earlier `run_range`
+    /// ending there; `tap` sees each node's output. [`IntModel::forward_resume`] continues it
+    /// from `nodes.end`. A range must not separate a mask Add from the Softmax it feeds (see
+    /// [`IntModel::cut_at_or_before`]).
+    pub fn run_range(
+        &self,
+        vals: &mut Values<'m>,
+        nodes: std::ops::Range<usize>,
+        tap: &mut dyn FnMut(usize, ValueId, &Tensor, Ran),
+    ) -> Result<()> {
+        self.run_nodes(vals, nodes, tap)
+    }
+
+    /// The latest node index at or before `cut` where a run may be split into
+    /// [`IntModel::run_range`] calls: no mask Add before it feeds a Softmax at or after it (the
+    /// Softmax's island mark is carried within one call).
+    pub fn cut_at_or_before(&self, mut cut: usize) -> usize {
+        while let Some(i) = self
+            .into_softmax
+            .iter()
+            .enumerate()
+            .find_map(|(i, j)| j.filter(|&j| i < cut && cut <= j).map(|_| i))
+        {
+            cut = i;
+        }
+        cut
+    }
+
     /// The first node that writes value `v` (a weight node writing its fused point, or the
     /// node whose output it is).
     pub fn first_writer(&self, v: ValueId) -> Option<usize> {

@@ -101,31 +101,46 @@ type Codes<'a> = (&'a [i8], QParams);
 /// Lanes of Σx² and, per approximation, of Σ(x − x̂)².
 type LanesN<const N: usize> = ([f64; 8], [[f64; 8]; N]);
 
-/// [`code_lanes`] in AVX-512 intrinsics: lane l of each vector is lane l of the plain loop,
-/// with the same operations (a product then a sum, no fused multiply-add), so the sums are
-/// bit-identical.
+/// [`code_lanes`] in AVX-512 intrinsics, 16 values per step as two vectors of eight f64
+/// lanes: lane l of each vector is lane l of the plain loop, with the same operations (a product
+/// then a sum, no fused multiply-add), so the sums are bit-identical. A code is dequantized as
+/// one f32 product scale · (c − z): the f64 product of `QParams::dequantize` is exact (a 24-bit
+/// scale times a code of at most 10 bits), so its rounding to f32 is this product's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
     use std::arch::x86_64::*;
     const L: usize = 8;
     let n = codes.iter().fold(reference.len(), |n, c| n.min(c.0.len()));
-    let body = n / L * L;
-    let scale = codes.map(|(_, q)| _mm512_set1_pd(q.scale as f64));
-    let zp = codes.map(|(_, q)| _mm256_set1_epi32(q.zero_point));
+    let body = n / (2 * L) * (2 * L);
+    let scale = codes.map(|(_, q)| _mm512_set1_ps(q.scale));
+    let zp = codes.map(|(_, q)| _mm512_set1_epi32(q.zero_point));
     let mut sig = _mm512_setzero_pd();
     let mut noi = [_mm512_setzero_pd(); N];
-    for i in (0..body).step_by(L) {
-        // SAFETY: i + 8 ≤ body ≤ the length of every slice.
-        let a = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(reference.as_ptr().add(i)) });
-        sig = _mm512_add_pd(sig, _mm512_mul_pd(a, a));
+    for i in (0..body).step_by(2 * L) {
+        // SAFETY: i + 16 ≤ body ≤ the length of every slice.
+        let x = unsafe { _mm512_loadu_ps(reference.as_ptr().add(i)) };
+        let halves = |v: __m512| {
+            let hi = _mm512_castsi512_ps(_mm512_shuffle_i64x2::<0b11_10_11_10>(
+                _mm512_castps_si512(v),
+                _mm512_castps_si512(v),
+            ));
+            (
+                _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                _mm512_cvtps_pd(_mm512_castps512_ps256(hi)),
+            )
+        };
+        let (a0, a1) = halves(x);
+        sig = _mm512_add_pd(sig, _mm512_mul_pd(a0, a0));
+        sig = _mm512_add_pd(sig, _mm512_mul_pd(a1, a1));
         for t in 0..N {
             // SAFETY: as above.
-            let c = unsafe { _mm_loadl_epi64(codes[t].0.as_ptr().add(i).cast()) };
-            let q = _mm256_sub_epi32(_mm256_cvtepi8_epi32(c), zp[t]);
-            let b = _mm512_mul_pd(scale[t], _mm512_cvtepi32_pd(q));
-            let d = _mm512_sub_pd(a, _mm512_cvtps_pd(_mm512_cvtpd_ps(b)));
-            noi[t] = _mm512_add_pd(noi[t], _mm512_mul_pd(d, d));
+            let c = unsafe { _mm_loadu_si128(codes[t].0.as_ptr().add(i).cast()) };
+            let q = _mm512_sub_epi32(_mm512_cvtepi8_epi32(c), zp[t]);
+            let (b0, b1) = halves(_mm512_mul_ps(scale[t], _mm512_cvtepi32_ps(q)));
+            let (d0, d1) = (_mm512_sub_pd(a0, b0), _mm512_sub_pd(a1, b1));
+            noi[t] = _mm512_add_pd(noi[t], _mm512_mul_pd(d0, d0));
+            noi[t] = _mm512_add_pd(noi[t], _mm512_mul_pd(d1, d1));
         }
     }
     let mut out: LanesN<N> = ([0f64; L], [[0f64; L]; N]);
@@ -136,13 +151,12 @@ unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]
             _mm512_storeu_pd(o.as_mut_ptr(), v);
         }
     }
-    let tail = code_lanes(&reference[body..n], codes.map(|(c, q)| (&c[body..n], q)));
-    for l in 0..L {
-        out.0[l] += tail.0[l];
-        for t in 0..N {
-            out.1[t][l] += tail.1[t][l];
-        }
-    }
+    // body is a multiple of 8: the tail continues each lane where the vectors left it.
+    add_code_lanes(
+        &mut out,
+        &reference[body..n],
+        codes.map(|(c, q)| (&c[body..n], q)),
+    );
     out
 }
 
@@ -150,18 +164,23 @@ unsafe fn code_lanes_avx512<const N: usize>(reference: &[f32], codes: [Codes; N]
 /// [`SqnrAcc::add`]'s order.
 #[inline(always)]
 fn code_lanes<const N: usize>(reference: &[f32], codes: [Codes; N]) -> LanesN<N> {
-    const L: usize = 8;
-    let mut out: LanesN<N> = ([0f64; L], [[0f64; L]; N]);
+    let mut out: LanesN<N> = ([0f64; 8], [[0f64; 8]; N]);
+    add_code_lanes(&mut out, reference, codes);
+    out
+}
+
+/// Adds value i of `reference` and `codes` to lane i mod 8 of `out`, in order.
+#[inline(always)]
+fn add_code_lanes<const N: usize>(out: &mut LanesN<N>, reference: &[f32], codes: [Codes; N]) {
     let n = codes.iter().fold(reference.len(), |n, c| n.min(c.0.len()));
     for (i, &x) in reference[..n].iter().enumerate() {
-        let (a, l) = (x as f64, i % L);
+        let (a, l) = (x as f64, i % 8);
         out.0[l] += a * a;
         for (o, (c, q)) in out.1.iter_mut().zip(codes) {
             let d = a - q.dequantize(c[i] as i32) as f64;
             o[l] += d * d;
         }
     }
-    out
 }
 
 /// SQNR in dB of `approx` against `reference`; `None` if they are equal.
@@ -233,7 +252,7 @@ mod tests {
         let range = crate::quant::ClipRange::new(-1.3, 0.4);
         let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
         let qp2 = QParams::from_range(range, 4, crate::quant::Scheme::Symmetric);
-        for len in [0, 5, 8, 1003] {
+        for len in [0, 5, 8, 15, 16, 17, 31, 40, 1003] {
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.027)
                 .collect();

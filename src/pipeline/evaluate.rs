@@ -6,14 +6,16 @@ use super::Cancel;
 use super::batch::fold_batches;
 use super::batch::{check_data, make_batch};
 use super::float_side::{FloatBatch, FloatCache, IsolatedKey, Keeper, float_batch, wanted_values};
+use super::resume::{BatchPrefix, Checkpoint, first_changed_node};
 use crate::config::QuantConfig;
 use crate::engine::IntModel;
+use crate::engine::float::Values;
 use crate::engine::int::Ran;
 use crate::engine::tensor::Tensor;
 use crate::error::Result;
 use crate::eval::accuracy::AccuracyCounts;
 use crate::eval::sqnr::SqnrAcc;
-use crate::model::{Dataset, Model, Op};
+use crate::model::{Dataset, Model, Op, ValueId};
 use crate::params::ModelParams;
 use std::collections::HashMap;
 
@@ -212,8 +214,16 @@ pub fn evaluate_with(
         _ => vec![None; wl.len()],
     };
     let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
+    let writers: Vec<Option<usize>> = wl
+        .iter()
+        .map(|&i| int.first_writer(model.point_value(i)))
+        .collect();
+    let (from, take) = match reuse {
+        Some(c) if has_float => resume_plan(model, &int, (params, limit), c, (&writers, &skip)),
+        _ => (None, 0),
+    };
     let keeper = Keeper::default();
-    let (mut total, mut kept) = (zero(), Vec::new());
+    let (mut total, mut kept, mut prefixes) = (zero(), Vec::new(), Vec::new());
     fold_batches(
         data.n,
         |s, e| {
@@ -230,12 +240,27 @@ pub fn evaluate_with(
             let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
             let mut ev = zero();
             let run = (&int, &skip[..]);
-            eval_batch(model, params, run, data, (s, e), inputs, fb, &mut ev)?;
-            Ok((ev, own.filter(|b| filling && keeper.admit(b))))
+            let cuts = BatchCuts {
+                from: from.map(|c| (c.cut, &c.batches[s / super::BATCH])),
+                take,
+                writers: &writers,
+            };
+            let prefix = eval_batch(
+                model,
+                params,
+                run,
+                data,
+                (s, e),
+                (inputs, cuts),
+                fb,
+                &mut ev,
+            )?;
+            Ok((ev, own.filter(|b| filling && keeper.admit(b)), prefix))
         },
-        |(ev, keep)| {
+        |(ev, keep, prefix)| {
             total = std::mem::take(&mut total).merge(ev);
             kept.push(keep);
+            prefixes.push(prefix);
         },
     )?;
     for (j, acc) in known.into_iter().enumerate() {
@@ -250,9 +275,41 @@ pub fn evaluate_with(
         if let (Some(c), Some(keys)) = (slot, keys) {
             let sums = total.isolated.iter().copied();
             c.isolated = keys.into_iter().zip(sums).map(Some).collect();
+            c.checkpoint = Some(Checkpoint::new(params.clone(), limit, take, prefixes));
         }
     }
     Ok(total)
+}
+
+/// Where this evaluation's integer runs start and which cut it keeps for the next one, given
+/// the cache `c` of the float side: it resumes from the cache's checkpoint when every node
+/// before the checkpoint's cut computes what it did then and every weight layer whose point
+/// those nodes write keeps its isolated sums (`writers`, `skip`); it keeps the cut at the first
+/// node this evaluation's change touches (the next change is likely there again).
+fn resume_plan<'c>(
+    model: &Model,
+    int: &IntModel,
+    (params, limit): (&ModelParams, usize),
+    c: &'c FloatCache,
+    (writers, skip): (&[Option<usize>], &[bool]),
+) -> (Option<&'c Checkpoint>, usize) {
+    let Some(prev) = &c.checkpoint else {
+        return (None, 0);
+    };
+    let n = model.layers.len();
+    let changed = if prev.limit == limit {
+        first_changed_node(model, &prev.params, params)
+    } else {
+        0
+    };
+    let cut = int.cut_at_or_before(changed.min(n));
+    let known_before = |cut: usize| {
+        let before = |w: &Option<usize>| w.is_some_and(|w| w < cut);
+        writers.iter().zip(skip).all(|(w, &k)| k || !before(w))
+    };
+    let from = (prev.cut > 0 && prev.cut <= cut && known_before(prev.cut)).then_some(prev);
+    let take = if changed >= n { prev.cut } else { cut };
+    (from, take)
 }
 
 /// Per weight layer, the isolated sums `cache` holds for the same key: that layer is not run
@@ -278,9 +335,73 @@ fn isolated_keys(model: &Model, params: &ModelParams) -> Vec<IsolatedKey> {
         .collect()
 }
 
-/// One batch of [`evaluate`]: the integer engine on `inputs`, compared with the float side
-/// `fb` (`None` without float weights); weight layers marked in `skip` are not run alone (their
-/// isolated sums are known).
+/// Where one batch's integer run starts and where it stops to leave a checkpoint.
+struct BatchCuts<'a> {
+    /// Resume at this node from this batch's prefix (`None`: run from the inputs).
+    from: Option<(usize, &'a BatchPrefix)>,
+    /// Keep the run before this node (0: keep nothing).
+    take: usize,
+    /// Per weight layer: the node that writes its quantization point.
+    writers: &'a [Option<usize>],
+}
+
+/// What the integer run's taps collect on one batch besides the [`Evaluation`] sums.
+struct Taps<'a> {
+    model: &'a Model,
+    int: &'a IntModel<'a>,
+    params: &'a ModelParams,
+    /// The float side's values (empty without float weights).
+    float_vals: &'a HashMap<ValueId, Tensor>,
+    has_float: bool,
+    /// (point value, weight-layer position) of every weight layer.
+    point_to_layer: Vec<(ValueId, usize)>,
+    /// Shapes of the values computed so far (a MatMul's reduction length is its first input's
+    /// last axis).
+    shapes: HashMap<ValueId, Vec<usize>>,
+    /// Each layer's output in the run, compared with its float value after the run together
+    /// with its isolated output (both against the same float tensor, read once).
+    in_run: Vec<Option<Tensor>>,
+}
+
+impl Taps<'_> {
+    /// Node `i` wrote `t` to value `v`, having run as `ran`.
+    fn see(&mut self, ev: &mut Evaluation, i: usize, v: ValueId, t: &Tensor, ran: Ran) {
+        let model = self.model;
+        ev.islands[i] |= ran.island();
+        let first_in = model.layers[i]
+            .data_input()
+            .and_then(|d| self.shapes.get(&d));
+        let macs = node_macs(model, i, first_in.map_or(&[][..], |s| s), t);
+        if self.int.is_gemm(i) || ran == Ran::Int {
+            ev.macs.0 += macs
+        } else {
+            ev.macs.1 += macs
+        }
+        self.shapes.insert(model.layers[i].output, t.shape.clone());
+        self.shapes.insert(v, t.shape.clone());
+        if !self.has_float {
+            return;
+        }
+        for &(pv, j) in &self.point_to_layer {
+            let integer = self.params.layers[j].weight.is_some();
+            if pv == v
+                && integer
+                && let Some(f) = self.float_vals.get(&v).and_then(|f| f.as_f32())
+            {
+                if f.len() == t.len() {
+                    self.in_run[j] = Some(t.clone());
+                } else {
+                    add_value(&mut ev.act[j], f, t);
+                }
+            }
+        }
+    }
+}
+
+/// One batch of [`evaluate`]: the integer engine on `inputs` (or resumed as `cuts` says),
+/// compared with the float side `fb` (`None` without float weights); weight layers marked in
+/// `skip` are not run alone (their isolated sums are known). Returns the run before
+/// `cuts.take` when that is set.
 #[allow(clippy::too_many_arguments)]
 fn eval_batch(
     model: &Model,
@@ -288,62 +409,60 @@ fn eval_batch(
     (int, skip): (&IntModel, &[bool]),
     data: &Dataset,
     (s, e): (usize, usize),
-    inputs: Vec<Tensor>,
+    (inputs, cuts): (Vec<Tensor>, BatchCuts),
     fb: Option<&FloatBatch>,
     ev: &mut Evaluation,
-) -> Result<()> {
+) -> Result<Option<BatchPrefix>> {
     let n = e - s;
     let wl = model.weight_layers();
     let has_float = fb.is_some();
     let empty = HashMap::new();
     let float_vals = fb.map_or(&empty, |b| &b.values);
     let float_out = fb.map(|b| &b.outputs);
-    let point_to_layer: Vec<(usize, usize)> = wl
-        .iter()
-        .enumerate()
-        .map(|(j, &i)| (model.point_value(i), j))
-        .collect();
-    // Shapes of the values computed so far (a MatMul's reduction length is its first input's
-    // last axis).
-    let mut shapes: HashMap<usize, Vec<usize>> = model
-        .inputs
-        .iter()
-        .zip(&inputs)
-        .map(|(gi, t)| (gi.value, t.shape.clone()))
-        .collect();
-    // Each layer's output in the whole run, compared with its float value after the run,
-    // together with its isolated output (both against the same float tensor, read once).
-    let mut in_run: Vec<Option<Tensor>> = vec![None; wl.len()];
-    let quant_out = int.forward(inputs, |i, v, t, ran| {
-        ev.islands[i] |= ran.island();
-        let first_in = model.layers[i].data_input().and_then(|d| shapes.get(&d));
-        let macs = node_macs(model, i, first_in.map_or(&[][..], |s| s), t);
-        if int.is_gemm(i) || ran == Ran::Int {
-            ev.macs.0 += macs
-        } else {
-            ev.macs.1 += macs
-        }
-        shapes.insert(model.layers[i].output, t.shape.clone());
-        shapes.insert(v, t.shape.clone());
-        if !has_float {
-            return;
-        }
-        for &(pv, j) in &point_to_layer {
-            let integer = params.layers[j].weight.is_some();
-            if pv == v
-                && integer
-                && let Some(f) = float_vals.get(&v).and_then(|f| f.as_f32())
-            {
-                if f.len() == t.len() {
-                    in_run[j] = Some(t.clone());
-                } else {
-                    add_value(&mut ev.act[j], f, t);
-                }
+    let mut taps = Taps {
+        model,
+        int,
+        params,
+        float_vals,
+        has_float,
+        point_to_layer: wl
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| (model.point_value(i), j))
+            .collect(),
+        shapes: HashMap::new(),
+        in_run: vec![None; wl.len()],
+    };
+    let (start, mut vals) = match cuts.from {
+        Some((cut, p)) => {
+            ev.macs = p.macs;
+            ev.islands.clone_from(&p.islands);
+            for (j, acc) in &p.act {
+                ev.act[*j] = *acc;
             }
+            let live = p.values.iter().map(|(v, t)| (*v, t.shape.clone()));
+            taps.shapes.extend(live);
+            (cut, Values::with_owned(model, &p.values))
         }
+        None => {
+            let graph_in = model.inputs.iter().zip(&inputs);
+            taps.shapes
+                .extend(graph_in.map(|(gi, t)| (gi.value, t.shape.clone())));
+            (0, int.forward_prefix(inputs, 0)?)
+        }
+    };
+    let take = cuts.take.max(start);
+    int.run_range(&mut vals, start..take, &mut |i, v, t, r| {
+        taps.see(ev, i, v, t, r)
     })?;
+    let at_cut = (take > 0).then(|| (vals.owned_values(), ev.macs, ev.islands.clone()));
+    let quant_out = int.forward_resume(vals, take, |i, v, t, r| taps.see(ev, i, v, t, r))?;
+    let before = |j: usize, cut: usize| cuts.writers[j].is_some_and(|w| w < cut);
     if has_float {
         for (j, &i) in wl.iter().enumerate() {
+            if before(j, start) {
+                continue; // its sums came with the prefix
+            }
             let x = model.layers[i]
                 .data_input()
                 .and_then(|d| float_vals.get(&d));
@@ -351,7 +470,7 @@ fn eval_batch(
                 .get(&model.point_value(i))
                 .and_then(|t| t.as_f32());
             let Some(want) = want else { continue };
-            let run = in_run[j].take();
+            let run = taps.in_run[j].take();
             // A layer fed straight by a graph input quantized with the layer's own input
             // qparams gives the same codes alone as in the whole run.
             let computed;
@@ -389,5 +508,13 @@ fn eval_batch(
         saved.0.push(fv.unwrap_or_default());
         saved.1.push(qv);
     }
-    Ok(())
+    Ok(at_cut.map(|(values, macs, islands)| BatchPrefix {
+        values,
+        macs,
+        islands,
+        act: (0..wl.len())
+            .filter(|&j| before(j, take))
+            .map(|j| (j, ev.act[j]))
+            .collect(),
+    }))
 }

@@ -90,6 +90,9 @@ pub struct FloatCache {
     /// Per weight layer: the isolated SQNR sums of the last evaluation on this float side and
     /// what they were computed for, so a layer whose key is unchanged is not run alone again.
     pub isolated: Vec<Option<(IsolatedKey, SqnrAcc)>>,
+    /// The last evaluation's integer run before the node its change began at, to resume the
+    /// next evaluation from there.
+    pub checkpoint: Option<super::resume::Checkpoint>,
 }
 
 /// Collects batches while their total stays within [`FLOAT_CACHE_BYTES`]; past it, keeps
@@ -125,6 +128,7 @@ impl Keeper {
             samples,
             batches,
             isolated: Vec::new(),
+            checkpoint: None,
         })
     }
 }

@@ -79,6 +79,7 @@ pub mod high_bias;
 pub mod layerwise;
 pub mod mixed;
 mod report;
+pub mod resume;
 pub mod smoothquant;
 
 pub use batch::{batches, check_data, make_batch};
@@ -441,6 +442,15 @@ impl Session {
             eval,
             cache: None,
             floats: None,
+        }
+    }
+
+    /// The node the next evaluation can resume its integer run from (0: from the input): where
+    /// the last change began to matter, while the run before it is kept.
+    pub fn resume_node(&self) -> usize {
+        match &self.floats {
+            Some((_, Some(c))) => c.checkpoint.as_ref().map_or(0, |k| k.cut),
+            _ => 0,
         }
     }
 

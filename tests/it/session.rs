@@ -112,3 +112,124 @@ fn a_session_measures_the_float_model_again_when_cle_changes_it_and_shares_it_be
     ];
     check("mnist-mlp", &base, &changed);
 }
+
+/// A session on `model` runs `steps` in turn; each report must equal a fresh run's. Before a
+/// step marked `true` the session must hold a kept run to resume from.
+fn check_resumed(
+    model: qscope::Model,
+    data: (qscope::Dataset, qscope::Dataset),
+    base: &QuantConfig,
+    steps: &[(QuantConfig, bool)],
+) {
+    let (calib, test) = data;
+    let mut session = Session::new(model.clone(), calib.clone(), test.clone());
+    session.run(base, &Cancel::new()).unwrap();
+    assert_eq!(session.resume_node(), 0, "nothing changed yet");
+    for (k, (c, resumes)) in steps.iter().enumerate() {
+        let from = session.resume_node();
+        let got = session.run(c, &Cancel::new()).unwrap().report;
+        let fresh = run(&model, &calib, &test, c, &Cancel::new())
+            .unwrap()
+            .report;
+        assert_eq!(figures(&got), figures(&fresh), "step {k}: {c:?}");
+        if *resumes {
+            assert!(from > 0, "step {k} resumes from a kept node");
+        }
+    }
+}
+
+/// `base` with one weight layer's overrides.
+fn with_layer(
+    base: &QuantConfig,
+    model: &qscope::Model,
+    j: usize,
+    o: qscope::config::LayerOverride,
+) -> QuantConfig {
+    let mut c = base.clone();
+    let name = model.layers[model.weight_layers()[j]].name.clone();
+    c.layers.insert(name, o);
+    c
+}
+
+fn bits(b: u8) -> qscope::config::LayerOverride {
+    qscope::config::LayerOverride {
+        act_bits: Some(b),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_session_resumed_from_the_changed_layer_reports_what_a_fresh_run_reports() {
+    // The ResNet: a residual branch's values cross every cut inside a block. Its classifier
+    // stays float, so the integer share of multiply-adds counts the kept nodes' too.
+    let model = bundled::model("mnist-resnet").unwrap();
+    let data = (bundled::calib().take(300), bundled::test().take(400));
+    let base = QuantConfig {
+        keep_float: vec!["/fc/Gemm".into()],
+        ..Default::default()
+    };
+    let (mid, late, early) = (5, 7, 1);
+    let kl = qscope::config::LayerOverride {
+        act_strategy: Some(Strategy::Kl),
+        ..Default::default()
+    };
+    let layer = |j, o| with_layer(&base, &model, j, o);
+    let steps = [
+        // The change starts at the middle layer: a full run keeps the run before it.
+        (layer(mid, bits(6)), false),
+        // The same layer again, and a later one: both resume from it.
+        (layer(mid, kl), true),
+        (layer(late, bits(5)), true),
+        // Back to the base (the late layer changes back): resumes.
+        (base.clone(), true),
+        // An earlier layer: the kept run no longer holds.
+        (layer(early, bits(6)), false),
+        (layer(early, bits(5)), true),
+        // New weights: everything runs again.
+        (
+            QuantConfig {
+                weight_bits: 6,
+                ..base.clone()
+            },
+            false,
+        ),
+    ];
+    check_resumed(model, data, &base, &steps);
+}
+
+#[test]
+fn a_session_resumed_inside_a_transformer_reports_what_a_fresh_run_reports() {
+    // The BERT fixture: MatMuls (whose multiply-adds read their input's shape), Softmax islands
+    // fed by mask Adds, LayerNorm islands.
+    let fixture = |p: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    let model =
+        qscope::model::load_model(&fixture("tests/fixtures/onnx/bert_ts.onnx"), None).unwrap();
+    let d =
+        qscope::model::load_dataset(&fixture("tests/fixtures/onnx/bert_data.safetensors")).unwrap();
+    // The last linear stays float, so the integer share of multiply-adds counts the
+    // MatMuls' too.
+    let base = QuantConfig {
+        keep_float: vec!["/bert/encoder/layer.1/output/dense/MatMul".into()],
+        ..Default::default()
+    };
+    let mid = model.weight_layers().len() / 2;
+    let layer = |j, o| with_layer(&base, &model, j, o);
+    // The second block's Softmax output: a point its Softmax writes, fed by a mask Add whose
+    // island mark a resumed run must not lose.
+    let softmax = |b: u8| {
+        let mut c = base.clone();
+        let name = "/bert/encoder/layer.1/attention/self/Softmax_output_0";
+        c.layers.insert(name.into(), bits(b));
+        c
+    };
+    let steps = [
+        (layer(mid, bits(6)), false),
+        (layer(mid, bits(5)), true),
+        // The second block's key: its query is live at the cut, read by a MatMul after it.
+        (layer(mid + 2, bits(6)), true),
+        (softmax(6), true),
+        (softmax(5), true),
+        (base.clone(), true),
+    ];
+    check_resumed(model.clone(), (d.take(100), d.take(60)), &base, &steps);
+}
