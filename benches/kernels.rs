@@ -10,6 +10,11 @@
 //! and alone, both as codes, against one float reference: what an evaluation does per layer)
 //! and `sqnr_reals` (the same sums over one approximation already in f32).
 //!
+//! The float engine's 3×3 stride-1 conv on the ResNet's first block (64 images of 16×28×28, 16
+//! outputs, pad 1): `f32_conv3x3_winograd` (F(2×2, 3×3), what the engine runs there) beside
+//! `f32_conv3x3_direct` (the padded-image kernel it replaced); throughput in multiply-adds of
+//! the direct conv.
+//!
 //! `cargo bench --bench qscope -- kernels`
 
 use std::hint::black_box;
@@ -82,6 +87,7 @@ pub fn kernels(c: &mut Criterion) {
         }
     }
     residual_add(&mut g);
+    conv3x3_f32(&mut g);
     g.finish();
 }
 
@@ -147,5 +153,34 @@ fn sqnr_sums(
             acc.add(black_box(x), y);
             acc
         })
+    });
+}
+
+/// The 3×3 conv rows (AVX-512 only: the engine takes neither kernel elsewhere).
+fn conv3x3_f32(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
+    use qscope::engine::conv_f32::conv_f32_padded;
+    use qscope::engine::conv_f32_winograd::{applies, conv_f32_winograd};
+    use qscope::engine::im2col::ConvGeom;
+    let (n, c, o) = (64, 16, 16);
+    let geom = ConvGeom::new(&[c, 28, 28], (3, 3), (1, 1), (1, 1));
+    if !applies(&geom, o) {
+        return;
+    }
+    let xs: Vec<f32> = data(n * c * 28 * 28, 5)
+        .iter()
+        .map(|&v| v as f32 / 64.0)
+        .collect();
+    let w: Vec<f32> = data(o * c * 9, 6)
+        .iter()
+        .map(|&v| v as f32 / 512.0)
+        .collect();
+    let bias = vec![0.1f32; o];
+    g.throughput(Throughput::Elements((n * o * 28 * 28 * c * 9) as u64));
+    let name = "resnet_block_64x16x28x28";
+    g.bench_function(BenchmarkId::new("f32_conv3x3_winograd", name), |bch| {
+        bch.iter(|| conv_f32_winograd(black_box(&xs), n, &geom, &w, &bias))
+    });
+    g.bench_function(BenchmarkId::new("f32_conv3x3_direct", name), |bch| {
+        bch.iter(|| conv_f32_padded(black_box(&xs), n, &geom, &w, &bias))
     });
 }

@@ -12,11 +12,11 @@
 use super::im2col::{ConvGeom, copy_short};
 
 /// Output channels per tile.
-const MR: usize = 8;
+pub(super) const MR: usize = 8;
 /// Vectors of 16 pixels per tile.
 const NV: usize = 2;
 /// Pixels per tile.
-const NR: usize = 16 * NV;
+pub(super) const NR: usize = 16 * NV;
 
 /// Whether this CPU runs the padded-image kernels (AVX-512F; detected once).
 pub fn applies_any_stride() -> bool {
@@ -273,7 +273,7 @@ pub(super) fn pack(w: &[f32], (o, k): (usize, usize), block: usize) -> Vec<f32> 
 /// `out` writable for `rows` rows of `lanes` values at stride `ld`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     img: *const f32,
     offsets: &[usize],
     (w, bias): (&[f32], &[f32; MR]),
@@ -310,7 +310,7 @@ unsafe fn tile(
 
 /// Not built off x86-64: [`applies`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     _: *const f32,
     _: &[usize],
     _: (&[f32], &[f32; MR]),

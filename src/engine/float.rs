@@ -157,9 +157,14 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             }
             // Pixels in the lanes at stride 1, unless the output channels fill whole tiles of
             // the channels-in-lanes kernel and the taps are enough to pay for transposing its
-            // output (it then wastes no lanes on padded columns).
+            // output (it then wastes no lanes on padded columns). There, a 3×3 kernel over
+            // enough channels takes Winograd's transforms (16 multiply-adds for 36).
             if super::conv_f32::applies(&g) && (o % 32 != 0 || ci * kh * kw < 128) {
-                let y = super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias);
+                let y = if super::conv_f32_winograd::applies(&g, o) {
+                    super::conv_f32_winograd::conv_f32_winograd(xs, n, &g, wts, bias)
+                } else {
+                    super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias)
+                };
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
             if super::conv_f32::applies_any_stride() {

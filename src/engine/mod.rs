@@ -3,6 +3,7 @@
 pub mod conv;
 pub mod conv_f32;
 pub mod conv_f32_strided;
+pub mod conv_f32_winograd;
 pub mod embedding;
 pub mod float;
 pub mod im2col;
