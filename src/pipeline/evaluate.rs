@@ -364,6 +364,40 @@ struct Taps<'a> {
 }
 
 impl Taps<'_> {
+    /// After the run: each weight layer's output in the run and alone, against its float value
+    /// (one pass over it), except the layers whose sums came with a resumed prefix (`kept`);
+    /// layers marked in `skip` are not run alone (their isolated sums are known).
+    fn compare_layers(&mut self, ev: &mut Evaluation, skip: &[bool], kept: impl Fn(usize) -> bool) {
+        let (model, int) = (self.model, self.int);
+        for (j, &i) in model.weight_layers().iter().enumerate() {
+            if kept(j) {
+                continue;
+            }
+            let x = model.layers[i]
+                .data_input()
+                .and_then(|d| self.float_vals.get(&d));
+            let want = self
+                .float_vals
+                .get(&model.point_value(i))
+                .and_then(|t| t.as_f32());
+            let Some(want) = want else { continue };
+            let run = self.in_run[j].take();
+            // A layer fed straight by a graph input quantized with the layer's own input
+            // qparams gives the same codes alone as in the whole run.
+            let computed;
+            let alone = match &run {
+                _ if skip[j] => None,
+                Some(t) if int.isolated_is_in_run(i) => Some(t),
+                _ => {
+                    computed = x.and_then(|x| int.run_isolated_codes(i, x));
+                    computed.as_ref()
+                }
+            };
+            let (act, iso) = (&mut ev.act[j], &mut ev.isolated[j]);
+            add_pair(act, iso, want, run.as_ref(), alone);
+        }
+    }
+
     /// Node `i` wrote `t` to value `v`, having run as `ran`.
     fn see(&mut self, ev: &mut Evaluation, i: usize, v: ValueId, t: &Tensor, ran: Ran) {
         let model = self.model;
@@ -459,37 +493,7 @@ fn eval_batch(
     let quant_out = int.forward_resume(vals, take, |i, v, t, r| taps.see(ev, i, v, t, r))?;
     let before = |j: usize, cut: usize| cuts.writers[j].is_some_and(|w| w < cut);
     if has_float {
-        for (j, &i) in wl.iter().enumerate() {
-            if before(j, start) {
-                continue; // its sums came with the prefix
-            }
-            let x = model.layers[i]
-                .data_input()
-                .and_then(|d| float_vals.get(&d));
-            let want = float_vals
-                .get(&model.point_value(i))
-                .and_then(|t| t.as_f32());
-            let Some(want) = want else { continue };
-            let run = taps.in_run[j].take();
-            // A layer fed straight by a graph input quantized with the layer's own input
-            // qparams gives the same codes alone as in the whole run.
-            let computed;
-            let alone = match &run {
-                _ if skip[j] => None,
-                Some(t) if int.isolated_is_in_run(i) => Some(t),
-                _ => {
-                    computed = x.and_then(|x| int.run_isolated_codes(i, x));
-                    computed.as_ref()
-                }
-            };
-            add_pair(
-                &mut ev.act[j],
-                &mut ev.isolated[j],
-                want,
-                run.as_ref(),
-                alone,
-            );
-        }
+        taps.compare_layers(ev, skip, |j| before(j, start));
     }
     let q = &quant_out[0];
     let qv = q.to_f32_vec();
