@@ -396,9 +396,24 @@ pub fn forward(
     limit: usize,
     mut tap: impl FnMut(usize, &Tensor),
 ) -> Result<Vec<Tensor>> {
-    let last = last_uses(model);
     let mut vals = Values::new(model, inputs);
-    for (i, layer) in model.layers.iter().enumerate() {
+    run_range(model, &mut vals, 0..model.layers.len(), limit, &mut tap)?;
+    outputs(model, vals)
+}
+
+/// Runs nodes `nodes` (in order) on `vals`, which holds every value they read that an earlier
+/// node wrote (a table from [`Values::new`] for nodes from 0, or one left by a run that
+/// stopped at `nodes.start`); `tap(i, out)` sees each node's output.
+pub fn run_range(
+    model: &Model,
+    vals: &mut Values,
+    nodes: std::ops::Range<usize>,
+    limit: usize,
+    tap: &mut dyn FnMut(usize, &Tensor),
+) -> Result<()> {
+    let last = last_uses(model);
+    for i in nodes {
+        let layer = &model.layers[i];
         // A Relu/Clip that is its input's last reader works on it in place.
         if matches!(layer.op, Op::Relu | Op::Clip { .. })
             && let Some(mut x) = vals.take_last_sole(layer, &last, i)
@@ -419,6 +434,11 @@ pub fn forward(
         vals.set(layer.output, y);
         vals.free_after(model, &last, i);
     }
+    Ok(())
+}
+
+/// The graph outputs of a finished run's table.
+pub fn outputs(model: &Model, mut vals: Values) -> Result<Vec<Tensor>> {
     model
         .outputs
         .iter()

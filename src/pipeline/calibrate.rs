@@ -85,6 +85,37 @@ pub fn calibrate(
     data: &Dataset,
     cancel: &Cancel,
 ) -> Result<Calibration> {
+    Ok(calibrate_from(model, config, weights, data, None, cancel)?.0)
+}
+
+/// Bytes of float values a [`CalibCheckpoint`] keeps at most.
+pub const CALIB_CHECKPOINT_BYTES: usize = 256 << 20;
+
+/// A calibration's weights and, when `cut > 0`, its float run over the calibration set just
+/// before node `cut`: a later calibration whose weights differ only from there on runs only
+/// from there, and keeps the histograms of the points written before.
+#[derive(Debug, Clone)]
+pub struct CalibCheckpoint {
+    /// The quantized weights the run used.
+    pub weights: Vec<Option<WeightQuant>>,
+    /// Nodes `0..cut` are kept as run (0: nothing kept).
+    pub cut: usize,
+    /// Per calibration batch, in order, the values live at the cut.
+    pub batches: Vec<Vec<(ValueId, Tensor)>>,
+}
+
+/// [`calibrate`], resumed from `prev` (an earlier calibration of the same model and points, and
+/// its checkpoint) when the weights of every layer before the checkpoint's cut are the same;
+/// returns the histograms (the same as a full calibration's) and the checkpoint to keep, cut
+/// at the first layer whose weights differ from `prev`'s.
+pub fn calibrate_from(
+    model: &Model,
+    config: &QuantConfig,
+    weights: &[Option<WeightQuant>],
+    data: &Dataset,
+    prev: Option<(&Calibration, &CalibCheckpoint)>,
+    cancel: &Cancel,
+) -> Result<(Calibration, CalibCheckpoint)> {
     if data.n == 0 {
         return Err(Error::data(&data.label, "the calibration set is empty"));
     }
@@ -92,6 +123,10 @@ pub fn calibrate(
     super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
     let qmodel = with_quantized_weights(model, weights);
     let points = Points::find(model, |n| config.is_float(n));
+    let prev = prev.filter(|(c, k)| {
+        c.points == points && c.samples == data.n && k.weights.len() == weights.len()
+    });
+    let (from, take) = calib_cuts(model, weights, prev.map(|p| p.1));
     let entry_values: Vec<ValueId> = points.entries.iter().map(|e| e.value).collect();
     let layer_values: Vec<ValueId> = model
         .weight_layers()
@@ -105,39 +140,170 @@ pub fn calibrate(
             vec![Histogram::new(); layer_values.len()],
         )
     };
-    let (entries, outputs) = batches(data.n)
+    let kept = std::sync::Mutex::new(vec![None; batches(data.n).len()]);
+    let (mut entries, mut outputs) = batches(data.n)
         .into_par_iter()
-        .map(|(s, e)| -> Result<(Vec<Histogram>, Vec<Histogram>)> {
+        .enumerate()
+        .map(|(b, (s, e))| -> Result<(Vec<Histogram>, Vec<Histogram>)> {
             cancel.check()?;
-            let inputs = make_batch(model, data, s, e)?;
-            check_finite(model, data, s, &inputs)?;
-            let (mut hin, mut hout) = empty();
-            for (gi, t) in model.inputs.iter().zip(&inputs) {
-                observe(gi.value, t, &entry_values, &mut hin);
+            let run = BatchRun {
+                model,
+                qmodel: &qmodel,
+                data,
+                values: (&entry_values, &layer_values),
+                limit,
+            };
+            let from = from.map(|k| (k.cut, &k.batches[b][..]));
+            let (hists, keep) = run.batch((s, e), from, take, empty())?;
+            if let Some(keep) = keep {
+                kept.lock().expect("no panics while held")[b] = Some(keep);
             }
-            let mut overflow = None;
-            float::forward(&qmodel, inputs, limit, |li, out| {
-                note_overflow(&mut overflow, li, out);
-                let v = model.layers[li].output;
-                observe(v, out, &entry_values, &mut hin);
-                observe(v, out, &layer_values, &mut hout);
-            })?;
-            if let Some(li) = overflow {
-                return Err(float_overflow(model, data, s, &model.layers[li].name));
-            }
-            Ok((hin, hout))
+            Ok(hists)
         })
         .try_reduce(empty, |(mut a, mut ao), (b, bo)| {
             a.iter_mut().zip(&b).for_each(|(x, y)| x.merge(y));
             ao.iter_mut().zip(&bo).for_each(|(x, y)| x.merge(y));
             Ok((a, ao))
         })?;
-    Ok(Calibration {
+    if let (Some(k), Some((pc, _))) = (from, prev) {
+        let values = (&entry_values[..], &layer_values[..]);
+        keep_prefix_histograms(model, k.cut, (&mut entries, &mut outputs), values, pc);
+    }
+    let kept = kept.into_inner().expect("no panics while held");
+    let checkpoint = calib_checkpoint(weights, take, kept);
+    let calibration = Calibration {
         points,
         entries,
         outputs,
         samples: data.n,
-    })
+    };
+    Ok((calibration, checkpoint))
+}
+
+/// One calibration batch's run: the model, the same with quantized weights, the data, the
+/// entry and layer point values observed, the element limit.
+struct BatchRun<'a> {
+    model: &'a Model,
+    qmodel: &'a Model,
+    data: &'a Dataset,
+    values: (&'a [ValueId], &'a [ValueId]),
+    limit: usize,
+}
+
+/// A batch's (entry, layer-point) histograms, and its values live at the kept cut.
+type BatchHists = (
+    (Vec<Histogram>, Vec<Histogram>),
+    Option<Vec<(ValueId, Tensor)>>,
+);
+
+impl BatchRun<'_> {
+    /// Runs samples `s..e` into the empty histograms `hists`: from the inputs, or from the node
+    /// and values `from` of a checkpoint; keeps the values live at node `take` (when > 0).
+    fn batch(
+        &self,
+        (s, e): (usize, usize),
+        from: Option<(usize, &[(ValueId, Tensor)])>,
+        take: usize,
+        (mut hin, mut hout): (Vec<Histogram>, Vec<Histogram>),
+    ) -> Result<BatchHists> {
+        let (model, (entry_values, layer_values)) = (self.model, self.values);
+        let (start, mut vals) = match from {
+            Some((cut, values)) => (cut, float::Values::with_owned(self.qmodel, values)),
+            None => {
+                let inputs = make_batch(model, self.data, s, e)?;
+                check_finite(model, self.data, s, &inputs)?;
+                for (gi, t) in model.inputs.iter().zip(&inputs) {
+                    observe(gi.value, t, entry_values, &mut hin);
+                }
+                (0, float::Values::new(self.qmodel, inputs))
+            }
+        };
+        let mut overflow = None;
+        let mut tap = |li: usize, out: &Tensor| {
+            note_overflow(&mut overflow, li, out);
+            let v = model.layers[li].output;
+            observe(v, out, entry_values, &mut hin);
+            observe(v, out, layer_values, &mut hout);
+        };
+        let (take, n) = (take.max(start), model.layers.len());
+        float::run_range(self.qmodel, &mut vals, start..take, self.limit, &mut tap)?;
+        let keep = (take > 0).then(|| vals.owned_values());
+        float::run_range(self.qmodel, &mut vals, take..n, self.limit, &mut tap)?;
+        if let Some(li) = overflow {
+            return Err(float_overflow(model, self.data, s, &model.layers[li].name));
+        }
+        Ok(((hin, hout), keep))
+    }
+}
+
+/// The histograms of the points written before node `cut` (and of graph inputs) taken from
+/// `prev`: a run resumed at `cut` saw the same values there, and did not observe them.
+fn keep_prefix_histograms(
+    model: &Model,
+    cut: usize,
+    (entries, outputs): (&mut [Histogram], &mut [Histogram]),
+    (entry_values, layer_values): (&[ValueId], &[ValueId]),
+    prev: &Calibration,
+) {
+    let before = |v: ValueId| writer(model, v).is_none_or(|w| w < cut);
+    let pairs = [
+        (entries, entry_values, &prev.entries),
+        (outputs, layer_values, &prev.outputs),
+    ];
+    for (hists, values, old) in pairs {
+        for ((h, &v), o) in hists.iter_mut().zip(values).zip(old) {
+            if before(v) {
+                h.clone_from(o);
+            }
+        }
+    }
+}
+
+/// The node whose output is `v` (`None` for a graph input).
+fn writer(model: &Model, v: ValueId) -> Option<usize> {
+    model.layers.iter().position(|l| l.output == v)
+}
+
+/// The checkpoint a calibration resumes from (`prev`'s, when every layer before its cut has
+/// the same weights) and the cut it keeps: the first weight layer whose weights differ from
+/// `prev`'s (`prev`'s own cut when none does; 0 without `prev`).
+fn calib_cuts<'a>(
+    model: &Model,
+    weights: &[Option<WeightQuant>],
+    prev: Option<&'a CalibCheckpoint>,
+) -> (Option<&'a CalibCheckpoint>, usize) {
+    let Some(prev) = prev else {
+        return (None, 0);
+    };
+    let wl = model.weight_layers();
+    let changed = wl
+        .iter()
+        .zip(weights.iter().zip(&prev.weights))
+        .find(|(_, (a, b))| a != b)
+        .map(|(&i, _)| i);
+    let from = (prev.cut > 0 && changed.is_none_or(|c| prev.cut <= c)).then_some(prev);
+    (from, changed.unwrap_or(prev.cut))
+}
+
+/// The checkpoint of a calibration with `weights` cut at `cut`, keeping the batches' values
+/// unless one is missing or they hold more than [`CALIB_CHECKPOINT_BYTES`].
+fn calib_checkpoint(
+    weights: &[Option<WeightQuant>],
+    cut: usize,
+    kept: Vec<Option<Vec<(ValueId, Tensor)>>>,
+) -> CalibCheckpoint {
+    let batches: Option<Vec<_>> = kept.into_iter().collect();
+    let bytes = |b: &Vec<Vec<(ValueId, Tensor)>>| -> usize {
+        b.iter().flatten().map(|(_, t)| t.bytes()).sum()
+    };
+    let batches = batches
+        .filter(|b| cut > 0 && bytes(b) <= CALIB_CHECKPOINT_BYTES)
+        .unwrap_or_default();
+    CalibCheckpoint {
+        weights: weights.to_vec(),
+        cut: if batches.is_empty() { 0 } else { cut },
+        batches,
+    }
 }
 
 /// The error for a float model whose activations overflow f32 on a batch starting at `start`.

@@ -165,11 +165,21 @@ fn run_cached(
         cancel.check()?;
         let t = Instant::now();
         let work = prepared.work(model);
-        let calibration = calibrate(work, config, &prepared.weights, calib, cancel)?;
+        // The same model (no CLE or SmoothQuant, which change it) and methods: the calibration
+        // runs only from the first layer whose weights changed.
+        let same_model = !config.cle && config.smoothquant.is_none();
+        let prev = cache
+            .as_ref()
+            .filter(|c| same_model && c.key.1 == key.1)
+            .map(|c| (&c.calibration, &c.calib_checkpoint));
+        let weights = &prepared.weights;
+        let (calibration, calib_checkpoint) =
+            calibrate::calibrate_from(work, config, weights, calib, prev, cancel)?;
         timings.calibration = ms(t);
         *cache = Some(Cached {
             key,
             calibration,
+            calib_checkpoint,
             prepared,
             float_ref: None,
         });
@@ -399,6 +409,8 @@ fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
 struct Cached {
     key: WeightKey,
     calibration: Calibration,
+    /// The calibration's float run before the first layer its change touched.
+    calib_checkpoint: calibrate::CalibCheckpoint,
     prepared: Prepared,
     /// The float model on the calibration set, once bias correction or refinement asked.
     float_ref: Option<bias_correction::FloatReference>,
@@ -452,6 +464,12 @@ impl Session {
             Some((_, Some(c))) => c.checkpoint.as_ref().map_or(0, |k| k.cut),
             _ => 0,
         }
+    }
+
+    /// The node the next calibration can resume its float run from (0: from the input): the
+    /// first layer whose weights the last weight change touched, while that run is kept.
+    pub fn calibration_resume_node(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.calib_checkpoint.cut)
     }
 
     /// Whether the float model's results on the evaluation set are kept from an earlier run.

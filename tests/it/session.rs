@@ -233,3 +233,56 @@ fn a_session_resumed_inside_a_transformer_reports_what_a_fresh_run_reports() {
     ];
     check_resumed(model.clone(), (d.take(100), d.take(60)), &base, &steps);
 }
+
+/// `base` with one weight layer's weight bits.
+fn weight_bits(base: &QuantConfig, model: &qscope::Model, j: usize, b: u8) -> QuantConfig {
+    with_layer(
+        base,
+        model,
+        j,
+        qscope::config::LayerOverride {
+            weight_bits: Some(b),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_session_recalibrated_from_the_layer_whose_weights_changed_reports_what_a_fresh_run_reports() {
+    // One layer's weights changed at a time on the ResNet: the calibration's float run resumes
+    // at the first changed layer, the points before it keep their histograms, and the integer
+    // run resumes there too.
+    let model = bundled::model("mnist-resnet").unwrap();
+    let (calib, test) = (bundled::calib().take(300), bundled::test().take(400));
+    let base = QuantConfig::default();
+    let (mid, late, early) = (5, 7, 1);
+    let steps = [
+        (weight_bits(&base, &model, mid, 6), false),
+        (weight_bits(&base, &model, mid, 5), true),
+        (weight_bits(&base, &model, late, 4), true),
+        (base.clone(), true),
+        (weight_bits(&base, &model, early, 4), false),
+        // An activation change keeps the calibration; then a weight change after it.
+        (
+            QuantConfig {
+                act_bits: 6,
+                ..weight_bits(&base, &model, early, 4)
+            },
+            true,
+        ),
+        (weight_bits(&base, &model, early, 5), true),
+    ];
+    let mut session = Session::new(model.clone(), calib.clone(), test.clone());
+    session.run(&base, &Cancel::new()).unwrap();
+    for (k, (c, resumes)) in steps.iter().enumerate() {
+        let from = session.calibration_resume_node();
+        let got = session.run(c, &Cancel::new()).unwrap().report;
+        let fresh = run(&model, &calib, &test, c, &Cancel::new())
+            .unwrap()
+            .report;
+        assert_eq!(figures(&got), figures(&fresh), "step {k}: {c:?}");
+        if *resumes {
+            assert!(from > 0, "step {k} finds a kept calibration run");
+        }
+    }
+}
