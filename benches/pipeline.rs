@@ -3,7 +3,8 @@
 //! (MLP < 150 ms, CNN < 1 s), and the activation-only re-runs that reuse histograms: every
 //! point's strategy or bits switched (`activation_change_cached`), and one layer's output bits
 //! switched as in the UI (`one_layer_activation_change_cached`: the middle weight layer, so the
-//! layers before it keep their isolated SQNR sums).
+//! layers before it keep their isolated SQNR sums), and that layer's weight bits switched
+//! (`one_layer_weight_change_cached`: calibration and evaluation resume at that layer).
 
 use criterion::{BenchmarkId, Criterion};
 use qscope::pipeline::{Cancel, Session, run};
@@ -55,6 +56,25 @@ pub fn pipeline(c: &mut Criterion) {
         session.run(&configs[0], &Cancel::new()).unwrap();
         g.bench_function(
             BenchmarkId::new("one_layer_activation_change_cached", name),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    session.run(&configs[i % 2], &Cancel::new()).unwrap()
+                })
+            },
+        );
+        let mut weights = QuantConfig::default();
+        weights.layers.insert(
+            model.layers[wl[wl.len() / 2]].name.clone(),
+            qscope::config::LayerOverride {
+                weight_bits: Some(6),
+                ..Default::default()
+            },
+        );
+        let configs = [QuantConfig::default(), weights];
+        session.run(&configs[0], &Cancel::new()).unwrap();
+        g.bench_function(
+            BenchmarkId::new("one_layer_weight_change_cached", name),
             |b| {
                 b.iter(|| {
                     i += 1;

@@ -114,19 +114,20 @@ fn a_session_measures_the_float_model_again_when_cle_changes_it_and_shares_it_be
 }
 
 /// A session on `model` runs `steps` in turn; each report must equal a fresh run's. Before a
-/// step marked `true` the session must hold a kept run to resume from.
+/// step marked `true` the session must hold a kept run to resume from (`kept`: the node it
+/// holds one at, 0 for none).
 fn check_resumed(
     model: qscope::Model,
     data: (qscope::Dataset, qscope::Dataset),
-    base: &QuantConfig,
+    (base, kept): (&QuantConfig, fn(&Session) -> usize),
     steps: &[(QuantConfig, bool)],
 ) {
     let (calib, test) = data;
     let mut session = Session::new(model.clone(), calib.clone(), test.clone());
     session.run(base, &Cancel::new()).unwrap();
-    assert_eq!(session.resume_node(), 0, "nothing changed yet");
+    assert_eq!(kept(&session), 0, "nothing changed yet");
     for (k, (c, resumes)) in steps.iter().enumerate() {
-        let from = session.resume_node();
+        let from = kept(&session);
         let got = session.run(c, &Cancel::new()).unwrap().report;
         let fresh = run(&model, &calib, &test, c, &Cancel::new())
             .unwrap()
@@ -194,7 +195,7 @@ fn a_session_resumed_from_the_changed_layer_reports_what_a_fresh_run_reports() {
             false,
         ),
     ];
-    check_resumed(model, data, &base, &steps);
+    check_resumed(model, data, (&base, Session::resume_node), &steps);
 }
 
 #[test]
@@ -231,7 +232,8 @@ fn a_session_resumed_inside_a_transformer_reports_what_a_fresh_run_reports() {
         (softmax(5), true),
         (base.clone(), true),
     ];
-    check_resumed(model.clone(), (d.take(100), d.take(60)), &base, &steps);
+    let kept = (&base, Session::resume_node as fn(&Session) -> usize);
+    check_resumed(model.clone(), (d.take(100), d.take(60)), kept, &steps);
 }
 
 /// `base` with one weight layer's weight bits.
@@ -272,17 +274,9 @@ fn a_session_recalibrated_from_the_layer_whose_weights_changed_reports_what_a_fr
         ),
         (weight_bits(&base, &model, early, 5), true),
     ];
-    let mut session = Session::new(model.clone(), calib.clone(), test.clone());
-    session.run(&base, &Cancel::new()).unwrap();
-    for (k, (c, resumes)) in steps.iter().enumerate() {
-        let from = session.calibration_resume_node();
-        let got = session.run(c, &Cancel::new()).unwrap().report;
-        let fresh = run(&model, &calib, &test, c, &Cancel::new())
-            .unwrap()
-            .report;
-        assert_eq!(figures(&got), figures(&fresh), "step {k}: {c:?}");
-        if *resumes {
-            assert!(from > 0, "step {k} finds a kept calibration run");
-        }
-    }
+    let kept = (
+        &base,
+        Session::calibration_resume_node as fn(&Session) -> usize,
+    );
+    check_resumed(model, (calib, test), kept, &steps);
 }
