@@ -34,54 +34,61 @@ pub fn pipeline(c: &mut Criterion) {
                 ..Default::default()
             },
         ];
-        session.run(&configs[0], &Cancel::new()).unwrap();
-        let mut i = 0;
-        g.bench_function(BenchmarkId::new("activation_change_cached", name), |b| {
-            b.iter(|| {
-                i += 1;
-                session.run(&configs[i % 2], &Cancel::new()).unwrap()
-            })
+        toggle(
+            &mut g,
+            "activation_change_cached",
+            name,
+            &mut session,
+            configs,
+        );
+        let middle = |o: qscope::config::LayerOverride| {
+            let wl = model.weight_layers();
+            let mut c = QuantConfig::default();
+            c.layers
+                .insert(model.layers[wl[wl.len() / 2]].name.clone(), o);
+            [QuantConfig::default(), c]
+        };
+        let act = middle(qscope::config::LayerOverride {
+            act_bits: Some(6),
+            ..Default::default()
         });
-        let wl = model.weight_layers();
-        let middle = model.layers[wl[wl.len() / 2]].name.clone();
-        let mut one = QuantConfig::default();
-        one.layers.insert(
-            middle,
-            qscope::config::LayerOverride {
-                act_bits: Some(6),
-                ..Default::default()
-            },
+        toggle(
+            &mut g,
+            "one_layer_activation_change_cached",
+            name,
+            &mut session,
+            act,
         );
-        let configs = [QuantConfig::default(), one];
-        session.run(&configs[0], &Cancel::new()).unwrap();
-        g.bench_function(
-            BenchmarkId::new("one_layer_activation_change_cached", name),
-            |b| {
-                b.iter(|| {
-                    i += 1;
-                    session.run(&configs[i % 2], &Cancel::new()).unwrap()
-                })
-            },
-        );
-        let mut weights = QuantConfig::default();
-        weights.layers.insert(
-            model.layers[wl[wl.len() / 2]].name.clone(),
-            qscope::config::LayerOverride {
-                weight_bits: Some(6),
-                ..Default::default()
-            },
-        );
-        let configs = [QuantConfig::default(), weights];
-        session.run(&configs[0], &Cancel::new()).unwrap();
-        g.bench_function(
-            BenchmarkId::new("one_layer_weight_change_cached", name),
-            |b| {
-                b.iter(|| {
-                    i += 1;
-                    session.run(&configs[i % 2], &Cancel::new()).unwrap()
-                })
-            },
+        let weights = middle(qscope::config::LayerOverride {
+            weight_bits: Some(6),
+            ..Default::default()
+        });
+        toggle(
+            &mut g,
+            "one_layer_weight_change_cached",
+            name,
+            &mut session,
+            weights,
         );
     }
     g.finish();
+}
+
+/// Bench row `row` of model `name`: `session` switching between the two `configs` (after one
+/// run of the first, so every timed run is a change).
+fn toggle(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    row: &str,
+    name: &str,
+    session: &mut Session,
+    configs: [QuantConfig; 2],
+) {
+    session.run(&configs[0], &Cancel::new()).unwrap();
+    let mut i = 0;
+    g.bench_function(BenchmarkId::new(row, name), |b| {
+        b.iter(|| {
+            i += 1;
+            session.run(&configs[i % 2], &Cancel::new()).unwrap()
+        })
+    });
 }

@@ -50,10 +50,10 @@ pub fn conv_f32_winograd(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[
     let stride = (sb * tiles.per_sample()).next_multiple_of(NR);
     let u = weight_transform(w, (o, c));
     let packed: Vec<Vec<f32>> = u.iter().map(|ux| pack(ux, (o, c), MR)).collect();
-    let offsets: Vec<usize> = (0..c).map(|ch| ch * stride).collect();
     let mut img = vec![0f32; c * tiles.hi * tiles.wi + 64];
     let mut v = vec![0f32; 16 * c * stride + NR];
-    let mut m = vec![0f32; 16 * o.next_multiple_of(MR) * stride + NR];
+    let om = o.next_multiple_of(MR);
+    let mut m = vec![0f32; 16 * om * stride + NR];
     let sample = c * g.h * g.w;
     for s0 in (0..n).step_by(sb) {
         let bn = sb.min(n - s0);
@@ -64,35 +64,51 @@ pub fn conv_f32_winograd(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[
             unsafe { input_transform(&img, &tiles, (c, stride, s * tiles.per_sample()), &mut v) };
         }
         let used = bn * tiles.per_sample();
-        let om = o.next_multiple_of(MR);
-        for (x, px) in packed.iter().enumerate() {
-            let vx = &v[x * c * stride..];
-            let mx = &mut m[x * om * stride..(x + 1) * om * stride];
-            for (ob, wk) in px.chunks_exact(MR * c).enumerate() {
-                let rows = MR.min(o - ob * MR);
-                for p0 in (0..used).step_by(NR) {
-                    let lanes = NR.min(used - p0);
-                    // SAFETY: AVX-512F per `applies`; tap ch reads vx[ch·stride + p0 ..
-                    // + NR], inside V's x-th block plus its NR slack (p0 + NR ≤ stride); `wk`
-                    // holds MR weights per channel; the tile writes `rows` rows of `lanes`
-                    // values at stride `stride` from row ob·MR, inside M's x-th block.
-                    unsafe {
-                        tile(
-                            vx[p0..].as_ptr(),
-                            &offsets,
-                            (wk, &[0.0; MR]),
-                            mx[ob * MR * stride + p0..].as_mut_ptr(),
-                            (rows, lanes, stride),
-                        )
-                    };
-                }
-            }
-        }
+        products(&packed, &v, &mut m, (c, o, stride), used);
         let ys = &mut y[s0 * o * g.out_pixels()..(s0 + bn) * o * g.out_pixels()];
         // SAFETY: AVX-512F per `applies`.
         unsafe { output_transform(&m, (&tiles, g), (o, om, stride), bias, ys) };
     }
     y
+}
+
+/// The 16 GEMMs M_ξ = U_ξ · V_ξ over the first `used` tiles: `packed` holds each U_ξ ([o, c])
+/// in the tile kernel's blocks of MR output channels, `v` the 16 blocks [c][stride] of V, `m`
+/// receives the 16 blocks [o rounded up to MR][stride] of M.
+fn products(
+    packed: &[Vec<f32>],
+    v: &[f32],
+    m: &mut [f32],
+    (c, o, stride): (usize, usize, usize),
+    used: usize,
+) {
+    let om = o.next_multiple_of(MR);
+    let offsets: Vec<usize> = (0..c).map(|ch| ch * stride).collect();
+    assert!(v.len() >= 16 * c * stride + NR && m.len() >= 16 * om * stride && used <= stride);
+    for (x, px) in packed.iter().enumerate() {
+        let vx = &v[x * c * stride..];
+        let mx = &mut m[x * om * stride..(x + 1) * om * stride];
+        for (ob, wk) in px.chunks_exact(MR * c).enumerate() {
+            let rows = MR.min(o - ob * MR);
+            for p0 in (0..used).step_by(NR) {
+                let lanes = NR.min(used - p0);
+                // SAFETY: AVX-512F per `applies` (the only caller's precondition); tap ch reads
+                // vx[ch·stride + p0 .. + NR], inside V's x-th block plus its NR slack (p0 + NR ≤
+                // stride + NR, asserted); `wk` holds MR weights per channel; the tile writes
+                // `rows` rows of `lanes` values at stride `stride` from row ob·MR, inside M's
+                // x-th block.
+                unsafe {
+                    tile(
+                        vx[p0..].as_ptr(),
+                        &offsets,
+                        (wk, &[0.0; MR]),
+                        mx[ob * MR * stride + p0..].as_mut_ptr(),
+                        (rows, lanes, stride),
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// The tile grid of a geometry: `th × tw` tiles of 2×2 outputs, read from a zero-padded image
@@ -263,12 +279,15 @@ unsafe fn output_transform(
                     let mr = |x: usize| unsafe {
                         _mm512_loadu_ps(m.as_ptr().add((x * om + oc) * stride + at))
                     };
-                    let (mut r0, mut r1) = ([bv; 4], [bv; 4]); // every lane set below
-                    for j in 0..4 {
+                    // Aᵀ·M, rows 0 and 1: (m_j + m_4+j + m_8+j, m_4+j − m_8+j − m_12+j).
+                    let am: [(__m512, __m512); 4] = std::array::from_fn(|j| {
                         let (m1, m2) = (mr(4 + j), mr(8 + j));
-                        r0[j] = _mm512_add_ps(_mm512_add_ps(mr(j), m1), m2);
-                        r1[j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), mr(12 + j));
-                    }
+                        (
+                            _mm512_add_ps(_mm512_add_ps(mr(j), m1), m2),
+                            _mm512_sub_ps(_mm512_sub_ps(m1, m2), mr(12 + j)),
+                        )
+                    });
+                    let (r0, r1) = (am.map(|r| r.0), am.map(|r| r.1));
                     for (i, r) in [r0, r1].into_iter().enumerate() {
                         let oy = 2 * ty + i;
                         if oy >= g.oh {

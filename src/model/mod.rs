@@ -132,6 +132,11 @@ impl Model {
             .collect()
     }
 
+    /// The node whose output is value `v` (`None` for a graph input or a constant).
+    pub fn producer(&self, v: ValueId) -> Option<usize> {
+        self.layers.iter().position(|l| l.output == v)
+    }
+
     /// The nodes that read value `v`.
     pub fn consumers(&self, v: ValueId) -> Vec<usize> {
         (0..self.layers.len())

@@ -91,21 +91,28 @@ pub fn calibrate(
 /// Bytes of float values a [`CalibCheckpoint`] keeps at most.
 pub const CALIB_CHECKPOINT_BYTES: usize = 256 << 20;
 
-/// A calibration's weights and, when `cut > 0`, its float run over the calibration set just
-/// before node `cut`: a later calibration whose weights differ only from there on runs only
-/// from there, and keeps the histograms of the points written before.
+/// A calibration's float run over the calibration set just before node `cut` (when > 0): a
+/// later calibration whose weights differ only from there on runs only from there, and keeps
+/// the histograms of the points written before.
 #[derive(Debug, Clone)]
 pub struct CalibCheckpoint {
-    /// The quantized weights the run used.
-    pub weights: Vec<Option<WeightQuant>>,
     /// Nodes `0..cut` are kept as run (0: nothing kept).
     pub cut: usize,
     /// Per calibration batch, in order, the values live at the cut.
     pub batches: Vec<Vec<(ValueId, Tensor)>>,
 }
 
-/// [`calibrate`], resumed from `prev` (an earlier calibration of the same model and points, and
-/// its checkpoint) when the weights of every layer before the checkpoint's cut are the same;
+/// An earlier calibration, for [`calibrate_from`]: its histograms, its checkpoint and the
+/// quantized weights it ran with.
+pub type Earlier<'a> = (
+    &'a Calibration,
+    &'a CalibCheckpoint,
+    &'a [Option<WeightQuant>],
+);
+
+/// [`calibrate`], resumed from `prev` (an earlier calibration of the same model and points, its
+/// checkpoint and the weights it ran with) when the weights of every layer before the
+/// checkpoint's cut are the same;
 /// returns the histograms (the same as a full calibration's) and the checkpoint to keep, cut
 /// at the first layer whose weights differ from `prev`'s.
 pub fn calibrate_from(
@@ -113,7 +120,7 @@ pub fn calibrate_from(
     config: &QuantConfig,
     weights: &[Option<WeightQuant>],
     data: &Dataset,
-    prev: Option<(&Calibration, &CalibCheckpoint)>,
+    prev: Option<Earlier>,
     cancel: &Cancel,
 ) -> Result<(Calibration, CalibCheckpoint)> {
     if data.n == 0 {
@@ -123,10 +130,9 @@ pub fn calibrate_from(
     super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
     let qmodel = with_quantized_weights(model, weights);
     let points = Points::find(model, |n| config.is_float(n));
-    let prev = prev.filter(|(c, k)| {
-        c.points == points && c.samples == data.n && k.weights.len() == weights.len()
-    });
-    let (from, take) = calib_cuts(model, weights, prev.map(|p| p.1));
+    let prev = prev
+        .filter(|(c, _, w)| c.points == points && c.samples == data.n && w.len() == weights.len());
+    let (from, take) = calib_cuts(model, weights, prev.map(|(_, k, w)| (k, w)));
     let entry_values: Vec<ValueId> = points.entries.iter().map(|e| e.value).collect();
     let layer_values: Vec<ValueId> = model
         .weight_layers()
@@ -165,12 +171,12 @@ pub fn calibrate_from(
             ao.iter_mut().zip(&bo).for_each(|(x, y)| x.merge(y));
             Ok((a, ao))
         })?;
-    if let (Some(k), Some((pc, _))) = (from, prev) {
+    if let (Some(k), Some((pc, _, _))) = (from, prev) {
         let values = (&entry_values[..], &layer_values[..]);
         keep_prefix_histograms(model, k.cut, (&mut entries, &mut outputs), values, pc);
     }
     let kept = kept.into_inner().expect("no panics while held");
-    let checkpoint = calib_checkpoint(weights, take, kept);
+    let checkpoint = calib_checkpoint(take, kept);
     let calibration = Calibration {
         points,
         entries,
@@ -245,7 +251,7 @@ fn keep_prefix_histograms(
     (entry_values, layer_values): (&[ValueId], &[ValueId]),
     prev: &Calibration,
 ) {
-    let before = |v: ValueId| writer(model, v).is_none_or(|w| w < cut);
+    let before = |v: ValueId| model.producer(v).is_none_or(|w| w < cut);
     let pairs = [
         (entries, entry_values, &prev.entries),
         (outputs, layer_values, &prev.outputs),
@@ -259,39 +265,30 @@ fn keep_prefix_histograms(
     }
 }
 
-/// The node whose output is `v` (`None` for a graph input).
-fn writer(model: &Model, v: ValueId) -> Option<usize> {
-    model.layers.iter().position(|l| l.output == v)
-}
-
 /// The checkpoint a calibration resumes from (`prev`'s, when every layer before its cut has
-/// the same weights) and the cut it keeps: the first weight layer whose weights differ from
-/// `prev`'s (`prev`'s own cut when none does; 0 without `prev`).
+/// the same weights as `prev` ran with) and the cut it keeps: the first weight layer whose
+/// weights differ (`prev`'s own cut when none does; 0 without `prev`).
 fn calib_cuts<'a>(
     model: &Model,
     weights: &[Option<WeightQuant>],
-    prev: Option<&'a CalibCheckpoint>,
+    prev: Option<(&'a CalibCheckpoint, &[Option<WeightQuant>])>,
 ) -> (Option<&'a CalibCheckpoint>, usize) {
-    let Some(prev) = prev else {
+    let Some((prev, prev_weights)) = prev else {
         return (None, 0);
     };
     let wl = model.weight_layers();
     let changed = wl
         .iter()
-        .zip(weights.iter().zip(&prev.weights))
+        .zip(weights.iter().zip(prev_weights))
         .find(|(_, (a, b))| a != b)
         .map(|(&i, _)| i);
     let from = (prev.cut > 0 && changed.is_none_or(|c| prev.cut <= c)).then_some(prev);
     (from, changed.unwrap_or(prev.cut))
 }
 
-/// The checkpoint of a calibration with `weights` cut at `cut`, keeping the batches' values
-/// unless one is missing or they hold more than [`CALIB_CHECKPOINT_BYTES`].
-fn calib_checkpoint(
-    weights: &[Option<WeightQuant>],
-    cut: usize,
-    kept: Vec<Option<Vec<(ValueId, Tensor)>>>,
-) -> CalibCheckpoint {
+/// The checkpoint of a calibration cut at `cut`, keeping the batches' values unless one is
+/// missing or they hold more than [`CALIB_CHECKPOINT_BYTES`].
+fn calib_checkpoint(cut: usize, kept: Vec<Option<Vec<(ValueId, Tensor)>>>) -> CalibCheckpoint {
     let batches: Option<Vec<_>> = kept.into_iter().collect();
     let bytes = |b: &Vec<Vec<(ValueId, Tensor)>>| -> usize {
         b.iter().flatten().map(|(_, t)| t.bytes()).sum()
@@ -300,7 +297,6 @@ fn calib_checkpoint(
         .filter(|b| cut > 0 && bytes(b) <= CALIB_CHECKPOINT_BYTES)
         .unwrap_or_default();
     CalibCheckpoint {
-        weights: weights.to_vec(),
         cut: if batches.is_empty() { 0 } else { cut },
         batches,
     }

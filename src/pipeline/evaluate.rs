@@ -5,7 +5,7 @@
 use super::Cancel;
 use super::batch::fold_batches;
 use super::batch::{check_data, make_batch};
-use super::float_side::{FloatBatch, FloatCache, IsolatedKey, Keeper, float_batch, wanted_values};
+use super::float_side::{FloatBatch, FloatCache, Keeper, float_batch, wanted_values};
 use super::resume::{BatchPrefix, Checkpoint, first_changed_node};
 use crate::config::QuantConfig;
 use crate::engine::IntModel;
@@ -16,7 +16,8 @@ use crate::error::Result;
 use crate::eval::accuracy::AccuracyCounts;
 use crate::eval::sqnr::SqnrAcc;
 use crate::model::{Dataset, Model, Op, ValueId};
-use crate::params::ModelParams;
+use crate::params::{LayerParams, ModelParams};
+use crate::quant::QParams;
 use std::collections::HashMap;
 
 /// Float and quantized outputs, one vector per batch.
@@ -207,10 +208,10 @@ pub fn evaluate_with(
         .and_then(Option::as_ref)
         .filter(|c| c.samples == data.n);
     let filling = slot.is_some() && reuse.is_none();
-    // Only a session keeps isolated sums: keys are made for it alone.
-    let keys = slot.is_some().then(|| isolated_keys(model, params));
-    let known = match (reuse, &keys) {
-        (Some(c), Some(keys)) => known_isolated(c, keys),
+    // Only a session keeps isolated sums: the layers' input qparams are listed for it alone.
+    let in_qs = slot.is_some().then(|| layer_input_qparams(model, params));
+    let known = match (reuse, &in_qs) {
+        (Some(c), Some(in_qs)) => known_isolated(c, params, in_qs),
         _ => vec![None; wl.len()],
     };
     let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
@@ -218,10 +219,9 @@ pub fn evaluate_with(
         .iter()
         .map(|&i| int.first_writer(model.point_value(i)))
         .collect();
-    let (from, take) = match reuse {
-        Some(c) if has_float => resume_plan(model, &int, (params, limit), c, (&writers, &skip)),
-        _ => (None, 0),
-    };
+    let (from, take) = reuse.map_or((None, 0), |c| {
+        resume_plan(model, &int, (params, limit), c, (&writers, &skip))
+    });
     let keeper = Keeper::default();
     let (mut total, mut kept, mut prefixes) = (zero(), Vec::new(), Vec::new());
     fold_batches(
@@ -272,9 +272,11 @@ pub fn evaluate_with(
         if filling {
             *slot = keeper.finish(data.n, kept);
         }
-        if let (Some(c), Some(keys)) = (slot, keys) {
-            let sums = total.isolated.iter().copied();
-            c.isolated = keys.into_iter().zip(sums).map(Some).collect();
+        if let (Some(c), Some(in_qs)) = (slot, in_qs) {
+            c.isolated = in_qs
+                .into_iter()
+                .zip(total.isolated.iter().copied())
+                .collect();
             c.checkpoint = Some(Checkpoint::new(params.clone(), limit, take, prefixes));
         }
     }
@@ -312,27 +314,33 @@ fn resume_plan<'c>(
     (from, take)
 }
 
-/// Per weight layer, the isolated sums `cache` holds for the same key: that layer is not run
-/// alone again.
-fn known_isolated(cache: &FloatCache, keys: &[IsolatedKey]) -> Vec<Option<SqnrAcc>> {
-    let held = |j: usize, key: &IsolatedKey| {
-        let (k, acc) = cache.isolated.get(j)?.as_ref()?;
-        (k == key).then_some(*acc)
+/// Per weight layer, the isolated sums `cache` holds from the last evaluation when the layer's
+/// parameters (weights, bias, output point) and its input's qparams (`in_qs`) are the same:
+/// that layer is not run alone again.
+fn known_isolated(
+    cache: &FloatCache,
+    params: &ModelParams,
+    in_qs: &[Option<QParams>],
+) -> Vec<Option<SqnrAcc>> {
+    let last = cache.checkpoint.as_ref().map(|k| &k.params.layers);
+    let held = |j: usize, (lp, q): (&LayerParams, &Option<QParams>)| {
+        let (held_q, acc) = cache.isolated.get(j)?;
+        (last?.get(j)? == lp && held_q == q).then_some(*acc)
     };
-    keys.iter()
-        .enumerate()
-        .map(|(j, key)| held(j, key))
-        .collect()
-}
-
-/// Each weight layer's [`IsolatedKey`] under `params`.
-fn isolated_keys(model: &Model, params: &ModelParams) -> Vec<IsolatedKey> {
-    let in_qs = crate::engine::int::input_qparams(model, params);
     params
         .layers
         .iter()
-        .map(|l| (l.clone(), in_qs.get(&l.index).copied().flatten()))
+        .zip(in_qs)
+        .enumerate()
+        .map(|(j, l)| held(j, l))
         .collect()
+}
+
+/// The qparams each weight layer's input is quantized with under `params`, in layer order.
+fn layer_input_qparams(model: &Model, params: &ModelParams) -> Vec<Option<QParams>> {
+    let in_qs = crate::engine::int::input_qparams(model, params);
+    let of = |l: &LayerParams| in_qs.get(&l.index).copied().flatten();
+    params.layers.iter().map(of).collect()
 }
 
 /// Where one batch's integer run starts and where it stops to leave a checkpoint.

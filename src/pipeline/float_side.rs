@@ -8,7 +8,6 @@ use crate::engine::tensor::Tensor;
 use crate::error::Result;
 use crate::eval::sqnr::SqnrAcc;
 use crate::model::{Dataset, Model, ValueId};
-use crate::params::LayerParams;
 use crate::quant::QParams;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -76,10 +75,6 @@ pub fn float_batch(
     Ok(FloatBatch { outputs, values })
 }
 
-/// What a weight layer's isolated output depends on besides the float side: its parameters
-/// (weights, bias, output point) and the qparams its input is quantized with.
-pub type IsolatedKey = (LayerParams, Option<QParams>);
-
 /// The float side of every batch of one evaluation set, in batch order.
 #[derive(Debug, Clone, Default)]
 pub struct FloatCache {
@@ -87,11 +82,13 @@ pub struct FloatCache {
     pub samples: usize,
     /// One entry per batch of [`super::batches`].
     pub batches: Vec<FloatBatch>,
-    /// Per weight layer: the isolated SQNR sums of the last evaluation on this float side and
-    /// what they were computed for, so a layer whose key is unchanged is not run alone again.
-    pub isolated: Vec<Option<(IsolatedKey, SqnrAcc)>>,
-    /// The last evaluation's integer run before the node its change began at, to resume the
-    /// next evaluation from there.
+    /// Per weight layer: the qparams its input was quantized with and its isolated SQNR sums
+    /// in the last evaluation on this float side; with that evaluation's parameters (in
+    /// `checkpoint`), a layer whose parameters and input qparams are unchanged is not run alone
+    /// again.
+    pub isolated: Vec<(Option<QParams>, SqnrAcc)>,
+    /// The last evaluation's parameters and its integer run before the node its change began
+    /// at, to resume the next evaluation from there.
     pub checkpoint: Option<super::resume::Checkpoint>,
 }
 

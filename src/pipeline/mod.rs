@@ -171,7 +171,7 @@ fn run_cached(
         let prev = cache
             .as_ref()
             .filter(|c| same_model && c.key.1 == key.1)
-            .map(|c| (&c.calibration, &c.calib_checkpoint));
+            .map(|c| (&c.calibration, &c.calib_checkpoint, &c.prepared.weights[..]));
         let weights = &prepared.weights;
         let (calibration, calib_checkpoint) =
             calibrate::calibrate_from(work, config, weights, calib, prev, cancel)?;

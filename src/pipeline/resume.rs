@@ -39,7 +39,8 @@ impl BatchPrefix {
 /// The last evaluation's parameters and, when `cut > 0`, its integer run before node `cut`.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
-    /// The parameters the run used.
+    /// The parameters of the evaluation it was taken in (the float cache's isolated sums were
+    /// computed for them too).
     pub params: ModelParams,
     /// Elements per sample the run allowed.
     pub limit: usize,
@@ -106,7 +107,7 @@ pub fn first_changed_node(model: &Model, a: &ModelParams, b: &ModelParams) -> us
 /// The earliest node that can write value `v`: the node it is the output of, or a weight layer
 /// whose fused quantization point it is; 0 for a graph input or a value nothing writes.
 fn first_writer(model: &Model, v: ValueId) -> usize {
-    let output = model.layers.iter().position(|l| l.output == v);
+    let output = model.producer(v);
     let fused = model
         .weight_layers()
         .into_iter()

@@ -66,11 +66,6 @@ fn in_features(op: &Op) -> Option<usize> {
     }
 }
 
-/// The node producing value `v`.
-fn producer_of(model: &Model, v: ValueId) -> Option<usize> {
-    model.layers.iter().position(|l| l.output == v)
-}
-
 /// The LayerNormalization `p`'s constant scale and (optional) bias when it normalizes only the
 /// last axis, with `c` channels.
 fn ln_params(model: &Model, p: usize, c: usize) -> Option<(ValueId, Option<ValueId>)> {
@@ -104,7 +99,7 @@ fn only_read_by(model: &Model, v: ValueId, readers: &[usize]) -> bool {
 
 /// The producer that can absorb 1/s for the linear layers `consumers` reading `v`.
 fn absorber(model: &Model, v: ValueId, consumers: &[usize], c: usize) -> Option<usize> {
-    let p = producer_of(model, v)?;
+    let p = model.producer(v)?;
     match &model.layers[p].op {
         Op::LayerNorm { .. } => ln_params(model, p, c).map(|_| p),
         Op::Linear { weight, .. } if weight.dim().0 == c => {
@@ -112,7 +107,7 @@ fn absorber(model: &Model, v: ValueId, consumers: &[usize], c: usize) -> Option<
         }
         Op::Relu if only_read_by(model, v, consumers) => {
             let x = model.layers[p].data_input()?;
-            let q = producer_of(model, x)?;
+            let q = model.producer(x)?;
             let fits =
                 matches!(&model.layers[q].op, Op::Linear { weight, .. } if weight.dim().0 == c);
             (fits && only_read_by(model, x, &[p])).then_some(q)
@@ -172,7 +167,7 @@ pub fn act_max(
     let taps: Vec<(usize, usize)> = groups
         .iter()
         .enumerate()
-        .filter_map(|(g, gr)| producer_of(model, gr.value).map(|n| (n, g)))
+        .filter_map(|(g, gr)| model.producer(gr.value).map(|n| (n, g)))
         .collect();
     let widths: Vec<usize> = groups
         .iter()
