@@ -29,9 +29,10 @@ pub fn applies_any_stride() -> bool {
     false
 }
 
-/// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1 and AVX-512F.
+/// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1, and AVX-512F or
+/// AVX2 with FMA (the tile of `conv_f32_avx2`).
 pub fn applies(g: &ConvGeom) -> bool {
-    g.stride == (1, 1) && applies_any_stride()
+    g.stride == (1, 1) && (applies_any_stride() || super::conv_f32_avx2::supported())
 }
 
 /// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
@@ -41,7 +42,18 @@ pub fn applies(g: &ConvGeom) -> bool {
 /// # Panics
 /// Unless [`applies`]`(g)`, or if the slices do not match the geometry.
 pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
-    assert!(applies(g), "a stride-1 conv on an AVX-512 CPU");
+    assert!(applies(g), "a stride-1 conv on an AVX-512 or AVX2 CPU");
+    padded_with(xs, n, g, (w, bias), applies_any_stride())
+}
+
+/// [`conv_f32_padded`] on the AVX-512 tile (`wide`) or the AVX2 one, which must be supported.
+fn padded_with(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    wide: bool,
+) -> Vec<f32> {
     let ((kh, kw), c) = (g.kernel, g.c);
     let (hp, wp) = g.padded_dims();
     let (o, k, pixels) = (bias.len(), c * kh * kw, g.out_pixels());
@@ -52,39 +64,42 @@ pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f3
         return y;
     }
     let offsets = tap_offsets(c, g);
-    let packed = pack(w, (o, k), MR);
+    // Output channels per tile: the AVX2 tile takes fewer (its registers hold fewer sums).
+    let mr = if wide { MR } else { super::conv_f32_avx2::MR };
+    let packed = pack(w, (o, k), mr);
     // Pixels along padded rows up to the last output pixel; a tile may read NR past them.
     let virt = (g.oh - 1) * wp + g.ow;
     let mut img = vec![0f32; c * hp * wp + NR];
-    let mut tile_out = vec![0f32; MR * virt];
+    let mut tile_out = vec![0f32; mr * virt];
     for (x1, ys) in xs
         .chunks_exact(c * g.h * g.w)
         .zip(y.chunks_exact_mut(o * pixels))
     {
         fill_padded(&mut img, x1, g);
-        for (ob, wk) in packed.chunks_exact(MR * k).enumerate() {
-            let rows = MR.min(o - ob * MR);
+        for (ob, wk) in packed.chunks_exact(mr * k).enumerate() {
+            let rows = mr.min(o - ob * mr);
             let mut b = [0f32; MR];
-            b[..rows].copy_from_slice(&bias[ob * MR..ob * MR + rows]);
-            for p0 in (0..virt).step_by(NR) {
-                let lanes = NR.min(virt - p0);
-                // SAFETY: AVX-512F per `applies`; every tap reads img[p0 + off .. p0 + off +
-                // NR], inside the image plus its NR slack since p0 < virt and virt − 1 + off
-                // is a padded-image element; `wk` holds MR weights per tap; the tile writes
-                // `rows` rows of `lanes` values at stride virt inside `tile_out`.
+            b[..rows].copy_from_slice(&bias[ob * mr..ob * mr + rows]);
+            let step = if wide { NR } else { super::conv_f32_avx2::NR };
+            for p0 in (0..virt).step_by(step) {
+                let lanes = step.min(virt - p0);
+                let (x, out) = (img[p0..].as_ptr(), tile_out[p0..].as_mut_ptr());
+                // SAFETY: AVX-512F or AVX2 + FMA per `applies` (the caller's `wide`); every
+                // tap reads img[p0 + off .. p0 + off + step], inside the image plus its NR ≥
+                // step slack since p0 < virt and virt − 1 + off is a padded-image element;
+                // `wk` holds mr weights per tap; the tile writes `rows` rows of `lanes` values
+                // at stride virt inside `tile_out`.
                 unsafe {
-                    tile(
-                        img[p0..].as_ptr(),
-                        &offsets,
-                        (wk, &b),
-                        tile_out[p0..].as_mut_ptr(),
-                        (rows, lanes, virt),
-                    )
+                    if wide {
+                        tile(x, &offsets, (wk, &b), out, (rows, lanes, virt))
+                    } else {
+                        super::conv_f32_avx2::tile(x, &offsets, (wk, &b), out, (rows, lanes, virt))
+                    }
                 };
             }
             // Each output row's ow pixels, dropping the columns past them.
             for (r, vrow) in tile_out.chunks_exact(virt).take(rows).enumerate() {
-                let plane = &mut ys[(ob * MR + r) * pixels..(ob * MR + r + 1) * pixels];
+                let plane = &mut ys[(ob * mr + r) * pixels..(ob * mr + r + 1) * pixels];
                 if wp == g.ow {
                     plane.copy_from_slice(vrow);
                     continue;
@@ -402,12 +417,19 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
-            if !applies(&g) {
-                return; // No AVX-512 here: the engine keeps the im2col path.
+            // Each tile this CPU has (neither: the engine keeps the im2col path).
+            for wide in [true, false] {
+                let ok = if wide {
+                    applies_any_stride()
+                } else {
+                    crate::engine::conv_f32_avx2::supported()
+                };
+                if ok {
+                    check(&g, (n, o, 1), |xs, wt, bias| {
+                        padded_with(xs, n, &g, (wt, bias), wide)
+                    });
+                }
             }
-            check(&g, (n, o, 1), |xs, wt, bias| {
-                conv_f32_padded(xs, n, &g, wt, bias)
-            });
         }
     }
 
@@ -447,12 +469,19 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
-            if !applies_any_stride() {
-                return; // No AVX-512 here: the engine keeps the im2col path.
+            // Each tile this CPU has (neither: the engine keeps the im2col path).
+            for wide in [true, false] {
+                let ok = if wide {
+                    applies_any_stride()
+                } else {
+                    crate::engine::conv_f32_avx2::supported()
+                };
+                if ok {
+                    check(&g, (n, o, 1), |xs, wt, bias| {
+                        crate::engine::conv_f32_strided::strided_with(xs, n, &g, (wt, bias), wide)
+                    });
+                }
             }
-            check(&g, (n, o, 1), |xs, wt, bias| {
-                crate::engine::conv_f32_strided::conv_f32_strided(xs, n, &g, wt, bias)
-            });
         }
     }
 }

@@ -4,7 +4,8 @@
 //! tap k = (c, ky, kx), one broadcast image element per pixel (at the pixel's first element
 //! plus off_k) times the 32 weights of that tap: one fused multiply-add per pixel, vector and
 //! tap, in tap order. The tile is stored transposed (four 8 × 8 register transposes), 8
-//! pixels into each of its 32 output planes.
+//! pixels into each of its 32 output planes. Without AVX-512, an AVX2 + FMA tile computes the
+//! same sums in four passes of 4 pixels × 16 channels (8 accumulators).
 
 use super::conv_f32::{applies_any_stride, fill_padded, pack, tap_offsets};
 use super::im2col::ConvGeom;
@@ -19,9 +20,25 @@ const OC: usize = 32;
 /// multiply-adds.
 ///
 /// # Panics
-/// Unless [`applies_any_stride`]`()`, or if the slices do not match the geometry.
+/// Unless [`applies`]`()`, or if the slices do not match the geometry.
 pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
-    assert!(applies_any_stride(), "an AVX-512 CPU");
+    assert!(applies(), "an AVX-512 or AVX2 CPU");
+    strided_with(xs, n, g, (w, bias), applies_any_stride())
+}
+
+/// Whether [`conv_f32_strided`] runs on this CPU: AVX-512F, or AVX2 with FMA.
+pub fn applies() -> bool {
+    applies_any_stride() || super::conv_f32_avx2::supported()
+}
+
+/// [`conv_f32_strided`] on the AVX-512 tile (`wide`) or the AVX2 one, which must be supported.
+pub(super) fn strided_with(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    wide: bool,
+) -> Vec<f32> {
     let (kh, kw) = g.kernel;
     let (hp, wp) = g.padded_dims();
     let (o, k, pixels) = (bias.len(), g.c * kh * kw, g.out_pixels());
@@ -68,12 +85,18 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
                 } else {
                     (scratch.as_mut_ptr(), PR)
                 };
-                // SAFETY: AVX-512F per `applies_any_stride`; every pixel's start plus any tap
+                // SAFETY: AVX-512F (`wide`) or AVX2 + FMA per `applies`; every pixel's start plus any tap
                 // offset is at most `furthest`, inside the image (asserted above); `wk` holds
                 // OC weights per tap (a chunk of OC·k) and `b` OC biases; a whole tile writes
                 // pixels p0 .. p0 + PR of planes ob·OC .. ob·OC + OC, inside `ys`, and a
                 // partial one the OC planes of PR values of `scratch`.
-                unsafe { tile(&img, &at, &offsets, (wk, b), dst) };
+                unsafe {
+                    if wide {
+                        tile(&img, &at, &offsets, (wk, b), dst)
+                    } else {
+                        tile_avx2(&img, &at, &offsets, (wk, b), dst)
+                    }
+                };
                 if whole {
                     continue;
                 }
@@ -157,9 +180,62 @@ unsafe fn store_transposed(acc: &[[std::arch::x86_64::__m512; 2]; PR], p: *mut f
     }
 }
 
+/// [`tile`] on AVX2 + FMA: four passes of 4 pixels × 16 channels (8 accumulators, 2 weight
+/// loads and 4 image broadcasts per tap), the tile kept in memory, then stored transposed.
+///
+/// # Safety
+/// As [`tile`], with AVX2 and FMA instead of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(
+    img: &[f32],
+    at: &[usize; PR],
+    offsets: &[usize],
+    (w, b): (&[f32], &[f32]),
+    (p, ld): (*mut f32, usize),
+) {
+    use std::arch::x86_64::*;
+    const PX: usize = 4;
+    // [channel vector of 8][pixel]
+    let mut tile = [[_mm256_setzero_ps(); PR]; OC / 8];
+    let base = img.as_ptr();
+    for (p0, c0) in [(0, 0), (0, 16), (PX, 0), (PX, 16)] {
+        // SAFETY: b holds OC floats (contract).
+        let bias = unsafe {
+            [
+                _mm256_loadu_ps(b.as_ptr().add(c0)),
+                _mm256_loadu_ps(b.as_ptr().add(c0 + 8)),
+            ]
+        };
+        let mut acc = [bias; PX];
+        for (t, &off) in offsets.iter().enumerate() {
+            // SAFETY: tap t's OC weights and every pixel's element, per this fn's contract.
+            unsafe {
+                let wt = w.as_ptr().add(t * OC + c0);
+                let (w0, w1) = (_mm256_loadu_ps(wt), _mm256_loadu_ps(wt.add(8)));
+                for (a, &px) in acc.iter_mut().zip(&at[p0..p0 + PX]) {
+                    let x = _mm256_set1_ps(*base.add(px + off));
+                    a[0] = _mm256_fmadd_ps(x, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(x, w1, a[1]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            tile[c0 / 8][p0 + r] = a[0];
+            tile[c0 / 8 + 1][p0 + r] = a[1];
+        }
+    }
+    for (v, &rows) in tile.iter().enumerate() {
+        for (j, col) in transpose8(rows).into_iter().enumerate() {
+            // SAFETY: channel 8v + j < OC, per this fn's contract.
+            unsafe { _mm256_storeu_ps(p.add((8 * v + j) * ld), col) };
+        }
+    }
+}
+
 /// The 8 × 8 transpose of `r` (element i of result j is element j of r[i]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx")]
 fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     let lo = |a, b| _mm256_unpacklo_ps(a, b);
@@ -194,8 +270,20 @@ fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 
     })
 }
 
-/// Not built off x86-64: [`applies_any_stride`] is false there.
+/// Not built off x86-64: [`applies`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile(_: &[f32], _: &[usize; PR], _: &[usize], _: (&[f32], &[f32]), _: (*mut f32, usize)) {
-    unreachable!("applies_any_stride() is false off x86-64")
+    unreachable!("applies() is false off x86-64")
+}
+
+/// Not built off x86-64: [`applies`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_avx2(
+    _: &[f32],
+    _: &[usize; PR],
+    _: &[usize],
+    _: (&[f32], &[f32]),
+    _: (*mut f32, usize),
+) {
+    unreachable!("applies() is false off x86-64")
 }

@@ -159,7 +159,10 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             // the channels-in-lanes kernel and the taps are enough to pay for transposing its
             // output (it then wastes no lanes on padded columns). There, a 3×3 kernel over
             // enough channels takes Winograd's transforms (16 multiply-adds for 36).
-            if super::conv_f32::applies(&g) && (o % 32 != 0 || ci * kh * kw < 128) {
+            let strided_kernel = super::conv_f32::applies_any_stride();
+            if super::conv_f32::applies(&g)
+                && (o % 32 != 0 || ci * kh * kw < 128 || !strided_kernel)
+            {
                 let y = if super::conv_f32_winograd::applies(&g, o) {
                     super::conv_f32_winograd::conv_f32_winograd(xs, n, &g, wts, bias)
                 } else {
@@ -167,7 +170,7 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 };
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }
-            if super::conv_f32::applies_any_stride() {
+            if super::conv_f32_strided::applies() {
                 let y = super::conv_f32_strided::conv_f32_strided(xs, n, &g, wts, bias);
                 return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
             }

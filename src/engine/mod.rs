@@ -2,6 +2,7 @@
 
 pub mod conv;
 pub mod conv_f32;
+pub mod conv_f32_avx2;
 pub mod conv_f32_strided;
 pub mod conv_f32_winograd;
 pub mod embedding;
@@ -14,6 +15,8 @@ pub mod linear_f32;
 pub mod ops;
 pub mod pool;
 pub mod requant;
+#[cfg(target_arch = "x86_64")]
+mod requant_avx2;
 #[cfg(target_arch = "x86_64")]
 mod requant_avx512;
 pub mod split;

@@ -1,6 +1,6 @@
 //! The integer engine's epilogue: y = clamp(z_out + M_r · (acc + k_r)) for every row of a GEMM
 //! result, with per-column fixed-point multipliers. The same integers three ways, chosen at run
-//! time: the plain loop, its AVX2-compiled copy, and the AVX-512 intrinsics of
+//! time: the plain loop, the AVX2 intrinsics of `requant_avx2` and the AVX-512 ones of
 //! `requant_avx512`; [`Requant::reference`] is the direct loop they are tested against.
 
 use crate::quant::FixedMultiplier;
@@ -28,6 +28,9 @@ pub struct Requant {
     /// The constants as the explicit AVX-512 loop reads them (when `small`).
     #[cfg(target_arch = "x86_64")]
     blocks: Option<super::requant_avx512::Blocks>,
+    /// The constants as the explicit AVX2 loop reads them (when `small`).
+    #[cfg(target_arch = "x86_64")]
+    blocks8: Option<super::requant_avx2::Blocks8>,
 }
 
 /// A layer's bias as (accumulator units, output steps): `bias / acc_scale` rounded when it fits
@@ -60,6 +63,8 @@ impl Requant {
         Requant {
             #[cfg(target_arch = "x86_64")]
             blocks: small.then(|| super::requant_avx512::Blocks::new(&konst, &mant, &right, &zp)),
+            #[cfg(target_arch = "x86_64")]
+            blocks8: small.then(|| super::requant_avx2::Blocks8::new(&konst, &mant, &right, &zp)),
             mant,
             right,
             small,
@@ -97,12 +102,33 @@ impl Requant {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if let Some(b) = &self.blocks8
+            && has_avx2()
+        {
+            let out = self.mult.len();
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { self.body_avx2(c, y) };
+            unsafe { super::requant_avx2::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi)) };
             return;
         }
         self.body(c, y);
+    }
+
+    /// The AVX2 loop whatever wider unit the CPU has (for tests on AVX-512 machines): `None`
+    /// without AVX2 or when the multipliers are not all below 1.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    fn run_avx2(&self, c: &[i32], y: &mut [i8], column: Option<usize>) -> Option<()> {
+        let b = self.blocks8.as_ref().filter(|_| has_avx2())?;
+        let out = self.mult.len();
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe {
+            match column {
+                None => {
+                    super::requant_avx2::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi))
+                }
+                Some(r) => super::requant_avx2::column(&b.broadcast(r), c, y, (self.lo, self.hi)),
+            }
+        }
+        Some(())
     }
 
     /// The obvious loop with [`FixedMultiplier::apply`]: what the fast versions must equal.
@@ -120,12 +146,6 @@ impl Requant {
     fn exact(&self, r: usize, acc: i32) -> i8 {
         let v = self.zp[r] + self.mult[r].apply(acc.saturating_add(self.konst[r]));
         v.clamp(self.lo, self.hi) as i8
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn body_avx2(&self, c: &[i32], y: &mut [i8]) {
-        self.body(c, y);
     }
 
     /// SRDHM then a rounding right shift, in branch-free i64 arithmetic (multipliers < 1).
@@ -156,6 +176,14 @@ impl Requant {
             let b = b.broadcast(r);
             // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
             unsafe { super::requant_avx512::column(&b, c, y, (self.lo, self.hi)) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(b) = &self.blocks8
+            && has_avx2()
+        {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { super::requant_avx2::column(&b.broadcast(r), c, y, (self.lo, self.hi)) };
             return;
         }
         self.column(r, c, y);
@@ -189,6 +217,13 @@ impl Requant {
         let q = (high >> e) + i64::from(rem > threshold);
         (zp as i64 + q).clamp(self.lo as i64, self.hi as i64) as i8
     }
+}
+
+/// Whether this CPU runs the explicit AVX2 epilogue (detected once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
 }
 
 /// Whether this CPU runs the explicit AVX-512 epilogue (detected once).
@@ -240,6 +275,10 @@ mod tests {
             assert_eq!(got, want, "konst {konst}");
             rq.body(&c, &mut got);
             assert_eq!(got, want, "portable body, konst {konst}");
+            #[cfg(target_arch = "x86_64")]
+            if rq.run_avx2(&c, &mut got, None).is_some() {
+                assert_eq!(got, want, "AVX2 rows, konst {konst}");
+            }
             // Told that the sums fit i32 (they do, but for the ends of the sweep): the add
             // without saturation and the product of the unwidened lanes give the same codes.
             {
@@ -253,12 +292,20 @@ mod tests {
                 fitting.reference(&fit, &mut want);
                 fitting.run(&fit, &mut got);
                 assert_eq!(got, want, "sums known to fit i32, konst {konst}");
+                #[cfg(target_arch = "x86_64")]
+                if fitting.run_avx2(&fit, &mut got, None).is_some() {
+                    assert_eq!(got, want, "AVX2, sums known to fit i32, konst {konst}");
+                }
             }
             for r in 0..out {
                 let mut y = vec![0i8; accs.len()];
                 rq.run_column(r, &accs, &mut y);
                 let w: Vec<i8> = want.iter().skip(r).step_by(out).copied().collect();
                 assert_eq!(y, w, "column {r}");
+                #[cfg(target_arch = "x86_64")]
+                if rq.run_avx2(&accs, &mut y, Some(r)).is_some() {
+                    assert_eq!(y, w, "AVX2 column {r}");
+                }
             }
         }
     }
@@ -295,6 +342,10 @@ mod tests {
                 assert_eq!(got, want, "out {out} zp {zp}");
                 rq.body(&c, &mut got);
                 assert_eq!(got, want, "portable body, out {out}");
+                #[cfg(target_arch = "x86_64")]
+                if rq.run_avx2(&c, &mut got, None).is_some() {
+                    assert_eq!(got, want, "AVX2 rows, out {out} zp {zp}");
+                }
                 // Per-column constants through the path for sums that fit i32 (the two extreme
                 // accumulators put back in range).
                 {
@@ -304,6 +355,15 @@ mod tests {
                     rq.reference(&fit, &mut want);
                     rq.clone().sums_fit_i32().run(&fit, &mut got);
                     assert_eq!(got, want, "sums known to fit i32, out {out} zp {zp}");
+                    #[cfg(target_arch = "x86_64")]
+                    if rq
+                        .clone()
+                        .sums_fit_i32()
+                        .run_avx2(&fit, &mut got, None)
+                        .is_some()
+                    {
+                        assert_eq!(got, want, "AVX2, sums known to fit i32, out {out} zp {zp}");
+                    }
                 }
                 // Column by column on channel-major accumulators.
                 for r in 0..out {
@@ -314,6 +374,10 @@ mod tests {
                     assert_eq!(y, w, "column {r}, out {out}");
                     rq.column(r, &col, &mut y);
                     assert_eq!(y, w, "portable column {r}, out {out}");
+                    #[cfg(target_arch = "x86_64")]
+                    if rq.run_avx2(&col, &mut y, Some(r)).is_some() {
+                        assert_eq!(y, w, "AVX2 column {r}, out {out}");
+                    }
                 }
             }
         }
