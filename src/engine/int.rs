@@ -272,12 +272,30 @@ impl IntGemm {
         self.run_into_runs(a, (m, self.k), (&[0], self.k), c, y);
     }
 
-    /// [`IntGemm::run_into_shifted`] on `m` rows at stride `lda` whose k values lie in runs
+    /// Whether [`IntGemm::run_into_runs`] applies, and in which codes it reads its rows:
+    /// `Some(true)` shifted to unsigned (AVX-512 VNNI), `Some(false)` as they are (AVX2);
+    /// `None` for grouped weights, weights with zero points or other kernels.
+    pub fn runs_codes_shifted(&self) -> Option<bool> {
+        if self.groups != 1 || !self.w_zp.is_empty() {
+            return None;
+        }
+        crate::engine::kernels::runs_codes_shifted(&self.packed[0])
+    }
+
+    /// The chunk of codes each run must hold a whole number of (see
+    /// [`runs_granule`](crate::engine::kernels::runs_granule)).
+    pub fn runs_granule(&self) -> usize {
+        crate::engine::kernels::runs_granule(&self.packed[0])
+    }
+
+    /// [`IntGemm::run_into`] on `m` rows at stride `lda` whose k values lie in runs
     /// (`offsets.len()` runs of `len` values, as
-    /// [`gemm_i8_shifted_runs`](crate::engine::kernels::gemm_i8_shifted_runs) reads them).
+    /// [`gemm_i8_runs`](crate::engine::kernels::gemm_i8_runs) reads them), in the codes
+    /// [`IntGemm::runs_codes_shifted`] says.
     ///
     /// # Panics
-    /// Unless [`IntGemm::takes_shifted_rows`]; if the runs do not fit the kernel's rules.
+    /// Unless [`IntGemm::runs_codes_shifted`] is `Some`; if the runs do not fit the kernel's
+    /// rules.
     pub fn run_into_runs(
         &self,
         a: &[i8],
@@ -287,8 +305,8 @@ impl IntGemm {
         y: &mut [i8],
     ) {
         assert!(
-            self.takes_shifted_rows(),
-            "weights for the shifted-row kernel"
+            self.runs_codes_shifted().is_some(),
+            "weights for a kernel that reads runs"
         );
         let out = self.out;
         if c.len() < m * out {
@@ -296,8 +314,8 @@ impl IntGemm {
         }
         let c = &mut c[..m * out];
         let w = &self.packed[0];
-        let ran = crate::engine::kernels::gemm_i8_shifted_runs(a, m, lda, runs, w, c);
-        assert!(ran, "the VNNI kernel takes shifted rows");
+        let ran = crate::engine::kernels::gemm_i8_runs(a, m, lda, runs, w, c);
+        assert!(ran, "the kernel reads runs");
         self.requant.run(c, &mut y[..m * out]);
     }
 
@@ -1210,7 +1228,11 @@ mod tests {
         ] {
             let n = 3;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
-            assert_eq!(PaddedImage::for_geometry(&g).is_some(), c % 4 == 0, "c {c}");
+            assert_eq!(
+                PaddedImage::for_geometry(&g, true, 4).is_some(),
+                c % 4 == 0,
+                "c {c}"
+            );
             let wq = weights(o, c * kh * kw, c + o);
             let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.3).collect();
             let x: Vec<i8> = (0..n * c * h * w)

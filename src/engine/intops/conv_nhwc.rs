@@ -73,8 +73,10 @@ impl NhwcConv {
         let block = (BLOCK_BYTES / k.max(1)).clamp(1, pixels);
         // The VNNI GEMM reads rows already shifted to unsigned, in place.
         let vnni_rows = g.c > 1 && self.gemm.takes_shifted_rows();
-        // Patch rows read in place from a padded image: no patch matrix at all.
-        let mut padded = vnni_rows.then(|| PaddedImage::for_geometry(g)).flatten();
+        // Patch rows read in place from a padded image (VNNI or AVX2): no patch matrix at all.
+        let mut padded = (g.c > 1)
+            .then(|| PaddedImage::for_gemm(g, &self.gemm))
+            .flatten();
         let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
         // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
         let shifted = !one_by_one && vnni_rows;

@@ -1,9 +1,9 @@
-//! A conv whose patch rows the AVX-512 VNNI GEMM reads in place from a padded channels-last
-//! image, with no patch matrix: output pixel (oy, ox) reads padded pixel
+//! A conv whose patch rows the AVX-512 VNNI or the AVX2 GEMM reads in place from a padded
+//! channels-last image, with no patch matrix: output pixel (oy, ox) reads padded pixel
 //! (oy·sh + ky·dh, ox·sw + kx·dw), so its patch row is `kh` runs of `kw · c` contiguous codes
 //! (one run per kernel row; with a horizontal dilation, `kh · kw` runs of `c` codes), at offsets
-//! that are the same for every pixel. The image is written once per sample, shifted to
-//! unsigned (x ^ 0x80, the GEMM's operand) with its border at the input zero point.
+//! that are the same for every pixel. The image is written once per sample, with its border at
+//! the input zero point: shifted to unsigned (x ^ 0x80, the VNNI operand) or as it is (AVX2).
 //! Integer sums do not depend on the order, so the output equals the patch-row path exactly.
 
 use crate::engine::im2col::{ConvGeom, copy_flipped};
@@ -22,17 +22,26 @@ pub struct PaddedImage {
     offsets: Vec<usize>,
     /// Codes per run.
     len: usize,
+    /// Codes stored as x ^ 0x80.
+    shifted: bool,
 }
 
 impl PaddedImage {
-    /// The layout for geometry `g`, or `None` when a run would not be whole k-quads (the
-    /// GEMM reads four codes at a time, so a quad may not straddle two runs).
-    pub fn for_geometry(g: &ConvGeom) -> Option<Self> {
+    /// The layout for geometry `g` and the GEMM `gemm` (which must read runs), or `None`
+    /// when a run would not be whole chunks of the GEMM's granule (it reads 4 or 8 codes at a
+    /// time, so a chunk may not straddle two runs).
+    pub fn for_gemm(g: &ConvGeom, gemm: &IntGemm) -> Option<Self> {
+        Self::for_geometry(g, gemm.runs_codes_shifted()?, gemm.runs_granule())
+    }
+
+    /// The layout for geometry `g`, codes `shifted` or not, runs of whole chunks of `granule`
+    /// codes; `None` where they cannot be.
+    pub fn for_geometry(g: &ConvGeom, shifted: bool, granule: usize) -> Option<Self> {
         let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
         let row = g.padded_dims().1 * c;
-        let (offsets, len) = if dw == 1 && (kw * c) % 4 == 0 {
+        let (offsets, len) = if dw == 1 && (kw * c) % granule == 0 {
             ((0..kh).map(|ky| ky * dh * row).collect(), kw * c)
-        } else if c % 4 == 0 {
+        } else if c % granule == 0 {
             let taps = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky, kx)));
             (
                 taps.map(|(ky, kx)| ky * dh * row + kx * dw * c).collect(),
@@ -45,28 +54,35 @@ impl PaddedImage {
             buf: Vec::new(),
             offsets,
             len,
+            shifted,
         })
     }
 
-    /// Writes channels-last sample `xs` ([h, w, c]) into the padded image, shifted to
-    /// unsigned, with the border at `pad` (the input zero point).
+    /// Writes channels-last sample `xs` ([h, w, c]) into the padded image (shifted to unsigned
+    /// where the GEMM reads such codes), with the border at `pad` (the input zero point).
     pub fn fill(&mut self, xs: &[i8], g: &ConvGeom, pad: i8) {
         let (c, (hp, wp)) = (g.c, g.padded_dims());
         let (row, run) = (wp * c, g.w * c);
-        let pad = pad ^ i8::MIN;
+        let shifted = self.shifted;
+        let pad = if shifted { pad ^ i8::MIN } else { pad };
         self.buf.resize(hp * row, pad);
         let (top, left) = (g.pad[0] * row, g.pad[1] * c);
         self.buf[..top].fill(pad);
         for (y, src) in xs.chunks_exact(run).take(g.h).enumerate() {
             let at = top + y * row;
             self.buf[at..at + left].fill(pad);
-            copy_flipped(&mut self.buf[at + left..at + left + run], src);
+            let dst = &mut self.buf[at + left..at + left + run];
+            if shifted {
+                copy_flipped(dst, src);
+            } else {
+                dst.copy_from_slice(src);
+            }
             self.buf[at + left + run..at + row].fill(pad);
         }
         self.buf[top + g.h * row..].fill(pad);
     }
 
-    /// Runs `gemm` (which must take shifted rows) over the image into `out`, one sample's NCHW
+    /// Runs `gemm` (the one the layout was made for) over the image into `out`, one sample's NCHW
     /// output ([o, oh · ow]), in blocks of output rows whose accumulators `acc` and codes `y`
     /// are reused: one GEMM per output row, or one per block when the rows of the block are
     /// evenly spaced in the image (stride 1 and an image as wide as the output, as a 1×1 conv).

@@ -126,6 +126,69 @@ pub(super) unsafe fn gemm(
 ) {
     debug_assert!(m >= 1 && n >= 1 && k >= 1 && lda >= k);
     debug_assert!(a.len() >= (m - 1) * lda + k && c.len() == m * n);
+    // SAFETY: AVX2 per this fn's contract; the caller checked the rows as `Rows::Plain` needs.
+    unsafe { gemm_rows(a, m, Rows::Plain { lda }, p, n, k, c) }
+}
+
+/// Where a GEMM's rows of A lie in `a`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Rows<'a> {
+    /// Row i is `a[i · lda .. i · lda + k]`.
+    Plain { lda: usize },
+    /// Row i is the concatenation of `a[i · lda + off .. i · lda + off + len]` over `offsets`
+    /// (a conv's patch row read in place from a padded channels-last image); `len` is a
+    /// multiple of 8.
+    Runs {
+        lda: usize,
+        offsets: &'a [usize],
+        len: usize,
+    },
+}
+
+/// [`gemm`] on rows read in runs (see [`Rows::Runs`]): `offsets.len() · len == k`, `len` a
+/// multiple of 8, and every run of every row inside `a`.
+///
+/// # Panics
+/// If the runs do not hold k values, `len` is not a multiple of 8 or a run leaves `a`.
+///
+/// # Safety
+/// The CPU must support AVX2; `m, n, k ≥ 1`, `c.len() == m·n`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gemm_runs(
+    a: &[i8],
+    m: usize,
+    (lda, offsets, len): (usize, &[usize], usize),
+    p: &Packed,
+    n: usize,
+    c: &mut [i32],
+) {
+    let k = offsets.len() * len;
+    assert!(len % 8 == 0 && k >= 1, "runs of whole 8-code chunks");
+    let span = offsets.iter().max().map_or(0, |&o| o + len);
+    assert!(
+        (m - 1) * lda + span <= a.len(),
+        "every run inside the image"
+    );
+    let rows = Rows::Runs { lda, offsets, len };
+    // SAFETY: AVX2 per this fn's contract; the runs were checked just above.
+    unsafe { gemm_rows(a, m, rows, p, n, k, c) }
+}
+
+/// [`gemm`] over rows laid out as `rows` says.
+///
+/// # Safety
+/// AVX2; `m, n, k ≥ 1`, `c.len() == m·n`; for `Rows::Plain`, `lda ≥ k` and
+/// `a.len() ≥ (m−1)·lda + k`; for `Rows::Runs`, every run of every row inside `a`.
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_rows(
+    a: &[i8],
+    m: usize,
+    rows_at: Rows,
+    p: &Packed,
+    n: usize,
+    k: usize,
+    c: &mut [i32],
+) {
     // Row stride of the widened scratch block, in vectors; covers all kp pairs.
     let kv = k.div_ceil(16);
     // Two widened blocks: the next one is widened before the current one is consumed, so
@@ -133,13 +196,19 @@ pub(super) unsafe fn gemm(
     // store-to-load forwarding of the just-written vectors.
     let mut bufs = vec![ZERO; 2 * ROW_BLOCK * kv];
     let (mut abuf, mut next) = bufs.split_at_mut(ROW_BLOCK * kv);
-    widen_block(a, 0, ROW_BLOCK.min(m), lda, k, abuf);
+    widen(a, rows_at, (0, ROW_BLOCK.min(m)), k, abuf);
     let kp = p.kp;
     let mut i0 = 0;
     while i0 < m {
         let rows = ROW_BLOCK.min(m - i0);
         if i0 + rows < m {
-            widen_block(a, i0 + rows, ROW_BLOCK.min(m - i0 - rows), lda, k, next);
+            widen(
+                a,
+                rows_at,
+                (i0 + rows, ROW_BLOCK.min(m - i0 - rows)),
+                k,
+                next,
+            );
         }
         for pl in &p.panels {
             let mut r = 0;
@@ -177,6 +246,43 @@ pub(super) unsafe fn gemm(
         }
         std::mem::swap(&mut abuf, &mut next);
         i0 += rows;
+    }
+}
+
+/// Widens rows `i0 .. i0 + rows` of A, laid out as `at` says, into `dst` (see [`widen_block`]).
+#[target_feature(enable = "avx2")]
+fn widen(a: &[i8], at: Rows, (i0, rows): (usize, usize), k: usize, dst: &mut [V32]) {
+    match at {
+        Rows::Plain { lda } => widen_block(a, i0, rows, lda, k, dst),
+        Rows::Runs { lda, offsets, len } => widen_runs(a, (i0, rows), (lda, offsets, len), dst),
+    }
+}
+
+/// Widens rows `i0 .. i0 + rows` read in runs (`offsets`, `len` a multiple of 8, all inside
+/// `a`: checked by [`gemm_runs`]) into `dst`, 8 codes at a time, run j of a row at i16 j · len.
+#[target_feature(enable = "avx2")]
+fn widen_runs(
+    a: &[i8],
+    (i0, rows): (usize, usize),
+    (lda, offsets, len): (usize, &[usize], usize),
+    dst: &mut [V32],
+) {
+    let kv = dst.len() / ROW_BLOCK;
+    let out = dst.as_mut_ptr().cast::<i16>();
+    for r in 0..rows {
+        let row = (i0 + r) * lda;
+        for (j, &off) in offsets.iter().enumerate() {
+            let src = &a[row + off..row + off + len];
+            for (ch, bytes) in src.chunks_exact(8).enumerate() {
+                // SAFETY: `bytes` holds 8 codes; the 8 i16 land at r·16kv + j·len + 8ch, and
+                // j·len + 8ch + 8 ≤ k ≤ 16kv, inside row r of `dst`.
+                unsafe {
+                    let x = _mm_loadl_epi64(bytes.as_ptr().cast());
+                    let d = out.add(r * 16 * kv + j * len + 8 * ch);
+                    _mm_storeu_si128(d.cast(), _mm_cvtepi8_epi16(x));
+                }
+            }
+        }
     }
 }
 

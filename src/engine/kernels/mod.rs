@@ -274,6 +274,59 @@ pub fn gemm_i8_shifted_runs(
     false
 }
 
+/// Which codes [`gemm_i8_runs`] reads for weights `w`: `Some(true)` rows shifted to unsigned
+/// (`x ^ 0x80`, the AVX-512 VNNI kernel), `Some(false)` the codes as they are (AVX2), `None`
+/// when the kernel does not read runs.
+pub fn runs_codes_shifted(w: &PackedWeights) -> Option<bool> {
+    match &w.inner {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Inner::Vnni(_) => Some(true),
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Inner::Avx2(_) => Some(false),
+        _ => None,
+    }
+}
+
+/// The chunk of codes each of several runs must hold a whole number of for [`gemm_i8_runs`]:
+/// 4 for the VNNI kernel (which reads quads), 8 for AVX2 (which widens 8 codes at a time).
+pub fn runs_granule(w: &PackedWeights) -> usize {
+    if runs_codes_shifted(w) == Some(true) {
+        4
+    } else {
+        8
+    }
+}
+
+/// `C = A · Bᵀ` on rows read in runs, as [`gemm_i8_shifted_runs`] reads them, in the codes
+/// [`runs_codes_shifted`] says (shifted for AVX-512 VNNI, as they are for AVX2; for AVX2 `len`
+/// must be a multiple of 8). Returns `false`, touching nothing, for other kernels.
+///
+/// # Panics
+/// If the runs do not hold `w.k()` values, break the kernel's rules, `c.len() != m * w.n()`,
+/// or `a` is shorter than the rows need.
+pub fn gemm_i8_runs(
+    a: &[i8],
+    m: usize,
+    lda: usize,
+    (offsets, len): (&[usize], usize),
+    w: &PackedWeights,
+    c: &mut [i32],
+) -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if let Inner::Avx2(p) = &w.inner {
+        assert_eq!(offsets.len() * len, w.k, "runs hold k values");
+        assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
+        if m == 0 {
+            return true;
+        }
+        // SAFETY: `Inner::Avx2` is only built after AVX2 was detected; m, n, k ≥ 1 (a packed
+        // layout exists) and c's length were checked; the runs are checked inside.
+        unsafe { avx2::gemm_runs(a, m, (lda, offsets, len), p, w.n, c) };
+        return true;
+    }
+    gemm_i8_shifted_runs(a, m, lda, (offsets, len), w, c)
+}
+
 /// `C = A · Bᵀ`: `C[i*n + j] = Σ_{t<k} A[i*lda + t] as i32 * B[j*k + t] as i32`
 /// for `i < m`, `j < n`, with `n`, `k` and `B` taken from `w`.
 ///

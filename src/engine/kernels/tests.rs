@@ -274,6 +274,9 @@ fn rows_in_runs_match_the_reference_on_the_gathered_rows() {
         (9, 40, 8, vec![0, 24, 200, 224], 8),
         (3, 5, 64, vec![0], 36),
         (1, 17, 4, vec![100, 0], 4),
+        // Runs of 8 (AVX2's chunk) past a row block of 12, overlapping rows.
+        (29, 9, 24, vec![0, 90, 180], 24),
+        (13, 33, 40, vec![56, 0], 16),
     ] {
         let k = offsets.len() * len;
         let span = offsets.iter().max().unwrap() + len;
@@ -296,6 +299,21 @@ fn rows_in_runs_match_the_reference_on_the_gathered_rows() {
             assert_eq!(got, want, "m {m} n {n} lda {lda} offsets {offsets:?}");
         } else {
             assert_ne!(w.kernel(), Kernel::Avx512Vnni, "the VNNI kernel takes runs");
+        }
+        // Every kernel this CPU has that reads runs, in its own codes (AVX2: as they are, runs
+        // of whole 8-code chunks).
+        for kernel in Kernel::supported() {
+            let w = PackedWeights::with_kernel(&b, n, k, kernel);
+            let Some(shift) = runs_codes_shifted(&w) else {
+                continue;
+            };
+            if len % runs_granule(&w) != 0 {
+                continue;
+            }
+            let codes = if shift { &shifted } else { &image };
+            let mut got = vec![0i32; m * n];
+            assert!(gemm_i8_runs(codes, m, lda, (&offsets, len), &w, &mut got));
+            assert_eq!(got, want, "{kernel}: m {m} n {n} lda {lda} offsets {offsets:?}");
         }
     }
 }
