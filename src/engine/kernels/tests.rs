@@ -313,7 +313,10 @@ fn rows_in_runs_match_the_reference_on_the_gathered_rows() {
             let codes = if shift { &shifted } else { &image };
             let mut got = vec![0i32; m * n];
             assert!(gemm_i8_runs(codes, m, lda, (&offsets, len), &w, &mut got));
-            assert_eq!(got, want, "{kernel}: m {m} n {n} lda {lda} offsets {offsets:?}");
+            assert_eq!(
+                got, want,
+                "{kernel}: m {m} n {n} lda {lda} offsets {offsets:?}"
+            );
         }
     }
 }
