@@ -113,10 +113,10 @@ fn padded_with(
     y
 }
 
-/// Whether [`group_conv_f32_padded`] runs geometry `g` on this CPU: AVX-512F and a horizontal
-/// stride of 1 or 2.
+/// Whether [`group_conv_f32_padded`] runs geometry `g` on this CPU: AVX-512F (or AVX2 with
+/// FMA) and a horizontal stride of 1 or 2.
 pub fn group_applies(g: &ConvGeom) -> bool {
-    applies_any_stride() && matches!(g.stride.1, 1 | 2)
+    (applies_any_stride() || super::conv_f32_avx2::supported()) && matches!(g.stride.1, 1 | 2)
 }
 
 /// A grouped (or depthwise) conv of `n` NCHW samples with weights [o, c / groups, kh, kw] and
@@ -133,7 +133,23 @@ pub fn group_conv_f32_padded(
     (w, bias): (&[f32], &[f32]),
     groups: usize,
 ) -> Vec<f32> {
-    assert!(group_applies(g), "stride 1 or 2 across, on an AVX-512 CPU");
+    assert!(
+        group_applies(g),
+        "stride 1 or 2 across, on an AVX-512 or AVX2 CPU"
+    );
+    group_with(xs, n, g, (w, bias), groups, applies_any_stride())
+}
+
+/// [`group_conv_f32_padded`] on the AVX-512 rows (`wide`) or the AVX2 ones, which must be
+/// supported.
+fn group_with(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    groups: usize,
+    wide: bool,
+) -> Vec<f32> {
     let (out, pixels) = (bias.len(), g.out_pixels());
     let (cg, og) = (g.c / groups.max(1), out / groups.max(1));
     let (hp, wp) = g.padded_dims();
@@ -157,11 +173,18 @@ pub fn group_conv_f32_padded(
         for (oc, plane) in ys.chunks_exact_mut(pixels).enumerate() {
             let first = (oc / og) * cg * hp * wp;
             let taps = &w[oc * cg * g.kernel.0 * g.kernel.1..][..cg * g.kernel.0 * g.kernel.1];
-            // SAFETY: AVX-512F per `group_applies`; the image holds the group's channels
-            // from `first`, every read of a row lies inside the padded image plus its NR slack,
-            // and `plane` is one output plane.
+            // SAFETY: AVX-512F or AVX2 + FMA per `group_applies` (the caller's `wide`); the
+            // image holds the group's channels from `first`, every read of a row lies inside
+            // the padded image plus its NR slack, and `plane` is one output plane.
             let tw = (&offsets[..], taps, bias[oc]);
-            unsafe { channel_rows(&img[first..], (hp, wp), g, tw, plane) };
+            let img = &img[first..];
+            unsafe {
+                if wide {
+                    channel_rows(img, (hp, wp), g, tw, plane)
+                } else {
+                    super::conv_f32_avx2::channel_rows(img, (hp, wp), g, tw, plane)
+                }
+            };
         }
     }
     y
@@ -445,12 +468,19 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
-            if !group_applies(&g) {
-                return; // No AVX-512 here: the engine keeps the direct loops.
+            // Each kernel this CPU has (neither: the engine keeps the direct loops).
+            for wide in [true, false] {
+                let ok = if wide {
+                    applies_any_stride()
+                } else {
+                    crate::engine::conv_f32_avx2::supported()
+                };
+                if ok {
+                    check(&g, (n, o, groups), |xs, wt, bias| {
+                        group_with(xs, n, &g, (wt, bias), groups, wide)
+                    });
+                }
             }
-            check(&g, (n, o, groups), |xs, wt, bias| {
-                group_conv_f32_padded(xs, n, &g, (wt, bias), groups)
-            });
         }
     }
 

@@ -88,3 +88,87 @@ pub(super) unsafe fn tile(
 ) {
     unreachable!("supported() is false off x86-64")
 }
+
+/// One output plane of a grouped conv on AVX2 + FMA: the sums of `conv_f32`'s AVX-512
+/// `channel_rows` (bias, then one fused multiply-add per (channel of the group, tap) in order),
+/// 4 output rows × 16 pixels at a time (8 accumulators); a horizontal stride of 2 takes the even
+/// lanes of two loads per vector.
+///
+/// # Safety
+/// AVX2 and FMA; `img` holds the group's planes ([cg, hp, wp]) plus 32 floats past the last.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn channel_rows(
+    img: &[f32],
+    (hp, wp): (usize, usize),
+    g: &super::im2col::ConvGeom,
+    (offsets, taps, bias): (&[usize], &[f32], f32),
+    plane: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const RB: usize = 4;
+    const PX: usize = 16;
+    let (sh, sw) = g.stride;
+    let cg = taps.len() / (g.kernel.0 * g.kernel.1);
+    assert!(
+        img.len() >= cg * hp * wp + 32,
+        "the group's planes and the slack"
+    );
+    assert!(sw == 1 || sw == 2, "a horizontal stride of 1 or 2");
+    let load = |p: *const f32| -> __m256 {
+        // SAFETY: callers pass a tap's element inside the planes; 8 (stride 1) or 16 (stride 2)
+        // floats from it lie inside the planes plus their slack.
+        unsafe {
+            if sw == 1 {
+                return _mm256_loadu_ps(p);
+            }
+            let (lo, hi) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+            // [lo0 lo2 hi0 hi2 lo4 lo6 hi4 hi6] → [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6]
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                even,
+            )))
+        }
+    };
+    for oy0 in (0..g.oh).step_by(RB) {
+        let nr = RB.min(g.oh - oy0);
+        // Past the last row, the last row again (computed, not stored).
+        let rows: [usize; RB] = std::array::from_fn(|r| (oy0 + r.min(nr - 1)) * sh * wp);
+        for ox0 in (0..g.ow).step_by(PX) {
+            let lanes = (g.ow - ox0).min(PX);
+            let mut acc = [[_mm256_set1_ps(bias); 2]; RB];
+            for (&off, &wt) in offsets.iter().zip(taps) {
+                let wv = _mm256_set1_ps(wt);
+                for (a, &row) in acc.iter_mut().zip(&rows) {
+                    // A tap reads row oy·sh + ky·dh < hp of a plane from column ox0·sw + kx·dw
+                    // < wp: at most 32 floats past it stay inside the planes plus the slack.
+                    let p = img[row + ox0 * sw + off..].as_ptr();
+                    a[0] = _mm256_fmadd_ps(wv, load(p), a[0]);
+                    a[1] = _mm256_fmadd_ps(wv, load(p.wrapping_add(8 * sw)), a[1]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(nr) {
+                let dst = &mut plane[(oy0 + r) * g.ow + ox0..][..lanes];
+                let mut part = [0f32; PX];
+                // SAFETY: `part` holds 16 floats.
+                unsafe {
+                    _mm256_storeu_ps(part.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(part.as_mut_ptr().add(8), a[1]);
+                }
+                dst.copy_from_slice(&part[..lanes]);
+            }
+        }
+    }
+}
+
+/// Not built off x86-64: [`supported`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn channel_rows(
+    _: &[f32],
+    _: (usize, usize),
+    _: &super::im2col::ConvGeom,
+    _: (&[usize], &[f32], f32),
+    _: &mut [f32],
+) {
+    unreachable!("supported() is false off x86-64")
+}
