@@ -426,6 +426,16 @@ mod tests {
         }
     }
 
+    /// Each tile this CPU has: `true` the AVX-512 one, `false` the AVX2 one (none: the engine
+    /// keeps the im2col path and the plain loops).
+    fn tiles() -> Vec<bool> {
+        let avx2 = crate::engine::conv_f32_avx2::supported();
+        [(true, applies_any_stride()), (false, avx2)]
+            .into_iter()
+            .filter_map(|(wide, ok)| ok.then_some(wide))
+            .collect()
+    }
+
     #[test]
     fn stride_one_convs_match_the_f64_definition() {
         // Output channels past a multiple of 8, pixel counts past a multiple of 32, asymmetric
@@ -440,18 +450,10 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
-            // Each tile this CPU has (neither: the engine keeps the im2col path).
-            for wide in [true, false] {
-                let ok = if wide {
-                    applies_any_stride()
-                } else {
-                    crate::engine::conv_f32_avx2::supported()
-                };
-                if ok {
-                    check(&g, (n, o, 1), |xs, wt, bias| {
-                        padded_with(xs, n, &g, (wt, bias), wide)
-                    });
-                }
+            for wide in tiles() {
+                check(&g, (n, o, 1), |xs, wt, bias| {
+                    padded_with(xs, n, &g, (wt, bias), wide)
+                });
             }
         }
     }
@@ -468,18 +470,10 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
-            // Each kernel this CPU has (neither: the engine keeps the direct loops).
-            for wide in [true, false] {
-                let ok = if wide {
-                    applies_any_stride()
-                } else {
-                    crate::engine::conv_f32_avx2::supported()
-                };
-                if ok {
-                    check(&g, (n, o, groups), |xs, wt, bias| {
-                        group_with(xs, n, &g, (wt, bias), groups, wide)
-                    });
-                }
+            for wide in tiles() {
+                check(&g, (n, o, groups), |xs, wt, bias| {
+                    group_with(xs, n, &g, (wt, bias), groups, wide)
+                });
             }
         }
     }
@@ -499,18 +493,10 @@ mod tests {
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
-            // Each tile this CPU has (neither: the engine keeps the im2col path).
-            for wide in [true, false] {
-                let ok = if wide {
-                    applies_any_stride()
-                } else {
-                    crate::engine::conv_f32_avx2::supported()
-                };
-                if ok {
-                    check(&g, (n, o, 1), |xs, wt, bias| {
-                        crate::engine::conv_f32_strided::strided_with(xs, n, &g, (wt, bias), wide)
-                    });
-                }
+            for wide in tiles() {
+                check(&g, (n, o, 1), |xs, wt, bias| {
+                    crate::engine::conv_f32_strided::strided_with(xs, n, &g, (wt, bias), wide)
+                });
             }
         }
     }

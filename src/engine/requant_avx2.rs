@@ -43,15 +43,13 @@ impl Blocks8 {
                 let per = |f: &dyn Fn(usize) -> i64| std::array::from_fn(|l| col(l).map_or(0, f));
                 let in_order =
                     |v: &[i32]| std::array::from_fn(|l| v.get(8 * b + l).copied().unwrap_or(0));
+                let lane = |c: usize| super::requant_avx512::lane_constants(mant[c], right[c]);
                 Block8 {
                     konst: in_order(konst),
-                    mant: per(&|c| if right[c] > 31 { 0 } else { mant[c] }),
-                    cpos: per(&|c| {
-                        let e = right[c].min(31);
-                        (1 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 }
-                    }),
-                    delta: per(&|c| if right[c] > 0 { 1i64 << 31 } else { 0 }),
-                    shift: per(&|c| 31 + right[c].min(31)),
+                    mant: per(&|c| lane(c)[0]),
+                    cpos: per(&|c| lane(c)[1]),
+                    delta: per(&|c| lane(c)[2]),
+                    shift: per(&|c| lane(c)[3]),
                     zp: in_order(zp),
                 }
             })

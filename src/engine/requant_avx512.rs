@@ -14,6 +14,18 @@
 
 use std::arch::x86_64::*;
 
+/// One column's [mantissa, offset, delta, shift] for the one-floor rounding of the module doc,
+/// from its mantissa and right shift e (≤ 62): shifts past 31 give 0 (mantissa 0).
+pub(super) fn lane_constants(mant: i64, right: i64) -> [i64; 4] {
+    let e = right.min(31);
+    [
+        if right > 31 { 0 } else { mant },
+        (1 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 },
+        if right > 0 { 1i64 << 31 } else { 0 },
+        31 + e,
+    ]
+}
+
 /// Per-column constants of one block of 16 columns, even columns then odd ones, as i64.
 #[derive(Debug, Clone)]
 pub(super) struct Block16 {
@@ -46,15 +58,13 @@ impl Blocks {
                 // Lane l holds column 2·(l mod 8) + ⌊l / 8⌋ of the block (evens, then odds).
                 let col = |lane: usize| Some(16 * b + 2 * (lane % 8) + lane / 8).filter(|&c| c < n);
                 let per = |f: &dyn Fn(usize) -> i64| std::array::from_fn(|l| col(l).map_or(0, f));
+                let lane = |c: usize| lane_constants(mant[c], right[c]);
                 Block16 {
                     konst: per(&|c| konst[c] as i64),
-                    mant: per(&|c| if right[c] > 31 { 0 } else { mant[c] }),
-                    cpos: per(&|c| {
-                        let e = right[c].min(31);
-                        (1 << 30) + if e > 0 { 1i64 << (30 + e) } else { 0 }
-                    }),
-                    delta: per(&|c| if right[c] > 0 { 1i64 << 31 } else { 0 }),
-                    shift: per(&|c| 31 + right[c].min(31)),
+                    mant: per(&|c| lane(c)[0]),
+                    cpos: per(&|c| lane(c)[1]),
+                    delta: per(&|c| lane(c)[2]),
+                    shift: per(&|c| lane(c)[3]),
                     zp: std::array::from_fn(|l| zp.get(16 * b + l).copied().unwrap_or(0)),
                 }
             })

@@ -305,41 +305,31 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx512_code_lanes_are_the_plain_lanes_bit_for_bit() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return;
-        }
+    fn simd_code_lanes_are_the_plain_lanes_bit_for_bit() {
         let range = crate::quant::ClipRange::new(-1.3, 0.4);
         let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
         let qp2 = QParams::from_range(range, 4, crate::quant::Scheme::Symmetric);
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
         for len in [0, 5, 8, 15, 16, 17, 31, 40, 1003] {
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.027)
                 .collect();
             let c: Vec<i8> = (0..len).map(|i| (i * 31 % 256) as u8 as i8).collect();
-            // SAFETY: AVX-512F was checked above.
-            let q = unsafe { code_lanes_avx512(&x, [(&c, qp), (&c[..], qp2)]) };
-            assert_eq!(q, code_lanes(&x, [(&c, qp), (&c[..], qp2)]), "codes, {len}");
-        }
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn avx2_code_lanes_are_the_plain_lanes_bit_for_bit() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return;
-        }
-        let range = crate::quant::ClipRange::new(-1.3, 0.4);
-        let qp = QParams::from_range(range, 8, crate::quant::Scheme::Asymmetric);
-        let qp2 = QParams::from_range(range, 4, crate::quant::Scheme::Symmetric);
-        for len in [0, 5, 8, 15, 16, 17, 31, 40, 1003] {
-            let x: Vec<f32> = (0..len)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.027)
-                .collect();
-            let c: Vec<i8> = (0..len).map(|i| (i * 31 % 256) as u8 as i8).collect();
-            // SAFETY: AVX2 was checked above.
-            let q = unsafe { code_lanes_avx2(&x, [(&c, qp), (&c[..], qp2)]) };
-            assert_eq!(q, code_lanes(&x, [(&c, qp), (&c[..], qp2)]), "codes, {len}");
+            let codes = [(&c[..], qp), (&c[..], qp2)];
+            let want = code_lanes(&x, codes);
+            if avx512 {
+                // SAFETY: AVX-512F was checked above.
+                assert_eq!(
+                    unsafe { code_lanes_avx512(&x, codes) },
+                    want,
+                    "AVX-512, {len}"
+                );
+            }
+            if avx2 {
+                // SAFETY: AVX2 was checked above.
+                assert_eq!(unsafe { code_lanes_avx2(&x, codes) }, want, "AVX2, {len}");
+            }
         }
     }
 
