@@ -9,7 +9,7 @@
 //! 20 and three fixed-point multipliers; one 32-bit multiply per operand vectorizes, 16 lanes
 //! at a time with AVX-512, where its 64-bit multiplies did not beat a table of every pair.)
 
-use super::add_avx512;
+use super::{add_avx2, add_avx512};
 use crate::engine::ops::broadcast::{broadcast_offsets, broadcast_shape};
 use crate::engine::tensor::Tensor;
 use crate::quant::QParams;
@@ -107,7 +107,7 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     let apply = |u: i8, v: i8| k.apply(u, v);
     if x1.shape == x2.shape {
         let mut y = vec![0i8; a.len()];
-        if !add_avx512::same_shape(&k, a, b, &mut y) {
+        if !add_avx512::same_shape(&k, a, b, &mut y) && !add_avx2::same_shape(&k, a, b, &mut y) {
             if a.len() >= PAIR_TABLE_MIN {
                 // One table of all 65,536 code pairs: a single load per element.
                 let table = k.pair_table();
@@ -244,6 +244,12 @@ mod tests {
                     assert_eq!(got, k.apply(u, v), "n {n}: {u} − {v}");
                     let want = add_reference(u, q1, v, q2, qo, true) as i32;
                     assert!((got as i32 - want).abs() <= 1, "n {n}: {u} − {v}");
+                }
+                // The AVX2 kernel too where it runs (the AVX-512 one is taken first above).
+                let mut y2 = vec![0i8; n];
+                if add_avx2::same_shape(&k, &xa, &xb, &mut y2) {
+                    let want: Vec<i8> = xa.iter().zip(&xb).map(|(&u, &v)| k.apply(u, v)).collect();
+                    assert_eq!(y2, want, "AVX2, n {n}");
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! tables, activation matmuls), each on quantized codes with a plain reference beside it.
 
 pub mod add;
+mod add_avx2;
 mod add_avx512;
 pub mod conv_nhwc;
 pub mod conv_padded;
