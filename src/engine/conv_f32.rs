@@ -18,7 +18,8 @@ const NV: usize = 2;
 /// Pixels per tile.
 pub(super) const NR: usize = 16 * NV;
 
-/// Whether this CPU runs the padded-image kernels (AVX-512F; detected once).
+/// Whether this CPU has AVX-512F (detected once): the padded-image kernels' wide tiles, the
+/// strided kernel's, Winograd's transforms and the float linear layer's.
 pub fn applies_any_stride() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -32,7 +33,12 @@ pub fn applies_any_stride() -> bool {
 /// Whether [`conv_f32_padded`] runs geometry `g` on this CPU: stride 1, and AVX-512F or
 /// AVX2 with FMA (the tile of `conv_f32_avx2`).
 pub fn applies(g: &ConvGeom) -> bool {
-    g.stride == (1, 1) && (applies_any_stride() || super::conv_f32_avx2::supported())
+    g.stride == (1, 1) && has_tiles()
+}
+
+/// Whether this CPU runs the padded-image kernels at all: AVX-512F, or AVX2 with FMA.
+pub fn has_tiles() -> bool {
+    applies_any_stride() || super::conv_f32_avx2::supported()
 }
 
 /// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
@@ -116,7 +122,7 @@ fn padded_with(
 /// Whether [`group_conv_f32_padded`] runs geometry `g` on this CPU: AVX-512F (or AVX2 with
 /// FMA) and a horizontal stride of 1 or 2.
 pub fn group_applies(g: &ConvGeom) -> bool {
-    (applies_any_stride() || super::conv_f32_avx2::supported()) && matches!(g.stride.1, 1 | 2)
+    has_tiles() && matches!(g.stride.1, 1 | 2)
 }
 
 /// A grouped (or depthwise) conv of `n` NCHW samples with weights [o, c / groups, kh, kw] and

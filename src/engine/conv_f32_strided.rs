@@ -28,7 +28,7 @@ pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f
 
 /// Whether [`conv_f32_strided`] runs on this CPU: AVX-512F, or AVX2 with FMA.
 pub fn applies() -> bool {
-    applies_any_stride() || super::conv_f32_avx2::supported()
+    super::conv_f32::has_tiles()
 }
 
 /// [`conv_f32_strided`] on the AVX-512 tile (`wide`) or the AVX2 one, which must be supported.

@@ -139,53 +139,54 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
             dilation,
             groups,
         } => {
-            let (o, ci, kh, kw) = weight.dim();
             let g = checked_conv_geom(
                 &op_geom(weight, stride, padding, dilation, *groups),
                 x,
                 limit,
             )?;
-            let bias = bias.as_slice().expect("contiguous bias");
-            let wts = weight.as_slice().expect("contiguous");
-            if *groups > 1 && super::conv_f32::group_applies(&g) {
-                let y = super::conv_f32::group_conv_f32_padded(xs, n, &g, (wts, bias), *groups);
-                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
-            }
-            if *groups > 1 {
-                let y = group_conv_f32(xs, n, &g, (wts, bias), *groups);
-                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
-            }
-            // Pixels in the lanes at stride 1, unless the output channels fill whole tiles of
-            // the channels-in-lanes kernel and the taps are enough to pay for transposing its
-            // output (it then wastes no lanes on padded columns). There, a 3×3 kernel over
-            // enough channels takes Winograd's transforms (16 multiply-adds for 36).
-            let strided_kernel = super::conv_f32::applies_any_stride();
-            if super::conv_f32::applies(&g)
-                && (o % 32 != 0 || ci * kh * kw < 128 || !strided_kernel)
-            {
-                let y = if super::conv_f32_winograd::applies(&g, o) {
-                    super::conv_f32_winograd::conv_f32_winograd(xs, n, &g, wts, bias)
-                } else {
-                    super::conv_f32::conv_f32_padded(xs, n, &g, wts, bias)
-                };
-                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
-            }
-            if super::conv_f32_strided::applies() {
-                let y = super::conv_f32_strided::conv_f32_strided(xs, n, &g, wts, bias);
-                return Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y));
-            }
-            let k = ci * kh * kw;
-            let y = conv_columns(
-                xs,
-                n,
-                &g,
-                ArrayView2::from_shape((o, k), wts).expect("weights"),
-                bias,
-            );
-            Ok(Tensor::f32(vec![n, o, g.oh, g.ow], y))
+            Ok(conv2d(xs, n, &g, (weight, bias), *groups))
         }
         _ => Err("is not a weight op".into()),
     }
+}
+
+/// An ungrouped or grouped conv of `n` NCHW samples `xs` with geometry `g` (checked), on the
+/// fastest kernel this CPU runs for it: [n, o, oh, ow].
+fn conv2d(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (weight, bias): (&ndarray::Array4<f32>, &ndarray::Array1<f32>),
+    groups: usize,
+) -> Tensor {
+    let (o, ci, kh, kw) = weight.dim();
+    let bias = bias.as_slice().expect("contiguous bias");
+    let wts = weight.as_slice().expect("contiguous");
+    let k = ci * kh * kw;
+    // Ungrouped: pixels in the lanes at stride 1, unless the output channels fill whole tiles
+    // of the channels-in-lanes kernel and the taps are enough to pay for transposing its output
+    // (it then wastes no lanes on padded columns). That exception is AVX-512's only: the AVX2
+    // strided tile (four passes of 8 sums) was not timed against the padded one at stride 1.
+    // A 3×3 kernel over enough channels takes Winograd's transforms (16 multiply-adds for 36).
+    let y = if groups > 1 && super::conv_f32::group_applies(g) {
+        super::conv_f32::group_conv_f32_padded(xs, n, g, (wts, bias), groups)
+    } else if groups > 1 {
+        group_conv_f32(xs, n, g, (wts, bias), groups)
+    } else if super::conv_f32::applies(g)
+        && (o % 32 != 0 || k < 128 || !super::conv_f32::applies_any_stride())
+    {
+        if super::conv_f32_winograd::applies(g, o) {
+            super::conv_f32_winograd::conv_f32_winograd(xs, n, g, wts, bias)
+        } else {
+            super::conv_f32::conv_f32_padded(xs, n, g, wts, bias)
+        }
+    } else if super::conv_f32_strided::applies() {
+        super::conv_f32_strided::conv_f32_strided(xs, n, g, wts, bias)
+    } else {
+        let w = ArrayView2::from_shape((o, k), wts).expect("weights");
+        conv_columns(xs, n, g, w, bias)
+    };
+    Tensor::f32(vec![n, o, g.oh, g.ow], y)
 }
 
 /// An ungrouped conv of `n` NCHW samples as [o, k] × [k, columns] products whose output comes

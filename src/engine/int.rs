@@ -272,29 +272,23 @@ impl IntGemm {
         self.run_into_runs(a, (m, self.k), (&[0], self.k), c, y);
     }
 
-    /// Whether [`IntGemm::run_into_runs`] applies, and in which codes it reads its rows:
-    /// `Some(true)` shifted to unsigned (AVX-512 VNNI), `Some(false)` as they are (AVX2);
-    /// `None` for grouped weights, weights with zero points or other kernels.
-    pub fn runs_codes_shifted(&self) -> Option<bool> {
+    /// How [`IntGemm::run_into_runs`] reads its rows (see
+    /// [`runs_layout`](crate::engine::kernels::runs_layout)); `None` where it does not apply:
+    /// grouped weights, weights with zero points or a kernel that reads no runs.
+    pub fn runs_layout(&self) -> Option<crate::engine::kernels::RunsLayout> {
         if self.groups != 1 || !self.w_zp.is_empty() {
             return None;
         }
-        crate::engine::kernels::runs_codes_shifted(&self.packed[0])
-    }
-
-    /// The chunk of codes each run must hold a whole number of (see
-    /// [`runs_granule`](crate::engine::kernels::runs_granule)).
-    pub fn runs_granule(&self) -> usize {
-        crate::engine::kernels::runs_granule(&self.packed[0])
+        crate::engine::kernels::runs_layout(&self.packed[0])
     }
 
     /// [`IntGemm::run_into`] on `m` rows at stride `lda` whose k values lie in runs
     /// (`offsets.len()` runs of `len` values, as
     /// [`gemm_i8_runs`](crate::engine::kernels::gemm_i8_runs) reads them), in the codes
-    /// [`IntGemm::runs_codes_shifted`] says.
+    /// [`IntGemm::runs_layout`] says.
     ///
     /// # Panics
-    /// Unless [`IntGemm::runs_codes_shifted`] is `Some`; if the runs do not fit the kernel's
+    /// Unless [`IntGemm::runs_layout`] is `Some`; if the runs do not fit the kernel's
     /// rules.
     pub fn run_into_runs(
         &self,
@@ -305,7 +299,7 @@ impl IntGemm {
         y: &mut [i8],
     ) {
         assert!(
-            self.runs_codes_shifted().is_some(),
+            self.runs_layout().is_some(),
             "weights for a kernel that reads runs"
         );
         let out = self.out;
@@ -1093,6 +1087,13 @@ mod tests {
     use super::*;
     use crate::engine::im2col::ConvGeom;
     use crate::engine::intops::conv_padded::PaddedImage;
+    use crate::engine::kernels::RunsLayout;
+
+    /// How the AVX-512 VNNI kernel reads runs.
+    const VNNI_RUNS: RunsLayout = RunsLayout {
+        shifted: true,
+        granule: 4,
+    };
     use crate::engine::intops::depthwise::group_conv_reference;
     use crate::quant::Granularity;
     use crate::quant::weights::QWeights;
@@ -1229,7 +1230,7 @@ mod tests {
             let n = 3;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             assert_eq!(
-                PaddedImage::for_geometry(&g, true, 4).is_some(),
+                PaddedImage::for_geometry(&g, VNNI_RUNS).is_some(),
                 c % 4 == 0,
                 "c {c}"
             );

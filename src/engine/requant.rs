@@ -25,12 +25,32 @@ pub struct Requant {
     /// acc + k never leaves i32 for the accumulators this epilogue is given (the caller's
     /// bound, [`Requant::sums_fit_i32`]): the saturating add is a plain one.
     sums_fit: bool,
-    /// The constants as the explicit AVX-512 loop reads them (when `small`).
+    /// The constants as this CPU's explicit vector loop reads them (when `small`).
     #[cfg(target_arch = "x86_64")]
-    blocks: Option<super::requant_avx512::Blocks>,
-    /// The constants as the explicit AVX2 loop reads them (when `small`).
-    #[cfg(target_arch = "x86_64")]
-    blocks8: Option<super::requant_avx2::Blocks8>,
+    fast: Option<Fast>,
+}
+
+/// The explicit vector loop a [`Requant`] runs, chosen for the CPU when it is built, with its
+/// constants laid out for it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+enum Fast {
+    /// AVX-512 F, DQ, BW and VL (detected).
+    Avx512(super::requant_avx512::Blocks),
+    /// AVX2 (detected).
+    Avx2(super::requant_avx2::Blocks8),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Fast {
+    /// The widest loop this CPU runs, for these per-column constants; `None` without AVX2.
+    fn for_cpu(konst: &[i32], mant: &[i64], right: &[i64], zp: &[i32]) -> Option<Fast> {
+        if has_avx512() {
+            let b = super::requant_avx512::Blocks::new(konst, mant, right, zp);
+            return Some(Fast::Avx512(b));
+        }
+        has_avx2().then(|| Fast::Avx2(super::requant_avx2::Blocks8::new(konst, mant, right, zp)))
+    }
 }
 
 /// A layer's bias as (accumulator units, output steps): `bias / acc_scale` rounded when it fits
@@ -62,9 +82,9 @@ impl Requant {
         let small = mult.iter().all(|m| m.shift <= 0);
         Requant {
             #[cfg(target_arch = "x86_64")]
-            blocks: small.then(|| super::requant_avx512::Blocks::new(&konst, &mant, &right, &zp)),
-            #[cfg(target_arch = "x86_64")]
-            blocks8: small.then(|| super::requant_avx2::Blocks8::new(&konst, &mant, &right, &zp)),
+            fast: small
+                .then(|| Fast::for_cpu(&konst, &mant, &right, &zp))
+                .flatten(),
             mant,
             right,
             small,
@@ -91,23 +111,15 @@ impl Requant {
             return self.reference(c, y);
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(b) = &self.blocks
-            && has_avx512()
-        {
-            let out = self.mult.len();
-            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
+        if let Some(fast) = &self.fast {
+            let (shape, bounds) = ((self.mult.len(), self.sums_fit), (self.lo, self.hi));
+            // SAFETY: `Fast::for_cpu` chose the variant this CPU supports.
             unsafe {
-                super::requant_avx512::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi))
-            };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(b) = &self.blocks8
-            && has_avx2()
-        {
-            let out = self.mult.len();
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { super::requant_avx2::rows(b, (out, self.sums_fit), c, y, (self.lo, self.hi)) };
+                match fast {
+                    Fast::Avx512(b) => super::requant_avx512::rows(b, shape, c, y, bounds),
+                    Fast::Avx2(b) => super::requant_avx2::rows(b, shape, c, y, bounds),
+                }
+            }
             return;
         }
         self.body(c, y);
@@ -117,7 +129,9 @@ impl Requant {
     /// without AVX2 or when the multipliers are not all below 1.
     #[cfg(all(test, target_arch = "x86_64"))]
     fn run_avx2(&self, c: &[i32], y: &mut [i8], column: Option<usize>) -> Option<()> {
-        let b = self.blocks8.as_ref().filter(|_| has_avx2())?;
+        let (k, m, r, z) = (&self.konst, &self.mant, &self.right, &self.zp);
+        let b =
+            &(self.small && has_avx2()).then(|| super::requant_avx2::Blocks8::new(k, m, r, z))?;
         let out = self.mult.len();
         // SAFETY: the CPU supports AVX2, checked just above.
         unsafe {
@@ -170,20 +184,15 @@ impl Requant {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(b) = &self.blocks
-            && has_avx512()
-        {
-            let b = b.broadcast(r);
-            // SAFETY: the CPU supports AVX-512 F, DQ, BW and VL, checked just above.
-            unsafe { super::requant_avx512::column(&b, c, y, (self.lo, self.hi)) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(b) = &self.blocks8
-            && has_avx2()
-        {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { super::requant_avx2::column(&b.broadcast(r), c, y, (self.lo, self.hi)) };
+        if let Some(fast) = &self.fast {
+            let bounds = (self.lo, self.hi);
+            // SAFETY: `Fast::for_cpu` chose the variant this CPU supports.
+            unsafe {
+                match fast {
+                    Fast::Avx512(b) => super::requant_avx512::column(&b.broadcast(r), c, y, bounds),
+                    Fast::Avx2(b) => super::requant_avx2::column(&b.broadcast(r), c, y, bounds),
+                }
+            }
             return;
         }
         self.column(r, c, y);

@@ -158,7 +158,7 @@ fn rounded(ab: __m256i, [_, cpos, delta, shift]: &[__m256i; 4]) -> __m256i {
 /// The low byte of each i32 lane of `q` (codes already clamped to i8), in order.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn narrow8(q: __m256i) -> [u8; 8] {
+pub(in crate::engine) fn narrow8(q: __m256i) -> [u8; 8] {
     let pick = _mm256_setr_epi8(
         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,

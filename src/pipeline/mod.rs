@@ -156,34 +156,7 @@ fn run_cached(
 ) -> Result<Outcome> {
     config.validate(Some(model))?;
     let key = weight_key(model, config);
-    let mut timings = Timings::default();
-    if !matches!(cache, Some(c) if c.key == key) {
-        let t = Instant::now();
-        let prepared = prepare_weights(model, calib, config, cancel)?;
-        timings = prepared.timings;
-        timings.weights = ms(t);
-        cancel.check()?;
-        let t = Instant::now();
-        let work = prepared.work(model);
-        // The same model (no CLE or SmoothQuant, which change it) and methods: the calibration
-        // runs only from the first layer whose weights changed.
-        let same_model = !config.cle && config.smoothquant.is_none();
-        let prev = cache
-            .as_ref()
-            .filter(|c| same_model && c.key.1 == key.1)
-            .map(|c| (&c.calibration, &c.calib_checkpoint, &c.prepared.weights[..]));
-        let weights = &prepared.weights;
-        let (calibration, calib_checkpoint) =
-            calibrate::calibrate_from(work, config, weights, calib, prev, cancel)?;
-        timings.calibration = ms(t);
-        *cache = Some(Cached {
-            key,
-            calibration,
-            calib_checkpoint,
-            prepared,
-            float_ref: None,
-        });
-    }
+    let mut timings = refresh_weights(model, (calib, config), key, cache, cancel)?;
     // The float model's means and outputs on the calibration set: measured once per weight
     // settings, for bias correction and activation refinement both.
     let t = Instant::now();
@@ -242,6 +215,48 @@ fn run_cached(
     };
     outcome.calibration = Some(calibration.unwrap_or_else(|| c.calibration.clone()));
     Ok(outcome)
+}
+
+/// Quantizes the weights and calibrates again unless `cache` holds the results for `key`; the
+/// calibration resumes from the first layer whose weights changed when the model (no CLE or
+/// SmoothQuant, which change it) and the methods are the same. Returns the steps' timings
+/// (none when the cache was kept).
+fn refresh_weights(
+    model: &Model,
+    (calib, config): (&Dataset, &QuantConfig),
+    key: WeightKey,
+    cache: &mut Option<Cached>,
+    cancel: &Cancel,
+) -> Result<Timings> {
+    if matches!(cache, Some(c) if c.key == key) {
+        return Ok(Timings::default());
+    }
+    let t = Instant::now();
+    let prepared = prepare_weights(model, calib, config, cancel)?;
+    let mut timings = prepared.timings;
+    timings.weights = ms(t);
+    cancel.check()?;
+    let t = Instant::now();
+    let work = prepared.work(model);
+    // The same model (no CLE or SmoothQuant, which change it) and methods: the calibration
+    // runs only from the first layer whose weights changed.
+    let same_model = !config.cle && config.smoothquant.is_none();
+    let prev = cache
+        .as_ref()
+        .filter(|c| same_model && c.key.1 == key.1)
+        .map(|c| (&c.calibration, &c.calib_checkpoint, &c.prepared.weights[..]));
+    let weights = &prepared.weights;
+    let (calibration, calib_checkpoint) =
+        calibrate::calibrate_from(work, config, weights, calib, prev, cancel)?;
+    timings.calibration = ms(t);
+    *cache = Some(Cached {
+        key,
+        calibration,
+        calib_checkpoint,
+        prepared,
+        float_ref: None,
+    });
+    Ok(timings)
 }
 
 /// The weights step's results: the SmoothQuant copy, the equalized model (with CLE), the

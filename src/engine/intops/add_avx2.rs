@@ -41,12 +41,6 @@ unsafe fn add8(k: &QAdd, a: *const i8, b: *const i8, y: *mut i8, n: usize) {
     let zo = _mm256_set1_epi32(k.zo);
     let (lo, hi) = (_mm256_set1_epi32(k.lo), _mm256_set1_epi32(k.hi));
     let zero = _mm256_setzero_si256();
-    // The low byte of each i32 lane (codes already clamped to i8) into the low 8 bytes.
-    let pick = _mm256_setr_epi8(
-        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
-        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    );
-    let gather = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
     for i in (0..n).step_by(8) {
         // SAFETY (all loads and stores): i + 8 ≤ n, within every slice by the contract.
         let (u, v) = unsafe {
@@ -64,7 +58,8 @@ unsafe fn add8(k: &QAdd, a: *const i8, b: *const i8, y: *mut i8, n: usize) {
         // −m where s < 0: (m ^ −1) − (−1).
         let r = _mm256_sub_epi32(_mm256_xor_si256(m, neg), neg);
         let out = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zo), lo), hi);
-        let bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(out, pick), gather);
-        unsafe { _mm_storel_epi64(y.add(i).cast(), _mm256_castsi256_si128(bytes)) };
+        let bytes = crate::engine::requant_avx2::narrow8(out);
+        // SAFETY: i + 8 ≤ n, within `y` by the contract.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), y.add(i).cast(), 8) };
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::engine::im2col::{ConvGeom, copy_flipped};
 use crate::engine::int::IntGemm;
+use crate::engine::kernels::RunsLayout;
 use crate::engine::transpose::transpose_i8;
 
 /// Bytes of accumulators per block of output rows: with the block's outputs, inside L2.
@@ -31,12 +32,13 @@ impl PaddedImage {
     /// when a run would not be whole chunks of the GEMM's granule (it reads 4 or 8 codes at a
     /// time, so a chunk may not straddle two runs).
     pub fn for_gemm(g: &ConvGeom, gemm: &IntGemm) -> Option<Self> {
-        Self::for_geometry(g, gemm.runs_codes_shifted()?, gemm.runs_granule())
+        Self::for_geometry(g, gemm.runs_layout()?)
     }
 
-    /// The layout for geometry `g`, codes `shifted` or not, runs of whole chunks of `granule`
-    /// codes; `None` where they cannot be.
-    pub fn for_geometry(g: &ConvGeom, shifted: bool, granule: usize) -> Option<Self> {
+    /// The layout for geometry `g` and a kernel's way of reading runs; `None` where the runs
+    /// cannot be whole chunks.
+    pub fn for_geometry(g: &ConvGeom, how: RunsLayout) -> Option<Self> {
+        let RunsLayout { shifted, granule } = how;
         let ((kh, kw), (dh, dw), c) = (g.kernel, g.dilation, g.c);
         let row = g.padded_dims().1 * c;
         let (offsets, len) = if dw == 1 && (kw * c) % granule == 0 {

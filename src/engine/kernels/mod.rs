@@ -217,6 +217,12 @@ fn check_a(a: &[i8], m: usize, lda: usize, k: usize) {
     }
 }
 
+/// Checks that the runs hold `w.k()` values and `c` holds `m` rows of `w.n()`.
+fn check_runs((offsets, len): (&[usize], usize), w: &PackedWeights, m: usize, c: &[i32]) {
+    assert_eq!(offsets.len() * len, w.k, "runs hold k values");
+    assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
+}
+
 /// Bytes a row of shifted A must have readable for [`gemm_i8_shifted`]: `k` rounded up to 4.
 pub fn shifted_row_bytes(k: usize) -> usize {
     k.next_multiple_of(4)
@@ -255,12 +261,11 @@ pub fn gemm_i8_shifted_runs(
 ) -> bool {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if let Inner::Vnni(p) = &w.inner {
-        assert_eq!(offsets.len() * len, w.k, "runs hold k values");
+        check_runs((offsets, len), w, m, c);
         assert!(
             offsets.len() == 1 || len % 4 == 0,
             "several runs of whole k-quads"
         );
-        assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
         let runs = vnni::Runs {
             offsets,
             quads: len.div_ceil(4),
@@ -274,31 +279,35 @@ pub fn gemm_i8_shifted_runs(
     false
 }
 
-/// Which codes [`gemm_i8_runs`] reads for weights `w`: `Some(true)` rows shifted to unsigned
-/// (`x ^ 0x80`, the AVX-512 VNNI kernel), `Some(false)` the codes as they are (AVX2), `None`
-/// when the kernel does not read runs.
-pub fn runs_codes_shifted(w: &PackedWeights) -> Option<bool> {
+/// How [`gemm_i8_runs`] reads a kernel's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunsLayout {
+    /// Codes shifted to unsigned (`x ^ 0x80`, the AVX-512 VNNI kernel) or as they are (AVX2).
+    pub shifted: bool,
+    /// The chunk of codes each of several runs must hold a whole number of: 4 for the VNNI
+    /// kernel (which reads quads), 8 for AVX2 (which widens 8 codes at a time).
+    pub granule: usize,
+}
+
+/// How [`gemm_i8_runs`] reads runs for weights `w`; `None` when their kernel does not.
+pub fn runs_layout(w: &PackedWeights) -> Option<RunsLayout> {
     match &w.inner {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        Inner::Vnni(_) => Some(true),
+        Inner::Vnni(_) => Some(RunsLayout {
+            shifted: true,
+            granule: 4,
+        }),
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        Inner::Avx2(_) => Some(false),
+        Inner::Avx2(_) => Some(RunsLayout {
+            shifted: false,
+            granule: 8,
+        }),
         _ => None,
     }
 }
 
-/// The chunk of codes each of several runs must hold a whole number of for [`gemm_i8_runs`]:
-/// 4 for the VNNI kernel (which reads quads), 8 for AVX2 (which widens 8 codes at a time).
-pub fn runs_granule(w: &PackedWeights) -> usize {
-    if runs_codes_shifted(w) == Some(true) {
-        4
-    } else {
-        8
-    }
-}
-
 /// `C = A · Bᵀ` on rows read in runs, as [`gemm_i8_shifted_runs`] reads them, in the codes
-/// [`runs_codes_shifted`] says (shifted for AVX-512 VNNI, as they are for AVX2; for AVX2 `len`
+/// [`runs_layout`] says (shifted for AVX-512 VNNI, as they are for AVX2; for AVX2 `len`
 /// must be a multiple of 8). Returns `false`, touching nothing, for other kernels.
 ///
 /// # Panics
@@ -314,8 +323,7 @@ pub fn gemm_i8_runs(
 ) -> bool {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if let Inner::Avx2(p) = &w.inner {
-        assert_eq!(offsets.len() * len, w.k, "runs hold k values");
-        assert_eq!(c.len(), m * w.n, "c.len() must be m*n");
+        check_runs((offsets, len), w, m, c);
         if m == 0 {
             return true;
         }

@@ -304,13 +304,13 @@ fn rows_in_runs_match_the_reference_on_the_gathered_rows() {
         // of whole 8-code chunks).
         for kernel in Kernel::supported() {
             let w = PackedWeights::with_kernel(&b, n, k, kernel);
-            let Some(shift) = runs_codes_shifted(&w) else {
+            let Some(how) = runs_layout(&w) else {
                 continue;
             };
-            if len % runs_granule(&w) != 0 {
+            if len % how.granule != 0 {
                 continue;
             }
-            let codes = if shift { &shifted } else { &image };
+            let codes = if how.shifted { &shifted } else { &image };
             let mut got = vec![0i32; m * n];
             assert!(gemm_i8_runs(codes, m, lda, (&offsets, len), &w, &mut got));
             assert_eq!(
