@@ -473,21 +473,74 @@ pub fn copy_flipped(dst: &mut [i8], src: &[i8]) {
 }
 
 /// `dst.copy_from_slice(src)` for the short runs of an image row (a few dozen values), in
-/// masked 64-byte moves where the CPU has AVX-512BW: a `memmove` call costs more than the copy.
+/// masked 64-byte moves where the CPU has AVX-512BW, otherwise (up to [`SHORT_BYTES`]) in
+/// unaligned 16-, 8- or 4-byte moves: a `memmove` call costs more than the copy.
 ///
 /// # Panics
 /// If the slices differ in length.
 pub fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     assert_eq!(dst.len(), src.len(), "runs of one length");
+    let bytes = std::mem::size_of_val(src);
     #[cfg(target_arch = "x86_64")]
     if has_avx512bw() {
-        let bytes = std::mem::size_of_val(src);
         // SAFETY: AVX-512BW was detected just above; T is Copy, so moving its bytes moves its
         // values; both slices hold `bytes` bytes and one is borrowed mutably (no overlap).
         unsafe { copy_bytes_avx512::<false>(dst.as_mut_ptr().cast(), src.as_ptr().cast(), bytes) };
         return;
     }
+    if bytes <= SHORT_BYTES {
+        // SAFETY: as above: both slices hold `bytes` bytes and do not overlap.
+        unsafe { copy_bytes_overlapping(dst.as_mut_ptr().cast(), src.as_ptr().cast(), bytes) };
+        return;
+    }
     dst.copy_from_slice(src);
+}
+
+/// Longest copy [`copy_short`] makes by its own moves on a CPU without AVX-512BW.
+const SHORT_BYTES: usize = 256;
+
+/// Copies `len` bytes from `src` to `dst` in unaligned moves of 16 bytes (8 or 4 when shorter),
+/// the last move ending at `len` and overlapping the one before it.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `len` bytes, not overlapping.
+#[inline]
+unsafe fn copy_bytes_overlapping(dst: *mut u8, src: *const u8, len: usize) {
+    use std::ptr::{read_unaligned, write_unaligned};
+    /// Moves the N bytes at offset `at`.
+    ///
+    /// # Safety
+    /// `at + N ≤ len` (this fn's contract covers the rest).
+    unsafe fn mov<const N: usize>(dst: *mut u8, src: *const u8, at: usize) {
+        // SAFETY: per the caller, bytes at .. at + N lie inside both buffers.
+        unsafe {
+            write_unaligned(
+                dst.add(at).cast::<[u8; N]>(),
+                read_unaligned(src.add(at).cast()),
+            )
+        }
+    }
+    // SAFETY (whole body): every move covers bytes inside 0 .. len.
+    unsafe {
+        if len >= 16 {
+            let mut i = 0;
+            while i + 16 < len {
+                mov::<16>(dst, src, i);
+                i += 16;
+            }
+            mov::<16>(dst, src, len - 16);
+        } else if len >= 8 {
+            mov::<8>(dst, src, 0);
+            mov::<8>(dst, src, len - 8);
+        } else if len >= 4 {
+            mov::<4>(dst, src, 0);
+            mov::<4>(dst, src, len - 4);
+        } else {
+            for i in 0..len {
+                mov::<1>(dst, src, i);
+            }
+        }
+    }
 }
 
 /// Whether this CPU has AVX-512BW (detected once; the integer engine's byte kernels ask here).
@@ -530,6 +583,25 @@ pub fn samples_per_block(g: &ConvGeom) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_moves_copy_every_length_and_nothing_past_it() {
+        let src: Vec<u8> = (0..=SHORT_BYTES).map(|i| (i * 7 + 1) as u8).collect();
+        for len in 0..=SHORT_BYTES {
+            let mut dst = vec![0u8; SHORT_BYTES + 8];
+            // SAFETY: both buffers hold at least `len` bytes and are distinct.
+            unsafe { copy_bytes_overlapping(dst.as_mut_ptr(), src.as_ptr(), len) };
+            assert_eq!(&dst[..len], &src[..len], "length {len}");
+            assert!(
+                dst[len..].iter().all(|&b| b == 0),
+                "wrote past length {len}"
+            );
+        }
+        let mut f = [0f32; 29];
+        let g: Vec<f32> = (0..29).map(|i| i as f32 * 0.5).collect();
+        copy_short(&mut f, &g);
+        assert_eq!(f.as_slice(), g.as_slice());
+    }
 
     #[test]
     fn general_geometry_and_errors() {

@@ -21,6 +21,9 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod line;
+#[cfg(target_arch = "x86_64")]
+mod line_avx2;
+mod pairs;
 mod portable;
 #[cfg(test)]
 mod tests;

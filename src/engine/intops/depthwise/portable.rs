@@ -35,14 +35,14 @@ pub(super) fn run(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8>
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { run_avx2(conv, x, n, g) };
     }
-    body(conv, x, n, g)
+    body::<false>(conv, x, n, g)
 }
 
-/// [`body`] compiled for AVX2.
+/// [`body`] compiled for AVX2, its multiply-adds two taps at a time ([`super::pairs`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8> {
-    body(conv, x, n, g)
+    body::<true>(conv, x, n, g)
 }
 
 /// Where each weight's tap reads: (phase plane within the group, offset into it), in weight
@@ -66,9 +66,10 @@ fn taps(conv: &GroupConv, grid: &Grid, cg: usize) -> Vec<(usize, usize)> {
     t
 }
 
-/// The kernel (see the module docs).
+/// The kernel (see the module docs); `PAIRS`: the multiply-adds by [`super::pairs`] (only
+/// where the CPU has AVX2).
 #[inline(always)]
-fn body(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8> {
+fn body<const PAIRS: bool>(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8> {
     let grid = Grid::new(g);
     let (plane, opix) = (g.h * g.w, g.out_pixels());
     let (cg, og) = (g.c / conv.groups, conv.out / conv.groups);
@@ -78,8 +79,19 @@ fn body(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8> {
     let points = grid.points();
     let taps = taps(conv, &grid, cg);
     let ntaps = taps.len();
-    let mut planes = vec![0i16; cg * phases * plen];
-    let mut acc = vec![0i32; points];
+    // The pairs kernel computes whole chunks of 16 points (one more chunk: its requantization
+    // reads 16 from each row's start) and reads one value past them.
+    let chunked = if PAIRS {
+        points.next_multiple_of(16) + 16
+    } else {
+        points
+    };
+    let mut planes = vec![0i16; cg * phases * plen + (chunked - points) + 1];
+    let mut acc = vec![0i32; chunked];
+    let pairs: Vec<_> = (0..conv.out)
+        .filter(|_| PAIRS)
+        .map(|oc| super::pairs::pairs(&taps, &conv.w[oc * ntaps..][..ntaps], plen))
+        .collect();
     let mut y = vec![0i8; n * conv.out * opix];
     let z = conv.in_q.zero_point;
     for s in 0..n {
@@ -90,6 +102,27 @@ fn body(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -> Vec<i8> {
                 fill_phases(src, g, &grid, z, dst, plen);
             }
             for oc in gi * og..(gi + 1) * og {
+                #[cfg(target_arch = "x86_64")]
+                if PAIRS {
+                    // SAFETY: `PAIRS` is only set by `run_avx2`, on a CPU with AVX2; `acc`
+                    // holds whole chunks and `planes` the values the last one reads past.
+                    unsafe {
+                        super::pairs::accumulate(&planes, &pairs[oc], conv.bias[oc], &mut acc)
+                    };
+                    let out = &mut y[(s * conv.out + oc) * opix..][..opix];
+                    let line = &conv.lines[oc];
+                    match &line.f32 {
+                        Some(l) if super::line_avx2::supported() => {
+                            let dims = (grid.pg, grid.oh, grid.ow);
+                            let (l, bounds) = ((l, line.a0), (conv.lo, conv.hi));
+                            // SAFETY: AVX2 and FMA were detected; `acc` holds 16 values past
+                            // the last point.
+                            unsafe { super::line_avx2::rows(l, bounds, &acc, dims, out) };
+                        }
+                        _ => requant(conv, oc, &acc, &grid, out),
+                    }
+                    continue;
+                }
                 acc.fill(conv.bias[oc]);
                 let wk = &conv.w[oc * ntaps..][..ntaps];
                 for (&wt, &(p, off)) in wk.iter().zip(&taps) {
