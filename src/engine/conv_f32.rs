@@ -72,44 +72,57 @@ fn padded_with(
     let offsets = tap_offsets(c, g);
     // Output channels per tile: the AVX2 tile takes fewer (its registers hold fewer sums).
     let mr = if wide { MR } else { super::conv_f32_avx2::MR };
+    let step = if wide { NR } else { super::conv_f32_avx2::NR };
     let packed = pack(w, (o, k), mr);
     // Pixels along padded rows up to the last output pixel; a tile may read NR past them.
     let virt = (g.oh - 1) * wp + g.ow;
+    let sample = c * g.h * g.w;
     let mut img = vec![0f32; c * hp * wp + NR];
-    let mut tile_out = vec![0f32; mr * virt];
-    for (x1, ys) in xs
-        .chunks_exact(c * g.h * g.w)
-        .zip(y.chunks_exact_mut(o * pixels))
-    {
+    // Rows as wide as the output (no horizontal padding, as a 1×1 conv): the tiles write the
+    // output planes directly (reading the sample in place instead of its copy was slower).
+    let direct = wp == g.ow;
+    let mut tile_out = vec![0f32; if direct { 0 } else { mr * virt }];
+    for (x1, ys) in xs.chunks_exact(sample).zip(y.chunks_exact_mut(o * pixels)) {
         fill_padded(&mut img, x1, g);
         for (ob, wk) in packed.chunks_exact(mr * k).enumerate() {
             let rows = mr.min(o - ob * mr);
             let mut b = [0f32; MR];
             b[..rows].copy_from_slice(&bias[ob * mr..ob * mr + rows]);
-            let step = if wide { NR } else { super::conv_f32_avx2::NR };
+            let (dst, stride) = if direct {
+                (&mut ys[ob * mr * pixels..], pixels)
+            } else {
+                (&mut tile_out[..], virt)
+            };
+            assert!(dst.len() >= (rows - 1) * stride + virt, "tile rows inside");
             for p0 in (0..virt).step_by(step) {
                 let lanes = step.min(virt - p0);
-                let (x, out) = (img[p0..].as_ptr(), tile_out[p0..].as_mut_ptr());
+                let (x, out) = (img[p0..].as_ptr(), dst[p0..].as_mut_ptr());
                 // SAFETY: AVX-512F or AVX2 + FMA per `applies` (the caller's `wide`); every
                 // tap reads img[p0 + off .. p0 + off + step], inside the image plus its NR ≥
                 // step slack since p0 < virt and virt − 1 + off is a padded-image element;
-                // `wk` holds mr weights per tap; the tile writes `rows` rows of `lanes` values
-                // at stride virt inside `tile_out`.
+                // `wk` holds mr weights per tap;
+                // the tile writes `rows` rows of `lanes` values at `stride` inside `dst`
+                // (asserted above).
                 unsafe {
                     if wide {
-                        tile(x, &offsets, (wk, &b), out, (rows, lanes, virt))
+                        tile(x, &offsets, (wk, &b), out, (rows, lanes, stride))
                     } else {
-                        super::conv_f32_avx2::tile(x, &offsets, (wk, &b), out, (rows, lanes, virt))
+                        super::conv_f32_avx2::tile(
+                            x,
+                            &offsets,
+                            (wk, &b),
+                            out,
+                            (rows, lanes, stride),
+                        )
                     }
                 };
+            }
+            if direct {
+                continue;
             }
             // Each output row's ow pixels, dropping the columns past them.
             for (r, vrow) in tile_out.chunks_exact(virt).take(rows).enumerate() {
                 let plane = &mut ys[(ob * mr + r) * pixels..(ob * mr + r + 1) * pixels];
-                if wp == g.ow {
-                    plane.copy_from_slice(vrow);
-                    continue;
-                }
                 for (oy, dst) in plane.chunks_exact_mut(g.ow).enumerate() {
                     copy_short(dst, &vrow[oy * wp..oy * wp + g.ow]);
                 }
@@ -453,6 +466,9 @@ mod tests {
             (4, 3, (2, 3), [2, 0, 0, 1], (1, 3), (8, 11)),
             (8, 17, (1, 1), [0, 0, 0, 0], (1, 1), (5, 6)),
             (1, 2, (5, 5), [0, 0, 0, 0], (1, 1), (5, 5)),
+            // Rows as wide as the output (the tiles write the output planes directly).
+            (5, 13, (3, 1), [1, 0, 1, 0], (1, 1), (9, 20)),
+            (24, 40, (1, 1), [0, 0, 0, 0], (1, 1), (16, 16)),
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
