@@ -57,8 +57,16 @@ fn collect<T: Copy>(parts: Vec<Tensor>, get: impl Fn(&Tensor) -> Option<&[T]>) -
     Some(out)
 }
 
-/// Runs `run` on `inputs` cut into `parts` contiguous parts of the batch, in parallel on the
-/// current rayon pool, and joins the outputs. Each part copies only its own rows (in its own
+/// Most samples in a part of [`forward_split`]: a part runs layer by layer, so its largest
+/// activation should stay in cache (16 samples of MobileNetV2's 64 × 28 × 28 f32 layers are
+/// 3.2 MB). Measured on the 2-core AVX2 machine at batch 256, 2 threads, against one part per
+/// thread: MobileNetV2 float 86.9 → 68.7 ms and int 105.9 → 103.1 (medians of 6), the bundled
+/// ResNet 56.3 → 47.1 and 47.7 → 41.4; parts of 8 or 32 were slower than 16.
+pub const MAX_PART: usize = 16;
+
+/// Runs `run` on `inputs` cut into contiguous parts of the batch, at least `parts` of them and
+/// none over [`MAX_PART`] samples, in parallel on the current rayon pool, and joins the
+/// outputs. Each part copies only its own rows (in its own
 /// thread); the whole batch is copied once when it runs at once: when the inputs do not share
 /// a first axis, or when an output is not batch-major (a part's outputs do not have the part's
 /// length first).
@@ -71,7 +79,7 @@ where
         Some(&n) if inputs.iter().all(|t| t.shape.first() == Some(&n)) => n,
         _ => return run(inputs.to_vec()),
     };
-    let parts = parts.min(n);
+    let parts = parts.max(n.div_ceil(MAX_PART)).min(n);
     if parts <= 1 {
         return run(inputs.to_vec());
     }

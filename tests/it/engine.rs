@@ -203,13 +203,17 @@ fn resuming_the_integer_engine_at_any_node_gives_the_whole_run() {
 
 #[test]
 fn a_batch_split_over_threads_gives_the_whole_batch_run() {
-    // `qscope bench` cuts a batch into one part per thread: every sample is computed alone in
-    // both engines, so any cut (odd sizes, more parts than threads) must give the same values.
-    use qscope::engine::split::{forward_split, join_rows, rows};
-    for name in ["mnist-cnn", "mnist-resnet"] {
+    // `qscope bench` cuts a batch into parts (at least one per thread, none over MAX_PART
+    // samples): every sample is computed alone in both engines, so any cut (odd sizes, more
+    // parts than threads, parts capped by size) must give the same values.
+    use qscope::engine::split::{MAX_PART, forward_split, join_rows, rows};
+    for (name, n) in [
+        ("mnist-cnn", 13),
+        ("mnist-resnet", 13),
+        ("mnist-cnn", 2 * MAX_PART + 5),
+    ] {
         let (model, params) = default_params(name);
         let int = IntModel::new(&model, &params, usize::MAX);
-        let n = 13;
         let x = normalized(&model, n);
         let input = || vec![float::input_tensor(&model, &x, n)];
         let f = |x| float::forward(&model, x, usize::MAX, |_, _| {});
