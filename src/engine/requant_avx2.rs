@@ -187,6 +187,11 @@ fn load_low(src: &[i32], n: usize) -> __m256i {
 #[target_feature(enable = "avx2")]
 fn store_low(q: __m256i, dst: &mut [i8], n: usize) {
     let b = narrow8(q);
+    if n == 8 {
+        // One 8-byte store instead of eight byte stores.
+        dst[..8].copy_from_slice(&b.map(|v| v as i8));
+        return;
+    }
     for (d, &s) in dst[..n].iter_mut().zip(&b) {
         *d = s as i8;
     }

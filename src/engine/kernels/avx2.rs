@@ -259,7 +259,8 @@ fn widen(a: &[i8], at: Rows, (i0, rows): (usize, usize), k: usize, dst: &mut [V3
 }
 
 /// Widens rows `i0 .. i0 + rows` read in runs (`offsets`, `len` a multiple of 8, all inside
-/// `a`: checked by [`gemm_runs`]) into `dst`, 8 codes at a time, run j of a row at i16 j · len.
+/// `a`: checked by [`gemm_runs`]) into `dst`, 16 codes at a time (then 8), run j of a row at
+/// i16 j · len.
 #[target_feature(enable = "avx2")]
 fn widen_runs(
     a: &[i8],
@@ -273,13 +274,25 @@ fn widen_runs(
         let row = (i0 + r) * lda;
         for (j, &off) in offsets.iter().enumerate() {
             let src = &a[row + off..row + off + len];
-            for (ch, bytes) in src.chunks_exact(8).enumerate() {
-                // SAFETY: `bytes` holds 8 codes; the 8 i16 land at r·16kv + j·len + 8ch, and
-                // j·len + 8ch + 8 ≤ k ≤ 16kv, inside row r of `dst`.
+            let d = r * 16 * kv + j * len;
+            // 16 codes per step, then the 8 left over.
+            let wide = src.chunks_exact(16);
+            let tail = wide.remainder();
+            for (ch, bytes) in wide.enumerate() {
+                // SAFETY: `bytes` holds 16 codes; the 16 i16 land at d + 16ch, and j·len +
+                // 16ch + 16 ≤ k ≤ 16kv, inside row r of `dst`.
                 unsafe {
-                    let x = _mm_loadl_epi64(bytes.as_ptr().cast());
-                    let d = out.add(r * 16 * kv + j * len + 8 * ch);
-                    _mm_storeu_si128(d.cast(), _mm_cvtepi8_epi16(x));
+                    let x = _mm_loadu_si128(bytes.as_ptr().cast());
+                    _mm256_storeu_si256(out.add(d + 16 * ch).cast(), _mm256_cvtepi8_epi16(x));
+                }
+            }
+            if !tail.is_empty() {
+                // SAFETY: `tail` holds 8 codes (len is a multiple of 8); they land at the end
+                // of the run, inside row r of `dst` as above.
+                unsafe {
+                    let x = _mm_loadl_epi64(tail.as_ptr().cast());
+                    let at = out.add(d + len - 8);
+                    _mm_storeu_si128(at.cast(), _mm_cvtepi8_epi16(x));
                 }
             }
         }
