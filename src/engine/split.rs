@@ -57,16 +57,24 @@ fn collect<T: Copy>(parts: Vec<Tensor>, get: impl Fn(&Tensor) -> Option<&[T]>) -
     Some(out)
 }
 
-/// Most samples in a part of [`forward_split`]: a part runs layer by layer, so its largest
-/// activation should stay in cache (16 samples of MobileNetV2's 64 × 28 × 28 f32 layers are
-/// 3.2 MB). Measured on the 2-core AVX2 machine at batch 256, 2 threads, against one part per
-/// thread: MobileNetV2 float 86.9 → 68.7 ms and int 105.9 → 103.1 (medians of 6), the bundled
-/// ResNet 56.3 → 47.1 and 47.7 → 41.4; parts of 8 or 32 were slower than 16.
-pub const MAX_PART: usize = 16;
+/// Bytes a part's largest activation (one layer's output, in f32) may take: a part runs layer
+/// by layer, so its activations should stay in cache. This is 16 samples of MobileNetV2's 64 ×
+/// 28 × 28 layers: at batch 256 on 2 threads of the AVX2 machine, parts of 16 samples ran its
+/// float engine in 68.7 ms against 86.9 with one part per thread (medians of 6; parts of 8 or
+/// 32 were slower). Small activations keep one part per thread: the MLP's float engine was 1.7
+/// times slower in parts of 16 (each part streams all the weights).
+pub const PART_BYTES: usize = 16 * 64 * 28 * 28 * 4;
 
-/// Runs `run` on `inputs` cut into contiguous parts of the batch, at least `parts` of them and
-/// none over [`MAX_PART`] samples, in parallel on the current rayon pool, and joins the
-/// outputs. Each part copies only its own rows (in its own
+/// How many parts [`forward_split`] should cut a batch of `n` samples into for `threads`
+/// threads, when a sample's largest activation holds `sample_elems` values: at least one per
+/// thread, and enough that a part's largest activation fits in [`PART_BYTES`].
+pub fn parts_for(n: usize, threads: usize, sample_elems: usize) -> usize {
+    let per_part = (PART_BYTES / (4 * sample_elems).max(1)).max(1);
+    threads.max(n.div_ceil(per_part)).min(n.max(1))
+}
+
+/// Runs `run` on `inputs` cut into `parts` contiguous parts of the batch (see [`parts_for`]),
+/// in parallel on the current rayon pool, and joins the outputs. Each part copies only its own rows (in its own
 /// thread); the whole batch is copied once when it runs at once: when the inputs do not share
 /// a first axis, or when an output is not batch-major (a part's outputs do not have the part's
 /// length first).
@@ -79,7 +87,7 @@ where
         Some(&n) if inputs.iter().all(|t| t.shape.first() == Some(&n)) => n,
         _ => return run(inputs.to_vec()),
     };
-    let parts = parts.max(n.div_ceil(MAX_PART)).min(n);
+    let parts = parts.min(n);
     if parts <= 1 {
         return run(inputs.to_vec());
     }
@@ -111,5 +119,26 @@ where
     {
         Some(joined) => Ok(joined),
         None => run(inputs.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parts_for;
+
+    #[test]
+    fn parts_are_one_per_thread_unless_a_part_outgrows_the_cache_budget() {
+        // The MLP's widest layer (784 values): one part per thread.
+        assert_eq!(parts_for(256, 2, 784), 2);
+        // MobileNetV2's 64 × 28 × 28 layers: parts of 16 samples.
+        assert_eq!(parts_for(256, 2, 64 * 28 * 28), 16);
+        // The ResNet's 16 × 28 × 28 layers: parts of 64.
+        assert_eq!(parts_for(256, 2, 16 * 28 * 28), 4);
+        // Never more parts than samples, at least one; unknown shapes: one per thread.
+        assert_eq!(parts_for(3, 8, 10), 3);
+        assert_eq!(parts_for(0, 2, 10), 1);
+        assert_eq!(parts_for(256, 2, 0), 2);
+        // A sample larger than the budget: one sample per part.
+        assert_eq!(parts_for(5, 2, 1 << 30), 5);
     }
 }

@@ -112,6 +112,14 @@ fn fusable(op: &Op) -> bool {
 }
 
 impl Model {
+    /// The most values any node's output holds for one sample (0 when no shape is known).
+    pub fn largest_sample_elems(&self) -> usize {
+        let elems = |l: &Layer| {
+            l.out_shape.iter().product::<usize>() * usize::from(!l.out_shape.is_empty())
+        };
+        self.layers.iter().map(elems).max().unwrap_or(0)
+    }
+
     /// The spec a spec model was built from.
     pub fn spec(&self) -> Option<&Spec> {
         match &self.source_kind {

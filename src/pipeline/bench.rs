@@ -117,8 +117,10 @@ pub fn bench(
             })
             .collect()
     };
-    // The batch is cut into one part per thread of the current pool (see `engine::split`).
-    let parts = rayon::current_num_threads();
+    // The batch is cut into at least one part per thread of the current pool, of cache size
+    // (see `engine::split`).
+    let threads = rayon::current_num_threads();
+    let parts = crate::engine::split::parts_for(batch, threads, model.largest_sample_elems());
     let float_ms = time(&|| {
         forward_split(&inputs, parts, |x| {
             float::forward(model, x, limit, |_, _| {})

@@ -203,15 +203,11 @@ fn resuming_the_integer_engine_at_any_node_gives_the_whole_run() {
 
 #[test]
 fn a_batch_split_over_threads_gives_the_whole_batch_run() {
-    // `qscope bench` cuts a batch into parts (at least one per thread, none over MAX_PART
-    // samples): every sample is computed alone in both engines, so any cut (odd sizes, more
-    // parts than threads, parts capped by size) must give the same values.
-    use qscope::engine::split::{MAX_PART, forward_split, join_rows, rows};
-    for (name, n) in [
-        ("mnist-cnn", 13),
-        ("mnist-resnet", 13),
-        ("mnist-cnn", 2 * MAX_PART + 5),
-    ] {
+    // `qscope bench` cuts a batch into parts (at least one per thread, more when activations
+    // are large): every sample is computed alone in both engines, so any cut (odd sizes, more
+    // parts than threads, parts of one sample) must give the same values.
+    use qscope::engine::split::{forward_split, join_rows, parts_for, rows};
+    for (name, n) in [("mnist-cnn", 13), ("mnist-resnet", 13)] {
         let (model, params) = default_params(name);
         let int = IntModel::new(&model, &params, usize::MAX);
         let x = normalized(&model, n);
@@ -224,7 +220,7 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
             .flat_map(|s| i(vec![rows(&input()[0], s, s + 1)]).unwrap()[0].to_f32_vec())
             .collect();
         assert_eq!(alone, i_whole[0].to_f32_vec(), "{name}: per-sample int");
-        for parts in [2, 3, 5] {
+        for parts in [2, 3, 5, 13] {
             assert_eq!(
                 forward_split(&input(), parts, f).unwrap(),
                 f_whole,
