@@ -220,7 +220,9 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
             .flat_map(|s| i(vec![rows(&input()[0], s, s + 1)]).unwrap()[0].to_f32_vec())
             .collect();
         assert_eq!(alone, i_whole[0].to_f32_vec(), "{name}: per-sample int");
-        for parts in [2, 3, 5, 13] {
+        // The cut `qscope bench` makes, and others.
+        let sized = parts_for(n, 2, model.largest_sample_elems());
+        for parts in [2, 3, 5, 13, sized] {
             assert_eq!(
                 forward_split(&input(), parts, f).unwrap(),
                 f_whole,
