@@ -363,6 +363,48 @@ fn line_params(mult: FixedMultiplier, zo: i32) -> (f64, f64, f64, i32) {
     (m, bp, bp - 2f64.powi(-r), a0 as i32)
 }
 
+/// A test line with its clamp and the accumulators it was verified over.
+#[cfg(test)]
+pub(super) struct TestLine {
+    pub line: Line,
+    pub clamp: (i32, i32),
+    pub range: (i32, i32),
+}
+
+/// `n` lines of random multipliers (10⁰ down to 10⁻⁵, every 7th tripled), output zero points and
+/// clamps (every 3rd clamped at the zero point), each verified over a range of accumulators
+/// that spans about ±300 output steps (a fixed seed: the same lines on every run).
+#[cfg(test)]
+pub(super) fn random_lines(n: usize) -> Vec<TestLine> {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    (0..n)
+        .map(|i| {
+            let m =
+                10f64.powf(-((next() % 500) as f64) / 100.0) * if i % 7 == 0 { 3.0 } else { 1.0 };
+            let zo = (next() % 256) as i32 - 128;
+            let clamp = if i % 3 == 0 {
+                (zo.max(-128), 127)
+            } else {
+                (-128, 127)
+            };
+            let span = ((300.0 / m) as i64).clamp(10, 200_000) as i32;
+            let range = (-span, span + (next() % 1000) as i32);
+            let line = Line::new(
+                FixedMultiplier::from_f64(m),
+                (zo, clamp.0, clamp.1),
+                Some(range),
+            );
+            TestLine { line, clamp, range }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,39 +412,21 @@ mod tests {
     /// Lines verified over wide ranges equal the exact path everywhere, checked by brute force.
     #[test]
     fn verified_lines_equal_the_fixed_point_path_by_brute_force() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
         let (mut verified, mut f32s) = (0, 0);
-        for i in 0..60 {
-            let m =
-                10f64.powf(-((next() % 500) as f64) / 100.0) * if i % 7 == 0 { 3.0 } else { 1.0 };
-            let mult = FixedMultiplier::from_f64(m);
-            let zo = (next() % 256) as i32 - 128;
-            let (lo, hi) = if i % 3 == 0 {
-                (zo.max(-128), 127)
-            } else {
-                (-128, 127)
-            };
-            let span = ((300.0 / m) as i64).clamp(10, 200_000) as i32;
-            let (amin, amax) = (-span, span + (next() % 1000) as i32);
-            let line = Line::new(mult, (zo, lo, hi), Some((amin, amax)));
+        for (i, t) in random_lines(60).iter().enumerate() {
+            let line = &t.line;
             verified += usize::from(line.fused && line.unfused);
             f32s += usize::from(line.f32.is_some());
-            for a in amin..=amax {
+            for a in t.range.0..=t.range.1 {
                 let want = line.exact(a);
                 if let Some(got) = line.eval_f32(a) {
-                    assert_eq!(got, want, "f32: m {m} zo {zo} acc {a}");
+                    assert_eq!(got, want, "f32: line {i} acc {a}");
                 }
                 if line.fused {
-                    assert_eq!(line.eval_fused(a), want, "m {m} zo {zo} acc {a}");
+                    assert_eq!(line.eval_fused(a), want, "line {i} acc {a}");
                 }
                 if line.unfused {
-                    assert_eq!(line.eval_unfused(a), want, "m {m} zo {zo} acc {a}");
+                    assert_eq!(line.eval_unfused(a), want, "line {i} acc {a}");
                 }
             }
         }

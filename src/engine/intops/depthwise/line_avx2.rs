@@ -103,54 +103,40 @@ pub(super) unsafe fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::intops::depthwise::line::Line;
-    use crate::quant::FixedMultiplier;
+    use crate::engine::intops::depthwise::line::random_lines;
 
     #[test]
     fn rows_equal_the_fixed_point_path_wherever_an_f32_line_exists() {
         if !supported() {
             return;
         }
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut s = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            s >> 33
         };
         let (mut lines, mut exceptions) = (0, 0);
-        for i in 0..80 {
-            let m = 10f64.powf(-((next() % 500) as f64) / 100.0);
-            let zo = (next() % 256) as i32 - 128;
-            let (lo, hi) = if i % 3 == 0 {
-                (zo.max(-128), 127)
-            } else {
-                (-128, 127)
-            };
-            let span = ((300.0 / m) as i64).clamp(10, 200_000) as i32;
-            let line = Line::new(
-                FixedMultiplier::from_f64(m),
-                (zo, lo, hi),
-                Some((-span, span)),
-            );
+        for (i, t) in random_lines(80).iter().enumerate() {
+            let (line, (lo, hi), (amin, amax)) = (&t.line, t.clamp, t.range);
             let Some(l) = line.f32 else { continue };
             lines += 1;
             exceptions += l.n;
             // A grid of 5 rows of 37 points (pitch 40) holding the line's exceptions, both
             // ends of the range, and random accumulators in it.
             let (pg, oh, ow) = (40, 5, 37);
+            let width = (amax as i64 - amin as i64 + 1) as u64;
             let mut acc: Vec<i32> = (0..oh * pg + 16)
-                .map(|_| (next() % (2 * span as u64 + 1)) as i32 - span)
+                .map(|_| amin + (next() % width) as i32)
                 .collect();
             acc[..l.n].copy_from_slice(&l.exc[..l.n]);
-            (acc[50], acc[51]) = (-span, span);
+            (acc[50], acc[51]) = (amin, amax);
             let mut out = vec![0i8; oh * ow];
             // SAFETY: AVX2 and FMA were detected above.
             unsafe { rows((&l, line.a0), (lo, hi), &acc, (pg, oh, ow), &mut out) };
             for oy in 0..oh {
                 for ox in 0..ow {
                     let a = acc[oy * pg + ox];
-                    assert_eq!(out[oy * ow + ox], line.exact(a), "m {m} zo {zo} acc {a}");
+                    assert_eq!(out[oy * ow + ox], line.exact(a), "line {i} acc {a}");
                 }
             }
         }
