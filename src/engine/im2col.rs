@@ -473,7 +473,7 @@ pub fn copy_flipped(dst: &mut [i8], src: &[i8]) {
 }
 
 /// `dst.copy_from_slice(src)` for the short runs of an image row (a few dozen values), in
-/// masked 64-byte moves where the CPU has AVX-512BW, otherwise (up to [`SHORT_BYTES`]) in
+/// masked 64-byte moves where the CPU has AVX-512BW, otherwise (up to 256 bytes) in
 /// unaligned 16-, 8- or 4-byte moves: a `memmove` call costs more than the copy.
 ///
 /// # Panics

@@ -4,7 +4,9 @@
 //! plane, shifted by a constant, over the whole output grid of the plane, which LLVM
 //! vectorizes (i16 × i16 → i32, wrapping like the direct loop). The accumulators are then
 //! requantized through the channel's verified line (or the fixed-point path). The same code is
-//! compiled for AVX2 and picked at run time.
+//! compiled for AVX2 and picked at run time; there the multiply-adds take two taps per
+//! `vpmaddwd` ([`super::pairs`]) and the f32 line runs 8 accumulators per vector
+//! ([`super::line_avx2`]).
 
 use super::{Grid, GroupConv};
 use crate::engine::im2col::ConvGeom;
