@@ -9,6 +9,7 @@
 //! 20 and three fixed-point multipliers; one 32-bit multiply per operand vectorizes, 16 lanes
 //! at a time with AVX-512, where its 64-bit multiplies did not beat a table of every pair.)
 
+#[cfg(target_arch = "x86_64")]
 use super::{add_avx2, add_avx512};
 use crate::engine::ops::broadcast::{broadcast_offsets, broadcast_shape};
 use crate::engine::tensor::Tensor;
@@ -97,6 +98,56 @@ fn code_distance(z: i32) -> i64 {
     (z as i64 + 128).abs().max((z as i64 - 127).abs())
 }
 
+/// A vector kernel of [`QAdd::apply`] on same-shape operands.
+#[derive(Clone, Copy)]
+pub(super) struct AddKernel {
+    /// Elements per step.
+    pub lanes: usize,
+    /// Whether this CPU runs it.
+    pub supported: fn() -> bool,
+    /// y[i] = x₁[i] ± x₂[i] for the first `n` (a multiple of `lanes`) elements of `a`, `b`, `y`.
+    ///
+    /// # Safety
+    /// `supported()`; the pointers valid for `n` elements; [`QAdd::fits_i32`] holds.
+    pub run: unsafe fn(&QAdd, *const i8, *const i8, *mut i8, usize),
+}
+
+/// The vector kernels, widest first.
+#[cfg(target_arch = "x86_64")]
+const KERNELS: [AddKernel; 2] = [add_avx512::KERNEL, add_avx2::KERNEL];
+
+/// y = x₁ ± x₂ for same-length `a`, `b` and `y`, exactly as [`QAdd::apply`], by the widest
+/// vector kernel this CPU runs; false (and `y` untouched) when it runs none or the sums could
+/// leave 32 bits.
+fn same_shape_simd(k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = KERNELS.iter().find(|s| (s.supported)()) {
+        return same_shape_with(kernel, k, a, b, y);
+    }
+    false
+}
+
+/// [`same_shape_simd`] by `kernel`, which this CPU must run: whole steps by the kernel, the
+/// tail one by one.
+fn same_shape_with(kernel: &AddKernel, k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
+    assert!(
+        a.len() == y.len() && b.len() == y.len(),
+        "operands of one length"
+    );
+    assert!((kernel.supported)(), "a kernel this CPU runs");
+    if !k.fits_i32() {
+        return false;
+    }
+    let whole = y.len() / kernel.lanes * kernel.lanes;
+    // SAFETY: the CPU runs the kernel (asserted); it reads and writes `whole` ≤ len elements
+    // of each slice, and `fits_i32` bounds every 32-bit sum.
+    unsafe { (kernel.run)(k, a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), whole) };
+    for ((o, &u), &v) in y[whole..].iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
+        *o = k.apply(u, v);
+    }
+    true
+}
+
 /// x₁ ± x₂ of two quantized tensors (numpy broadcasting) into `qo`.
 pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, String> {
     let ((a, q1), (b, q2)) = match (x1.as_q(), x2.as_q()) {
@@ -107,7 +158,7 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     let apply = |u: i8, v: i8| k.apply(u, v);
     if x1.shape == x2.shape {
         let mut y = vec![0i8; a.len()];
-        if !add_avx512::same_shape(&k, a, b, &mut y) && !add_avx2::same_shape(&k, a, b, &mut y) {
+        if !same_shape_simd(&k, a, b, &mut y) {
             if a.len() >= PAIR_TABLE_MIN {
                 // One table of all 65,536 code pairs: a single load per element.
                 let table = k.pair_table();
@@ -245,11 +296,15 @@ mod tests {
                     let want = add_reference(u, q1, v, q2, qo, true) as i32;
                     assert!((got as i32 - want).abs() <= 1, "n {n}: {u} − {v}");
                 }
-                // The AVX2 kernel too where it runs (the AVX-512 one is taken first above).
-                let mut y2 = vec![0i8; n];
-                if add_avx2::same_shape(&k, &xa, &xb, &mut y2) {
-                    let want: Vec<i8> = xa.iter().zip(&xb).map(|(&u, &v)| k.apply(u, v)).collect();
-                    assert_eq!(y2, want, "AVX2, n {n}");
+                // Every vector kernel this CPU runs (the widest is taken above).
+                #[cfg(target_arch = "x86_64")]
+                for kernel in KERNELS.iter().filter(|s| (s.supported)()) {
+                    let mut y2 = vec![0i8; n];
+                    if same_shape_with(kernel, &k, &xa, &xb, &mut y2) {
+                        let want: Vec<i8> =
+                            xa.iter().zip(&xb).map(|(&u, &v)| k.apply(u, v)).collect();
+                        assert_eq!(y2, want, "{} lanes, n {n}", kernel.lanes);
+                    }
                 }
             }
         }

@@ -3,30 +3,17 @@
 //! 32-bit multiply per operand, round half away from zero by the ratios' fractional bits, add
 //! the output zero point, clamp), with the sign restored by a mask instead of a masked subtract.
 
-use super::add::QAdd;
+use super::add::{AddKernel, QAdd};
 
-/// y[i] = x₁[i] ± x₂[i] for same-length `a`, `b` and `y`, exactly as [`QAdd::apply`]; false
-/// (and `y` untouched) when this CPU lacks AVX2 or the sums could leave 32 bits.
-pub(super) fn same_shape(k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
-    assert!(
-        a.len() == y.len() && b.len() == y.len(),
-        "operands of one length"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if k.fits_i32() && std::arch::is_x86_feature_detected!("avx2") {
-        let whole = y.len() / 8 * 8;
-        // SAFETY: AVX2 was detected; the kernel reads and writes `whole` ≤ len elements of each
-        // slice, and `fits_i32` bounds every 32-bit sum.
-        unsafe { add8(k, a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), whole) };
-        for ((o, &u), &v) in y[whole..].iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
-            *o = k.apply(u, v);
-        }
-        return true;
-    }
-    false
-}
+/// The kernel with its lane count, for CPUs with AVX2 ([`super::add`] runs it).
+#[cfg(target_arch = "x86_64")]
+pub(super) const KERNEL: AddKernel = AddKernel {
+    lanes: 8,
+    supported: || std::arch::is_x86_feature_detected!("avx2"),
+    run: add8,
+};
 
-/// The kernel on the first `n` (a multiple of 8) elements.
+/// The kernel on the first `n` (a multiple of 8) elements (see [`AddKernel::run`]).
 ///
 /// # Safety
 /// AVX2 present; `a`, `b` and `y` valid for `n` elements; [`QAdd::fits_i32`] holds.

@@ -2,30 +2,17 @@
 //! AVX-512: sign-extend, subtract the zero points, one 32-bit multiply per operand, round half
 //! away from zero by the ratios' fractional bits, add the output zero point, clamp, narrow.
 
-use super::add::QAdd;
+use super::add::{AddKernel, QAdd};
 
-/// y[i] = x₁[i] ± x₂[i] for same-length `a`, `b` and `y`, exactly as [`QAdd::apply`]; false
-/// (and `y` untouched) when this CPU lacks AVX-512BW or the sums could leave 32 bits.
-pub(super) fn same_shape(k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8]) -> bool {
-    assert!(
-        a.len() == y.len() && b.len() == y.len(),
-        "operands of one length"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if k.fits_i32() && crate::engine::im2col::has_avx512bw() {
-        let whole = y.len() / 16 * 16;
-        // SAFETY: AVX-512BW was detected; the kernel reads and writes `whole` ≤ len elements of
-        // each slice, and `fits_i32` bounds every 32-bit sum.
-        unsafe { add16(k, a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), whole) };
-        for ((o, &u), &v) in y[whole..].iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
-            *o = k.apply(u, v);
-        }
-        return true;
-    }
-    false
-}
+/// The kernel with its lane count, for CPUs with AVX-512BW ([`super::add`] runs it).
+#[cfg(target_arch = "x86_64")]
+pub(super) const KERNEL: AddKernel = AddKernel {
+    lanes: 16,
+    supported: crate::engine::im2col::has_avx512bw,
+    run: add16,
+};
 
-/// The kernel on the first `n` (a multiple of 16) elements.
+/// The kernel on the first `n` (a multiple of 16) elements (see [`AddKernel::run`]).
 ///
 /// # Safety
 /// AVX-512BW present; `a`, `b` and `y` valid for `n` elements; [`QAdd::fits_i32`] holds.

@@ -90,8 +90,9 @@ fn body<const PAIRS: bool>(conv: &GroupConv, x: &[i8], n: usize, g: &ConvGeom) -
     };
     let mut planes = vec![0i16; cg * phases * plen + (chunked - points) + 1];
     let mut acc = vec![0i32; chunked];
-    let pairs: Vec<_> = (0..conv.out)
-        .filter(|_| PAIRS)
+    // Each output channel's pairs of taps (none without the pairs kernel).
+    let pair_channels = if PAIRS { conv.out } else { 0 };
+    let pairs: Vec<_> = (0..pair_channels)
         .map(|oc| super::pairs::pairs(&taps, &conv.w[oc * ntaps..][..ntaps], plen))
         .collect();
     let mut y = vec![0i8; n * conv.out * opix];
