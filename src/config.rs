@@ -111,6 +111,10 @@ pub struct LayerOverride {
     /// Weight bit width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_bits: Option<u8>,
+    /// Weight bit width per output channel (one per channel, in order; in place of
+    /// `weight_bits`): what `qscope mixed --unit channel` chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_bits: Option<Vec<u8>>,
     /// Activation bit width of this layer's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act_bits: Option<u8>,
@@ -239,11 +243,20 @@ impl QuantConfig {
         self.keep_float.iter().any(|n| n == name)
     }
 
-    /// The weight settings of layer `name`.
+    /// The weight bit width of each output channel of layer `name`, when it has them.
+    pub fn channel_bits(&self, name: &str) -> Option<&[u8]> {
+        self.layers.get(name)?.channel_bits.as_deref()
+    }
+
+    /// The weight settings of layer `name` (with bits per channel: the widest channel's).
     pub fn weight_settings(&self, name: &str) -> WeightSettings {
         let o = self.layer(name);
+        let widest = o
+            .channel_bits
+            .as_ref()
+            .and_then(|b| b.iter().copied().max());
         WeightSettings {
-            bits: o.weight_bits.unwrap_or(self.weight_bits),
+            bits: widest.or(o.weight_bits).unwrap_or(self.weight_bits),
             scheme: o.weight_scheme.unwrap_or(self.weight_scheme),
             granularity: o.granularity.unwrap_or(self.granularity),
             strategy: o.weight_strategy.unwrap_or(self.weight_strategy),
@@ -294,6 +307,9 @@ impl QuantConfig {
             if let Some(b) = o.act_bits {
                 check_bits(&key("act_bits"), b)?;
             }
+            if let Some(bits) = &o.channel_bits {
+                self.check_channel_bits(name, bits, model)?;
+            }
             if let Some(p) = o.percentile {
                 check_percentile(&key("percentile"), p)?;
             }
@@ -332,6 +348,51 @@ impl QuantConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl QuantConfig {
+    /// `layers.NAME.channel_bits`: widths in range, one per output channel of the layer (when
+    /// the model is known), rows quantized apart (not per tensor) and rounded to nearest.
+    fn check_channel_bits(&self, name: &str, bits: &[u8], model: Option<&Model>) -> Result<()> {
+        let key = format!("layers.{name}.channel_bits");
+        for &b in bits {
+            check_bits(&key, b)?;
+        }
+        if bits.is_empty() {
+            return Err(Error::config(
+                key,
+                "is empty; give one bit width per output channel",
+            ));
+        }
+        if self.weight_settings(name).granularity == Granularity::PerTensor {
+            return Err(Error::config(
+                key,
+                "needs per-channel or group weights (a per-tensor scale has one bit width)",
+            ));
+        }
+        if self.weight_rounding != WeightRounding::Nearest {
+            return Err(Error::config(
+                key,
+                format!(
+                    "works with weight_rounding = \"nearest\" only, not \"{}\"",
+                    self.weight_rounding.name()
+                ),
+            ));
+        }
+        let rows = model
+            .and_then(|m| m.layer_index(name))
+            .and_then(|i| model?.layers[i].op.weight_rows().map(|(_, r, _)| r));
+        match rows {
+            Some(r) if r != bits.len() => Err(Error::config(
+                key,
+                format!(
+                    "has {} values; layer '{name}' has {r} output channels",
+                    bits.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

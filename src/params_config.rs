@@ -43,8 +43,11 @@ impl ModelParams {
                 continue;
             };
             let w = &wq.settings;
-            let mut o = LayerOverride::default();
-            if w.bits != base.weight_bits {
+            let mut o = LayerOverride {
+                channel_bits: wq.q.row_bits(),
+                ..Default::default()
+            };
+            if w.bits != base.weight_bits && o.channel_bits.is_none() {
                 o.weight_bits = Some(w.bits);
             }
             if w.scheme != base.weight_scheme {

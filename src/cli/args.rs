@@ -36,7 +36,7 @@ pub enum Command {
     Plot(PlotArgs),
     /// Throughput of the float and the integer engine on one batch (samples/s, GMAC/s).
     Bench(BenchArgs),
-    /// Mixed precision under a budget: per-layer weight bits from a greedy Pareto front.
+    /// Mixed precision under a budget: weight bits per layer or per channel from a greedy Pareto front.
     Mixed(MixedArgs),
 }
 
@@ -61,6 +61,11 @@ pub struct MixedArgs {
     /// Candidate weight bit widths per layer.
     #[arg(long, value_delimiter = ',', default_value = "8,4,3,2")]
     pub candidates: Vec<u8>,
+    /// What gets one bit width: `layer` or `channel` (an output channel: a row of weights with
+    /// its own scale) [default: channel for models of at most 1,024 searched channels and
+    /// 2 MMAC a sample, else layer].
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<qscope::pipeline::mixed::Unit>,
     /// Write the chosen configuration as a --config TOML file.
     #[arg(long, value_name = "FILE.toml")]
     pub out: Option<PathBuf>,

@@ -144,10 +144,11 @@ pub fn human(r: &Report) -> String {
     }
     for l in &r.layers {
         // A weightless integer node (Add, pool, lookup table) has no weights, not float ones.
-        let wbits = if l.weight_bits.is_none() && !l.float {
-            "-".into()
-        } else {
-            opt(l.weight_bits)
+        let wbits = match l.channel_bits_mean {
+            _ if l.weight_bits.is_none() && !l.float => "-".into(),
+            // Bits per channel: their mean, and the widest.
+            Some(m) => format!("{m:.2}≤{}", opt(l.weight_bits)),
+            None => opt(l.weight_bits),
         };
         rows.push(vec![
             l.name.clone(),

@@ -12,8 +12,8 @@ use qscope::config::ConfigFile;
 use qscope::export::atomic::{check_writable_file, write_bytes_atomic};
 use qscope::export::mixed_plot::mixed_svg;
 use qscope::pipeline::mixed::{
-    Budget, FrontPoint, MixedOptions, MixedSearch, check_budget, choose_for_budget,
-    config_with_bits, search,
+    Budget, FrontPoint, MixedOptions, MixedSearch, Unit, check_budget, choose_for_budget,
+    config_with_point, search,
 };
 use qscope::pipeline::{Cancel, Session};
 use std::path::Path;
@@ -60,6 +60,7 @@ pub fn main(args: &MixedArgs) -> Result<()> {
     let opts = MixedOptions {
         candidates: args.candidates.clone(),
         evaluate: true,
+        unit: args.unit,
     };
     let pb = bar(0, "mixed precision");
     let t = std::time::Instant::now();
@@ -85,6 +86,7 @@ pub fn main(args: &MixedArgs) -> Result<()> {
         let json = serde_json::json!({
             "model": result.model,
             "candidates": result.candidates,
+            "unit": result.unit,
             "layers": result.layers,
             "float_params": result.float_params,
             "fp32_accuracy": result.fp32_accuracy,
@@ -100,7 +102,7 @@ pub fn main(args: &MixedArgs) -> Result<()> {
         out!("{}", human(&result, chosen, secs))?;
     }
     if let Some(p) = &args.out {
-        let c = config_with_bits(&config, &result.layers, &result.front[chosen].weight_bits);
+        let c = config_with_point(&config, &result.layers, &result.front[chosen]);
         let text = config_toml(&args.common, &c, &result, &result.front[chosen])?;
         write_bytes_atomic(p, text.as_bytes())?;
         errln!("qscope: wrote {}", p.display());
@@ -113,7 +115,8 @@ pub fn main(args: &MixedArgs) -> Result<()> {
 }
 
 /// The chosen configuration as a `--config` file: the model and data options as given, every
-/// global setting, and `[layers.NAME] weight_bits/act_bits` per searched layer.
+/// global setting, and `[layers.NAME] weight_bits` (or `channel_bits`) and `act_bits` per
+/// searched layer.
 fn config_toml(
     c: &Common,
     config: &QuantConfig,
@@ -173,8 +176,24 @@ fn row(tag: &str, p: &FrontPoint) -> Vec<String> {
         db(p.output_sqnr_db),
         db(Some(p.predicted_sqnr_db)),
     ];
-    r.extend(p.weight_bits.iter().map(u8::to_string));
+    r.extend(layer_bits(p));
     r
+}
+
+/// Each searched layer's weight bits as text: the width, or by channel the mean width.
+fn layer_bits(p: &FrontPoint) -> Vec<String> {
+    match &p.channel_bits {
+        Some(rows) => rows
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:.2}",
+                    b.iter().map(|&x| x as f64).sum::<f64>() / b.len() as f64
+                )
+            })
+            .collect(),
+        None => p.weight_bits.iter().map(u8::to_string).collect(),
+    }
 }
 
 /// The front and the uniform configurations as a table, the chosen point marked.
@@ -200,11 +219,15 @@ fn human(r: &MixedSearch, chosen: usize, secs: f64) -> String {
     let bits: Vec<String> = r
         .layers
         .iter()
-        .zip(&c.weight_bits)
+        .zip(layer_bits(c))
         .map(|(l, b)| format!("{}={b}", l.name))
         .collect();
+    let unit = match r.unit {
+        Unit::Layer => "bits per layer",
+        Unit::Channel => "bits per output channel (layer columns: their mean)",
+    };
     format!(
-        "model {}  ·  float top-1 {}  ·  candidates {:?}  ·  {:.1} s\n\n{}\nchosen: point {chosen} ({}): {:.3} average bits, {} bytes, int top-1 {}\n",
+        "model {}  ·  float top-1 {}  ·  candidates {:?}  ·  {unit}  ·  {:.1} s\n\n{}\nchosen: point {chosen} ({}): {:.3} average bits, {} bytes, int top-1 {}\n",
         r.model,
         pct(r.fp32_accuracy),
         r.candidates,

@@ -69,8 +69,11 @@ pub struct LayerReport {
     pub name: String,
     /// `linear` or `conv2d`.
     pub op: String,
-    /// Weight bits (null when kept in float).
+    /// Weight bits (null when kept in float; with bits per channel, the widest channel's).
     pub weight_bits: Option<u8>,
+    /// With bits per output channel: their mean (absent otherwise) (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_bits_mean: Option<f64>,
     /// Output activation bits (null when kept in float).
     pub act_bits: Option<u8>,
     /// Weight strategy (`manual` when a hand-set factor applies).

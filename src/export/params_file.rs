@@ -173,6 +173,10 @@ pub struct WeightEntry {
     /// One clipping range per block (extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<Vec<[f64; 2]>>,
+    /// The bit width of each output channel when they differ (`bits` is then the widest);
+    /// absent when every channel has `bits` (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_bits: Option<Vec<i64>>,
     /// One scale per tensor, output channel, or output channel × group (row-major).
     pub scale: Vec<f64>,
     /// One zero point per block.
@@ -273,6 +277,10 @@ fn weight_entry(w: &WeightQuant, model_w: &[f32]) -> WeightEntry {
                 .map(|r| [r.lo as f64, r.hi as f64])
                 .collect(),
         ),
+        channel_bits: w
+            .q
+            .row_bits()
+            .map(|b| b.into_iter().map(i64::from).collect()),
         scale: w.q.params.iter().map(|p| p.scale as f64).collect(),
         zero_point: w.q.params.iter().map(|p| p.zero_point as i64).collect(),
         weights_int: chosen_ints(w, model_w),
@@ -643,6 +651,7 @@ fn weight_parts(
         None => None,
     };
     let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
+    let row_bits = channel_bits(label, key, e, bits, (granularity, rows))?;
     let n = block_count(granularity, rows, cols);
     let shape = format!("layer '{layer}' [{rows}, {cols}] at {granularity} needs {n}");
     if e.scale.len() != n {
@@ -671,6 +680,9 @@ fn weight_parts(
     let mut params = Vec::with_capacity(n);
     let mut ranges = Vec::with_capacity(n);
     for b in 0..n {
+        let bits = row_bits
+            .as_ref()
+            .map_or(bits, |rb| rb[b / (n / rows.max(1)).max(1)]);
         let scale = check_scale(label, &format!("{key}.scale[{b}]"), e.scale[b])?;
         let zero_point = check_zero_point(
             label,
@@ -703,6 +715,47 @@ fn weight_parts(
         clip,
     };
     Ok((settings, params, ranges))
+}
+
+/// A weight entry's `channel_bits` checked: one width per output channel, each in range, the
+/// widest equal to `bits`, and not on per-tensor weights.
+fn channel_bits(
+    label: &str,
+    key: &str,
+    e: &WeightEntry,
+    bits: u8,
+    (granularity, rows): (Granularity, usize),
+) -> Result<Option<Vec<u8>>> {
+    let Some(v) = &e.channel_bits else {
+        return Ok(None);
+    };
+    let key = format!("{key}.channel_bits");
+    if granularity == Granularity::PerTensor {
+        return Err(bad(label, &key, "is given for per-tensor weights"));
+    }
+    if v.len() != rows {
+        return Err(bad(
+            label,
+            &key,
+            format!(
+                "has {} values; the layer has {rows} output channels",
+                v.len()
+            ),
+        ));
+    }
+    let widths = v
+        .iter()
+        .enumerate()
+        .map(|(r, &b)| check_bits(label, &format!("{key}[{r}]"), b))
+        .collect::<Result<Vec<u8>>>()?;
+    if widths.iter().max() != Some(&bits) {
+        return Err(bad(
+            label,
+            &key,
+            format!("the widest channel must have `bits` ({bits})"),
+        ));
+    }
+    Ok(Some(widths))
 }
 
 /// A weight entry's `weights_int` checked against the qparams of `q` (count and range).

@@ -241,6 +241,7 @@ fn weight_entry(
         clip: None,
         percentile: None,
         range: None,
+        channel_bits: None,
         scale: order.iter().map(|&k| c.scale[k] as f64).collect(),
         zero_point: order.iter().map(|&k| zp[k]).collect(),
         weights_int: None,

@@ -12,7 +12,7 @@ use crate::model::{Dataset, Model, ValueId};
 use crate::params::{ActQuant, LayerParams, ModelParams, PointParams, WeightQuant};
 use crate::quant::QParams;
 use crate::quant::calib::{Histogram, StrategyParams, choose_range};
-use crate::quant::weights::quantize_weights as quantize_matrix;
+use crate::quant::weights::quantize_weights_rows as quantize_matrix;
 use rayon::prelude::*;
 
 /// Streaming histograms of every quantization point over the calibration set.
@@ -53,7 +53,7 @@ pub fn quantize_weights(model: &Model, config: &QuantConfig) -> Vec<Option<Weigh
             let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
             Some(WeightQuant::new(
                 settings,
-                quantize_matrix(w, rows, cols, &settings),
+                quantize_matrix(w, rows, cols, &settings, config.channel_bits(&layer.name)),
             ))
         })
         .collect()

@@ -5,6 +5,7 @@
 //! point a budget asks for. The UI's worker calls [`search`] and [`choose`] the same way
 //! `qscope mixed` does.
 
+mod channels;
 pub mod greedy;
 
 use super::{Cancel, Session};
@@ -21,6 +22,9 @@ pub struct MixedOptions {
     pub candidates: Vec<u8>,
     /// Evaluate every front point (and the uniform configurations) on the evaluation set.
     pub evaluate: bool,
+    /// What gets one bit width: a layer or an output channel (`None`: chosen by the model's
+    /// size, [`Unit::auto`]).
+    pub unit: Option<Unit>,
 }
 
 impl Default for MixedOptions {
@@ -28,6 +32,55 @@ impl Default for MixedOptions {
         MixedOptions {
             candidates: vec![8, 4, 3, 2],
             evaluate: true,
+            unit: None,
+        }
+    }
+}
+
+/// Per searched unit: its layer (an index into the searched layers) and, by channel, its
+/// output channel.
+pub type Units = Vec<(usize, Option<usize>)>;
+
+/// What the search gives one bit width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// A whole weight layer (AIMET's AMP).
+    Layer,
+    /// One output channel of a weight layer (its row of weights, with its own scale).
+    Channel,
+}
+
+impl std::str::FromStr for Unit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "layer" => Ok(Unit::Layer),
+            "channel" => Ok(Unit::Channel),
+            _ => Err(format!("unknown unit '{s}' (expected layer or channel)")),
+        }
+    }
+}
+
+/// Output channels a search by channel measures at most when the unit is left to the model
+/// (each is one run per lower candidate).
+pub const AUTO_CHANNELS_MAX: usize = 1024;
+
+/// Multiply-adds per sample above which the unit left to the model is a layer (a run per
+/// channel would take minutes).
+pub const AUTO_MACS_MAX: f64 = 2e6;
+
+impl Unit {
+    /// The unit when none is given: a channel when the searched layers have at most
+    /// [`AUTO_CHANNELS_MAX`] output channels and a sample costs at most [`AUTO_MACS_MAX`]
+    /// multiply-adds, else a layer.
+    pub fn auto(layers: &[MixedLayer], macs_per_sample: f64) -> Unit {
+        let channels: usize = layers.iter().map(|l| l.channels).sum();
+        let macs = macs_per_sample;
+        if channels <= AUTO_CHANNELS_MAX && macs <= AUTO_MACS_MAX {
+            Unit::Channel
+        } else {
+            Unit::Layer
         }
     }
 }
@@ -39,13 +92,21 @@ pub struct MixedLayer {
     pub name: String,
     /// Weights in the layer.
     pub params: u64,
+    /// Output channels (rows of its weight matrix).
+    pub channels: usize,
 }
 
 /// One configuration: per-layer weight bits, its size and (when evaluated) its accuracy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FrontPoint {
-    /// Weight bits per searched layer, in network order.
+    /// Weight bits per searched layer, in network order (by channel: the layer's widest).
     pub weight_bits: Vec<u8>,
+    /// By channel: each searched layer's bits per output channel (absent by layer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_bits: Option<Vec<Vec<u8>>>,
+    /// The bits of each searched unit (layer or channel), as the sensitivity table orders them.
+    #[serde(skip)]
+    pub unit_bits: Vec<u8>,
     /// Weight storage in bytes: each layer's codes packed at its bit width (rounded up to whole
     /// bytes per layer), float-kept layers at 4 bytes a weight; scales and biases not counted.
     pub size_bytes: u64,
@@ -81,6 +142,8 @@ pub struct MixedSearch {
     pub model: String,
     /// Candidate bit widths, highest first.
     pub candidates: Vec<u8>,
+    /// What got one bit width.
+    pub unit: Unit,
     /// The searched layers (weight layers not kept in float).
     pub layers: Vec<MixedLayer>,
     /// Weights in float-kept layers.
@@ -93,9 +156,12 @@ pub struct MixedSearch {
     pub front: Vec<FrontPoint>,
     /// Every layer at one candidate, highest first (for reference).
     pub uniform: Vec<FrontPoint>,
-    /// The sensitivity table the front was walked on.
+    /// The sensitivity table the front was walked on (a row per unit).
     #[serde(skip)]
     pub table: SensitivityTable,
+    /// Per unit: its layer (an index into `layers`) and, by channel, its output channel.
+    #[serde(skip)]
+    pub units: Units,
 }
 
 /// What a budget asks for.
@@ -113,7 +179,29 @@ pub enum Budget {
 pub fn config_with_bits(config: &QuantConfig, layers: &[MixedLayer], bits: &[u8]) -> QuantConfig {
     let mut c = config.clone();
     for (l, &b) in layers.iter().zip(bits) {
-        c.layer_mut(&l.name).weight_bits = Some(b);
+        let o = c.layer_mut(&l.name);
+        o.weight_bits = Some(b);
+        o.channel_bits = None;
+    }
+    c
+}
+
+/// `config` with point `p`'s weight bits: per layer, or per output channel when it has them.
+pub fn config_with_point(
+    config: &QuantConfig,
+    layers: &[MixedLayer],
+    p: &FrontPoint,
+) -> QuantConfig {
+    let mut c = config_with_bits(config, layers, &p.weight_bits);
+    if let Some(rows) = &p.channel_bits {
+        for (l, b) in layers.iter().zip(rows) {
+            let o = c.layer_mut(&l.name);
+            // A layer whose channels all have one width is a layer at that width.
+            if b.iter().any(|&x| x != b[0]) {
+                o.channel_bits = Some(b.clone());
+                o.weight_bits = None;
+            }
+        }
     }
     c
 }
@@ -128,23 +216,35 @@ impl MixedSearch {
         self.layers.iter().map(|l| l.params).sum::<u64>() + self.float_params
     }
 
-    /// A point for per-layer `bits` (not yet evaluated).
-    fn point(&self, bits: Vec<u8>, nsr: f64) -> FrontPoint {
-        let packed: u64 = self
-            .layers
-            .iter()
-            .zip(&bits)
-            .map(|(l, &b)| (l.params * b as u64).div_ceil(8))
-            .sum();
-        let size_bits: u64 = self
-            .layers
-            .iter()
-            .zip(&bits)
-            .map(|(l, &b)| l.params * b as u64)
-            .sum::<u64>()
-            + 32 * self.float_params;
+    /// A point for per-unit `unit_bits` (not yet evaluated).
+    fn point(&self, unit_bits: Vec<u8>, nsr: f64) -> FrontPoint {
+        let (bits, channel_bits, layer_bits) = match self.unit {
+            Unit::Layer => {
+                let sizes = self.layers.iter().zip(&unit_bits);
+                let layer_bits = sizes.map(|(l, &b)| l.params * b as u64).collect();
+                (unit_bits.clone(), None, layer_bits)
+            }
+            Unit::Channel => {
+                let mut rows: Vec<Vec<u8>> = self.layers.iter().map(|_| Vec::new()).collect();
+                let mut layer_bits = vec![0u64; self.layers.len()];
+                for (&(l, _), &b) in self.units.iter().zip(&unit_bits) {
+                    rows[l].push(b);
+                    layer_bits[l] +=
+                        self.layers[l].params / self.layers[l].channels as u64 * b as u64;
+                }
+                let widest = rows
+                    .iter()
+                    .map(|r| r.iter().copied().max().unwrap_or(8))
+                    .collect();
+                (widest, Some(rows), layer_bits)
+            }
+        };
+        let packed: u64 = layer_bits.iter().map(|b| b.div_ceil(8)).sum();
+        let size_bits: u64 = layer_bits.iter().sum::<u64>() + 32 * self.float_params;
         FrontPoint {
             weight_bits: bits,
+            channel_bits,
+            unit_bits,
             size_bytes: packed + 4 * self.float_params,
             avg_bits: size_bits as f64 / self.total_params().max(1) as f64,
             predicted_sqnr_db: -10.0 * nsr.max(f64::MIN_POSITIVE).log10(),
@@ -170,6 +270,7 @@ fn searched_layers(model: &crate::model::Model, config: &QuantConfig) -> (Vec<Mi
             layers.push(MixedLayer {
                 name: l.name.clone(),
                 params,
+                channels: rows,
             });
         }
     }
@@ -258,24 +359,44 @@ pub fn search(
             "every weight layer is kept in float: nothing to search",
         ));
     }
+    let unit = match opts.unit {
+        Some(u) => u,
+        None => {
+            let one = super::make_batch(&session.model, &session.calib, 0, 1)?;
+            Unit::auto(&layers, super::bench::macs_per_sample(&session.model, one)?)
+        }
+    };
     let (nl, nc) = (layers.len(), candidates.len());
-    // The front has at most one point per step, plus the top.
-    let mut total = 1
-        + nl * (nc - 1)
-        + if opts.evaluate {
-            1 + nl * (nc - 1) + nc
-        } else {
-            0
-        };
+    // The front has at most one point per step, plus the top (by channel: thinned).
+    let evaluated = |nu: usize| 1 + (nu * (nc - 1)).min(FRONT_POINTS_MAX) + nc;
+    let mut total = match unit {
+        Unit::Layer => 1 + nl * (nc - 1),
+        Unit::Channel => nc + nl * (nc - 1),
+    };
+    if opts.evaluate {
+        let nu = layers.iter().map(|l| l.channels).sum();
+        total += evaluated(if unit == Unit::Layer { nl } else { nu });
+    }
     let mut done = 0;
-    let (table, sensitivity) = measure(session, config, &layers, &candidates, cancel, &mut |_| {
-        done += 1;
+    let mut tick = |n: usize| {
+        done += n;
         progress(done, total)
-    })?;
-    let greedy = greedy_front(&table)?;
+    };
+    let ((table, units), sensitivity) = match unit {
+        Unit::Layer => {
+            let (t, e) = measure(session, config, &layers, &candidates, cancel, &mut tick)?;
+            ((t, (0..nl).map(|l| (l, None)).collect()), e)
+        }
+        Unit::Channel => (
+            channels::measure(session, config, &layers, &candidates, cancel, &mut tick)?,
+            Vec::new(),
+        ),
+    };
+    let greedy = thinned(greedy_front(&table)?);
     let mut result = MixedSearch {
         model: session.model.name.clone(),
         candidates: candidates.clone(),
+        unit,
         layers,
         float_params,
         fp32_accuracy: None,
@@ -283,14 +404,16 @@ pub fn search(
         front: Vec::new(),
         uniform: Vec::new(),
         table: table.clone(),
+        units,
     };
     let bits_of = |c: &[usize]| c.iter().map(|&k| candidates[k]).collect::<Vec<u8>>();
     result.front = greedy
         .iter()
         .map(|g| result.point(bits_of(&g.choice), g.nsr))
         .collect();
+    let nu = result.units.len();
     result.uniform = (0..nc)
-        .map(|k| result.point(vec![candidates[k]; nl], table.predict(&vec![k; nl])))
+        .map(|k| result.point(vec![candidates[k]; nu], table.predict(&vec![k; nu])))
         .collect();
     if opts.evaluate {
         total = done + result.front.len() + result.uniform.len();
@@ -299,6 +422,30 @@ pub fn search(
         })?;
     }
     Ok(result)
+}
+
+/// Front points evaluated at most: a search by channel takes a step per channel and candidate,
+/// so its front is thinned to about this many points, evenly in size.
+pub const FRONT_POINTS_MAX: usize = 64;
+
+/// `front` thinned to about [`FRONT_POINTS_MAX`] points evenly spaced in size (the first and
+/// the last kept).
+fn thinned(front: Vec<greedy::GreedyPoint>) -> Vec<greedy::GreedyPoint> {
+    if front.len() <= FRONT_POINTS_MAX {
+        return front;
+    }
+    let (hi, lo) = (front[0].size_bits, front[front.len() - 1].size_bits);
+    let step = (hi - lo) / (FRONT_POINTS_MAX as u64 - 1).max(1);
+    let last = front.len() - 1;
+    let mut next = hi;
+    let mut kept = Vec::new();
+    for (i, g) in front.into_iter().enumerate() {
+        if g.size_bits <= next || i == last {
+            next = g.size_bits.saturating_sub(step);
+            kept.push(g);
+        }
+    }
+    kept
 }
 
 /// Evaluates every front and uniform point on `session.eval` (configurations already measured
@@ -315,12 +462,12 @@ pub fn evaluate_points(
     let layers = result.layers.clone();
     let points = result.front.iter_mut().chain(result.uniform.iter_mut());
     for (n, p) in points.enumerate() {
-        let r = match seen.iter().find(|(b, _)| *b == p.weight_bits) {
+        let r = match seen.iter().find(|(b, _)| *b == p.unit_bits) {
             Some((_, r)) => r.clone(),
             None => {
-                let c = config_with_bits(config, &layers, &p.weight_bits);
+                let c = config_with_point(config, &layers, p);
                 let r = session.run(&c, cancel)?.report;
-                seen.push((p.weight_bits.clone(), r.clone()));
+                seen.push((p.unit_bits.clone(), r.clone()));
                 r
             }
         };
@@ -352,6 +499,7 @@ pub fn check_budget(
     let mut s = MixedSearch {
         model: model.name.clone(),
         candidates: vec![low],
+        unit: Unit::Layer,
         layers,
         float_params,
         fp32_accuracy: None,
@@ -359,6 +507,7 @@ pub fn check_budget(
         front: Vec::new(),
         uniform: Vec::new(),
         table: SensitivityTable::default(),
+        units: Vec::new(),
     };
     s.front = vec![s.point(vec![low; s.layers.len()], 0.0)];
     choose(&s, budget).map(|_| ())
@@ -406,22 +555,26 @@ pub fn choose_for_budget(
         let cands = search.candidates.clone();
         let bits_of = |c: &[usize]| c.iter().map(|&k| cands[k]).collect::<Vec<u8>>();
         let table = &search.table;
-        let greedy: Vec<greedy::GreedyPoint> = search
-            .front
-            .iter()
-            .map(|p| {
-                let choice: Vec<usize> = p
-                    .weight_bits
-                    .iter()
-                    .map(|b| cands.iter().position(|c| c == b).unwrap_or(0))
-                    .collect();
-                greedy::GreedyPoint {
-                    size_bits: table.size_bits(&choice),
-                    nsr: table.predict(&choice),
-                    choice,
-                }
-            })
-            .collect();
+        // By channel the front was thinned: the whole walk has the points between.
+        let greedy: Vec<greedy::GreedyPoint> = match search.unit {
+            Unit::Channel => greedy_front(table)?,
+            Unit::Layer => search
+                .front
+                .iter()
+                .map(|p| {
+                    let choice: Vec<usize> = p
+                        .unit_bits
+                        .iter()
+                        .map(|b| cands.iter().position(|c| c == b).unwrap_or(0))
+                        .collect();
+                    greedy::GreedyPoint {
+                        size_bits: table.size_bits(&choice),
+                        nsr: table.predict(&choice),
+                        choice,
+                    }
+                })
+                .collect(),
+        };
         let fits = |c: &[usize]| within(&search.point(bits_of(c), 0.0), budget);
         let best_front = greedy
             .iter()
@@ -430,11 +583,20 @@ pub fn choose_for_budget(
             .fold(f64::INFINITY, f64::min);
         let better = exact_for(search, budget)
             .or_else(|| refine(table, &greedy, fits))
-            .filter(|c| table.predict(c) < best_front && !greedy.iter().any(|g| g.choice == *c));
+            .filter(|c| table.predict(c) < best_front && !greedy.iter().any(|g| g.choice == *c))
+            .or_else(|| {
+                // By channel: the best point of the whole walk, when thinning left it out.
+                let best = greedy
+                    .iter()
+                    .filter(|g| fits(&g.choice))
+                    .min_by(|a, b| a.nsr.total_cmp(&b.nsr))?;
+                let on_front = |p: &FrontPoint| p.unit_bits == bits_of(&best.choice);
+                (!search.front.iter().any(on_front)).then(|| best.choice.clone())
+            });
         if let Some(c) = better {
             let mut p = search.point(bits_of(&c), table.predict(&c));
             if search.front[0].quant_accuracy.is_some() {
-                let cfg = config_with_bits(config, &search.layers, &p.weight_bits);
+                let cfg = config_with_point(config, &search.layers, &p);
                 let r = session.run(&cfg, cancel)?.report;
                 p.quant_accuracy = r.quant_accuracy;
                 p.agreement = r.agreement;

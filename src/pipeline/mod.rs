@@ -394,7 +394,7 @@ fn evaluate_params_with(
 /// What decides the quantized weights and the calibration histograms: each weight layer's
 /// settings and the weight methods.
 type WeightKey = (
-    Vec<Option<crate::config::WeightSettings>>,
+    Vec<Option<(crate::config::WeightSettings, Option<Vec<u8>>)>>,
     (bool, crate::config::WeightRounding, bool, Option<u32>),
 );
 
@@ -407,7 +407,8 @@ fn weight_key(model: &Model, config: &QuantConfig) -> WeightKey {
         .iter()
         .map(|&i| {
             let name = &model.layers[i].name;
-            (!config.is_float(name)).then(|| config.weight_settings(name))
+            let bits = config.channel_bits(name).map(<[u8]>::to_vec);
+            (!config.is_float(name)).then(|| (config.weight_settings(name), bits))
         })
         .collect();
     let methods = (

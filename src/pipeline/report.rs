@@ -31,6 +31,11 @@ fn layer_report(
         name: lp.name.clone(),
         op: layer.op_type.clone(),
         weight_bits: ws.map(|s| s.bits),
+        channel_bits_mean: lp
+            .weight
+            .as_ref()
+            .and_then(|w| w.q.row_bits())
+            .map(|b| b.iter().map(|&x| x as f64).sum::<f64>() / b.len() as f64),
         act_bits: act.map(|a| a.settings.bits),
         weight_strategy: ws.map(|s| {
             if s.clip.is_some() {
@@ -59,6 +64,7 @@ fn weightless_report(model: &Model, i: usize, a: &ActQuant) -> LayerReport {
         name: l.name.clone(),
         op: l.op_type.clone(),
         weight_bits: None,
+        channel_bits_mean: None,
         act_bits: Some(a.settings.bits),
         weight_strategy: None,
         act_strategy: Some(a.settings.strategy.to_string()),

@@ -63,9 +63,24 @@ impl QWeights {
         }
     }
 
-    /// Bit width (the same for every block).
+    /// Bit width: the widest block's (blocks differ only with bits per output channel).
     pub fn bits(&self) -> u8 {
-        self.params[0].bits
+        self.params.iter().map(|p| p.bits).max().unwrap_or(8)
+    }
+
+    /// The bit width of each output channel when they differ (bits per channel), else `None`.
+    pub fn row_bits(&self) -> Option<Vec<u8>> {
+        if self.params.iter().all(|p| p.bits == self.params[0].bits) {
+            return None;
+        }
+        let per_row = self.params.len() / self.rows.max(1);
+        Some(
+            self.params
+                .iter()
+                .step_by(per_row.max(1))
+                .map(|p| p.bits)
+                .collect(),
+        )
     }
 
     /// The real weights these integers stand for.
@@ -115,7 +130,29 @@ fn block_range(values: &[f32], s: &WeightSettings) -> ClipRange {
 
 /// Quantizes a row-major [rows, cols] weight matrix under `s`.
 pub fn quantize_weights(w: &[f32], rows: usize, cols: usize, s: &WeightSettings) -> QWeights {
+    quantize_weights_rows(w, rows, cols, s, None)
+}
+
+/// [`quantize_weights`] with a bit width per output channel (`row_bits[r]` for row r, in place
+/// of `s.bits`): each row's ranges are chosen and its integers rounded at its own width.
+/// Per-tensor weights share one range, so they ignore `row_bits` (the configuration refuses
+/// that combination).
+pub fn quantize_weights_rows(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    s: &WeightSettings,
+    row_bits: Option<&[u8]>,
+) -> QWeights {
     assert_eq!(w.len(), rows * cols, "weight matrix size");
+    let row_bits = row_bits.filter(|_| s.granularity != Granularity::PerTensor);
+    if let Some(b) = row_bits {
+        assert_eq!(b.len(), rows, "one bit width per row");
+    }
+    let at = |r: usize| WeightSettings {
+        bits: row_bits.map_or(s.bits, |b| b[r]),
+        ..*s
+    };
     let groups = groups_per_row(s.granularity, cols);
     let gs = match s.granularity {
         Granularity::Group(n) => n.min(cols),
@@ -123,20 +160,26 @@ pub fn quantize_weights(w: &[f32], rows: usize, cols: usize, s: &WeightSettings)
     };
     let ranges: Vec<ClipRange> = match s.granularity {
         Granularity::PerTensor => vec![block_range(w, s)],
-        Granularity::PerChannel => w.par_chunks(cols).map(|row| block_range(row, s)).collect(),
+        Granularity::PerChannel => w
+            .par_chunks(cols)
+            .enumerate()
+            .map(|(r, row)| block_range(row, &at(r)))
+            .collect(),
         Granularity::Group(_) => (0..rows * groups)
             .into_par_iter()
             .map(|b| {
                 let (r, g) = (b / groups, b % groups);
                 let start = r * cols + g * gs;
                 let end = r * cols + ((g + 1) * gs).min(cols);
-                block_range(&w[start..end], s)
+                block_range(&w[start..end], &at(r))
             })
             .collect(),
     };
+    let per_row = ranges.len() / rows.max(1);
     let params: Vec<QParams> = ranges
         .iter()
-        .map(|&r| QParams::from_range(r, s.bits, s.scheme))
+        .enumerate()
+        .map(|(b, &r)| QParams::from_range(r, at(b / per_row.max(1)).bits, s.scheme))
         .collect();
     let mut qw = QWeights {
         rows,

@@ -697,7 +697,7 @@ impl App {
                     self.error("no front point to apply yet");
                     return Vec::new();
                 };
-                let c = mixed::config_with_bits(&self.config, &s.layers, &p.weight_bits);
+                let c = mixed::config_with_point(&self.config, &s.layers, p);
                 let msg = format!(
                     "applied {:.3} average weight bits ({} bytes)",
                     p.avg_bits, p.size_bytes
@@ -807,7 +807,9 @@ impl App {
                 }
                 let o = c.layer_mut(name);
                 if weights {
+                    // One width for the whole layer replaces any widths per channel.
                     o.weight_bits = Some(new);
+                    o.channel_bits = None;
                 } else {
                     o.act_bits = Some(new);
                 }
@@ -847,7 +849,15 @@ impl App {
                     .iter()
                     .position(|&g| g == cur)
                     .map_or(0, |i| (i + 1) % GRANULARITIES.len());
-                c.layer_mut(name).granularity = Some(GRANULARITIES[i]);
+                let widest = c.weight_settings(name).bits;
+                let o = c.layer_mut(name);
+                o.granularity = Some(GRANULARITIES[i]);
+                if GRANULARITIES[i] == crate::quant::Granularity::PerTensor
+                    && o.channel_bits.take().is_some()
+                {
+                    // One scale has one width: the widest channel's.
+                    o.weight_bits = Some(widest);
+                }
                 Ok(format!("{what}: {}", GRANULARITIES[i]))
             }
             Action::ToggleScheme => {
@@ -1037,6 +1047,7 @@ fn apply_to_all(c: &mut QuantConfig, name: &str, is_input: bool) -> String {
         o.percentile = None;
         if !is_input {
             o.weight_bits = None;
+            o.channel_bits = None;
             o.weight_scheme = None;
             o.granularity = None;
             o.weight_strategy = None;
