@@ -230,6 +230,64 @@ mod tests {
         assert!(q.dequantize().iter().all(|v| v.is_finite()));
     }
 
+    /// Symmetric min/max codes of `v` at `bits` in f64 (formats.md §3 written out): scale
+    /// max|v| / (2^(bits−1) − 1), stored as f32, codes x / scale rounded half away from zero,
+    /// clamped.
+    fn symmetric_f64(v: &[f32], bits: u8) -> (f64, Vec<i8>) {
+        let qmax = ((1i32 << (bits - 1)) - 1) as f64;
+        let amax = v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+        let scale = if amax > 0.0 { amax / qmax } else { 1.0 };
+        let stored = scale as f32 as f64;
+        let q = v
+            .iter()
+            .map(|&x| {
+                let t = x as f64 / stored;
+                let r = t.signum() * (t.abs() + 0.5).floor();
+                r.clamp(-qmax - 1.0, qmax) as i8
+            })
+            .collect();
+        (scale, q)
+    }
+
+    #[test]
+    fn bits_per_row_quantize_each_row_or_group_at_its_own_width() {
+        let (rows, cols) = (5, 12);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173 * (1 + i / cols) as f32)
+            .collect();
+        let row_bits = [2u8, 8, 3, 4, 2];
+        for g in [Granularity::PerChannel, Granularity::Group(5)] {
+            let s = settings(8, g, Scheme::Symmetric);
+            let q = quantize_weights_rows(&w, rows, cols, &s, Some(&row_bits));
+            let gs = q.group_size();
+            for r in 0..rows {
+                for start in (0..cols).step_by(gs) {
+                    let end = (start + gs).min(cols);
+                    let (scale, codes) =
+                        symmetric_f64(&w[r * cols + start..r * cols + end], row_bits[r]);
+                    let p = q.param(r, start / gs);
+                    assert_eq!(p.bits, row_bits[r], "{g} row {r}");
+                    assert!(
+                        (p.scale as f64 - scale).abs() <= 1e-6 * scale,
+                        "{g} row {r}"
+                    );
+                    assert_eq!(
+                        &q.q[r * cols + start..r * cols + end],
+                        &codes[..],
+                        "{g} row {r}"
+                    );
+                }
+            }
+            assert_eq!(q.bits(), 8);
+            assert_eq!(q.row_bits().as_deref(), Some(&row_bits[..]));
+        }
+        // One width for every row: the same as no widths, and no widths reported.
+        let s = settings(3, Granularity::PerChannel, Scheme::Symmetric);
+        let same = quantize_weights_rows(&w, rows, cols, &s, Some(&[3; 5]));
+        assert_eq!(same, quantize_weights(&w, rows, cols, &s));
+        assert_eq!(same.row_bits(), None);
+    }
+
     #[test]
     fn groups_split_each_row_and_the_last_may_be_short() {
         let w: Vec<f32> = (0..10).map(|i| i as f32 - 4.0).collect(); // 2 rows × 5

@@ -5,6 +5,7 @@ mod adaround;
 mod bad_input;
 mod bench_cmd;
 mod campaign;
+mod channel_bits;
 mod engine;
 mod export;
 mod figures;
