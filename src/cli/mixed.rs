@@ -176,24 +176,8 @@ fn row(tag: &str, p: &FrontPoint) -> Vec<String> {
         db(p.output_sqnr_db),
         db(Some(p.predicted_sqnr_db)),
     ];
-    r.extend(layer_bits(p));
+    r.extend(p.layer_bits_text());
     r
-}
-
-/// Each searched layer's weight bits as text: the width, or by channel the mean width.
-fn layer_bits(p: &FrontPoint) -> Vec<String> {
-    match &p.channel_bits {
-        Some(rows) => rows
-            .iter()
-            .map(|b| {
-                format!(
-                    "{:.2}",
-                    b.iter().map(|&x| x as f64).sum::<f64>() / b.len() as f64
-                )
-            })
-            .collect(),
-        None => p.weight_bits.iter().map(u8::to_string).collect(),
-    }
 }
 
 /// The front and the uniform configurations as a table, the chosen point marked.
@@ -219,7 +203,7 @@ fn human(r: &MixedSearch, chosen: usize, secs: f64) -> String {
     let bits: Vec<String> = r
         .layers
         .iter()
-        .zip(layer_bits(c))
+        .zip(c.layer_bits_text())
         .map(|(l, b)| format!("{}={b}", l.name))
         .collect();
     let unit = match r.unit {

@@ -16,10 +16,9 @@ fn xy(p: &FrontPoint) -> Option<(f64, f64)> {
         .map(|a| (p.size_bytes as f64 / 1024.0, a * 100.0))
 }
 
-/// A short label of per-layer bits, e.g. `W3·2·8`.
+/// A short label of per-layer bits, e.g. `W3·2·8` (by channel, each layer's mean width).
 fn bits_label(p: &FrontPoint) -> String {
-    let b: Vec<String> = p.weight_bits.iter().map(u8::to_string).collect();
-    format!("W{}", b.join("·"))
+    format!("W{}", p.layer_bits_text().join("·"))
 }
 
 /// The picture of `search` with front point `chosen` marked, as SVG text. The points must have

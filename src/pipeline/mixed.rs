@@ -122,6 +122,23 @@ pub struct FrontPoint {
     pub output_sqnr_db: Option<f64>,
 }
 
+impl FrontPoint {
+    /// Each searched layer's weight bits as text: its width, or by channel the mean width with
+    /// two decimals.
+    pub fn layer_bits_text(&self) -> Vec<String> {
+        match &self.channel_bits {
+            Some(rows) => rows
+                .iter()
+                .map(|b| {
+                    let mean = b.iter().map(|&x| x as f64).sum::<f64>() / b.len().max(1) as f64;
+                    format!("{mean:.2}")
+                })
+                .collect(),
+            None => self.weight_bits.iter().map(u8::to_string).collect(),
+        }
+    }
+}
+
 /// One row of the sensitivity table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SensitivityEntry {

@@ -284,7 +284,7 @@ fn mixed_panel(m: &super::app::MixedPanel, f: &mut Frame, area: Rect) {
             Some(e) => Line::from(format!("✗ {e}").fg(Color::Red)),
             None => Line::from(
                 format!(
-                    "◌ measuring each layer's sensitivity and the front… {} of {} runs",
+                    "◌ measuring each layer's (or channel's) sensitivity and the front… {} of {} runs",
                     m.progress.0, m.progress.1
                 )
                 .fg(Color::Yellow),
@@ -296,11 +296,15 @@ fn mixed_panel(m: &super::app::MixedPanel, f: &mut Frame, area: Rect) {
     let names: Vec<String> = s.layers.iter().map(|l| compact_name(&l.name)).collect();
     let mut lines = vec![Line::from(
         format!(
-            "  {:>10}  {:>8}  {:>9}  {:>9}  bits per layer ({})",
+            "  {:>10}  {:>8}  {:>9}  {:>9}  {} ({})",
             "bytes",
             "avg bits",
             "int top-1",
             "agreement",
+            match s.unit {
+                crate::pipeline::mixed::Unit::Layer => "bits per layer",
+                crate::pipeline::mixed::Unit::Channel => "mean bits per channel, by layer",
+            },
             names.join(", ")
         )
         .fg(Color::DarkGray),
@@ -322,11 +326,7 @@ fn mixed_panel(m: &super::app::MixedPanel, f: &mut Frame, area: Rect) {
             p.avg_bits,
             pct(p.quant_accuracy),
             pct(p.agreement),
-            p.weight_bits
-                .iter()
-                .map(u8::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
+            p.layer_bits_text().join(" "),
         );
         let style = if k == m.selected {
             Style::new().fg(Color::Black).bg(Color::Cyan)
