@@ -19,6 +19,9 @@ fn config_text(bits: &[u8], extra: &str) -> String {
     )
 }
 
+/// A change to a weight entry of a params file.
+type Edit = fn(&mut Value);
+
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -145,7 +148,7 @@ fn channel_bits_that_cannot_apply_get_one_line_errors() {
     ]);
     assert!(ok, "{err}");
     let good = json(&std::fs::read_to_string(&params).unwrap());
-    let edits: [(&str, fn(&mut Value)); 3] = [
+    let edits: [(&str, Edit); 3] = [
         ("256 output channels", |w| {
             w["channel_bits"].as_array_mut().unwrap().pop();
         }),
