@@ -145,6 +145,12 @@ pub struct LayerOverride {
 }
 
 impl LayerOverride {
+    /// Sets one weight width for the whole layer (dropping any widths per channel).
+    pub fn set_weight_bits(&mut self, bits: u8) {
+        self.weight_bits = Some(bits);
+        self.channel_bits = None;
+    }
+
     /// Whether nothing is overridden.
     pub fn is_empty(&self) -> bool {
         *self == LayerOverride::default()

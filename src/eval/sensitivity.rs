@@ -85,7 +85,7 @@ pub fn with_layer_bits(config: &QuantConfig, name: &str, bits: u8, target: Targe
     c.keep_float.retain(|n| n != name);
     let o = c.layer_mut(name);
     if matches!(target, Target::Weights | Target::Both) {
-        o.weight_bits = Some(bits);
+        o.set_weight_bits(bits);
     }
     if matches!(target, Target::Activations | Target::Both) {
         o.act_bits = Some(bits);

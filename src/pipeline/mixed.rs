@@ -196,9 +196,7 @@ pub enum Budget {
 pub fn config_with_bits(config: &QuantConfig, layers: &[MixedLayer], bits: &[u8]) -> QuantConfig {
     let mut c = config.clone();
     for (l, &b) in layers.iter().zip(bits) {
-        let o = c.layer_mut(&l.name);
-        o.weight_bits = Some(b);
-        o.channel_bits = None;
+        c.layer_mut(&l.name).set_weight_bits(b);
     }
     c
 }

@@ -807,9 +807,7 @@ impl App {
                 }
                 let o = c.layer_mut(name);
                 if weights {
-                    // One width for the whole layer replaces any widths per channel.
-                    o.weight_bits = Some(new);
-                    o.channel_bits = None;
+                    o.set_weight_bits(new);
                 } else {
                     o.act_bits = Some(new);
                 }
@@ -853,10 +851,10 @@ impl App {
                 let o = c.layer_mut(name);
                 o.granularity = Some(GRANULARITIES[i]);
                 if GRANULARITIES[i] == crate::quant::Granularity::PerTensor
-                    && o.channel_bits.take().is_some()
+                    && o.channel_bits.is_some()
                 {
                     // One scale has one width: the widest channel's.
-                    o.weight_bits = Some(widest);
+                    o.set_weight_bits(widest);
                 }
                 Ok(format!("{what}: {}", GRANULARITIES[i]))
             }

@@ -628,6 +628,18 @@ fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
     [sens(1), sens(0), d4]
 }
 
+/// Layer `name`'s weight bits as text: the width, or with widths per channel their mean to
+/// `decimals` places.
+fn weight_bits_text(c: &crate::config::QuantConfig, name: &str, decimals: usize) -> String {
+    match c.channel_bits(name) {
+        Some(b) => {
+            let mean = b.iter().map(|&x| x as f64).sum::<f64>() / b.len().max(1) as f64;
+            format!("{mean:.decimals$}")
+        }
+        None => c.weight_settings(name).bits.to_string(),
+    }
+}
+
 /// Bits, granularity and strategies of row `row` as the list shows them.
 fn settings_cells(app: &App, row: &super::app::RowInfo) -> [String; 4] {
     let c = &app.config;
@@ -650,7 +662,7 @@ fn settings_cells(app: &App, row: &super::app::RowInfo) -> [String; 4] {
             w.strategy.to_string()
         };
         [
-            format!("{}/{}", w.bits, a.bits),
+            format!("{}/{}", weight_bits_text(c, name, 1), a.bits),
             gran_short(w.granularity),
             ws,
             a.strategy.to_string(),
@@ -830,9 +842,16 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
     let title = if !row.weights || float {
         format!("Weights {short}")
     } else {
+        let bits = match app.config.channel_bits(name) {
+            Some(_) => format!(
+                "{} mean, ≤{}",
+                weight_bits_text(&app.config, name, 2),
+                w.bits
+            ),
+            None => w.bits.to_string(),
+        };
         format!(
-            "Weights {short} · int{} {} {} {}",
-            w.bits,
+            "Weights {short} · int{bits} {} {} {}",
             scheme_short(w.scheme),
             w.granularity,
             strat

@@ -328,6 +328,7 @@ impl SessionEngine {
                     Some(c) => *c,
                     None => {
                         let (accuracy, agreement) = if !config.is_float(name)
+                            && config.channel_bits(name).is_none()
                             && config.weight_settings(name).bits == bits
                         {
                             (outcome.report.quant_accuracy, outcome.report.agreement)
