@@ -202,26 +202,7 @@ pub fn evaluate_with(
         FloatSide::Cached(slot) if has_float => Some(slot),
         _ => None,
     };
-    // The cache's float side when it covers this data set; else it is filled (or not kept).
-    let reuse: Option<&FloatCache> = slot
-        .as_deref()
-        .and_then(Option::as_ref)
-        .filter(|c| c.samples == data.n);
-    let filling = slot.is_some() && reuse.is_none();
-    // Only a session keeps isolated sums: the layers' input qparams are listed for it alone.
-    let in_qs = slot.is_some().then(|| layer_input_qparams(model, params));
-    let known = match (reuse, &in_qs) {
-        (Some(c), Some(in_qs)) => known_isolated(c, params, in_qs),
-        _ => vec![None; wl.len()],
-    };
-    let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
-    let writers: Vec<Option<usize>> = wl
-        .iter()
-        .map(|&i| int.first_writer(model.point_value(i)))
-        .collect();
-    let (from, take) = reuse.map_or((None, 0), |c| {
-        resume_plan(model, &int, (params, limit), c, (&writers, &skip))
-    });
+    let plan = CachePlan::new(model, &int, (params, limit), slot.as_deref(), data.n);
     let keeper = Keeper::default();
     let (mut total, mut kept, mut prefixes) = (zero(), Vec::new(), Vec::new());
     fold_batches(
@@ -229,7 +210,7 @@ pub fn evaluate_with(
         |s, e| {
             cancel.check()?;
             let inputs = make_batch(model, data, s, e)?;
-            let own = match (has_float, reuse) {
+            let own = match (has_float, plan.reuse) {
                 (true, None) => Some(float_batch(model, data, s, inputs.clone(), &wanted, limit)?),
                 (false, _) => {
                     super::calibrate::check_finite(model, data, s, &inputs)?;
@@ -237,14 +218,16 @@ pub fn evaluate_with(
                 }
                 (true, Some(_)) => None,
             };
-            let fb = own.as_ref().or(reuse.map(|c| &c.batches[s / super::BATCH]));
+            let fb = own
+                .as_ref()
+                .or(plan.reuse.map(|c| &c.batches[s / super::BATCH]));
             let mut ev = zero();
-            let run = (&int, &skip[..]);
             let cuts = BatchCuts {
-                from: from.map(|c| (c.cut, &c.batches[s / super::BATCH])),
-                take,
-                writers: &writers,
+                from: plan.from.map(|c| (c.cut, &c.batches[s / super::BATCH])),
+                take: plan.take,
+                writers: &plan.writers,
             };
+            let run = (&int, &plan.skip[..]);
             let prefix = eval_batch(
                 model,
                 params,
@@ -255,7 +238,7 @@ pub fn evaluate_with(
                 fb,
                 &mut ev,
             )?;
-            Ok((ev, own.filter(|b| filling && keeper.admit(b)), prefix))
+            Ok((ev, own.filter(|b| plan.filling && keeper.admit(b)), prefix))
         },
         |(ev, keep, prefix)| {
             total = std::mem::take(&mut total).merge(ev);
@@ -263,6 +246,13 @@ pub fn evaluate_with(
             prefixes.push(prefix);
         },
     )?;
+    let CachePlan {
+        known,
+        filling,
+        in_qs,
+        take,
+        ..
+    } = plan;
     for (j, acc) in known.into_iter().enumerate() {
         if let Some(acc) = acc {
             total.isolated[j] = acc;
@@ -281,6 +271,64 @@ pub fn evaluate_with(
         }
     }
     Ok(total)
+}
+
+/// What one evaluation takes from a session's float-side cache and what it will keep.
+struct CachePlan<'c> {
+    /// The cache's float side, when it covers the evaluation set.
+    reuse: Option<&'c FloatCache>,
+    /// Whether this evaluation fills the cache (a session's, not covering the set yet).
+    filling: bool,
+    /// Each weight layer's input qparams (a session only: it keeps isolated sums).
+    in_qs: Option<Vec<Option<QParams>>>,
+    /// Per weight layer: its isolated SQNR sums when the cache still holds them.
+    known: Vec<Option<SqnrAcc>>,
+    /// Per weight layer: whether its isolated run is skipped (`known` has it).
+    skip: Vec<bool>,
+    /// Per weight layer: the node that writes its quantization point.
+    writers: Vec<Option<usize>>,
+    /// The checkpoint the integer runs resume from, if any.
+    from: Option<&'c Checkpoint>,
+    /// Keep the run before this node for the next evaluation (0: nothing).
+    take: usize,
+}
+
+impl<'c> CachePlan<'c> {
+    /// The plan for evaluating `params` on `n` samples with the cache in `slot` (`None`: no
+    /// session).
+    fn new(
+        model: &Model,
+        int: &IntModel,
+        (params, limit): (&ModelParams, usize),
+        slot: Option<&'c Option<FloatCache>>,
+        n: usize,
+    ) -> Self {
+        let reuse = slot.and_then(Option::as_ref).filter(|c| c.samples == n);
+        let in_qs = slot.is_some().then(|| layer_input_qparams(model, params));
+        let wl = model.weight_layers();
+        let known = match (reuse, &in_qs) {
+            (Some(c), Some(in_qs)) => known_isolated(c, params, in_qs),
+            _ => vec![None; wl.len()],
+        };
+        let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
+        let writers: Vec<Option<usize>> = wl
+            .iter()
+            .map(|&i| int.first_writer(model.point_value(i)))
+            .collect();
+        let (from, take) = reuse.map_or((None, 0), |c| {
+            resume_plan(model, int, (params, limit), c, (&writers, &skip))
+        });
+        CachePlan {
+            reuse,
+            filling: slot.is_some() && reuse.is_none(),
+            in_qs,
+            known,
+            skip,
+            writers,
+            from,
+            take,
+        }
+    }
 }
 
 /// Where this evaluation's integer runs start and which cut it keeps for the next one, given
@@ -440,6 +488,29 @@ impl Taps<'_> {
     }
 }
 
+/// Adds one batch's graph outputs to `ev`: top-1 counts against `labels` and the float
+/// outputs `fv` (when there is a float side), output SQNR and cosine, and the saved outputs.
+fn add_outputs(
+    ev: &mut Evaluation,
+    fv: Option<Vec<f32>>,
+    qv: Vec<f32>,
+    (n, labels): (usize, Option<&[i64]>),
+) {
+    let classes = qv.len().checked_div(n).unwrap_or(0);
+    ev.counts.add(fv.as_deref(), &qv, classes, labels);
+    if let Some(f) = &fv {
+        ev.output.add(f, &qv);
+        for (a, b) in f.chunks(classes.max(1)).zip(qv.chunks(classes.max(1))) {
+            ev.cosine_sum += cosine(a, b);
+            ev.cosine_n += 1;
+        }
+    }
+    if let Some(saved) = &mut ev.saved {
+        saved.0.push(fv.unwrap_or_default());
+        saved.1.push(qv);
+    }
+}
+
 /// One batch of [`evaluate`]: the integer engine on `inputs` (or resumed as `cuts` says),
 /// compared with the float side `fb` (`None` without float weights); weight layers marked in
 /// `skip` are not run alone (their isolated sums are known). Returns the run before
@@ -503,23 +574,9 @@ fn eval_batch(
     if has_float {
         taps.compare_layers(ev, skip, |j| before(j, start));
     }
-    let q = &quant_out[0];
-    let qv = q.to_f32_vec();
-    let classes = qv.len().checked_div(n).unwrap_or(0);
     let labels = data.labels.as_ref().map(|l| &l[s..e]);
     let fv = float_out.as_ref().map(|f| f[0].to_f32_vec());
-    ev.counts.add(fv.as_deref(), &qv, classes, labels);
-    if let Some(f) = &fv {
-        ev.output.add(f, &qv);
-        for (a, b) in f.chunks(classes.max(1)).zip(qv.chunks(classes.max(1))) {
-            ev.cosine_sum += cosine(a, b);
-            ev.cosine_n += 1;
-        }
-    }
-    if let Some(saved) = &mut ev.saved {
-        saved.0.push(fv.unwrap_or_default());
-        saved.1.push(qv);
-    }
+    add_outputs(ev, fv, quant_out[0].to_f32_vec(), (n, labels));
     Ok(at_cut.map(|(values, macs, islands)| BatchPrefix {
         values,
         macs,

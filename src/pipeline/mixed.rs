@@ -355,18 +355,7 @@ pub fn search(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<MixedSearch> {
     config.validate(Some(&session.model))?;
-    let mut candidates = opts.candidates.clone();
-    for &b in &candidates {
-        crate::quant::scheme::check_bits("candidates", b)?;
-    }
-    candidates.sort_unstable_by(|a, b| b.cmp(a));
-    candidates.dedup();
-    if candidates.len() < 2 {
-        return Err(Error::config(
-            "candidates",
-            "give at least two distinct bit widths",
-        ));
-    }
+    let candidates = sorted_candidates(&opts.candidates)?;
     let (layers, float_params) = searched_layers(&session.model, config);
     if layers.is_empty() {
         return Err(Error::config(
@@ -437,6 +426,23 @@ pub fn search(
         })?;
     }
     Ok(result)
+}
+
+/// Candidate widths checked, highest first, without repeats; at least two.
+fn sorted_candidates(given: &[u8]) -> Result<Vec<u8>> {
+    let mut candidates = given.to_vec();
+    for &b in &candidates {
+        crate::quant::scheme::check_bits("candidates", b)?;
+    }
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    candidates.dedup();
+    if candidates.len() < 2 {
+        return Err(Error::config(
+            "candidates",
+            "give at least two distinct bit widths",
+        ));
+    }
+    Ok(candidates)
 }
 
 /// Front points evaluated at most: a search by channel takes a step per channel and candidate,
