@@ -26,6 +26,19 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// `qscope export --config CFG --out PARAMS`, and the file it wrote.
+fn export_params(cfg: &std::path::Path, params: &std::path::Path) -> Value {
+    let (ok, _, err) = qscope(&[
+        "export",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        params.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    json(&std::fs::read_to_string(params).unwrap())
+}
+
 #[test]
 fn channel_bits_reach_the_params_file_and_reproduce_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,15 +55,7 @@ fn channel_bits_reach_the_params_file_and_reproduce_bit_for_bit() {
     assert!((fc1["channel_bits_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(run["layers"][1].get("channel_bits_mean").is_none());
 
-    let (ok, _, err) = qscope(&[
-        "export",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        params.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let file = json(&std::fs::read_to_string(&params).unwrap());
+    let file = export_params(&cfg, &params);
     let w = &file["layers"][0]["weight"];
     assert_eq!(w["bits"], 5);
     let stored: Vec<u8> = w["channel_bits"]
@@ -139,15 +144,7 @@ fn channel_bits_that_cannot_apply_get_one_line_errors() {
     // A params file whose widths do not fit the layer or its `bits`.
     let (cfg, params) = (dir.path().join("c.toml"), dir.path().join("p.json"));
     std::fs::write(&cfg, config_text(&fc1_bits(), "")).unwrap();
-    let (ok, _, err) = qscope(&[
-        "export",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        params.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let good = json(&std::fs::read_to_string(&params).unwrap());
+    let good = export_params(&cfg, &params);
     let edits: [(&str, Edit); 3] = [
         ("256 output channels", |w| {
             w["channel_bits"].as_array_mut().unwrap().pop();
