@@ -722,3 +722,44 @@ fn choose_max_drop(search: &MixedSearch, pts: f64) -> Result<usize> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_the_ends_and_spaces_the_rest_evenly_in_size() {
+        // A front of 1,000 points whose sizes fall unevenly (steps of 1 to 9 bits).
+        let mut size = 100_000u64;
+        let front: Vec<greedy::GreedyPoint> = (0..1000)
+            .map(|i| {
+                let g = greedy::GreedyPoint {
+                    choice: vec![i],
+                    size_bits: size,
+                    nsr: i as f64,
+                };
+                size -= 1 + (i as u64 * 7) % 9;
+                g
+            })
+            .collect();
+        let (hi, lo) = (front[0].size_bits, front[999].size_bits);
+        let step = (hi - lo) / (FRONT_POINTS_MAX as u64 - 1);
+        let kept = thinned(front.clone());
+        assert_eq!(kept[0], front[0]);
+        assert_eq!(kept.last(), front.last());
+        assert!(kept.len() <= FRONT_POINTS_MAX + 1, "{} points", kept.len());
+        assert!(kept.len() >= FRONT_POINTS_MAX - 1, "{} points", kept.len());
+        // Each kept point is the first at least a step below the one before (the last aside),
+        // and every kept point is a point of the front.
+        for w in kept.windows(2) {
+            assert!(front.contains(&w[1]));
+            let gap = w[0].size_bits - w[1].size_bits;
+            if w[1] != front[999] {
+                assert!(gap >= step, "gap {gap} < {step}");
+                assert!(gap < step + 9, "gap {gap}: a point in between was skipped");
+            }
+        }
+        // A short front is kept whole.
+        assert_eq!(thinned(front[..10].to_vec()), front[..10].to_vec());
+    }
+}
