@@ -60,6 +60,8 @@ pub enum Action {
     MixedOpen,
     /// Apply the mixed-precision point selected in the panel.
     MixedApply,
+    /// Search the mixed-precision front again by the next unit (auto, layer, channel).
+    MixedUnit,
     /// Previous output channel of the weights.
     PrevChannel,
     /// Next output channel of the weights.

@@ -103,6 +103,8 @@ pub struct MixedPanel {
     pub failed: Option<String>,
     /// The selected front point.
     pub selected: usize,
+    /// What the search gives one width (`None`: chosen by the model's size).
+    pub unit: Option<mixed::Unit>,
 }
 
 /// A result shown as current (or, once a newer job is out, as the last one).
@@ -351,6 +353,7 @@ impl App {
 
     /// A new job for the current config; `mixed` also asks for the mixed-precision front.
     fn submit_job(&mut self, rerun: bool, mixed: bool) -> Effect {
+        let mixed_unit = self.mixed.as_ref().and_then(|m| m.unit);
         self.generation += 1;
         self.sent_at = Some(Instant::now());
         self.view_only = false;
@@ -367,6 +370,7 @@ impl App {
             rerun,
             seed,
             mixed,
+            mixed_unit,
         })
     }
 
@@ -640,7 +644,7 @@ impl App {
             | Action::CycleRounding
             | Action::ToggleSmoothQuant
             | Action::ToggleActRefine => return self.method(action),
-            Action::MixedOpen => return self.open_mixed(),
+            Action::MixedOpen => return self.open_mixed(None),
             Action::MixedApply => {}
             edit => return self.edit(edit),
         }
@@ -667,14 +671,24 @@ impl App {
         (a.settings == self.config.act_settings(name)).then_some(a.range)
     }
 
-    /// Opens the mixed-precision panel and sends the job that searches its front.
-    fn open_mixed(&mut self) -> Vec<Effect> {
-        let effect = self.submit_job(false, true);
+    /// Opens the mixed-precision panel and sends the job that searches its front (by `unit`).
+    fn open_mixed(&mut self, unit: Option<mixed::Unit>) -> Vec<Effect> {
         self.mixed = Some(MixedPanel {
-            generation: self.generation,
+            unit,
             ..Default::default()
         });
-        self.say("searching the mixed-precision front (Esc closes)");
+        let effect = self.submit_job(false, true);
+        if let Some(m) = &mut self.mixed {
+            m.generation = self.generation;
+        }
+        let by = match unit {
+            None => "the unit chosen by the model's size",
+            Some(mixed::Unit::Layer) => "bits per layer",
+            Some(mixed::Unit::Channel) => "bits per channel",
+        };
+        self.say(format!(
+            "searching the mixed-precision front, {by} (U: unit · Esc closes)"
+        ));
         vec![effect]
     }
 
@@ -688,6 +702,15 @@ impl App {
             Action::SelectPrev => m.selected = m.selected.saturating_sub(1),
             Action::SelectNext => m.selected = (m.selected + 1).min(points.saturating_sub(1)),
             Action::Close => self.mixed = None,
+            Action::MixedUnit => {
+                // auto → layer → channel → auto, searched again.
+                let next = match m.unit {
+                    None => Some(mixed::Unit::Layer),
+                    Some(mixed::Unit::Layer) => Some(mixed::Unit::Channel),
+                    Some(mixed::Unit::Channel) => None,
+                };
+                return self.open_mixed(next);
+            }
             Action::MixedApply => {
                 let Some((s, p)) = m
                     .search

@@ -248,7 +248,14 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[code(KeyCode::Enter)],
         label: "M … Enter",
         action: Action::MixedApply,
-        desc: "mixed panel: apply the point's per-layer bits",
+        desc: "mixed panel: apply the point's weight bits",
+    },
+    Binding {
+        mode: Mode::Mixed,
+        keys: &[ch('U')],
+        label: "M … U",
+        action: Action::MixedUnit,
+        desc: "mixed panel: search again by layer, by channel or by the model's size",
     },
     Binding {
         mode: Mode::Mixed,

@@ -275,7 +275,7 @@ fn mixed_panel(m: &super::app::MixedPanel, f: &mut Frame, area: Rect) {
     ));
     f.render_widget(ratatui::widgets::Clear, r);
     let block = Block::bordered()
-        .title(" Mixed precision: Pareto front · ↑↓ select · Enter apply · Esc close ")
+        .title(" Mixed precision: Pareto front · ↑↓ select · Enter apply · U unit · Esc close ")
         .border_style(Style::new().fg(Color::Cyan));
     let inner = block.inner(r);
     f.render_widget(block, r);

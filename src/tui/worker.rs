@@ -39,6 +39,8 @@ pub struct Job {
     pub seed: Option<ModelParams>,
     /// Also search the mixed-precision front for `config` (instead of the sensitivity cells).
     pub mixed: bool,
+    /// What the mixed search gives one width (`None`: chosen by the model's size).
+    pub mixed_unit: Option<mixed::Unit>,
 }
 
 /// What one run produced, ready to show.
@@ -290,7 +292,10 @@ impl SessionEngine {
     /// The mixed-precision search on the second session, with progress.
     fn mixed(&mut self, job: &Job, cancel: &Cancel, emit: &mut dyn FnMut(WorkerMsg)) {
         let generation = job.generation;
-        let opts = MixedOptions::default();
+        let opts = MixedOptions {
+            unit: job.mixed_unit,
+            ..MixedOptions::default()
+        };
         let result = mixed::search(&mut self.sens, &job.config, &opts, cancel, |done, total| {
             emit(WorkerMsg::MixedProgress {
                 generation,

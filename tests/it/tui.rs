@@ -217,6 +217,7 @@ fn job(generation: u64, weight_bits: u8) -> Job {
         rerun: false,
         seed: None,
         mixed: false,
+        mixed_unit: None,
     }
 }
 

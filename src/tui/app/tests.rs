@@ -450,6 +450,7 @@ fn the_mixed_panel_searches_in_the_worker_and_enter_applies_the_selected_point()
         crate::pipeline::mixed::search(&mut session, &job.config, &opts, &Cancel::new(), |_, _| {})
             .unwrap();
     let want = search.front[1].weight_bits.clone();
+    let want_rows = search.front[1].channel_bits.clone();
     app.handle(Event::Worker(WorkerMsg::Mixed {
         generation: job.generation,
         result: Ok(Box::new(search)),
@@ -461,8 +462,32 @@ fn the_mixed_panel_searches_in_the_worker_and_enter_applies_the_selected_point()
         KeyModifiers::NONE,
     )));
     let config = &jobs(&e)[0].config;
-    for (name, bits) in ["fc1", "fc2", "fc3"].iter().zip(&want) {
+    for (k, (name, bits)) in ["fc1", "fc2", "fc3"].iter().zip(&want).enumerate() {
         assert_eq!(config.weight_settings(name).bits, *bits, "{name}");
+        // By channel, the widths per channel (a layer with one width keeps just that).
+        if let Some(rows) = &want_rows {
+            let got = config.channel_bits(name).map(<[u8]>::to_vec);
+            let one = rows[k].iter().all(|&b| b == rows[k][0]);
+            assert_eq!(got, (!one).then(|| rows[k].clone()), "{name}");
+        }
     }
     assert!(app.mixed.is_none() && app.key_mode() == Mode::List);
+}
+
+#[test]
+fn u_in_the_mixed_panel_searches_again_by_layer_by_channel_then_by_the_models_size() {
+    use crate::pipeline::mixed::Unit;
+    let mut app = app();
+    app.start();
+    let first = jobs(&press(&mut app, "M"))[0].clone();
+    assert_eq!(first.mixed_unit, None);
+    let mut generation = first.generation;
+    for want in [Some(Unit::Layer), Some(Unit::Channel), None] {
+        let job = jobs(&press(&mut app, "U"))[0].clone();
+        assert!(job.mixed && job.generation > generation);
+        assert_eq!(job.mixed_unit, want);
+        let panel = app.mixed.as_ref().expect("the panel stays open");
+        assert_eq!((panel.unit, panel.generation), (want, job.generation));
+        generation = job.generation;
+    }
 }
