@@ -470,6 +470,7 @@ fn bad_budgets_get_one_line_errors() {
         &["mixed"][..],
         &["mixed", "--budget-bits", "3", "--candidates", "4"][..],
         &["mixed", "--budget-bits", "3", "--out", "m.json"][..],
+        &["mixed", "--budget-bits", "3", "--unit", "row"][..],
     ] {
         let (ok, out, err) = qscope(args);
         assert!(!ok, "{args:?} succeeded: {out}");
