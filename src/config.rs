@@ -359,7 +359,8 @@ impl QuantConfig {
 
 impl QuantConfig {
     /// `layers.NAME.channel_bits`: widths in range, one per output channel of the layer (when
-    /// the model is known), rows quantized apart (not per tensor) and rounded to nearest.
+    /// the model is known), rows quantized apart (not per tensor). GPTQ and AdaRound round each
+    /// row within its own block's qparams, so they take the widths as they are.
     fn check_channel_bits(&self, name: &str, bits: &[u8], model: Option<&Model>) -> Result<()> {
         let key = format!("layers.{name}.channel_bits");
         for &b in bits {
@@ -375,15 +376,6 @@ impl QuantConfig {
             return Err(Error::config(
                 key,
                 "needs per-channel or group weights (a per-tensor scale has one bit width)",
-            ));
-        }
-        if self.weight_rounding != WeightRounding::Nearest {
-            return Err(Error::config(
-                key,
-                format!(
-                    "works with weight_rounding = \"nearest\" only, not \"{}\"",
-                    self.weight_rounding.name()
-                ),
             ));
         }
         let rows = model

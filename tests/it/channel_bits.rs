@@ -125,10 +125,6 @@ fn channel_bits_that_cannot_apply_get_one_line_errors() {
             config_text(&fc1_bits(), "granularity = \"per-tensor\""),
             "per-tensor",
         ),
-        (
-            config_text(&fc1_bits(), "weight_rounding = \"gptq\""),
-            "nearest",
-        ),
     ];
     for (k, (text, what)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{k}.toml"));
@@ -170,5 +166,49 @@ fn channel_bits_that_cannot_apply_get_one_line_errors() {
             err.contains("channel_bits") && err.contains(what),
             "{what}: {err}"
         );
+    }
+}
+
+#[test]
+fn gptq_rounds_each_channel_within_its_own_width_and_the_file_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, params) = (dir.path().join("g.toml"), dir.path().join("g.json"));
+    let bits = fc1_bits();
+    let text = config_text(&bits, "weight_rounding = \"gptq\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, out, err) = qscope(&["eval", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let run = json(&out);
+    let file = export_params(&cfg, &params);
+    let w = &file["layers"][0]["weight"];
+    // GPTQ chose integers that nearest rounding would not give: the file carries them, each
+    // row inside the range of its own width.
+    let ints: Vec<i64> = w["weights_int"]
+        .as_array()
+        .expect("GPTQ's integers are stored")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let cols = ints.len() / bits.len();
+    for (r, &b) in bits.iter().enumerate() {
+        let (lo, hi) = (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1);
+        let row = &ints[r * cols..(r + 1) * cols];
+        assert!(
+            row.iter().all(|&v| (lo..=hi).contains(&v)),
+            "row {r} at {b} bits"
+        );
+    }
+    let (ok, out, err) = qscope(&[
+        "eval",
+        "--model",
+        "mnist-mlp",
+        "--params",
+        params.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let again = json(&out);
+    for key in ["quant_accuracy", "agreement", "output_sqnr_db"] {
+        assert_eq!(again[key], run[key], "{key}");
     }
 }
