@@ -255,7 +255,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[ch('U')],
         label: "M … U",
         action: Action::MixedUnit,
-        desc: "mixed panel: search again by layer, by channel or by the model's size",
+        desc: "mixed panel: unit (model size → layer → channel)",
     },
     Binding {
         mode: Mode::Mixed,
