@@ -6,7 +6,7 @@
 //! padded-image kernel's AVX-512 tile with the tiles in the lanes. The transforms are sums of
 //! a few terms; the result differs from the direct sum by f32 rounding only.
 //!
-//! Samples are taken in blocks of about [`TILES`] tiles so that every GEMM fills its lanes.
+//! Samples are taken in blocks of about `TILES` tiles so that every GEMM fills its lanes.
 
 use super::conv_f32::{MR, NR, applies as padded_applies, pack, tile};
 use super::im2col::ConvGeom;

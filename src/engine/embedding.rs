@@ -35,7 +35,7 @@ fn out_shape(ind: &Tensor, dim: usize) -> Vec<usize> {
     s
 }
 
-/// The f32 lookup: table rows at `ind`, shape indices ++ [dim]; `limit` bounds the elements per
+/// The f32 lookup: table rows at `ind`, shape `indices ++ [dim]`; `limit` bounds the elements per
 /// sample.
 pub fn lookup_f32(table: &Array2<f32>, ind: &Tensor, limit: usize) -> Result<Tensor, String> {
     let (rows, dim) = table.dim();

@@ -93,14 +93,14 @@ pub enum Op {
     Linear {
         /// Weights [out, in].
         weight: Array2<f32>,
-        /// Bias [out].
+        /// Bias `[out]`.
         bias: Array1<f32>,
     },
     /// 2-D convolution over NCHW activations; W is [out, in / groups, kh, kw].
     Conv2d {
         /// Weights [out, in / groups, kh, kw].
         weight: Array4<f32>,
-        /// Bias [out].
+        /// Bias `[out]`.
         bias: Array1<f32>,
         /// (sh, sw).
         stride: (usize, usize),
@@ -112,7 +112,7 @@ pub enum Op {
         groups: usize,
     },
     /// An embedding lookup: ONNX Gather(axis 0) of a constant [rows, dim] table at the integer
-    /// indices of the node's only input (a graph tensor); the output is indices.shape ++ [dim].
+    /// indices of the node's only input (a graph tensor); the output is `indices.shape ++ [dim]`.
     /// A weight node: the table is quantized per row (one scale per token).
     Embedding {
         /// The table [rows, dim].
@@ -158,7 +158,7 @@ pub enum Op {
         /// The first axis that goes into the second dimension.
         axis: i64,
     },
-    /// An unfolded batch normalization: y = x · scale[c] + shift[c] along axis 1.
+    /// An unfolded batch normalization: `y = x · scale[c] + shift[c]` along axis 1.
     BatchNorm {
         /// Per-channel factor γ / √(var + ε).
         scale: Vec<f32>,

@@ -87,7 +87,7 @@ const WARM_UP_RUNS: usize = 3;
 /// 2 threads ran at 1-thread speed for its first ~30 ms), so a few runs are not enough.
 const WARM_UP_TIME: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Runs each engine at least [`WARM_UP_RUNS`] times and for [`WARM_UP_TIME`] to warm up, then
+/// Runs each engine at least `WARM_UP_RUNS` times and for `WARM_UP_TIME` to warm up, then
 /// `runs` times, on `inputs` split over the threads of the current rayon pool.
 pub fn bench(
     model: &Model,

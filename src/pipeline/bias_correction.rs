@@ -91,7 +91,7 @@ pub fn for_each_channel(
 }
 
 /// Empirical bias correction (Nagel et al. 2019): the bias that makes the quantized layer's
-/// mean output per channel equal the float model's, E[y_float] − Ŵ·E[x̂], where `deq` is Ŵ
+/// mean output per channel equal the float model's, `E[y_float] − Ŵ·E[x̂]`, where `deq` is Ŵ
 /// ([rows, k]), `float_means` the float model's mean output per channel and `means` the mean
 /// input patch per channel group in the quantized-weight network.
 pub fn corrected_bias(deq: &[f32], float_means: &[f64], means: &[Vec<f64>]) -> Vec<f32> {

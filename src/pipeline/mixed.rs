@@ -2,8 +2,9 @@
 //! every candidate bit width (that layer alone lowered from the top candidate, output
 //! noise-to-signal ratio on the calibration set), walk the greedy front over that table
 //! ([`greedy`]), evaluate the front's points for real on the evaluation set, and choose the
-//! point a budget asks for. The UI's worker calls [`search`] and [`choose`] the same way
-//! `qscope mixed` does.
+//! point a budget asks for. By [`Unit::Channel`] each output channel is a unit of its own
+//! (`channels`), and the front is thinned before evaluation. The UI's worker calls [`search`]
+//! and [`choose`] the same way `qscope mixed` does.
 
 mod channels;
 pub mod greedy;
@@ -96,7 +97,8 @@ pub struct MixedLayer {
     pub channels: usize,
 }
 
-/// One configuration: per-layer weight bits, its size and (when evaluated) its accuracy.
+/// One configuration: weight bits per layer (or per channel), its size and (when evaluated) its
+/// accuracy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FrontPoint {
     /// Weight bits per searched layer, in network order (by channel: the layer's widest).
