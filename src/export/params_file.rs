@@ -28,7 +28,7 @@ use crate::model::Model;
 use crate::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
 use crate::quant::qparams::{qmax, qmin};
 use crate::quant::scheme::{MAX_BITS, MIN_BITS};
-use crate::quant::weights::{QWeights, block_count};
+use crate::quant::weights::{QWeights, block_count, groups_per_row};
 use crate::quant::{ClipRange, Granularity, QParams, Scheme, Strategy};
 use serde::{Deserialize, Serialize};
 
@@ -682,7 +682,7 @@ fn weight_parts(
     for b in 0..n {
         let bits = row_bits
             .as_ref()
-            .map_or(bits, |rb| rb[b / (n / rows.max(1)).max(1)]);
+            .map_or(bits, |rb| rb[b / groups_per_row(granularity, cols)]);
         let scale = check_scale(label, &format!("{key}.scale[{b}]"), e.scale[b])?;
         let zero_point = check_zero_point(
             label,

@@ -13,6 +13,7 @@ use super::{Cancel, Session};
 use crate::config::QuantConfig;
 use crate::error::{Error, Result};
 use crate::eval::report::Report;
+use crate::quant::weights::mean_bits;
 use greedy::{SensitivityTable, exact_within, greedy_front, refine};
 use serde::Serialize;
 
@@ -72,18 +73,40 @@ pub const AUTO_CHANNELS_MAX: usize = 1024;
 pub const AUTO_MACS_MAX: f64 = 2e6;
 
 impl Unit {
-    /// The unit when none is given: a channel when the searched layers have at most
-    /// [`AUTO_CHANNELS_MAX`] output channels and a sample costs at most [`AUTO_MACS_MAX`]
-    /// multiply-adds, else a layer.
-    pub fn auto(layers: &[MixedLayer], macs_per_sample: f64) -> Unit {
+    /// The unit when none is given: a channel when every searched layer can have widths per
+    /// channel (`by_channel`), the searched layers have at most [`AUTO_CHANNELS_MAX`] output
+    /// channels and a sample costs at most [`AUTO_MACS_MAX`] multiply-adds; else a layer.
+    pub fn auto(layers: &[MixedLayer], by_channel: bool, macs_per_sample: f64) -> Unit {
         let channels: usize = layers.iter().map(|l| l.channels).sum();
-        let macs = macs_per_sample;
-        if channels <= AUTO_CHANNELS_MAX && macs <= AUTO_MACS_MAX {
+        if by_channel && channels <= AUTO_CHANNELS_MAX && macs_per_sample <= AUTO_MACS_MAX {
             Unit::Channel
         } else {
             Unit::Layer
         }
     }
+}
+
+/// Whether every searched layer can have widths per channel (the `channel_bits` rule: rows
+/// quantized apart, not per tensor); the error names the first that cannot.
+fn by_channel_possible(config: &QuantConfig, layers: &[MixedLayer]) -> Result<()> {
+    let per_tensor = layers.iter().find(|l| {
+        config.weight_settings(&l.name).granularity == crate::quant::Granularity::PerTensor
+    });
+    match per_tensor {
+        Some(l) => Err(Error::config(
+            "unit",
+            format!(
+                "channel needs per-channel or group weights; layer '{}' is per-tensor",
+                l.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One unit per searched layer (a search by layer).
+fn layer_units(layers: usize) -> Units {
+    (0..layers).map(|l| (l, None)).collect()
 }
 
 /// A searched weight layer.
@@ -131,10 +154,7 @@ impl FrontPoint {
         match &self.channel_bits {
             Some(rows) => rows
                 .iter()
-                .map(|b| {
-                    let mean = b.iter().map(|&x| x as f64).sum::<f64>() / b.len().max(1) as f64;
-                    format!("{mean:.2}")
-                })
+                .map(|b| format!("{:.2}", mean_bits(b)))
                 .collect(),
             None => self.weight_bits.iter().map(u8::to_string).collect(),
         }
@@ -235,27 +255,23 @@ impl MixedSearch {
 
     /// A point for per-unit `unit_bits` (not yet evaluated).
     fn point(&self, unit_bits: Vec<u8>, nsr: f64) -> FrontPoint {
-        let (bits, channel_bits, layer_bits) = match self.unit {
-            Unit::Layer => {
-                let sizes = self.layers.iter().zip(&unit_bits);
-                let layer_bits = sizes.map(|(l, &b)| l.params * b as u64).collect();
-                (unit_bits.clone(), None, layer_bits)
-            }
-            Unit::Channel => {
-                let mut rows: Vec<Vec<u8>> = self.layers.iter().map(|_| Vec::new()).collect();
-                let mut layer_bits = vec![0u64; self.layers.len()];
-                for (&(l, _), &b) in self.units.iter().zip(&unit_bits) {
-                    rows[l].push(b);
-                    layer_bits[l] +=
-                        self.layers[l].params / self.layers[l].channels as u64 * b as u64;
-                }
-                let widest = rows
-                    .iter()
-                    .map(|r| r.iter().copied().max().unwrap_or(8))
-                    .collect();
-                (widest, Some(rows), layer_bits)
-            }
-        };
+        let mut rows: Vec<Vec<u8>> = vec![Vec::new(); self.layers.len()];
+        let mut layer_bits = vec![0u64; self.layers.len()];
+        for (&(l, row), &b) in self.units.iter().zip(&unit_bits) {
+            let layer = &self.layers[l];
+            // A channel holds one row of its layer's weights.
+            let weights = match row {
+                Some(_) => layer.params / layer.channels.max(1) as u64,
+                None => layer.params,
+            };
+            layer_bits[l] += weights * b as u64;
+            rows[l].push(b);
+        }
+        let bits = rows
+            .iter()
+            .map(|r| r.iter().copied().max().unwrap_or(8))
+            .collect();
+        let channel_bits = (self.unit == Unit::Channel).then_some(rows);
         let packed: u64 = layer_bits.iter().map(|b| b.div_ceil(8)).sum();
         let size_bits: u64 = layer_bits.iter().sum::<u64>() + 32 * self.float_params;
         FrontPoint {
@@ -365,11 +381,14 @@ pub fn search(
             "every weight layer is kept in float: nothing to search",
         ));
     }
+    let by_channel = by_channel_possible(config, &layers);
     let unit = match opts.unit {
-        Some(u) => u,
+        Some(Unit::Channel) => by_channel.map(|_| Unit::Channel)?,
+        Some(Unit::Layer) => Unit::Layer,
         None => {
             let one = super::make_batch(&session.model, &session.calib, 0, 1)?;
-            Unit::auto(&layers, super::bench::macs_per_sample(&session.model, one)?)
+            let macs = super::bench::macs_per_sample(&session.model, one)?;
+            Unit::auto(&layers, by_channel.is_ok(), macs)
         }
     };
     let (nl, nc) = (layers.len(), candidates.len());
@@ -391,7 +410,7 @@ pub fn search(
     let ((table, units), sensitivity) = match unit {
         Unit::Layer => {
             let (t, e) = measure(session, config, &layers, &candidates, cancel, &mut tick)?;
-            ((t, (0..nl).map(|l| (l, None)).collect()), e)
+            ((t, layer_units(nl)), e)
         }
         Unit::Channel => (
             channels::measure(session, config, &layers, &candidates, cancel, &mut tick)?,
@@ -519,6 +538,7 @@ pub fn check_budget(
     }
     let (layers, float_params) = searched_layers(model, config);
     let low = candidates.iter().copied().min().unwrap_or(8);
+    let units = layer_units(layers.len());
     let mut s = MixedSearch {
         model: model.name.clone(),
         candidates: vec![low],
@@ -530,7 +550,7 @@ pub fn check_budget(
         front: Vec::new(),
         uniform: Vec::new(),
         table: SensitivityTable::default(),
-        units: Vec::new(),
+        units,
     };
     s.front = vec![s.point(vec![low; s.layers.len()], 0.0)];
     choose(&s, budget).map(|_| ())

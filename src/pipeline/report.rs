@@ -35,7 +35,7 @@ fn layer_report(
             .weight
             .as_ref()
             .and_then(|w| w.q.row_bits())
-            .map(|b| b.iter().map(|&x| x as f64).sum::<f64>() / b.len() as f64),
+            .map(|b| crate::quant::weights::mean_bits(&b)),
         act_bits: act.map(|a| a.settings.bits),
         weight_strategy: ws.map(|s| {
             if s.clip.is_some() {

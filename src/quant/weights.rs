@@ -73,14 +73,16 @@ impl QWeights {
         if self.params.iter().all(|p| p.bits == self.params[0].bits) {
             return None;
         }
-        let per_row = self.params.len() / self.rows.max(1);
-        Some(
-            self.params
-                .iter()
-                .step_by(per_row.max(1))
-                .map(|p| p.bits)
-                .collect(),
-        )
+        Some((0..self.rows).map(|r| self.param(r, 0).bits).collect())
+    }
+
+    /// The blocks (indices into `params`) of output channel `r`: its groups, or the one
+    /// per-tensor block.
+    pub fn row_blocks(&self, r: usize) -> std::ops::Range<usize> {
+        match self.granularity {
+            Granularity::PerTensor => 0..1,
+            _ => r * self.groups()..(r + 1) * self.groups(),
+        }
     }
 
     /// The real weights these integers stand for.
@@ -126,6 +128,11 @@ fn block_range(values: &[f32], s: &WeightSettings) -> ClipRange {
         Some(f) => base.scaled(f),
         None => base,
     }
+}
+
+/// The mean of bit widths per channel (0 for none).
+pub fn mean_bits(bits: &[u8]) -> f64 {
+    bits.iter().map(|&b| b as f64).sum::<f64>() / bits.len().max(1) as f64
 }
 
 /// Quantizes a row-major [rows, cols] weight matrix under `s`.
@@ -175,11 +182,10 @@ pub fn quantize_weights_rows(
             })
             .collect(),
     };
-    let per_row = ranges.len() / rows.max(1);
     let params: Vec<QParams> = ranges
         .iter()
         .enumerate()
-        .map(|(b, &r)| QParams::from_range(r, at(b / per_row.max(1)).bits, s.scheme))
+        .map(|(b, &r)| QParams::from_range(r, at(b / groups).bits, s.scheme))
         .collect();
     let mut qw = QWeights {
         rows,

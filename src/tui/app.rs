@@ -348,12 +348,12 @@ impl App {
     }
 
     fn submit(&mut self, rerun: bool) -> Effect {
-        self.submit_job(rerun, false)
+        self.submit_job(rerun, None)
     }
 
-    /// A new job for the current config; `mixed` also asks for the mixed-precision front.
-    fn submit_job(&mut self, rerun: bool, mixed: bool) -> Effect {
-        let mixed_unit = self.mixed.as_ref().and_then(|m| m.unit);
+    /// A new job for the current config; `mixed` (the search's unit, `None` inside: chosen by
+    /// the model's size) also asks for the mixed-precision front.
+    fn submit_job(&mut self, rerun: bool, mixed: Option<Option<mixed::Unit>>) -> Effect {
         self.generation += 1;
         self.sent_at = Some(Instant::now());
         self.view_only = false;
@@ -369,8 +369,8 @@ impl App {
             bins: self.bins(),
             rerun,
             seed,
-            mixed,
-            mixed_unit,
+            mixed: mixed.is_some(),
+            mixed_unit: mixed.flatten(),
         })
     }
 
@@ -673,14 +673,12 @@ impl App {
 
     /// Opens the mixed-precision panel and sends the job that searches its front (by `unit`).
     fn open_mixed(&mut self, unit: Option<mixed::Unit>) -> Vec<Effect> {
+        let effect = self.submit_job(false, Some(unit));
         self.mixed = Some(MixedPanel {
+            generation: self.generation,
             unit,
             ..Default::default()
         });
-        let effect = self.submit_job(false, true);
-        if let Some(m) = &mut self.mixed {
-            m.generation = self.generation;
-        }
         let by = match unit {
             None => "the unit chosen by the model's size",
             Some(mixed::Unit::Layer) => "bits per layer",

@@ -632,10 +632,7 @@ fn sens_cells(app: &App, i: usize) -> [Cell<'static>; 3] {
 /// `decimals` places.
 fn weight_bits_text(c: &crate::config::QuantConfig, name: &str, decimals: usize) -> String {
     match c.channel_bits(name) {
-        Some(b) => {
-            let mean = b.iter().map(|&x| x as f64).sum::<f64>() / b.len().max(1) as f64;
-            format!("{mean:.decimals$}")
-        }
+        Some(b) => format!("{:.decimals$}", crate::quant::weights::mean_bits(b)),
         None => c.weight_settings(name).bits.to_string(),
     }
 }

@@ -26,6 +26,25 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// `qscope eval --params PARAMS --json` on the MLP, asserted to give `run`'s figures; returns
+/// its report.
+fn eval_params_like(params: &std::path::Path, run: &Value) -> Value {
+    let (ok, out, err) = qscope(&[
+        "eval",
+        "--model",
+        "mnist-mlp",
+        "--params",
+        params.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let again = json(&out);
+    for key in ["quant_accuracy", "agreement", "output_sqnr_db"] {
+        assert_eq!(again[key], run[key], "{key}");
+    }
+    again
+}
+
 /// `qscope export --config CFG --out PARAMS`, and the file it wrote.
 fn export_params(cfg: &std::path::Path, params: &std::path::Path) -> Value {
     let (ok, _, err) = qscope(&[
@@ -82,19 +101,7 @@ fn channel_bits_reach_the_params_file_and_reproduce_bit_for_bit() {
         );
     }
 
-    let (ok, out, err) = qscope(&[
-        "eval",
-        "--model",
-        "mnist-mlp",
-        "--params",
-        params.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let again = json(&out);
-    for key in ["quant_accuracy", "agreement", "output_sqnr_db"] {
-        assert_eq!(again[key], run[key], "{key}");
-    }
+    let again = eval_params_like(&params, &run);
     for (a, b) in again["layers"]
         .as_array()
         .unwrap()
@@ -198,17 +205,5 @@ fn gptq_rounds_each_channel_within_its_own_width_and_the_file_reproduces_it() {
             "row {r} at {b} bits"
         );
     }
-    let (ok, out, err) = qscope(&[
-        "eval",
-        "--model",
-        "mnist-mlp",
-        "--params",
-        params.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let again = json(&out);
-    for key in ["quant_accuracy", "agreement", "output_sqnr_db"] {
-        assert_eq!(again[key], run[key], "{key}");
-    }
+    eval_params_like(&params, &run);
 }

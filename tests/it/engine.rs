@@ -207,9 +207,10 @@ fn a_batch_split_over_threads_gives_the_whole_batch_run() {
     // are large): every sample is computed alone in both engines, so any cut (odd sizes, more
     // parts than threads, parts of one sample) must give the same values.
     use qscope::engine::split::{forward_split, join_rows, parts_for, rows};
-    for (name, n) in [("mnist-cnn", 13), ("mnist-resnet", 13)] {
+    for name in ["mnist-cnn", "mnist-resnet"] {
         let (model, params) = default_params(name);
         let int = IntModel::new(&model, &params, usize::MAX);
+        let n = 13;
         let x = normalized(&model, n);
         let input = || vec![float::input_tensor(&model, &x, n)];
         let f = |x| float::forward(&model, x, usize::MAX, |_, _| {});

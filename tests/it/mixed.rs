@@ -462,6 +462,45 @@ fn mixed_by_channel_at_three_bits_beats_uniform_w3a8_by_a_point() {
 }
 
 #[test]
+fn per_tensor_weights_are_searched_by_layer_and_refused_by_channel() {
+    // Left to the model, per-tensor weights (one scale, one width) are searched by layer.
+    let (ok, out, err) = qscope(&[
+        "mixed",
+        "--model",
+        "mnist-mlp",
+        "--granularity",
+        "per-tensor",
+        "--candidates",
+        "8,4",
+        "--budget-bits",
+        "6",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let j = json(&out);
+    assert_eq!(j["unit"], "layer");
+    assert!(j["chosen_point"].get("channel_bits").is_none());
+    // Asked for by channel: refused before any run, naming the layer.
+    let (ok, _, err) = qscope(&[
+        "mixed",
+        "--model",
+        "mnist-mlp",
+        "--granularity",
+        "per-tensor",
+        "--unit",
+        "channel",
+        "--budget-bits",
+        "3",
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("unit") && err.contains("'fc1' is per-tensor"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_budgets_get_one_line_errors() {
     for args in [
         &["mixed", "--budget-bits", "1.5"][..],

@@ -10,7 +10,7 @@ use super::{MixedLayer, Units, config_with_bits};
 use crate::config::QuantConfig;
 use crate::engine::IntModel;
 use crate::error::{Error, Result};
-use crate::model::{Dataset, Model};
+use crate::eval::sqnr::SqnrAcc;
 use crate::params::ModelParams;
 use crate::pipeline::{Cancel, Session, make_batch};
 use crate::quant::weights::QWeights;
@@ -19,40 +19,35 @@ use rayon::prelude::*;
 /// Calibration samples a channel's noise is measured on, at most.
 pub const CHANNEL_SAMPLES: usize = 512;
 
-/// Σ (q − f)² / Σ f² over two outputs of the same length.
-fn nsr(q: &[f32], f: &[f32], signal: f64) -> f64 {
-    let e: f64 = q.iter().zip(f).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-    e / signal.max(f64::MIN_POSITIVE)
-}
-
-/// The quantized weights of each searched layer in `params` (in `layers` order).
-fn layer_weights(params: &ModelParams, layers: &[MixedLayer]) -> Result<Vec<QWeights>> {
-    layers
-        .iter()
-        .map(|l| {
-            let w = params.by_name(&l.name).and_then(|p| p.weight.as_ref());
-            w.map(|w| w.q.clone()).ok_or_else(|| {
-                Error::config(
-                    "mixed",
-                    format!("layer '{}' has no integer weights", l.name),
-                )
-            })
-        })
-        .collect()
+/// Σ (q − f)² / Σ f² of an output `q` against the float output `f`.
+fn nsr(f: &[f32], q: &[f32]) -> f64 {
+    let mut acc = SqnrAcc::default();
+    acc.add(f, q);
+    acc.noise / acc.signal.max(f64::MIN_POSITIVE)
 }
 
 /// `q` with output channel `r` (its integers, scales and ranges) taken from `from`.
 fn with_row(q: &mut QWeights, from: &QWeights, r: usize) {
     let cols = q.cols;
     q.q[r * cols..(r + 1) * cols].copy_from_slice(&from.q[r * cols..(r + 1) * cols]);
-    let per_row = q.params.len() / q.rows.max(1);
-    let blocks = r * per_row..(r + 1) * per_row;
+    let blocks = q.row_blocks(r);
     q.params[blocks.clone()].copy_from_slice(&from.params[blocks.clone()]);
     q.ranges[blocks.clone()].copy_from_slice(&from.ranges[blocks]);
 }
 
+/// The integer weights of layer `li` of `params` (a searched layer has them).
+fn weights_of(params: &ModelParams, li: usize) -> Result<&QWeights> {
+    let lp = &params.layers[li];
+    lp.weight.as_ref().map(|w| &w.q).ok_or_else(|| {
+        Error::config(
+            "mixed",
+            format!("layer '{}' has no integer weights", lp.name),
+        )
+    })
+}
+
 /// The table by channel: a row per (layer, channel) unit, in layer then channel order. `tick`
-/// follows the runs (one per layer and lower candidate).
+/// follows the runs (one per candidate, then one per layer and lower candidate).
 pub(super) fn measure(
     session: &mut Session,
     config: &QuantConfig,
@@ -62,42 +57,49 @@ pub(super) fn measure(
     tick: &mut dyn FnMut(usize),
 ) -> Result<(SensitivityTable, Units)> {
     let (nl, nc) = (layers.len(), candidates.len());
+    // Every searched layer at each candidate: the rows a channel takes when lowered.
     let mut runs = Vec::with_capacity(nc);
     for &b in candidates {
         let out = session.run(&config_with_bits(config, layers, &vec![b; nl]), cancel)?;
         tick(1);
         runs.push(out);
     }
-    let model: &Model = runs[0].model_or(&session.model);
+    let model = runs[0].model_or(&session.model);
     let base = &runs[0].params;
-    let lowered: Vec<Vec<QWeights>> = runs
-        .iter()
-        .map(|o| layer_weights(&o.params, layers))
-        .collect::<Result<_>>()?;
-    let calib: &Dataset = &session.calib;
-    let n = calib.n.min(CHANNEL_SAMPLES);
-    let batch = || make_batch(model, calib, 0, n);
-    let float = crate::engine::float::forward(model, batch()?, usize::MAX, |_, _| {})?;
+    let inputs = make_batch(
+        model,
+        &session.calib,
+        0,
+        session.calib.n.min(CHANNEL_SAMPLES),
+    )?;
+    let float = crate::engine::float::forward(model, inputs.clone(), usize::MAX, |_, _| {})?;
     let float = float[0].to_f32_vec();
-    let signal: f64 = float.iter().map(|&v| (v as f64).powi(2)).sum();
     let top = IntModel::new(model, base, usize::MAX);
     let base_nsr = nsr(
-        &top.forward(batch()?, |_, _, _, _| {})?[0].to_f32_vec(),
         &float,
-        signal,
+        &top.forward(inputs.clone(), |_, _, _, _| {})?[0].to_f32_vec(),
     );
     let mut table = SensitivityTable {
         candidates: candidates.to_vec(),
+        base_nsr,
         ..Default::default()
     };
-    table.base_nsr = base_nsr;
     let mut units = Vec::new();
     for (l, layer) in layers.iter().enumerate() {
         cancel.check()?;
-        let li = params_index(base, &layer.name)?;
-        let node = base.layers[li].index;
-        let start = top.cut_at_or_before(node);
-        let prefix = top.forward_prefix(batch()?, start)?;
+        let li = base
+            .layers
+            .iter()
+            .position(|p| p.name == layer.name)
+            .ok_or_else(|| {
+                Error::config("mixed", format!("no parameters for layer '{}'", layer.name))
+            })?;
+        let lowered: Vec<&QWeights> = runs
+            .iter()
+            .map(|o| weights_of(&o.params, li))
+            .collect::<Result<_>>()?;
+        let start = top.cut_at_or_before(base.layers[li].index);
+        let prefix = top.forward_prefix(inputs.clone(), start)?;
         let rows = layer.channels;
         let cells: Vec<(usize, usize)> = (0..rows)
             .flat_map(|r| (1..nc).map(move |k| (r, k)))
@@ -107,11 +109,11 @@ pub(super) fn measure(
             .map(|&(r, k)| -> Result<f64> {
                 cancel.check()?;
                 let mut p = base.clone();
-                let w = p.layers[li].weight.as_mut().expect("searched layer");
-                with_row(&mut w.q, &lowered[k][l], r);
+                let w = p.layers[li].weight.as_mut().expect("checked by weights_of");
+                with_row(&mut w.q, lowered[k], r);
                 let int = IntModel::new(model, &p, usize::MAX);
                 let y = int.forward_resume(prefix.clone(), start, |_, _, _, _| {})?;
-                Ok(nsr(&y[0].to_f32_vec(), &float, signal))
+                Ok(nsr(&float, &y[0].to_f32_vec()))
             })
             .collect::<Result<_>>()?;
         for r in 0..rows {
@@ -127,13 +129,4 @@ pub(super) fn measure(
         tick(nc - 1);
     }
     Ok((table, units))
-}
-
-/// The position of layer `name` in `params.layers`.
-fn params_index(params: &ModelParams, name: &str) -> Result<usize> {
-    params
-        .layers
-        .iter()
-        .position(|p| p.name == name)
-        .ok_or_else(|| Error::config("mixed", format!("no parameters for layer '{name}'")))
 }
