@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;
+use qscope::engine::clamp_f32::Clamp;
 use qscope::engine::kernels::{PackedWeights, gemm_i8, gemm_i8_reference, kernel_name};
 
 /// (name, m, k, n). The conv shapes use 16 images instead of 256 (m = 16·784, 16·196).
@@ -179,10 +180,10 @@ fn conv3x3_f32(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTim
     let name = "resnet_block_64x16x28x28";
     if applies(&geom, o) {
         g.bench_function(BenchmarkId::new("f32_conv3x3_winograd", name), |bch| {
-            bch.iter(|| conv_f32_winograd(black_box(&xs), n, &geom, &w, &bias))
+            bch.iter(|| conv_f32_winograd(black_box(&xs), n, &geom, (&w, &bias), Clamp::NONE))
         });
     }
     g.bench_function(BenchmarkId::new("f32_conv3x3_direct", name), |bch| {
-        bch.iter(|| conv_f32_padded(black_box(&xs), n, &geom, &w, &bias))
+        bch.iter(|| conv_f32_padded(black_box(&xs), n, &geom, (&w, &bias), Clamp::NONE))
     });
 }

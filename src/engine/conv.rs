@@ -106,7 +106,7 @@ pub fn group_conv_f32(
     x: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
+    (w, bias, clamp): (&[f32], &[f32], super::clamp_f32::Clamp),
     groups: usize,
 ) -> Vec<f32> {
     let (plane, opix, out) = (g.h * g.w, g.out_pixels(), bias.len());
@@ -123,6 +123,7 @@ pub fn group_conv_f32(
                 conv_channel(xp, &w[(oc * cg + icg) * taps..][..taps], g, acc);
             }
         }
+        clamp.apply(&mut y[s * out * opix..(s + 1) * out * opix]);
     }
     y
 }

@@ -9,6 +9,7 @@
 //! Grouped and depthwise convs (stride 1 or 2 across) read the same padded image: each output
 //! row 16 pixels to a vector, four rows at a time, one fused multiply-add per (channel, tap).
 
+use super::clamp_f32::Clamp;
 use super::im2col::{ConvGeom, copy_short};
 
 /// Output channels per tile.
@@ -47,9 +48,15 @@ pub fn has_tiles() -> bool {
 ///
 /// # Panics
 /// Unless [`applies`]`(g)`, or if the slices do not match the geometry.
-pub fn conv_f32_padded(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
+pub fn conv_f32_padded(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    clamp: Clamp,
+) -> Vec<f32> {
     assert!(applies(g), "a stride-1 conv on an AVX-512 or AVX2 CPU");
-    padded_with(xs, n, g, (w, bias), applies_any_stride())
+    padded_with(xs, n, g, (w, bias, clamp), applies_any_stride())
 }
 
 /// [`conv_f32_padded`] on the AVX-512 tile (`wide`) or the AVX2 one, which must be supported.
@@ -57,7 +64,7 @@ fn padded_with(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
+    (w, bias, clamp): (&[f32], &[f32], Clamp),
     wide: bool,
 ) -> Vec<f32> {
     let ((kh, kw), c) = (g.kernel, g.c);
@@ -128,6 +135,7 @@ fn padded_with(
                 }
             }
         }
+        clamp.apply(ys);
     }
     y
 }
@@ -149,14 +157,14 @@ pub fn group_conv_f32_padded(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
+    (w, bias, clamp): (&[f32], &[f32], Clamp),
     groups: usize,
 ) -> Vec<f32> {
     assert!(
         group_applies(g),
         "stride 1 or 2 across, on an AVX-512 or AVX2 CPU"
     );
-    group_with(xs, n, g, (w, bias), groups, applies_any_stride())
+    group_with(xs, n, g, (w, bias, clamp), groups, applies_any_stride())
 }
 
 /// [`group_conv_f32_padded`] on the AVX-512 rows (`wide`) or the AVX2 ones, which must be
@@ -165,7 +173,7 @@ fn group_with(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
+    (w, bias, clamp): (&[f32], &[f32], Clamp),
     groups: usize,
     wide: bool,
 ) -> Vec<f32> {
@@ -205,6 +213,7 @@ fn group_with(
                 }
             };
         }
+        clamp.apply(ys);
     }
     y
 }
@@ -474,7 +483,7 @@ mod tests {
             let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
             for wide in tiles() {
                 check(&g, (n, o, 1), |xs, wt, bias| {
-                    padded_with(xs, n, &g, (wt, bias), wide)
+                    padded_with(xs, n, &g, (wt, bias, Clamp::NONE), wide)
                 });
             }
         }
@@ -483,18 +492,22 @@ mod tests {
     #[test]
     fn grouped_and_depthwise_convs_match_the_f64_definition() {
         // Depthwise at strides 1 and 2 (across and down), rows past a multiple of 4 and of 16
-        // pixels, two channels per group, a dilation, asymmetric padding.
+        // pixels (row ends through each of the 8-, 4-, 2- and 1-float stores of both halves),
+        // two channels per group, a dilation, asymmetric padding.
         for (c, o, groups, (kh, kw), stride, pad, dil, (h, w)) in [
             (8, 8, 8, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (7, 9)),
             (6, 6, 6, (3, 3), (2, 2), [1, 1, 1, 1], (1, 1), (19, 37)),
             (4, 8, 2, (3, 2), (1, 2), [0, 2, 1, 0], (2, 1), (9, 21)),
             (3, 6, 3, (5, 5), (2, 1), [2, 2, 2, 2], (1, 2), (11, 18)),
+            // Row ends of 7 (4 + 2 + 1 lanes) and 16 + 5 pixels.
+            (4, 4, 4, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (5, 7)),
+            (2, 2, 2, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (3, 21)),
         ] {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             for wide in tiles() {
                 check(&g, (n, o, groups), |xs, wt, bias| {
-                    group_with(xs, n, &g, (wt, bias), groups, wide)
+                    group_with(xs, n, &g, (wt, bias, Clamp::NONE), groups, wide)
                 });
             }
         }
@@ -517,7 +530,13 @@ mod tests {
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             for wide in tiles() {
                 check(&g, (n, o, 1), |xs, wt, bias| {
-                    crate::engine::conv_f32_strided::strided_with(xs, n, &g, (wt, bias), wide)
+                    crate::engine::conv_f32_strided::strided_with(
+                        xs,
+                        n,
+                        &g,
+                        (wt, bias, Clamp::NONE),
+                        wide,
+                    )
                 });
             }
         }

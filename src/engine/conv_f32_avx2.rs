@@ -150,14 +150,43 @@ pub(super) unsafe fn channel_rows(
             }
             for (r, a) in acc.iter().enumerate().take(nr) {
                 let dst = &mut plane[(oy0 + r) * g.ow + ox0..][..lanes];
-                let mut part = [0f32; PX];
-                // SAFETY: `part` holds 16 floats.
+                let (first, second) = (lanes.min(8), lanes.saturating_sub(8));
+                // SAFETY: AVX2; the two stores write `first` + `second` = dst.len() floats.
                 unsafe {
-                    _mm256_storeu_ps(part.as_mut_ptr(), a[0]);
-                    _mm256_storeu_ps(part.as_mut_ptr().add(8), a[1]);
+                    store_first(dst.as_mut_ptr(), a[0], first);
+                    store_first(dst.as_mut_ptr().add(first), a[1], second);
                 }
-                dst.copy_from_slice(&part[..lanes]);
             }
+        }
+    }
+}
+
+/// Stores the first `n` (≤ 8) lanes of `v` at `p`, in 4-, 2- and 1-float steps below 8 (a
+/// short copy through memory costs a call per row end).
+///
+/// # Safety
+/// AVX2; `p` .. `p + n` writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_first(p: *mut f32, v: std::arch::x86_64::__m256, n: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(n <= 8);
+    // SAFETY (every store): it writes inside p .. p + n, per the contract.
+    unsafe {
+        if n == 8 {
+            return _mm256_storeu_ps(p, v);
+        }
+        let (mut at, mut q) = (0, _mm256_castps256_ps128(v));
+        if n & 4 != 0 {
+            _mm_storeu_ps(p, q);
+            (at, q) = (4, _mm256_extractf128_ps::<1>(v));
+        }
+        if n & 2 != 0 {
+            _mm_storeu_si64(p.add(at).cast(), _mm_castps_si128(q));
+            (at, q) = (at + 2, _mm_movehl_ps(q, q));
+        }
+        if n & 1 != 0 {
+            _mm_store_ss(p.add(at), q);
         }
     }
 }

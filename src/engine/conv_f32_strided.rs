@@ -7,6 +7,7 @@
 //! pixels into each of its 32 output planes. Without AVX-512, an AVX2 + FMA tile computes the
 //! same sums in four passes of 4 pixels × 16 channels (8 accumulators).
 
+use super::clamp_f32::Clamp;
 use super::conv_f32::{applies_any_stride, fill_padded, pack, tap_offsets};
 use super::im2col::ConvGeom;
 
@@ -21,9 +22,15 @@ const OC: usize = 32;
 ///
 /// # Panics
 /// Unless [`applies`]`()`, or if the slices do not match the geometry.
-pub fn conv_f32_strided(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
+pub fn conv_f32_strided(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    clamp: Clamp,
+) -> Vec<f32> {
     assert!(applies(), "an AVX-512 or AVX2 CPU");
-    strided_with(xs, n, g, (w, bias), applies_any_stride())
+    strided_with(xs, n, g, (w, bias, clamp), applies_any_stride())
 }
 
 /// Whether [`conv_f32_strided`] runs on this CPU: AVX-512F, or AVX2 with FMA.
@@ -36,7 +43,7 @@ pub(super) fn strided_with(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
+    (w, bias, clamp): (&[f32], &[f32], Clamp),
     wide: bool,
 ) -> Vec<f32> {
     let (kh, kw) = g.kernel;
@@ -106,6 +113,7 @@ pub(super) fn strided_with(
                 }
             }
         }
+        clamp.apply(ys);
     }
     y
 }

@@ -8,6 +8,7 @@
 //!
 //! Samples are taken in blocks of about `TILES` tiles so that every GEMM fills its lanes.
 
+use super::clamp_f32::Clamp;
 use super::conv_f32::{MR, NR, applies as padded_applies, pack, tile};
 use super::im2col::ConvGeom;
 
@@ -36,7 +37,13 @@ const MIN_OUT_WIDTH: usize = 24;
 ///
 /// # Panics
 /// Unless [`applies`]`(g, o)`, or if the slices do not match the geometry.
-pub fn conv_f32_winograd(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[f32]) -> Vec<f32> {
+pub fn conv_f32_winograd(
+    xs: &[f32],
+    n: usize,
+    g: &ConvGeom,
+    (w, bias): (&[f32], &[f32]),
+    clamp: Clamp,
+) -> Vec<f32> {
     let (o, c) = (bias.len(), g.c);
     assert!(applies(g, o), "a 3×3 stride-1 conv on an AVX-512 CPU");
     assert_eq!(w.len(), o * c * 9, "weights [o, c, 3, 3]");
@@ -69,6 +76,7 @@ pub fn conv_f32_winograd(xs: &[f32], n: usize, g: &ConvGeom, w: &[f32], bias: &[
         let ys = &mut y[s0 * o * g.out_pixels()..(s0 + bn) * o * g.out_pixels()];
         // SAFETY: AVX-512F per `applies`.
         unsafe { output_transform(&m, (&tiles, g), (o, om, stride), bias, ys) };
+        clamp.apply(ys);
     }
     y
 }
@@ -409,7 +417,7 @@ mod tests {
             let xs = data(n * c * h * w, 1);
             let wt = data(o * c * 9, 2);
             let bias = data(o, 3);
-            let got = conv_f32_winograd(&xs, n, &g, &wt, &bias);
+            let got = conv_f32_winograd(&xs, n, &g, (&wt, &bias), Clamp::NONE);
             let want = reference(&xs, n, &g, &wt, &bias);
             assert_eq!(got.len(), want.len());
             for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {

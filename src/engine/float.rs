@@ -4,6 +4,7 @@
 //! im2col columns for convs); the rest runs the plain op implementations of [`super::ops`].
 //! A value is freed after its last reader.
 
+use super::clamp_f32::Clamp;
 use super::conv::group_conv_f32;
 use super::im2col::ConvGeom;
 use super::im2col::im2col_columns;
@@ -96,6 +97,33 @@ pub fn check_size(per_sample: usize, limit: usize) -> std::result::Result<(), St
 
 /// Runs a linear, conv or embedding node on f32 input `x` (an embedding's: its indices).
 pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<Tensor, String> {
+    run_weight_op_then(op, x, limit, Clamp::NONE)
+}
+
+/// [`run_weight_op`], then `clamp` on the output (a conv applies it to each sample's output
+/// while it is in cache; other ops in a pass of their own).
+pub fn run_weight_op_then(
+    op: &Op,
+    x: &Tensor,
+    limit: usize,
+    clamp: Clamp,
+) -> std::result::Result<Tensor, String> {
+    let mut y = weight_op(op, x, limit, clamp)?;
+    if !matches!(op, Op::Conv2d { .. })
+        && let super::tensor::Data::F32(v) = &mut y.data
+    {
+        clamp.apply(v);
+    }
+    Ok(y)
+}
+
+/// [`run_weight_op_then`] before the clamp of non-conv ops.
+fn weight_op(
+    op: &Op,
+    x: &Tensor,
+    limit: usize,
+    clamp: Clamp,
+) -> std::result::Result<Tensor, String> {
     if let Op::Embedding { table } = op {
         return super::embedding::lookup_f32(table, x, limit);
     }
@@ -144,19 +172,19 @@ pub fn run_weight_op(op: &Op, x: &Tensor, limit: usize) -> std::result::Result<T
                 x,
                 limit,
             )?;
-            Ok(conv2d(xs, n, &g, (weight, bias), *groups))
+            Ok(conv2d(xs, n, &g, (weight, bias, clamp), *groups))
         }
         _ => Err("is not a weight op".into()),
     }
 }
 
-/// An ungrouped or grouped conv of `n` NCHW samples `xs` with geometry `g` (checked), on the
-/// fastest kernel this CPU runs for it: [n, o, oh, ow].
+/// An ungrouped or grouped conv of `n` NCHW samples `xs` with geometry `g` (checked), then
+/// `clamp` on each sample's output, on the fastest kernel this CPU runs for it: [n, o, oh, ow].
 fn conv2d(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (weight, bias): (&ndarray::Array4<f32>, &ndarray::Array1<f32>),
+    (weight, bias, clamp): (&ndarray::Array4<f32>, &ndarray::Array1<f32>, Clamp),
     groups: usize,
 ) -> Tensor {
     let (o, ci, kh, kw) = weight.dim();
@@ -169,22 +197,24 @@ fn conv2d(
     // strided tile (four passes of 8 sums) was not timed against the padded one at stride 1.
     // A 3×3 kernel over enough channels takes Winograd's transforms (16 multiply-adds for 36).
     let y = if groups > 1 && super::conv_f32::group_applies(g) {
-        super::conv_f32::group_conv_f32_padded(xs, n, g, (wts, bias), groups)
+        super::conv_f32::group_conv_f32_padded(xs, n, g, (wts, bias, clamp), groups)
     } else if groups > 1 {
-        group_conv_f32(xs, n, g, (wts, bias), groups)
+        group_conv_f32(xs, n, g, (wts, bias, clamp), groups)
     } else if super::conv_f32::applies(g)
         && (o % 32 != 0 || k < 128 || !super::conv_f32::applies_any_stride())
     {
         if super::conv_f32_winograd::applies(g, o) {
-            super::conv_f32_winograd::conv_f32_winograd(xs, n, g, wts, bias)
+            super::conv_f32_winograd::conv_f32_winograd(xs, n, g, (wts, bias), clamp)
         } else {
-            super::conv_f32::conv_f32_padded(xs, n, g, wts, bias)
+            super::conv_f32::conv_f32_padded(xs, n, g, (wts, bias), clamp)
         }
     } else if super::conv_f32_strided::applies() {
-        super::conv_f32_strided::conv_f32_strided(xs, n, g, wts, bias)
+        super::conv_f32_strided::conv_f32_strided(xs, n, g, (wts, bias), clamp)
     } else {
         let w = ArrayView2::from_shape((o, k), wts).expect("weights");
-        conv_columns(xs, n, g, w, bias)
+        let mut y = conv_columns(xs, n, g, w, bias);
+        clamp.apply(&mut y);
+        y
     };
     Tensor::f32(vec![n, o, g.oh, g.ow], y)
 }
@@ -254,10 +284,21 @@ pub fn run_node(
     inputs: &[Option<&Tensor>],
     limit: usize,
 ) -> std::result::Result<Tensor, String> {
+    run_node_then(layer, inputs, limit, Clamp::NONE)
+}
+
+/// [`run_node`] with `clamp` fused into a weight op's output (none given to other ops).
+fn run_node_then(
+    layer: &Layer,
+    inputs: &[Option<&Tensor>],
+    limit: usize,
+    clamp: Clamp,
+) -> std::result::Result<Tensor, String> {
     if layer.op.has_weights() {
         let x = inputs.first().copied().flatten().ok_or("has no input")?;
-        return run_weight_op(&layer.op, x, limit);
+        return run_weight_op_then(&layer.op, x, limit, clamp);
     }
+    debug_assert_eq!(clamp, Clamp::NONE, "a clamp is fused only into weight ops");
     eval(&layer.op, inputs, &batch_limits(inputs, limit))
 }
 
@@ -415,30 +456,76 @@ pub fn run_range(
     limit: usize,
     tap: &mut dyn FnMut(usize, &Tensor),
 ) -> Result<()> {
+    run_nodes(model, vals, nodes, limit, Some(tap))
+}
+
+/// Runs the model on a batch as [`forward`] does but without observing any node's output, so
+/// a linear or conv node whose output only a Relu/Clip right after it reads is run with that
+/// clamp fused (a conv clamps each sample's output while it is in cache), and the Relu/Clip
+/// node is skipped. The outputs are the same, bit for bit.
+pub fn forward_outputs(model: &Model, inputs: Vec<Tensor>, limit: usize) -> Result<Vec<Tensor>> {
+    let mut vals = Values::new(model, inputs);
+    run_nodes(model, &mut vals, 0..model.layers.len(), limit, None)?;
+    outputs(model, vals)
+}
+
+/// What sees each node's output: its index and the tensor.
+type Tap<'a> = &'a mut dyn FnMut(usize, &Tensor);
+
+/// [`run_range`]; without a tap, with the fusions of [`forward_outputs`].
+fn run_nodes(
+    model: &Model,
+    vals: &mut Values,
+    nodes: std::ops::Range<usize>,
+    limit: usize,
+    mut tap: Option<Tap>,
+) -> Result<()> {
     let last = last_uses(model);
-    for i in nodes {
+    let observed = tap.is_some();
+    let mut i = nodes.start;
+    while i < nodes.end {
         let layer = &model.layers[i];
+        let mut see = |i: usize, y: &Tensor| tap.as_mut().map_or((), |t| t(i, y));
         // A Relu/Clip that is its input's last reader works on it in place.
         if matches!(layer.op, Op::Relu | Op::Clip { .. })
             && let Some(mut x) = vals.take_last_sole(layer, &last, i)
         {
             if super::ops::eval_in_place(&layer.op, &mut x) {
-                tap(i, &x);
+                see(i, &x);
                 vals.set(layer.output, x);
+                i += 1;
                 continue;
             }
             vals.set(layer.inputs[0].expect("sole input"), x);
         }
+        let fused = (!observed)
+            .then(|| fusable_clamp(model, &last, i, nodes.end))
+            .flatten();
         let ins = vals
             .inputs_of(layer)
             .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
-        let y = run_node(layer, &ins, limit)
+        let clamp = fused.map_or(Clamp::NONE, |(c, _)| c);
+        let y = run_node_then(layer, &ins, limit, clamp)
             .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
-        tap(i, &y);
-        vals.set(layer.output, y);
+        see(i, &y);
+        let next = fused.map_or(i, |(_, j)| j);
+        vals.set(model.layers[next].output, y);
         vals.free_after(model, &last, i);
+        i = next + 1;
     }
     Ok(())
+}
+
+/// The clamp of node `i + 1` when node `i` is a linear or conv layer whose output only that
+/// Relu/Clip node reads (not a graph output) and both lie before `end`.
+fn fusable_clamp(model: &Model, last: &[usize], i: usize, end: usize) -> Option<(Clamp, usize)> {
+    let (layer, next) = (&model.layers[i], model.layers.get(i + 1)?);
+    let weighted = matches!(layer.op, Op::Conv2d { .. } | Op::Linear { .. });
+    let sole = next.inputs[..] == [Some(layer.output)] && last[layer.output] == i + 1;
+    if !weighted || !sole || i + 1 >= end {
+        return None;
+    }
+    Clamp::of(&next.op).map(|c| (c, i + 1))
 }
 
 /// The graph outputs of a finished run's table.
@@ -545,6 +632,45 @@ mod tests {
     fn argmax_takes_the_lowest_index_on_ties() {
         assert_eq!(argmax(&[1, 3, 3, 2]), 1);
         assert_eq!(argmax(&[0.0f32, 0.0]), 0);
+    }
+
+    #[test]
+    fn outputs_only_fuse_each_conv_relu_pair_and_give_the_same_bits() {
+        let mut model = crate::bundled::model("mnist-cnn").unwrap();
+        let pairs = |m: &Model| -> Vec<usize> {
+            let (last, n) = (last_uses(m), m.layers.len());
+            (0..n)
+                .filter(|&i| fusable_clamp(m, &last, i, n).is_some())
+                .collect()
+        };
+        let convs: Vec<usize> = (0..model.layers.len())
+            .filter(|&i| matches!(model.layers[i].op, Op::Conv2d { .. }))
+            .collect();
+        let fused = pairs(&model);
+        assert!(
+            convs.iter().all(|c| fused.contains(c)),
+            "{fused:?} ⊇ {convs:?}"
+        );
+        let x: Vec<f32> = (0..3 * 784)
+            .map(|i| ((i * 37 % 101) as f32 - 40.0) / 25.0)
+            .collect();
+        let run = |m: &Model| {
+            let tapped = forward(m, vec![input_tensor(m, &x, 3)], usize::MAX, |_, _| {});
+            let fast = forward_outputs(m, vec![input_tensor(m, &x, 3)], usize::MAX);
+            let bits = |t: &[Tensor]| -> Vec<u32> {
+                t.iter()
+                    .flat_map(|t| t.to_f32_vec())
+                    .map(f32::to_bits)
+                    .collect()
+            };
+            assert_eq!(bits(&tapped.unwrap()), bits(&fast.unwrap()));
+        };
+        run(&model);
+        // A conv output that is also a graph output is kept as it is: no fusion there.
+        let first = model.layers[convs[0]].output;
+        model.outputs.push(first);
+        assert!(!pairs(&model).contains(&convs[0]));
+        run(&model);
     }
 
     #[test]

@@ -10,7 +10,8 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
-/// max |ours − ORT| / max |ORT| of the float engine on the fixture's saved input.
+/// max |ours − ORT| / max |ORT| of the float engine on the fixture's saved input; the run of
+/// outputs only ([`float::forward_outputs`]) must give the same bits.
 fn relative_error_vs_ort(model: &str, reference: &str) -> f64 {
     let m = qscope::model::load_model(&fixture(model), None).unwrap();
     let r = load_dataset(&fixture(reference)).unwrap();
@@ -30,7 +31,20 @@ fn relative_error_vs_ort(model: &str, reference: &str) -> f64 {
             }
         })
         .collect();
-    let out = float::forward(&m, inputs, usize::MAX, |_, _| {}).unwrap();
+    let out = float::forward(&m, inputs.clone(), usize::MAX, |_, _| {}).unwrap();
+    // Outputs only: activations fused into their convs and linears, the same bits.
+    let fused = float::forward_outputs(&m, inputs, usize::MAX).unwrap();
+    assert_eq!(fused.len(), out.len(), "{model}: outputs");
+    for (a, b) in fused.iter().zip(&out) {
+        let bits = |t: &Tensor| {
+            t.to_f32_vec()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(a.shape, b.shape, "{model}: fused output shape");
+        assert!(bits(a) == bits(b), "{model}: fused outputs differ");
+    }
     let want = r.named_rows("output", 0, r.n).unwrap().to_f32_vec();
     let got = out[0].to_f32_vec();
     assert_eq!(got.len(), want.len(), "{model}: output size");

@@ -38,16 +38,10 @@ fn clip_f32(t: f32, lo: f32, hi: f32) -> f32 {
 /// Relu or Clip (lo ≤ hi) applied to real values in place, exactly as [`relu`] and [`clip`];
 /// false (nothing done) for other ops or data.
 pub(super) fn clamp_in_place(op: &crate::model::Op, x: &mut Tensor) -> bool {
-    let Data::F32(v) = &mut x.data else {
+    let (Data::F32(v), Some(c)) = (&mut x.data, crate::engine::clamp_f32::Clamp::of(op)) else {
         return false;
     };
-    match *op {
-        crate::model::Op::Relu => v.iter_mut().for_each(|t| *t = relu_f32(*t)),
-        crate::model::Op::Clip { min, max } if min <= max => {
-            v.iter_mut().for_each(|t| *t = clip_f32(*t, min, max))
-        }
-        _ => return false,
-    }
+    c.apply(v);
     true
 }
 

@@ -72,7 +72,7 @@ pub(super) fn measure(
         0,
         session.calib.n.min(CHANNEL_SAMPLES),
     )?;
-    let float = crate::engine::float::forward(model, inputs.clone(), usize::MAX, |_, _| {})?;
+    let float = crate::engine::float::forward_outputs(model, inputs.clone(), usize::MAX)?;
     let float = float[0].to_f32_vec();
     let top = IntModel::new(model, base, usize::MAX);
     let base_nsr = nsr(
