@@ -31,6 +31,12 @@ impl Clamp {
         }
     }
 
+    /// The bounds (lo, hi): vector code clamps with min(hi, max(lo, x)), bound first, which
+    /// keeps NaN and −0.0 as [`Clamp::one`] does; [`Clamp::NONE`] gives (−∞, ∞).
+    pub fn bounds(self) -> (f32, f32) {
+        (self.lo, self.hi)
+    }
+
     /// One real clamped (NaN and −0.0 above a bound of 0 pass through).
     #[inline(always)]
     pub fn one(self, t: f32) -> f32 {

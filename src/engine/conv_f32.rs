@@ -11,6 +11,7 @@
 
 use super::clamp_f32::Clamp;
 use super::im2col::{ConvGeom, copy_short};
+use std::mem::MaybeUninit;
 
 /// Output channels per tile.
 pub(super) const MR: usize = 8;
@@ -72,7 +73,10 @@ fn padded_with(
     let (o, k, pixels) = (bias.len(), c * kh * kw, g.out_pixels());
     assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
     assert_eq!(xs.len(), n * c * g.h * g.w, "input [n, c, h, w]");
-    let mut y = vec![0f32; n * o * pixels];
+    // Not zeroed first: the tiles (and the copies out of `tile_out`) write every element, so a
+    // memset would only add a pass over memory.
+    let len = n * o * pixels;
+    let mut y = Vec::<f32>::with_capacity(len);
     if pixels == 0 || o == 0 {
         return y;
     }
@@ -88,8 +92,12 @@ fn padded_with(
     // Rows as wide as the output (no horizontal padding, as a 1×1 conv): the tiles write the
     // output planes directly (reading the sample in place instead of its copy was slower).
     let direct = wp == g.ow;
-    let mut tile_out = vec![0f32; if direct { 0 } else { mr * virt }];
-    for (x1, ys) in xs.chunks_exact(sample).zip(y.chunks_exact_mut(o * pixels)) {
+    let mut tile_out = vec![MaybeUninit::new(0f32); if direct { 0 } else { mr * virt }];
+    let outs = &mut y.spare_capacity_mut()[..len];
+    for (x1, ys) in xs
+        .chunks_exact(sample)
+        .zip(outs.chunks_exact_mut(o * pixels))
+    {
         fill_padded(&mut img, x1, g);
         for (ob, wk) in packed.chunks_exact(mr * k).enumerate() {
             let rows = mr.min(o - ob * mr);
@@ -103,7 +111,7 @@ fn padded_with(
             assert!(dst.len() >= (rows - 1) * stride + virt, "tile rows inside");
             for p0 in (0..virt).step_by(step) {
                 let lanes = step.min(virt - p0);
-                let (x, out) = (img[p0..].as_ptr(), dst[p0..].as_mut_ptr());
+                let (x, out) = (img[p0..].as_ptr(), dst[p0..].as_mut_ptr().cast::<f32>());
                 // SAFETY: AVX-512F or AVX2 + FMA per `applies` (the caller's `wide`); every
                 // tap reads img[p0 + off .. p0 + off + step], inside the image plus its NR ≥
                 // step slack since p0 < virt and virt − 1 + off is a padded-image element;
@@ -112,12 +120,12 @@ fn padded_with(
                 // (asserted above).
                 unsafe {
                     if wide {
-                        tile(x, &offsets, (wk, &b), out, (rows, lanes, stride))
+                        tile(x, &offsets, (wk, &b, clamp), out, (rows, lanes, stride))
                     } else {
                         super::conv_f32_avx2::tile(
                             x,
                             &offsets,
-                            (wk, &b),
+                            (wk, &b, clamp),
                             out,
                             (rows, lanes, stride),
                         )
@@ -135,8 +143,12 @@ fn padded_with(
                 }
             }
         }
-        clamp.apply(ys);
     }
+    // SAFETY: for every sample and block of output channels, the tiles wrote each of the
+    // block's rows over pixels 0 .. virt (steps of `step`, the last one's lanes masked): with
+    // `direct` that is every output pixel in place, otherwise `tile_out`, whose ow columns of
+    // each of the oh rows were then copied into the output plane. So all `len` are written.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -186,7 +198,9 @@ fn group_with(
         "weights [o, c/groups, kh, kw]"
     );
     assert_eq!(xs.len(), n * g.c * g.h * g.w, "input [n, c, h, w]");
-    let mut y = vec![0f32; n * out * pixels];
+    // Not zeroed first: each output plane is written whole by its channel's rows.
+    let len = n * out * pixels;
+    let mut y = Vec::<f32>::with_capacity(len);
     if pixels == 0 || og == 0 {
         return y;
     }
@@ -194,7 +208,7 @@ fn group_with(
     let offsets = tap_offsets(cg, g);
     for (x1, ys) in xs
         .chunks_exact(g.c * g.h * g.w)
-        .zip(y.chunks_exact_mut(out * pixels))
+        .zip(y.spare_capacity_mut()[..len].chunks_exact_mut(out * pixels))
     {
         fill_padded(&mut img, x1, g);
         for (oc, plane) in ys.chunks_exact_mut(pixels).enumerate() {
@@ -203,7 +217,7 @@ fn group_with(
             // SAFETY: AVX-512F or AVX2 + FMA per `group_applies` (the caller's `wide`); the
             // image holds the group's channels from `first`, every read of a row lies inside
             // the padded image plus its NR slack, and `plane` is one output plane.
-            let tw = (&offsets[..], taps, bias[oc]);
+            let tw = (&offsets[..], taps, bias[oc], clamp);
             let img = &img[first..];
             unsafe {
                 if wide {
@@ -213,13 +227,16 @@ fn group_with(
                 }
             };
         }
-        clamp.apply(ys);
     }
+    // SAFETY: every plane of every sample went through `channel_rows`, which writes each of
+    // its oh rows over all ow pixels (vectors of 16, the last one masked).
+    unsafe { y.set_len(len) };
     y
 }
 
 /// One output plane of a grouped conv: rows of `g.ow` pixels, 16 per vector, from the padded
-/// image `img` (the group's channels, each [hp, wp]) with weights `taps` ([cg, kh, kw]).
+/// image `img` (the group's channels, each [hp, wp]) with weights `taps` ([cg, kh, kw]),
+/// clamped as they are stored.
 ///
 /// # Safety
 /// AVX-512F; `img` holds the group's planes plus NR floats past the last.
@@ -229,10 +246,13 @@ unsafe fn channel_rows(
     img: &[f32],
     (hp, wp): (usize, usize),
     g: &ConvGeom,
-    (offsets, taps, bias): (&[usize], &[f32], f32),
-    plane: &mut [f32],
+    (offsets, taps, bias, clamp): (&[usize], &[f32], f32, Clamp),
+    plane: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
+    assert_eq!(plane.len(), g.oh * g.ow, "one output plane");
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let (sh, sw) = g.stride;
     let cg = taps.len() / (g.kernel.0 * g.kernel.1);
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -271,8 +291,9 @@ unsafe fn channel_rows(
             let m: u16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
             for (r, a) in acc.iter().enumerate().take(nr) {
                 let at = (oy0 + r) * g.ow + ox0;
+                let a = _mm512_min_ps(hi, _mm512_max_ps(lo, *a));
                 // SAFETY: lanes ox0 .. ox0 + lanes ≤ ow of output row oy0 + r < oh, masked.
-                unsafe { _mm512_mask_storeu_ps(plane.as_mut_ptr().add(at), m, *a) };
+                unsafe { _mm512_mask_storeu_ps(plane.as_mut_ptr().add(at).cast(), m, a) };
             }
         }
     }
@@ -284,8 +305,8 @@ unsafe fn channel_rows(
     _: &[f32],
     _: (usize, usize),
     _: &ConvGeom,
-    _: (&[usize], &[f32], f32),
-    _: &mut [f32],
+    _: (&[usize], &[f32], f32, Clamp),
+    _: &mut [MaybeUninit<f32>],
 ) {
     unreachable!("group_applies() is false off x86-64")
 }
@@ -332,7 +353,7 @@ pub(super) fn pack(w: &[f32], (o, k): (usize, usize), block: usize) -> Vec<f32> 
 }
 
 /// One tile: rows r < `rows` of `out` (stride `ld`), lanes < `lanes`, get
-/// bias[r] + Σ_t w[t][r] · img[off_t + lane] in tap order.
+/// clamp(bias[r] + Σ_t w[t][r] · img[off_t + lane]) with the sum in tap order.
 ///
 /// # Safety
 /// AVX-512F; img[off + 0 .. off + NR] readable for every offset; `w` holds MR values per offset;
@@ -342,11 +363,13 @@ pub(super) fn pack(w: &[f32], (o, k): (usize, usize), block: usize) -> Vec<f32> 
 pub(super) unsafe fn tile(
     img: *const f32,
     offsets: &[usize],
-    (w, bias): (&[f32], &[f32; MR]),
+    (w, bias, clamp): (&[f32], &[f32; MR], Clamp),
     out: *mut f32,
     (rows, lanes, ld): (usize, usize, usize),
 ) {
     use std::arch::x86_64::*;
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     for (a, &b) in acc.iter_mut().zip(bias) {
         *a = [_mm512_set1_ps(b); NV];
@@ -369,6 +392,7 @@ pub(super) unsafe fn tile(
     for (r, a) in acc.iter().enumerate().take(rows) {
         // SAFETY: row r < rows, lanes ≤ NR masked, per this fn's contract.
         for (v, &a) in a.iter().enumerate() {
+            let a = _mm512_min_ps(hi, _mm512_max_ps(lo, a));
             unsafe { _mm512_mask_storeu_ps(out.wrapping_add(r * ld + 16 * v), mask(16 * v), a) };
         }
     }
@@ -379,7 +403,7 @@ pub(super) unsafe fn tile(
 pub(super) unsafe fn tile(
     _: *const f32,
     _: &[usize],
-    _: (&[f32], &[f32; MR]),
+    _: (&[f32], &[f32; MR], Clamp),
     _: *mut f32,
     _: (usize, usize, usize),
 ) {
@@ -387,7 +411,7 @@ pub(super) unsafe fn tile(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The conv in f64 straight from its definition, and Σ|w·x| + |b| per output (the scale
@@ -431,12 +455,33 @@ mod tests {
         out
     }
 
-    /// Runs `conv` (input, weights, bias) on smooth inputs with large and small values and
-    /// holds every output to the f64 definition within f32 rounding in any summation order.
+    /// Clip(−0.5, 1.5): both bounds inside the outputs' range.
+    pub(in crate::engine) fn clip() -> Clamp {
+        Clamp::of(&crate::model::Op::Clip {
+            min: -0.5,
+            max: 1.5,
+        })
+        .expect("min ≤ max")
+    }
+
+    /// Runs `conv` (input, weights, bias, clamp) on smooth inputs with large and small values,
+    /// unclamped and clamped by [`clip`], and holds every output to the f64 definition (then
+    /// clamped) within f32 rounding in any summation order (a clamp only brings values closer).
     fn check(
         g: &ConvGeom,
         (n, o, groups): (usize, usize, usize),
-        conv: impl Fn(&[f32], &[f32], &[f32]) -> Vec<f32>,
+        conv: impl Fn(&[f32], &[f32], &[f32], Clamp) -> Vec<f32>,
+    ) {
+        check_clamped(g, (n, o, groups), Clamp::NONE, &conv);
+        check_clamped(g, (n, o, groups), clip(), &conv);
+    }
+
+    /// [`check`] with one clamp.
+    fn check_clamped(
+        g: &ConvGeom,
+        (n, o, groups): (usize, usize, usize),
+        clamp: Clamp,
+        conv: impl Fn(&[f32], &[f32], &[f32], Clamp) -> Vec<f32>,
     ) {
         let (c, taps) = (g.c, g.kernel.0 * g.kernel.1);
         let cg = c / groups;
@@ -444,14 +489,24 @@ mod tests {
         let xs: Vec<f32> = (0..n * c * g.h * g.w).map(|i| wave(i, 0.37)).collect();
         let wt: Vec<f32> = (0..o * cg * taps).map(|i| wave(i, 0.91)).collect();
         let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.25 - 1.0).collect();
-        let got = conv(&xs, &wt, &bias);
+        let got = conv(&xs, &wt, &bias, clamp);
         let want = reference(&xs, (n, groups), g, &wt, &bias);
         assert_eq!(got.len(), want.len(), "c {c} o {o} groups {groups}");
+        let (lo, hi) = clamp.bounds();
+        let mut clamped = 0;
         for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
+            let r = r.clamp(lo as f64, hi as f64);
+            clamped += usize::from(y == lo || y == hi);
             let tol = 2.0 * f32::EPSILON as f64 * (cg * taps + 1) as f64 * mag + 1e-30;
             let at = format!("c {c} o {o} groups {groups} at {i}: {y} vs {r}");
             assert!((y as f64 - r).abs() <= tol, "{at}");
         }
+        // The clip bounds cut both tails of these outputs.
+        assert_eq!(
+            clamped > 0,
+            clamp != Clamp::NONE,
+            "c {c} o {o} groups {groups}"
+        );
     }
 
     /// Each tile this CPU has: `true` the AVX-512 one, `false` the AVX2 one (none: the engine
@@ -482,8 +537,8 @@ mod tests {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, 1), pad, dil).unwrap();
             for wide in tiles() {
-                check(&g, (n, o, 1), |xs, wt, bias| {
-                    padded_with(xs, n, &g, (wt, bias, Clamp::NONE), wide)
+                check(&g, (n, o, 1), |xs, wt, bias, clamp| {
+                    padded_with(xs, n, &g, (wt, bias, clamp), wide)
                 });
             }
         }
@@ -506,8 +561,8 @@ mod tests {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             for wide in tiles() {
-                check(&g, (n, o, groups), |xs, wt, bias| {
-                    group_with(xs, n, &g, (wt, bias, Clamp::NONE), groups, wide)
+                check(&g, (n, o, groups), |xs, wt, bias, clamp| {
+                    group_with(xs, n, &g, (wt, bias, clamp), groups, wide)
                 });
             }
         }
@@ -529,12 +584,12 @@ mod tests {
             let n = 2;
             let g = ConvGeom::general(&[c, h, w], (kh, kw), stride, pad, dil).unwrap();
             for wide in tiles() {
-                check(&g, (n, o, 1), |xs, wt, bias| {
+                check(&g, (n, o, 1), |xs, wt, bias, clamp| {
                     crate::engine::conv_f32_strided::strided_with(
                         xs,
                         n,
                         &g,
-                        (wt, bias, Clamp::NONE),
+                        (wt, bias, clamp),
                         wide,
                     )
                 });

@@ -4,6 +4,8 @@
 //! weight broadcasts per tap, 15 of AVX2's 16 registers (12 sums are enough to keep both fused
 //! multiply-add pipes busy through their latency; 4 × 24 pixels needs all 16 and spills).
 
+use super::clamp_f32::Clamp;
+
 /// Output channels per tile (the weights' packing block).
 pub(super) const MR: usize = 6;
 /// Vectors of 8 pixels per tile.
@@ -26,7 +28,7 @@ pub fn supported() -> bool {
 }
 
 /// One tile: rows r < `rows` (≤ MR) of `out` (stride `ld`), lanes < `lanes` (≤ NR), get
-/// bias[r] + Σ_t w[t][r] · img[off_t + lane] in tap order, one fused multiply-add per tap.
+/// clamp(bias[r] + Σ_t w[t][r] · img[off_t + lane]), one fused multiply-add per tap in order.
 ///
 /// # Safety
 /// AVX2 and FMA; img[off .. off + NR] readable for every offset; `w` holds MR values per
@@ -37,11 +39,13 @@ pub fn supported() -> bool {
 pub(super) unsafe fn tile(
     img: *const f32,
     offsets: &[usize],
-    (w, bias): (&[f32], &[f32; 8]),
+    (w, bias, clamp): (&[f32], &[f32; 8], Clamp),
     out: *mut f32,
     (rows, lanes, ld): (usize, usize, usize),
 ) {
     use std::arch::x86_64::*;
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     for (a, &b) in acc.iter_mut().zip(bias) {
         *a = [_mm256_set1_ps(b); NV];
@@ -58,6 +62,7 @@ pub(super) unsafe fn tile(
         }
     }
     for (r, a) in acc.iter().enumerate().take(rows) {
+        let a: [__m256; NV] = std::array::from_fn(|v| _mm256_min_ps(hi, _mm256_max_ps(lo, a[v])));
         let row = out.wrapping_add(r * ld);
         if lanes == NR {
             // Plain stores: AMD's masked stores are microcoded (with them the tile ran at 23
@@ -83,7 +88,7 @@ pub(super) unsafe fn tile(
 pub(super) unsafe fn tile(
     _: *const f32,
     _: &[usize],
-    _: (&[f32], &[f32; 8]),
+    _: (&[f32], &[f32; 8], Clamp),
     _: *mut f32,
     _: (usize, usize, usize),
 ) {
@@ -103,10 +108,12 @@ pub(super) unsafe fn channel_rows(
     img: &[f32],
     (hp, wp): (usize, usize),
     g: &super::im2col::ConvGeom,
-    (offsets, taps, bias): (&[usize], &[f32], f32),
-    plane: &mut [f32],
+    (offsets, taps, bias, clamp): (&[usize], &[f32], f32, Clamp),
+    plane: &mut [std::mem::MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     const RB: usize = 4;
     const PX: usize = 16;
     let (sh, sw) = g.stride;
@@ -151,10 +158,11 @@ pub(super) unsafe fn channel_rows(
             for (r, a) in acc.iter().enumerate().take(nr) {
                 let dst = &mut plane[(oy0 + r) * g.ow + ox0..][..lanes];
                 let (first, second) = (lanes.min(8), lanes.saturating_sub(8));
+                let a = a.map(|v| _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
                 // SAFETY: AVX2; the two stores write `first` + `second` = dst.len() floats.
                 unsafe {
-                    store_first(dst.as_mut_ptr(), a[0], first);
-                    store_first(dst.as_mut_ptr().add(first), a[1], second);
+                    store_first(dst.as_mut_ptr().cast(), a[0], first);
+                    store_first(dst.as_mut_ptr().add(first).cast(), a[1], second);
                 }
             }
         }
@@ -197,8 +205,8 @@ pub(super) unsafe fn channel_rows(
     _: &[f32],
     _: (usize, usize),
     _: &super::im2col::ConvGeom,
-    _: (&[usize], &[f32], f32),
-    _: &mut [f32],
+    _: (&[usize], &[f32], f32, Clamp),
+    _: &mut [std::mem::MaybeUninit<f32>],
 ) {
     unreachable!("supported() is false off x86-64")
 }

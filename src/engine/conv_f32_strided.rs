@@ -51,7 +51,9 @@ pub(super) fn strided_with(
     let (o, k, pixels) = (bias.len(), g.c * kh * kw, g.out_pixels());
     assert_eq!(w.len(), o * k, "weights [o, c·kh·kw]");
     assert_eq!(xs.len(), n * g.c * g.h * g.w, "input [n, c, h, w]");
-    let mut y = vec![0f32; n * o * pixels];
+    // Not zeroed first: every tile's pixels of every plane are written (see the end).
+    let len = n * o * pixels;
+    let mut y = Vec::<f32>::with_capacity(len);
     if pixels == 0 || o == 0 {
         return y;
     }
@@ -75,7 +77,7 @@ pub(super) fn strided_with(
     let mut scratch = [0f32; OC * PR];
     for (x1, ys) in xs
         .chunks_exact(g.c * g.h * g.w)
-        .zip(y.chunks_exact_mut(o * pixels))
+        .zip(y.spare_capacity_mut()[..len].chunks_exact_mut(o * pixels))
     {
         fill_padded(&mut img, x1, g);
         for (ob, wk) in packed.chunks_exact(OC * k).enumerate() {
@@ -88,7 +90,7 @@ pub(super) fn strided_with(
                 // A whole tile goes straight to its OC planes, PR pixels per plane.
                 let whole = np == PR && rows == OC;
                 let dst = if whole {
-                    (ys[ob * OC * pixels + p0..].as_mut_ptr(), pixels)
+                    (ys[ob * OC * pixels + p0..].as_mut_ptr().cast(), pixels)
                 } else {
                     (scratch.as_mut_ptr(), PR)
                 };
@@ -99,9 +101,9 @@ pub(super) fn strided_with(
                 // partial one the OC planes of PR values of `scratch`.
                 unsafe {
                     if wide {
-                        tile(&img, &at, &offsets, (wk, b), dst)
+                        tile(&img, &at, &offsets, (wk, b, clamp), dst)
                     } else {
-                        tile_avx2(&img, &at, &offsets, (wk, b), dst)
+                        tile_avx2(&img, &at, &offsets, (wk, b, clamp), dst)
                     }
                 };
                 if whole {
@@ -109,17 +111,22 @@ pub(super) fn strided_with(
                 }
                 let planes = ys.chunks_exact_mut(pixels).skip(ob * OC).take(rows);
                 for (plane, part) in planes.zip(scratch.chunks_exact(PR)) {
-                    plane[p0..p0 + np].copy_from_slice(&part[..np]);
+                    for (d, &s) in plane[p0..p0 + np].iter_mut().zip(&part[..np]) {
+                        d.write(s);
+                    }
                 }
             }
         }
-        clamp.apply(ys);
     }
+    // SAFETY: for every sample, block of OC planes and run of PR pixels, a whole tile wrote
+    // its pixels of its OC planes in place, and a partial one its `np` pixels of its `rows`
+    // planes through `scratch`: each plane's pixels 0 .. pixels of every sample are written.
+    unsafe { y.set_len(len) };
     y
 }
 
-/// One tile, written transposed to `(p, ld)`: p[j · ld + r] = b[j] + Σ_t w[t][j] ·
-/// img[at[r] + off_t], in tap order.
+/// One tile, written transposed to `(p, ld)`: p[j · ld + r] = clamp(b[j] + Σ_t w[t][j] ·
+/// img[at[r] + off_t]), the sum in tap order.
 ///
 /// # Safety
 /// AVX-512F; every at[r] + off_t indexes `img`; `w` holds OC values per offset, `b` OC values;
@@ -130,7 +137,7 @@ unsafe fn tile(
     img: &[f32],
     at: &[usize; PR],
     offsets: &[usize],
-    (w, b): (&[f32], &[f32]),
+    (w, b, clamp): (&[f32], &[f32], Clamp),
     (p, ld): (*mut f32, usize),
 ) {
     use std::arch::x86_64::*;
@@ -155,6 +162,9 @@ unsafe fn tile(
             }
         }
     }
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let acc = acc.map(|a| a.map(|v| _mm512_min_ps(hi, _mm512_max_ps(lo, v))));
     // SAFETY: per this fn's contract.
     unsafe { store_transposed(&acc, p, ld) };
 }
@@ -199,11 +209,13 @@ unsafe fn tile_avx2(
     img: &[f32],
     at: &[usize; PR],
     offsets: &[usize],
-    (w, b): (&[f32], &[f32]),
+    (w, b, clamp): (&[f32], &[f32], Clamp),
     (p, ld): (*mut f32, usize),
 ) {
     use std::arch::x86_64::*;
     const PX: usize = 4;
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     // [channel vector of 8][pixel]
     let mut tile = [[_mm256_setzero_ps(); PR]; OC / 8];
     let base = img.as_ptr();
@@ -229,8 +241,8 @@ unsafe fn tile_avx2(
             }
         }
         for (r, a) in acc.iter().enumerate() {
-            tile[c0 / 8][p0 + r] = a[0];
-            tile[c0 / 8 + 1][p0 + r] = a[1];
+            tile[c0 / 8][p0 + r] = _mm256_min_ps(hi, _mm256_max_ps(lo, a[0]));
+            tile[c0 / 8 + 1][p0 + r] = _mm256_min_ps(hi, _mm256_max_ps(lo, a[1]));
         }
     }
     for (v, &rows) in tile.iter().enumerate() {
@@ -280,7 +292,13 @@ fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 
 
 /// Not built off x86-64: [`applies`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: &[f32], _: &[usize; PR], _: &[usize], _: (&[f32], &[f32]), _: (*mut f32, usize)) {
+unsafe fn tile(
+    _: &[f32],
+    _: &[usize; PR],
+    _: &[usize],
+    _: (&[f32], &[f32], Clamp),
+    _: (*mut f32, usize),
+) {
     unreachable!("applies() is false off x86-64")
 }
 
@@ -290,7 +308,7 @@ unsafe fn tile_avx2(
     _: &[f32],
     _: &[usize; PR],
     _: &[usize],
-    _: (&[f32], &[f32]),
+    _: (&[f32], &[f32], Clamp),
     _: (*mut f32, usize),
 ) {
     unreachable!("applies() is false off x86-64")

@@ -48,7 +48,9 @@ pub fn conv_f32_winograd(
     assert!(applies(g, o), "a 3×3 stride-1 conv on an AVX-512 CPU");
     assert_eq!(w.len(), o * c * 9, "weights [o, c, 3, 3]");
     assert_eq!(xs.len(), n * c * g.h * g.w, "input [n, c, h, w]");
-    let mut y = vec![0f32; n * o * g.out_pixels()];
+    // Not zeroed first: the output transform writes every output (see the end).
+    let len = n * o * g.out_pixels();
+    let mut y = Vec::<f32>::with_capacity(len);
     if g.out_pixels() == 0 || n == 0 {
         return y;
     }
@@ -73,11 +75,13 @@ pub fn conv_f32_winograd(
         }
         let used = bn * tiles.per_sample();
         products(&packed, &v, &mut m, (c, o, stride), used);
-        let ys = &mut y[s0 * o * g.out_pixels()..(s0 + bn) * o * g.out_pixels()];
+        let ys = &mut y.spare_capacity_mut()[s0 * o * g.out_pixels()..][..bn * o * g.out_pixels()];
         // SAFETY: AVX-512F per `applies`.
-        unsafe { output_transform(&m, (&tiles, g), (o, om, stride), bias, ys) };
-        clamp.apply(ys);
+        unsafe { output_transform(&m, (&tiles, g), (o, om, stride), (bias, clamp), ys) };
     }
+    // SAFETY: the blocks of samples cover 0 .. n, and the output transform writes every output
+    // of each of its samples' planes (all th·2 ≥ oh rows, all tw·2 ≥ ow columns, masked).
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -110,7 +114,7 @@ fn products(
                     tile(
                         vx[p0..].as_ptr(),
                         &offsets,
-                        (wk, &[0.0; MR]),
+                        (wk, &[0.0; MR], Clamp::NONE),
                         mx[ob * MR * stride + p0..].as_mut_ptr(),
                         (rows, lanes, stride),
                     )
@@ -269,10 +273,13 @@ unsafe fn output_transform(
     m: &[f32],
     (t, g): (&Tiles, &ConvGeom),
     (o, om, stride): (usize, usize, usize),
-    bias: &[f32],
-    ys: &mut [f32],
+    (bias, clamp): (&[f32], Clamp),
+    ys: &mut [std::mem::MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
+    let (cl, ch) = clamp.bounds();
+    let (cl, ch) = (_mm512_set1_ps(cl), _mm512_set1_ps(ch));
+    let clamped = |v: __m512| _mm512_min_ps(ch, _mm512_max_ps(cl, v));
     let pixels = g.out_pixels();
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
@@ -309,10 +316,11 @@ unsafe fn output_transform(
                         let to = oy * g.ow + 2 * tx0;
                         // SAFETY: n ≤ ow − 2·tx0 outputs of row oy, masked.
                         unsafe {
-                            let p = plane.as_mut_ptr().add(to);
-                            _mm512_mask_storeu_ps(p, lanes(n), _mm512_permutex2var_ps(ye, lo, yo));
+                            let p = plane.as_mut_ptr().add(to).cast::<f32>();
+                            let q = clamped(_mm512_permutex2var_ps(ye, lo, yo));
+                            _mm512_mask_storeu_ps(p, lanes(n), q);
                             if n > 16 {
-                                let q = _mm512_permutex2var_ps(ye, hi, yo);
+                                let q = clamped(_mm512_permutex2var_ps(ye, hi, yo));
                                 _mm512_mask_storeu_ps(p.add(16), lanes(n - 16), q);
                             }
                         }
@@ -335,8 +343,8 @@ unsafe fn output_transform(
     _: &[f32],
     _: (&Tiles, &ConvGeom),
     _: (usize, usize, usize),
-    _: &[f32],
-    _: &mut [f32],
+    _: (&[f32], Clamp),
+    _: &mut [std::mem::MaybeUninit<f32>],
 ) {
     unreachable!("applies() is false off x86-64")
 }
@@ -417,15 +425,22 @@ mod tests {
             let xs = data(n * c * h * w, 1);
             let wt = data(o * c * 9, 2);
             let bias = data(o, 3);
-            let got = conv_f32_winograd(&xs, n, &g, (&wt, &bias), Clamp::NONE);
             let want = reference(&xs, n, &g, &wt, &bias);
-            assert_eq!(got.len(), want.len());
-            for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
-                let tol = 1e-5 * mag + 1e-6;
-                assert!(
-                    (y as f64 - r).abs() <= tol,
-                    "{n}×{c}×{h}×{w} pad {pad:?} o {o}: output {i}: {y} vs {r} (tol {tol})"
-                );
+            // Unclamped, and clamped as a following Clip(−0.5, 1.5) would be (a clamp only
+            // brings values closer, so the tolerance holds).
+            for clamp in [Clamp::NONE, crate::engine::conv_f32::tests::clip()] {
+                let got = conv_f32_winograd(&xs, n, &g, (&wt, &bias), clamp);
+                assert_eq!(got.len(), want.len());
+                let (lo, hi) = clamp.bounds();
+                for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {
+                    let (r, tol) = (r.clamp(lo as f64, hi as f64), 1e-5 * mag + 1e-6);
+                    assert!(
+                        (y as f64 - r).abs() <= tol,
+                        "{n}×{c}×{h}×{w} pad {pad:?} o {o} {clamp:?}: output {i}: {y} vs {r}"
+                    );
+                }
+                let cut = got.iter().filter(|&&y| y == lo || y == hi).count();
+                assert_eq!(cut > 0, clamp != Clamp::NONE, "the clip cuts the outputs");
             }
         }
     }
