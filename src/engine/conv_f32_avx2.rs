@@ -62,7 +62,12 @@ pub(super) unsafe fn tile(
         }
     }
     for (r, a) in acc.iter().enumerate().take(rows) {
-        let a: [__m256; NV] = std::array::from_fn(|v| _mm256_min_ps(hi, _mm256_max_ps(lo, a[v])));
+        // A loop, not a closure: a closure would not inherit this fn's target features (a
+        // call per vector).
+        let mut a = *a;
+        for v in &mut a {
+            *v = _mm256_min_ps(hi, _mm256_max_ps(lo, *v));
+        }
         let row = out.wrapping_add(r * ld);
         if lanes == NR {
             // Plain stores: AMD's masked stores are microcoded (with them the tile ran at 23
@@ -158,7 +163,10 @@ pub(super) unsafe fn channel_rows(
             for (r, a) in acc.iter().enumerate().take(nr) {
                 let dst = &mut plane[(oy0 + r) * g.ow + ox0..][..lanes];
                 let (first, second) = (lanes.min(8), lanes.saturating_sub(8));
-                let a = a.map(|v| _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+                let mut a = *a;
+                for v in &mut a {
+                    *v = _mm256_min_ps(hi, _mm256_max_ps(lo, *v));
+                }
                 // SAFETY: AVX2; the two stores write `first` + `second` = dst.len() floats.
                 unsafe {
                     store_first(dst.as_mut_ptr().cast(), a[0], first);

@@ -162,22 +162,28 @@ unsafe fn tile(
             }
         }
     }
-    let (lo, hi) = clamp.bounds();
-    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let acc = acc.map(|a| a.map(|v| _mm512_min_ps(hi, _mm512_max_ps(lo, v))));
     // SAFETY: per this fn's contract.
-    unsafe { store_transposed(&acc, p, ld) };
+    unsafe { store_transposed(&acc, clamp, p, ld) };
 }
 
 /// Channel j of the tile (lane j mod 16 of vector j / 16 of every row) as 8 consecutive
-/// values at p[j · ld]: four 8 × 8 transposes.
+/// values at p[j · ld], clamped: four 8 × 8 transposes. (The clamp is applied here, on the
+/// transposed columns: clamping the accumulators in the tile made the compiler keep them in
+/// memory through the whole tap loop.)
 ///
 /// # Safety
 /// AVX-512F; p[j · ld .. j · ld + PR] writable for every j < OC.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_transposed(acc: &[[std::arch::x86_64::__m512; 2]; PR], p: *mut f32, ld: usize) {
+unsafe fn store_transposed(
+    acc: &[[std::arch::x86_64::__m512; 2]; PR],
+    clamp: Clamp,
+    p: *mut f32,
+    ld: usize,
+) {
     use std::arch::x86_64::*;
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let by_vector: [[__m512; PR]; 2] = std::array::from_fn(|v| std::array::from_fn(|r| acc[r][v]));
     for (v, vecs) in by_vector.iter().enumerate() {
         for half in 0..2 {
@@ -191,6 +197,7 @@ unsafe fn store_transposed(acc: &[[std::arch::x86_64::__m512; 2]; PR], p: *mut f
             });
             for (j, col) in transpose8(rows).into_iter().enumerate() {
                 let ch = 16 * v + 8 * half + j;
+                let col = _mm256_min_ps(hi, _mm256_max_ps(lo, col));
                 // SAFETY: channel ch < OC, per this fn's contract.
                 unsafe { _mm256_storeu_ps(p.add(ch * ld), col) };
             }

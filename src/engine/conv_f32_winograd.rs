@@ -279,7 +279,12 @@ unsafe fn output_transform(
     use std::arch::x86_64::*;
     let (cl, ch) = clamp.bounds();
     let (cl, ch) = (_mm512_set1_ps(cl), _mm512_set1_ps(ch));
-    let clamped = |v: __m512| _mm512_min_ps(ch, _mm512_max_ps(cl, v));
+    // Not a closure: it would not inherit this fn's target features (a call per vector).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn clamped(v: __m512, (cl, ch): (__m512, __m512)) -> __m512 {
+        _mm512_min_ps(ch, _mm512_max_ps(cl, v))
+    }
     let pixels = g.out_pixels();
     let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
@@ -317,10 +322,10 @@ unsafe fn output_transform(
                         // SAFETY: n ≤ ow − 2·tx0 outputs of row oy, masked.
                         unsafe {
                             let p = plane.as_mut_ptr().add(to).cast::<f32>();
-                            let q = clamped(_mm512_permutex2var_ps(ye, lo, yo));
+                            let q = clamped(_mm512_permutex2var_ps(ye, lo, yo), (cl, ch));
                             _mm512_mask_storeu_ps(p, lanes(n), q);
                             if n > 16 {
-                                let q = clamped(_mm512_permutex2var_ps(ye, hi, yo));
+                                let q = clamped(_mm512_permutex2var_ps(ye, hi, yo), (cl, ch));
                                 _mm512_mask_storeu_ps(p.add(16), lanes(n - 16), q);
                             }
                         }
