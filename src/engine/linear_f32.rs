@@ -3,6 +3,7 @@
 //! 4 rows × 4 outputs keeps 16 vectors of partial dot products (lane i sums the taps
 //! t ≡ i mod 16, one fused multiply-add per 16 taps), loads 4 + 4 vectors per 16
 //! multiply-adds, and folds its 16 vectors into one at the end in a fixed tree of shuffles.
+//! Rows go in blocks of 8, so a tile's weights, read from L2, serve two tiles from L1.
 //! Each output's sum depends only on its row and its weights, never on the tile it fell in,
 //! so a batch cut in parts gives the same values as one run.
 
@@ -31,23 +32,31 @@ pub fn linear_f32(xs: &[f32], k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
         return y;
     }
     let mut sums = [[0f32; TO]; TR];
-    for r0 in (0..rows).step_by(TR) {
-        let nr = TR.min(rows - r0);
-        let xr = rows_from::<TR>(xs, k, r0, nr);
+    // Blocks of RB rows: each TO outputs' weights come from L2 once per block and serve its
+    // RB / TR tiles from L1 (the rows of the block stay in L1 too).
+    for b0 in (0..rows).step_by(RB) {
+        let b1 = (b0 + RB).min(rows);
         for o0 in (0..o).step_by(TO) {
             let no = TO.min(o - o0);
-            // SAFETY: AVX-512F per `applies`; every slice holds k values.
-            unsafe { tile(&xr, &rows_from::<TO>(w, k, o0, no), &mut sums) };
-            for (r, s) in sums.iter().take(nr).enumerate() {
-                let at = (r0 + r) * o + o0;
-                for ((v, &b), &s) in y[at..at + no].iter_mut().zip(&bias[o0..]).zip(s) {
-                    *v = b + s;
+            let wr = rows_from::<TO>(w, k, o0, no);
+            for r0 in (b0..b1).step_by(TR) {
+                let nr = TR.min(rows - r0);
+                // SAFETY: AVX-512F per `applies`; every slice holds k values.
+                unsafe { tile(&rows_from::<TR>(xs, k, r0, nr), &wr, &mut sums) };
+                for (r, s) in sums.iter().take(nr).enumerate() {
+                    let at = (r0 + r) * o + o0;
+                    for ((v, &b), &s) in y[at..at + no].iter_mut().zip(&bias[o0..]).zip(s) {
+                        *v = b + s;
+                    }
                 }
             }
         }
     }
     y
 }
+
+/// Rows per block: the block's rows and one tile's weights fit L1 for k up to about 1,000.
+const RB: usize = 8;
 
 /// Rows `first .. first + count` of the row-major matrix `m` (rows of `k`), as N slices: past
 /// the last one, the last one again (computed by the tile, not stored).
@@ -170,7 +179,8 @@ mod tests {
             return;
         }
         let val = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
-        // Rows and outputs past a multiple of 4, taps past a multiple of 16, single ones.
+        // Rows past a multiple of 4 and of the 8-row block, outputs past a multiple of 4, taps
+        // past a multiple of 16, single ones.
         for (rows, k, o) in [
             (13, 37, 45),
             (8, 1, 1),
