@@ -180,10 +180,10 @@ fn conv3x3_f32(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTim
     let name = "resnet_block_64x16x28x28";
     if applies(&geom, o) {
         g.bench_function(BenchmarkId::new("f32_conv3x3_winograd", name), |bch| {
-            bch.iter(|| conv_f32_winograd(black_box(&xs), n, &geom, (&w, &bias), Clamp::NONE))
+            bch.iter(|| conv_f32_winograd(black_box(&xs), n, &geom, (&w, &bias, Clamp::NONE)))
         });
     }
     g.bench_function(BenchmarkId::new("f32_conv3x3_direct", name), |bch| {
-        bch.iter(|| conv_f32_padded(black_box(&xs), n, &geom, (&w, &bias), Clamp::NONE))
+        bch.iter(|| conv_f32_padded(black_box(&xs), n, &geom, (&w, &bias, Clamp::NONE)))
     });
 }

@@ -18,15 +18,25 @@ impl Clamp {
         hi: f32::INFINITY,
     };
 
-    /// The clamp an elementwise activation node computes: Relu → [0, ∞), Clip → [min, max]
-    /// (`None` for other ops and for a Clip with min > max, which ONNX defines otherwise).
+    /// Relu: [0, ∞).
+    pub const RELU: Clamp = Clamp {
+        lo: 0.0,
+        hi: f32::INFINITY,
+    };
+
+    /// Clip to [lo, hi]; `None` when lo > hi (ONNX defines that case otherwise). A NaN bound
+    /// bounds nothing (no comparison with it holds), in the scalar and the vector code alike.
+    pub fn clip(lo: f32, hi: f32) -> Option<Clamp> {
+        let inverted = lo > hi;
+        (!inverted).then_some(Clamp { lo, hi })
+    }
+
+    /// The clamp an elementwise activation node computes: Relu → [`Clamp::RELU`], Clip →
+    /// [`Clamp::clip`] (`None` for other ops).
     pub fn of(op: &Op) -> Option<Clamp> {
         match *op {
-            Op::Relu => Some(Clamp {
-                lo: 0.0,
-                hi: f32::INFINITY,
-            }),
-            Op::Clip { min, max } if min <= max => Some(Clamp { lo: min, hi: max }),
+            Op::Relu => Some(Clamp::RELU),
+            Op::Clip { min, max } => Clamp::clip(min, max),
             _ => None,
         }
     }
@@ -136,5 +146,23 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
         assert_eq!(Clamp::of(&Op::Clip { min: 2.0, max: 1.0 }), None);
+        // A NaN bound bounds nothing, on the vector lanes and the tail alike (a file may hold
+        // one: ONNX's Clip compares with it, and every comparison is false).
+        let upper = Clamp::clip(f32::NAN, 1.0).expect("not inverted");
+        let v: Vec<f32> = (0..19).map(|i| edges[i % edges.len()]).collect();
+        let mut got = v.clone();
+        upper.apply(&mut got);
+        for (x, y) in v.iter().zip(&got) {
+            let want = if *x > 1.0 { 1.0 } else { *x };
+            assert!(
+                want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()),
+                "{x}: {y}"
+            );
+        }
+        let mut same = v.clone();
+        Clamp::clip(f32::NAN, f32::NAN)
+            .expect("not inverted")
+            .apply(&mut same);
+        assert!(same.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

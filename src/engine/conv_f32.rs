@@ -44,7 +44,7 @@ pub fn has_tiles() -> bool {
 }
 
 /// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
-/// [n, o, oh, ow], each output bias + Σ_k w_k · x_k summed in tap order with fused
+/// [n, o, oh, ow], each output clamp(bias + Σ_k w_k · x_k), the sum in tap order with fused
 /// multiply-adds.
 ///
 /// # Panics
@@ -53,11 +53,10 @@ pub fn conv_f32_padded(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
-    clamp: Clamp,
+    wbc: (&[f32], &[f32], Clamp),
 ) -> Vec<f32> {
     assert!(applies(g), "a stride-1 conv on an AVX-512 or AVX2 CPU");
-    padded_with(xs, n, g, (w, bias, clamp), applies_any_stride())
+    padded_with(xs, n, g, wbc, applies_any_stride())
 }
 
 /// [`conv_f32_padded`] on the AVX-512 tile (`wide`) or the AVX2 one, which must be supported.
@@ -457,11 +456,7 @@ pub(super) mod tests {
 
     /// Clip(−0.5, 1.5): both bounds inside the outputs' range.
     pub(in crate::engine) fn clip() -> Clamp {
-        Clamp::of(&crate::model::Op::Clip {
-            min: -0.5,
-            max: 1.5,
-        })
-        .expect("min ≤ max")
+        Clamp::clip(-0.5, 1.5).expect("lo ≤ hi")
     }
 
     /// Runs `conv` (input, weights, bias, clamp) on smooth inputs with large and small values,

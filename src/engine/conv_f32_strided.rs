@@ -16,9 +16,8 @@ const PR: usize = 8;
 /// Output channels per tile (two vectors).
 const OC: usize = 32;
 
-/// The ungrouped conv of `n` NCHW samples `xs` with weights `w` ([o, c · kh · kw]) and `bias`:
-/// [n, o, oh, ow], each output bias + Σ_k w_k · x_k summed in tap order with fused
-/// multiply-adds.
+/// The ungrouped conv of `n` NCHW samples `xs` at any stride, as [`super::conv_f32`]'s
+/// `conv_f32_padded` computes it: each output clamp(bias + Σ_k w_k · x_k), the sum in tap order.
 ///
 /// # Panics
 /// Unless [`applies`]`()`, or if the slices do not match the geometry.
@@ -26,11 +25,10 @@ pub fn conv_f32_strided(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
-    clamp: Clamp,
+    wbc: (&[f32], &[f32], Clamp),
 ) -> Vec<f32> {
     assert!(applies(), "an AVX-512 or AVX2 CPU");
-    strided_with(xs, n, g, (w, bias, clamp), applies_any_stride())
+    strided_with(xs, n, g, wbc, applies_any_stride())
 }
 
 /// Whether [`conv_f32_strided`] runs on this CPU: AVX-512F, or AVX2 with FMA.

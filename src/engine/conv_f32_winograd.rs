@@ -33,7 +33,8 @@ pub fn applies(g: &ConvGeom, o: usize) -> bool {
 /// Output width below which the direct kernel is faster.
 const MIN_OUT_WIDTH: usize = 24;
 
-/// The conv of `n` NCHW samples `xs` with weights `w` ([o, c, 3, 3]) and `bias`: [n, o, oh, ow].
+/// The conv of `n` NCHW samples `xs` with weights `w` ([o, c, 3, 3]) and `bias`, its outputs
+/// clamped by `clamp`: [n, o, oh, ow].
 ///
 /// # Panics
 /// Unless [`applies`]`(g, o)`, or if the slices do not match the geometry.
@@ -41,8 +42,7 @@ pub fn conv_f32_winograd(
     xs: &[f32],
     n: usize,
     g: &ConvGeom,
-    (w, bias): (&[f32], &[f32]),
-    clamp: Clamp,
+    (w, bias, clamp): (&[f32], &[f32], Clamp),
 ) -> Vec<f32> {
     let (o, c) = (bias.len(), g.c);
     assert!(applies(g, o), "a 3×3 stride-1 conv on an AVX-512 CPU");
@@ -434,7 +434,7 @@ mod tests {
             // Unclamped, and clamped as a following Clip(−0.5, 1.5) would be (a clamp only
             // brings values closer, so the tolerance holds).
             for clamp in [Clamp::NONE, crate::engine::conv_f32::tests::clip()] {
-                let got = conv_f32_winograd(&xs, n, &g, (&wt, &bias), clamp);
+                let got = conv_f32_winograd(&xs, n, &g, (&wt, &bias, clamp));
                 assert_eq!(got.len(), want.len());
                 let (lo, hi) = clamp.bounds();
                 for (i, (&y, &(r, mag))) in got.iter().zip(&want).enumerate() {

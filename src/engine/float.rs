@@ -204,12 +204,12 @@ fn conv2d(
         && (o % 32 != 0 || k < 128 || !super::conv_f32::applies_any_stride())
     {
         if super::conv_f32_winograd::applies(g, o) {
-            super::conv_f32_winograd::conv_f32_winograd(xs, n, g, (wts, bias), clamp)
+            super::conv_f32_winograd::conv_f32_winograd(xs, n, g, (wts, bias, clamp))
         } else {
-            super::conv_f32::conv_f32_padded(xs, n, g, (wts, bias), clamp)
+            super::conv_f32::conv_f32_padded(xs, n, g, (wts, bias, clamp))
         }
     } else if super::conv_f32_strided::applies() {
-        super::conv_f32_strided::conv_f32_strided(xs, n, g, (wts, bias), clamp)
+        super::conv_f32_strided::conv_f32_strided(xs, n, g, (wts, bias, clamp))
     } else {
         let w = ArrayView2::from_shape((o, k), wts).expect("weights");
         let mut y = conv_columns(xs, n, g, w, bias);

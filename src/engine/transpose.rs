@@ -29,12 +29,27 @@ pub fn transpose_i8(
         dst.len() >= (cols - 1) * dst_stride + rows,
         "transpose destination too short"
     );
-    let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
     #[cfg(target_arch = "x86_64")]
+    blocked(src, (rows, cols, src_stride), dst, dst_stride);
+    #[cfg(not(target_arch = "x86_64"))]
+    plain(src, (rows, cols, src_stride), dst, dst_stride);
+}
+
+/// [`transpose_i8`] (checked) in 16 × 16 register blocks, then the edges: the columns past
+/// the last full block of the full block rows, then the rows past them, each in blocks of up
+/// to 16 × 16 (through the registers from 128 bytes on, byte by byte below).
+#[cfg(target_arch = "x86_64")]
+fn blocked(
+    src: &[i8],
+    (rows, cols, src_stride): (usize, usize, usize),
+    dst: &mut [i8],
+    dst_stride: usize,
+) {
+    let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
     for r0 in (0..r16).step_by(16) {
         for c0 in (0..c16).step_by(16) {
             // SAFETY: rows r0..r0+16 and columns c0..c0+16 lie inside both slices (checked
-            // above: r0 + 16 <= rows, c0 + 16 <= cols).
+            // by the caller: r0 + 16 <= rows, c0 + 16 <= cols).
             unsafe {
                 block16(
                     src,
@@ -47,10 +62,6 @@ pub fn transpose_i8(
             };
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let (r16, c16) = (0, 0);
-    // The edges: the columns past the last full block of the full block rows, then the rows
-    // past them; each in blocks of up to 16 × 16.
     let right = (0..r16).step_by(16).map(|r0| (r0, c16));
     let bottom = (0..cols).step_by(16).map(|c0| (r16, c0));
     let edges = right
@@ -59,15 +70,19 @@ pub fn transpose_i8(
     for (r0, c0) in edges {
         let (nr, nc) = ((rows - r0).min(16), (cols - c0).min(16));
         let (s0, d0) = (r0 * src_stride + c0, c0 * dst_stride + r0);
-        #[cfg(target_arch = "x86_64")]
         if nr * nc >= 128 {
             edge_block(&src[s0..], (nr, nc, src_stride), &mut dst[d0..], dst_stride);
-            continue;
+        } else {
+            plain(&src[s0..], (nr, nc, src_stride), &mut dst[d0..], dst_stride);
         }
-        for r in 0..nr {
-            for c in 0..nc {
-                dst[d0 + c * dst_stride + r] = src[s0 + r * src_stride + c];
-            }
+    }
+}
+
+/// The transpose of [`transpose_i8`] one byte at a time.
+fn plain(src: &[i8], (rows, cols, ss): (usize, usize, usize), dst: &mut [i8], ds: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * ds + r] = src[r * ss + c];
         }
     }
 }
@@ -92,6 +107,7 @@ fn edge_block(src: &[i8], (nr, nc, ss): (usize, usize, usize), dst: &mut [i8], d
 
 /// `dst.copy_from_slice(src)` for 1 to 16 bytes as two fixed-size moves that may overlap (a
 /// call to `memcpy` per row would cost more than the transpose).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn copy_upto16(dst: &mut [i8], src: &[i8]) {
     let n = src.len();

@@ -2,12 +2,13 @@
 //! LayerNorm.
 
 use super::args::{axis, f32s};
+use crate::engine::clamp_f32::Clamp;
 use crate::engine::tensor::{Data, Tensor};
 
 /// max(x, 0) (NaN stays NaN); I64 too.
 pub(super) fn relu(x: &Tensor) -> Result<Tensor, String> {
     let data = match &x.data {
-        Data::F32(v) => Data::F32(v.iter().map(|&t| relu_f32(t)).collect()),
+        Data::F32(v) => Data::F32(clamped(v, Clamp::RELU)),
         Data::I64(v) => Data::I64(v.iter().map(|&t| t.max(0)).collect()),
         Data::Q { .. } => return Err("quantized input".into()),
     };
@@ -17,28 +18,17 @@ pub(super) fn relu(x: &Tensor) -> Result<Tensor, String> {
     })
 }
 
-/// Relu of one real (NaN and −0 pass through).
-#[inline(always)]
-fn relu_f32(t: f32) -> f32 {
-    if t < 0.0 { 0.0 } else { t }
-}
-
-/// Clip of one real to [lo, hi] (NaN passes through).
-#[inline(always)]
-fn clip_f32(t: f32, lo: f32, hi: f32) -> f32 {
-    if t < lo {
-        lo
-    } else if t > hi {
-        hi
-    } else {
-        t
-    }
+/// A copy of `v` clamped (NaN and −0 pass through).
+fn clamped(v: &[f32], c: Clamp) -> Vec<f32> {
+    let mut v = v.to_vec();
+    c.apply(&mut v);
+    v
 }
 
 /// Relu or Clip (lo ≤ hi) applied to real values in place, exactly as [`relu`] and [`clip`];
 /// false (nothing done) for other ops or data.
 pub(super) fn clamp_in_place(op: &crate::model::Op, x: &mut Tensor) -> bool {
-    let (Data::F32(v), Some(c)) = (&mut x.data, crate::engine::clamp_f32::Clamp::of(op)) else {
+    let (Data::F32(v), Some(c)) = (&mut x.data, Clamp::of(op)) else {
         return false;
     };
     c.apply(v);
@@ -47,12 +37,12 @@ pub(super) fn clamp_in_place(op: &crate::model::Op, x: &mut Tensor) -> bool {
 
 /// min(max(x, lo), hi) (NaN stays NaN); for I64 the bounds round inward.
 pub(super) fn clip(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, String> {
-    if lo > hi {
+    let Some(c) = Clamp::clip(lo, hi) else {
         // ONNX: all outputs are `max` then; keep that.
         return clip(x, hi, hi);
-    }
+    };
     let data = match &x.data {
-        Data::F32(v) => Data::F32(v.iter().map(|&t| clip_f32(t, lo, hi)).collect()),
+        Data::F32(v) => Data::F32(clamped(v, c)),
         Data::I64(v) => {
             let (l, h) = (lo.ceil() as i64, hi.floor() as i64);
             Data::I64(v.iter().map(|&t| t.max(l).min(h)).collect())
