@@ -567,11 +567,13 @@ pub(super) mod tests {
     fn strided_convs_match_the_f64_definition() {
         // The channels-in-lanes kernel: strides 2 and 3 and mixed, output channels past a
         // multiple of 32, pixels past a multiple of 8, dilation, asymmetric padding, a 1×1
-        // downsample, and a stride-1 conv (it takes any stride).
+        // downsample and a 3×3 without padding (both read the sample in place), and a
+        // stride-1 conv (it takes any stride).
         for (c, o, (kh, kw), stride, pad, dil, (h, w)) in [
             (16, 32, (3, 3), (2, 2), [1, 1, 1, 1], (1, 1), (28, 28)),
             (3, 37, (3, 3), (2, 2), [1, 0, 2, 1], (1, 1), (9, 11)),
             (4, 5, (1, 1), (2, 2), [0, 0, 0, 0], (1, 1), (7, 9)),
+            (3, 16, (3, 3), (2, 2), [0, 0, 0, 0], (1, 1), (9, 10)),
             (2, 9, (3, 2), (3, 1), [0, 2, 1, 0], (2, 1), (13, 9)),
             (5, 33, (2, 3), (1, 2), [2, 0, 0, 1], (1, 3), (8, 17)),
             (6, 8, (3, 3), (1, 1), [1, 1, 1, 1], (1, 1), (5, 6)),

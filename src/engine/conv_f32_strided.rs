@@ -70,14 +70,21 @@ pub(super) fn strided_with(
     let padded_bias: Vec<f32> = (0..o.div_ceil(OC) * OC)
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
         .collect();
-    let mut img = vec![0f32; g.c * hp * wp];
+    // Without padding (a 1×1 conv) the taps read the sample where it is.
+    let unpadded = (hp, wp) == (g.h, g.w);
+    let mut img = vec![0f32; if unpadded { 0 } else { g.c * hp * wp }];
     // A partial tile's planes (PR values each), copied out for its pixels and channels.
     let mut scratch = [0f32; OC * PR];
     for (x1, ys) in xs
         .chunks_exact(g.c * g.h * g.w)
         .zip(y.spare_capacity_mut()[..len].chunks_exact_mut(o * pixels))
     {
-        fill_padded(&mut img, x1, g);
+        let img: &[f32] = if unpadded {
+            x1
+        } else {
+            fill_padded(&mut img, x1, g);
+            &img
+        };
         for (ob, wk) in packed.chunks_exact(OC * k).enumerate() {
             let rows = OC.min(o - ob * OC);
             let b = &padded_bias[ob * OC..(ob + 1) * OC];
@@ -99,9 +106,9 @@ pub(super) fn strided_with(
                 // partial one the OC planes of PR values of `scratch`.
                 unsafe {
                     if wide {
-                        tile(&img, &at, &offsets, (wk, b, clamp), dst)
+                        tile(img, &at, &offsets, (wk, b, clamp), dst)
                     } else {
-                        tile_avx2(&img, &at, &offsets, (wk, b, clamp), dst)
+                        tile_avx2(img, &at, &offsets, (wk, b, clamp), dst)
                     }
                 };
                 if whole {

@@ -195,7 +195,8 @@ fn conv2d(
     // of the channels-in-lanes kernel and the taps are enough to pay for transposing its output
     // (it then wastes no lanes on padded columns). That exception is AVX-512's only: the AVX2
     // strided tile (four passes of 8 sums) was not timed against the padded one at stride 1.
-    // A 3×3 kernel over enough channels takes Winograd's transforms (16 multiply-adds for 36).
+    // A 3×3 kernel over enough channels takes Winograd's transforms (16 multiply-adds for 36)
+    // on CPUs where they pay (`conv_f32_winograd::pays`: 512-bit multiply-adds in two halves).
     let y = if groups > 1 && super::conv_f32::group_applies(g) {
         super::conv_f32::group_conv_f32_padded(xs, n, g, (wts, bias, clamp), groups)
     } else if groups > 1 {
@@ -203,7 +204,7 @@ fn conv2d(
     } else if super::conv_f32::applies(g)
         && (o % 32 != 0 || k < 128 || !super::conv_f32::applies_any_stride())
     {
-        if super::conv_f32_winograd::applies(g, o) {
+        if super::conv_f32_winograd::applies(g, o) && super::conv_f32_winograd::pays() {
             super::conv_f32_winograd::conv_f32_winograd(xs, n, g, (wts, bias, clamp))
         } else {
             super::conv_f32::conv_f32_padded(xs, n, g, (wts, bias, clamp))
@@ -402,6 +403,12 @@ impl<'m> Values<'m> {
         let [Some(v)] = layer.inputs[..] else {
             return None;
         };
+        self.take_read_last(v, last, i)
+    }
+
+    /// Takes value `v` out of the table when node `i` is its last reader and the table owns
+    /// it (not a constant).
+    pub fn take_read_last(&mut self, v: ValueId, last: &[usize], i: usize) -> Option<Tensor> {
         match &self.slots[v] {
             Some(std::borrow::Cow::Owned(_)) if last[v] == i => self.take(v),
             _ => None,
@@ -497,6 +504,14 @@ fn run_nodes(
                 continue;
             }
             vals.set(layer.inputs[0].expect("sole input"), x);
+        }
+        // So does an Add/Sub/Mul of two same-shape tensors into whichever one it reads last.
+        if let Some(y) = super::binary_in_place::run(layer, vals, &last, i, limit) {
+            see(i, &y);
+            vals.set(layer.output, y);
+            vals.free_after(model, &last, i);
+            i += 1;
+            continue;
         }
         let fused = (!observed)
             .then(|| fusable_clamp(model, &last, i, nodes.end))

@@ -1,5 +1,6 @@
 //! The two engines: the f32 reference and the integer-only engine, plus the kernels they share.
 
+pub mod binary_in_place;
 pub mod clamp_f32;
 pub mod conv;
 pub mod conv_f32;

@@ -9,6 +9,7 @@ mod channel_bits;
 mod engine;
 mod export;
 mod figures;
+mod float_in_place;
 mod gather_int8;
 mod graph;
 mod inspect;
