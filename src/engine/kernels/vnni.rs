@@ -10,7 +10,10 @@
 //! `Σ a·b = Σ (a+128)·b − 128·Σ_t b[j][t]`, with the per-column `128·Σ b` computed at
 //! pack time. All sums wrap mod 2^32 like the reference, so the result is exact.
 //! B is packed in 16-column panels holding, per k-quad, 16 columns × 4 bytes (one zmm);
-//! the micro-kernel holds an 8×16 C tile in 8 zmm accumulators. A rows are read as runs of
+//! the micro-kernel holds 16 zmm accumulators, a C tile of 8 rows × 2 panels (32 columns) or,
+//! when B is one panel wide, 16 rows × 1 panel: `vpdpbusd` has a latency of several cycles and
+//! two issue ports, so 8 independent sums (the 8 × 16 tile of before) left it waiting, and
+//! with two panels each broadcast A quad feeds two of them. A rows are read as runs of
 //! k-quads at fixed offsets from each row's start ([`Runs`]): one run for a plain row, one per
 //! kernel row for a conv's patch read in place from a padded image.
 
@@ -26,8 +29,17 @@ struct V64([i8; 64]);
 
 const ZERO: V64 = V64([0; 64]);
 
-/// Rows per micro-kernel call.
+/// Rows per micro-kernel call when B has more than one panel (2 panels × 8 rows = 16
+/// accumulators).
 const MR: usize = 8;
+
+/// Rows per micro-kernel call when B is one panel (16 columns or fewer): 16 accumulators.
+const MR_ONE_PANEL: usize = 16;
+
+/// Rows per block for `n` columns of B.
+fn rows_per_block(n: usize) -> usize {
+    if n <= 16 { MR_ONE_PANEL } else { MR }
+}
 
 /// B packed for [`gemm`]: 16-column panels of k-quads, plus the offset correction.
 #[derive(Clone, Debug)]
@@ -65,11 +77,11 @@ pub(super) fn pack(b: &[i8], n: usize, k: usize) -> Packed {
     Packed { data, corr, kq }
 }
 
-/// `m` rows cut into the fewest blocks of at most [`MR`], their sizes differing by at most one
-/// (28 rows: four of 7, not 8 + 8 + 8 + 4, whose short block leaves the accumulator chains
-/// waiting on `vpdpbusd`'s latency): (first row, rows) per block.
-fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
-    let blocks = m.div_ceil(MR);
+/// `m` rows cut into the fewest blocks of at most `mr`, their sizes differing by at most one
+/// (28 rows in blocks of 8: four of 7, not 8 + 8 + 8 + 4, whose short block leaves the
+/// accumulator chains waiting on `vpdpbusd`'s latency): (first row, rows) per block.
+fn row_blocks(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(mr);
     let (base, extra) = (m / blocks.max(1), m % blocks.max(1));
     (0..blocks).map(move |b| (b * base + b.min(extra), base + usize::from(b < extra)))
 }
@@ -103,8 +115,9 @@ pub(super) unsafe fn gemm(
     c: &mut [i32],
 ) {
     let ks = astride(p.kq);
-    let mut abuf = vec![0u8; MR * ks];
-    for (i0, rows) in row_blocks(m) {
+    let mr = rows_per_block(n);
+    let mut abuf = vec![0u8; mr * ks];
+    for (i0, rows) in row_blocks(m, mr) {
         for r in 0..rows {
             shift_row(a, (i0 + r) * lda, k, &mut abuf[r * ks..(r + 1) * ks]);
         }
@@ -172,7 +185,7 @@ pub(super) unsafe fn gemm_shifted(
         m == 0 || a.len() >= (m - 1) * lda + runs.span(),
         "shifted rows too short"
     );
-    for (i0, rows) in row_blocks(m) {
+    for (i0, rows) in row_blocks(m, rows_per_block(n)) {
         // SAFETY: AVX-512F/VNNI per this fn's contract; rows i0.. have their runs readable at
         // stride lda (asserted length), so row i0 starts inside `a`.
         unsafe {
@@ -182,8 +195,9 @@ pub(super) unsafe fn gemm_shifted(
     }
 }
 
-/// One block of `rows` ≤ 8 unsigned A rows (`ks` bytes apart, each laid out as `runs`) times
-/// every 16-column panel of `p`, into the C rows starting at `c` (row stride `n`).
+/// One block of `rows` ≤ [`rows_per_block`]`(n)` unsigned A rows (`ks` bytes apart, each laid
+/// out as `runs`) times every 16-column panel of `p`, two panels per call while two remain,
+/// into the C rows starting at `c` (row stride `n`).
 ///
 /// # Safety
 /// AVX-512F + VNNI; `a` valid for the rows as described; `runs` hold `p.kq` quads.
@@ -197,44 +211,87 @@ unsafe fn row_block(
     n: usize,
     c: &mut [i32],
 ) {
+    assert!(rows <= rows_per_block(n), "{rows} rows for {n} columns");
     let kq = p.kq;
-    for (q, col0) in (0..n).step_by(16).enumerate() {
-        let ncols = 16.min(n - col0);
+    let mut q = 0;
+    while 16 * q < n {
+        let col0 = 16 * q;
+        let two = n - col0 > 16;
+        let ncols = (if two { 32 } else { 16 }).min(n - col0);
         assert!(col0 + (rows - 1) * n + ncols <= c.len());
         let tile = Tile {
             a,
             ks,
             runs: *runs,
             b: p.data[q * kq..].as_ptr(),
+            kq,
             corr: p.corr[16 * q..].as_ptr(),
             c: c[col0..].as_mut_ptr(),
             ldc: n,
             ncols,
         };
-        // SAFETY: per this fn's contract for A; panel `q` holds `kq` vectors, `corr` 16 values
-        // from `16q`, and the C tile lies inside `c` (asserted above).
-        unsafe { kernel_rows(rows, &tile) };
+        // SAFETY: per this fn's contract for A; panels `q` (and `q + 1` when two) hold `kq`
+        // vectors each, `corr` 16 values per panel from `16q`, and the C tile lies inside `c`
+        // (asserted above).
+        unsafe {
+            if two {
+                kernel_rows_2(rows, &tile)
+            } else {
+                kernel_rows_1(rows, &tile)
+            }
+        };
+        q += if two { 2 } else { 1 };
     }
 }
 
-/// [`kernel`] for `rows` ≤ 8 rows.
+/// [`kernel`] over one panel for `rows` ≤ 16 rows.
 ///
 /// # Safety
 /// As [`kernel`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn kernel_rows(rows: usize, t: &Tile) {
+unsafe fn kernel_rows_1(rows: usize, t: &Tile) {
     // SAFETY: per this fn's contract.
     unsafe {
         match rows {
-            8 => kernel::<8>(t),
-            7 => kernel::<7>(t),
-            6 => kernel::<6>(t),
-            5 => kernel::<5>(t),
-            4 => kernel::<4>(t),
-            3 => kernel::<3>(t),
-            2 => kernel::<2>(t),
-            _ => kernel::<1>(t),
+            16 => kernel::<16, 1>(t),
+            15 => kernel::<15, 1>(t),
+            14 => kernel::<14, 1>(t),
+            13 => kernel::<13, 1>(t),
+            12 => kernel::<12, 1>(t),
+            11 => kernel::<11, 1>(t),
+            10 => kernel::<10, 1>(t),
+            9 => kernel::<9, 1>(t),
+            8 => kernel::<8, 1>(t),
+            7 => kernel::<7, 1>(t),
+            6 => kernel::<6, 1>(t),
+            5 => kernel::<5, 1>(t),
+            4 => kernel::<4, 1>(t),
+            3 => kernel::<3, 1>(t),
+            2 => kernel::<2, 1>(t),
+            _ => kernel::<1, 1>(t),
+        }
+    }
+}
+
+/// [`kernel`] over two panels for `rows` ≤ 8 rows.
+///
+/// # Safety
+/// As [`kernel`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn kernel_rows_2(rows: usize, t: &Tile) {
+    // SAFETY: per this fn's contract.
+    unsafe {
+        match rows {
+            8 => kernel::<8, 2>(t),
+            7 => kernel::<7, 2>(t),
+            6 => kernel::<6, 2>(t),
+            5 => kernel::<5, 2>(t),
+            4 => kernel::<4, 2>(t),
+            3 => kernel::<3, 2>(t),
+            2 => kernel::<2, 2>(t),
+            _ => kernel::<1, 2>(t),
         }
     }
 }
@@ -245,53 +302,55 @@ struct Tile<'a> {
     a: *const u8,
     ks: usize,
     runs: Runs<'a>,
-    /// Panel start (one vector per k-quad of the runs).
+    /// First panel's start (one vector per k-quad of the runs); the next panel `kq` vectors on.
     b: *const V64,
-    /// 16 correction values of the panel.
+    kq: usize,
+    /// 16 correction values per panel.
     corr: *const i32,
-    /// Top-left of the C tile, row stride `ldc`, `ncols ≤ 16` valid columns.
+    /// Top-left of the C tile, row stride `ldc`, `ncols ≤ 16 · P` valid columns.
     c: *mut i32,
     ldc: usize,
     ncols: usize,
 }
 
-/// `R`×16 tile (`R ≤ 8`): `vpdpbusd` over k-quads, then subtract the correction.
+/// `R` rows × `P` panels (16·P columns): `vpdpbusd` over k-quads, then subtract the correction.
 ///
 /// # Safety
 /// AVX-512F + VNNI available; `t.a` valid for `R` rows at stride `t.ks`, each with its runs
-/// readable; `t.b` for one vector per quad of the runs, `t.corr` for 16 i32, `t.c` for `R` rows
-/// of `t.ncols` i32 at stride `t.ldc`.
+/// readable; `t.b` for `P` panels of one vector per quad of the runs, `kq` apart; `t.corr` for
+/// 16·P i32; `t.c` for `R` rows of `t.ncols` i32 at stride `t.ldc`.
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn kernel<const R: usize>(t: &Tile) {
-    let mut acc = [_mm512_setzero_si512(); R];
+unsafe fn kernel<const R: usize, const P: usize>(t: &Tile) {
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
     let mut b = t.b;
     for &off in t.runs.offsets {
         let a = t.a.wrapping_add(off);
         for q in 0..t.runs.quads {
-            // SAFETY: one panel vector per quad of the runs; row r < R has bytes
-            // off + 4q .. off + 4q + 4 readable, per this fn's contract.
+            // SAFETY: one vector per quad of the runs in each of the P panels (`kq` apart);
+            // row r < R has bytes off + 4q .. off + 4q + 4 readable, per this fn's contract.
             unsafe {
-                let bv = _mm512_load_si512(b.cast());
+                let bv: [__m512i; P] =
+                    std::array::from_fn(|p| _mm512_load_si512(b.add(p * t.kq).cast()));
                 b = b.add(1);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let x = a.add(r * t.ks + 4 * q).cast::<i32>().read_unaligned();
-                    *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(x), bv);
+                    let x =
+                        _mm512_set1_epi32(a.add(r * t.ks + 4 * q).cast::<i32>().read_unaligned());
+                    for (acc_rp, bp) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rp = _mm512_dpbusd_epi32(*acc_rp, x, *bp);
+                    }
                 }
             }
         }
     }
-    // SAFETY: 16 correction values; row r < R of C holds `ncols ≤ 16` i32.
+    // SAFETY: 16 correction values per panel; row r < R of C holds `ncols` i32 from `t.c`.
     unsafe {
-        let cv = _mm512_loadu_si512(t.corr.cast());
-        for (r, acc_r) in acc.iter().enumerate() {
-            let v = _mm512_sub_epi32(*acc_r, cv);
-            let dst = t.c.add(r * t.ldc);
-            if t.ncols == 16 {
-                _mm512_storeu_si512(dst.cast(), v);
-            } else {
-                let mut tmp = [0i32; 16];
-                _mm512_storeu_si512(tmp.as_mut_ptr().cast(), v);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, t.ncols);
+        for p in 0..P {
+            let cols = t.ncols.saturating_sub(16 * p).min(16);
+            let mask: __mmask16 = if cols == 16 { !0 } else { (1u16 << cols) - 1 };
+            let cv = _mm512_loadu_si512(t.corr.add(16 * p).cast());
+            for (r, acc_r) in acc.iter().enumerate() {
+                let dst = t.c.add(r * t.ldc + 16 * p);
+                _mm512_mask_storeu_epi32(dst.cast(), mask, _mm512_sub_epi32(acc_r[p], cv));
             }
         }
     }
@@ -331,17 +390,17 @@ pub(super) fn emulate(
 
 #[cfg(test)]
 mod tests {
-    use super::{MR, row_blocks};
+    use super::{MR, MR_ONE_PANEL, row_blocks};
 
     #[test]
     fn row_blocks_cover_the_rows_in_the_fewest_even_blocks() {
-        for m in 0..=100 {
-            let blocks: Vec<(usize, usize)> = row_blocks(m).collect();
-            assert_eq!(blocks.len(), m.div_ceil(MR), "m {m}");
+        for (m, mr) in (0..=100).flat_map(|m| [(m, MR), (m, MR_ONE_PANEL)]) {
+            let blocks: Vec<(usize, usize)> = row_blocks(m, mr).collect();
+            assert_eq!(blocks.len(), m.div_ceil(mr), "m {m}");
             let mut next = 0;
             for &(start, rows) in &blocks {
                 assert_eq!(start, next, "m {m}: contiguous");
-                assert!((1..=MR).contains(&rows), "m {m}: {rows} rows");
+                assert!((1..=mr).contains(&rows), "m {m}: {rows} rows");
                 next += rows;
             }
             assert_eq!(next, m);
