@@ -175,6 +175,31 @@ impl IntGemm {
         }
     }
 
+    /// This GEMM with its epilogue running verified f32 lines where the CPU and the columns
+    /// allow (see [`Requant::with_ranges`]): `w` are its weights ([out, k], symmetric). Worth
+    /// it where each sample gives many rows (a conv's pixels): checking a column's line costs
+    /// tens of microseconds, each row it serves saves a fraction of a nanosecond per column.
+    pub fn with_verified_lines(mut self, w: &QWeights) -> Self {
+        let k = w.cols;
+        // Σ x·w over i8 codes x: at most 127 per positive weight and 128 per negative one
+        // above zero, and the other way below.
+        let ranges: Vec<(i32, i32)> = (0..self.out)
+            .map(|r| {
+                let row = &w.q[r * k..(r + 1) * k];
+                let (p, n) = row.iter().fold((0i64, 0i64), |(p, n), &v| {
+                    (p + (v as i64).max(0), n + (-(v as i64)).max(0))
+                });
+                let (lo, hi) = (-128 * p - 127 * n, 127 * p + 128 * n);
+                (
+                    lo.max(i32::MIN as i64) as i32,
+                    hi.min(i32::MAX as i64) as i32,
+                )
+            })
+            .collect();
+        self.requant = self.requant.with_ranges(&ranges);
+        self
+    }
+
     /// Output channels.
     pub fn out_channels(&self) -> usize {
         self.out

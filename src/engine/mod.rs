@@ -21,6 +21,8 @@ pub mod requant;
 mod requant_avx2;
 #[cfg(target_arch = "x86_64")]
 mod requant_avx512;
+#[cfg(target_arch = "x86_64")]
+mod requant_lines;
 pub mod split;
 pub mod tensor;
 pub mod transpose;

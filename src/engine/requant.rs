@@ -28,6 +28,9 @@ pub struct Requant {
     /// The constants as this CPU's explicit vector loop reads them (when `small`).
     #[cfg(target_arch = "x86_64")]
     fast: Option<Fast>,
+    /// Verified f32 lines for the AVX-512 loop (see [`Requant::with_ranges`]).
+    #[cfg(target_arch = "x86_64")]
+    lines: Option<super::requant_lines::LineBlocks>,
 }
 
 /// The explicit vector loop a [`Requant`] runs, chosen for the CPU when it is built, with its
@@ -85,6 +88,8 @@ impl Requant {
             fast: small
                 .then(|| Fast::for_cpu(&konst, &mant, &right, &zp))
                 .flatten(),
+            #[cfg(target_arch = "x86_64")]
+            lines: None,
             mant,
             right,
             small,
@@ -105,6 +110,21 @@ impl Requant {
         self
     }
 
+    /// This epilogue, told that column r's accumulators lie in `ranges[r]` (and that acc + k_r
+    /// fits i32 there): where the CPU runs the AVX-512 loop, each block of 16 columns whose
+    /// every column has a verified f32 line (the fixed-point path's integers over that range,
+    /// [`super::requant_lines`]) goes through the lines, the same outputs for fewer operations.
+    pub fn with_ranges(mut self, ranges: &[(i32, i32)]) -> Self {
+        assert_eq!(ranges.len(), self.mult.len(), "one range per column");
+        #[cfg(target_arch = "x86_64")]
+        if self.sums_fit && matches!(self.fast, Some(Fast::Avx512(_))) {
+            let kz = (&self.konst[..], &self.zp[..]);
+            self.lines =
+                super::requant_lines::LineBlocks::new(&self.mult, kz, (self.lo, self.hi), ranges);
+        }
+        self
+    }
+
     /// Requantizes `c` (rows of as many accumulators as there are multipliers) into `y`.
     pub fn run(&self, c: &[i32], y: &mut [i8]) {
         if !self.small {
@@ -115,9 +135,12 @@ impl Requant {
             let (shape, bounds) = ((self.mult.len(), self.sums_fit), (self.lo, self.hi));
             // SAFETY: `Fast::for_cpu` chose the variant this CPU supports.
             unsafe {
-                match fast {
-                    Fast::Avx512(b) => super::requant_avx512::rows(b, shape, c, y, bounds),
-                    Fast::Avx2(b) => super::requant_avx2::rows(b, shape, c, y, bounds),
+                match (fast, &self.lines) {
+                    (Fast::Avx512(b), Some(l)) => {
+                        super::requant_lines::rows((l, b), shape, c, y, bounds)
+                    }
+                    (Fast::Avx512(b), None) => super::requant_avx512::rows(b, shape, c, y, bounds),
+                    (Fast::Avx2(b), _) => super::requant_avx2::rows(b, shape, c, y, bounds),
                 }
             }
             return;
@@ -250,6 +273,55 @@ fn has_avx512() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The epilogue through verified f32 lines equals the fixed-point reference on every
+    /// accumulator of each column's declared range: 40 columns (two blocks of lines and a
+    /// ragged third), multipliers from 2⁻¹⁶ to 0.9 with rounding ties among them, constants
+    /// and zero points per column, the full i8 range and a ReLU6-like clamp.
+    #[test]
+    fn line_epilogue_equals_the_fixed_point_path_over_every_accumulator() {
+        let out: usize = 40;
+        let mult: Vec<FixedMultiplier> = (0..out)
+            .map(|r| {
+                let m = match r % 5 {
+                    0 => 2f64.powi(-(r as i32 % 16) - 1),
+                    1 => 0.9 / (r + 1) as f64,
+                    2 => 3.0 * 2f64.powi(-9),
+                    3 => 0.0123 * (1.0 + r as f64 / 7.0),
+                    _ => 2f64.powi(-16) * 1.37,
+                };
+                FixedMultiplier::from_f64(m)
+            })
+            .collect();
+        let konst: Vec<i32> = (0..out).map(|r| (r as i32 * 977) % 3001 - 1500).collect();
+        let zp: Vec<i32> = (0..out).map(|r| (r as i32 * 37) % 200 - 100).collect();
+        let ranges: Vec<(i32, i32)> = (0..out)
+            .map(|r| (-(3000 + 97 * r as i32), 2500 + 131 * r as i32))
+            .collect();
+        let widest = ranges
+            .iter()
+            .map(|&(a, b)| (b - a + 1) as usize)
+            .max()
+            .unwrap();
+        for (lo, hi) in [(-128, 127), (-40, 90)] {
+            let rq = Requant::new(mult.clone(), konst.clone(), zp.clone(), lo, hi)
+                .sums_fit_i32()
+                .with_ranges(&ranges);
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                assert!(rq.lines.is_some(), "verified lines for these columns");
+            }
+            // Row i holds, in column r, the i-th accumulator of r's range (its last repeated).
+            let c: Vec<i32> = (0..widest)
+                .flat_map(|i| ranges.iter().map(move |&(a, b)| (a + i as i32).min(b)))
+                .collect();
+            let (mut want, mut got) = (vec![0i8; c.len()], vec![0i8; c.len()]);
+            rq.reference(&c, &mut want);
+            rq.run(&c, &mut got);
+            let off = want.iter().zip(&got).position(|(a, b)| a != b);
+            assert_eq!(off, None, "clamp [{lo}, {hi}]: first difference at {off:?}");
+        }
+    }
 
     /// Multipliers of few mantissa bits put many accumulators exactly on a rounding tie, of the
     /// doubling high multiply or of the right shift: every one of them must round as the

@@ -101,9 +101,29 @@ pub(super) unsafe fn rows(
     y: &mut [i8],
     lohi: (i32, i32),
 ) {
+    for j in 0..blocks.blocks.len() {
+        // SAFETY: as this fn's contract; j indexes a block.
+        unsafe { block(blocks, j, (out, sums_fit), c, y, lohi) };
+    }
+}
+
+/// [`rows`] for the block of columns 16j .. 16j + 16 only.
+///
+/// # Safety
+/// As [`rows`]; `j` indexes a block of `blocks`.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+pub(super) unsafe fn block(
+    blocks: &Blocks,
+    j: usize,
+    (out, sums_fit): (usize, bool),
+    c: &[i32],
+    y: &mut [i8],
+    lohi: (i32, i32),
+) {
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
-    for (j, b) in blocks.blocks.iter().enumerate() {
+    let b = &blocks.blocks[j];
+    {
         let n = (out - 16 * j).min(16);
         let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
         let k = Consts::load(b);

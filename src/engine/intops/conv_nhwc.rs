@@ -47,6 +47,13 @@ impl NhwcConv {
         }
         let gemm = IntGemm::new(&reordered, bias, in_q, out_q, clamp);
         let planes = (c == 1 && !gemm.has_weight_zero_points()).then(|| reordered.q.clone());
+        // Every pixel's row goes through the epilogue (a one-channel conv requantizes by
+        // column instead).
+        let gemm = if planes.is_none() {
+            gemm.with_verified_lines(&reordered)
+        } else {
+            gemm
+        };
         Some(NhwcConv { gemm, planes })
     }
 

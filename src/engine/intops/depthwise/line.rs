@@ -20,11 +20,11 @@
 use crate::quant::FixedMultiplier;
 
 /// Most exceptions an f32 line may carry.
-pub(super) const MAX_EXC: usize = 4;
+pub(crate) const MAX_EXC: usize = 4;
 
 /// One channel's requantization: the exact fixed-point form and, when verified, its lines.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Line {
+pub(crate) struct Line {
     /// The fixed-point multiplier (the exact path).
     mult: FixedMultiplier,
     /// Output zero point and clamp bounds.
@@ -48,7 +48,7 @@ pub(super) struct Line {
 
 /// The line in f32: y = clamp(⌊fma(acc, m, b(acc))⌋ + c, lo, hi), except at `exc`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Line32 {
+pub(crate) struct Line32 {
     pub m: f32,
     pub bp: f32,
     pub bn: f32,
@@ -94,6 +94,23 @@ impl Line {
             }
         }
         line
+    }
+
+    /// The verified f32 line alone (no f64 line checked) and where its offset switches: what
+    /// the GEMM epilogue of [`crate::engine::requant`] uses; `None` where [`Line::new`] would
+    /// have no f32 line.
+    pub fn f32_only(
+        mult: FixedMultiplier,
+        (zo, lo, hi): (i32, i32, i32),
+        (amin, amax): (i32, i32),
+    ) -> Option<(Line32, i32)> {
+        let line = Line::new(mult, (zo, lo, hi), None);
+        let small = amin.unsigned_abs() < 1 << 24 && amax.unsigned_abs() < 1 << 24;
+        if !small || !line.checkable(amin, amax) {
+            return None;
+        }
+        let l = line.line32(&line.steps(amin, amax))?;
+        Some((l, line.a0))
     }
 
     /// The exact fixed-point requantization (the old loop's expression, wrapping as release

@@ -20,7 +20,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod line;
+pub(crate) mod line;
 #[cfg(target_arch = "x86_64")]
 mod line_avx2;
 mod pairs;

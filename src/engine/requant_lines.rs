@@ -1,0 +1,150 @@
+//! The GEMM epilogue through verified f32 lines, on AVX-512: where every column of a block of 16
+//! has one, y = clamp(⌊fma(a, m, b(a))⌋ + c, lo, hi) with a = acc + k, its few exceptions
+//! patched, which is the fixed-point path's integers over every accumulator the column can
+//! produce (each line is checked at build time, step by step, by
+//! [`crate::engine::intops::depthwise::line::Line`], as the depthwise kernel's are). It takes
+//! about half the vector operations of the fixed-point epilogue (one conversion each way and a
+//! fused multiply-add instead of two 64-bit products, their rounding and the merge of even and
+//! odd lanes). Other blocks keep the fixed-point loop.
+
+use super::intops::depthwise::line::{Line, Line32, MAX_EXC};
+use super::requant_avx512::{Blocks, block};
+use crate::quant::FixedMultiplier;
+use std::arch::x86_64::*;
+
+/// One block of 16 columns, each with a verified f32 line (lanes past the last column repeat
+/// its constants; they are never stored).
+#[derive(Debug, Clone)]
+pub(super) struct LineBlock {
+    konst: [i32; 16],
+    m: [f32; 16],
+    bp: [f32; 16],
+    bn: [f32; 16],
+    a0: [i32; 16],
+    c: [i32; 16],
+    /// Exceptions, one round per index below the block's most: per lane, an accumulator
+    /// a = acc + k where the line is wrong and the exact output (`i32::MIN`, which no column
+    /// reaches, where a lane has fewer).
+    exc: Vec<([i32; 16], [i32; 16])>,
+}
+
+/// Per block of 16 columns, its lines when all of them have one.
+#[derive(Debug, Clone)]
+pub(super) struct LineBlocks {
+    blocks: Vec<Option<LineBlock>>,
+}
+
+impl LineBlocks {
+    /// The lines of the epilogue clamp(zp_r + M_r·(acc + k_r), lo, hi), each checked over the
+    /// accumulators `ranges[r]` (before k_r is added), whose sums with k_r must fit i32; `None`
+    /// when no block has lines everywhere.
+    pub(super) fn new(
+        mult: &[FixedMultiplier],
+        (konst, zp): (&[i32], &[i32]),
+        (lo, hi): (i32, i32),
+        ranges: &[(i32, i32)],
+    ) -> Option<Self> {
+        let line = |r: usize| {
+            let (amin, amax) = ranges[r];
+            let (a, b) = (amin as i64 + konst[r] as i64, amax as i64 + konst[r] as i64);
+            let fits = a >= i32::MIN as i64 && b <= i32::MAX as i64;
+            fits.then(|| Line::f32_only(mult[r], (zp[r], lo, hi), (a as i32, b as i32)))?
+        };
+        // Each line's check is a search per output level: the columns in parallel.
+        use rayon::prelude::*;
+        let all: Vec<Option<(Line32, i32)>> = (0..mult.len()).into_par_iter().map(line).collect();
+        let blocks: Vec<Option<LineBlock>> = (0..mult.len().div_ceil(16))
+            .map(|j| {
+                let cols: Vec<usize> = (16 * j..(16 * j + 16).min(mult.len())).collect();
+                let lines: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r]).collect();
+                let lines = lines?;
+                let lane = |l: usize| l.min(cols.len() - 1);
+                let most = lines.iter().map(|(l, _)| l.n).max().unwrap_or(0);
+                Some(LineBlock {
+                    konst: std::array::from_fn(|l| konst[cols[lane(l)]]),
+                    m: std::array::from_fn(|l| lines[lane(l)].0.m),
+                    bp: std::array::from_fn(|l| lines[lane(l)].0.bp),
+                    bn: std::array::from_fn(|l| lines[lane(l)].0.bn),
+                    a0: std::array::from_fn(|l| lines[lane(l)].1),
+                    c: std::array::from_fn(|l| lines[lane(l)].0.c),
+                    exc: (0..most)
+                        .map(|i| {
+                            let at = |l: usize| {
+                                let x = &lines[lane(l)].0;
+                                if l < cols.len() && i < x.n {
+                                    (x.exc[i], x.val[i] as i32)
+                                } else {
+                                    (i32::MIN, 0)
+                                }
+                            };
+                            (
+                                std::array::from_fn(|l| at(l).0),
+                                std::array::from_fn(|l| at(l).1),
+                            )
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        blocks
+            .iter()
+            .any(Option::is_some)
+            .then_some(LineBlocks { blocks })
+    }
+}
+
+/// Requantizes rows of `out` accumulators in `c` into `y`: blocks with lines through them, the
+/// others through the fixed-point loop of `fixed`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F, DQ, BW and VL; `lines` and `fixed` built for `out` columns.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+pub(super) unsafe fn rows(
+    (lines, fixed): (&LineBlocks, &Blocks),
+    (out, sums_fit): (usize, bool),
+    c: &[i32],
+    y: &mut [i8],
+    (lo, hi): (i32, i32),
+) {
+    let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
+    let (vlo, vhi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+    for (j, lb) in lines.blocks.iter().enumerate() {
+        let Some(lb) = lb else {
+            // SAFETY: as this fn's contract; j indexes a block of `fixed`, built alike.
+            unsafe { block(fixed, j, (out, sums_fit), c, y, (lo, hi)) };
+            continue;
+        };
+        let n = (out - 16 * j).min(16);
+        let mask: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
+        // SAFETY: each array holds 16 lanes.
+        let ld = |v: &[i32; 16]| unsafe { _mm512_loadu_si512(v.as_ptr().cast()) };
+        let ldf = |v: &[f32; 16]| unsafe { _mm512_loadu_ps(v.as_ptr()) };
+        let (konst, a0, cc) = (ld(&lb.konst), ld(&lb.a0), ld(&lb.c));
+        let (m, bp, bn) = (ldf(&lb.m), ldf(&lb.bp), ldf(&lb.bn));
+        // In registers, not a Vec (a vector type's alignment makes that an aligned allocation
+        // on every call).
+        let zero = _mm512_setzero_si512();
+        let mut exc = [(zero, zero); MAX_EXC];
+        for (x, (e, v)) in exc.iter_mut().zip(&lb.exc) {
+            *x = (ld(e), ld(v));
+        }
+        let exc = &exc[..lb.exc.len()];
+        for r in 0..n_rows {
+            let at = r * out + 16 * j;
+            // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
+            // both c and y hold.
+            unsafe {
+                let a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, c.as_ptr().add(at)), konst);
+                let b = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(a, a0), bp, bn);
+                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), m, b);
+                const RD: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+                let mut q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RD>(t), cc);
+                for &(e, v) in exc {
+                    q = _mm512_mask_mov_epi32(q, _mm512_cmpeq_epi32_mask(a, e), v);
+                }
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
+                _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), mask, _mm512_cvtepi32_epi8(q));
+            }
+        }
+    }
+}
