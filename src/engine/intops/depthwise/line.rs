@@ -99,6 +99,7 @@ impl Line {
     /// The verified f32 line alone (no f64 line checked) and where its offset switches: what
     /// the GEMM epilogue of [`crate::engine::requant`] uses; `None` where [`Line::new`] would
     /// have no f32 line.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn f32_only(
         mult: FixedMultiplier,
         (zo, lo, hi): (i32, i32, i32),
