@@ -493,20 +493,8 @@ fn run_nodes(
     while i < nodes.end {
         let layer = &model.layers[i];
         let mut see = |i: usize, y: &Tensor| tap.as_mut().map_or((), |t| t(i, y));
-        // A Relu/Clip that is its input's last reader works on it in place.
-        if matches!(layer.op, Op::Relu | Op::Clip { .. })
-            && let Some(mut x) = vals.take_last_sole(layer, &last, i)
-        {
-            if super::ops::eval_in_place(&layer.op, &mut x) {
-                see(i, &x);
-                vals.set(layer.output, x);
-                i += 1;
-                continue;
-            }
-            vals.set(layer.inputs[0].expect("sole input"), x);
-        }
-        // So does an Add/Sub/Mul of two same-shape tensors into whichever one it reads last.
-        if let Some(y) = super::binary_in_place::run(layer, vals, &last, i, limit) {
+        // A Relu/Clip into its input, an Add/Sub/Mul into the operand it reads last.
+        if let Some(y) = super::in_place::run(layer, vals, &last, i, limit) {
             see(i, &y);
             vals.set(layer.output, y);
             vals.free_after(model, &last, i);

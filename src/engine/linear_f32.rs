@@ -7,7 +7,7 @@
 //! the input rows already start on 64-byte boundaries, each block of rows is first copied to
 //! rows that do: a 64-byte load that straddles two cache lines costs two, and a tile loads 8
 //! vectors for 16 multiply-adds, so with both operands split it waits on loads (256×784×256 on
-//! one core: 48 → 58 G multiply-adds/s with the rows aligned).
+//! one core: 48 → 57 G multiply-adds/s with the rows aligned).
 //! Each output's sum depends only on its row and its weights, never on the tile it fell in,
 //! so a batch cut in parts gives the same values as one run.
 

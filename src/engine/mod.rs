@@ -1,6 +1,5 @@
 //! The two engines: the f32 reference and the integer-only engine, plus the kernels they share.
 
-pub mod binary_in_place;
 pub mod clamp_f32;
 pub mod conv;
 pub mod conv_f32;
@@ -10,6 +9,7 @@ pub mod conv_f32_winograd;
 pub mod embedding;
 pub mod float;
 pub mod im2col;
+pub mod in_place;
 pub mod int;
 pub mod intops;
 pub mod kernels;

@@ -123,23 +123,21 @@ pub(super) unsafe fn block(
     let bounds = (_mm512_set1_epi32(lohi.0), _mm512_set1_epi32(lohi.1));
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
     let b = &blocks.blocks[j];
-    {
-        let n = (out - 16 * j).min(16);
-        let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
-        let k = Consts::load(b);
-        for r in 0..n_rows {
-            let at = r * out + 16 * j;
-            // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
-            // both c and y hold.
-            unsafe {
-                let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(at));
-                let q = if sums_fit {
-                    k.requant16_fitting(a, bounds)
-                } else {
-                    k.requant16(a, bounds)
-                };
-                _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), m, _mm512_cvtepi32_epi8(q));
-            }
+    let n = (out - 16 * j).min(16);
+    let m: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
+    let k = Consts::load(b);
+    for r in 0..n_rows {
+        let at = r * out + 16 * j;
+        // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
+        // both c and y hold.
+        unsafe {
+            let a = _mm512_maskz_loadu_epi32(m, c.as_ptr().add(at));
+            let q = if sums_fit {
+                k.requant16_fitting(a, bounds)
+            } else {
+                k.requant16(a, bounds)
+            };
+            _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), m, _mm512_cvtepi32_epi8(q));
         }
     }
 }

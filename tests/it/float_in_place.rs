@@ -1,26 +1,18 @@
 //! The float engine writes an Add/Sub/Mul of two same-shape activations into the operand it
 //! reads last: whichever side that is, the values must be the op's (a − b, never b − a),
 //! checked against direct f64 loops on a graph where each side is read last in turn, where
-//! one value is both operands, and where an operand is a constant.
+//! one value is both operands, and where an operand is a constant; run node by node, each
+//! node is checked to have written into the operand expected (or, for `d + d`, into none).
 
-use qscope::engine::float;
 use qscope::engine::tensor::Tensor;
-use qscope::model::{BinaryOp, DType, GraphInput, Layer, Model, Op, Source, Value, ValueId};
+use qscope::engine::{float, in_place};
+use qscope::model::{BinaryOp, Layer, Model, Op, Value, ValueId};
 
 /// Node `op` of `inputs`, its output the next value.
 fn node(layers: &mut Vec<Layer>, values: &mut Vec<Value>, op: Op, inputs: &[ValueId]) -> ValueId {
-    let output = values.len();
-    let name = format!("n{}", layers.len());
+    let (output, name) = (values.len(), format!("n{}", layers.len()));
     values.push(Value { name: name.clone() });
-    layers.push(Layer {
-        name,
-        op_type: op.kind().to_string(),
-        op,
-        inputs: inputs.iter().map(|&v| Some(v)).collect(),
-        output,
-        in_shape: Vec::new(),
-        out_shape: Vec::new(),
-    });
+    layers.push(crate::util::node(name, op, inputs, output));
     output
 }
 
@@ -58,25 +50,8 @@ fn either_operand_taken_in_place_gives_the_ops_values() {
     let t = node(l, v, Op::Binary(BinaryOp::Add), &[d, d]);
     // A constant on the left (never written), the activation read last on the right.
     let y = node(l, v, Op::Binary(BinaryOp::Sub), &[1, t]);
-    let model = Model {
-        name: "in-place".into(),
-        input_shape: vec![4],
-        input_mean: Vec::new(),
-        input_std: Vec::new(),
-        layers,
-        values,
-        consts: vec![(1, Tensor::f32(vec![n, 3], c.repeat(n)))],
-        inputs: vec![GraphInput {
-            value: 0,
-            dtype: DType::F32,
-            shape: vec![Some(4)],
-        }],
-        outputs: vec![y],
-        source_kind: Source::Onnx,
-        sha256: String::new(),
-        source: "in-place graph".into(),
-        notes: Vec::new(),
-    };
+    let consts = vec![(1, Tensor::f32(vec![n, 3], c.repeat(n)))];
+    let model = crate::util::graph_model("in-place graph", (layers, values, consts), vec![4], y);
     let x: Vec<f32> = (0..n * 4).map(|i| val(i + 99)).collect();
     let dense = |w: &[f32], bias: &[f32], xs: &[f32]| -> Vec<f64> {
         (0..3)
@@ -89,7 +64,9 @@ fn either_operand_taken_in_place_gives_the_ops_values() {
             .collect()
     };
     let input = vec![float::input_tensor(&model, &x, n)];
+    let stepped = taken_in_place(&model, input.clone(), [a, b, s, m, d, t, 1]);
     for got in [
+        stepped,
         float::forward(&model, input.clone(), usize::MAX, |_, _| {}).unwrap(),
         float::forward_outputs(&model, input, usize::MAX).unwrap(),
     ] {
@@ -111,4 +88,39 @@ fn either_operand_taken_in_place_gives_the_ops_values() {
             }
         }
     }
+}
+
+/// Runs the graph of the test node by node, checking that each binary node ran in place into
+/// the operand the comments there say (that value leaves the table, the other stays) or, for
+/// `d + d`, not in place; returns the output.
+fn taken_in_place(
+    model: &Model,
+    input: Vec<Tensor>,
+    [a, b, s, m, _d, t, c]: [ValueId; 7],
+) -> Vec<Tensor> {
+    let last = float::last_uses(model);
+    let mut vals = float::Values::new(model, input);
+    float::run_range(model, &mut vals, 0..2, usize::MAX, &mut |_, _| {}).unwrap();
+    // (node, the operand written into, the one that stays), or no operand for `d + d`.
+    for (i, into) in [
+        (2, Some((b, a))),
+        (3, Some((s, a))),
+        (4, Some((a, m))),
+        (5, None),
+        (6, Some((t, c))),
+    ] {
+        let layer = &model.layers[i];
+        match (in_place::run(layer, &mut vals, &last, i, usize::MAX), into) {
+            (Some(y), Some((gone, kept))) => {
+                assert!(vals.get(gone).is_none(), "node {i} wrote into value {gone}");
+                assert!(vals.get(kept).is_some(), "node {i} left value {kept}");
+                vals.set(layer.output, y);
+            }
+            (None, None) => {
+                float::run_range(model, &mut vals, i..i + 1, usize::MAX, &mut |_, _| {}).unwrap();
+            }
+            (y, _) => panic!("node {i}: in place {}, expected {into:?}", y.is_some()),
+        }
+    }
+    float::outputs(model, vals).unwrap()
 }

@@ -19,8 +19,8 @@ use qscope::engine::IntModel;
 use qscope::engine::float::infer_shapes;
 use qscope::engine::int::Ran;
 use qscope::engine::tensor::Tensor;
-use qscope::model::{BinaryOp, DType, Dataset, Model, Op};
-use qscope::model::{GraphInput, Layer, Source, UnaryOp, Value, ValueId};
+use qscope::model::{BinaryOp, Dataset, Model, Op};
+use qscope::model::{Layer, UnaryOp, Value, ValueId};
 use qscope::params::{ModelParams, WeightQuant};
 use qscope::pipeline::{Cancel, calibrate, choose_ranges, quantize_weights};
 use qscope::{Granularity, QParams, QuantConfig, Scheme};
@@ -101,15 +101,8 @@ impl Builder {
     fn push(&mut self, op: Op, inputs: &[ValueId], shape: Vec<usize>) -> ValueId {
         let name = format!("{}_{}", op.kind(), self.layers.len());
         let output = self.value(name.clone(), shape);
-        self.layers.push(Layer {
-            name,
-            op_type: op.kind().to_string(),
-            op,
-            inputs: inputs.iter().map(|&v| Some(v)).collect(),
-            output,
-            in_shape: Vec::new(),
-            out_shape: Vec::new(),
-        });
+        self.layers
+            .push(crate::util::node(name, op, inputs, output));
         output
     }
 
@@ -373,26 +366,8 @@ impl Builder {
     }
 
     fn finish(self, output: ValueId) -> Model {
-        let input_shape = self.shapes[0].clone();
-        let mut m = Model {
-            name: "random-graph".into(),
-            input_shape: input_shape.clone(),
-            input_mean: Vec::new(),
-            input_std: Vec::new(),
-            layers: self.layers,
-            values: self.values,
-            consts: self.consts,
-            inputs: vec![GraphInput {
-                value: 0,
-                dtype: DType::F32,
-                shape: input_shape.iter().map(|&d| Some(d)).collect(),
-            }],
-            outputs: vec![output],
-            source_kind: Source::Onnx,
-            sha256: String::new(),
-            source: "random graph".into(),
-            notes: Vec::new(),
-        };
+        let parts = (self.layers, self.values, self.consts);
+        let mut m = crate::util::graph_model("random graph", parts, self.shapes[0].clone(), output);
         infer_shapes(&mut m).unwrap();
         m
     }

@@ -130,3 +130,58 @@ pub fn assert_only_softmax_layernorm_islands(r: &qscope::eval::report::Report) {
 pub fn one_line_naming(err: &str, names: &[&str]) -> bool {
     err.trim().lines().count() == 1 && names.iter().all(|n| err.contains(n))
 }
+
+/// A graph node `name` running `op` on `inputs` (all present) into value `output`, shapes
+/// left for `infer_shapes`.
+pub fn node(
+    name: String,
+    op: qscope::model::Op,
+    inputs: &[qscope::model::ValueId],
+    output: qscope::model::ValueId,
+) -> qscope::model::Layer {
+    qscope::model::Layer {
+        name,
+        op_type: op.kind().to_string(),
+        op,
+        inputs: inputs.iter().map(|&v| Some(v)).collect(),
+        output,
+        in_shape: Vec::new(),
+        out_shape: Vec::new(),
+    }
+}
+
+/// A model of `layers` over `values` and `consts`, with value 0 its one F32 input of one-sample
+/// shape `input_shape` (not normalized) and `output` its output.
+pub fn graph_model(
+    name: &str,
+    (layers, values, consts): GraphParts,
+    input_shape: Vec<usize>,
+    output: qscope::model::ValueId,
+) -> qscope::model::Model {
+    qscope::model::Model {
+        name: name.into(),
+        input_shape: input_shape.clone(),
+        input_mean: Vec::new(),
+        input_std: Vec::new(),
+        layers,
+        values,
+        consts,
+        inputs: vec![qscope::model::GraphInput {
+            value: 0,
+            dtype: qscope::model::DType::F32,
+            shape: input_shape.iter().map(|&d| Some(d)).collect(),
+        }],
+        outputs: vec![output],
+        source_kind: qscope::model::Source::Onnx,
+        sha256: String::new(),
+        source: name.into(),
+        notes: Vec::new(),
+    }
+}
+
+/// A graph's nodes, values and constants.
+pub type GraphParts = (
+    Vec<qscope::model::Layer>,
+    Vec<qscope::model::Value>,
+    Vec<(qscope::model::ValueId, qscope::engine::tensor::Tensor)>,
+);

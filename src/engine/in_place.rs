@@ -1,17 +1,42 @@
-//! The float engine's Add, Sub and Mul of two same-shape real tensors written into the input
-//! that the node reads last, instead of a new tensor: a ResNet's residual sum then costs one
-//! pass over the two operands and no allocation. The values are those of the op (the same
-//! one f32 operation per element).
+//! The float engine's nodes that write their output into an input they read last instead of
+//! a new tensor, the values those of the op: a Relu or Clip into its sole input (ReLU6-heavy
+//! graphs stop copying every activation), an Add, Sub or Mul of two same-shape real tensors
+//! into either operand (a ResNet's residual sum costs one pass and no allocation).
 
 use super::float::Values;
 use super::tensor::{Data, Tensor};
 use crate::model::{BinaryOp, Layer, Op};
 
-/// Runs node `i` (`layer`) in place when it is an Add, Sub or Mul of two different values of
-/// one shape, both real, one of them owned by `vals` and read last by this node (per `last`);
-/// that input leaves the table and its buffer comes back as the output. `None` (the table as
-/// it was) otherwise, or when the output would pass `limit` elements per sample.
+/// Runs node `i` (`layer`) in place when it can: the input it writes into leaves `vals` and
+/// its buffer comes back as the output. `None` (the table as it was) otherwise: see
+/// `clamp` and `binary` below; `last` is each value's last reader, `limit` the elements per
+/// sample an output may hold.
 pub fn run(
+    layer: &Layer,
+    vals: &mut Values,
+    last: &[usize],
+    i: usize,
+    limit: usize,
+) -> Option<Tensor> {
+    clamp(layer, vals, last, i).or_else(|| binary(layer, vals, last, i, limit))
+}
+
+/// A Relu or Clip whose sole input `vals` owns and node `i` reads last.
+fn clamp(layer: &Layer, vals: &mut Values, last: &[usize], i: usize) -> Option<Tensor> {
+    if !matches!(layer.op, Op::Relu | Op::Clip { .. }) {
+        return None;
+    }
+    let mut x = vals.take_last_sole(layer, last, i)?;
+    if super::ops::eval_in_place(&layer.op, &mut x) {
+        return Some(x);
+    }
+    vals.set(layer.inputs[0].expect("sole input"), x);
+    None
+}
+
+/// An Add, Sub or Mul of two different values of one shape, both real, one of them owned by
+/// `vals` and read last by node `i`, when the output stays within `limit` per sample.
+fn binary(
     layer: &Layer,
     vals: &mut Values,
     last: &[usize],
