@@ -43,12 +43,7 @@ pub fn engines(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("int", name), |b| {
-            b.iter(|| {
-                forward_split(black_box(&input), parts, |t| {
-                    int.forward(t, |_, _, _, _| {})
-                })
-                .unwrap()
-            })
+            b.iter(|| forward_split(black_box(&input), parts, |t| int.forward_outputs(t)).unwrap())
         });
     }
     g.finish();

@@ -7,6 +7,7 @@ use super::conv::conv_nchw;
 use super::embedding::IntEmbedding;
 use super::float::{Values, check_size, last_uses, run_node};
 use super::intops;
+use super::intops::channels_last;
 use super::intops::conv_nhwc::NhwcConv;
 use super::intops::depthwise::GroupConv;
 use super::kernels::{PackedWeights, gemm_i8};
@@ -19,6 +20,7 @@ use crate::model::{BinaryOp, Model, Op, ValueId};
 use crate::params::ModelParams;
 use crate::quant::weights::QWeights;
 use crate::quant::{ClipRange, FixedMultiplier, QParams, Scheme};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
@@ -412,6 +414,9 @@ impl WeightKernel {
     }
 }
 
+/// What sees each node's output in a run: node index, value, tensor, how it ran.
+type Tap<'a> = &'a mut dyn FnMut(usize, ValueId, &Tensor, Ran);
+
 /// How the integer engine runs one node.
 #[derive(Debug)]
 enum Step {
@@ -660,8 +665,17 @@ impl<'m> IntModel<'m> {
             })
             .collect();
         let mut vals = Values::new(model, inputs);
-        self.run_nodes(&mut vals, 0..stop, &mut |_, _, _, _| {})?;
+        self.run_nodes(&mut vals, 0..stop, Some(&mut |_, _, _, _| {}))?;
         Ok(vals)
+    }
+
+    /// [`IntModel::forward`] when only the graph outputs are wanted, as a runtime runs a
+    /// model: the same outputs, computed in channels-last mode (see
+    /// [`channels_last`](super::intops::channels_last): no transposes between convs).
+    pub fn forward_outputs(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let mut vals = self.forward_prefix(inputs, 0)?;
+        self.run_nodes(&mut vals, 0..self.model.layers.len(), None)?;
+        self.outputs(vals)
     }
 
     /// Runs nodes `start..` on `vals` (from [`IntModel::forward_prefix`] with `stop = start`)
@@ -672,8 +686,13 @@ impl<'m> IntModel<'m> {
         start: usize,
         mut tap: impl FnMut(usize, ValueId, &Tensor, Ran),
     ) -> Result<Vec<Tensor>> {
+        self.run_nodes(&mut vals, start..self.model.layers.len(), Some(&mut tap))?;
+        self.outputs(vals)
+    }
+
+    /// The graph outputs of a finished run, as reals.
+    fn outputs(&self, mut vals: Values<'m>) -> Result<Vec<Tensor>> {
         let model = self.model;
-        self.run_nodes(&mut vals, start..model.layers.len(), &mut tap)?;
         model
             .outputs
             .iter()
@@ -696,7 +715,7 @@ impl<'m> IntModel<'m> {
         nodes: std::ops::Range<usize>,
         tap: &mut dyn FnMut(usize, ValueId, &Tensor, Ran),
     ) -> Result<()> {
-        self.run_nodes(vals, nodes, tap)
+        self.run_nodes(vals, nodes, Some(tap))
     }
 
     /// The latest node index at or before `cut` where a run may be split into
@@ -727,41 +746,33 @@ impl<'m> IntModel<'m> {
         })
     }
 
-    /// Runs `nodes` in order on `vals`.
+    /// Runs `nodes` in order on `vals`; `tap` sees each node's output. Without a tap the run is
+    /// in channels-last mode (see [`channels_last`](super::intops::channels_last)): `nodes`
+    /// must then be the whole graph, and the values left in `vals` are in shape order again.
     fn run_nodes(
         &self,
         vals: &mut Values<'m>,
         nodes: std::ops::Range<usize>,
-        tap: &mut dyn FnMut(usize, ValueId, &Tensor, Ran),
+        mut tap: Option<Tap<'_>>,
     ) -> Result<()> {
         let model = self.model;
         let last = last_uses(model);
         let mut island_at = vec![false; model.layers.len()];
+        // Per value: stored channels-last (only ever set without a tap).
+        let mut nhwc = vec![false; model.values.len()];
         for i in nodes {
             let layer = &model.layers[i];
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-            let (out, y, ran) = match &self.steps[i] {
-                Step::Fused => continue,
-                Step::Gemm { kernel, out } => {
-                    let x = vals.inputs_of(layer).map_err(err)?[0]
-                        .ok_or_else(|| err("no input".into()))?;
-                    (
-                        *out,
-                        self.run_gemm(&layer.op, kernel, x).map_err(err)?,
-                        Ran::Int,
-                    )
-                }
-                Step::Embed { kernel, out } => {
-                    let x = vals.inputs_of(layer).map_err(err)?[0]
-                        .ok_or_else(|| err("no input".into()))?;
-                    (*out, kernel.run(x, self.limit).map_err(err)?, Ran::Int)
-                }
-                Step::Node => {
-                    let ins = vals.inputs_of(layer).map_err(err)?;
-                    let (y, ran) = self.run_other(i, &ins).map_err(err)?;
-                    (layer.output, y, ran)
-                }
-            };
+            if matches!(self.steps[i], Step::Fused) {
+                continue;
+            }
+            let ins = vals.inputs_of(layer).map_err(err)?;
+            let stored: Vec<bool> = (layer.inputs.iter())
+                .map(|v| v.is_some_and(|v| nhwc[v]))
+                .collect();
+            let (out, y, ran, y_nhwc) = self
+                .run_step(i, &ins, &stored, tap.is_none())
+                .map_err(err)?;
             let y = match self.points.get(&out) {
                 Some(q) if !y.is_quantized() && y.as_f32().is_some() => y.quantize(*q),
                 _ => y,
@@ -775,17 +786,68 @@ impl<'m> IntModel<'m> {
                 _ if island_at[i] => Ran::Island,
                 _ => ran,
             };
-            tap(i, out, &y, ran);
+            if let Some(tap) = tap.as_mut() {
+                tap(i, out, &y, ran);
+            }
+            nhwc[out] = y_nhwc;
             vals.set(out, y);
             vals.free_after(model, &last, i);
         }
+        // What is left (the graph outputs) goes back to shape order.
+        for (v, _) in nhwc.iter().enumerate().filter(|(_, c)| **c) {
+            if let Some(t) = vals.take(v) {
+                vals.set(v, channels_last::to_nchw(&t));
+            }
+        }
         Ok(())
+    }
+
+    /// Runs node `i` (not a fused one) on `ins` (`stored[k]`: input k is stored channels-last);
+    /// returns the value it writes, its output, how it ran and whether the output is stored
+    /// channels-last (only when `channels_last` allows it).
+    fn run_step(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+        stored: &[bool],
+        channels_last: bool,
+    ) -> std::result::Result<(ValueId, Tensor, Ran, bool), String> {
+        let layer = &self.model.layers[i];
+        let x = || ins.first().copied().flatten().ok_or("no input");
+        Ok(match &self.steps[i] {
+            Step::Fused => return Err("is fused into its weight node".into()),
+            Step::Gemm { kernel, out } => {
+                let layouts = (stored.first() == Some(&true), channels_last);
+                let (y, y_nhwc) = self.run_gemm(&layer.op, kernel, x()?, layouts)?;
+                (*out, y, Ran::Int, y_nhwc)
+            }
+            Step::Embed { kernel, out } => (*out, kernel.run(x()?, self.limit)?, Ran::Int, false),
+            Step::Node
+                if stored.iter().all(|&s| s)
+                    && channels_last::keeps_channels_last(&layer.op, ins) =>
+            {
+                let (y, ran) = self.run_other(i, ins)?;
+                (layer.output, y, ran, true)
+            }
+            Step::Node => {
+                // Channels-last inputs of any other op are read in shape order.
+                let owned: Vec<Option<Cow<Tensor>>> = (ins.iter().zip(stored))
+                    .map(|(t, &s)| match t {
+                        Some(t) if s => Some(Cow::Owned(channels_last::to_nchw(t))),
+                        t => t.map(Cow::Borrowed),
+                    })
+                    .collect();
+                let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_deref()).collect();
+                let (y, ran) = self.run_other(i, &refs)?;
+                (layer.output, y, ran, false)
+            }
+        })
     }
 
     /// Runs a one-input model on `n` normalized samples; returns its first output as reals.
     pub fn forward_flat(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         let input = super::float::input_tensor(self.model, x, n);
-        Ok(self.forward(vec![input], |_, _, _, _| {})?[0].to_f32_vec())
+        Ok(self.forward_outputs(vec![input])?[0].to_f32_vec())
     }
 
     /// A node that is not an integer weight node: on integers when its op keeps qparams and
@@ -967,14 +1029,28 @@ impl<'m> IntModel<'m> {
         Ok(Tensor::q(y.shape, data, qp))
     }
 
-    /// A linear or conv node on integer input `x`.
+    /// A linear or conv node on integer input `x` (stored channels-last when `nhwc.0`), and
+    /// whether its output is stored channels-last (only where `nhwc.1` allows it: a conv whose
+    /// kernel can write it).
     fn run_gemm(
         &self,
         op: &Op,
         kernel: &WeightKernel,
         x: &Tensor,
-    ) -> std::result::Result<Tensor, String> {
+        (in_nhwc, may_nhwc): (bool, bool),
+    ) -> std::result::Result<(Tensor, bool), String> {
         let in_q = kernel.in_q();
+        let nhwc_conv = match kernel {
+            WeightKernel::Nhwc(c) if matches!(op, Op::Conv2d { .. }) => Some(c),
+            _ => None,
+        };
+        let reordered;
+        let x = if in_nhwc && nhwc_conv.is_none() {
+            reordered = channels_last::to_nchw(x);
+            &reordered
+        } else {
+            x
+        };
         let requantized;
         let x = match x.as_q() {
             Some((_, qp)) if qp == in_q => x,
@@ -1004,7 +1080,7 @@ impl<'m> IntModel<'m> {
                 let mut shape = x.shape.clone();
                 *shape.last_mut().expect("rank ≥ 1") = out;
                 let gemm = gemms.first().ok_or("has no GEMM kernel")?;
-                Ok(Tensor::q(shape, gemm.run(data, rows), out_q))
+                Ok((Tensor::q(shape, gemm.run(data, rows), out_q), false))
             }
             Op::Conv2d {
                 weight,
@@ -1018,18 +1094,19 @@ impl<'m> IntModel<'m> {
                 let p = super::float::op_geom(weight, stride, padding, dilation, *groups);
                 let g = super::float::checked_conv_geom(&p, x, self.limit)?;
                 let pad = in_q.zero_point.clamp(-128, 127) as i8;
-                let y = match kernel {
-                    WeightKernel::Group(c) => Some(c.run(data, n, &g)),
-                    WeightKernel::Nhwc(c) => Some(c.run(data, n, &g, pad)),
-                    WeightKernel::Gemm(_) => None,
-                };
-                if let Some(y) = y {
-                    return Ok(Tensor::q(vec![n, o, g.oh, g.ow], y, out_q));
+                let shape = vec![n, o, g.oh, g.ow];
+                if let Some(c) = nhwc_conv {
+                    let out_nhwc = may_nhwc && c.writes_channels_last();
+                    let y = c.run(data, n, &g, pad, (in_nhwc, out_nhwc));
+                    return Ok((Tensor::q(shape, y, out_q), out_nhwc));
                 }
-                let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
-                    gemms[gi].run(cols, rows)
-                });
-                Ok(Tensor::q(vec![n, o, g.oh, g.ow], y, out_q))
+                let y = match kernel {
+                    WeightKernel::Group(c) => c.run(data, n, &g),
+                    _ => conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
+                        gemms[gi].run(cols, rows)
+                    }),
+                };
+                Ok((Tensor::q(shape, y, out_q), false))
             }
             _ => Err("is not a weight op".into()),
         }
@@ -1066,7 +1143,10 @@ impl<'m> IntModel<'m> {
             return None;
         };
         let q = x.quantize(kernel.in_q());
-        self.run_gemm(&self.model.layers[i].op, kernel, &q).ok()
+        let op = &self.model.layers[i].op;
+        self.run_gemm(op, kernel, &q, (false, false))
+            .ok()
+            .map(|(y, _)| y)
     }
 }
 
@@ -1228,6 +1308,19 @@ mod tests {
         }
     }
 
+    /// [n, c, p] codes as [n, p, c], by direct indexing.
+    fn channels_last(x: &[i8], n: usize, c: usize, p: usize) -> Vec<i8> {
+        let mut y = vec![0; x.len()];
+        for s in 0..n {
+            for ch in 0..c {
+                for i in 0..p {
+                    y[(s * p + i) * c + ch] = x[(s * c + ch) * p + i];
+                }
+            }
+        }
+        y
+    }
+
     #[test]
     fn channels_last_conv_equals_the_nchw_im2col_path_and_the_f64_reference() {
         let in_q = QParams::from_range(ClipRange::new(-1.0, 2.0), 8, Scheme::Asymmetric);
@@ -1267,12 +1360,29 @@ mod tests {
             for clamp in [None, Some((0.0, 6.0))] {
                 let pad_code = in_q.zero_point as i8;
                 let conv = NhwcConv::new(&wq, &bias, (c, kh, kw), (in_q, out_q), clamp).unwrap();
-                let got = conv.run(&x, n, &g, pad_code);
+                let got = conv.run(&x, n, &g, pad_code, (false, false));
                 let gemm = IntGemm::new(&wq, &bias, in_q, out_q, clamp);
                 let want = conv_nchw(&x, n, &g, 1, o, pad_code, |_, cols, rows| {
                     gemm.run(cols, rows)
                 });
                 assert_eq!(got, want, "c {c} kernel {kh}x{kw} clamp {clamp:?}");
+                // Channels-last in and out: the same codes, moved by direct index loops.
+                let x_nhwc = channels_last(&x, n, c, h * w);
+                let outs = if conv.writes_channels_last() {
+                    vec![(false, true), (true, true), (true, false)]
+                } else {
+                    vec![(true, false)]
+                };
+                for (i, o_nhwc) in outs {
+                    let xin = if i { &x_nhwc } else { &x };
+                    let y = conv.run(xin, n, &g, pad_code, (i, o_nhwc));
+                    let want = if o_nhwc {
+                        channels_last(&want, n, o, g.oh * g.ow)
+                    } else {
+                        want.clone()
+                    };
+                    assert_eq!(y, want, "c {c} {kh}x{kw} channels-last in {i} out {o_nhwc}");
+                }
                 let bounds = clamp_bounds(out_q, clamp);
                 let r = group_conv_reference(&x, n, &g, &wq, &bias, 1, (in_q, out_q), bounds);
                 assert!(

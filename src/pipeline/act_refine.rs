@@ -123,7 +123,7 @@ fn loss_from(
             Some((tables, start)) => {
                 int.forward_resume(tables[s / super::BATCH].clone(), start, |_, _, _, _| {})?
             }
-            None => int.forward(make_batch(model, data, s, e)?, |_, _, _, _| {})?,
+            None => int.forward_outputs(make_batch(model, data, s, e)?)?,
         };
         let q = out[0].to_f32_vec();
         let f = &float_out[s * per..e * per];

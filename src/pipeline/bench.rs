@@ -125,8 +125,7 @@ pub fn bench(
         // Outputs only, as a runtime runs a model: activations fused into their convs.
         forward_split(&inputs, parts, |x| float::forward_outputs(model, x, limit)).map(|_| ())
     })?;
-    let int_ms =
-        time(&|| forward_split(&inputs, parts, |x| int.forward(x, |_, _, _, _| {})).map(|_| ()))?;
+    let int_ms = time(&|| forward_split(&inputs, parts, |x| int.forward_outputs(x)).map(|_| ()))?;
     Ok(BenchTimes {
         batch,
         macs_per_sample,

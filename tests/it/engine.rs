@@ -301,3 +301,90 @@ fn normalized(model: &Model, n: usize) -> Vec<f32> {
     model.normalize(&mut x);
     x
 }
+
+#[test]
+fn the_channels_last_run_gives_the_tapped_runs_outputs() {
+    // `forward_outputs` keeps conv outputs channels-last between convs (residual adds, clamps
+    // and downsampling shortcuts in between, depthwise convs and pools reading NCHW copies);
+    // the tapped run, held to the references by the other tests, never does. Same bits.
+    use qscope::pipeline::{Cancel, run};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = ["resnet_ts", "resnet_dynamo", "mobilenetv2_ts"]
+        .map(|f| dir.join(format!("tests/fixtures/onnx/{f}.onnx")));
+    let mut models: Vec<Model> = ["mnist-cnn", "mnist-resnet"]
+        .map(|n| qscope::bundled::model(n).unwrap())
+        .into();
+    models.extend(
+        fixtures
+            .iter()
+            .map(|p| qscope::model::load_model(p, None).unwrap()),
+    );
+    let (calib, test) = (qscope::bundled::calib().take(64), qscope::bundled::test());
+    for model in &models {
+        let out = run(
+            model,
+            &calib,
+            &test.take(8),
+            &Default::default(),
+            &Cancel::new(),
+        )
+        .unwrap();
+        let int = IntModel::new(model, &out.params, usize::MAX);
+        let n = 5;
+        let input = || vec![float::input_tensor(model, &normalized(model, n), n)];
+        let tapped = int.forward(input(), |_, _, _, _| {}).unwrap();
+        let outputs = int.forward_outputs(input()).unwrap();
+        assert_eq!(outputs, tapped, "{}", model.name);
+    }
+}
+
+#[test]
+fn a_graph_ending_in_channels_last_values_gives_them_back_in_shape_order() {
+    // conv 1→8 (the planes path: NCHW out), conv 8→8 + Relu (channels-last out), conv 8→8, and
+    // the output the Add of the last two: channels-last up to the end, put back in shape order.
+    use crate::util::{graph_model, node};
+    use qscope::model::{BinaryOp, Op, Value};
+    use qscope::pipeline::{Cancel, run};
+    let mut rng = Rng(11);
+    let conv = |rng: &mut Rng, o: usize, c: usize| Op::Conv2d {
+        weight: ndarray::Array4::from_shape_vec((o, c, 3, 3), rng.vec(o * c * 9, -0.4, 0.4))
+            .unwrap(),
+        bias: ndarray::Array1::from_vec(rng.vec(o, -0.1, 0.1)),
+        stride: (1, 1),
+        padding: [1; 4],
+        dilation: (1, 1),
+        groups: 1,
+    };
+    let ops = [
+        (conv(&mut rng, 8, 1), vec![0]),
+        (conv(&mut rng, 8, 8), vec![1]),
+        (Op::Relu, vec![2]),
+        (conv(&mut rng, 8, 8), vec![3]),
+        (Op::Binary(BinaryOp::Add), vec![3, 4]),
+    ];
+    let values = (0..=ops.len())
+        .map(|i| Value {
+            name: format!("v{i}"),
+        })
+        .collect();
+    let layers = (ops.into_iter().enumerate())
+        .map(|(i, (op, ins))| node(format!("n{i}"), op, &ins, i + 1))
+        .collect();
+    let model = graph_model(
+        "ends channels-last",
+        (layers, values, vec![]),
+        vec![1, 28, 28],
+        5,
+    );
+    let (calib, mut test) = (
+        qscope::bundled::calib().take(32),
+        qscope::bundled::test().take(4),
+    );
+    // Its output is a feature map, not classes.
+    test.labels = None;
+    let out = run(&model, &calib, &test, &Default::default(), &Cancel::new()).unwrap();
+    let int = IntModel::new(&model, &out.params, usize::MAX);
+    let input = || vec![float::input_tensor(&model, &normalized(&model, 3), 3)];
+    let tapped = int.forward(input(), |_, _, _, _| {}).unwrap();
+    assert_eq!(int.forward_outputs(input()).unwrap(), tapped);
+}

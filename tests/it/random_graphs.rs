@@ -1032,9 +1032,13 @@ fn check_case(seed: u64, blocks: &[u8], s: &Settings) -> Tally {
     let xq = Tensor::q(shape.clone(), codes, qx);
 
     // The engine quantizes a real input exactly as formats.md §3 does here.
-    let from_real = IntModel::new(&model, &params, usize::MAX)
-        .forward(vec![Tensor::f32(shape, x)], |_, _, _, _| {})
+    let int = IntModel::new(&model, &params, usize::MAX);
+    let from_real = int
+        .forward(vec![Tensor::f32(shape.clone(), x.clone())], |_, _, _, _| {})
         .unwrap();
+    // Channels-last mode (no tap) gives the same outputs, checked against the reference below.
+    let outputs_only = int.forward_outputs(vec![Tensor::f32(shape, x)]).unwrap();
+    assert_eq!(outputs_only, from_real, "channels-last run");
     let sim = Sim::new(&model, &params);
     let mut seen = engine_outputs(&model, &params, xq.clone());
     seen.insert(model.inputs[0].value, xq.clone());

@@ -67,11 +67,27 @@ impl NhwcConv {
         self.gemm.out_q
     }
 
-    /// Runs `n` NCHW samples `x` ([n, g.c, g.h, g.w]) with out-of-image taps at `pad` (the
-    /// input zero point): [n, out, g.oh, g.ow]. Each sample is turned channels-last once; then
-    /// blocks of output pixels go through patch rows, the GEMM and its epilogue in buffers of
-    /// cache size that every block reuses, and land in the NCHW output.
-    pub fn run(&self, x: &[i8], n: usize, g: &ConvGeom, pad: i8) -> Vec<i8> {
+    /// Whether [`NhwcConv::run`] can write channels-last output (all but the one-channel
+    /// planes path, which requantizes straight into NCHW planes).
+    pub fn writes_channels_last(&self) -> bool {
+        self.planes.is_none()
+    }
+
+    /// Runs `n` samples `x` ([n, g.c, g.h, g.w], stored channels-last when `nhwc.0`) with
+    /// out-of-image taps at `pad` (the input zero point): [n, out, g.oh, g.ow], stored
+    /// channels-last when `nhwc.1` (which needs [`NhwcConv::writes_channels_last`]). An NCHW
+    /// sample is turned channels-last once; then blocks of output pixels go through patch rows,
+    /// the GEMM and its epilogue in buffers of cache size that every block reuses, and land in
+    /// the output (an NCHW output by one transpose per block).
+    ///
+    /// # Panics
+    /// If `nhwc.1` is asked of the planes path.
+    pub fn run(&self, x: &[i8], n: usize, g: &ConvGeom, pad: i8, nhwc: (bool, bool)) -> Vec<i8> {
+        let (in_nhwc, out_nhwc) = nhwc;
+        assert!(
+            !out_nhwc || self.writes_channels_last(),
+            "the planes path writes NCHW"
+        );
         let (plane, pixels, o, k) = (g.h * g.w, g.out_pixels(), self.gemm.out_channels(), g.k());
         let mut out = vec![0i8; n * o * pixels];
         if pixels == 0 || o == 0 {
@@ -105,41 +121,52 @@ impl NhwcConv {
                 self.run_planes(w, &staged, pixels, &mut acc, os);
                 continue;
             }
-            if g.c == 1 {
+            let src: &[i8] = if g.c == 1 {
                 // One channel: the per-tap shifted planes ([k, pixels]: a few wide copies
                 // instead of one short copy per kernel row and pixel), transposed per block.
                 im2col_columns(xs, g, pad, &mut staged);
+                &staged
+            } else if in_nhwc {
+                xs
             } else {
                 staged.resize(xs.len(), 0);
                 transpose_i8(xs, (g.c, plane, plane), &mut staged, g.c);
-            }
+                &staged
+            };
             if let Some(p) = &mut padded {
-                p.fill(&staged, g, pad);
-                p.run(&self.gemm, g, (&mut acc, &mut y), os);
+                p.fill(src, g, pad);
+                p.run(&self.gemm, g, (&mut acc, &mut y), (os, out_nhwc));
                 continue;
             }
             for p0 in (0..pixels).step_by(block) {
                 let p1 = (p0 + block).min(pixels);
                 let m = p1 - p0;
-                if shifted {
-                    im2col_nhwc_rows_shifted(&staged, g, pad, p0..p1, &mut rows);
-                    self.gemm
-                        .run_into_shifted(&rows[..m * k + slack], m, &mut acc, &mut y);
-                    transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
-                    continue;
-                }
-                let a: &[i8] = if g.c == 1 {
-                    columns_to_rows(&staged, pixels, p0..p1, &mut rows);
-                    &rows[..m * k]
-                } else if one_by_one {
-                    &staged[p0 * k..p1 * k]
+                // Channels-last output rows are the GEMM's own [m, o] rows.
+                let dst = if out_nhwc {
+                    &mut os[p0 * o..p1 * o]
                 } else {
-                    im2col_nhwc_rows(&staged, g, pad, p0..p1, &mut rows);
-                    &rows[..m * k]
+                    &mut y[..m * o]
                 };
-                self.gemm.run_into(a, m, &mut acc, &mut y);
-                // [m, o] rows to the o planes of the NCHW output, at pixel p0.
-                transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
+                if shifted {
+                    im2col_nhwc_rows_shifted(src, g, pad, p0..p1, &mut rows);
+                    self.gemm
+                        .run_into_shifted(&rows[..m * k + slack], m, &mut acc, dst);
+                } else {
+                    let a: &[i8] = if g.c == 1 {
+                        columns_to_rows(src, pixels, p0..p1, &mut rows);
+                        &rows[..m * k]
+                    } else if one_by_one {
+                        &src[p0 * k..p1 * k]
+                    } else {
+                        im2col_nhwc_rows(src, g, pad, p0..p1, &mut rows);
+                        &rows[..m * k]
+                    };
+                    self.gemm.run_into(a, m, &mut acc, dst);
+                }
+                if !out_nhwc {
+                    // [m, o] rows to the o planes of the NCHW output, at pixel p0.
+                    transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
+                }
             }
         }
         out

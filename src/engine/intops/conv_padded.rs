@@ -84,16 +84,18 @@ impl PaddedImage {
         self.buf[top + g.h * row..].fill(pad);
     }
 
-    /// Runs `gemm` (the one the layout was made for) over the image into `out`, one sample's NCHW
-    /// output ([o, oh · ow]), in blocks of output rows whose accumulators `acc` and codes `y`
-    /// are reused: one GEMM per output row, or one per block when the rows of the block are
-    /// evenly spaced in the image (stride 1 and an image as wide as the output, as a 1×1 conv).
+    /// Runs `gemm` (the one the layout was made for) over the image into `out`, one sample's
+    /// output: NCHW ([o, oh · ow]), or channels-last ([oh · ow, o]) when `nhwc`, in blocks of
+    /// output rows whose accumulators `acc` and codes `y` are reused: one GEMM per output row,
+    /// or one per block when the rows of the block are evenly spaced in the image (stride 1 and
+    /// an image as wide as the output, as a 1×1 conv). A channels-last block is written in
+    /// place, an NCHW one through `y` and one transpose.
     pub fn run(
         &self,
         gemm: &IntGemm,
         g: &ConvGeom,
         (acc, y): (&mut Vec<i32>, &mut Vec<i8>),
-        out: &mut [i8],
+        (out, nhwc): (&mut [i8], bool),
     ) {
         let (c, wp, o) = (g.c, g.padded_dims().1, gemm.out_channels());
         let (sh, sw) = g.stride;
@@ -102,16 +104,23 @@ impl PaddedImage {
         for oy0 in (0..g.oh).step_by(block) {
             let nr = block.min(g.oh - oy0);
             let pixels = nr * g.ow;
-            y.resize(pixels * o, 0);
-            if g.stride == (1, 1) && wp == g.ow {
-                gemm.run_into_runs(&self.buf[oy0 * wp * c..], (pixels, c), runs, acc, y);
+            let dst = if nhwc {
+                &mut out[oy0 * g.ow * o..][..pixels * o]
             } else {
-                for (r, yr) in y.chunks_exact_mut(g.ow * o).enumerate() {
+                y.resize(pixels * o, 0);
+                &mut y[..]
+            };
+            if g.stride == (1, 1) && wp == g.ow {
+                gemm.run_into_runs(&self.buf[oy0 * wp * c..], (pixels, c), runs, acc, dst);
+            } else {
+                for (r, yr) in dst.chunks_exact_mut(g.ow * o).enumerate() {
                     let a = &self.buf[(oy0 + r) * sh * wp * c..];
                     gemm.run_into_runs(a, (g.ow, sw * c), runs, acc, yr);
                 }
             }
-            transpose_i8(y, (pixels, o, o), &mut out[oy0 * g.ow..], g.oh * g.ow);
+            if !nhwc {
+                transpose_i8(y, (pixels, o, o), &mut out[oy0 * g.ow..], g.oh * g.ow);
+            }
         }
     }
 }

@@ -77,7 +77,7 @@ pub(super) fn measure(
     let top = IntModel::new(model, base, usize::MAX);
     let base_nsr = nsr(
         &float,
-        &top.forward(inputs.clone(), |_, _, _, _| {})?[0].to_f32_vec(),
+        &top.forward_outputs(inputs.clone())?[0].to_f32_vec(),
     );
     let mut table = SensitivityTable {
         candidates: candidates.to_vec(),
