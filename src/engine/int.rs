@@ -814,6 +814,13 @@ impl<'m> IntModel<'m> {
     ) -> std::result::Result<(ValueId, Tensor, Ran, bool), String> {
         let layer = &self.model.layers[i];
         let x = || ins.first().copied().flatten().ok_or("no input");
+        if matches!(self.steps[i], Step::Node)
+            && stored.first() == Some(&true)
+            && let Some(y) = self.pool_channels_last(i, x()?)
+        {
+            let (y, y_nhwc) = y?;
+            return Ok((layer.output, y, Ran::Int, y_nhwc));
+        }
         Ok(match &self.steps[i] {
             Step::Fused => return Err("is fused into its weight node".into()),
             Step::Gemm { kernel, out } => {
@@ -842,6 +849,48 @@ impl<'m> IntModel<'m> {
                 (layer.output, y, ran, false)
             }
         })
+    }
+
+    /// Node `i` when it is a pool the integer engine runs on channels-last codes `x`: a MaxPool
+    /// (channels-last out) or a global mean whose output is a point ([n, c] out, in shape
+    /// order); the same codes as the NCHW kernels [`IntModel::run_other`] takes. `None` for any
+    /// other node or input.
+    fn pool_channels_last(
+        &self,
+        i: usize,
+        x: &Tensor,
+    ) -> Option<std::result::Result<(Tensor, bool), String>> {
+        let layer = &self.model.layers[i];
+        let &[_, c, h, w] = x.shape.as_slice() else {
+            return None;
+        };
+        x.as_q().filter(|(q, _)| q.len() == x.len())?;
+        match &layer.op {
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+            } => {
+                let g = PoolGeom::new(&[c, h, w], *kernel, *stride, *padding, *ceil_mode);
+                Some(
+                    g.and_then(|g| channels_last::max_pool(x, &g))
+                        .map(|y| (y, true)),
+                )
+            }
+            Op::GlobalAvgPool | Op::ReduceMean { .. } if integer_op(self.model, i) => {
+                let qo = *self.points.get(&layer.output)?;
+                let keep = !matches!(
+                    layer.op,
+                    Op::ReduceMean {
+                        keepdims: false,
+                        ..
+                    }
+                );
+                Some(channels_last::global_mean(x, qo, keep).map(|y| (y, false)))
+            }
+            _ => None,
+        }
     }
 
     /// Runs a one-input model on `n` normalized samples; returns its first output as reals.

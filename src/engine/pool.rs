@@ -215,7 +215,7 @@ fn max_2x2<T: Copy + Default>(x: &[T], g: &PoolGeom, out: &mut [T], max: impl Fn
 
 /// Per output position along one axis: the input range [lo, hi) of the window and the
 /// number of its taps inside the padded input.
-fn windows(
+pub(crate) fn windows(
     out: usize,
     len: usize,
     k: usize,

@@ -6,9 +6,12 @@
 //!
 //! [`IntModel::forward_outputs`]: crate::engine::int::IntModel::forward_outputs
 
+use crate::engine::intops::mean::MeanRequant;
+use crate::engine::pool::{PoolGeom, windows};
 use crate::engine::tensor::{Data, Tensor};
 use crate::engine::transpose::transpose_i8;
 use crate::model::{BinaryOp, Op};
+use crate::quant::QParams;
 
 /// `t` (an [n, c, …] tensor stored channels-last: [n, …, c]) stored in its shape's order.
 pub fn to_nchw(t: &Tensor) -> Tensor {
@@ -70,6 +73,69 @@ pub fn keeps_channels_last(op: &Op, ins: &[Option<&Tensor>]) -> bool {
             .all(|t| t.is_some_and(|t| t.shape == first.shape))
 }
 
+/// MaxPool over window geometry `g` of channels-last codes `x` ([n, c, h, w] stored [n, h, w,
+/// c]), channels-last out ([n, c, oh, ow] stored [n, oh, ow, c]): each output pixel's row the
+/// elementwise max of the rows of its window's in-image pixels (padding takes no part, as in
+/// the NCHW kernel; every window holds at least one such pixel, see [`PoolGeom::new`]).
+pub fn max_pool(x: &Tensor, g: &PoolGeom) -> Result<Tensor, String> {
+    let (q, qp) = x.as_q().ok_or("expects quantized input")?;
+    let n = x.shape.first().copied().unwrap_or(0);
+    let (c, sample) = (g.c, g.c * g.h * g.w);
+    if q.len() != n * sample {
+        return Err(format!("input {:?} does not fit the pool", x.shape));
+    }
+    let rows = windows(g.oh, g.h, g.kernel.0, g.stride.0, g.pad[0], g.pad[2]);
+    let cols = windows(g.ow, g.w, g.kernel.1, g.stride.1, g.pad[1], g.pad[3]);
+    let mut y = vec![i8::MIN; n * c * g.oh * g.ow];
+    if y.is_empty() {
+        return Ok(Tensor::q(vec![n, c, g.oh, g.ow], y, qp));
+    }
+    let mut out_rows = y.chunks_exact_mut(c.max(1));
+    for image in q.chunks_exact(sample.max(1)) {
+        for &(y0, y1, _) in &rows {
+            for (&(x0, x1, _), dst) in cols.iter().zip(&mut out_rows) {
+                for iy in y0..y1 {
+                    let run = &image[(iy * g.w + x0) * c..(iy * g.w + x1) * c];
+                    for src in run.chunks_exact(c) {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (*d).max(v));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::q(vec![n, c, g.oh, g.ow], y, qp))
+}
+
+/// GlobalAveragePool (or ReduceMean over H and W) of channels-last codes `x` into `qo`, with
+/// the NCHW kernel's centred sums and requantization
+/// ([`plane_mean`](crate::engine::intops::mean::plane_mean)); its [n, c(, 1, 1)] output is in
+/// shape order (one pixel per channel).
+pub fn global_mean(x: &Tensor, qo: QParams, keep: bool) -> Result<Tensor, String> {
+    let (q, qi) = x.as_q().ok_or("expects quantized input")?;
+    let &[n, c, h, w] = x.shape.as_slice() else {
+        return Err(format!("expects an [N, C, H, W] input, got {:?}", x.shape));
+    };
+    let plane = h * w;
+    if plane == 0 || q.len() != n * c * plane {
+        return Err("has an empty plane".into());
+    }
+    let rq = MeanRequant::new(qi, qo, plane);
+    let z = qi.zero_point as i64;
+    let mut y = Vec::with_capacity(n * c);
+    let mut sums = vec![0i64; c];
+    for sample in q.chunks_exact(c * plane) {
+        sums.fill(0);
+        for row in sample.chunks_exact(c) {
+            sums.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s += v as i64 - z);
+        }
+        y.extend(sums.iter().map(|&s| rq.apply(s, plane)));
+    }
+    let shape = if keep { vec![n, c, 1, 1] } else { vec![n, c] };
+    Ok(Tensor::q(shape, y, qo))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +175,51 @@ mod tests {
         );
         let wq: Vec<i8> = want.iter().map(|&v| v as i8).collect();
         assert_eq!(to_nchw(&q).data, Data::Q { data: wq, qp });
+    }
+
+    #[test]
+    fn channels_last_max_pool_is_the_max_over_each_windows_image_pixels() {
+        // Against a brute-force loop over padded coordinates: odd sizes, padding on each side,
+        // ceil mode, overlapping and strided windows.
+        let qp = QParams {
+            scale: 0.1,
+            zero_point: -5,
+            bits: 8,
+            scheme: Scheme::Asymmetric,
+        };
+        for (c, h, w, k, st, pad, ceil) in [
+            (3, 7, 9, (2, 2), (2, 2), [0, 0, 0, 0], false),
+            (5, 7, 9, (3, 3), (2, 2), [1, 1, 1, 1], true),
+            (4, 6, 5, (3, 2), (1, 2), [2, 0, 1, 1], false),
+            (1, 5, 5, (2, 2), (2, 2), [0, 0, 0, 0], true),
+        ] {
+            let g = PoolGeom::new(&[c, h, w], k, st, pad, ceil).unwrap();
+            let n = 2;
+            let x: Vec<i8> = (0..n * c * h * w)
+                .map(|i| ((i * 89 + 7) % 256) as u8 as i8)
+                .collect();
+            let y = max_pool(&Tensor::q(vec![n, c, h, w], x.clone(), qp), &g).unwrap();
+            let (got, _) = y.as_q().unwrap();
+            for s in 0..n {
+                for (oy, ox, ch) in (0..g.oh)
+                    .flat_map(|a| (0..g.ow).flat_map(move |b| (0..c).map(move |ch| (a, b, ch))))
+                {
+                    let mut want = i8::MIN;
+                    for (ky, kx) in (0..k.0).flat_map(|a| (0..k.1).map(move |b| (a, b))) {
+                        let (py, px) = (oy * st.0 + ky, ox * st.1 + kx);
+                        let (Some(iy), Some(ix)) = (py.checked_sub(pad[0]), px.checked_sub(pad[1]))
+                        else {
+                            continue;
+                        };
+                        if iy < h && ix < w {
+                            want = want.max(x[((s * h + iy) * w + ix) * c + ch]);
+                        }
+                    }
+                    let at = ((s * g.oh + oy) * g.ow + ox) * c + ch;
+                    assert_eq!(got[at], want, "c {c} {h}x{w} k {k:?} at {s},{oy},{ox},{ch}");
+                }
+            }
+        }
     }
 
     #[test]
