@@ -432,9 +432,24 @@ impl<'m> Values<'m> {
 
     /// Frees the values whose last reader was node `i` (constants and outputs stay).
     pub fn free_after(&mut self, model: &Model, last: &[usize], i: usize) {
+        self.free_after_into(model, last, i, drop);
+    }
+
+    /// [`Values::free_after`], handing each freed value to `keep` (which may recycle its
+    /// buffer) instead of dropping it.
+    pub fn free_after_into(
+        &mut self,
+        model: &Model,
+        last: &[usize],
+        i: usize,
+        mut keep: impl FnMut(Tensor),
+    ) {
         for v in model.layers[i].inputs.iter().flatten() {
-            if last[*v] == i && !matches!(self.slots[*v], Some(std::borrow::Cow::Borrowed(_))) {
-                self.slots[*v] = None;
+            if last[*v] == i
+                && let Some(std::borrow::Cow::Owned(t)) =
+                    self.slots[*v].take_if(|s| matches!(s, std::borrow::Cow::Owned(_)))
+            {
+                keep(t);
             }
         }
     }

@@ -791,7 +791,7 @@ impl<'m> IntModel<'m> {
             }
             nhwc[out] = y_nhwc;
             vals.set(out, y);
-            vals.free_after(model, &last, i);
+            vals.free_after_into(model, &last, i, super::recycle::give);
         }
         // What is left (the graph outputs) goes back to shape order.
         for (v, _) in nhwc.iter().enumerate().filter(|(_, c)| **c) {

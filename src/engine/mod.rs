@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod linear_f32;
 pub mod ops;
 pub mod pool;
+pub mod recycle;
 pub mod requant;
 #[cfg(target_arch = "x86_64")]
 mod requant_avx2;

@@ -157,7 +157,8 @@ pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, S
     let k = QAdd::new(q1, q2, qo, sub);
     let apply = |u: i8, v: i8| k.apply(u, v);
     if x1.shape == x2.shape {
-        let mut y = vec![0i8; a.len()];
+        // Every code is written below.
+        let mut y = crate::engine::recycle::codes(a.len());
         if !same_shape_simd(&k, a, b, &mut y) {
             if a.len() >= PAIR_TABLE_MIN {
                 // One table of all 65,536 code pairs: a single load per element.

@@ -26,7 +26,7 @@ pub fn to_nchw(t: &Tensor) -> Tensor {
     }
     let data = match &t.data {
         Data::Q { data, qp } => {
-            let mut y = vec![0i8; data.len()];
+            let mut y = crate::engine::recycle::codes(data.len());
             for (src, dst) in data.chunks_exact(sample).zip(y.chunks_exact_mut(sample)) {
                 transpose_i8(src, (plane, c, c), dst, plane);
             }

@@ -89,7 +89,8 @@ impl NhwcConv {
             "the planes path writes NCHW"
         );
         let (plane, pixels, o, k) = (g.h * g.w, g.out_pixels(), self.gemm.out_channels(), g.k());
-        let mut out = vec![0i8; n * o * pixels];
+        // Every code is written below (all paths fill every plane or row).
+        let mut out = crate::engine::recycle::codes(n * o * pixels);
         if pixels == 0 || o == 0 {
             return out;
         }

@@ -273,8 +273,8 @@ pub(super) unsafe fn run(conv: &GroupConv, q: &Quads, x: &[i8], n: usize, g: &Co
     let hbuf = &mut hvec[start..start + hsize];
     let total = n * conv.out * opix;
     // 64 bytes of slack: each block of output vectors is stored whole, valid lanes first.
-    let mut y: Vec<i8> = Vec::with_capacity(total + 64);
-    let out = y.spare_capacity_mut().as_mut_ptr().cast::<i8>();
+    let mut y = crate::engine::recycle::codes(total + 64);
+    let out = y.as_mut_ptr();
     for s in 0..n {
         for gi in 0..conv.groups {
             for icg in 0..cg {
@@ -283,15 +283,12 @@ pub(super) unsafe fn run(conv: &GroupConv, q: &Quads, x: &[i8], n: usize, g: &Co
             }
             let at = (s * conv.out + gi * og) * opix;
             // SAFETY: CPU features per this fn's contract; the og planes from `at` and 64 bytes
-            // past them lie in y's capacity (at + og·opix ≤ total), and `group_out` writes
-            // their bytes in full (what it stores past a plane is overwritten by the next one
-            // or left unused).
+            // past them lie in y (at + og·opix ≤ total), and `group_out` writes their bytes
+            // in full (what it stores past a plane is overwritten by the next one or cut off).
             unsafe { group_out(conv, q, &lay, hbuf, gi * og..(gi + 1) * og, out.add(at)) };
         }
     }
-    // SAFETY: every plane of the n·out planes was written in full by `group_out`, so all
-    // `total` bytes are initialized.
-    unsafe { y.set_len(total) };
+    y.truncate(total);
     y
 }
 
