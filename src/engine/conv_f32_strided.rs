@@ -4,8 +4,10 @@
 //! tap k = (c, ky, kx), one broadcast image element per pixel (at the pixel's first element
 //! plus off_k) times the 32 weights of that tap: one fused multiply-add per pixel, vector and
 //! tap, in tap order. The tile is stored transposed (four 8 × 8 register transposes), 8
-//! pixels into each of its 32 output planes. Without AVX-512, an AVX2 + FMA tile computes the
-//! same sums in four passes of 4 pixels × 16 channels (8 accumulators).
+//! pixels into each of its 32 output planes. A conv of at most 16 output channels takes a tile
+//! of 16 pixels × 16 channels instead (half the 32-channel tile's multiply-adds would fall on
+//! padded channels): the same sums in the same order. Without AVX-512, an AVX2 + FMA tile
+//! computes the same sums in four passes of 4 pixels × 16 channels (8 accumulators).
 
 use super::clamp_f32::Clamp;
 use super::conv_f32::{applies_any_stride, fill_padded, pack, tap_offsets};
@@ -15,6 +17,14 @@ use super::im2col::ConvGeom;
 const PR: usize = 8;
 /// Output channels per tile (two vectors).
 const OC: usize = 32;
+/// A conv of at most 16 output channels on AVX-512: one vector of channels and 16 pixels per
+/// tile (the 32-channel tile would leave half its multiply-adds on padded channels).
+const NARROW: (usize, usize) = (16, 16);
+
+/// A tile kernel of `P` pixels: its image, pixel starts, tap offsets, (weights, bias, clamp),
+/// and where it writes (transposed: channel j's `P` values at p[j · ld]).
+type TileFn<const P: usize> =
+    unsafe fn(&[f32], &[usize; P], &[usize], (&[f32], &[f32], Clamp), (*mut f32, usize));
 
 /// The ungrouped conv of `n` NCHW samples `xs` at any stride, as [`super::conv_f32`]'s
 /// `conv_f32_padded` computes it: each output clamp(bias + Σ_k w_k · x_k), the sum in tap order.
@@ -66,15 +76,17 @@ pub(super) fn strided_with(
         furthest < g.c * hp * wp,
         "every tap inside the padded image"
     );
-    let packed = pack(w, (o, k), OC);
-    let padded_bias: Vec<f32> = (0..o.div_ceil(OC) * OC)
+    let narrow = wide && o <= NARROW.0;
+    let oc = if narrow { NARROW.0 } else { OC };
+    let packed = pack(w, (o, k), oc);
+    let padded_bias: Vec<f32> = (0..o.div_ceil(oc) * oc)
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
         .collect();
     // Without padding (a 1×1 conv) the taps read the sample where it is.
     let unpadded = (hp, wp) == (g.h, g.w);
     let mut img = vec![0f32; if unpadded { 0 } else { g.c * hp * wp }];
-    // A partial tile's planes (PR values each), copied out for its pixels and channels.
-    let mut scratch = [0f32; OC * PR];
+    let geometry = (&starts[..], &offsets[..], (o, k));
+    let weights = (&packed[..], &padded_bias[..], clamp);
     for (x1, ys) in xs
         .chunks_exact(g.c * g.h * g.w)
         .zip(y.spare_capacity_mut()[..len].chunks_exact_mut(o * pixels))
@@ -85,49 +97,126 @@ pub(super) fn strided_with(
             fill_padded(&mut img, x1, g);
             &img
         };
-        for (ob, wk) in packed.chunks_exact(OC * k).enumerate() {
-            let rows = OC.min(o - ob * OC);
-            let b = &padded_bias[ob * OC..(ob + 1) * OC];
-            for p0 in (0..pixels).step_by(PR) {
-                let np = PR.min(pixels - p0);
-                // Past the last pixel, the last one again (computed, not stored).
-                let at: [usize; PR] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
-                // A whole tile goes straight to its OC planes, PR pixels per plane.
-                let whole = np == PR && rows == OC;
-                let dst = if whole {
-                    (ys[ob * OC * pixels + p0..].as_mut_ptr().cast(), pixels)
-                } else {
-                    (scratch.as_mut_ptr(), PR)
-                };
-                // SAFETY: AVX-512F (`wide`) or AVX2 + FMA per `applies`; every pixel's start plus any tap
-                // offset is at most `furthest`, inside the image (asserted above); `wk` holds
-                // OC weights per tap (a chunk of OC·k) and `b` OC biases; a whole tile writes
-                // pixels p0 .. p0 + PR of planes ob·OC .. ob·OC + OC, inside `ys`, and a
-                // partial one the OC planes of PR values of `scratch`.
-                unsafe {
-                    if wide {
-                        tile(img, &at, &offsets, (wk, b, clamp), dst)
-                    } else {
-                        tile_avx2(img, &at, &offsets, (wk, b, clamp), dst)
-                    }
-                };
-                if whole {
-                    continue;
-                }
-                let planes = ys.chunks_exact_mut(pixels).skip(ob * OC).take(rows);
-                for (plane, part) in planes.zip(scratch.chunks_exact(PR)) {
-                    for (d, &s) in plane[p0..p0 + np].iter_mut().zip(&part[..np]) {
-                        d.write(s);
-                    }
+        // SAFETY: `narrow` and `wide` need AVX-512F, the AVX2 tile AVX2 + FMA, per `applies`
+        // and the caller; every pixel's start plus any tap offset is at most `furthest`,
+        // inside the image (asserted above); the weights are packed in blocks of `oc`.
+        unsafe {
+            if narrow {
+                sample_tiles::<16, 16>(img, ys, geometry, weights, tile16)
+            } else if wide {
+                sample_tiles::<OC, PR>(img, ys, geometry, weights, tile)
+            } else {
+                sample_tiles::<OC, PR>(img, ys, geometry, weights, tile_avx2)
+            }
+        };
+    }
+    // SAFETY: `sample_tiles` wrote each plane's pixels 0 .. pixels of every sample.
+    unsafe { y.set_len(len) };
+    y
+}
+
+/// One sample's output planes `ys` ([o, pixels]) by tiles of `C` channels × `P` pixels of
+/// `tile`: a whole tile straight into its planes, a partial one (the last pixels, or fewer
+/// than `C` channels left) through a scratch tile. Past the last pixel a tile computes the
+/// last one again and does not store it.
+///
+/// # Safety
+/// `tile` runs on this CPU; `starts` (one per output pixel, rising) plus every offset index
+/// `img`; `packed` holds the weights in blocks of `C` channels of `k` taps, `bias` whole
+/// blocks of `C`; `C · P ≤ 256`.
+unsafe fn sample_tiles<const C: usize, const P: usize>(
+    img: &[f32],
+    ys: &mut [std::mem::MaybeUninit<f32>],
+    (starts, offsets, (o, k)): (&[usize], &[usize], (usize, usize)),
+    (packed, bias, clamp): (&[f32], &[f32], Clamp),
+    tile: TileFn<P>,
+) {
+    let pixels = starts.len();
+    let mut scratch = [0f32; 256];
+    let scratch = &mut scratch[..C * P];
+    for (ob, wk) in packed.chunks_exact(C * k).enumerate() {
+        let rows = C.min(o - ob * C);
+        let b = &bias[ob * C..(ob + 1) * C];
+        for p0 in (0..pixels).step_by(P) {
+            let np = P.min(pixels - p0);
+            let at: [usize; P] = std::array::from_fn(|r| starts[p0 + r.min(np - 1)]);
+            // A whole tile goes straight to its C planes, P pixels per plane.
+            let whole = np == P && rows == C;
+            let dst = if whole {
+                (ys[ob * C * pixels + p0..].as_mut_ptr().cast(), pixels)
+            } else {
+                (scratch.as_mut_ptr(), P)
+            };
+            // SAFETY: per this fn's contract for the image, weights and bias; a whole tile
+            // writes pixels p0 .. p0 + P of planes ob·C .. ob·C + C, inside `ys`, and a partial
+            // one the C planes of P values of `scratch`.
+            unsafe { tile(img, &at, offsets, (wk, b, clamp), dst) };
+            if whole {
+                continue;
+            }
+            let planes = ys.chunks_exact_mut(pixels).skip(ob * C).take(rows);
+            for (plane, part) in planes.zip(scratch.chunks_exact(P)) {
+                for (d, &s) in plane[p0..p0 + np].iter_mut().zip(&part[..np]) {
+                    d.write(s);
                 }
             }
         }
     }
-    // SAFETY: for every sample, block of OC planes and run of PR pixels, a whole tile wrote
-    // its pixels of its OC planes in place, and a partial one its `np` pixels of its `rows`
-    // planes through `scratch`: each plane's pixels 0 .. pixels of every sample are written.
-    unsafe { y.set_len(len) };
-    y
+}
+
+/// [`tile`] for at most 16 output channels: 16 pixels × one vector of 16 channels (16
+/// accumulators, one weight load and 16 image broadcasts per tap), stored transposed.
+///
+/// # Safety
+/// As [`tile`], with 16 pixels and 16 channels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile16(
+    img: &[f32],
+    at: &[usize; 16],
+    offsets: &[usize],
+    (w, b, clamp): (&[f32], &[f32], Clamp),
+    (p, ld): (*mut f32, usize),
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (loads below): b holds 16 floats, w 16 per tap, per this fn's contract.
+    let mut acc = [unsafe { _mm512_loadu_ps(b.as_ptr()) }; 16];
+    let base = img.as_ptr();
+    for (t, &off) in offsets.iter().enumerate() {
+        // SAFETY: tap t's 16 weights and every pixel's element, per this fn's contract.
+        unsafe {
+            let w0 = _mm512_loadu_ps(w.as_ptr().add(t * 16));
+            for (a, &px) in acc.iter_mut().zip(at) {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*base.add(px + off)), w0, *a);
+            }
+        }
+    }
+    let (lo, hi) = clamp.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    for (px, pixel_half) in acc.chunks_exact(8).enumerate() {
+        for half in 0..2 {
+            let rows: [__m256; 8] = std::array::from_fn(|r| half_of(pixel_half[r], half));
+            for (j, col) in transpose8(rows).into_iter().enumerate() {
+                let col = _mm256_min_ps(hi, _mm256_max_ps(lo, col));
+                // SAFETY: channel 8·half + j < 16, pixels 8·px .. 8·px + 8 < 16, per this
+                // fn's contract.
+                unsafe { _mm256_storeu_ps(p.add((8 * half + j) * ld + 8 * px), col) };
+            }
+        }
+    }
+}
+
+/// The low (`half` 0) or high 8 lanes of `v`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn half_of(v: std::arch::x86_64::__m512, half: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let wide = _mm512_castps_pd(v);
+    if half == 0 {
+        _mm256_castpd_ps(_mm512_castpd512_pd256(wide))
+    } else {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(wide))
+    }
 }
 
 /// One tile, written transposed to `(p, ld)`: p[j · ld + r] = clamp(b[j] + Σ_t w[t][j] ·
@@ -192,14 +281,7 @@ unsafe fn store_transposed(
     let by_vector: [[__m512; PR]; 2] = std::array::from_fn(|v| std::array::from_fn(|r| acc[r][v]));
     for (v, vecs) in by_vector.iter().enumerate() {
         for half in 0..2 {
-            let rows: [__m256; PR] = std::array::from_fn(|r| {
-                let wide = _mm512_castps_pd(vecs[r]);
-                if half == 0 {
-                    _mm256_castpd_ps(_mm512_castpd512_pd256(wide))
-                } else {
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(wide))
-                }
-            });
+            let rows: [__m256; PR] = std::array::from_fn(|r| half_of(vecs[r], half));
             for (j, col) in transpose8(rows).into_iter().enumerate() {
                 let ch = 16 * v + 8 * half + j;
                 let col = _mm256_min_ps(hi, _mm256_max_ps(lo, col));
@@ -307,6 +389,18 @@ fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 
 unsafe fn tile(
     _: &[f32],
     _: &[usize; PR],
+    _: &[usize],
+    _: (&[f32], &[f32], Clamp),
+    _: (*mut f32, usize),
+) {
+    unreachable!("applies() is false off x86-64")
+}
+
+/// Not built off x86-64: [`applies`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile16(
+    _: &[f32],
+    _: &[usize; 16],
     _: &[usize],
     _: (&[f32], &[f32], Clamp),
     _: (*mut f32, usize),
