@@ -139,42 +139,61 @@ impl NhwcConv {
                 p.run(&self.gemm, g, (&mut acc, &mut y), (os, out_nhwc));
                 continue;
             }
-            for p0 in (0..pixels).step_by(block) {
-                let p1 = (p0 + block).min(pixels);
-                let m = p1 - p0;
-                // Channels-last output rows are the GEMM's own [m, o] rows.
-                let dst = if out_nhwc {
-                    &mut os[p0 * o..p1 * o]
-                } else {
-                    &mut y[..m * o]
-                };
-                if shifted {
-                    im2col_nhwc_rows_shifted(src, g, pad, p0..p1, &mut rows);
-                    self.gemm
-                        .run_into_shifted(&rows[..m * k + slack], m, &mut acc, dst);
-                } else {
-                    let a: &[i8] = if g.c == 1 {
-                        columns_to_rows(src, pixels, p0..p1, &mut rows);
-                        &rows[..m * k]
-                    } else if one_by_one {
-                        &src[p0 * k..p1 * k]
-                    } else {
-                        im2col_nhwc_rows(src, g, pad, p0..p1, &mut rows);
-                        &rows[..m * k]
-                    };
-                    self.gemm.run_into(a, m, &mut acc, dst);
-                }
-                if !out_nhwc {
-                    // [m, o] rows to the o planes of the NCHW output, at pixel p0.
-                    transpose_i8(&y, (m, o, o), &mut os[p0..], pixels);
-                }
-            }
+            let bufs = (&mut rows[..], &mut acc, &mut y[..]);
+            self.run_patch_blocks(src, (g, pad), (os, out_nhwc), (block, shifted), bufs);
         }
         out
     }
 }
 
 impl NhwcConv {
+    /// One sample's output `os` in blocks of `block` output pixels through patch rows read from
+    /// `src` (the sample channels-last, or a one-channel conv's tap planes; written `shifted` to
+    /// unsigned for the VNNI GEMM where it reads them so): each block's GEMM writes its [m, o]
+    /// rows in place when `out_nhwc`, else into `y` and one transpose into the NCHW planes.
+    fn run_patch_blocks(
+        &self,
+        src: &[i8],
+        (g, pad): (&ConvGeom, i8),
+        (os, out_nhwc): (&mut [i8], bool),
+        (block, shifted): (usize, bool),
+        (rows, acc, y): (&mut [i8], &mut Vec<i32>, &mut [i8]),
+    ) {
+        let (pixels, o, k) = (g.out_pixels(), self.gemm.out_channels(), g.k());
+        let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
+        let slack = shifted_row_bytes(k) - k;
+        for p0 in (0..pixels).step_by(block) {
+            let p1 = (p0 + block).min(pixels);
+            let m = p1 - p0;
+            // Channels-last output rows are the GEMM's own [m, o] rows.
+            let dst = if out_nhwc {
+                &mut os[p0 * o..p1 * o]
+            } else {
+                &mut y[..m * o]
+            };
+            if shifted {
+                im2col_nhwc_rows_shifted(src, g, pad, p0..p1, rows);
+                self.gemm
+                    .run_into_shifted(&rows[..m * k + slack], m, acc, dst);
+            } else {
+                let a: &[i8] = if g.c == 1 {
+                    columns_to_rows(src, pixels, p0..p1, rows);
+                    &rows[..m * k]
+                } else if one_by_one {
+                    &src[p0 * k..p1 * k]
+                } else {
+                    im2col_nhwc_rows(src, g, pad, p0..p1, rows);
+                    &rows[..m * k]
+                };
+                self.gemm.run_into(a, m, acc, dst);
+            }
+            if !out_nhwc {
+                // [m, o] rows to the o planes of the NCHW output, at pixel p0.
+                transpose_i8(y, (m, o, o), &mut os[p0..], pixels);
+            }
+        }
+    }
+
     /// One sample of a one-channel conv: each output channel's accumulators are the sum over
     /// taps of weight × tap plane (`taps`: [k, pixels]), requantized straight into its NCHW
     /// plane of `out`. The input zero point is folded into the epilogue's constants.
