@@ -1093,10 +1093,10 @@ impl<'m> IntModel<'m> {
             WeightKernel::Nhwc(c) if matches!(op, Op::Conv2d { .. }) => Some(c),
             _ => None,
         };
-        let reordered;
+        let nchw;
         let x = if in_nhwc && nhwc_conv.is_none() {
-            reordered = channels_last::to_nchw(x);
-            &reordered
+            nchw = channels_last::to_nchw(x);
+            &nchw
         } else {
             x
         };

@@ -6,7 +6,7 @@ use crate::util::Rng;
 use ndarray::{Array1, Array2};
 use qscope::engine::float::{forward, infer_shapes};
 use qscope::engine::tensor::Tensor;
-use qscope::model::{BinaryOp, DType, Dataset, GraphInput, Layer, Model, Op, Source, Value};
+use qscope::model::{BinaryOp, DType, Dataset, GraphInput, Model, Op, Source, Value};
 use qscope::pipeline::{Cancel, make_batch, run, smoothquant};
 use qscope::{QuantConfig, Strategy};
 use std::path::PathBuf;
@@ -90,14 +90,8 @@ fn enc_model(p: &Enc) -> Model {
         axis: -1,
         epsilon: EPS,
     };
-    let node = |name: &str, op: Op, inputs: &[usize], output: usize| Layer {
-        name: name.into(),
-        op_type: op.kind().into(),
-        op,
-        inputs: inputs.iter().map(|&v| Some(v)).collect(),
-        output,
-        in_shape: Vec::new(),
-        out_shape: Vec::new(),
+    let node = |name: &str, op: Op, inputs: &[usize], output: usize| {
+        crate::util::node(name.into(), op, inputs, output)
     };
     let zeros = vec![0.0; C];
     let layers = vec![

@@ -112,7 +112,8 @@ impl NhwcConv {
             block * k + slack
         };
         let (mut staged, mut rows) = (Vec::new(), vec![0i8; rows_len]);
-        let (mut acc, mut y) = (Vec::new(), vec![0i8; block * o]);
+        // NCHW output only: each block's rows before their transpose.
+        let (mut acc, mut y) = (Vec::new(), vec![0i8; if out_nhwc { 0 } else { block * o }]);
         for (xs, os) in x
             .chunks_exact(g.c * plane)
             .zip(out.chunks_exact_mut(o * pixels))
