@@ -303,13 +303,22 @@ mod tests {
             .map(|&(a, b)| (b - a + 1) as usize)
             .max()
             .unwrap();
-        for (lo, hi) in [(-128, 127), (-40, 90)] {
+        // The last clamp's floor is every column's zero point (a fused ReLU): lines of one
+        // offset, which the kernel takes without choosing one by sign.
+        let relu = vec![-20; out];
+        for (zp, lo, hi) in [(&zp, -128, 127), (&zp, -40, 90), (&relu, -20, 127)] {
             let rq = Requant::new(mult.clone(), konst.clone(), zp.clone(), lo, hi)
                 .sums_fit_i32()
                 .with_ranges(&ranges);
             #[cfg(target_arch = "x86_64")]
             if has_avx512() {
-                assert!(rq.lines.is_some(), "verified lines for these columns");
+                let lines = rq.lines.as_ref().expect("verified lines for these columns");
+                let one = lines.one_offset_blocks();
+                assert_eq!(
+                    one > 0,
+                    zp == &relu,
+                    "{one} blocks of one offset, clamp [{lo}, {hi}]"
+                );
             }
             // Row i holds, in column r, the i-th accumulator of r's range (its last repeated).
             let c: Vec<i32> = (0..widest)

@@ -94,6 +94,18 @@ impl LineBlocks {
     }
 }
 
+#[cfg(test)]
+impl LineBlocks {
+    /// Blocks whose lines all have one offset.
+    pub(super) fn one_offset_blocks(&self) -> usize {
+        self.blocks
+            .iter()
+            .flatten()
+            .filter(|b| b.bp == b.bn)
+            .count()
+    }
+}
+
 /// Requantizes rows of `out` accumulators in `c` into `y`: blocks with lines through them, the
 /// others through the fixed-point loop of `fixed`.
 ///
@@ -107,42 +119,66 @@ pub(super) unsafe fn rows(
     y: &mut [i8],
     (lo, hi): (i32, i32),
 ) {
+    for (j, lb) in lines.blocks.iter().enumerate() {
+        // SAFETY (both calls): as this fn's contract; j indexes a block of `fixed` and of
+        // `lines`, built alike.
+        match lb {
+            None => unsafe { block(fixed, j, (out, sums_fit), c, y, (lo, hi)) },
+            // One offset for every accumulator (a fused ReLU's lines): no choice by sign.
+            Some(lb) if lb.bp == lb.bn => unsafe {
+                line_block::<true>(lb, (j, out), c, y, (lo, hi))
+            },
+            Some(lb) => unsafe { line_block::<false>(lb, (j, out), c, y, (lo, hi)) },
+        }
+    }
+}
+
+/// Block `j` (columns 16j .. 16j + 16 of `out`) of every row through its lines; with `ONE`,
+/// every lane's line has one offset (b_n = b_p) and none is chosen by sign.
+///
+/// # Safety
+/// The CPU supports AVX-512 F, DQ, BW and VL; `lb` built for block j of `out` columns.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+unsafe fn line_block<const ONE: bool>(
+    lb: &LineBlock,
+    (j, out): (usize, usize),
+    c: &[i32],
+    y: &mut [i8],
+    (lo, hi): (i32, i32),
+) {
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
     let (vlo, vhi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
-    for (j, lb) in lines.blocks.iter().enumerate() {
-        let Some(lb) = lb else {
-            // SAFETY: as this fn's contract; j indexes a block of `fixed`, built alike.
-            unsafe { block(fixed, j, (out, sums_fit), c, y, (lo, hi)) };
-            continue;
-        };
-        let n = (out - 16 * j).min(16);
-        let mask: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
-        let (konst, a0, cc) = (ld(&lb.konst), ld(&lb.a0), ld(&lb.c));
-        let (m, bp, bn) = (ldf(&lb.m), ldf(&lb.bp), ldf(&lb.bn));
-        // In registers, not a Vec (a vector type's alignment makes that an aligned allocation
-        // on every call).
-        let zero = _mm512_setzero_si512();
-        let mut exc = [(zero, zero); MAX_EXC];
-        for (x, (e, v)) in exc.iter_mut().zip(&lb.exc) {
-            *x = (ld(e), ld(v));
-        }
-        let exc = &exc[..lb.exc.len()];
-        for r in 0..n_rows {
-            let at = r * out + 16 * j;
-            // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
-            // both c and y hold.
-            unsafe {
-                let a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, c.as_ptr().add(at)), konst);
-                let b = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(a, a0), bp, bn);
-                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), m, b);
-                const RD: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-                let mut q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RD>(t), cc);
-                for &(e, v) in exc {
-                    q = _mm512_mask_mov_epi32(q, _mm512_cmpeq_epi32_mask(a, e), v);
-                }
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
-                _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), mask, _mm512_cvtepi32_epi8(q));
+    let n = (out - 16 * j).min(16);
+    let mask: u16 = if n == 16 { !0 } else { (1 << n) - 1 };
+    let (konst, a0, cc) = (ld(&lb.konst), ld(&lb.a0), ld(&lb.c));
+    let (m, bp, bn) = (ldf(&lb.m), ldf(&lb.bp), ldf(&lb.bn));
+    // In registers, not a Vec (a vector type's alignment makes that an aligned allocation
+    // on every call).
+    let zero = _mm512_setzero_si512();
+    let mut exc = [(zero, zero); MAX_EXC];
+    for (x, (e, v)) in exc.iter_mut().zip(&lb.exc) {
+        *x = (ld(e), ld(v));
+    }
+    let exc = &exc[..lb.exc.len()];
+    for r in 0..n_rows {
+        let at = r * out + 16 * j;
+        // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
+        // both c and y hold.
+        unsafe {
+            let a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, c.as_ptr().add(at)), konst);
+            let b = if ONE {
+                bp
+            } else {
+                _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(a, a0), bp, bn)
+            };
+            let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), m, b);
+            const RD: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+            let mut q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RD>(t), cc);
+            for &(e, v) in exc {
+                q = _mm512_mask_mov_epi32(q, _mm512_cmpeq_epi32_mask(a, e), v);
             }
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
+            _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), mask, _mm512_cvtepi32_epi8(q));
         }
     }
 }

@@ -160,7 +160,10 @@ impl Line {
     }
 
     /// The f32 line with the fewest exceptions among the f32 neighbours of the f64 slope and
-    /// offsets, if some has at most [`MAX_EXC`].
+    /// offsets, if some has at most [`MAX_EXC`]; one offset for every accumulator (b_n = b_p,
+    /// which spares the kernels choosing one by sign) when such a line has no more exceptions.
+    /// That happens where the clamp's floor is the zero point (a fused ReLU): below a₀ every
+    /// output is the floor whichever offset, so only f32 rounding can tell them apart.
     fn line32(&self, st: &Steps) -> Option<Line32> {
         // Centre the f32 values on the clamp range (no shift for the full i8 range: the
         // kernel then saturates instead of adding c and clamping).
@@ -174,6 +177,22 @@ impl Line {
             (self.bp - c as f64) as f32,
             (self.bn - c as f64) as f32,
         );
+        let two = self.best_line32((m, bp, bn, c), st, MAX_EXC + 1);
+        if bp == bn {
+            return two;
+        }
+        let one = self.best_line32((m, bp, bp, c), st, two.map_or(MAX_EXC + 1, |l| l.n + 1));
+        one.or(two)
+    }
+
+    /// The line among the f32 neighbours of (`m`, `bp`, `bn`) (offsets moved together) with
+    /// the fewest exceptions, if some has fewer than `under`.
+    fn best_line32(
+        &self,
+        (m, bp, bn, c): (f32, f32, f32, i32),
+        st: &Steps,
+        under: usize,
+    ) -> Option<Line32> {
         let mut best: Option<Line32> = None;
         for (dm, db) in [
             (0, 0),
@@ -195,7 +214,9 @@ impl Line {
                 val: [0; MAX_EXC],
                 n: 0,
             };
-            let cap = best.map_or(MAX_EXC, |b| b.n.saturating_sub(1));
+            let Some(cap) = best.map_or(under, |b| b.n).checked_sub(1) else {
+                break;
+            };
             if l.m < 0.0 || l.bn > l.bp {
                 continue;
             }
@@ -207,9 +228,6 @@ impl Line {
                 (l.exc[i], l.val[i]) = (a, self.exact(a));
             }
             best = Some(l);
-            if l.n == 0 {
-                break;
-            }
         }
         best
     }
@@ -450,6 +468,40 @@ mod tests {
         }
         assert!(verified >= 58, "only {verified} of 60 lines verified");
         assert!(f32s >= 50, "only {f32s} of 60 f32 lines");
+    }
+
+    /// A line clamped at its zero point (a fused ReLU) takes one offset for every accumulator
+    /// and still equals the exact path everywhere (brute force); a line of the full i8 range
+    /// keeps its two offsets, since below a₀ the second one is what the exact path computes.
+    #[test]
+    fn a_line_clamped_at_its_zero_point_has_one_offset() {
+        let (mut one, mut clamped) = (0, 0);
+        for (i, t) in random_lines(60).iter().enumerate() {
+            let Some(l) = t.line.f32 else { continue };
+            let at_zero_point = t.clamp.0 == t.line.zo && t.line.bp != t.line.bn;
+            if !at_zero_point {
+                let full = t.clamp == (-128, 127) && t.line.bp != t.line.bn;
+                let wide = t.line.a0 > t.range.0 + 1000;
+                assert!(
+                    !(full && wide) || l.bp != l.bn,
+                    "line {i}: two offsets kept"
+                );
+                continue;
+            }
+            clamped += 1;
+            one += usize::from(l.bp == l.bn);
+            for a in t.range.0..=t.range.1 {
+                assert_eq!(
+                    t.line.eval_f32(a),
+                    Some(t.line.exact(a)),
+                    "line {i} acc {a}"
+                );
+            }
+        }
+        assert!(
+            clamped >= 10 && one == clamped,
+            "{one} of {clamped} with one offset"
+        );
     }
 
     #[test]
