@@ -846,6 +846,11 @@ impl<'m> IntModel<'m> {
                     .collect();
                 let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_deref()).collect();
                 let (y, ran) = self.run_other(i, &refs)?;
+                for t in owned.into_iter().flatten() {
+                    if let Cow::Owned(t) = t {
+                        super::recycle::give(t);
+                    }
+                }
                 (layer.output, y, ran, false)
             }
         })
@@ -1093,13 +1098,13 @@ impl<'m> IntModel<'m> {
             WeightKernel::Nhwc(c) if matches!(op, Op::Conv2d { .. }) => Some(c),
             _ => None,
         };
-        let nchw;
-        let x = if in_nhwc && nhwc_conv.is_none() {
-            nchw = channels_last::to_nchw(x);
-            &nchw
-        } else {
-            x
-        };
+        if in_nhwc && nhwc_conv.is_none() {
+            // Read in shape order from a copy, whose buffer then goes back to the recycled ones.
+            let nchw = channels_last::to_nchw(x);
+            let y = self.run_gemm(op, kernel, &nchw, (false, may_nhwc));
+            super::recycle::give(nchw);
+            return y;
+        }
         let requantized;
         let x = match x.as_q() {
             Some((_, qp)) if qp == in_q => x,

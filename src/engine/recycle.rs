@@ -15,6 +15,13 @@ const KEEP_BYTES: usize = 32 << 20;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<i8>>> = const { RefCell::new(Vec::new()) };
+    static NEW: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Buffers [`codes`] has allocated on this thread so far (none kept would serve): a run that
+/// repeats the thread's last one should add none.
+pub fn allocated() -> usize {
+    NEW.get()
 }
 
 /// A buffer of `len` codes with unspecified values (the caller writes every one). Taken from
@@ -40,7 +47,10 @@ pub fn codes(len: usize) -> Vec<i8> {
             b.resize(len, 0);
             b
         }
-        None => vec![0; len],
+        None => {
+            NEW.set(NEW.get() + 1);
+            vec![0; len]
+        }
     }
 }
 

@@ -339,6 +339,38 @@ fn the_channels_last_run_gives_the_tapped_runs_outputs() {
 }
 
 #[test]
+fn a_repeated_channels_last_run_allocates_no_new_buffers() {
+    // MobileNetV2's depthwise convs read NCHW copies of channels-last values; those copies go
+    // back to the thread's recycled buffers like every other value, so from the second run on
+    // every output finds one (before, each run allocated its copies anew). Outputs unchanged.
+    use qscope::engine::recycle::allocated;
+    use qscope::pipeline::{Cancel, run};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx/mobilenetv2_ts.onnx");
+    let model = qscope::model::load_model(&path, None).unwrap();
+    let calib = qscope::bundled::calib().take(32);
+    let test = qscope::bundled::test().take(4);
+    let out = run(&model, &calib, &test, &Default::default(), &Cancel::new()).unwrap();
+    let int = IntModel::new(&model, &out.params, usize::MAX);
+    let input = || vec![float::input_tensor(&model, &normalized(&model, 4), 4)];
+    let tapped = int.forward(input(), |_, _, _, _| {}).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut counts = Vec::new();
+            for _ in 0..3 {
+                assert_eq!(int.forward_outputs(input()).unwrap(), tapped);
+                counts.push(allocated());
+            }
+            assert!(counts[0] > 0, "the first run allocates");
+            assert_eq!(
+                counts[1], counts[2],
+                "buffers allocated after each run: {counts:?}"
+            );
+        });
+    });
+}
+
+#[test]
 fn a_graph_ending_in_channels_last_values_gives_them_back_in_shape_order() {
     // conv 1→8 (the planes path: NCHW out), conv 8→8 + Relu (channels-last out), conv 8→8, and
     // the output the Add of the last two: channels-last up to the end, put back in shape order.
