@@ -1,6 +1,7 @@
 use super::*;
 use crate::eval::layer_view::layer_views;
 use crate::pipeline::{Cancel, run};
+use crate::quant::{Scheme, Strategy};
 use crate::tui::keymap::Mode;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent};
 
