@@ -36,6 +36,7 @@ pub(crate) struct RawNode {
 }
 
 /// The graph being imported.
+#[derive(Default)]
 pub(crate) struct Importer {
     pub label: String,
     pub values: Vec<Value>,
@@ -158,6 +159,76 @@ fn load_onnx_inner(
     let (sha256, proto) = rayon::join(|| crate::model::sha256_hex(bytes), || onnx_rs::parse(bytes));
     let proto =
         proto.map_err(|e| Error::format(label, format!("not a readable ONNX model: {e}")))?;
+    check_opset(label, &proto)?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::format(label, "holds no graph"))?;
+    let meta = |k: &str| {
+        proto
+            .metadata_props
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.to_string())
+    };
+    let normalization = meta(crate::export::onnx::NORMALIZATION_KEY);
+    let mut imp = Importer {
+        label: label.to_string(),
+        normalize: normalization.is_some(),
+        ..Importer::default()
+    };
+    read_initializers(&mut imp, graph, dir, release)?;
+    read_inputs(&mut imp, graph)?;
+    read_nodes(&mut imp, &graph.node, &qdq::init_types(graph))?;
+    if let Some((node, out)) = imp.qdq.unpaired() {
+        return Err(Error::node(
+            label,
+            node,
+            "QuantizeLinear",
+            format!(
+                "no DequantizeLinear reads its output '{}'",
+                crate::error::clip(out, crate::error::NAME_MAX)
+            ),
+        ));
+    }
+    read_outputs(&mut imp, graph)?;
+    let (layers, consts, values) = passes::run(&mut imp)?;
+    let input_shape = imp.inputs[0].shape.iter().map(|d| d.unwrap_or(0)).collect();
+    let mut model = Model {
+        name: name.to_string(),
+        input_shape,
+        input_mean: Vec::new(),
+        input_std: Vec::new(),
+        layers,
+        values,
+        consts,
+        inputs: std::mem::take(&mut imp.inputs),
+        outputs: std::mem::take(&mut imp.outputs),
+        source_kind: Source::Onnx,
+        sha256,
+        source: label.to_string(),
+        notes: Vec::new(),
+    };
+    if imp.restored_relus > 0 {
+        model.notes.push(format!(
+            "{label}: put back {} Relu node(s) that the Q/DQ ranges imply (ONNX Runtime's quantizer removes a Relu whose quantized range starts at 0), so the float graph is the model that was quantized",
+            imp.restored_relus
+        ));
+    }
+    if let Some(json) = normalization {
+        (model.input_mean, model.input_std) = parse_normalization(label, &json)?;
+    }
+    autopad::resolve(&mut model, &imp.auto_pad)?;
+    // Folding reads full shapes from its own dry runs, so it goes first and shapes are
+    // inferred once, on the folded graph.
+    static_shapes::fold(&mut model)?;
+    crate::engine::float::infer_shapes(&mut model)?;
+    let qdq = qdq_import(&imp, &model, meta(crate::export::onnx::PARAMS_KEY));
+    Ok((model, qdq))
+}
+
+/// The file's opset of the default ONNX domain, which must be one qscope reads.
+fn check_opset(label: &str, proto: &onnx_rs::ast::Model<'_>) -> Result<()> {
     let opset = proto
         .opset_import
         .iter()
@@ -174,34 +245,19 @@ fn load_onnx_inner(
             ),
         ));
     }
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| Error::format(label, "holds no graph"))?;
-    let mut imp = Importer {
-        label: label.to_string(),
-        values: Vec::new(),
-        by_name: HashMap::new(),
-        consts: HashMap::new(),
-        nodes: Vec::new(),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        qdq: qdq::QdqState::default(),
-        weight_src: HashMap::new(),
-        normalize: false,
-        restored_relus: 0,
-        auto_pad: HashMap::new(),
-    };
-    let meta = |k: &str| {
-        proto
-            .metadata_props
-            .iter()
-            .find(|e| e.key == k)
-            .map(|e| e.value.to_string())
-    };
-    let normalization = meta(crate::export::onnx::NORMALIZATION_KEY);
-    imp.normalize = normalization.is_some();
+    Ok(())
+}
+
+/// The graph's initializers as constants, decoded in parallel; each one's raw bytes are
+/// `release`d (the mapped file's pages) once decoded.
+fn read_initializers(
+    imp: &mut Importer,
+    graph: &onnx_rs::ast::Graph<'_>,
+    dir: Option<&Path>,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> Result<()> {
     use rayon::prelude::*;
+    let label = imp.label.as_str();
     let decoded: Vec<Tensor> = graph
         .initializer
         .par_iter()
@@ -223,36 +279,35 @@ fn load_onnx_inner(
         let v = imp.value(init.name());
         imp.consts.insert(v, t);
     }
+    Ok(())
+}
+
+/// The graph inputs that are not initializers (older exporters list those as inputs too); at
+/// least one.
+fn read_inputs(imp: &mut Importer, graph: &onnx_rs::ast::Graph<'_>) -> Result<()> {
     for vi in &graph.input {
         if imp.by_name.contains_key(vi.name) {
             continue; // an initializer listed as an input (older exporters)
         }
-        let gi = graph_input(label, vi)?;
+        let gi = graph_input(&imp.label, vi)?;
         let v = imp.value(vi.name);
         imp.inputs.push(GraphInput { value: v, ..gi });
     }
     if imp.inputs.is_empty() {
         return Err(Error::format(
-            label,
+            &imp.label,
             "the graph has no input that is not an initializer",
         ));
     }
-    read_nodes(&mut imp, &graph.node, &qdq::init_types(graph))?;
-    if let Some((node, out)) = imp.qdq.unpaired() {
-        return Err(Error::node(
-            label,
-            node,
-            "QuantizeLinear",
-            format!(
-                "no DequantizeLinear reads its output '{}'",
-                crate::error::clip(out, crate::error::NAME_MAX)
-            ),
-        ));
-    }
+    Ok(())
+}
+
+/// The graph outputs, each produced by some node; at least one.
+fn read_outputs(imp: &mut Importer, graph: &onnx_rs::ast::Graph<'_>) -> Result<()> {
     for vo in &graph.output {
         let v = *imp.by_name.get(vo.name).ok_or_else(|| {
             Error::format(
-                label,
+                &imp.label,
                 format!(
                     "graph output '{}' is produced by no node",
                     crate::error::clip(vo.name, crate::error::NAME_MAX)
@@ -267,47 +322,16 @@ fn load_onnx_inner(
         }
     }
     if imp.outputs.is_empty() {
-        return Err(Error::format(label, "the graph has no output"));
+        return Err(Error::format(&imp.label, "the graph has no output"));
     }
-    let (layers, consts, values) = passes::run(&mut imp)?;
-    let input_shape = imp.inputs[0].shape.iter().map(|d| d.unwrap_or(0)).collect();
-    let mut model = Model {
-        name: if graph.name.is_empty() || graph.name == "main_graph" {
-            name.to_string()
-        } else {
-            graph.name.to_string()
-        },
-        input_shape,
-        input_mean: Vec::new(),
-        input_std: Vec::new(),
-        layers,
-        values,
-        consts,
-        inputs: imp.inputs,
-        outputs: imp.outputs,
-        source_kind: Source::Onnx,
-        sha256,
-        source: label.to_string(),
-        notes: Vec::new(),
-    };
-    model.name = name.to_string();
-    if imp.restored_relus > 0 {
-        model.notes.push(format!(
-            "{label}: put back {} Relu node(s) that the Q/DQ ranges imply (ONNX Runtime's quantizer removes a Relu whose quantized range starts at 0), so the float graph is the model that was quantized",
-            imp.restored_relus
-        ));
-    }
-    if let Some(json) = normalization {
-        let (mean, std) = parse_normalization(label, &json)?;
-        model.input_mean = mean;
-        model.input_std = std;
-    }
-    autopad::resolve(&mut model, &imp.auto_pad)?;
-    // Folding reads full shapes from its own dry runs, so it goes first and shapes are
-    // inferred once, on the folded graph.
-    static_shapes::fold(&mut model)?;
-    crate::engine::float::infer_shapes(&mut model)?;
-    let qdq = imp.qdq.any().then(|| QdqImport {
+    Ok(())
+}
+
+/// What the file's Q/DQ nodes fixed, by the names of `model` (none without Q/DQ nodes): the
+/// activation pairs, each weight layer's dequantized weights, and qscope's embedded
+/// parameters file `params_json`.
+fn qdq_import(imp: &Importer, model: &Model, params_json: Option<String>) -> Option<QdqImport> {
+    imp.qdq.any().then(|| QdqImport {
         acts: imp
             .qdq
             .acts
@@ -323,9 +347,8 @@ fn load_onnx_inner(
                 Some((l.name.clone(), (imp.qdq.consts.get(wv)?.clone(), *t)))
             })
             .collect(),
-        params_json: meta(crate::export::onnx::PARAMS_KEY),
-    });
-    Ok((model, qdq))
+        params_json,
+    })
 }
 
 /// The input normalization that qscope's export wrote into the metadata.
