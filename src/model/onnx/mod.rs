@@ -431,20 +431,7 @@ fn read_nodes(
     let mut names: HashMap<String, usize> = HashMap::new();
     for node in nodes {
         let op_type = node.op_type.as_str().to_string();
-        let base = if !node.name.is_empty() {
-            node.name.to_string()
-        } else {
-            node.output
-                .first()
-                .map_or_else(|| op_type.clone(), |o| o.to_string())
-        };
-        let count = names.entry(base.clone()).or_insert(0);
-        *count += 1;
-        let name = if *count == 1 {
-            base
-        } else {
-            format!("{base}#{count}")
-        };
+        let name = unique_node_name(&mut names, node, &op_type);
         let err = |m: String| Error::node(&label, &name, &op_type, m);
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return Err(err(format!(
@@ -476,23 +463,7 @@ fn read_nodes(
             continue;
         }
         if op_type == "Constant" {
-            let a = attrs::Attrs::of(node);
-            let t = match a.tensor("value") {
-                Some(t) => tensor::to_tensor(t, None).map_err(err)?,
-                None if a.has("value_float") => {
-                    Tensor::f32(vec![], vec![a.float("value_float", 0.0)])
-                }
-                None if a.has("value_int") => Tensor::i64(vec![], vec![a.int("value_int", 0)]),
-                None if a.has("value_ints") => {
-                    let v = a.ints("value_ints").unwrap_or_default();
-                    Tensor::i64(vec![v.len()], v)
-                }
-                None => {
-                    return Err(err(
-                        "Constant without a value, value_float, value_int or value_ints".into(),
-                    ));
-                }
-            };
+            let t = constant_value(node).map_err(err)?;
             let v = imp.value(out_name);
             imp.consts.insert(v, t);
             continue;
@@ -501,29 +472,7 @@ fn read_nodes(
         if let Some(upper) = convert::auto_pad(&attrs::Attrs::of(node)).map_err(err)? {
             imp.auto_pad.insert(name.clone(), upper);
         }
-        let mut inputs = Vec::with_capacity(node.input.len());
-        for inp in &node.input {
-            if inp.is_empty() {
-                inputs.push(None);
-                continue;
-            }
-            if let Some((_, q, _)) = imp.qdq.pending.get(*inp) {
-                return Err(err(format!(
-                    "reads the output of QuantizeLinear '{}' directly; qscope reads Q/DQ pairs (a DequantizeLinear after each QuantizeLinear)",
-                    q.node
-                )));
-            }
-            let v = *imp.by_name.get(*inp).ok_or_else(|| {
-                err(format!(
-                    "input '{}' is produced by no earlier node (a cycle, or a dangling name)",
-                    crate::error::clip(inp, crate::error::NAME_MAX)
-                ))
-            })?;
-            inputs.push(Some(v));
-        }
-        while inputs.last() == Some(&None) {
-            inputs.pop();
-        }
+        let inputs = node_inputs(imp, node).map_err(err)?;
         let output = imp.value(out_name);
         imp.nodes.push(RawNode {
             name,
@@ -534,4 +483,77 @@ fn read_nodes(
         });
     }
     Ok(())
+}
+
+/// The node's name, or its first output's (its op type without either), made unique by
+/// `#2`, `#3`, … in `names` (counts per name so far).
+fn unique_node_name(
+    names: &mut HashMap<String, usize>,
+    node: &onnx_rs::ast::Node<'_>,
+    op_type: &str,
+) -> String {
+    let base = if !node.name.is_empty() {
+        node.name.to_string()
+    } else {
+        node.output
+            .first()
+            .map_or_else(|| op_type.to_string(), |o| o.to_string())
+    };
+    let count = names.entry(base.clone()).or_insert(0);
+    *count += 1;
+    if *count == 1 {
+        base
+    } else {
+        format!("{base}#{count}")
+    }
+}
+
+/// The tensor of a Constant node: its `value`, `value_float`, `value_int` or `value_ints`.
+fn constant_value(node: &onnx_rs::ast::Node<'_>) -> std::result::Result<Tensor, String> {
+    let a = attrs::Attrs::of(node);
+    Ok(match a.tensor("value") {
+        Some(t) => tensor::to_tensor(t, None)?,
+        None if a.has("value_float") => Tensor::f32(vec![], vec![a.float("value_float", 0.0)]),
+        None if a.has("value_int") => Tensor::i64(vec![], vec![a.int("value_int", 0)]),
+        None if a.has("value_ints") => {
+            let v = a.ints("value_ints").unwrap_or_default();
+            Tensor::i64(vec![v.len()], v)
+        }
+        None => {
+            return Err("Constant without a value, value_float, value_int or value_ints".into());
+        }
+    })
+}
+
+/// The values a node reads (`None` for an empty name; trailing ones dropped), each produced
+/// by an earlier node, an initializer or a graph input, and never a QuantizeLinear's output
+/// directly.
+fn node_inputs(
+    imp: &Importer,
+    node: &onnx_rs::ast::Node<'_>,
+) -> std::result::Result<Vec<Option<ValueId>>, String> {
+    let mut inputs = Vec::with_capacity(node.input.len());
+    for inp in &node.input {
+        if inp.is_empty() {
+            inputs.push(None);
+            continue;
+        }
+        if let Some((_, q, _)) = imp.qdq.pending.get(*inp) {
+            return Err(format!(
+                "reads the output of QuantizeLinear '{}' directly; qscope reads Q/DQ pairs (a DequantizeLinear after each QuantizeLinear)",
+                q.node
+            ));
+        }
+        let v = *imp.by_name.get(*inp).ok_or_else(|| {
+            format!(
+                "input '{}' is produced by no earlier node (a cycle, or a dangling name)",
+                crate::error::clip(inp, crate::error::NAME_MAX)
+            )
+        })?;
+        inputs.push(Some(v));
+    }
+    while inputs.last() == Some(&None) {
+        inputs.pop();
+    }
+    Ok(inputs)
 }
