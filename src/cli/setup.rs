@@ -163,28 +163,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
-    let mut config = QuantConfig::default();
-    file.apply_to(&mut config);
-    // Flags win over the file: they are one more layer of the same overrides.
-    ConfigFile {
-        weight_bits: c.weight_bits,
-        act_bits: c.act_bits,
-        weight_strategy: c.weight_strategy,
-        act_strategy: c.act_strategy,
-        percentile: c.percentile,
-        granularity: c.granularity,
-        weight_scheme: c.weight_scheme,
-        act_scheme: c.act_scheme,
-        keep_float: c.keep_float.clone(),
-        bias_correction: c.bias_correction.then_some(true),
-        act_refine: c.act_refine.then_some(true),
-        cle: c.cle.then_some(true),
-        smoothquant: c.smoothquant,
-        weight_rounding: c.weight_rounding,
-        gptq_act_order: c.gptq_act_order.then_some(true),
-        ..Default::default()
-    }
-    .apply_to(&mut config);
+    let mut config = flags_over_file(c, &file);
     let model_name = c
         .model
         .clone()
@@ -194,7 +173,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
     config.validate(None)?;
     let (loaded, model_file_bytes) = load_any_model(&model_name, spec.as_ref())
         .with_context(|| format!("loading model '{model_name}'"))?;
-    let (model, mut params, mut origin, has_float) = match loaded {
+    let (mut model, mut params, mut origin, has_float) = match loaded {
         LoadedModel::Float(m) => (m, None, None, true),
         LoadedModel::Quantized(q) => {
             if c.params.is_some() {
@@ -211,22 +190,7 @@ pub fn setup(c: &Common) -> Result<Setup> {
             (m, Some(r.params), Some(origin), true)
         }
     };
-    let mut model = model;
-    if c.input_mean.is_some() || c.input_std.is_some() {
-        if !model.is_onnx() {
-            bail!(
-                "--input-mean/--input-std: the model's spec sets its normalization (input_mean, input_std)"
-            );
-        }
-        model.input_mean = c.input_mean.clone().unwrap_or_default();
-        model.input_std = c.input_std.clone().unwrap_or_default();
-        if let Some(v) = model.input_std.iter().find(|v| !v.is_normal() || **v < 0.0) {
-            bail!("--input-std: {v} is not a positive finite number");
-        }
-        if let Some(v) = model.input_mean.iter().find(|v| !v.is_finite()) {
-            bail!("--input-mean: {v} is not finite");
-        }
-    }
+    override_normalization(c, &mut model)?;
     if let Some(m) = c.max_tensor_mib {
         config.max_tensor_mib = m;
     }
@@ -246,22 +210,99 @@ pub fn setup(c: &Common) -> Result<Setup> {
         origin = Some(format!("loaded from {}", p.display()));
     }
     if let Some(p) = &params {
-        let ignored = quant_options_given(c, &file);
-        if !ignored.is_empty() {
-            errln!(
-                "qscope: note: {} ignored: the parameters are {}, not calibrated",
-                ignored.join(", "),
-                origin.as_deref().unwrap_or("loaded")
-            );
-        }
-        let max = config.max_tensor_mib;
-        config = qscope::export::config_from_params(p);
-        config.max_tensor_mib = max;
+        config = config_of_params(c, &file, p, (origin.as_deref(), config.max_tensor_mib));
     }
     config.validate(Some(&model))?;
+    let (calib, eval) = load_sets(c, &file, &model)?;
+    Ok(Setup {
+        model,
+        calib,
+        eval,
+        config,
+        params,
+        has_float,
+        params_origin: origin,
+        model_file_bytes,
+    })
+}
+
+/// The defaults, then the config file's settings, then the flags': flags win over the file,
+/// being one more layer of the same overrides.
+fn flags_over_file(c: &Common, file: &ConfigFile) -> QuantConfig {
+    let mut config = QuantConfig::default();
+    file.apply_to(&mut config);
+    ConfigFile {
+        weight_bits: c.weight_bits,
+        act_bits: c.act_bits,
+        weight_strategy: c.weight_strategy,
+        act_strategy: c.act_strategy,
+        percentile: c.percentile,
+        granularity: c.granularity,
+        weight_scheme: c.weight_scheme,
+        act_scheme: c.act_scheme,
+        keep_float: c.keep_float.clone(),
+        bias_correction: c.bias_correction.then_some(true),
+        act_refine: c.act_refine.then_some(true),
+        cle: c.cle.then_some(true),
+        smoothquant: c.smoothquant,
+        weight_rounding: c.weight_rounding,
+        gptq_act_order: c.gptq_act_order.then_some(true),
+        ..Default::default()
+    }
+    .apply_to(&mut config);
+    config
+}
+
+/// `--input-mean`/`--input-std` on an ONNX model (a spec model's spec sets them): positive
+/// finite deviations and finite means.
+fn override_normalization(c: &Common, model: &mut Model) -> Result<()> {
+    if c.input_mean.is_none() && c.input_std.is_none() {
+        return Ok(());
+    }
+    if !model.is_onnx() {
+        bail!(
+            "--input-mean/--input-std: the model's spec sets its normalization (input_mean, input_std)"
+        );
+    }
+    model.input_mean = c.input_mean.clone().unwrap_or_default();
+    model.input_std = c.input_std.clone().unwrap_or_default();
+    if let Some(v) = model.input_std.iter().find(|v| !v.is_normal() || **v < 0.0) {
+        bail!("--input-std: {v} is not a positive finite number");
+    }
+    if let Some(v) = model.input_mean.iter().find(|v| !v.is_finite()) {
+        bail!("--input-mean: {v} is not finite");
+    }
+    Ok(())
+}
+
+/// The config that loaded (or stored) parameters `p` stand for, keeping `max_tensor_mib`; a
+/// note names the quantization options given that they make moot (`origin`: where the
+/// parameters came from).
+fn config_of_params(
+    c: &Common,
+    file: &ConfigFile,
+    p: &qscope::params::ModelParams,
+    (origin, max_tensor_mib): (Option<&str>, u64),
+) -> QuantConfig {
+    let ignored = quant_options_given(c, file);
+    if !ignored.is_empty() {
+        errln!(
+            "qscope: note: {} ignored: the parameters are {}, not calibrated",
+            ignored.join(", "),
+            origin.unwrap_or("loaded")
+        );
+    }
+    let mut config = qscope::export::config_from_params(p);
+    config.max_tensor_mib = max_tensor_mib;
+    config
+}
+
+/// The calibration set (cut to `--calib-samples`) and the evaluation set, whose labels must
+/// fit the model's outputs.
+fn load_sets(c: &Common, file: &ConfigFile, model: &Model) -> Result<(Dataset, Dataset)> {
     let mut calib = load_data(
         c.calib.as_ref().or(file.calib.as_ref()),
-        &model,
+        model,
         "calib",
         bundled::calib,
     )?;
@@ -273,19 +314,10 @@ pub fn setup(c: &Common) -> Result<Setup> {
     }
     let eval = load_data(
         c.eval_set.as_ref().or(file.eval.as_ref()),
-        &model,
+        model,
         "eval",
         bundled::test,
     )?;
     eval.check_labels(model.output_len())?;
-    Ok(Setup {
-        model,
-        calib,
-        eval,
-        config,
-        params,
-        has_float,
-        params_origin: origin,
-        model_file_bytes,
-    })
+    Ok((calib, eval))
 }
