@@ -3,7 +3,7 @@
 
 use super::app::{App, Side, WeightMode};
 use super::widgets::{help::Help, histogram::HistogramWidget, ranges::RangePlot};
-use crate::eval::layer_view::HistView;
+use crate::eval::layer_view::{HistView, WeightView};
 use crate::quant::calib::Stats;
 use crate::quant::{ClipRange, Granularity};
 use ratatui::Frame;
@@ -825,36 +825,8 @@ fn message(f: &mut Frame, inner: Rect, text: String) {
 fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
     let name = app.selected_name();
     let row = &app.rows[app.selected];
-    let c = &app.config;
-    let w = c.weight_settings(name);
-    let float = c.is_float(name);
-    let strat = match w.clip {
-        Some(k) => format!("manual ×{k:.3} of {}", w.strategy),
-        None if w.strategy == crate::quant::Strategy::Percentile => {
-            format!("percentile {}", w.percentile)
-        }
-        None => w.strategy.to_string(),
-    };
-    let short = short_name(name, PANEL_NAME_W);
-    let title = if !row.weights || float {
-        format!("Weights {short}")
-    } else {
-        let bits = match app.config.channel_bits(name) {
-            Some(_) => format!(
-                "{} mean, ≤{}",
-                weight_bits_text(&app.config, name, 2),
-                w.bits
-            ),
-            None => w.bits.to_string(),
-        };
-        format!(
-            "Weights {short} · int{bits} {} {} {}",
-            scheme_short(w.scheme),
-            w.granularity,
-            strat
-        )
-    };
-    let mut block = panel_block(title, app.focus == Side::Weights);
+    let float = app.config.is_float(name);
+    let mut block = panel_block(weight_title(app, name), app.focus == Side::Weights);
     if row.weights && !float {
         block = block.title_bottom(
             Line::from(" ←/→ channel · c view · [ ] clip · l log ").fg(Color::DarkGray),
@@ -894,6 +866,40 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
             "no weights in this result (it is being recomputed)".into(),
         );
     };
+    weight_body(app, f, inner, v);
+}
+
+/// The weight panel's title: the layer, and for quantized weights their bits, scheme,
+/// granularity and clipping.
+fn weight_title(app: &App, name: &str) -> String {
+    let c = &app.config;
+    let w = c.weight_settings(name);
+    let short = short_name(name, PANEL_NAME_W);
+    if !app.rows[app.selected].weights || c.is_float(name) {
+        return format!("Weights {short}");
+    }
+    let strat = match w.clip {
+        Some(k) => format!("manual ×{k:.3} of {}", w.strategy),
+        None if w.strategy == crate::quant::Strategy::Percentile => {
+            format!("percentile {}", w.percentile)
+        }
+        None => w.strategy.to_string(),
+    };
+    let bits = match c.channel_bits(name) {
+        Some(_) => format!("{} mean, ≤{}", weight_bits_text(c, name, 2), w.bits),
+        None => w.bits.to_string(),
+    };
+    format!(
+        "Weights {short} · int{bits} {} {} {}",
+        scheme_short(w.scheme),
+        w.granularity,
+        strat
+    )
+}
+
+/// The weight panel's body in its view: one channel's histogram, every channel's range, or
+/// the whole tensor's histogram (the only view of per-tensor weights).
+fn weight_body(app: &App, f: &mut Frame, inner: Rect, v: &WeightView) {
     let dim = !app.is_current();
     let ch = app.channel.min(v.rows.saturating_sub(1));
     let mode = if v.granularity == Granularity::PerTensor {
@@ -922,33 +928,7 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
             ]);
             hist_body(f, inner, info, h, app, dim);
         }
-        WeightMode::Ranges if !v.ranges.is_empty() => {
-            let cr = v.ranges[ch];
-            let info = Line::from(vec![
-                Span::styled(
-                    format!("ranges of {} channels", v.rows),
-                    Style::new().bold(),
-                ),
-                Span::raw(format!(
-                    " · channel {}: [{}, {}] clip {} · {}",
-                    ch + 1,
-                    num(cr.min as f64),
-                    num(cr.max as f64),
-                    range_str(cr.clip),
-                    clipped_str(&v.tensor)
-                )),
-            ]);
-            let (plot, stats_r) = panel_rows(inner, info, f);
-            f.render_widget(
-                RangePlot {
-                    ranges: &v.ranges,
-                    selected: ch,
-                    dim,
-                },
-                plot,
-            );
-            f.render_widget(Paragraph::new(stats_line(&v.tensor.stats)), stats_r);
-        }
+        WeightMode::Ranges if !v.ranges.is_empty() => ranges_body(f, inner, v, (ch, dim)),
         _ => {
             let h = &v.tensor;
             let info = Line::from(vec![
@@ -962,6 +942,35 @@ fn weight_panel(app: &App, f: &mut Frame, r: Rect) {
             hist_body(f, inner, info, h, app, dim);
         }
     }
+}
+
+/// Every channel's range with its clip, channel `ch` picked out (`dim` while a re-run is on).
+fn ranges_body(f: &mut Frame, inner: Rect, v: &WeightView, (ch, dim): (usize, bool)) {
+    let cr = v.ranges[ch];
+    let info = Line::from(vec![
+        Span::styled(
+            format!("ranges of {} channels", v.rows),
+            Style::new().bold(),
+        ),
+        Span::raw(format!(
+            " · channel {}: [{}, {}] clip {} · {}",
+            ch + 1,
+            num(cr.min as f64),
+            num(cr.max as f64),
+            range_str(cr.clip),
+            clipped_str(&v.tensor)
+        )),
+    ]);
+    let (plot, stats_r) = panel_rows(inner, info, f);
+    f.render_widget(
+        RangePlot {
+            ranges: &v.ranges,
+            selected: ch,
+            dim,
+        },
+        plot,
+    );
+    f.render_widget(Paragraph::new(stats_line(&v.tensor.stats)), stats_r);
 }
 
 fn act_panel(app: &App, f: &mut Frame, r: Rect) {
