@@ -181,13 +181,8 @@ pub fn evaluate_with(
     side: FloatSide,
     cancel: &Cancel,
 ) -> Result<Evaluation> {
-    check_data(model, data)?;
-    super::batch::check_tensor_sizes(model, config.max_sample_elems())?;
-    if model.output_len() > 0 {
-        data.check_labels(model.output_len())?;
-    }
-    crate::export::quantized_model::check_int_biases(model, params)?;
     let limit = config.max_sample_elems();
+    check_eval_inputs(model, params, data, limit)?;
     let int = IntModel::new(model, params, limit);
     let wl = model.weight_layers();
     let wanted = wanted_values(model);
@@ -259,18 +254,71 @@ pub fn evaluate_with(
         }
     }
     if let Some(slot) = slot {
-        if filling {
-            *slot = keeper.finish(data.n, kept);
-        }
-        if let (Some(c), Some(in_qs)) = (slot, in_qs) {
-            c.isolated = in_qs
-                .into_iter()
-                .zip(total.isolated.iter().copied())
-                .collect();
-            c.checkpoint = Some(Checkpoint::new(params.clone(), limit, take, prefixes));
-        }
+        let kept = filling.then(|| keeper.finish(data.n, kept));
+        let resume = Resume {
+            in_qs,
+            params,
+            limit,
+            take,
+            prefixes,
+        };
+        keep_in_session(slot, kept, &total, resume);
     }
     Ok(total)
+}
+
+/// The checks before an evaluation: the data fits the model (and its labels its outputs),
+/// every sample's tensors stay within `limit` elements, and integer biases fit their layers.
+fn check_eval_inputs(
+    model: &Model,
+    params: &ModelParams,
+    data: &Dataset,
+    limit: usize,
+) -> Result<()> {
+    check_data(model, data)?;
+    super::batch::check_tensor_sizes(model, limit)?;
+    if model.output_len() > 0 {
+        data.check_labels(model.output_len())?;
+    }
+    crate::export::quantized_model::check_int_biases(model, params)
+}
+
+/// What the next evaluation of a session may resume from.
+struct Resume<'p> {
+    /// Each weight layer's input qparams (`None` where the plan does not track them).
+    in_qs: Option<Vec<Option<QParams>>>,
+    params: &'p ModelParams,
+    limit: usize,
+    /// The node before which each batch's integer run was kept (0: none).
+    take: usize,
+    /// Per batch, the integer engine's values at `take`.
+    prefixes: Vec<Option<BatchPrefix>>,
+}
+
+/// What a session keeps of an evaluation in its float-side cache `slot`: the float batches
+/// `kept` when this run filled it, then each weight layer's isolated SQNR (`total`'s) by its
+/// input qparams, and the integer prefixes the next run may resume from.
+fn keep_in_session(
+    slot: &mut Option<FloatCache>,
+    kept: Option<Option<FloatCache>>,
+    total: &Evaluation,
+    r: Resume,
+) {
+    if let Some(kept) = kept {
+        *slot = kept;
+    }
+    if let (Some(c), Some(in_qs)) = (slot, r.in_qs) {
+        c.isolated = in_qs
+            .into_iter()
+            .zip(total.isolated.iter().copied())
+            .collect();
+        c.checkpoint = Some(Checkpoint::new(
+            r.params.clone(),
+            r.limit,
+            r.take,
+            r.prefixes,
+        ));
+    }
 }
 
 /// What one evaluation takes from a session's float-side cache and what it will keep.
