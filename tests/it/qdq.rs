@@ -587,6 +587,16 @@ fn a_quantized_safetensors_of_an_onnx_graph_stands_alone_and_reproduces_the_run(
         }
         let back = qscope::export::load_quantized_bytes(name, &bytes).unwrap();
         assert_eq!(back.model.layers.len(), m.layers.len(), "{name}");
+        // The same file gives the same model every time, down to the order of its values.
+        let names = |m: &qscope::Model| m.values.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+        for _ in 0..3 {
+            let again = qscope::export::load_quantized_bytes(name, &bytes).unwrap();
+            assert_eq!(
+                names(&again.model),
+                names(&back.model),
+                "{name}: value order"
+            );
+        }
         let config = QuantConfig {
             save_outputs: true,
             ..QuantConfig::default()

@@ -85,7 +85,11 @@ pub fn model_from_embedding(
         .graph
         .as_mut()
         .ok_or_else(|| bad("holds no graph".into()))?;
-    for (layer, shape) in shapes {
+    // In name order, not the map's (which differs on every load): the initializers, and so the
+    // model's values, come out in the same order every time, as does the first error.
+    let mut layers: Vec<_> = shapes.iter().collect();
+    layers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (layer, shape) in layers {
         let node = graph
             .node
             .iter()
