@@ -167,114 +167,34 @@ impl<'m> Writer<'m> {
         let x = self.inputs_of(l, 0);
         let o = vec![out.to_string()];
         let name = l.name.as_str();
-        let (op, attrs): (&str, Vec<(&str, AttrValue)>) = match &l.op {
-            Op::Relu => ("Relu", vec![]),
+        match &l.op {
             Op::Clip { min, max } => {
                 let lo = self.bound(name, "min", *min);
                 let hi = self.bound(name, "max", *max);
                 self.node(name, "Clip", vec![x[0].clone(), lo, hi], o, vec![]);
-                return Ok(());
             }
-            Op::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                ceil_mode,
-            } => (
-                "MaxPool",
-                pool_attrs(*kernel, *stride, *padding, *ceil_mode),
-            ),
-            Op::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ceil_mode,
-                count_include_pad,
-            } => {
-                let mut a = pool_attrs(*kernel, *stride, *padding, *ceil_mode);
-                a.push((
-                    "count_include_pad",
-                    AttrValue::Int(*count_include_pad as i64),
-                ));
-                ("AveragePool", a)
-            }
-            Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
-            Op::Flatten { axis } => ("Flatten", vec![("axis", AttrValue::Int(*axis))]),
-            Op::BatchNorm { scale, shift } => {
-                self.affine(l, scale, shift, out);
-                return Ok(());
-            }
-            Op::Binary(_) => (l.op.kind(), vec![]),
+            Op::BatchNorm { scale, shift } => self.affine(l, scale, shift, out),
             Op::Unary(u) => return self.unary(l, *u, x, out),
-            Op::Softmax { axis } => ("Softmax", vec![("axis", AttrValue::Int(*axis))]),
-            Op::LayerNorm { axis, epsilon } => (
-                "LayerNormalization",
-                vec![
-                    ("axis", AttrValue::Int(*axis)),
-                    ("epsilon", AttrValue::Float(*epsilon)),
-                ],
-            ),
-            Op::ReduceMean { axes, keepdims } => {
-                let mut inputs = x.clone();
+            // Axes as a second input (opset 13 and on).
+            Op::ReduceMean { axes, .. } | Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
+                let mut inputs = x;
                 if let Some(a) = axes {
                     inputs.truncate(1);
                     inputs.push(self.init(OTensor::i64(&format!("{name}_axes"), &[a.len()], a)));
                 }
-                let attrs = vec![("keepdims", AttrValue::Int(*keepdims as i64))];
-                self.node(name, "ReduceMean", inputs, o, attrs);
-                return Ok(());
-            }
-            Op::MatMul => ("MatMul", vec![]),
-            Op::Reshape { allowzero } => (
-                "Reshape",
-                vec![("allowzero", AttrValue::Int(*allowzero as i64))],
-            ),
-            Op::Transpose { perm } => (
-                "Transpose",
-                perm.as_ref()
-                    .map_or(vec![], |p| vec![("perm", ints(p.iter().copied()))]),
-            ),
-            Op::Concat { axis } => ("Concat", vec![("axis", AttrValue::Int(*axis))]),
-            Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
-                let mut inputs = x.clone();
-                if let Some(a) = axes {
-                    inputs.truncate(1);
-                    inputs.push(self.init(OTensor::i64(&format!("{name}_axes"), &[a.len()], a)));
-                }
-                self.node(name, l.op.kind(), inputs, o, vec![]);
-                return Ok(());
-            }
-            Op::Gather { axis } => ("Gather", vec![("axis", AttrValue::Int(*axis))]),
-            Op::GatherNd { batch_dims } => (
-                "GatherND",
-                vec![("batch_dims", AttrValue::Int(*batch_dims as i64))],
-            ),
-            Op::Slice => ("Slice", vec![]),
-            Op::Expand => ("Expand", vec![]),
-            Op::Cast { to } => ("Cast", vec![("to", AttrValue::Int(dtype_code(*to)))]),
-            Op::Shape { start, end } => {
-                let mut a = vec![("start", AttrValue::Int(*start))];
-                if let Some(e) = end {
-                    a.push(("end", AttrValue::Int(*e)));
-                }
-                ("Shape", a)
-            }
-            Op::Range => ("Range", vec![]),
-            Op::ConstantOfShape { value, dtype } => {
-                let t = match dtype {
-                    DType::F32 => OTensor::f32("value", &[1], &[*value]),
-                    DType::I64 => OTensor::i64("value", &[1], &[*value as i64]),
-                    DType::Bool => OTensor::bool("value", &[1], &[*value as i64]),
+                let attrs = match &l.op {
+                    Op::ReduceMean { keepdims, .. } => {
+                        vec![("keepdims", AttrValue::Int(*keepdims as i64))]
+                    }
+                    _ => vec![],
                 };
-                ("ConstantOfShape", vec![("value", AttrValue::Tensor(t))])
+                self.node(name, l.op.kind(), inputs, o, attrs);
             }
-            Op::Where => ("Where", vec![]),
-            Op::Identity => ("Identity", vec![]),
-            Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. } => {
-                unreachable!("weight ops are written apart")
+            op => {
+                let (kind, attrs) = node_attrs(op);
+                self.node(name, kind, x, o, attrs);
             }
-        };
-        self.node(name, op, x, o, attrs);
+        }
         Ok(())
     }
 
@@ -360,5 +280,83 @@ fn dtype_code(d: DType) -> i64 {
         DType::F32 => 1,
         DType::I64 => 7,
         DType::Bool => 9,
+    }
+}
+
+/// The ONNX op type and attributes of an op written as one node on its own inputs (every op
+/// but the weight ops and those [`Writer::plain_op`] writes apart).
+fn node_attrs(op: &Op) -> (&'static str, Vec<(&'static str, AttrValue)>) {
+    let int = AttrValue::Int;
+    match op {
+        Op::Relu => ("Relu", vec![]),
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+        } => (
+            "MaxPool",
+            pool_attrs(*kernel, *stride, *padding, *ceil_mode),
+        ),
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad,
+        } => {
+            let mut a = pool_attrs(*kernel, *stride, *padding, *ceil_mode);
+            a.push(("count_include_pad", int(*count_include_pad as i64)));
+            ("AveragePool", a)
+        }
+        Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
+        Op::Flatten { axis } => ("Flatten", vec![("axis", int(*axis))]),
+        Op::Binary(_) => (op.kind(), vec![]),
+        Op::Softmax { axis } => ("Softmax", vec![("axis", int(*axis))]),
+        Op::LayerNorm { axis, epsilon } => (
+            "LayerNormalization",
+            vec![
+                ("axis", int(*axis)),
+                ("epsilon", AttrValue::Float(*epsilon)),
+            ],
+        ),
+        Op::MatMul => ("MatMul", vec![]),
+        Op::Reshape { allowzero } => ("Reshape", vec![("allowzero", int(*allowzero as i64))]),
+        Op::Transpose { perm } => (
+            "Transpose",
+            perm.as_ref()
+                .map_or(vec![], |p| vec![("perm", ints(p.iter().copied()))]),
+        ),
+        Op::Concat { axis } => ("Concat", vec![("axis", int(*axis))]),
+        Op::Gather { axis } => ("Gather", vec![("axis", int(*axis))]),
+        Op::GatherNd { batch_dims } => ("GatherND", vec![("batch_dims", int(*batch_dims as i64))]),
+        Op::Slice => ("Slice", vec![]),
+        Op::Expand => ("Expand", vec![]),
+        Op::Cast { to } => ("Cast", vec![("to", int(dtype_code(*to)))]),
+        Op::Shape { start, end } => {
+            let mut a = vec![("start", int(*start))];
+            a.extend(end.map(|e| ("end", int(e))));
+            ("Shape", a)
+        }
+        Op::Range => ("Range", vec![]),
+        Op::ConstantOfShape { value, dtype } => {
+            let t = match dtype {
+                DType::F32 => OTensor::f32("value", &[1], &[*value]),
+                DType::I64 => OTensor::i64("value", &[1], &[*value as i64]),
+                DType::Bool => OTensor::bool("value", &[1], &[*value as i64]),
+            };
+            ("ConstantOfShape", vec![("value", AttrValue::Tensor(t))])
+        }
+        Op::Where => ("Where", vec![]),
+        Op::Identity => ("Identity", vec![]),
+        Op::Clip { .. }
+        | Op::BatchNorm { .. }
+        | Op::Unary(_)
+        | Op::ReduceMean { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. } => unreachable!("written apart by plain_op"),
+        Op::Linear { .. } | Op::Conv2d { .. } | Op::Embedding { .. } => {
+            unreachable!("weight ops are written apart")
+        }
     }
 }
