@@ -24,8 +24,8 @@
 
 use crate::config::{ActSettings, WeightSettings};
 use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::params::{ActQuant, LayerParams, ModelParams, WeightQuant};
+use crate::model::{Layer, Model};
+use crate::params::{ActQuant, LayerParams, ModelParams, PointParams, WeightQuant};
 use crate::quant::qparams::{qmax, qmin};
 use crate::quant::scheme::{MAX_BITS, MIN_BITS};
 use crate::quant::weights::{QWeights, block_count, groups_per_row};
@@ -227,6 +227,7 @@ impl Syntax {
 // ---------------------------------------------------------------------------------------------
 // From parameters to a file
 
+/// An activation point's quantization as a file entry.
 fn act_entry(a: &ActQuant) -> ActEntry {
     let s = a.settings;
     ActEntry {
@@ -251,6 +252,8 @@ fn chosen_ints(w: &WeightQuant, model_w: &[f32]) -> Option<Vec<i64>> {
     (!same).then(|| q.q.iter().map(|&v| v as i64).collect())
 }
 
+/// A weight's quantization as a file entry; `model_w`, the model's float weights, tell whether
+/// the integers must be written too.
 fn weight_entry(w: &WeightQuant, model_w: &[f32]) -> WeightEntry {
     let s = w.settings;
     let manual = s.clip.is_some() || s.strategy == Strategy::Manual;
@@ -442,6 +445,7 @@ fn compact_arrays(pretty: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // From text to a file tree
 
+/// A format error in file `label` at `key`.
 fn bad(label: &str, key: &str, msg: impl std::fmt::Display) -> Error {
     Error::format(label, format!("{key}: {msg}"))
 }
@@ -510,6 +514,7 @@ impl ParamsFile {
 // ---------------------------------------------------------------------------------------------
 // Checks and conversion to ModelParams
 
+/// A bit width checked to be within `MIN_BITS..=MAX_BITS`.
 fn check_bits(label: &str, key: &str, bits: i64) -> Result<u8> {
     if (MIN_BITS as i64..=MAX_BITS as i64).contains(&bits) {
         Ok(bits as u8)
@@ -522,10 +527,12 @@ fn check_bits(label: &str, key: &str, bits: i64) -> Result<u8> {
     }
 }
 
+/// A named value (scheme, strategy, granularity) parsed; its error is reported at `key`.
 fn parse_named<T: std::str::FromStr<Err = String>>(label: &str, key: &str, s: &str) -> Result<T> {
     s.parse().map_err(|e: String| bad(label, key, e))
 }
 
+/// A scale checked to be finite and > 0, also as an f32.
 fn check_scale(label: &str, key: &str, scale: f64) -> Result<f32> {
     let s = scale as f32;
     if s.is_finite() && s > 0.0 {
@@ -544,6 +551,7 @@ fn check_scale(label: &str, key: &str, scale: f64) -> Result<f32> {
     }
 }
 
+/// A zero point checked: 0 for a symmetric scheme, and within the integers of `bits` and `scheme`.
 fn check_zero_point(label: &str, key: &str, zp: i64, bits: u8, scheme: Scheme) -> Result<i32> {
     let (lo, hi) = (qmin(bits, scheme) as i64, qmax(bits) as i64);
     if scheme == Scheme::Symmetric && zp != 0 {
@@ -563,6 +571,7 @@ fn check_zero_point(label: &str, key: &str, zp: i64, bits: u8, scheme: Scheme) -
     Ok(zp as i32)
 }
 
+/// A clipping range checked: finite as f32s, with lo <= hi.
 fn check_range(label: &str, key: &str, r: [f64; 2]) -> Result<ClipRange> {
     let (lo, hi) = (r[0] as f32, r[1] as f32);
     if lo.is_finite() && hi.is_finite() && lo <= hi {
@@ -576,6 +585,7 @@ fn check_range(label: &str, key: &str, r: [f64; 2]) -> Result<ClipRange> {
     }
 }
 
+/// A percentile checked to be in (0, 100]; none gives `DEFAULT_PERCENTILE`.
 fn check_percentile(label: &str, key: &str, p: Option<f64>) -> Result<f64> {
     match p {
         None => Ok(DEFAULT_PERCENTILE),
@@ -630,6 +640,19 @@ fn weight_parts(
     rows: usize,
     cols: usize,
 ) -> Result<(WeightSettings, Vec<QParams>, Vec<ClipRange>)> {
+    let settings = weight_settings(label, key, e)?;
+    let granularity = settings.granularity;
+    let row_bits = channel_bits(label, key, e, settings.bits, (granularity, rows))?;
+    let n = block_count(granularity, rows, cols);
+    let shape = format!("layer '{layer}' [{rows}, {cols}] at {granularity} needs {n}");
+    check_block_counts(label, key, e, n, &shape)?;
+    let (params, ranges) = block_qparams(label, key, e, &settings, row_bits.as_deref(), cols)?;
+    Ok((settings, params, ranges))
+}
+
+/// A weight entry's settings checked in file order (bits, scheme, granularity, strategy,
+/// base strategy, clip, percentile); a manual strategy with a base strategy becomes the base.
+fn weight_settings(label: &str, key: &str, e: &WeightEntry) -> Result<WeightSettings> {
     let bits = check_bits(label, &format!("{key}.bits"), e.bits)?;
     let scheme: Scheme = parse_named(label, &format!("{key}.scheme"), &e.scheme)?;
     let granularity: Granularity =
@@ -639,21 +662,43 @@ fn weight_parts(
         Some(b) => Some(parse_named(label, &format!("{key}.base_strategy"), b)?),
         None => None,
     };
-    let clip = match e.clip {
-        Some(c) if c.is_finite() && c > 0.0 && (c as f32).is_finite() => Some(c as f32),
-        Some(c) => {
-            return Err(bad(
-                label,
-                &format!("{key}.clip"),
-                format!("{c} must be finite and > 0"),
-            ));
-        }
-        None => None,
-    };
+    let clip = check_clip(label, key, e.clip)?;
     let percentile = check_percentile(label, &format!("{key}.percentile"), e.percentile)?;
-    let row_bits = channel_bits(label, key, e, bits, (granularity, rows))?;
-    let n = block_count(granularity, rows, cols);
-    let shape = format!("layer '{layer}' [{rows}, {cols}] at {granularity} needs {n}");
+    Ok(WeightSettings {
+        bits,
+        scheme,
+        granularity,
+        strategy: match (strategy, base) {
+            (Strategy::Manual, Some(b)) => b,
+            (s, _) => s,
+        },
+        percentile,
+        clip,
+    })
+}
+
+/// A weight entry's hand-set `clip` factor checked: finite and > 0, also as an f32.
+fn check_clip(label: &str, key: &str, clip: Option<f64>) -> Result<Option<f32>> {
+    match clip {
+        Some(c) if c.is_finite() && c > 0.0 && (c as f32).is_finite() => Ok(Some(c as f32)),
+        Some(c) => Err(bad(
+            label,
+            &format!("{key}.clip"),
+            format!("{c} must be finite and > 0"),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Checks that a weight entry's `scale`, `zero_point` and (when given) `range` each have one
+/// value per block: `n`, which `shape` explains in the error.
+fn check_block_counts(
+    label: &str,
+    key: &str,
+    e: &WeightEntry,
+    n: usize,
+    shape: &str,
+) -> Result<()> {
     if e.scale.len() != n {
         return Err(bad(
             label,
@@ -677,12 +722,29 @@ fn weight_parts(
             format!("has {} values; {shape}", r.len()),
         ));
     }
+    Ok(())
+}
+
+/// The qparams and clipping range of every block of a weight entry whose counts were checked,
+/// block by block: each block's bits are its output channel's (`row_bits`) or `settings.bits`,
+/// and a block without a stored range gets its qparams' representable range.
+fn block_qparams(
+    label: &str,
+    key: &str,
+    e: &WeightEntry,
+    settings: &WeightSettings,
+    row_bits: Option<&[u8]>,
+    cols: usize,
+) -> Result<(Vec<QParams>, Vec<ClipRange>)> {
+    let (granularity, scheme) = (settings.granularity, settings.scheme);
+    // `check_block_counts` made the scale count the block count.
+    let n = e.scale.len();
     let mut params = Vec::with_capacity(n);
     let mut ranges = Vec::with_capacity(n);
     for b in 0..n {
-        let bits = row_bits
-            .as_ref()
-            .map_or(bits, |rb| rb[b / groups_per_row(granularity, cols)]);
+        let bits = row_bits.map_or(settings.bits, |rb| {
+            rb[b / groups_per_row(granularity, cols)]
+        });
         let scale = check_scale(label, &format!("{key}.scale[{b}]"), e.scale[b])?;
         let zero_point = check_zero_point(
             label,
@@ -703,18 +765,7 @@ fn weight_parts(
         });
         params.push(p);
     }
-    let settings = WeightSettings {
-        bits,
-        scheme,
-        granularity,
-        strategy: match (strategy, base) {
-            (Strategy::Manual, Some(b)) => b,
-            (s, _) => s,
-        },
-        percentile,
-        clip,
-    };
-    Ok((settings, params, ranges))
+    Ok((params, ranges))
 }
 
 /// A weight entry's `channel_bits` checked: one width per output channel, each in range, the
@@ -847,8 +898,174 @@ pub struct Resolved {
     pub smoothed: Option<Box<Model>>,
 }
 
+/// The first 12 characters of a hex digest, for notes.
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
+}
+
+/// The file's layer names beside the model's weight layers, for matching them.
+struct LayerNames<'a> {
+    /// The model's weight layers (node indices), in network order.
+    wl: Vec<usize>,
+    /// Their names.
+    model: Vec<&'a str>,
+    /// The file's layer names, in file order.
+    file: Vec<&'a str>,
+}
+
+/// How a file's layer entries were matched to the model's weight layers.
+struct LayerMatch {
+    /// The model's weight layers (node indices), in network order.
+    wl: Vec<usize>,
+    /// For each of them, the index of its entry in the file's `layers`.
+    mapping: Vec<usize>,
+    /// What differs between the file's model and this one (empty when they match).
+    notes: Vec<String>,
+}
+
+/// A model weight layer with its weight matrix, row-major `[rows, cols]`.
+struct WeightLayer<'a> {
+    /// The layer.
+    layer: &'a Layer,
+    /// Its float weights.
+    w: &'a [f32],
+    /// Output channels.
+    rows: usize,
+    /// Values per output channel.
+    cols: usize,
+}
+
+impl<'a> LayerNames<'a> {
+    /// The names of `pf`'s layer entries and of `model`'s weight layers.
+    fn of(pf: &'a ParamsFile, model: &'a Model) -> LayerNames<'a> {
+        let wl = model.weight_layers();
+        let model_names = wl.iter().map(|&i| model.layers[i].name.as_str()).collect();
+        let file = pf.layers.iter().map(|l| l.name.as_str()).collect();
+        LayerNames {
+            wl,
+            model: model_names,
+            file,
+        }
+    }
+
+    /// The file entry of each model weight layer, when every one has an entry by name.
+    fn by_name(&self) -> Option<Vec<usize>> {
+        self.model
+            .iter()
+            .map(|n| self.file.iter().position(|f| f == n))
+            .collect()
+    }
+
+    /// A note on how the file's layer names differ from the model's (`None`: the same names in
+    /// the same order); `found_by_name`: every model weight layer has an entry by name.
+    fn differences(&self, found_by_name: bool) -> Option<String> {
+        let (file_names, model_names) = (&self.file, &self.model);
+        let names_differ =
+            !found_by_name || file_names.len() != model_names.len() || file_names != model_names;
+        if !names_differ {
+            return None;
+        }
+        let missing: Vec<&str> = model_names
+            .iter()
+            .copied()
+            .filter(|n| !file_names.contains(n))
+            .collect();
+        let extra: Vec<&str> = file_names
+            .iter()
+            .copied()
+            .filter(|n| !model_names.contains(n))
+            .collect();
+        let mut what = format!(
+            "the file's layers are [{}], the model's are [{}]",
+            file_names.join(", "),
+            model_names.join(", ")
+        );
+        if !missing.is_empty() {
+            what += &format!(" (no entry for: {})", missing.join(", "));
+        }
+        if !extra.is_empty() {
+            what += &format!(" (not in the model: {})", extra.join(", "));
+        }
+        Some(what)
+    }
+
+    /// The error for a layer of the model with no entry, or an entry for no layer of the model
+    /// (`None`: every name is on both sides).
+    fn missing_or_unknown(&self, label: &str, model_name: &str) -> Option<Error> {
+        let (file_names, model_names) = (&self.file, &self.model);
+        if let Some(m) = model_names.iter().find(|n| !file_names.contains(n)) {
+            return Some(bad(
+                label,
+                "layers",
+                format!(
+                    "no entry for weight layer '{m}' of model '{model_name}' (the file has: {})",
+                    file_names.join(", ")
+                ),
+            ));
+        }
+        if let Some((j, f)) = file_names
+            .iter()
+            .enumerate()
+            .find(|(_, f)| !model_names.contains(f))
+        {
+            return Some(bad(
+                label,
+                &format!("layers[{j}].name"),
+                format!(
+                    "model '{model_name}' has no weight layer '{f}' (it has: {})",
+                    model_names.join(", ")
+                ),
+            ));
+        }
+        None
+    }
+
+    /// The file entry of each model weight layer: `by_name` when every layer was found by name,
+    /// else by position when the counts agree (said in `notes`), else an error.
+    fn mapping(
+        &self,
+        label: &str,
+        model_name: &str,
+        by_name: Option<Vec<usize>>,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<usize>> {
+        let (file_names, model_names) = (&self.file, &self.model);
+        match by_name {
+            Some(m) => Ok(m),
+            None if file_names.len() == model_names.len() => {
+                notes.push("layers were matched by position".into());
+                Ok((0..model_names.len()).collect())
+            }
+            None => {
+                let m = model_names
+                    .iter()
+                    .find(|n| !file_names.contains(n))
+                    .expect("some name is missing");
+                Err(bad(
+                    label,
+                    "layers",
+                    format!(
+                        "no entry for weight layer '{m}' of model '{model_name}' (the file has: {}), and the counts differ so layers cannot be matched by position",
+                        file_names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The refusal of a file made for another model (`notes` say how it differs); the hint says
+/// whether `--force` can load it (`matchable`: the layers match by name or by position).
+fn another_model(label: &str, notes: &[String], matchable: bool) -> Error {
+    let hint = if matchable {
+        "use --force to load it anyway"
+    } else {
+        "--force cannot help: the layers match neither by name nor by position"
+    };
+    Error::format(
+        label,
+        format!("made for another model: {}; {hint}", notes.join("; ")),
+    )
 }
 
 impl ParamsFile {
@@ -863,10 +1080,38 @@ impl ParamsFile {
         ints: WeightInts,
     ) -> Result<Resolved> {
         check_format(label, Some(&self.format))?;
+        let points = self.resolve_points(label, model)?;
+        let m = self.match_layers(label, model, force)?;
+        let layers = (0..m.wl.len())
+            .map(|li| self.resolve_layer(label, model, &m, li, &ints))
+            .collect::<Result<Vec<LayerParams>>>()?;
+        let mut notes = m.notes;
+        if force && !notes.is_empty() {
+            notes.insert(
+                0,
+                format!("{label}: loaded with --force although it was made for another model"),
+            );
+        }
+        let params = ModelParams {
+            points,
+            layers,
+            smoothquant: self.smooth_entries(label)?,
+            methods: self.methods.clone(),
+        };
+        check_layer_inputs(label, model, &params)?;
+        Ok(Resolved {
+            params,
+            notes,
+            smoothed: None,
+        })
+    }
+
+    /// The `input` and `points` entries checked and placed on `model`'s values, in that order.
+    fn resolve_points(&self, label: &str, model: &Model) -> Result<Vec<PointParams>> {
         let mut points = Vec::new();
         if let Some(a) = &self.input {
             let value = model.inputs.first().map_or(0, |g| g.value);
-            points.push(crate::params::PointParams {
+            points.push(PointParams {
                 name: crate::config::INPUT_POINT.to_string(),
                 value,
                 act: act_quant(label, "input", a)?,
@@ -883,273 +1128,259 @@ impl ParamsFile {
                     ),
                 )
             })?;
-            points.push(crate::params::PointParams {
+            points.push(PointParams {
                 name: p.name.clone(),
                 value,
                 act: act_quant(label, &format!("points[{k}]"), &p.act)?,
             });
         }
-        let wl = model.weight_layers();
-        let model_names: Vec<&str> = wl.iter().map(|&i| model.layers[i].name.as_str()).collect();
-        let file_names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        Ok(points)
+    }
+
+    /// The note that the file was made for weights with another sha256.
+    fn sha_note(&self, model: &Model) -> String {
+        format!(
+            "the parameters were made for model '{}' with weights sha256 {}…, this model '{}' has {}…",
+            self.model.name,
+            short(&self.model.sha256),
+            model.name,
+            short(&model.sha256)
+        )
+    }
+
+    /// Matches the file's layer entries to `model`'s weight layers, noting what differs. A file
+    /// made for another model is refused unless `force`; then layers are matched by name, or by
+    /// position when the names differ but the counts agree.
+    fn match_layers(&self, label: &str, model: &Model, force: bool) -> Result<LayerMatch> {
+        let names = LayerNames::of(self, model);
         let mut notes = Vec::new();
         let sha_differs = !self.model.sha256.eq_ignore_ascii_case(&model.sha256);
         if sha_differs {
-            notes.push(format!(
-                "the parameters were made for model '{}' with weights sha256 {}…, this model '{}' has {}…",
-                self.model.name,
-                short(&self.model.sha256),
-                model.name,
-                short(&model.sha256)
-            ));
+            notes.push(self.sha_note(model));
         }
-        let by_name: Option<Vec<usize>> = model_names
-            .iter()
-            .map(|n| file_names.iter().position(|f| f == n))
-            .collect();
-        let names_differ =
-            by_name.is_none() || file_names.len() != model_names.len() || file_names != model_names;
-        if names_differ {
-            let missing: Vec<&str> = model_names
-                .iter()
-                .copied()
-                .filter(|n| !file_names.contains(n))
-                .collect();
-            let extra: Vec<&str> = file_names
-                .iter()
-                .copied()
-                .filter(|n| !model_names.contains(n))
-                .collect();
-            let mut what = format!(
-                "the file's layers are [{}], the model's are [{}]",
-                file_names.join(", "),
-                model_names.join(", ")
-            );
-            if !missing.is_empty() {
-                what += &format!(" (no entry for: {})", missing.join(", "));
-            }
-            if !extra.is_empty() {
-                what += &format!(" (not in the model: {})", extra.join(", "));
-            }
+        let by_name = names.by_name();
+        if let Some(what) = names.differences(by_name.is_some()) {
             notes.push(what);
         }
         if !notes.is_empty() && !force {
             // The same weights with a layer missing or unknown is a bad file, not another model.
-            if !sha_differs {
-                if let Some(m) = model_names.iter().find(|n| !file_names.contains(n)) {
-                    return Err(bad(
-                        label,
-                        "layers",
-                        format!(
-                            "no entry for weight layer '{m}' of model '{}' (the file has: {})",
-                            model.name,
-                            file_names.join(", ")
-                        ),
-                    ));
-                }
-                if let Some((j, f)) = file_names
-                    .iter()
-                    .enumerate()
-                    .find(|(_, f)| !model_names.contains(f))
-                {
-                    return Err(bad(
-                        label,
-                        &format!("layers[{j}].name"),
-                        format!(
-                            "model '{}' has no weight layer '{f}' (it has: {})",
-                            model.name,
-                            model_names.join(", ")
-                        ),
-                    ));
-                }
+            if !sha_differs && let Some(e) = names.missing_or_unknown(label, &model.name) {
+                return Err(e);
             }
-            let matchable = by_name.is_some() || file_names.len() == model_names.len();
-            let hint = if matchable {
-                "use --force to load it anyway"
-            } else {
-                "--force cannot help: the layers match neither by name nor by position"
-            };
-            return Err(Error::format(
-                label,
-                format!("made for another model: {}; {hint}", notes.join("; ")),
-            ));
+            let matchable = by_name.is_some() || names.file.len() == names.model.len();
+            return Err(another_model(label, &notes, matchable));
         }
-        let mapping: Vec<usize> = match by_name {
-            Some(m) => m,
-            None if file_names.len() == model_names.len() => {
-                notes.push("layers were matched by position".into());
-                (0..model_names.len()).collect()
-            }
-            None => {
-                let m = model_names
-                    .iter()
-                    .find(|n| !file_names.contains(n))
-                    .expect("some name is missing");
-                return Err(bad(
-                    label,
-                    "layers",
-                    format!(
-                        "no entry for weight layer '{m}' of model '{}' (the file has: {}), and the counts differ so layers cannot be matched by position",
-                        model.name,
-                        file_names.join(", ")
-                    ),
-                ));
+        let mapping = names.mapping(label, &model.name, by_name, &mut notes)?;
+        Ok(LayerMatch {
+            wl: names.wl,
+            mapping,
+            notes,
+        })
+    }
+
+    /// The parameters of the `li`-th model weight layer from its matched entry: its weight, its
+    /// output's activation, and the check that an integer layer gets the scales it needs.
+    fn resolve_layer(
+        &self,
+        label: &str,
+        model: &Model,
+        m: &LayerMatch,
+        li: usize,
+        ints: &WeightInts,
+    ) -> Result<LayerParams> {
+        let (i, j) = (m.wl[li], m.mapping[li]);
+        let e = &self.layers[j];
+        let key = format!("layers[{j}]");
+        let layer = &model.layers[i];
+        let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
+        let site = WeightLayer {
+            layer,
+            w,
+            rows,
+            cols,
+        };
+        let weight = match &e.weight {
+            None => None,
+            Some(we) => {
+                let wkey = format!("{key}.weight");
+                Some(resolve_weight(label, &wkey, we, &site, ints)?)
             }
         };
-        let mut layers = Vec::with_capacity(wl.len());
-        for (li, (&i, &j)) in wl.iter().zip(&mapping).enumerate() {
-            let e = &self.layers[j];
-            let key = format!("layers[{j}]");
-            let layer = &model.layers[i];
-            let (w, rows, cols) = layer.op.weight_rows().expect("weight layer");
-            let weight = match &e.weight {
-                None => None,
-                Some(we) => {
-                    let (settings, params, ranges) =
-                        weight_parts(label, &format!("{key}.weight"), we, &layer.name, rows, cols)?;
-                    let mut q = QWeights {
-                        rows,
-                        cols,
-                        q: vec![0; rows * cols],
-                        granularity: settings.granularity,
-                        params,
-                        ranges,
-                    };
-                    let bias = stored_bias(label, &format!("{key}.weight.bias"), we, rows)?;
-                    if bias.is_some() && !layer.op.is_gemm() {
-                        return Err(bad(
-                            label,
-                            &format!("{key}.weight.bias"),
-                            format!("layer '{}' is an embedding, which has no bias", layer.name),
-                        ));
-                    }
-                    match &ints {
-                        WeightInts::FromModel if we.weights_int.is_some() => {
-                            let v = we.weights_int.as_deref().unwrap_or_default();
-                            q.q = file_ints(label, &format!("{key}.weight.weights_int"), v, &q)?;
-                        }
-                        WeightInts::FromModel => {
-                            let gs = q.group_size();
-                            for r in 0..rows {
-                                for c in 0..cols {
-                                    let k = r * cols + c;
-                                    q.q[k] = q.param(r, c / gs).quantize(w[k]) as i8;
-                                }
-                            }
-                        }
-                        WeightInts::Stored(get) => {
-                            let stored = get(&layer.name).ok_or_else(|| {
-                                bad(
-                                    label,
-                                    &format!("{key}.weight"),
-                                    format!("no integer weights stored for layer '{}'", layer.name),
-                                )
-                            })?;
-                            if stored.len() != rows * cols {
-                                return Err(bad(
-                                    label,
-                                    &format!("{key}.weight"),
-                                    format!(
-                                        "{} integer weights stored, layer '{}' needs {}",
-                                        stored.len(),
-                                        layer.name,
-                                        rows * cols
-                                    ),
-                                ));
-                            }
-                            let gs = q.group_size();
-                            for (k, &v) in stored.iter().enumerate() {
-                                let p = q.param(k / cols, (k % cols) / gs);
-                                if (v as i32) < p.qmin() || (v as i32) > p.qmax() {
-                                    return Err(bad(
-                                        label,
-                                        &format!("{key}.weight"),
-                                        format!(
-                                            "stored integer {v} at index {k} is outside [{}, {}]",
-                                            p.qmin(),
-                                            p.qmax()
-                                        ),
-                                    ));
-                                }
-                            }
-                            q.q = stored;
-                        }
-                    }
-                    Some(WeightQuant { settings, q, bias })
-                }
-            };
-            let act = match &e.activation {
-                Some(a) => Some(act_quant(label, &format!("{key}.activation"), a)?),
-                None => None,
-            };
-            if weight.is_some() && act.is_none() {
-                return Err(bad(
-                    label,
-                    &format!("{key}.activation"),
-                    format!(
-                        "is null, but layer '{}' has quantized weights: an integer layer needs its output's scale and zero point",
-                        layer.name
-                    ),
-                ));
-            }
-            // An integer layer after this one that reads this one's output needs integer input
-            // (in a graph the next weight layer may read another tensor: the check after the
-            // loop covers every layer's input).
-            if act.is_none()
-                && let Some(&next) = mapping.get(li + 1)
-                && self.layers[next].weight.is_some()
-                && wl.get(li + 1).is_some_and(|&ni| feeds(model, i, ni))
-            {
-                return Err(bad(
-                    label,
-                    &format!("{key}.activation"),
-                    format!(
-                        "is null, but the next layer '{}' is quantized and needs its input's scale and zero point (layer '{}''s output)",
-                        self.layers[next].name, layer.name
-                    ),
-                ));
-            }
-            layers.push(LayerParams {
-                name: layer.name.clone(),
-                index: i,
-                weight,
-                act,
-            });
-        }
-        if force && !notes.is_empty() {
-            notes.insert(
-                0,
-                format!("{label}: loaded with --force although it was made for another model"),
-            );
-        }
-        let params = ModelParams {
-            points,
-            layers,
-            smoothquant: self.smooth_entries(label)?,
-            methods: self.methods.clone(),
+        let act = match &e.activation {
+            Some(a) => Some(act_quant(label, &format!("{key}.activation"), a)?),
+            None => None,
         };
-        let inq = crate::engine::int::input_qparams(model, &params);
-        if let Some(lp) = params.layers.iter().find(|lp| {
-            // An embedding reads integer indices: it has no input qparams.
-            lp.weight.is_some()
-                && model.layers[lp.index].op.is_gemm()
-                && inq.get(&lp.index).copied().flatten().is_none()
-        }) {
+        if act.is_none() {
+            self.check_float_output(label, model, m, li)?;
+        }
+        Ok(LayerParams {
+            name: layer.name.clone(),
+            index: i,
+            weight,
+            act,
+        })
+    }
+
+    /// Checks that the `li`-th model weight layer, whose output stays float (`activation`
+    /// null), neither has quantized weights nor feeds a quantized next layer.
+    fn check_float_output(
+        &self,
+        label: &str,
+        model: &Model,
+        m: &LayerMatch,
+        li: usize,
+    ) -> Result<()> {
+        let (i, j) = (m.wl[li], m.mapping[li]);
+        let key = format!("layers[{j}]");
+        let layer = &model.layers[i];
+        if self.layers[j].weight.is_some() {
             return Err(bad(
                 label,
-                "input",
+                &format!("{key}.activation"),
                 format!(
-                    "layer '{}' is quantized but nothing gives the scale and zero point of its input (missing `input` or `points`?)",
-                    lp.name
+                    "is null, but layer '{}' has quantized weights: an integer layer needs its output's scale and zero point",
+                    layer.name
                 ),
             ));
         }
-        Ok(Resolved {
-            params,
-            notes,
-            smoothed: None,
-        })
+        // An integer layer after this one that reads this one's output needs integer input
+        // (in a graph the next weight layer may read another tensor: `check_layer_inputs`
+        // covers every layer's input).
+        if let Some(&next) = m.mapping.get(li + 1)
+            && self.layers[next].weight.is_some()
+            && m.wl.get(li + 1).is_some_and(|&ni| feeds(model, i, ni))
+        {
+            return Err(bad(
+                label,
+                &format!("{key}.activation"),
+                format!(
+                    "is null, but the next layer '{}' is quantized and needs its input's scale and zero point (layer '{}''s output)",
+                    self.layers[next].name, layer.name
+                ),
+            ));
+        }
+        Ok(())
     }
+}
+
+/// A layer's weight entry (`key` names it) checked and turned into its quantized weights:
+/// settings, qparams and ranges, the replacement bias, and the integers from `ints`.
+fn resolve_weight(
+    label: &str,
+    key: &str,
+    we: &WeightEntry,
+    site: &WeightLayer,
+    ints: &WeightInts,
+) -> Result<WeightQuant> {
+    let (layer, rows, cols) = (site.layer, site.rows, site.cols);
+    let (settings, params, ranges) = weight_parts(label, key, we, &layer.name, rows, cols)?;
+    let mut q = QWeights {
+        rows,
+        cols,
+        q: vec![0; rows * cols],
+        granularity: settings.granularity,
+        params,
+        ranges,
+    };
+    let bias = stored_bias(label, &format!("{key}.bias"), we, rows)?;
+    if bias.is_some() && !layer.op.is_gemm() {
+        return Err(bad(
+            label,
+            &format!("{key}.bias"),
+            format!("layer '{}' is an embedding, which has no bias", layer.name),
+        ));
+    }
+    match ints {
+        WeightInts::FromModel if we.weights_int.is_some() => {
+            let v = we.weights_int.as_deref().unwrap_or_default();
+            q.q = file_ints(label, &format!("{key}.weights_int"), v, &q)?;
+        }
+        WeightInts::FromModel => quantize_model_weights(site.w, &mut q),
+        WeightInts::Stored(get) => {
+            let stored = get(&layer.name).ok_or_else(|| {
+                bad(
+                    label,
+                    key,
+                    format!("no integer weights stored for layer '{}'", layer.name),
+                )
+            })?;
+            q.q = checked_stored_ints(label, key, &layer.name, stored, &q)?;
+        }
+    }
+    Ok(WeightQuant { settings, q, bias })
+}
+
+/// Fills `q`'s integers by quantizing the model's float weights `w` with `q`'s qparams.
+fn quantize_model_weights(w: &[f32], q: &mut QWeights) {
+    let (rows, cols) = (q.rows, q.cols);
+    let gs = q.group_size();
+    for r in 0..rows {
+        for c in 0..cols {
+            let k = r * cols + c;
+            q.q[k] = q.param(r, c / gs).quantize(w[k]) as i8;
+        }
+    }
+}
+
+/// The integers stored for layer `layer` (a quantized model file) checked against the qparams
+/// of `q`: one per weight, each in its block's range.
+fn checked_stored_ints(
+    label: &str,
+    key: &str,
+    layer: &str,
+    stored: Vec<i8>,
+    q: &QWeights,
+) -> Result<Vec<i8>> {
+    let (rows, cols) = (q.rows, q.cols);
+    if stored.len() != rows * cols {
+        return Err(bad(
+            label,
+            key,
+            format!(
+                "{} integer weights stored, layer '{layer}' needs {}",
+                stored.len(),
+                rows * cols
+            ),
+        ));
+    }
+    let gs = q.group_size();
+    for (k, &v) in stored.iter().enumerate() {
+        let p = q.param(k / cols, (k % cols) / gs);
+        if (v as i32) < p.qmin() || (v as i32) > p.qmax() {
+            return Err(bad(
+                label,
+                key,
+                format!(
+                    "stored integer {v} at index {k} is outside [{}, {}]",
+                    p.qmin(),
+                    p.qmax()
+                ),
+            ));
+        }
+    }
+    Ok(stored)
+}
+
+/// Checks that every quantized layer that reads float data (every one but an embedding) gets
+/// its input's scale and zero point from a point or a layer before it.
+fn check_layer_inputs(label: &str, model: &Model, params: &ModelParams) -> Result<()> {
+    let inq = crate::engine::int::input_qparams(model, params);
+    if let Some(lp) = params.layers.iter().find(|lp| {
+        // An embedding reads integer indices: it has no input qparams.
+        lp.weight.is_some()
+            && model.layers[lp.index].op.is_gemm()
+            && inq.get(&lp.index).copied().flatten().is_none()
+    }) {
+        return Err(bad(
+            label,
+            "input",
+            format!(
+                "layer '{}' is quantized but nothing gives the scale and zero point of its input (missing `input` or `points`?)",
+                lp.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether node `to`'s data input is node `from`'s (fused) output, directly or through ops
