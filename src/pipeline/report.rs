@@ -97,44 +97,7 @@ pub(super) fn build_report(
     has_float: bool,
     timings_ms: Timings,
 ) -> Report {
-    let mut rows: Vec<(usize, LayerReport)> = params
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(j, lp)| (lp.index, layer_report(model, lp, ev, j, has_float)))
-        .collect();
-    // Weightless integer nodes (a residual Add, a pool, a lookup table, …) are layers too, in
-    // topological order with null weight fields; their point is their output.
-    let integer_node = |v: crate::model::ValueId| {
-        model
-            .layers
-            .iter()
-            .position(|l| l.output == v)
-            .filter(|&i| {
-                !model.layers[i].op.has_weights() && !ev.islands.get(i).copied().unwrap_or(true)
-            })
-    };
-    for p in &params.points {
-        if let Some(i) = integer_node(p.value) {
-            rows.push((i, weightless_report(model, i, &p.act)));
-        }
-    }
-    rows.sort_by_key(|(i, _)| *i);
-    let layers = rows.into_iter().map(|(_, r)| r).collect();
-    let points = params
-        .points
-        .iter()
-        .filter(|p| p.name != crate::config::INPUT_POINT && integer_node(p.value).is_none())
-        .map(|p| {
-            let r = input_report(&p.act);
-            PointReport {
-                name: p.name.clone(),
-                act_bits: r.act_bits,
-                act_strategy: r.act_strategy,
-                act_range: r.act_range,
-            }
-        })
-        .collect();
+    let (layers, points) = layer_and_point_reports(model, params, ev, has_float);
     Report {
         qscope_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.name.clone(),
@@ -182,4 +145,53 @@ pub(super) fn build_report(
         timings_ms,
         kernel: crate::engine::kernels::kernel_name().to_string(),
     }
+}
+
+/// The report's layers (weight layers and weightless integer nodes, in topological order)
+/// and its other quantization points (neither the input nor an integer node's output).
+fn layer_and_point_reports(
+    model: &Model,
+    params: &ModelParams,
+    ev: &Evaluation,
+    has_float: bool,
+) -> (Vec<LayerReport>, Vec<PointReport>) {
+    let mut rows: Vec<(usize, LayerReport)> = params
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(j, lp)| (lp.index, layer_report(model, lp, ev, j, has_float)))
+        .collect();
+    // Weightless integer nodes (a residual Add, a pool, a lookup table, …) are layers too, in
+    // topological order with null weight fields; their point is their output.
+    let integer_node = |v: crate::model::ValueId| {
+        model
+            .layers
+            .iter()
+            .position(|l| l.output == v)
+            .filter(|&i| {
+                !model.layers[i].op.has_weights() && !ev.islands.get(i).copied().unwrap_or(true)
+            })
+    };
+    for p in &params.points {
+        if let Some(i) = integer_node(p.value) {
+            rows.push((i, weightless_report(model, i, &p.act)));
+        }
+    }
+    rows.sort_by_key(|(i, _)| *i);
+    let layers = rows.into_iter().map(|(_, r)| r).collect();
+    let points = params
+        .points
+        .iter()
+        .filter(|p| p.name != crate::config::INPUT_POINT && integer_node(p.value).is_none())
+        .map(|p| {
+            let r = input_report(&p.act);
+            PointReport {
+                name: p.name.clone(),
+                act_bits: r.act_bits,
+                act_strategy: r.act_strategy,
+                act_range: r.act_range,
+            }
+        })
+        .collect();
+    (layers, points)
 }
