@@ -195,7 +195,13 @@ fn quantized_weight(
     } else {
         DataType::Int8
     };
-    let (dims, ints, sdims, scales, zps, attrs) = weight_blocks(name, layout, q)?;
+    let (dims, ints, blocks) = weight_blocks(name, layout, q)?;
+    let Blocks {
+        dims: sdims,
+        scales,
+        zero_points: zps,
+        attrs,
+    } = blocks;
     let wn = w.init(OTensor::small_int(
         &format!("{name}_weight_quantized"),
         &dims,
@@ -278,21 +284,22 @@ fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
         .collect()
 }
 
-/// Weight dims and integers in the op's layout, the scale/zero-point dims and values, and the
-/// DequantizeLinear attributes.
-#[allow(clippy::type_complexity)]
+/// The scale/zero-point tensors of quantized weights and the DequantizeLinear attributes
+/// that read them.
+struct Blocks {
+    /// Dims of the scale and zero-point tensors (none for one per tensor).
+    dims: Vec<usize>,
+    scales: Vec<f32>,
+    zero_points: Vec<i32>,
+    attrs: Vec<(&'static str, AttrValue)>,
+}
+
+/// Weight dims and integers in the op's layout, and their scale/zero-point blocks.
 fn weight_blocks(
     name: &str,
     layout: Layout,
     q: &crate::quant::weights::QWeights,
-) -> Result<(
-    Vec<usize>,
-    Vec<i32>,
-    Vec<usize>,
-    Vec<f32>,
-    Vec<i32>,
-    Vec<(&'static str, AttrValue)>,
-)> {
+) -> Result<(Vec<usize>, Vec<i32>, Blocks)> {
     let (rows, cols) = (q.rows, q.cols);
     let ints: Vec<i32> = q.q.iter().map(|&v| v as i32).collect();
     let (dims, ints) = match layout {
@@ -305,79 +312,79 @@ fn weight_blocks(
     } else {
         0
     };
-    let sc = |p: &QParams| p.scale;
-    let zp = |p: &QParams| p.zero_point;
-    Ok(match q.granularity {
-        Granularity::PerTensor => {
-            let p = &q.params[0];
-            (
-                dims,
-                ints,
-                vec![],
-                vec![p.scale],
-                vec![p.zero_point],
-                vec![],
-            )
-        }
-        Granularity::PerChannel => (
-            dims,
-            ints,
-            vec![rows],
-            q.params.iter().map(sc).collect(),
-            q.params.iter().map(zp).collect(),
-            vec![("axis", AttrValue::Int(out_axis))],
-        ),
-        Granularity::Group(n) => {
-            let reduce = match layout {
-                Layout::Conv([_, i, kh, kw]) => i * kh * kw,
-                _ => cols,
-            };
-            if !reduce.is_multiple_of(n) {
+    let blocks = match q.granularity {
+        Granularity::PerTensor => Blocks {
+            dims: vec![],
+            scales: vec![q.params[0].scale],
+            zero_points: vec![q.params[0].zero_point],
+            attrs: vec![],
+        },
+        Granularity::PerChannel => Blocks {
+            dims: vec![rows],
+            scales: q.params.iter().map(|p| p.scale).collect(),
+            zero_points: q.params.iter().map(|p| p.zero_point).collect(),
+            attrs: vec![("axis", AttrValue::Int(out_axis))],
+        },
+        Granularity::Group(n) => group_blocks(name, layout, q, n)?,
+    };
+    Ok((dims, ints, blocks))
+}
+
+/// The blocks of weights quantized in groups of `n` along a row, for a blocked
+/// DequantizeLinear: whole blocks of the op's reduction axis (for a conv, of whole kernels).
+fn group_blocks(
+    name: &str,
+    layout: Layout,
+    q: &crate::quant::weights::QWeights,
+    n: usize,
+) -> Result<Blocks> {
+    let (rows, cols) = (q.rows, q.cols);
+    let reduce = match layout {
+        Layout::Conv([_, i, kh, kw]) => i * kh * kw,
+        _ => cols,
+    };
+    if !reduce.is_multiple_of(n) {
+        return Err(Error::format(
+            "--out",
+            format!(
+                "layer '{name}': groups of {n} do not divide its {reduce} inputs, and a blocked DequantizeLinear needs whole blocks (choose a group size that divides {reduce})"
+            ),
+        ));
+    }
+    let g = q.groups();
+    let (dims, order, axis, block): (Vec<usize>, Vec<(usize, usize)>, i64, usize) = match layout {
+        Layout::Gemm => (vec![rows, g], grid(rows, g, false), 1, n),
+        Layout::MatMul => (vec![g, rows], grid(rows, g, true), 0, n),
+        Layout::Conv([o, i, kh, kw]) => {
+            let khw = kh * kw;
+            if !n.is_multiple_of(khw) {
                 return Err(Error::format(
                     "--out",
                     format!(
-                        "layer '{name}': groups of {n} do not divide its {reduce} inputs, and a blocked DequantizeLinear needs whole blocks (choose a group size that divides {reduce})"
+                        "layer '{name}': groups of {n} weights do not cover whole {kh}×{kw} kernels, which a blocked DequantizeLinear of a conv weight needs (use a group size that is a multiple of {khw})"
                     ),
                 ));
             }
-            let g = q.groups();
-            let at = |r: usize, k: usize| q.param(r, k);
-            let (sdims, order, axis, block): (Vec<usize>, Vec<(usize, usize)>, i64, usize) =
-                match layout {
-                    Layout::Gemm => (vec![rows, g], grid(rows, g, false), 1, n),
-                    Layout::MatMul => (vec![g, rows], grid(rows, g, true), 0, n),
-                    Layout::Conv([o, i, kh, kw]) => {
-                        let khw = kh * kw;
-                        if n % khw != 0 {
-                            return Err(Error::format(
-                                "--out",
-                                format!(
-                                    "layer '{name}': groups of {n} weights do not cover whole {kh}×{kw} kernels, which a blocked DequantizeLinear of a conv weight needs (use a group size that is a multiple of {khw})"
-                                ),
-                            ));
-                        }
-                        let b = n / khw;
-                        let order = (0..o)
-                            .flat_map(|r| {
-                                (0..i.div_ceil(b))
-                                    .flat_map(move |k| std::iter::repeat_n((r, k), khw))
-                            })
-                            .collect();
-                        (vec![o, i.div_ceil(b), kh, kw], order, 1, b)
-                    }
-                };
-            (
-                dims,
-                ints,
-                sdims,
-                order.iter().map(|&(r, k)| at(r, k).scale).collect(),
-                order.iter().map(|&(r, k)| at(r, k).zero_point).collect(),
-                vec![
-                    ("axis", AttrValue::Int(axis)),
-                    ("block_size", AttrValue::Int(block as i64)),
-                ],
-            )
+            let b = n / khw;
+            let order = (0..o)
+                .flat_map(|r| {
+                    (0..i.div_ceil(b)).flat_map(move |k| std::iter::repeat_n((r, k), khw))
+                })
+                .collect();
+            (vec![o, i.div_ceil(b), kh, kw], order, 1, b)
         }
+    };
+    Ok(Blocks {
+        dims,
+        scales: order.iter().map(|&(r, k)| q.param(r, k).scale).collect(),
+        zero_points: order
+            .iter()
+            .map(|&(r, k)| q.param(r, k).zero_point)
+            .collect(),
+        attrs: vec![
+            ("axis", AttrValue::Int(axis)),
+            ("block_size", AttrValue::Int(block as i64)),
+        ],
     })
 }
 
