@@ -19,7 +19,7 @@ const PR: usize = 8;
 const OC: usize = 32;
 /// A conv of at most 16 output channels on AVX-512: one vector of channels and 16 pixels per
 /// tile (the 32-channel tile would leave half its multiply-adds on padded channels).
-const NARROW: (usize, usize) = (16, 16);
+const NARROW: usize = 16;
 
 /// A tile kernel of `P` pixels: its image, pixel starts, tap offsets, (weights, bias, clamp),
 /// and where it writes (transposed: channel j's `P` values at p[j · ld]).
@@ -76,8 +76,8 @@ pub(super) fn strided_with(
         furthest < g.c * hp * wp,
         "every tap inside the padded image"
     );
-    let narrow = wide && o <= NARROW.0;
-    let oc = if narrow { NARROW.0 } else { OC };
+    let narrow = wide && o <= NARROW;
+    let oc = if narrow { NARROW } else { OC };
     let packed = pack(w, (o, k), oc);
     let padded_bias: Vec<f32> = (0..o.div_ceil(oc) * oc)
         .map(|r| bias.get(r).copied().unwrap_or(0.0))
@@ -102,7 +102,7 @@ pub(super) fn strided_with(
         // inside the image (asserted above); the weights are packed in blocks of `oc`.
         unsafe {
             if narrow {
-                sample_tiles::<16, 16>(img, ys, geometry, weights, tile16)
+                sample_tiles::<NARROW, NARROW>(img, ys, geometry, weights, tile16)
             } else if wide {
                 sample_tiles::<OC, PR>(img, ys, geometry, weights, tile)
             } else {

@@ -73,6 +73,12 @@ impl ConvGeom {
         self.c * self.kernel.0 * self.kernel.1
     }
 
+    /// A 1×1 kernel at stride 1 without padding: each output pixel's patch is its input
+    /// pixel's channels, read in place.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.stride == (1, 1) && self.pad == [0; 4]
+    }
+
     /// Output pixels per sample.
     pub fn out_pixels(&self) -> usize {
         self.oh * self.ow

@@ -1,8 +1,9 @@
 //! Recycled code buffers for the integer engine: when a value's last reader has run, its codes
 //! go back to a short per-thread list, and the next conv, residual Add or layout copy takes its
-//! output buffer from there. From the second batch on a thread, a run allocates and zeroes no
-//! memory for those outputs. A buffer taken holds stale codes of an earlier value (or zeros):
-//! every user writes all of it.
+//! output buffer from there. From the second batch on a thread, a run allocates no memory for
+//! those outputs (a buffer shorter than its new value is zeroed past its old length, as `Vec`
+//! must). A buffer taken holds stale codes of an earlier value (or zeros): every user writes
+//! all of it.
 
 use crate::engine::tensor::{Data, Tensor};
 use std::cell::RefCell;

@@ -2,7 +2,7 @@
 //! line with points, the chosen point marked, the uniform configurations as separate markers and
 //! the float accuracy as a dashed line.
 
-use super::plot::{FAMILY, plot_err, register_font};
+use super::plot::{FAMILY, draw_legend, plot_err, register_font};
 use crate::error::{Error, Result};
 use crate::pipeline::mixed::{FrontPoint, MixedSearch};
 use plotters::coord::Shift;
@@ -113,7 +113,7 @@ fn draw_picture(s: &mut String, model: &str, points: &Points, axes: &Axes) -> Re
     draw_front(&mut chart, &points.front)?;
     draw_uniform(&mut chart, &points.uniform)?;
     draw_chosen(&mut chart, points.chosen, &points.label)?;
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }
@@ -199,18 +199,5 @@ fn draw_chosen(chart: &mut Chart, c: (f64, f64), label: &str) -> Result<()> {
         .map_err(plot_err)?
         .label("chosen")
         .legend(move |(x, y)| Circle::new((x + 7, y), 5, red.stroke_width(2)));
-    Ok(())
-}
-
-/// The legend box in the lower right.
-fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<()> {
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FAMILY, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(plot_err)?;
     Ok(())
 }

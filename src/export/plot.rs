@@ -11,6 +11,7 @@ use crate::pipeline::Calibration;
 use crate::quant::Granularity;
 use crate::quant::calib::Histogram;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters_backend::{BackendColor, BackendCoord, DrawingErrorKind};
 use std::path::Path;
@@ -375,9 +376,21 @@ where
                 PathElement::new(vec![(x, yy), (x + 14, yy)], red.stroke_width(2))
             });
     }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// The series' legend at `position`, in the plots' one style: labels in the plot font on a
+/// translucent white box.
+pub(crate) fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .label_font((FAMILY, 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))

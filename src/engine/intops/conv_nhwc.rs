@@ -101,9 +101,8 @@ impl NhwcConv {
         let mut padded = (g.c > 1)
             .then(|| PaddedImage::for_gemm(g, &self.gemm))
             .flatten();
-        let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
         // Patch rows written shifted to unsigned, read in place by the GEMM (no second copy).
-        let shifted = !one_by_one && vnni_rows;
+        let shifted = !g.is_pointwise() && vnni_rows;
         let slack = shifted_row_bytes(k) - k;
         // Patch rows only where the padded image does not apply.
         let rows_len = if padded.is_some() {
@@ -161,7 +160,6 @@ impl NhwcConv {
         (rows, acc, y): (&mut [i8], &mut Vec<i32>, &mut [i8]),
     ) {
         let (pixels, o, k) = (g.out_pixels(), self.gemm.out_channels(), g.k());
-        let one_by_one = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == [0; 4];
         let slack = shifted_row_bytes(k) - k;
         for p0 in (0..pixels).step_by(block) {
             let p1 = (p0 + block).min(pixels);
@@ -180,7 +178,7 @@ impl NhwcConv {
                 let a: &[i8] = if g.c == 1 {
                     columns_to_rows(src, pixels, p0..p1, rows);
                     &rows[..m * k]
-                } else if one_by_one {
+                } else if g.is_pointwise() {
                     &src[p0 * k..p1 * k]
                 } else {
                     im2col_nhwc_rows(src, g, pad, p0..p1, rows);
