@@ -395,6 +395,11 @@ enum WeightKernel {
 }
 
 impl WeightKernel {
+    /// Whether a conv through this kernel can write channels-last output.
+    fn writes_channels_last(&self) -> bool {
+        matches!(self, WeightKernel::Nhwc(c) if c.writes_channels_last())
+    }
+
     /// The qparams of the input the kernel expects.
     fn in_q(&self) -> QParams {
         match self {
@@ -450,6 +455,57 @@ pub struct IntModel<'m> {
     /// Per node: the Softmax it feeds when it is an additive-mask Add that runs inside that
     /// Softmax's float island (as ORT's attention fusion does).
     into_softmax: Vec<Option<usize>>,
+    /// Per node: a conv whose kernel writes shape order, every reader of whose output reads
+    /// channels-last, so that a channels-last run stores the output so (one transpose here
+    /// instead of one in each reader).
+    turn_output: Vec<bool>,
+}
+
+/// Shape-order codes `y` stored channels-last (its buffer recycled), and whether they are (not
+/// for anything but 4-D codes).
+fn turned(y: Tensor) -> (Tensor, bool) {
+    match channels_last::to_channels_last(&y) {
+        Some(t) => {
+            super::recycle::give(y);
+            (t, true)
+        }
+        None => (y, false),
+    }
+}
+
+/// [`IntModel::turn_output`] for `steps`: the convs whose kernel writes NCHW planes (grouped
+/// and depthwise convs, most one-channel stems) whose output is not a graph output and is read
+/// only by convs over channels-last patches and by ops that run on channels-last
+/// codes (Relu, Clip, Add, Sub, MaxPool, the global mean).
+fn turned_outputs(model: &Model, steps: &[Step]) -> Vec<bool> {
+    let reads_channels_last = |j: usize| match &steps[j] {
+        Step::Gemm {
+            kernel: WeightKernel::Nhwc(_),
+            ..
+        } => matches!(model.layers[j].op, Op::Conv2d { .. }),
+        Step::Node => matches!(
+            model.layers[j].op,
+            Op::Relu
+                | Op::Clip { .. }
+                | Op::Binary(BinaryOp::Add | BinaryOp::Sub)
+                | Op::MaxPool2d { .. }
+                | Op::GlobalAvgPool
+        ),
+        _ => false,
+    };
+    (steps.iter().zip(&model.layers))
+        .map(|(st, layer)| match st {
+            Step::Gemm { kernel, out }
+                if matches!(layer.op, Op::Conv2d { .. })
+                    && !kernel.writes_channels_last()
+                    && !model.outputs.contains(out) =>
+            {
+                let readers = model.consumers(*out);
+                !readers.is_empty() && readers.into_iter().all(reads_channels_last)
+            }
+            _ => false,
+        })
+        .collect()
 }
 
 /// For each node, the Softmax it feeds when it is an Add whose only reader is a Softmax.
@@ -553,6 +609,7 @@ impl<'m> IntModel<'m> {
         }
         IntModel {
             model,
+            turn_output: turned_outputs(model, &steps),
             steps,
             points,
             limit,
@@ -826,6 +883,10 @@ impl<'m> IntModel<'m> {
             Step::Gemm { kernel, out } => {
                 let layouts = (stored.first() == Some(&true), channels_last);
                 let (y, y_nhwc) = self.run_gemm(&layer.op, kernel, x()?, layouts)?;
+                let (y, y_nhwc) = match channels_last && !y_nhwc && self.turn_output[i] {
+                    true => turned(y),
+                    false => (y, y_nhwc),
+                };
                 (*out, y, Ran::Int, y_nhwc)
             }
             Step::Embed { kernel, out } => (*out, kernel.run(x()?, self.limit)?, Ran::Int, false),
@@ -1451,6 +1512,45 @@ mod tests {
                         GroupConv::new(&wq, &bias, (kh, kw), 1, (in_q, out_q), bounds).unwrap();
                     assert_eq!(direct.run(&x, n, &g), want, "direct, kernel {kh}x{kw}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn only_convs_writing_planes_for_channels_last_readers_turn_their_output() {
+        // The ResNet's one-channel stem writes NCHW planes (on any CPU) and is read by a conv
+        // and a residual Add: it turns. MobileNetV2's stem (read by a 1x1 conv and an Add) and
+        // its five depthwise convs (each read by its project conv) turn. Convs that write
+        // channels-last themselves never do.
+        use crate::pipeline::{Cancel, run};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let models = [
+            crate::bundled::model("mnist-resnet").unwrap(),
+            crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
+                .unwrap(),
+        ];
+        let (calib, test) = (
+            crate::bundled::calib().take(8),
+            crate::bundled::test().take(2),
+        );
+        for (model, want_turned) in models.iter().zip([1, 6]) {
+            let out = run(model, &calib, &test, &Default::default(), &Cancel::new()).unwrap();
+            let int = IntModel::new(model, &out.params, usize::MAX);
+            let turned: Vec<usize> = (0..model.layers.len())
+                .filter(|&i| int.turn_output[i])
+                .collect();
+            assert_eq!(turned.len(), want_turned, "{}: {turned:?}", model.name);
+            for &i in &turned {
+                let layer = &model.layers[i];
+                let Op::Conv2d { weight, groups, .. } = &layer.op else {
+                    panic!("{}: node {i} is not a conv", model.name);
+                };
+                assert!(
+                    *groups > 1 || weight.dim().1 == 1,
+                    "{}: {}",
+                    model.name,
+                    layer.name
+                );
             }
         }
     }

@@ -41,6 +41,23 @@ pub fn to_nchw(t: &Tensor) -> Tensor {
     }
 }
 
+/// Codes `t` ([n, c, h, w] in shape order) stored channels-last ([n, h, w, c]) in a recycled
+/// buffer, the inverse of [`to_nchw`]; `None` for anything but 4-D codes.
+pub fn to_channels_last(t: &Tensor) -> Option<Tensor> {
+    let (&[n, c, h, w], Data::Q { data, qp }) = (t.shape.as_slice(), &t.data) else {
+        return None;
+    };
+    let (plane, sample) = (h * w, c * h * w);
+    if data.len() != n * sample || sample == 0 {
+        return None;
+    }
+    let mut y = crate::engine::recycle::codes(data.len());
+    for (src, dst) in data.chunks_exact(sample).zip(y.chunks_exact_mut(sample)) {
+        transpose_i8(src, (c, plane, plane), dst, c);
+    }
+    Some(Tensor::q(t.shape.clone(), y, *qp))
+}
+
 /// Samples of `sample` values, each [plane, c], as [c, plane].
 fn transposed<T: Copy + Default>(v: &[T], (sample, plane, c): (usize, usize, usize)) -> Vec<T> {
     let mut y = vec![T::default(); v.len()];
@@ -174,7 +191,19 @@ mod tests {
             qp,
         );
         let wq: Vec<i8> = want.iter().map(|&v| v as i8).collect();
-        assert_eq!(to_nchw(&q).data, Data::Q { data: wq, qp });
+        assert_eq!(
+            to_nchw(&q).data,
+            Data::Q {
+                data: wq.clone(),
+                qp
+            }
+        );
+        // And back: shape-order codes stored channels-last are the stored codes above.
+        let back = to_channels_last(&Tensor::q(vec![n, c, 2, 2], wq, qp)).unwrap();
+        let stored_q: Vec<i8> = stored.iter().map(|&v| v as i8).collect();
+        assert_eq!(back.data, Data::Q { data: stored_q, qp });
+        assert_eq!(back.shape, vec![n, c, 2, 2]);
+        assert!(to_channels_last(&f).is_none(), "reals are not turned");
     }
 
     #[test]
