@@ -303,10 +303,16 @@ mod tests {
             .map(|&(a, b)| (b - a + 1) as usize)
             .max()
             .unwrap();
-        // The last clamp's floor is every column's zero point (a fused ReLU): lines of one
-        // offset, which the kernel takes without choosing one by sign.
-        let relu = vec![-20; out];
-        for (zp, lo, hi) in [(&zp, -128, 127), (&zp, -40, 90), (&relu, -20, 127)] {
+        // The last two clamps' floor is every column's zero point (a fused ReLU): lines of one
+        // offset, which the kernel takes without choosing one by sign. Clamps of the whole i8
+        // range are the narrowing's saturation alone.
+        let (relu, relu_u8) = (vec![-20; out], vec![-128; out]);
+        for (zp, lo, hi) in [
+            (&zp, -128, 127),
+            (&zp, -40, 90),
+            (&relu, -20, 127),
+            (&relu_u8, -128, 127),
+        ] {
             let rq = Requant::new(mult.clone(), konst.clone(), zp.clone(), lo, hi)
                 .sums_fit_i32()
                 .with_ranges(&ranges);
@@ -316,7 +322,7 @@ mod tests {
                 let one = lines.one_offset_blocks();
                 assert_eq!(
                     one > 0,
-                    zp == &relu,
+                    zp[0] == lo,
                     "{one} blocks of one offset, clamp [{lo}, {hi}]"
                 );
             }

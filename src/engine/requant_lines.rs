@@ -122,29 +122,32 @@ pub(super) unsafe fn rows(
     for (j, lb) in lines.blocks.iter().enumerate() {
         // SAFETY (both calls): as this fn's contract; j indexes a block of `fixed` and of
         // `lines`, built alike.
+        // One offset for every accumulator (a fused ReLU's lines): no choice by sign. Bounds
+        // of the whole i8 range: the narrowing's saturation is the clamp.
+        let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32);
+        let args = ((j, out), c, &mut *y, (lo, hi));
         match lb {
             None => unsafe { block(fixed, j, (out, sums_fit), c, y, (lo, hi)) },
-            // One offset for every accumulator (a fused ReLU's lines): no choice by sign.
-            Some(lb) if lb.bp == lb.bn => unsafe {
-                line_block::<true>(lb, (j, out), c, y, (lo, hi))
+            Some(lb) => match (lb.bp == lb.bn, whole) {
+                (true, true) => unsafe { line_block::<true, false>(lb, args) },
+                (true, false) => unsafe { line_block::<true, true>(lb, args) },
+                (false, true) => unsafe { line_block::<false, false>(lb, args) },
+                (false, false) => unsafe { line_block::<false, true>(lb, args) },
             },
-            Some(lb) => unsafe { line_block::<false>(lb, (j, out), c, y, (lo, hi)) },
         }
     }
 }
 
 /// Block `j` (columns 16j .. 16j + 16 of `out`) of every row through its lines; with `ONE`,
-/// every lane's line has one offset (b_n = b_p) and none is chosen by sign.
+/// every lane's line has one offset (b_n = b_p) and none is chosen by sign; without `CLAMP`,
+/// the bounds are the whole i8 range and the saturating narrowing alone clamps.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, DQ, BW and VL; `lb` built for block j of `out` columns.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn line_block<const ONE: bool>(
+unsafe fn line_block<const ONE: bool, const CLAMP: bool>(
     lb: &LineBlock,
-    (j, out): (usize, usize),
-    c: &[i32],
-    y: &mut [i8],
-    (lo, hi): (i32, i32),
+    ((j, out), c, y, (lo, hi)): ((usize, usize), &[i32], &mut [i8], (i32, i32)),
 ) {
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
     let (vlo, vhi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
@@ -177,8 +180,12 @@ unsafe fn line_block<const ONE: bool>(
             for &(e, v) in exc {
                 q = _mm512_mask_mov_epi32(q, _mm512_cmpeq_epi32_mask(a, e), v);
             }
-            let q = _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi);
-            _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), mask, _mm512_cvtepi32_epi8(q));
+            let q = if CLAMP {
+                _mm512_min_epi32(_mm512_max_epi32(q, vlo), vhi)
+            } else {
+                q
+            };
+            _mm_mask_storeu_epi8(y.as_mut_ptr().add(at), mask, _mm512_cvtsepi32_epi8(q));
         }
     }
 }
