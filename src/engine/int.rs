@@ -1123,11 +1123,8 @@ impl<'m> IntModel<'m> {
             // A clamp at the quantized bounds (ReLU: the zero point).
             let (lo, hi) = clamp_bounds(qp, Some(b));
             let (lo, hi) = (lo.clamp(-128, 127) as i8, hi.clamp(-128, 127) as i8);
-            return Ok(Tensor::q(
-                x.shape.clone(),
-                q.iter().map(|&v| v.clamp(lo, hi.max(lo))).collect(),
-                qp,
-            ));
+            let y = intops::clamp::clamp_codes(q, (lo, hi.max(lo)));
+            return Ok(Tensor::q(x.shape.clone(), y, qp));
         }
         let limits = super::float::batch_limits(ins, self.limit);
         if let Some(y) = super::ops::max_pool_codes(&layer.op, x, &limits) {

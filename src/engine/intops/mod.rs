@@ -5,6 +5,7 @@ pub mod add;
 mod add_avx2;
 mod add_avx512;
 pub mod channels_last;
+pub mod clamp;
 pub mod conv_nhwc;
 pub mod conv_padded;
 pub mod depthwise;
