@@ -125,14 +125,14 @@ pub(super) unsafe fn rows(
         // One offset for every accumulator (a fused ReLU's lines): no choice by sign. Bounds
         // of the whole i8 range: the narrowing's saturation is the clamp.
         let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32);
-        let args = ((j, out), c, &mut *y, (lo, hi));
+        let (at, b) = ((j, out), (lo, hi));
         match lb {
-            None => unsafe { block(fixed, j, (out, sums_fit), c, y, (lo, hi)) },
+            None => unsafe { block(fixed, j, (out, sums_fit), c, y, b) },
             Some(lb) => match (lb.bp == lb.bn, whole) {
-                (true, true) => unsafe { line_block::<true, false>(lb, args) },
-                (true, false) => unsafe { line_block::<true, true>(lb, args) },
-                (false, true) => unsafe { line_block::<false, false>(lb, args) },
-                (false, false) => unsafe { line_block::<false, true>(lb, args) },
+                (true, true) => unsafe { line_block::<true, false>(lb, at, c, y, b) },
+                (true, false) => unsafe { line_block::<true, true>(lb, at, c, y, b) },
+                (false, true) => unsafe { line_block::<false, false>(lb, at, c, y, b) },
+                (false, false) => unsafe { line_block::<false, true>(lb, at, c, y, b) },
             },
         }
     }
@@ -147,7 +147,10 @@ pub(super) unsafe fn rows(
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
 unsafe fn line_block<const ONE: bool, const CLAMP: bool>(
     lb: &LineBlock,
-    ((j, out), c, y, (lo, hi)): ((usize, usize), &[i32], &mut [i8], (i32, i32)),
+    (j, out): (usize, usize),
+    c: &[i32],
+    y: &mut [i8],
+    (lo, hi): (i32, i32),
 ) {
     let n_rows = (c.len() / out.max(1)).min(y.len() / out.max(1));
     let (vlo, vhi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
