@@ -123,6 +123,23 @@ pub fn max_pool(x: &Tensor, g: &PoolGeom) -> Result<Tensor, String> {
     Ok(Tensor::q(vec![n, c, g.oh, g.ow], y, qp))
 }
 
+/// Per channel, the sum of the codes of channels-last `sample` ([pixels, c], c = sums.len())
+/// into `sums`: in i32 lanes (16 to a vector, not 8 of i64) over pieces of `piece` pixels,
+/// |Σ| ≤ 128 · piece fitting i32 while piece < 2^24, each piece's sums then added in i64.
+fn channel_sums(sample: &[i8], piece: usize, sums: &mut [i64], part: &mut [i32]) {
+    let c = sums.len().max(1);
+    sums.fill(0);
+    for piece in sample.chunks(c * piece) {
+        part.fill(0);
+        for row in piece.chunks_exact(c) {
+            part.iter_mut().zip(row).for_each(|(s, &v)| *s += v as i32);
+        }
+        sums.iter_mut()
+            .zip(&*part)
+            .for_each(|(s, &p)| *s += p as i64);
+    }
+}
+
 /// GlobalAveragePool (or ReduceMean over H and W) of channels-last codes `x` into `qo`, with
 /// the NCHW kernel's centred sums and requantization
 /// ([`plane_mean`](crate::engine::intops::mean::plane_mean)); its [n, c(, 1, 1)] output is in
@@ -139,15 +156,10 @@ pub fn global_mean(x: &Tensor, qo: QParams, keep: bool) -> Result<Tensor, String
     let rq = MeanRequant::new(qi, qo, plane);
     let z = qi.zero_point as i64;
     let mut y = Vec::with_capacity(n * c);
-    let mut sums = vec![0i64; c];
+    let (mut sums, mut part) = (vec![0i64; c], vec![0i32; c]);
     for sample in q.chunks_exact(c * plane) {
-        sums.fill(0);
-        for row in sample.chunks_exact(c) {
-            sums.iter_mut()
-                .zip(row)
-                .for_each(|(s, &v)| *s += v as i64 - z);
-        }
-        y.extend(sums.iter().map(|&s| rq.apply(s, plane)));
+        channel_sums(sample, 1 << 23, &mut sums, &mut part);
+        y.extend(sums.iter().map(|&s| rq.apply(s - z * plane as i64, plane)));
     }
     let shape = if keep { vec![n, c, 1, 1] } else { vec![n, c] };
     Ok(Tensor::q(shape, y, qo))
@@ -249,6 +261,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn channel_sums_in_pieces_are_the_i64_sums() {
+        let (c, pixels) = (5, 23);
+        let x: Vec<i8> = (0..c * pixels).map(|i| (i * 97 + 5) as u8 as i8).collect();
+        let want: Vec<i64> = (0..c)
+            .map(|ch| (0..pixels).map(|p| x[p * c + ch] as i64).sum())
+            .collect();
+        for piece in [1, 2, 7, 23, 100] {
+            let (mut sums, mut part) = (vec![9i64; c], vec![3i32; c]);
+            channel_sums(&x, piece, &mut sums, &mut part);
+            assert_eq!(sums, want, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn channels_last_global_mean_is_the_nchw_mean() {
+        let qi = QParams {
+            scale: 0.07,
+            zero_point: 17,
+            bits: 8,
+            scheme: Scheme::Asymmetric,
+        };
+        let qo = QParams {
+            scale: 0.05,
+            zero_point: -9,
+            bits: 8,
+            scheme: Scheme::Asymmetric,
+        };
+        let (n, c, h, w) = (3, 6, 5, 7);
+        let stored: Vec<i8> = (0..n * c * h * w)
+            .map(|i| (i * 61 + 3) as u8 as i8)
+            .collect();
+        let t = Tensor::q(vec![n, c, h, w], stored, qi);
+        let want = crate::engine::intops::mean::global_mean(&to_nchw(&t), qo, true).unwrap();
+        assert_eq!(global_mean(&t, qo, true).unwrap(), want);
     }
 
     #[test]
