@@ -79,10 +79,21 @@ impl QAdd {
         (self.zo as i64 + r).clamp(self.lo as i64, self.hi as i64) as i8
     }
 
-    /// Whether every sum of two codes fits the 32-bit arithmetic of the vector kernel.
+    /// Whether every sum of two codes fits the 32-bit arithmetic of the vector kernels (with
+    /// the ratios of [`QAdd::one_shift`]).
     pub(super) fn fits_i32(&self) -> bool {
-        let most = self.a.abs() * code_distance(self.z1) + self.b.abs() * code_distance(self.z2);
-        most + (1i64 << self.k) <= i32::MAX as i64
+        let (a, b, k) = self.one_shift();
+        let most = a.abs() * code_distance(self.z1) + b.abs() * code_distance(self.z2);
+        most + (1i64 << k) <= i32::MAX as i64
+    }
+
+    /// The ratios and their fractional bits with at least one such bit: (2A, ±2B, 1) where k is
+    /// 0, the same sums doubled (the rounding shift of the AVX-512 kernel needs k ≥ 1).
+    pub(super) fn one_shift(&self) -> (i64, i64, u32) {
+        match self.k {
+            0 => (2 * self.a, 2 * self.b, 1),
+            k => (self.a, self.b, k),
+        }
     }
 
     /// The result for every code pair (index: first code as u8 · 256 + second code as u8).
@@ -309,6 +320,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vector_kernels_equal_apply_on_every_code_pair() {
+        // All 65,536 pairs through each vector kernel this CPU runs, against `apply`: Add and
+        // Sub, zero points at both ends, ratios with many fractional bits and with none (k = 0),
+        // ratios whose sums fall on rounding ties, a clamp inside the range (a fused ReLU) and
+        // the whole range.
+        let (xa, xb): (Vec<i8>, Vec<i8>) = (0..1usize << 16)
+            .map(|i| ((i >> 8) as u8 as i8, i as u8 as i8))
+            .unzip();
+        let mut kernels = vec![
+            QAdd::new(qp(-1.0, 3.0), qp(0.0, 6.0), qp(-1.0, 9.0), false),
+            QAdd::new(qp(-1.0, 3.0), qp(0.0, 6.0), qp(-1.0, 9.0), true),
+            QAdd::new(qp(0.0, 0.5), qp(-7.0, 0.0), qp(-0.2, 0.3), false),
+        ];
+        let manual = |a, b, k, (z1, z2, zo), (lo, hi)| QAdd {
+            a,
+            b,
+            k,
+            z1,
+            z2,
+            zo,
+            lo,
+            hi,
+        };
+        kernels.push(manual(3, -5, 0, (-128, 127, 0), (-128, 127)));
+        kernels.push(manual(7, 2, 0, (100, -90, -128), (-128, 127)));
+        kernels.push(manual(1 << 20, 3 << 19, 21, (0, -128, 40), (40, 127)));
+        kernels.push(manual(12_345, -54_321, 17, (-5, 9, -3), (-50, 60)));
+        // Ratios of few bits: exact ties on both sides of zero, none clamped away.
+        kernels.push(manual(1 << 20, -(3 << 19), 21, (3, -7, 0), (-128, 127)));
+        kernels.push(manual(4, -6, 3, (0, 0, 5), (-100, 100)));
+        let mut ran = 0;
+        for k in &kernels {
+            let want: Vec<i8> = xa.iter().zip(&xb).map(|(&u, &v)| k.apply(u, v)).collect();
+            #[cfg(target_arch = "x86_64")]
+            for kernel in KERNELS.iter().filter(|s| (s.supported)()) {
+                let mut y = vec![0i8; want.len()];
+                if same_shape_with(kernel, k, &xa, &xb, &mut y) {
+                    ran += 1;
+                    let bad = y.iter().zip(&want).position(|(a, b)| a != b);
+                    assert_eq!(bad, None, "{} lanes, {k:?}", kernel.lanes);
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::im2col::has_avx512bw() {
+            assert!(ran >= kernels.len(), "every case fits the AVX-512 kernel");
+        }
+        let _ = ran;
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! The residual Add's arithmetic ([`QAdd::apply`]) on 16 pairs of codes at a time with
-//! AVX-512: sign-extend, subtract the zero points, one 32-bit multiply per operand, round half
-//! away from zero by the ratios' fractional bits, add the output zero point, clamp, narrow.
+//! AVX-512: sign-extend, one 32-bit multiply per operand with the zero points folded into one
+//! constant, round half away from zero by the ratios' fractional bits with one arithmetic shift
+//! (below), add the output zero point, clamp (by the narrowing's saturation alone when the
+//! bounds are the whole i8 range), narrow.
+//!
+//! With s = A·(x₁ − z₁) ± B·(x₂ − z₂) and h = 2^(k−1), [`QAdd::apply`]'s sign(s)·⌊(|s| + h) /
+//! 2^k⌋ is ⌊(s + h − [s < 0]) / 2^k⌋ for k ≥ 1: for s < 0 both are −⌊(−s + h) / 2^k⌋, as
+//! 2^k − h = h. [s < 0] is −(s >> 31). For k = 0 the kernel runs A and B doubled with k = 1,
+//! which gives s itself. The products wrap in 32 bits, but their sum is s, which fits.
 
 use super::add::{AddKernel, QAdd};
 
@@ -20,13 +27,16 @@ pub(super) const KERNEL: AddKernel = AddKernel {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn add16(k: &QAdd, a: *const i8, b: *const i8, y: *mut i8, n: usize) {
     use std::arch::x86_64::*;
-    let (ma, mb) = (_mm512_set1_epi32(k.a as i32), _mm512_set1_epi32(k.b as i32));
-    let (z1, z2) = (_mm512_set1_epi32(k.z1), _mm512_set1_epi32(k.z2));
-    let half = _mm512_set1_epi32(((1i64 << k.k) >> 1) as i32);
-    let shift = _mm_cvtsi32_si128(k.k as i32);
+    let (ka, kb, kk) = k.one_shift();
+    let (ma, mb) = (_mm512_set1_epi32(ka as i32), _mm512_set1_epi32(kb as i32));
+    // A·x₁ + B·x₂ + konst = s, the zero points' terms in konst (all wrapping).
+    let konst = (ka * k.z1 as i64 + kb * k.z2 as i64).wrapping_neg() as i32;
+    let konst = _mm512_set1_epi32(konst);
+    let half = _mm512_set1_epi32(1 << (kk - 1));
+    let shift = _mm_cvtsi32_si128(kk as i32);
     let zo = _mm512_set1_epi32(k.zo);
     let (lo, hi) = (_mm512_set1_epi32(k.lo), _mm512_set1_epi32(k.hi));
-    let zero = _mm512_setzero_si512();
+    let whole = (k.lo, k.hi) == (i8::MIN as i32, i8::MAX as i32);
     for i in (0..n).step_by(16) {
         // SAFETY (all loads and stores): i + 16 ≤ n, within every slice by the contract.
         let (u, v) = unsafe {
@@ -36,13 +46,17 @@ unsafe fn add16(k: &QAdd, a: *const i8, b: *const i8, y: *mut i8, n: usize) {
             )
         };
         let s = _mm512_add_epi32(
-            _mm512_mullo_epi32(_mm512_sub_epi32(u, z1), ma),
-            _mm512_mullo_epi32(_mm512_sub_epi32(v, z2), mb),
+            _mm512_add_epi32(_mm512_mullo_epi32(u, ma), _mm512_mullo_epi32(v, mb)),
+            konst,
         );
-        let neg = _mm512_cmplt_epi32_mask(s, zero);
-        let m = _mm512_srl_epi32(_mm512_add_epi32(_mm512_abs_epi32(s), half), shift);
-        let r = _mm512_mask_sub_epi32(m, neg, zero, m);
-        let out = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, zo), lo), hi);
-        unsafe { _mm_storeu_si128(y.add(i).cast(), _mm512_cvtepi32_epi8(out)) };
+        // ⌊(s + h − [s < 0]) / 2^k⌋.
+        let t = _mm512_add_epi32(_mm512_add_epi32(s, _mm512_srai_epi32::<31>(s)), half);
+        let r = _mm512_add_epi32(_mm512_sra_epi32(t, shift), zo);
+        let out = if whole {
+            r
+        } else {
+            _mm512_min_epi32(_mm512_max_epi32(r, lo), hi)
+        };
+        unsafe { _mm_storeu_si128(y.add(i).cast(), _mm512_cvtsepi32_epi8(out)) };
     }
 }
