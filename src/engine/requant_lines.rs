@@ -123,8 +123,10 @@ pub(super) unsafe fn rows(
         // SAFETY (both calls): as this fn's contract; j indexes a block of `fixed` and of
         // `lines`, built alike.
         // One offset for every accumulator (a fused ReLU's lines): no choice by sign. Bounds
-        // of the whole i8 range: the narrowing's saturation is the clamp.
-        let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32);
+        // of the whole i8 range (whose lines have no integer offset c, see `Line::line32`): the
+        // narrowing's saturation is the clamp.
+        let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32)
+            && lb.as_ref().is_some_and(|lb| lb.c.iter().all(|&c| c == 0));
         let (at, b) = ((j, out), (lo, hi));
         match lb {
             None => unsafe { block(fixed, j, (out, sums_fit), c, y, b) },
@@ -140,7 +142,8 @@ pub(super) unsafe fn rows(
 
 /// Block `j` (columns 16j .. 16j + 16 of `out`) of every row through its lines; with `ONE`,
 /// every lane's line has one offset (b_n = b_p) and none is chosen by sign; without `CLAMP`,
-/// the bounds are the whole i8 range and the saturating narrowing alone clamps.
+/// the bounds are the whole i8 range, every lane's integer offset c is 0 and the saturating
+/// narrowing alone clamps.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, DQ, BW and VL; `lb` built for block j of `out` columns.
@@ -179,7 +182,10 @@ unsafe fn line_block<const ONE: bool, const CLAMP: bool>(
             };
             let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), m, b);
             const RD: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-            let mut q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RD>(t), cc);
+            let mut q = _mm512_cvt_roundps_epi32::<RD>(t);
+            if CLAMP {
+                q = _mm512_add_epi32(q, cc);
+            }
             for &(e, v) in exc {
                 q = _mm512_mask_mov_epi32(q, _mm512_cmpeq_epi32_mask(a, e), v);
             }
