@@ -325,6 +325,12 @@ mod tests {
                     zp[0] == lo,
                     "{one} blocks of one offset, clamp [{lo}, {hi}]"
                 );
+                // Constants up to ±1500 fold into the offsets of most blocks.
+                let folded = lines.folded_blocks();
+                assert!(
+                    folded > 0,
+                    "no block folds its constants, clamp [{lo}, {hi}]"
+                );
             }
             // Row i holds, in column r, the i-th accumulator of r's range (its last repeated).
             let c: Vec<i32> = (0..widest)

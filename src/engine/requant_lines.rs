@@ -27,6 +27,9 @@ pub(super) struct LineBlock {
     /// a = acc + k where the line is wrong and the exact output (`i32::MIN`, which no column
     /// reaches, where a lane has fewer).
     exc: Vec<([i32; 16], [i32; 16])>,
+    /// The lines are read on the accumulators themselves (every k above is 0, and no add is
+    /// needed).
+    fold: bool,
 }
 
 /// Per block of 16 columns, its lines when all of them have one.
@@ -45,52 +48,74 @@ impl LineBlocks {
         (lo, hi): (i32, i32),
         ranges: &[(i32, i32)],
     ) -> Option<Self> {
+        // Per column, its line over a = acc + k_r, and the folded one read on acc itself.
         let line = |r: usize| {
             let (amin, amax) = ranges[r];
             let (a, b) = (amin as i64 + konst[r] as i64, amax as i64 + konst[r] as i64);
-            let fits = a >= i32::MIN as i64 && b <= i32::MAX as i64;
-            fits.then(|| Line::f32_only(mult[r], (zp[r], lo, hi), (a as i32, b as i32)))?
+            if a < i32::MIN as i64 || b > i32::MAX as i64 {
+                return (None, None);
+            }
+            let (q, range) = ((zp[r], lo, hi), (a as i32, b as i32));
+            let folded = Line::f32_folded(mult[r], q, range, konst[r]);
+            (Line::f32_only(mult[r], q, range), folded)
         };
         // Each line's check is a search per output level: the columns in parallel.
         use rayon::prelude::*;
-        let all: Vec<Option<(Line32, i32)>> = (0..mult.len()).into_par_iter().map(line).collect();
+        let all: Vec<_> = (0..mult.len()).into_par_iter().map(line).collect();
         let blocks: Vec<Option<LineBlock>> = (0..mult.len().div_ceil(16))
             .map(|j| {
                 let cols: Vec<usize> = (16 * j..(16 * j + 16).min(mult.len())).collect();
-                let lines: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r]).collect();
-                let lines = lines?;
-                let lane = |l: usize| l.min(cols.len() - 1);
-                let most = lines.iter().map(|(l, _)| l.n).max().unwrap_or(0);
-                Some(LineBlock {
-                    konst: std::array::from_fn(|l| konst[cols[lane(l)]]),
-                    m: std::array::from_fn(|l| lines[lane(l)].0.m),
-                    bp: std::array::from_fn(|l| lines[lane(l)].0.bp),
-                    bn: std::array::from_fn(|l| lines[lane(l)].0.bn),
-                    a0: std::array::from_fn(|l| lines[lane(l)].1),
-                    c: std::array::from_fn(|l| lines[lane(l)].0.c),
-                    exc: (0..most)
-                        .map(|i| {
-                            let at = |l: usize| {
-                                let x = &lines[lane(l)].0;
-                                if l < cols.len() && i < x.n {
-                                    (x.exc[i], x.val[i] as i32)
-                                } else {
-                                    (i32::MIN, 0)
-                                }
-                            };
-                            (
-                                std::array::from_fn(|l| at(l).0),
-                                std::array::from_fn(|l| at(l).1),
-                            )
-                        })
-                        .collect(),
-                })
+                let plain: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r].0).collect();
+                let folded: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r].1).collect();
+                let most = |ls: &Vec<(Line32, i32)>| ls.iter().map(|(l, _)| l.n).max();
+                // Folded where that costs no more rounds of exceptions than the add it saves.
+                match (plain, folded) {
+                    (p, Some(f)) if p.as_ref().is_none_or(|p| most(&f) <= most(p)) => {
+                        Some(LineBlock::of(&f, &cols, konst, true))
+                    }
+                    (p, _) => p.map(|p| LineBlock::of(&p, &cols, konst, false)),
+                }
             })
             .collect();
         blocks
             .iter()
             .any(Option::is_some)
             .then_some(LineBlocks { blocks })
+    }
+}
+
+impl LineBlock {
+    /// The block of columns `cols` (at most 16) from their `lines` (each with its a₀) and the
+    /// constants k; with `fold`, lines from [`Line::f32_folded`], read on the accumulators
+    /// themselves (k = 0 in the lanes, a₀ and the exceptions moved down by k).
+    fn of(lines: &[(Line32, i32)], cols: &[usize], konst: &[i32], fold: bool) -> Self {
+        let lane = |l: usize| l.min(cols.len() - 1);
+        let k = |l: usize| if fold { konst[cols[lane(l)]] } else { 0 };
+        let most = lines.iter().map(|(l, _)| l.n).max().unwrap_or(0);
+        let exc = (0..most).map(|i| {
+            let at = |l: usize| {
+                let x = &lines[lane(l)].0;
+                if l < cols.len() && i < x.n {
+                    (x.exc[i] - k(l), x.val[i] as i32)
+                } else {
+                    (i32::MIN, 0)
+                }
+            };
+            (
+                std::array::from_fn(|l| at(l).0),
+                std::array::from_fn(|l| at(l).1),
+            )
+        });
+        LineBlock {
+            konst: std::array::from_fn(|l| konst[cols[lane(l)]] - k(l)),
+            m: std::array::from_fn(|l| lines[lane(l)].0.m),
+            bp: std::array::from_fn(|l| lines[lane(l)].0.bp),
+            bn: std::array::from_fn(|l| lines[lane(l)].0.bn),
+            a0: std::array::from_fn(|l| lines[lane(l)].1.saturating_sub(k(l))),
+            c: std::array::from_fn(|l| lines[lane(l)].0.c),
+            exc: exc.collect(),
+            fold,
+        }
     }
 }
 
@@ -103,6 +128,11 @@ impl LineBlocks {
             .flatten()
             .filter(|b| b.bp == b.bn)
             .count()
+    }
+
+    /// Blocks whose lines are read on the accumulators (k folded into the offsets).
+    pub(super) fn folded_blocks(&self) -> usize {
+        self.blocks.iter().flatten().filter(|b| b.fold).count()
     }
 }
 
@@ -130,11 +160,19 @@ pub(super) unsafe fn rows(
         let (at, b) = ((j, out), (lo, hi));
         match lb {
             None => unsafe { block(fixed, j, (out, sums_fit), c, y, b) },
-            Some(lb) => match (lb.bp == lb.bn, whole) {
-                (true, true) => unsafe { line_block::<true, false>(lb, at, c, y, b) },
-                (true, false) => unsafe { line_block::<true, true>(lb, at, c, y, b) },
-                (false, true) => unsafe { line_block::<false, false>(lb, at, c, y, b) },
-                (false, false) => unsafe { line_block::<false, true>(lb, at, c, y, b) },
+            Some(lb) => match (lb.bp == lb.bn, whole, lb.fold) {
+                (true, true, true) => unsafe { line_block::<true, false, true>(lb, at, c, y, b) },
+                (true, false, true) => unsafe { line_block::<true, true, true>(lb, at, c, y, b) },
+                (false, true, true) => unsafe { line_block::<false, false, true>(lb, at, c, y, b) },
+                (false, false, true) => unsafe { line_block::<false, true, true>(lb, at, c, y, b) },
+                (true, true, false) => unsafe { line_block::<true, false, false>(lb, at, c, y, b) },
+                (true, false, false) => unsafe { line_block::<true, true, false>(lb, at, c, y, b) },
+                (false, true, false) => unsafe {
+                    line_block::<false, false, false>(lb, at, c, y, b)
+                },
+                (false, false, false) => unsafe {
+                    line_block::<false, true, false>(lb, at, c, y, b)
+                },
             },
         }
     }
@@ -143,12 +181,12 @@ pub(super) unsafe fn rows(
 /// Block `j` (columns 16j .. 16j + 16 of `out`) of every row through its lines; with `ONE`,
 /// every lane's line has one offset (b_n = b_p) and none is chosen by sign; without `CLAMP`,
 /// the bounds are the whole i8 range, every lane's integer offset c is 0 and the saturating
-/// narrowing alone clamps.
+/// narrowing alone clamps; with `FOLD`, every k is 0 and is not added.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, DQ, BW and VL; `lb` built for block j of `out` columns.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-unsafe fn line_block<const ONE: bool, const CLAMP: bool>(
+unsafe fn line_block<const ONE: bool, const CLAMP: bool, const FOLD: bool>(
     lb: &LineBlock,
     (j, out): (usize, usize),
     c: &[i32],
@@ -174,7 +212,12 @@ unsafe fn line_block<const ONE: bool, const CLAMP: bool>(
         // SAFETY: the mask covers columns 16j .. 16j + n < out of row r < n_rows, which
         // both c and y hold.
         unsafe {
-            let a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, c.as_ptr().add(at)), konst);
+            let acc = _mm512_maskz_loadu_epi32(mask, c.as_ptr().add(at));
+            let a = if FOLD {
+                acc
+            } else {
+                _mm512_add_epi32(acc, konst)
+            };
             let b = if ONE {
                 bp
             } else {

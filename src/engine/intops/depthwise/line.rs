@@ -58,6 +58,9 @@ pub(crate) struct Line32 {
     pub exc: [i32; MAX_EXC],
     pub val: [i8; MAX_EXC],
     pub n: usize,
+    /// A constant folded into the offsets ([`Line::f32_folded`]): the line is evaluated at
+    /// a − k, its offsets holding k·m (0 for every other line).
+    pub k: i32,
 }
 
 impl Line {
@@ -90,7 +93,7 @@ impl Line {
             let unfused = line.differs(&st, |a| line.eval_unfused(a), 0);
             (line.fused, line.unfused) = (fused.is_some(), unfused.is_some());
             if amin.unsigned_abs() < 1 << 24 && amax.unsigned_abs() < 1 << 24 {
-                line.f32 = line.line32(&st);
+                line.f32 = line.line32(&st, 0);
             }
         }
         line
@@ -110,7 +113,30 @@ impl Line {
         if !small || !line.checkable(amin, amax) {
             return None;
         }
-        let l = line.line32(&line.steps(amin, amax))?;
+        let l = line.line32(&line.steps(amin, amax), 0)?;
+        Some((l, line.a0))
+    }
+
+    /// [`Line::f32_only`] for a kernel that reads acc = a − k and adds nothing: the offsets
+    /// hold k·m, and the line (evaluated at a − k, its exceptions still accumulators a) is
+    /// verified over [amin, amax] like any other; `None` also where some a − k leaves ±2²⁴
+    /// (its conversion to f32 would round).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn f32_folded(
+        mult: FixedMultiplier,
+        (zo, lo, hi): (i32, i32, i32),
+        (amin, amax): (i32, i32),
+        k: i32,
+    ) -> Option<(Line32, i32)> {
+        let line = Line::new(mult, (zo, lo, hi), None);
+        let small = [amin, amax].iter().all(|&a| {
+            let folded = a as i64 - k as i64;
+            a.unsigned_abs() < 1 << 24 && folded.unsigned_abs() < 1 << 24
+        });
+        if !small || !line.checkable(amin, amax) {
+            return None;
+        }
+        let l = line.line32(&line.steps(amin, amax), k)?;
         Some((l, line.a0))
     }
 
@@ -147,7 +173,7 @@ impl Line {
     /// The f32 line `l` without its exceptions.
     fn eval32(&self, l: &Line32, acc: i32) -> i8 {
         let b = if acc < self.a0 { l.bn } else { l.bp };
-        let t = (acc as f32).mul_add(l.m, b).floor() as i32;
+        let t = ((acc - l.k) as f32).mul_add(l.m, b).floor() as i32;
         (t + l.c).clamp(self.lo, self.hi) as i8
     }
 
@@ -164,7 +190,9 @@ impl Line {
     /// which spares the kernels choosing one by sign) when such a line has no more exceptions.
     /// That happens where the clamp's floor is the zero point (a fused ReLU): below a₀ every
     /// output is the floor whichever offset, so only f32 rounding can tell them apart.
-    fn line32(&self, st: &Steps) -> Option<Line32> {
+    ///
+    /// With `k` ≠ 0 the line is the folded one of [`Line::f32_folded`].
+    fn line32(&self, st: &Steps, k: i32) -> Option<Line32> {
         // Centre the f32 values on the clamp range (no shift for the full i8 range: the
         // kernel then saturates instead of adding c and clamping).
         let c = if (self.lo, self.hi) == (-128, 127) {
@@ -172,24 +200,28 @@ impl Line {
         } else {
             (self.lo + self.hi).div_euclid(2)
         };
+        let fold = k as f64 * self.m;
         let (m, bp, bn) = (
             self.m as f32,
-            (self.bp - c as f64) as f32,
-            (self.bn - c as f64) as f32,
+            (self.bp - c as f64 + fold) as f32,
+            (self.bn - c as f64 + fold) as f32,
         );
-        let two = self.best_line32((m, bp, bn, c), st, MAX_EXC + 1);
+        let two = self.best_line32((m, bp, bn), (c, k), st, MAX_EXC + 1);
         if bp == bn {
             return two;
         }
-        let one = self.best_line32((m, bp, bp, c), st, two.map_or(MAX_EXC + 1, |l| l.n + 1));
+        let under = two.map_or(MAX_EXC + 1, |l| l.n + 1);
+        let one = self.best_line32((m, bp, bp), (c, k), st, under);
         one.or(two)
     }
 
     /// The line among the f32 neighbours of (`m`, `bp`, `bn`) (offsets moved together) with
-    /// the fewest exceptions, if some has fewer than `under`.
+    /// integer offset `c` and folded constant `k`, with the fewest exceptions, if some has
+    /// fewer than `under`.
     fn best_line32(
         &self,
-        (m, bp, bn, c): (f32, f32, f32, i32),
+        (m, bp, bn): (f32, f32, f32),
+        (c, k): (i32, i32),
         st: &Steps,
         under: usize,
     ) -> Option<Line32> {
@@ -213,6 +245,7 @@ impl Line {
                 exc: [0; MAX_EXC],
                 val: [0; MAX_EXC],
                 n: 0,
+                k,
             };
             let Some(cap) = best.map_or(under, |b| b.n).checked_sub(1) else {
                 break;
