@@ -48,33 +48,44 @@ impl LineBlocks {
         (lo, hi): (i32, i32),
         ranges: &[(i32, i32)],
     ) -> Option<Self> {
-        // Per column, its line over a = acc + k_r, and the folded one read on acc itself.
-        let line = |r: usize| {
+        // Per column, over a = acc + k_r: the folded line (read on acc itself) if it has at
+        // most one exception, else (or where a column of its block has none) the plain one,
+        // which needs the add of k_r. One check per column where its block folds.
+        let range = |r: usize| {
             let (amin, amax) = ranges[r];
             let (a, b) = (amin as i64 + konst[r] as i64, amax as i64 + konst[r] as i64);
-            if a < i32::MIN as i64 || b > i32::MAX as i64 {
-                return (None, None);
-            }
-            let (q, range) = ((zp[r], lo, hi), (a as i32, b as i32));
-            let folded = Line::f32_folded(mult[r], q, range, konst[r]);
-            (Line::f32_only(mult[r], q, range), folded)
+            let fits = a >= i32::MIN as i64 && b <= i32::MAX as i64;
+            fits.then_some(((zp[r], lo, hi), (a as i32, b as i32)))
+        };
+        let folded_line = |r: usize| {
+            let (q, a) = range(r)?;
+            Line::f32_folded(mult[r], q, a, (konst[r], 1))
         };
         // Each line's check is a search per output level: the columns in parallel.
         use rayon::prelude::*;
-        let all: Vec<_> = (0..mult.len()).into_par_iter().map(line).collect();
-        let blocks: Vec<Option<LineBlock>> = (0..mult.len().div_ceil(16))
+        let n = mult.len();
+        let folded: Vec<_> = (0..n).into_par_iter().map(folded_line).collect();
+        let block_folds = |j: usize| {
+            folded[16 * j..(16 * j + 16).min(n)]
+                .iter()
+                .all(Option::is_some)
+        };
+        let plain: Vec<_> = (0..n)
+            .into_par_iter()
+            .map(|r| {
+                let (q, a) = range(r).filter(|_| !block_folds(r / 16))?;
+                Line::f32_only(mult[r], q, a)
+            })
+            .collect();
+        let blocks: Vec<Option<LineBlock>> = (0..n.div_ceil(16))
             .map(|j| {
-                let cols: Vec<usize> = (16 * j..(16 * j + 16).min(mult.len())).collect();
-                let plain: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r].0).collect();
-                let folded: Option<Vec<(Line32, i32)>> = cols.iter().map(|&r| all[r].1).collect();
-                let most = |ls: &Vec<(Line32, i32)>| ls.iter().map(|(l, _)| l.n).max();
-                // Folded where that costs no more rounds of exceptions than the add it saves.
-                match (plain, folded) {
-                    (p, Some(f)) if p.as_ref().is_none_or(|p| most(&f) <= most(p)) => {
-                        Some(LineBlock::of(&f, &cols, konst, true))
-                    }
-                    (p, _) => p.map(|p| LineBlock::of(&p, &cols, konst, false)),
+                let cols: Vec<usize> = (16 * j..(16 * j + 16).min(n)).collect();
+                if block_folds(j) {
+                    let f: Vec<_> = cols.iter().filter_map(|&r| folded[r]).collect();
+                    return Some(LineBlock::of(&f, &cols, konst, true));
                 }
+                let p: Option<Vec<_>> = cols.iter().map(|&r| plain[r]).collect();
+                p.map(|p| LineBlock::of(&p, &cols, konst, false))
             })
             .collect();
         blocks

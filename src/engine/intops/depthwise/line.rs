@@ -93,7 +93,7 @@ impl Line {
             let unfused = line.differs(&st, |a| line.eval_unfused(a), 0);
             (line.fused, line.unfused) = (fused.is_some(), unfused.is_some());
             if amin.unsigned_abs() < 1 << 24 && amax.unsigned_abs() < 1 << 24 {
-                line.f32 = line.line32(&st, 0);
+                line.f32 = line.line32(&st, (0, MAX_EXC + 1));
             }
         }
         line
@@ -113,20 +113,21 @@ impl Line {
         if !small || !line.checkable(amin, amax) {
             return None;
         }
-        let l = line.line32(&line.steps(amin, amax), 0)?;
+        let l = line.line32(&line.steps(amin, amax), (0, MAX_EXC + 1))?;
         Some((l, line.a0))
     }
 
     /// [`Line::f32_only`] for a kernel that reads acc = a − k and adds nothing: the offsets
     /// hold k·m, and the line (evaluated at a − k, its exceptions still accumulators a) is
-    /// verified over [amin, amax] like any other; `None` also where some a − k leaves ±2²⁴
-    /// (its conversion to f32 would round).
+    /// verified over [amin, amax] like any other, with at most `most` exceptions (≤
+    /// [`MAX_EXC`]); `None` also where some a − k leaves ±2²⁴ (its conversion to f32 would
+    /// round).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn f32_folded(
         mult: FixedMultiplier,
         (zo, lo, hi): (i32, i32, i32),
         (amin, amax): (i32, i32),
-        k: i32,
+        (k, most): (i32, usize),
     ) -> Option<(Line32, i32)> {
         let line = Line::new(mult, (zo, lo, hi), None);
         let small = [amin, amax].iter().all(|&a| {
@@ -136,7 +137,7 @@ impl Line {
         if !small || !line.checkable(amin, amax) {
             return None;
         }
-        let l = line.line32(&line.steps(amin, amax), k)?;
+        let l = line.line32(&line.steps(amin, amax), (k, most.min(MAX_EXC) + 1))?;
         Some((l, line.a0))
     }
 
@@ -191,8 +192,9 @@ impl Line {
     /// That happens where the clamp's floor is the zero point (a fused ReLU): below a₀ every
     /// output is the floor whichever offset, so only f32 rounding can tell them apart.
     ///
-    /// With `k` ≠ 0 the line is the folded one of [`Line::f32_folded`].
-    fn line32(&self, st: &Steps, k: i32) -> Option<Line32> {
+    /// With `k` ≠ 0 the line is the folded one of [`Line::f32_folded`]; only lines with fewer
+    /// than `under` exceptions are taken.
+    fn line32(&self, st: &Steps, (k, under): (i32, usize)) -> Option<Line32> {
         // Centre the f32 values on the clamp range (no shift for the full i8 range: the
         // kernel then saturates instead of adding c and clamping).
         let c = if (self.lo, self.hi) == (-128, 127) {
@@ -206,11 +208,11 @@ impl Line {
             (self.bp - c as f64 + fold) as f32,
             (self.bn - c as f64 + fold) as f32,
         );
-        let two = self.best_line32((m, bp, bn), (c, k), st, MAX_EXC + 1);
+        let two = self.best_line32((m, bp, bn), (c, k), st, under);
         if bp == bn {
             return two;
         }
-        let under = two.map_or(MAX_EXC + 1, |l| l.n + 1);
+        let under = two.map_or(under, |l| l.n + 1);
         let one = self.best_line32((m, bp, bp), (c, k), st, under);
         one.or(two)
     }
