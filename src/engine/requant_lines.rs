@@ -7,6 +7,11 @@
 //! fixed-point loop takes 19 (counted in the source: one conversion each way and a fused
 //! multiply-add instead of two 64-bit products, their rounding and the merge of even and odd
 //! lanes). Other blocks keep the fixed-point loop.
+//!
+//! Fewer where a block allows: one offset for all accumulators (no choice by sign) where every
+//! line has one; no clamp and no integer offset c where the bounds are the whole i8 range (the
+//! saturating narrowing clamps); and no add of k where every column's line verifies with k
+//! folded into its offsets, read on acc itself ([`Line::f32_folded`], at most one exception).
 
 use super::intops::depthwise::line::{Line, Line32, MAX_EXC};
 use super::requant_avx512::{Blocks, block};
