@@ -459,6 +459,30 @@ pub struct IntModel<'m> {
     /// channels-last, so that a channels-last run stores the output so (one transpose here
     /// instead of one in each reader).
     turn_output: Vec<bool>,
+    /// Per node: an Add or Sub whose output only a Relu or Clip reads, that clamp's node (run
+    /// within the Add in a channels-last run).
+    add_clamp: Vec<Option<usize>>,
+}
+
+/// [`IntModel::add_clamp`]: each Add or Sub whose output is no graph output and is read by one
+/// Relu or Clip alone, and that node.
+fn clamps_after_adds(model: &Model, steps: &[Step]) -> Vec<Option<usize>> {
+    let node = |i: usize| (&model.layers[i], &steps[i]);
+    (0..model.layers.len())
+        .map(|i| {
+            let (layer, st) = node(i);
+            let add = matches!(layer.op, Op::Binary(BinaryOp::Add | BinaryOp::Sub));
+            if !add || !matches!(st, Step::Node) || model.outputs.contains(&layer.output) {
+                return None;
+            }
+            match model.consumers(layer.output).as_slice() {
+                &[j] if matches!(node(j), (l, Step::Node) if matches!(l.op, Op::Relu | Op::Clip { .. })) => {
+                    Some(j)
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Shape-order codes `y` stored channels-last (its buffer recycled), and whether they are (not
@@ -609,6 +633,7 @@ impl<'m> IntModel<'m> {
         IntModel {
             model,
             turn_output: turned_outputs(model, &steps),
+            add_clamp: clamps_after_adds(model, &steps),
             steps,
             points,
             limit,
@@ -816,10 +841,16 @@ impl<'m> IntModel<'m> {
         let mut island_at = vec![false; model.layers.len()];
         // Per value: stored channels-last (only ever set without a tap).
         let mut nhwc = vec![false; model.values.len()];
+        // Per node: run within an earlier one (a clamp within its Add).
+        let mut done = vec![false; model.layers.len()];
         for i in nodes {
             let layer = &model.layers[i];
             let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
             if matches!(self.steps[i], Step::Fused) {
+                continue;
+            }
+            if done[i] {
+                vals.free_after_into(model, &last, i, super::recycle::give);
                 continue;
             }
             let ins = vals.inputs_of(layer).map_err(err)?;
@@ -844,6 +875,11 @@ impl<'m> IntModel<'m> {
             };
             if let Some(tap) = tap.as_mut() {
                 tap(i, out, &y, ran);
+            }
+            if let (Step::Node, Some(j)) = (&self.steps[i], self.add_clamp[i])
+                && out == model.layers[j].output
+            {
+                done[j] = true;
             }
             nhwc[out] = y_nhwc;
             vals.set(out, y);
@@ -893,6 +929,10 @@ impl<'m> IntModel<'m> {
                 if stored.iter().all(|&s| s)
                     && channels_last::keeps_channels_last(&layer.op, ins) =>
             {
+                if let Some((j, y)) = self.add_clamped(i, ins) {
+                    // The clamp node's output, written here: the run skips that node.
+                    return Ok((self.model.layers[j].output, y?, Ran::Int, true));
+                }
                 let (y, ran) = self.run_other(i, ins)?;
                 (layer.output, y, ran, true)
             }
@@ -956,6 +996,35 @@ impl<'m> IntModel<'m> {
             }
             _ => None,
         }
+    }
+
+    /// Node `i` when it is an Add or Sub of two integer operands `ins` that
+    /// [`IntModel::add_clamp`] pairs with the Relu or Clip `j` reading it: that clamp's node and
+    /// its output, the sum clamped in the Add's own kernel (the same codes as the Add, then the
+    /// clamp on codes of [`IntModel::run_other`]). `None` where the Add would not run in
+    /// integers.
+    fn add_clamped(
+        &self,
+        i: usize,
+        ins: &[Option<&Tensor>],
+    ) -> Option<(usize, std::result::Result<Tensor, String>)> {
+        let (layer, j) = (&self.model.layers[i], self.add_clamp[i]?);
+        let qo = *self.points.get(&layer.output)?;
+        let (x1, x2) = (ins.first().copied()??, ins.get(1).copied()??);
+        if !integer_op(self.model, i) || x1.as_q().is_none() || x2.as_q().is_none() {
+            return None;
+        }
+        let bounds = match self.model.layers[j].op {
+            Op::Relu => (0.0, f32::INFINITY),
+            Op::Clip { min, max } => (min, max),
+            _ => return None,
+        };
+        // As the clamp on codes computes them.
+        let (lo, hi) = clamp_bounds(qo, Some(bounds));
+        let (lo, hi) = (lo.clamp(-128, 127), hi.clamp(-128, 127));
+        let sub = matches!(layer.op, Op::Binary(BinaryOp::Sub));
+        let y = intops::add::add_within(x1, x2, (qo, Some((lo, hi.max(lo)))), sub);
+        Some((j, y))
     }
 
     /// Runs a one-input model on `n` normalized samples; returns its first output as reals.
@@ -1538,6 +1607,15 @@ mod tests {
                 .filter(|&i| int.turn_output[i])
                 .collect();
             assert_eq!(turned.len(), want_turned, "{}: {turned:?}", model.name);
+            // The ResNet's three residual Adds each feed one Relu alone, which then runs within
+            // the Add (MobileNetV2's Adds feed convs).
+            let clamped = int.add_clamp.iter().flatten().count();
+            let want_clamped = if model.name == "mnist-resnet" { 3 } else { 0 };
+            assert_eq!(
+                clamped, want_clamped,
+                "{}: Adds with their clamp",
+                model.name
+            );
             for &i in &turned {
                 let layer = &model.layers[i];
                 let Op::Conv2d { weight, groups, .. } = &layer.op else {

@@ -161,11 +161,26 @@ fn same_shape_with(kernel: &AddKernel, k: &QAdd, a: &[i8], b: &[i8], y: &mut [i8
 
 /// x₁ ± x₂ of two quantized tensors (numpy broadcasting) into `qo`.
 pub fn add(x1: &Tensor, x2: &Tensor, qo: QParams, sub: bool) -> Result<Tensor, String> {
+    add_within(x1, x2, (qo, None), sub)
+}
+
+/// [`add`] with its result clamped to the codes [lo, hi] (lo ≤ hi) when `bounds` has them (a
+/// Relu or Clip on the sum, which keeps its qparams): the same codes as that clamp after the
+/// Add, as clamping to [A, B] then to [lo, hi] is clamping to [A, B] each clamped to [lo, hi].
+pub fn add_within(
+    x1: &Tensor,
+    x2: &Tensor,
+    (qo, bounds): (QParams, Option<(i32, i32)>),
+    sub: bool,
+) -> Result<Tensor, String> {
     let ((a, q1), (b, q2)) = match (x1.as_q(), x2.as_q()) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err("expects two quantized operands".into()),
     };
-    let k = QAdd::new(q1, q2, qo, sub);
+    let mut k = QAdd::new(q1, q2, qo, sub);
+    if let Some((lo, hi)) = bounds {
+        (k.lo, k.hi) = (k.lo.clamp(lo, hi), k.hi.clamp(lo, hi));
+    }
     let apply = |u: i8, v: i8| k.apply(u, v);
     if x1.shape == x2.shape {
         // Every code is written below.
