@@ -475,12 +475,11 @@ fn clamps_after_adds(model: &Model, steps: &[Step]) -> Vec<Option<usize>> {
             if !add || !matches!(st, Step::Node) || model.outputs.contains(&layer.output) {
                 return None;
             }
-            match model.consumers(layer.output).as_slice() {
-                &[j] if matches!(node(j), (l, Step::Node) if matches!(l.op, Op::Relu | Op::Clip { .. })) => {
-                    Some(j)
-                }
-                _ => None,
-            }
+            let &[j] = model.consumers(layer.output).as_slice() else {
+                return None;
+            };
+            let (reader, reader_step) = node(j);
+            (matches!(reader_step, Step::Node) && clamp_of(&reader.op).is_some()).then_some(j)
         })
         .collect()
 }
@@ -557,10 +556,24 @@ fn softmax_adds(model: &Model) -> Vec<Option<usize>> {
 
 /// The real bounds of node `j` when it is a fused Relu/ReLU6.
 fn fused_clamp(model: &Model, j: usize) -> (f32, f32) {
-    match model.layers[j].op {
-        Op::Clip { min, max } => (min, max),
-        _ => (0.0, f32::INFINITY),
+    clamp_of(&model.layers[j].op).unwrap_or((0.0, f32::INFINITY))
+}
+
+/// The real bounds of a Relu or Clip.
+fn clamp_of(op: &Op) -> Option<(f32, f32)> {
+    match *op {
+        Op::Relu => Some((0.0, f32::INFINITY)),
+        Op::Clip { min, max } => Some((min, max)),
+        _ => None,
     }
+}
+
+/// The codes [lo, hi] (lo ≤ hi) a clamp to the real `bounds` keeps of codes in `qp` (ReLU: from
+/// the zero point), as the integer engine's Relu and Clip on codes apply it.
+fn code_bounds(qp: QParams, bounds: (f32, f32)) -> (i8, i8) {
+    let (lo, hi) = clamp_bounds(qp, Some(bounds));
+    let (lo, hi) = (lo.clamp(-128, 127) as i8, hi.clamp(-128, 127) as i8);
+    (lo, hi.max(lo))
 }
 
 /// The rows [r0, r1) of quantized weights (a conv group's output channels).
@@ -918,9 +931,10 @@ impl<'m> IntModel<'m> {
             Step::Gemm { kernel, out } => {
                 let layouts = (stored.first() == Some(&true), channels_last);
                 let (y, y_nhwc) = self.run_gemm(&layer.op, kernel, x()?, layouts)?;
-                let (y, y_nhwc) = match channels_last && !y_nhwc && self.turn_output[i] {
-                    true => turned(y),
-                    false => (y, y_nhwc),
+                let (y, y_nhwc) = if channels_last && !y_nhwc && self.turn_output[i] {
+                    turned(y)
+                } else {
+                    (y, y_nhwc)
                 };
                 (*out, y, Ran::Int, y_nhwc)
             }
@@ -1014,16 +1028,9 @@ impl<'m> IntModel<'m> {
         if !integer_op(self.model, i) || x1.as_q().is_none() || x2.as_q().is_none() {
             return None;
         }
-        let bounds = match self.model.layers[j].op {
-            Op::Relu => (0.0, f32::INFINITY),
-            Op::Clip { min, max } => (min, max),
-            _ => return None,
-        };
-        // As the clamp on codes computes them.
-        let (lo, hi) = clamp_bounds(qo, Some(bounds));
-        let (lo, hi) = (lo.clamp(-128, 127), hi.clamp(-128, 127));
+        let (lo, hi) = code_bounds(qo, clamp_of(&self.model.layers[j].op)?);
         let sub = matches!(layer.op, Op::Binary(BinaryOp::Sub));
-        let y = intops::add::add_within(x1, x2, (qo, Some((lo, hi.max(lo)))), sub);
+        let y = intops::add::add_within(x1, x2, (qo, Some((lo as i32, hi as i32))), sub);
         Some((j, y))
     }
 
@@ -1182,16 +1189,8 @@ impl<'m> IntModel<'m> {
     ) -> std::result::Result<Tensor, String> {
         let layer = &self.model.layers[i];
         let x = ins[0].expect("checked");
-        let bounds = match layer.op {
-            Op::Relu => Some((0.0, f32::INFINITY)),
-            Op::Clip { min, max } => Some((min, max)),
-            _ => None,
-        };
-        if let Some(b) = bounds {
-            // A clamp at the quantized bounds (ReLU: the zero point).
-            let (lo, hi) = clamp_bounds(qp, Some(b));
-            let (lo, hi) = (lo.clamp(-128, 127) as i8, hi.clamp(-128, 127) as i8);
-            let y = intops::clamp::clamp_codes(q, (lo, hi.max(lo)));
+        if let Some(b) = clamp_of(&layer.op) {
+            let y = intops::clamp::clamp_codes(q, code_bounds(qp, b));
             return Ok(Tensor::q(x.shape.clone(), y, qp));
         }
         let limits = super::float::batch_limits(ins, self.limit);

@@ -35,6 +35,12 @@ pub(super) struct LineBlock {
     /// The lines are read on the accumulators themselves (every k above is 0, and no add is
     /// needed).
     fold: bool,
+    /// Every lane's line has one offset (b_n = b_p): none is chosen by sign.
+    one: bool,
+    /// The bounds are narrower than the whole i8 range, or some lane has an integer offset c
+    /// (lines of the whole range have none, see `Line::line32`): else the saturating narrowing
+    /// alone clamps, and c is not added.
+    clamp: bool,
 }
 
 /// Per block of 16 columns, its lines when all of them have one.
@@ -87,10 +93,10 @@ impl LineBlocks {
                 let cols: Vec<usize> = (16 * j..(16 * j + 16).min(n)).collect();
                 if block_folds(j) {
                     let f: Vec<_> = cols.iter().filter_map(|&r| folded[r]).collect();
-                    return Some(LineBlock::of(&f, &cols, konst, true));
+                    return Some(LineBlock::of(&f, (&cols, konst), (lo, hi), true));
                 }
                 let p: Option<Vec<_>> = cols.iter().map(|&r| plain[r]).collect();
-                p.map(|p| LineBlock::of(&p, &cols, konst, false))
+                p.map(|p| LineBlock::of(&p, (&cols, konst), (lo, hi), false))
             })
             .collect();
         blocks
@@ -101,10 +107,15 @@ impl LineBlocks {
 }
 
 impl LineBlock {
-    /// The block of columns `cols` (at most 16) from their `lines` (each with its a₀) and the
-    /// constants k; with `fold`, lines from [`Line::f32_folded`], read on the accumulators
-    /// themselves (k = 0 in the lanes, a₀ and the exceptions moved down by k).
-    fn of(lines: &[(Line32, i32)], cols: &[usize], konst: &[i32], fold: bool) -> Self {
+    /// The block of columns `cols` (at most 16) from their `lines` (each with its a₀), the
+    /// constants k and the clamp bounds; with `fold`, lines from [`Line::f32_folded`], read on
+    /// the accumulators themselves (k = 0 in the lanes, a₀ and the exceptions moved down by k).
+    fn of(
+        lines: &[(Line32, i32)],
+        (cols, konst): (&[usize], &[i32]),
+        (lo, hi): (i32, i32),
+        fold: bool,
+    ) -> Self {
         let lane = |l: usize| l.min(cols.len() - 1);
         let k = |l: usize| if fold { konst[cols[lane(l)]] } else { 0 };
         let most = lines.iter().map(|(l, _)| l.n).max().unwrap_or(0);
@@ -122,13 +133,21 @@ impl LineBlock {
                 std::array::from_fn(|l| at(l).1),
             )
         });
+        let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32);
+        let c: [i32; 16] = std::array::from_fn(|l| lines[lane(l)].0.c);
+        let (bp, bn) = (
+            std::array::from_fn(|l| lines[lane(l)].0.bp),
+            std::array::from_fn(|l| lines[lane(l)].0.bn),
+        );
         LineBlock {
             konst: std::array::from_fn(|l| konst[cols[lane(l)]] - k(l)),
             m: std::array::from_fn(|l| lines[lane(l)].0.m),
-            bp: std::array::from_fn(|l| lines[lane(l)].0.bp),
-            bn: std::array::from_fn(|l| lines[lane(l)].0.bn),
+            one: bp == bn,
+            bp,
+            bn,
             a0: std::array::from_fn(|l| lines[lane(l)].1.saturating_sub(k(l))),
-            c: std::array::from_fn(|l| lines[lane(l)].0.c),
+            clamp: !whole || c.iter().any(|&c| c != 0),
+            c,
             exc: exc.collect(),
             fold,
         }
@@ -139,11 +158,7 @@ impl LineBlock {
 impl LineBlocks {
     /// Blocks whose lines all have one offset.
     pub(super) fn one_offset_blocks(&self) -> usize {
-        self.blocks
-            .iter()
-            .flatten()
-            .filter(|b| b.bp == b.bn)
-            .count()
+        self.blocks.iter().flatten().filter(|b| b.one).count()
     }
 
     /// Blocks whose lines are read on the accumulators (k folded into the offsets).
@@ -165,31 +180,27 @@ pub(super) unsafe fn rows(
     y: &mut [i8],
     (lo, hi): (i32, i32),
 ) {
+    // The variant of `line_block` for a block's flags (see `LineBlock`).
+    macro_rules! variants {
+        ($lb:expr, $($one:literal $clamp:literal $fold:literal),*) => {
+            match ($lb.one, $lb.clamp, $lb.fold) {
+                $(($one, $clamp, $fold) => line_block::<$one, $clamp, $fold>,)*
+            }
+        };
+    }
     for (j, lb) in lines.blocks.iter().enumerate() {
+        let b = (lo, hi);
         // SAFETY (both calls): as this fn's contract; j indexes a block of `fixed` and of
         // `lines`, built alike.
-        // One offset for every accumulator (a fused ReLU's lines): no choice by sign. Bounds
-        // of the whole i8 range (whose lines have no integer offset c, see `Line::line32`): the
-        // narrowing's saturation is the clamp.
-        let whole = (lo, hi) == (i8::MIN as i32, i8::MAX as i32)
-            && lb.as_ref().is_some_and(|lb| lb.c.iter().all(|&c| c == 0));
-        let (at, b) = ((j, out), (lo, hi));
         match lb {
             None => unsafe { block(fixed, j, (out, sums_fit), c, y, b) },
-            Some(lb) => match (lb.bp == lb.bn, whole, lb.fold) {
-                (true, true, true) => unsafe { line_block::<true, false, true>(lb, at, c, y, b) },
-                (true, false, true) => unsafe { line_block::<true, true, true>(lb, at, c, y, b) },
-                (false, true, true) => unsafe { line_block::<false, false, true>(lb, at, c, y, b) },
-                (false, false, true) => unsafe { line_block::<false, true, true>(lb, at, c, y, b) },
-                (true, true, false) => unsafe { line_block::<true, false, false>(lb, at, c, y, b) },
-                (true, false, false) => unsafe { line_block::<true, true, false>(lb, at, c, y, b) },
-                (false, true, false) => unsafe {
-                    line_block::<false, false, false>(lb, at, c, y, b)
-                },
-                (false, false, false) => unsafe {
-                    line_block::<false, true, false>(lb, at, c, y, b)
-                },
-            },
+            Some(lb) => {
+                let run = variants!(
+                    lb, true true true, true true false, true false true, true false false,
+                    false true true, false true false, false false true, false false false
+                );
+                unsafe { run(lb, (j, out), c, y, b) }
+            }
         }
     }
 }

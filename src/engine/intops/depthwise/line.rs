@@ -108,13 +108,7 @@ impl Line {
         (zo, lo, hi): (i32, i32, i32),
         (amin, amax): (i32, i32),
     ) -> Option<(Line32, i32)> {
-        let line = Line::new(mult, (zo, lo, hi), None);
-        let small = amin.unsigned_abs() < 1 << 24 && amax.unsigned_abs() < 1 << 24;
-        if !small || !line.checkable(amin, amax) {
-            return None;
-        }
-        let l = line.line32(&line.steps(amin, amax), (0, MAX_EXC + 1))?;
-        Some((l, line.a0))
+        Line::f32_folded(mult, (zo, lo, hi), (amin, amax), (0, MAX_EXC))
     }
 
     /// [`Line::f32_only`] for a kernel that reads acc = a − k and adds nothing: the offsets
