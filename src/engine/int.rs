@@ -10,6 +10,7 @@ use super::intops;
 use super::intops::channels_last;
 use super::intops::conv_nhwc::NhwcConv;
 use super::intops::depthwise::GroupConv;
+use super::intops::depthwise::nhwc::DepthwiseNhwc;
 use super::kernels::{PackedWeights, gemm_i8};
 use super::pool::PoolGeom;
 use super::requant::{Requant, split_bias};
@@ -24,7 +25,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
-fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
+pub(crate) fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
     match clamp {
         None => (q.qmin(), q.qmax()),
         Some((lo, hi)) => {
@@ -388,8 +389,9 @@ impl Ran {
 enum WeightKernel {
     /// One GEMM per channel group (over im2col patches for a conv).
     Gemm(Vec<IntGemm>),
-    /// A grouped or depthwise conv as a direct loop.
-    Group(GroupConv),
+    /// A grouped or depthwise conv as a direct loop over NCHW planes, and for a depthwise conv
+    /// of a multiple of 16 channels on an AVX-512 VNNI CPU, its channels-last kernel.
+    Group(GroupConv, Option<Box<DepthwiseNhwc>>),
     /// An ungrouped conv over channels-last patches.
     Nhwc(Box<NhwcConv>),
 }
@@ -397,14 +399,18 @@ enum WeightKernel {
 impl WeightKernel {
     /// Whether a conv through this kernel can write channels-last output.
     fn writes_channels_last(&self) -> bool {
-        matches!(self, WeightKernel::Nhwc(c) if c.writes_channels_last())
+        match self {
+            WeightKernel::Nhwc(c) => c.writes_channels_last(),
+            WeightKernel::Group(_, nhwc) => nhwc.is_some(),
+            WeightKernel::Gemm(_) => false,
+        }
     }
 
     /// The qparams of the input the kernel expects.
     fn in_q(&self) -> QParams {
         match self {
             WeightKernel::Gemm(g) => g[0].in_q,
-            WeightKernel::Group(c) => c.in_q,
+            WeightKernel::Group(c, _) => c.in_q,
             WeightKernel::Nhwc(c) => c.in_q(),
         }
     }
@@ -413,7 +419,7 @@ impl WeightKernel {
     fn out_q(&self) -> QParams {
         match self {
             WeightKernel::Gemm(g) => g[0].out_q,
-            WeightKernel::Group(c) => c.out_q,
+            WeightKernel::Group(c, _) => c.out_q,
             WeightKernel::Nhwc(c) => c.out_q(),
         }
     }
@@ -503,7 +509,7 @@ fn turned(y: Tensor) -> (Tensor, bool) {
 fn turned_outputs(model: &Model, steps: &[Step]) -> Vec<bool> {
     let reads_channels_last = |j: usize| match &steps[j] {
         Step::Gemm {
-            kernel: WeightKernel::Nhwc(_),
+            kernel: WeightKernel::Nhwc(_) | WeightKernel::Group(_, Some(_)),
             ..
         } => matches!(model.layers[j].op, Op::Conv2d { .. }),
         // Not the pools: their channels-last loops run over the channels of one pixel, short
@@ -675,8 +681,12 @@ impl<'m> IntModel<'m> {
             let (_, c, kh, kw) = weight.dim();
             let bounds = clamp_bounds(qs.1, clamp);
             if groups > 1 {
-                if let Some(c) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
-                    return WeightKernel::Group(c);
+                if let Some(k) = GroupConv::new(w, bias, (kh, kw), groups, qs, bounds) {
+                    let depthwise = c == 1 && w.rows == groups;
+                    let nhwc = depthwise
+                        .then(|| DepthwiseNhwc::new(w, bias, (kh, kw), qs, clamp))
+                        .flatten();
+                    return WeightKernel::Group(k, nhwc.map(Box::new));
                 }
             } else if c == 1
                 && let Ok(g) = crate::engine::im2col::ConvGeom::general(
@@ -691,7 +701,7 @@ impl<'m> IntModel<'m> {
             {
                 // One input channel: the direct kernel's `vpdpbusd` over quads of taps beats
                 // both patch rows of a few bytes and the channel-major tap loop.
-                return WeightKernel::Group(k);
+                return WeightKernel::Group(k, None);
             } else if let Some(c) = NhwcConv::new(w, bias, (c, kh, kw), qs, clamp) {
                 return WeightKernel::Nhwc(Box::new(c));
             }
@@ -1223,7 +1233,12 @@ impl<'m> IntModel<'m> {
             WeightKernel::Nhwc(c) if matches!(op, Op::Conv2d { .. }) => Some(c),
             _ => None,
         };
-        if in_nhwc && nhwc_conv.is_none() {
+        // A depthwise conv reads channels-last codes as they are, and writes them so.
+        let nhwc_depthwise = match kernel {
+            WeightKernel::Group(_, Some(d)) if in_nhwc && may_nhwc => Some(d),
+            _ => None,
+        };
+        if in_nhwc && nhwc_conv.is_none() && nhwc_depthwise.is_none() {
             // Read in shape order from a copy, whose buffer then goes back to the recycled ones.
             let nchw = channels_last::to_nchw(x);
             let y = self.run_gemm(op, kernel, &nchw, (false, may_nhwc));
@@ -1243,7 +1258,7 @@ impl<'m> IntModel<'m> {
         let out_q = kernel.out_q();
         let gemms = match kernel {
             WeightKernel::Gemm(g) => g.as_slice(),
-            WeightKernel::Group(_) | WeightKernel::Nhwc(_) => &[],
+            WeightKernel::Group(..) | WeightKernel::Nhwc(_) => &[],
         };
         match op {
             Op::Linear { weight, .. } => {
@@ -1279,8 +1294,11 @@ impl<'m> IntModel<'m> {
                     let y = c.run(data, n, &g, pad, (in_nhwc, out_nhwc));
                     return Ok((Tensor::q(shape, y, out_q), out_nhwc));
                 }
+                if let Some(d) = nhwc_depthwise {
+                    return Ok((Tensor::q(shape, d.run(data, n, &g, pad), out_q), true));
+                }
                 let y = match kernel {
-                    WeightKernel::Group(c) => c.run(data, n, &g),
+                    WeightKernel::Group(c, _) => c.run(data, n, &g),
                     _ => conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
                         gemms[gi].run(cols, rows)
                     }),
@@ -1584,9 +1602,10 @@ mod tests {
     fn only_convs_writing_planes_for_channels_last_readers_turn_their_output() {
         // The CNN's one-channel conv is read by a MaxPool, which runs on NCHW planes: it does
         // not turn. The ResNet's one-channel stem writes NCHW planes (on any CPU) and is read by
-        // a conv and a residual Add: it turns. MobileNetV2's stem (read by a 1x1 conv and an Add) and
-        // its five depthwise convs (each read by its project conv) turn. Convs that write
-        // channels-last themselves never do.
+        // a conv and a residual Add: it turns. MobileNetV2's stem (read by a 1x1 conv and an Add)
+        // turns, and so do its five depthwise convs (each read by its project conv) where they
+        // run on NCHW planes: not where the channels-last depthwise kernel runs them (AVX-512
+        // VNNI), as convs that write channels-last themselves never turn.
         use crate::pipeline::{Cancel, run};
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let models = [
@@ -1599,7 +1618,12 @@ mod tests {
             crate::bundled::calib().take(8),
             crate::bundled::test().take(2),
         );
-        for (model, want_turned) in models.iter().zip([0, 1, 6]) {
+        let depthwise_planes = if crate::engine::intops::depthwise::nhwc::supported() {
+            0
+        } else {
+            5
+        };
+        for (model, want_turned) in models.iter().zip([0, 1, 1 + depthwise_planes]) {
             let out = run(model, &calib, &test, &Default::default(), &Cancel::new()).unwrap();
             let int = IntModel::new(model, &out.params, usize::MAX);
             let turned: Vec<usize> = (0..model.layers.len())
@@ -1626,6 +1650,10 @@ mod tests {
                     model.name,
                     layer.name
                 );
+                let Step::Gemm { kernel, .. } = &int.steps[i] else {
+                    panic!("{}: node {i} is no weight node", model.name);
+                };
+                assert!(!kernel.writes_channels_last(), "{}", layer.name);
             }
         }
     }

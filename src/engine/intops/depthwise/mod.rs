@@ -23,10 +23,13 @@ mod avx512;
 pub(crate) mod line;
 #[cfg(target_arch = "x86_64")]
 mod line_avx2;
+pub mod nhwc;
 mod pairs;
 mod portable;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_nhwc;
 
 use crate::engine::conv::conv_channel;
 use crate::engine::im2col::ConvGeom;

@@ -1,0 +1,359 @@
+//! A depthwise conv (one input channel per group, one output channel per group) on
+//! channels-last codes, in and out, with AVX-512 VNNI: no NCHW planes, so a MobileNet's
+//! depthwise layers need no transpose before or after them.
+//!
+//! Channels sit in the vector lanes. Per output row, every padded input column gets, per group
+//! of four kernel rows, one u8 quad per channel: the column's codes in those four rows, as
+//! x + 128 (the padded image is written shifted, its border at the input zero point). That is
+//! one `vpdpbusd` operand for 16 channels, built for 64 channels at once by one dword permute
+//! per row and two rounds of unpacks ([`quad_row`]). Output pixel `ox` then sums, per quad
+//! group and kernel column kx, the quads of column sw·ox + kx·dw against that column's weight
+//! quads: a 3×3 kernel is three `vpdpbusd` per 16 outputs, each column's quads serving the kw
+//! outputs that read it.
+//!
+//! The accumulators are the GEMM's, Σ x·w over i8 codes (the +128 is removed by starting each
+//! channel at −128·Σw, padding taps hold the zero point), so the layer's [`IntGemm`] epilogue
+//! requantizes them row by row with its verified lines, the same codes as the NCHW kernels.
+
+use crate::engine::im2col::ConvGeom;
+use crate::engine::int::IntGemm;
+use crate::engine::intops::conv_padded::PaddedImage;
+use crate::engine::kernels::RunsLayout;
+use crate::quant::QParams;
+use crate::quant::weights::QWeights;
+
+/// Bytes of accumulators per block of output rows (with the block's outputs, inside L2).
+const ACC_BYTES: usize = 64 << 10;
+
+/// Kernel taps per output a layer may have: quad groups ⌈kh / 4⌉ times kw (a 7 × 7 kernel is
+/// 14); larger kernels keep the NCHW kernel.
+const MAX_TAPS: usize = 16;
+
+/// A depthwise conv's weights and epilogue for the channels-last kernel.
+#[derive(Debug)]
+pub struct DepthwiseNhwc {
+    /// The epilogue (per-channel constants and verified lines over Σ x·w); its packed GEMM
+    /// weights are not used.
+    gemm: IntGemm,
+    /// [groups, kw, c] words of 4 signed bytes: kernel rows 4q..4q + 4 of column kx (0 past kh).
+    w: Vec<i32>,
+    /// Per channel: −128 · Σ w (wrapping), the start of its sums of (x + 128)·w.
+    init: Vec<i32>,
+    /// Channels (a multiple of 16).
+    c: usize,
+    kernel: (usize, usize),
+}
+
+impl DepthwiseNhwc {
+    /// The kernel for a depthwise conv of `c` channels (`w`: [c, kh · kw], one scale per
+    /// channel or per tensor, symmetric), or `None` where it does not apply: other weights or
+    /// groups, a channel count that is not a multiple of 16, or a CPU without AVX-512 VNNI.
+    pub fn new(
+        w: &QWeights,
+        bias: &[f32],
+        (kh, kw): (usize, usize),
+        qs: (QParams, QParams),
+        clamp: Option<(f32, f32)>,
+    ) -> Option<Self> {
+        let c = w.rows;
+        if !supported()
+            || c == 0
+            || !c.is_multiple_of(16)
+            || kh * kw == 0
+            || kh.div_ceil(4) * kw > MAX_TAPS
+            || w.cols != kh * kw
+            || w.groups() != 1
+            || (0..c).any(|r| w.param(r, 0).zero_point != 0)
+        {
+            return None;
+        }
+        let gemm = IntGemm::new(w, bias, qs.0, qs.1, clamp).with_verified_lines(w);
+        Some(DepthwiseNhwc {
+            gemm,
+            w: weight_quads(&w.q, c, (kh, kw)),
+            init: (w.q.chunks_exact(kh * kw))
+                .map(|r| {
+                    let sum = r.iter().fold(0i32, |s, &v| s.wrapping_add(v as i32));
+                    sum.wrapping_mul(-128)
+                })
+                .collect(),
+            c,
+            kernel: (kh, kw),
+        })
+    }
+
+    /// Runs `n` channels-last samples `x` ([n, h, w, c] codes in the input qparams) with
+    /// out-of-image taps at `pad` (the input zero point): [n, oh, ow, c] codes.
+    ///
+    /// # Panics
+    /// If `g` is not this layer's geometry or `x` is shorter than `n` samples.
+    pub fn run(&self, x: &[i8], n: usize, g: &ConvGeom, pad: i8) -> Vec<i8> {
+        let c = self.c;
+        assert!(
+            g.c == c && g.kernel == self.kernel,
+            "another layer's geometry"
+        );
+        assert!(
+            x.len() >= n * g.h * g.w * c,
+            "input shorter than [n, h, w, c]"
+        );
+        let (opix, (_, wp)) = (g.out_pixels(), g.padded_dims());
+        // Every code is written below: each block's rows are requantized whole.
+        let mut out = crate::engine::recycle::codes(n * opix * c);
+        if opix == 0 {
+            return out;
+        }
+        let how = RunsLayout {
+            shifted: true,
+            granule: 4,
+        };
+        let mut image = PaddedImage::for_geometry(g, how).expect("c is a multiple of 16");
+        let groups = self.kernel.0.div_ceil(4);
+        let mut quads = vec![0u8; groups * wp * c * 4];
+        let block = (ACC_BYTES / (g.ow * c * 4)).clamp(1, g.oh);
+        let mut acc = vec![0i32; block * g.ow * c];
+        for (xs, os) in x
+            .chunks_exact(g.h * g.w * c)
+            .zip(out.chunks_exact_mut(opix * c))
+        {
+            image.fill(xs, g, pad);
+            for oy0 in (0..g.oh).step_by(block) {
+                let rows = block.min(g.oh - oy0);
+                for r in 0..rows {
+                    let acc_row = &mut acc[r * g.ow * c..(r + 1) * g.ow * c];
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512 F/BW/VNNI were detected when `self` was built.
+                    unsafe {
+                        self.output_row(image.codes(), g, oy0 + r, &mut quads, acc_row)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("built only where AVX-512 VNNI runs {acc_row:?}");
+                }
+                let (a, y) = (&acc[..rows * g.ow * c], &mut os[oy0 * g.ow * c..]);
+                self.gemm.requant().run(a, &mut y[..rows * g.ow * c]);
+            }
+        }
+        out
+    }
+
+    /// The accumulators of output row `oy` ([ow, c]) from the shifted padded image `image`
+    /// ([hp, wp, c]), with `quads` as the row's quad scratch.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn output_row(
+        &self,
+        image: &[i8],
+        g: &ConvGeom,
+        oy: usize,
+        quads: &mut [u8],
+        acc: &mut [i32],
+    ) {
+        let (c, (kh, kw)) = (self.c, self.kernel);
+        let wp = g.padded_dims().1;
+        let groups = kh.div_ceil(4);
+        for q in 0..groups {
+            // Kernel rows past kh meet zero weights: any image row serves.
+            let rows: [usize; 4] = std::array::from_fn(|j| {
+                let ky = (4 * q + j).min(kh - 1);
+                (oy * g.stride.0 + ky * g.dilation.0) * wp * c
+            });
+            let dst = &mut quads[q * wp * c * 4..(q + 1) * wp * c * 4];
+            // SAFETY: AVX-512 per this fn's contract.
+            unsafe { quad_row(image, rows, c, dst) };
+        }
+        // Byte offset of each tap's quads from its output's first column, in weight order.
+        let mut taps = [0usize; MAX_TAPS];
+        for (t, at) in taps.iter_mut().take(groups * kw).enumerate() {
+            let (q, kx) = (t / kw, t % kw);
+            *at = (q * wp * c + kx * g.dilation.1 * c) * 4;
+        }
+        let rows = Rows {
+            quads,
+            step: g.stride.1 * c * 4,
+            ow: g.ow,
+        };
+        for cb in (0..c).step_by(16) {
+            // SAFETY: AVX-512 per this fn's contract; the weights and `init` hold channels
+            // cb..cb + 16 (c is a multiple of 16), the quads of column sw·ox + kx·dw < wp lie in
+            // `quads`, and `acc` holds ow rows of c.
+            unsafe {
+                match groups * kw {
+                    3 => self.channel_block::<3>(&rows, &taps, cb, acc),
+                    n => self.channel_block_any(&rows, &taps[..n], cb, acc),
+                }
+            }
+        }
+    }
+
+    /// Channels cb..cb + 16 of one output row, `T` taps with the weights in registers.
+    ///
+    /// # Safety
+    /// As [`DepthwiseNhwc::output_row`]'s body.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn channel_block<const T: usize>(
+        &self,
+        rows: &Rows,
+        taps: &[usize; MAX_TAPS],
+        cb: usize,
+        acc: &mut [i32],
+    ) {
+        use std::arch::x86_64::*;
+        let c = self.c;
+        // SAFETY: per this fn's contract.
+        unsafe {
+            let init = _mm512_loadu_si512(self.init.as_ptr().add(cb).cast());
+            let w: [__m512i; T] =
+                std::array::from_fn(|t| _mm512_loadu_si512(self.w.as_ptr().add(t * c + cb).cast()));
+            let base = rows.quads.as_ptr().add(cb * 4);
+            for ox in 0..rows.ow {
+                let col = base.add(ox * rows.step);
+                let mut s = init;
+                for t in 0..T {
+                    let v = _mm512_loadu_si512(col.add(taps[t]).cast());
+                    s = _mm512_dpbusd_epi32(s, v, w[t]);
+                }
+                _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
+            }
+        }
+    }
+
+    /// [`DepthwiseNhwc::channel_block`] for any number of taps (weights read per output).
+    ///
+    /// # Safety
+    /// As [`DepthwiseNhwc::output_row`]'s body.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn channel_block_any(&self, rows: &Rows, taps: &[usize], cb: usize, acc: &mut [i32]) {
+        use std::arch::x86_64::*;
+        let c = self.c;
+        // SAFETY: per this fn's contract.
+        unsafe {
+            let init = _mm512_loadu_si512(self.init.as_ptr().add(cb).cast());
+            let base = rows.quads.as_ptr().add(cb * 4);
+            for ox in 0..rows.ow {
+                let col = base.add(ox * rows.step);
+                let mut s = init;
+                for (t, &at) in taps.iter().enumerate() {
+                    let v = _mm512_loadu_si512(col.add(at).cast());
+                    let w = _mm512_loadu_si512(self.w.as_ptr().add(t * c + cb).cast());
+                    s = _mm512_dpbusd_epi32(s, v, w);
+                }
+                _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
+            }
+        }
+    }
+}
+
+/// One output row's quads ([groups, wp, c] quads of 4 bytes) and how far apart its outputs'
+/// first columns are.
+struct Rows<'a> {
+    quads: &'a [u8],
+    /// Bytes from one output's first column to the next one's (sw columns).
+    step: usize,
+    ow: usize,
+}
+
+/// Whether this CPU runs the kernel (detected once).
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The weights `q` ([c, kh · kw] row-major) as [groups, kw, c] words: the word of group q,
+/// column kx and channel ch holds the weights of kernel rows 4q..4q + 4 (0 past kh) at kx.
+fn weight_quads(q: &[i8], c: usize, (kh, kw): (usize, usize)) -> Vec<i32> {
+    let groups = kh.div_ceil(4);
+    let mut w = vec![0i32; groups * kw * c];
+    for g in 0..groups {
+        for kx in 0..kw {
+            for ch in 0..c {
+                let b: [u8; 4] = std::array::from_fn(|j| {
+                    let ky = 4 * g + j;
+                    if ky < kh {
+                        q[ch * kh * kw + ky * kw + kx] as u8
+                    } else {
+                        0
+                    }
+                });
+                w[(g * kw + kx) * c + ch] = i32::from_le_bytes(b);
+            }
+        }
+    }
+    w
+}
+
+/// One quad row: for every padded column x' and channel ch, the bytes `image[rows[j] + x'·c +
+/// ch]`, j = 0..4, at `dst[(x'·c + ch)·4 + j]` (`rows`: byte offsets of four image rows of
+/// `dst.len() / (4c)` columns of `c` channels; c a multiple of 16).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quad_row(image: &[i8], rows: [usize; 4], c: usize, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let cols = dst.len() / (4 * c);
+    assert!(
+        rows.iter().all(|&r| r + cols * c <= image.len()),
+        "rows in the image"
+    );
+    // Dword 4L + k of a permuted row is dword 4k + L: after the unpacks, which work within
+    // 128-bit lanes, quad vector k holds channels 16k..16k + 16 in order.
+    let perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let src = image.as_ptr();
+    let out = dst.as_mut_ptr();
+    for x in 0..cols {
+        let mut ch = 0;
+        // SAFETY: rows[j] + x·c + ch + 64 ≤ rows[j] + cols·c (asserted), and dst holds
+        // (x·c + ch)·4 + 256 bytes for every such block.
+        unsafe {
+            while ch + 64 <= c {
+                let at = x * c + ch;
+                let r: [__m512i; 4] = std::array::from_fn(|j| {
+                    let v = _mm512_loadu_si512(src.add(rows[j] + at).cast());
+                    _mm512_permutexvar_epi32(perm, v)
+                });
+                let (lo01, hi01) = (
+                    _mm512_unpacklo_epi8(r[0], r[1]),
+                    _mm512_unpackhi_epi8(r[0], r[1]),
+                );
+                let (lo23, hi23) = (
+                    _mm512_unpacklo_epi8(r[2], r[3]),
+                    _mm512_unpackhi_epi8(r[2], r[3]),
+                );
+                let d = out.add(at * 4);
+                _mm512_storeu_si512(d.cast(), _mm512_unpacklo_epi16(lo01, lo23));
+                _mm512_storeu_si512(d.add(64).cast(), _mm512_unpackhi_epi16(lo01, lo23));
+                _mm512_storeu_si512(d.add(128).cast(), _mm512_unpacklo_epi16(hi01, hi23));
+                _mm512_storeu_si512(d.add(192).cast(), _mm512_unpackhi_epi16(hi01, hi23));
+                ch += 64;
+            }
+            while ch < c {
+                let at = x * c + ch;
+                let r: [__m128i; 4] =
+                    std::array::from_fn(|j| _mm_loadu_si128(src.add(rows[j] + at).cast()));
+                let (lo01, hi01) = (_mm_unpacklo_epi8(r[0], r[1]), _mm_unpackhi_epi8(r[0], r[1]));
+                let (lo23, hi23) = (_mm_unpacklo_epi8(r[2], r[3]), _mm_unpackhi_epi8(r[2], r[3]));
+                let d = out.add(at * 4);
+                _mm_storeu_si128(d.cast(), _mm_unpacklo_epi16(lo01, lo23));
+                _mm_storeu_si128(d.add(16).cast(), _mm_unpackhi_epi16(lo01, lo23));
+                _mm_storeu_si128(d.add(32).cast(), _mm_unpacklo_epi16(hi01, hi23));
+                _mm_storeu_si128(d.add(48).cast(), _mm_unpackhi_epi16(hi01, hi23));
+                ch += 16;
+            }
+        }
+    }
+}
