@@ -60,12 +60,6 @@ impl PaddedImage {
         })
     }
 
-    /// The image last written by [`PaddedImage::fill`]: [hp, wp, c] codes (shifted to unsigned
-    /// where the layout says so).
-    pub fn codes(&self) -> &[i8] {
-        &self.buf
-    }
-
     /// Writes channels-last sample `xs` ([h, w, c]) into the padded image (shifted to unsigned
     /// where the GEMM reads such codes), with the border at `pad` (the input zero point).
     pub fn fill(&mut self, xs: &[i8], g: &ConvGeom, pad: i8) {

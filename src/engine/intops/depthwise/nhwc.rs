@@ -4,7 +4,7 @@
 //!
 //! Channels sit in the vector lanes. Per output row, every padded input column gets, per group
 //! of four kernel rows, one u8 quad per channel: the column's codes in those four rows, as
-//! x + 128 (the padded image is written shifted, its border at the input zero point). That is
+//! x + 128 (read straight from the sample, with the zero point for taps outside it). That is
 //! one `vpdpbusd` operand for 16 channels, built for 64 channels at once by one dword permute
 //! per row and two rounds of unpacks ([`quad_row`]). Output pixel `ox` then sums, per quad
 //! group and kernel column kx, the quads of column sw·ox + kx·dw against that column's weight
@@ -17,8 +17,6 @@
 
 use crate::engine::im2col::ConvGeom;
 use crate::engine::int::IntGemm;
-use crate::engine::intops::conv_padded::PaddedImage;
-use crate::engine::kernels::RunsLayout;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
 
@@ -98,25 +96,27 @@ impl DepthwiseNhwc {
             "input shorter than [n, h, w, c]"
         );
         let (opix, (_, wp)) = (g.out_pixels(), g.padded_dims());
+        assert!(wp == g.pad[1] + g.w + g.pad[3]);
         // Every code is written below: each block's rows are requantized whole.
         let mut out = crate::engine::recycle::codes(n * opix * c);
         if opix == 0 {
             return out;
         }
-        let how = RunsLayout {
-            shifted: true,
-            granule: 4,
-        };
-        let mut image = PaddedImage::for_geometry(g, how).expect("c is a multiple of 16");
         let groups = self.kernel.0.div_ceil(4);
         let mut quads = vec![0u8; groups * wp * c * 4];
         let block = (ACC_BYTES / (g.ow * c * 4)).clamp(1, g.oh);
         let mut acc = vec![0i32; block * g.ow * c];
+        // The rows of taps above and below the image.
+        let pad_row = vec![pad; g.w * c];
         for (xs, os) in x
             .chunks_exact(g.h * g.w * c)
             .zip(out.chunks_exact_mut(opix * c))
         {
-            image.fill(xs, g, pad);
+            let sample = Sample {
+                xs,
+                pad_row: &pad_row,
+                pad,
+            };
             for oy0 in (0..g.oh).step_by(block) {
                 let rows = block.min(g.oh - oy0);
                 for r in 0..rows {
@@ -124,7 +124,7 @@ impl DepthwiseNhwc {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: AVX-512 F/BW/VNNI were detected when `self` was built.
                     unsafe {
-                        self.output_row(image.codes(), g, oy0 + r, &mut quads, acc_row)
+                        self.output_row(&sample, g, oy0 + r, &mut quads, acc_row)
                     };
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("built only where AVX-512 VNNI runs {acc_row:?}");
@@ -136,8 +136,8 @@ impl DepthwiseNhwc {
         out
     }
 
-    /// The accumulators of output row `oy` ([ow, c]) from the shifted padded image `image`
-    /// ([hp, wp, c]), with `quads` as the row's quad scratch.
+    /// The accumulators of output row `oy` ([ow, c]) from `sample`, with `quads` as the row's
+    /// quad scratch ([groups, wp, c] quads).
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VNNI.
@@ -145,7 +145,7 @@ impl DepthwiseNhwc {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn output_row(
         &self,
-        image: &[i8],
+        sample: &Sample,
         g: &ConvGeom,
         oy: usize,
         quads: &mut [u8],
@@ -155,14 +155,15 @@ impl DepthwiseNhwc {
         let wp = g.padded_dims().1;
         let groups = kh.div_ceil(4);
         for q in 0..groups {
-            // Kernel rows past kh meet zero weights: any image row serves.
-            let rows: [usize; 4] = std::array::from_fn(|j| {
+            // Kernel rows past kh meet zero weights: any row serves.
+            let rows: [&[i8]; 4] = std::array::from_fn(|j| {
                 let ky = (4 * q + j).min(kh - 1);
-                (oy * g.stride.0 + ky * g.dilation.0) * wp * c
+                sample.row(g, oy * g.stride.0 + ky * g.dilation.0)
             });
             let dst = &mut quads[q * wp * c * 4..(q + 1) * wp * c * 4];
+            let border = (g.pad[1] * c * 4, g.pad[3] * c * 4);
             // SAFETY: AVX-512 per this fn's contract.
-            unsafe { quad_row(image, rows, c, dst) };
+            unsafe { quad_row(rows, c, (sample.pad, border), dst) };
         }
         // Byte offset of each tap's quads from its output's first column, in weight order.
         let mut taps = [0usize; MAX_TAPS];
@@ -257,6 +258,27 @@ struct Rows<'a> {
     ow: usize,
 }
 
+/// One channels-last sample ([h, w, c] codes) and what its out-of-image taps read.
+struct Sample<'a> {
+    xs: &'a [i8],
+    /// A row of `w · c` codes at the input zero point.
+    pad_row: &'a [i8],
+    /// The input zero point.
+    pad: i8,
+}
+
+impl Sample<'_> {
+    /// Row `y` of the padded image without its side borders (`w · c` codes): a sample row, or
+    /// the zero point's row above and below the image.
+    fn row(&self, g: &ConvGeom, y: usize) -> &[i8] {
+        let len = g.w * g.c;
+        match y.checked_sub(g.pad[0]) {
+            Some(r) if r < g.h => &self.xs[r * len..(r + 1) * len],
+            _ => self.pad_row,
+        }
+    }
+}
+
 /// Whether this CPU runs the kernel (detected once).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -295,36 +317,49 @@ fn weight_quads(q: &[i8], c: usize, (kh, kw): (usize, usize)) -> Vec<i32> {
     w
 }
 
-/// One quad row: for every padded column x' and channel ch, the bytes `image[rows[j] + x'·c +
-/// ch]`, j = 0..4, at `dst[(x'·c + ch)·4 + j]` (`rows`: byte offsets of four image rows of
-/// `dst.len() / (4c)` columns of `c` channels; c a multiple of 16).
+/// One quad row: for every column x' of the padded image's width and channel ch, the codes
+/// of the four `rows` (each `w · c` codes, w = columns inside the image) at x' − left, channel
+/// ch, plus 128, at `dst[(x'·c + ch)·4 + j]`, j = 0..4; columns of the side borders (`border`:
+/// bytes of quads left and right) hold `pad` + 128 (c a multiple of 16).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quad_row(image: &[i8], rows: [usize; 4], c: usize, dst: &mut [u8]) {
+unsafe fn quad_row(
+    rows: [&[i8]; 4],
+    c: usize,
+    (pad, border): (i8, (usize, usize)),
+    dst: &mut [u8],
+) {
     use std::arch::x86_64::*;
-    let cols = dst.len() / (4 * c);
-    assert!(
-        rows.iter().all(|&r| r + cols * c <= image.len()),
-        "rows in the image"
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len) && len.is_multiple_of(c));
+    assert_eq!(
+        border.0 + 4 * len + border.1,
+        dst.len(),
+        "quads of the padded width"
     );
+    let (left, rest) = dst.split_at_mut(border.0);
+    let (inner, right) = rest.split_at_mut(4 * len);
+    left.fill(pad as u8 ^ 0x80);
+    right.fill(pad as u8 ^ 0x80);
     // Dword 4L + k of a permuted row is dword 4k + L: after the unpacks, which work within
     // 128-bit lanes, quad vector k holds channels 16k..16k + 16 in order.
     let perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let src = image.as_ptr();
-    let out = dst.as_mut_ptr();
-    for x in 0..cols {
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let src = rows.map(|r| r.as_ptr());
+    let out = inner.as_mut_ptr();
+    for x in 0..len / c {
         let mut ch = 0;
-        // SAFETY: rows[j] + x·c + ch + 64 ≤ rows[j] + cols·c (asserted), and dst holds
-        // (x·c + ch)·4 + 256 bytes for every such block.
+        // SAFETY: x·c + ch + 64 ≤ len bytes of each row (c is a multiple of 16 and ch + 64 ≤
+        // c, or ch + 16 ≤ c below), and `inner` holds 4·len bytes.
         unsafe {
             while ch + 64 <= c {
                 let at = x * c + ch;
                 let r: [__m512i; 4] = std::array::from_fn(|j| {
-                    let v = _mm512_loadu_si512(src.add(rows[j] + at).cast());
-                    _mm512_permutexvar_epi32(perm, v)
+                    let v = _mm512_loadu_si512(src[j].add(at).cast());
+                    _mm512_permutexvar_epi32(perm, _mm512_xor_si512(v, flip))
                 });
                 let (lo01, hi01) = (
                     _mm512_unpacklo_epi8(r[0], r[1]),
@@ -343,8 +378,10 @@ unsafe fn quad_row(image: &[i8], rows: [usize; 4], c: usize, dst: &mut [u8]) {
             }
             while ch < c {
                 let at = x * c + ch;
-                let r: [__m128i; 4] =
-                    std::array::from_fn(|j| _mm_loadu_si128(src.add(rows[j] + at).cast()));
+                let r: [__m128i; 4] = std::array::from_fn(|j| {
+                    let v = _mm_loadu_si128(src[j].add(at).cast());
+                    _mm_xor_si128(v, _mm512_castsi512_si128(flip))
+                });
                 let (lo01, hi01) = (_mm_unpacklo_epi8(r[0], r[1]), _mm_unpackhi_epi8(r[0], r[1]));
                 let (lo23, hi23) = (_mm_unpacklo_epi8(r[2], r[3]), _mm_unpackhi_epi8(r[2], r[3]));
                 let d = out.add(at * 4);
