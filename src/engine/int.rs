@@ -335,10 +335,30 @@ impl IntGemm {
             c.resize(m * out, 0);
         }
         let c = &mut c[..m * out];
-        let w = &self.packed[0];
-        let ran = crate::engine::kernels::gemm_i8_runs(a, m, lda, runs, w, c);
-        assert!(ran, "the kernel reads runs");
+        self.sums_of_runs(a, (m, lda), runs, c);
         self.requant.run(c, &mut y[..m * out]);
+    }
+
+    /// The accumulators of [`IntGemm::run_into_runs`] ([m, out] into `c`), without the
+    /// epilogue: a caller that runs several such GEMMs into one buffer requantizes them with
+    /// one [`Requant::run`](super::requant::Requant::run) of [`IntGemm::requant`].
+    ///
+    /// # Panics
+    /// As [`IntGemm::run_into_runs`]; if `c` does not hold [m, out].
+    pub fn sums_of_runs(
+        &self,
+        a: &[i8],
+        (m, lda): (usize, usize),
+        runs: (&[usize], usize),
+        c: &mut [i32],
+    ) {
+        assert!(
+            self.runs_layout().is_some(),
+            "weights for a kernel that reads runs"
+        );
+        assert_eq!(c.len(), m * self.out, "accumulators of [m, out]");
+        let ran = crate::engine::kernels::gemm_i8_runs(a, m, lda, runs, &self.packed[0], c);
+        assert!(ran, "the kernel reads runs");
     }
 
     /// Σ x over row `i`'s group `g` (only needed when weights have zero points).

@@ -89,7 +89,7 @@ impl PaddedImage {
     /// output: NCHW ([o, oh · ow]), or channels-last ([oh · ow, o]) when `nhwc`, in blocks of
     /// output rows whose accumulators `acc` and codes `y` are reused: one GEMM per output row,
     /// or one per block when the rows of the block are evenly spaced in the image (stride 1 and
-    /// an image as wide as the output, as a 1×1 conv). A channels-last block is written in
+    /// an image as wide as the output, as a 1×1 conv), and one epilogue per block. A channels-last block is written in
     /// place, an NCHW one through `y` and one transpose.
     pub fn run(
         &self,
@@ -114,10 +114,16 @@ impl PaddedImage {
             if g.stride == (1, 1) && wp == g.ow {
                 gemm.run_into_runs(&self.buf[oy0 * wp * c..], (pixels, c), runs, acc, dst);
             } else {
-                for (r, yr) in dst.chunks_exact_mut(g.ow * o).enumerate() {
-                    let a = &self.buf[(oy0 + r) * sh * wp * c..];
-                    gemm.run_into_runs(a, (g.ow, sw * c), runs, acc, yr);
+                // One GEMM per output row into the block's accumulators, one epilogue for all.
+                if acc.len() < pixels * o {
+                    acc.resize(pixels * o, 0);
                 }
+                let acc = &mut acc[..pixels * o];
+                for (r, ar) in acc.chunks_exact_mut(g.ow * o).enumerate() {
+                    let a = &self.buf[(oy0 + r) * sh * wp * c..];
+                    gemm.sums_of_runs(a, (g.ow, sw * c), runs, ar);
+                }
+                gemm.requant().run(acc, dst);
             }
             if !nhwc {
                 transpose_i8(y, (pixels, o, o), &mut out[oy0 * g.ow..], g.oh * g.ow);
