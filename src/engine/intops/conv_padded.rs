@@ -26,6 +26,8 @@ pub struct PaddedImage {
     len: usize,
     /// Codes stored as x ^ 0x80.
     shifted: bool,
+    /// The border's code, the padding and the image's [h, w, c], once a fill has written them.
+    border: Option<(i8, [usize; 4], (usize, usize, usize))>,
 }
 
 impl PaddedImage {
@@ -58,31 +60,35 @@ impl PaddedImage {
             offsets,
             len,
             shifted,
+            border: None,
         })
     }
 
     /// Writes channels-last sample `xs` ([h, w, c]) into the padded image (shifted to unsigned
-    /// where the GEMM reads such codes), with the border at `pad` (the input zero point).
+    /// where the GEMM reads such codes), with the border at `pad` (the input zero point). The
+    /// border is written once: the next sample of the same geometry and pad rewrites only the
+    /// image's rows.
     pub fn fill(&mut self, xs: &[i8], g: &ConvGeom, pad: i8) {
         let (c, (hp, wp)) = (g.c, g.padded_dims());
         let (row, run) = (wp * c, g.w * c);
         let shifted = self.shifted;
         let pad = if shifted { pad ^ i8::MIN } else { pad };
-        self.buf.resize(hp * row, pad);
         let (top, left) = (g.pad[0] * row, g.pad[1] * c);
-        self.buf[..top].fill(pad);
+        let key = (pad, g.pad, (g.h, g.w, c));
+        if self.border != Some(key) {
+            self.buf.clear();
+            self.buf.resize(hp * row, pad);
+            self.border = Some(key);
+        }
         for (y, src) in xs.chunks_exact(run).take(g.h).enumerate() {
-            let at = top + y * row;
-            self.buf[at..at + left].fill(pad);
-            let dst = &mut self.buf[at + left..at + left + run];
+            let at = top + y * row + left;
+            let dst = &mut self.buf[at..at + run];
             if shifted {
                 copy_flipped(dst, src);
             } else {
                 dst.copy_from_slice(src);
             }
-            self.buf[at + left + run..at + row].fill(pad);
         }
-        self.buf[top + g.h * row..].fill(pad);
     }
 
     /// Runs `gemm` (the one the layout was made for) over the image into `out`, one sample's
