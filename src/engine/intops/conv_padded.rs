@@ -15,6 +15,10 @@ use crate::engine::transpose::transpose_i8;
 /// them from there (64 KB, in L2, ran MobileNetV2 about 6% slower on Zen 4).
 const ACC_BYTES: usize = 16 << 10;
 
+/// What a padded image's border was written for: its code, the padding and the image's
+/// [h, w, c].
+type Border = (i8, [usize; 4], (usize, usize, usize));
+
 /// The padded image of one sample and the runs each patch row reads from it.
 #[derive(Debug, Default)]
 pub struct PaddedImage {
@@ -27,7 +31,7 @@ pub struct PaddedImage {
     /// Codes stored as x ^ 0x80.
     shifted: bool,
     /// The border's code, the padding and the image's [h, w, c], once a fill has written them.
-    border: Option<(i8, [usize; 4], (usize, usize, usize))>,
+    border: Option<Border>,
 }
 
 impl PaddedImage {
