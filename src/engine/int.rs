@@ -1249,16 +1249,13 @@ impl<'m> IntModel<'m> {
         (in_nhwc, may_nhwc): (bool, bool),
     ) -> std::result::Result<(Tensor, bool), String> {
         let in_q = kernel.in_q();
-        let nhwc_conv = match kernel {
-            WeightKernel::Nhwc(c) if matches!(op, Op::Conv2d { .. }) => Some(c),
-            _ => None,
+        let reads_channels_last = match kernel {
+            WeightKernel::Nhwc(_) => matches!(op, Op::Conv2d { .. }),
+            // A depthwise conv reads channels-last codes as they are, and writes them so.
+            WeightKernel::Group(_, Some(_)) => may_nhwc,
+            _ => false,
         };
-        // A depthwise conv reads channels-last codes as they are, and writes them so.
-        let nhwc_depthwise = match kernel {
-            WeightKernel::Group(_, Some(d)) if in_nhwc && may_nhwc => Some(d),
-            _ => None,
-        };
-        if in_nhwc && nhwc_conv.is_none() && nhwc_depthwise.is_none() {
+        if in_nhwc && !reads_channels_last {
             // Read in shape order from a copy, whose buffer then goes back to the recycled ones.
             let nchw = channels_last::to_nchw(x);
             let y = self.run_gemm(op, kernel, &nchw, (false, may_nhwc));
@@ -1273,15 +1270,10 @@ impl<'m> IntModel<'m> {
                 &requantized
             }
         };
-        let (data, _) = x.as_q().expect("quantized above");
-        let n = x.shape.first().copied().unwrap_or(1).max(1);
-        let out_q = kernel.out_q();
-        let gemms = match kernel {
-            WeightKernel::Gemm(g) => g.as_slice(),
-            WeightKernel::Group(..) | WeightKernel::Nhwc(_) => &[],
-        };
         match op {
             Op::Linear { weight, .. } => {
+                let (data, _) = x.as_q().expect("quantized above");
+                let n = x.shape.first().copied().unwrap_or(1).max(1);
                 let (out, k) = weight.dim();
                 if x.shape.last() != Some(&k) {
                     return Err(format!(
@@ -1293,40 +1285,63 @@ impl<'m> IntModel<'m> {
                 check_size(rows / n * out, self.limit)?;
                 let mut shape = x.shape.clone();
                 *shape.last_mut().expect("rank ≥ 1") = out;
-                let gemm = gemms.first().ok_or("has no GEMM kernel")?;
-                Ok((Tensor::q(shape, gemm.run(data, rows), out_q), false))
-            }
-            Op::Conv2d {
-                weight,
-                stride,
-                padding,
-                dilation,
-                groups,
-                ..
-            } => {
-                let o = weight.dim().0;
-                let p = super::float::op_geom(weight, stride, padding, dilation, *groups);
-                let g = super::float::checked_conv_geom(&p, x, self.limit)?;
-                let pad = in_q.zero_point.clamp(-128, 127) as i8;
-                let shape = vec![n, o, g.oh, g.ow];
-                if let Some(c) = nhwc_conv {
-                    let out_nhwc = may_nhwc && c.writes_channels_last();
-                    let y = c.run(data, n, &g, pad, (in_nhwc, out_nhwc));
-                    return Ok((Tensor::q(shape, y, out_q), out_nhwc));
-                }
-                if let Some(d) = nhwc_depthwise {
-                    return Ok((Tensor::q(shape, d.run(data, n, &g, pad), out_q), true));
-                }
-                let y = match kernel {
-                    WeightKernel::Group(c, _) => c.run(data, n, &g),
-                    _ => conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
-                        gemms[gi].run(cols, rows)
-                    }),
+                let WeightKernel::Gemm(gemms) = kernel else {
+                    return Err("has no GEMM kernel".into());
                 };
-                Ok((Tensor::q(shape, y, out_q), false))
+                let gemm = gemms.first().ok_or("has no GEMM kernel")?;
+                Ok((
+                    Tensor::q(shape, gemm.run(data, rows), kernel.out_q()),
+                    false,
+                ))
             }
+            Op::Conv2d { .. } => self.run_conv(op, kernel, x, (in_nhwc, may_nhwc)),
             _ => Err("is not a weight op".into()),
         }
+    }
+
+    /// [`IntModel::run_gemm`] for a conv `op` on codes `x` in its kernel's input qparams (stored
+    /// channels-last when `nhwc.0`, which the kernel must read): its output, and whether that
+    /// is stored channels-last (only where `nhwc.1` allows it).
+    fn run_conv(
+        &self,
+        op: &Op,
+        kernel: &WeightKernel,
+        x: &Tensor,
+        (in_nhwc, may_nhwc): (bool, bool),
+    ) -> std::result::Result<(Tensor, bool), String> {
+        let Op::Conv2d {
+            weight,
+            stride,
+            padding,
+            dilation,
+            groups,
+            ..
+        } = op
+        else {
+            return Err("is not a conv".into());
+        };
+        let (data, in_q) = x.as_q().ok_or("expects codes")?;
+        let n = x.shape.first().copied().unwrap_or(1).max(1);
+        let o = weight.dim().0;
+        let p = super::float::op_geom(weight, stride, padding, dilation, *groups);
+        let g = super::float::checked_conv_geom(&p, x, self.limit)?;
+        let pad = in_q.zero_point.clamp(-128, 127) as i8;
+        let shape = vec![n, o, g.oh, g.ow];
+        let q = |y: Vec<i8>| Tensor::q(shape.clone(), y, kernel.out_q());
+        Ok(match kernel {
+            WeightKernel::Nhwc(c) => {
+                let out_nhwc = may_nhwc && c.writes_channels_last();
+                (q(c.run(data, n, &g, pad, (in_nhwc, out_nhwc))), out_nhwc)
+            }
+            WeightKernel::Group(_, Some(d)) if in_nhwc => (q(d.run(data, n, &g, pad)), true),
+            WeightKernel::Group(c, _) => (q(c.run(data, n, &g)), false),
+            WeightKernel::Gemm(gemms) => {
+                let y = conv_nchw(data, n, &g, *groups, o, pad, |gi, cols, rows| {
+                    gemms[gi].run(cols, rows)
+                });
+                (q(y), false)
+            }
+        })
     }
 
     /// Whether weight node `i` run alone ([`IntModel::run_isolated`] on the float value of its
