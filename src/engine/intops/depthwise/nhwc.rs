@@ -19,6 +19,7 @@ use crate::engine::im2col::ConvGeom;
 use crate::engine::int::IntGemm;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
+use std::sync::OnceLock;
 
 /// Bytes of accumulators per block of output rows: half of L1, so that the epilogue reads
 /// them from there (64 KB, in L2, ran MobileNetV2 about 6% slower on Zen 4).
@@ -31,9 +32,13 @@ const MAX_TAPS: usize = 16;
 /// A depthwise conv's weights and epilogue for the channels-last kernel.
 #[derive(Debug)]
 pub struct DepthwiseNhwc {
-    /// The epilogue (per-channel constants and verified lines over Σ x·w); its packed GEMM
-    /// weights are not used.
-    gemm: IntGemm,
+    /// The epilogue (per-channel constants and verified lines over Σ x·w; its packed GEMM
+    /// weights are not used), made on the first run: verifying the lines of MobileNetV2's five
+    /// depthwise layers took 10–14 ms of its 41–45 ms `IntModel::new`, which a model built
+    /// only for tapped (NCHW) runs, as evaluation's, never needs.
+    gemm: OnceLock<IntGemm>,
+    /// What the epilogue is made from.
+    layer: Box<Layer>,
     /// [groups, kw, c] words of 4 signed bytes: kernel rows 4q..4q + 4 of column kx (0 past kh).
     w: Vec<i32>,
     /// Per channel: −128 · Σ w (wrapping), the start of its sums of (x + 128)·w.
@@ -41,6 +46,15 @@ pub struct DepthwiseNhwc {
     /// Channels (a multiple of 16).
     c: usize,
     kernel: (usize, usize),
+}
+
+/// A layer's weights, float bias, in/out qparams and clamp.
+#[derive(Debug)]
+struct Layer {
+    w: QWeights,
+    bias: Vec<f32>,
+    qs: (QParams, QParams),
+    clamp: Option<(f32, f32)>,
 }
 
 impl DepthwiseNhwc {
@@ -66,9 +80,15 @@ impl DepthwiseNhwc {
         {
             return None;
         }
-        let gemm = IntGemm::new(w, bias, qs.0, qs.1, clamp).with_verified_lines(w);
+        let layer = Layer {
+            w: w.clone(),
+            bias: bias.to_vec(),
+            qs,
+            clamp,
+        };
         Some(DepthwiseNhwc {
-            gemm,
+            gemm: OnceLock::new(),
+            layer: Box::new(layer),
             w: weight_quads(&w.q, c, (kh, kw)),
             init: (w.q.chunks_exact(kh * kw))
                 .map(|r| {
@@ -78,6 +98,14 @@ impl DepthwiseNhwc {
                 .collect(),
             c,
             kernel: (kh, kw),
+        })
+    }
+
+    /// The layer's epilogue, made on first use.
+    fn epilogue(&self) -> &IntGemm {
+        self.gemm.get_or_init(|| {
+            let Layer { w, bias, qs, clamp } = &*self.layer;
+            IntGemm::new(w, bias, qs.0, qs.1, *clamp).with_verified_lines(w)
         })
     }
 
@@ -131,7 +159,7 @@ impl DepthwiseNhwc {
                     unreachable!("built only where AVX-512 VNNI runs {acc_row:?}");
                 }
                 let (a, y) = (&acc[..rows * g.ow * c], &mut os[oy0 * g.ow * c..]);
-                self.gemm.requant().run(a, &mut y[..rows * g.ow * c]);
+                self.epilogue().requant().run(a, &mut y[..rows * g.ow * c]);
             }
         }
         out
