@@ -3,7 +3,9 @@
 //! 256×784×256 and the plain direct loop (`GroupConv::run_direct`, the old kernel), in the same
 //! run. Throughput is in elements = multiply-adds, so criterion's elem/s are comparable: issue
 //! 8 asks the depthwise rate to reach at least half the GEMM's. The benchmark names carry the
-//! kernel `GroupConv::run` picked on this CPU.
+//! kernel `GroupConv::run` picked on this CPU. On AVX-512 VNNI the channels-last kernel
+//! (`DepthwiseNhwc`, what a channels-last run uses) runs beside the planar kernel with the two
+//! transposes a channels-last run needed around it before.
 //!
 //! `cargo bench --bench qscope -- depthwise`
 
@@ -14,7 +16,9 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use qscope::config::WeightSettings;
 use qscope::engine::im2col::ConvGeom;
 use qscope::engine::intops::depthwise::GroupConv;
+use qscope::engine::intops::depthwise::nhwc::DepthwiseNhwc;
 use qscope::engine::kernels::{PackedWeights, gemm_i8, kernel_name};
+use qscope::engine::transpose::transpose_i8;
 use qscope::model::{Op, load_model};
 use qscope::quant::weights::quantize_weights;
 use qscope::{ClipRange, Granularity, QParams, Scheme, Strategy};
@@ -43,6 +47,8 @@ fn data(len: usize, seed: u64) -> Vec<i8> {
 struct Layer {
     name: String,
     conv: GroupConv,
+    /// The channels-last kernel, where this CPU runs it.
+    nhwc: Option<DepthwiseNhwc>,
     geom: ConvGeom,
     x: Vec<i8>,
     macs: u64,
@@ -87,6 +93,7 @@ fn depthwise_layers() -> Vec<Layer> {
         let bounds = (out_q.qmin(), out_q.qmax());
         let conv = GroupConv::new(&wq, bias, (kh, kw), *groups, (in_q, out_q), bounds)
             .expect("per-channel weights");
+        let nhwc = DepthwiseNhwc::new(&wq, bias, (kh, kw), (in_q, out_q), None);
         let geom = ConvGeom::general(&l.in_shape, (kh, kw), *stride, *padding, *dilation)
             .expect("the fixture's geometry");
         let macs = (BATCH * o * geom.out_pixels() * ci * kh * kw) as u64;
@@ -97,6 +104,7 @@ fn depthwise_layers() -> Vec<Layer> {
             ),
             x: data(BATCH * geom.c * geom.h * geom.w, i as u64),
             conv,
+            nhwc,
             geom,
             macs,
         });
@@ -142,6 +150,7 @@ pub fn depthwise(c: &mut Criterion) {
             })
         },
     );
+    channels_last(&mut g, &layers);
     for l in &layers {
         g.throughput(Throughput::Elements(l.macs));
         let name = format!("depthwise[{}]", l.conv.kernel_name(&l.geom));
@@ -150,4 +159,50 @@ pub fn depthwise(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// All layers on channels-last codes: the channels-last kernel, and the planar kernel between
+/// the two transposes (per sample, [h·w, c] to [c, h·w] and back) it needs there.
+fn channels_last(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    layers: &[Layer],
+) {
+    if layers.iter().any(|l| l.nhwc.is_none()) {
+        return;
+    }
+    g.throughput(Throughput::Elements(layers.iter().map(|l| l.macs).sum()));
+    g.bench_function(
+        BenchmarkId::new("depthwise[channels-last]", "mobilenetv2_all_b256"),
+        |b| {
+            b.iter(|| {
+                for l in layers {
+                    let k = l.nhwc.as_ref().expect("checked above");
+                    black_box(k.run(black_box(&l.x), BATCH, &l.geom, 0));
+                }
+            })
+        },
+    );
+    // The layout buffers are made once, as a run's recycled buffers are.
+    let mut planes: Vec<Vec<i8>> = layers.iter().map(|l| vec![0i8; l.x.len()]).collect();
+    let mut rows: Vec<Vec<i8>> = (layers.iter())
+        .map(|l| vec![0i8; BATCH * l.geom.c * l.geom.out_pixels()])
+        .collect();
+    g.bench_function(
+        BenchmarkId::new("depthwise[planes+transposes]", "mobilenetv2_all_b256"),
+        |b| {
+            b.iter(|| {
+                for ((l, planes), rows) in layers.iter().zip(&mut planes).zip(&mut rows) {
+                    let (c, p, q) = (l.geom.c, l.geom.h * l.geom.w, l.geom.out_pixels());
+                    for (src, dst) in l.x.chunks_exact(c * p).zip(planes.chunks_exact_mut(c * p)) {
+                        transpose_i8(src, (p, c, c), dst, p);
+                    }
+                    let y = l.conv.run(black_box(planes), BATCH, &l.geom);
+                    for (src, dst) in y.chunks_exact(c * q).zip(rows.chunks_exact_mut(c * q)) {
+                        transpose_i8(src, (c, q, q), dst, c);
+                    }
+                    black_box(&rows);
+                }
+            })
+        },
+    );
 }
