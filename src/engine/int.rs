@@ -326,10 +326,6 @@ impl IntGemm {
         c: &mut Vec<i32>,
         y: &mut [i8],
     ) {
-        assert!(
-            self.runs_layout().is_some(),
-            "weights for a kernel that reads runs"
-        );
         let out = self.out;
         if c.len() < m * out {
             c.resize(m * out, 0);
@@ -1420,7 +1416,7 @@ pub(crate) fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<Valu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::im2col::ConvGeom;
     use crate::engine::intops::conv_padded::PaddedImage;
@@ -1541,7 +1537,7 @@ mod tests {
     }
 
     /// [n, c, p] codes as [n, p, c], by direct indexing.
-    fn channels_last(x: &[i8], n: usize, c: usize, p: usize) -> Vec<i8> {
+    pub(crate) fn channels_last(x: &[i8], n: usize, c: usize, p: usize) -> Vec<i8> {
         let mut y = vec![0; x.len()];
         for s in 0..n {
             for ch in 0..c {

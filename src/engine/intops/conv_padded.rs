@@ -11,9 +11,10 @@ use crate::engine::int::IntGemm;
 use crate::engine::kernels::RunsLayout;
 use crate::engine::transpose::transpose_i8;
 
-/// Bytes of accumulators per block of output rows: half of L1, so that the epilogue reads
-/// them from there (64 KB, in L2, ran MobileNetV2 about 6% slower on Zen 4).
-const ACC_BYTES: usize = 16 << 10;
+/// Bytes of accumulators per block of output rows (here and in the channels-last depthwise
+/// kernel): half of L1, so that the epilogue reads them from there. 64 KB, in L2, ran
+/// MobileNetV2 5–12% slower on Zen 4 (one thread, min of 40, alternated rounds).
+pub(crate) const ACC_BYTES: usize = 16 << 10;
 
 /// What a padded image's border was written for: its code, the padding and the image's
 /// [h, w, c].

@@ -17,13 +17,10 @@
 
 use crate::engine::im2col::ConvGeom;
 use crate::engine::int::IntGemm;
+use crate::engine::intops::conv_padded::ACC_BYTES;
 use crate::quant::QParams;
 use crate::quant::weights::QWeights;
 use std::sync::OnceLock;
-
-/// Bytes of accumulators per block of output rows: half of L1, so that the epilogue reads
-/// them from there (64 KB, in L2, ran MobileNetV2 about 6% slower on Zen 4).
-const ACC_BYTES: usize = 16 << 10;
 
 /// Kernel taps per output a layer may have: quad groups ⌈kh / 4⌉ times kw (a 7 × 7 kernel is
 /// 14); larger kernels keep the NCHW kernel.
@@ -33,9 +30,10 @@ const MAX_TAPS: usize = 16;
 #[derive(Debug)]
 pub struct DepthwiseNhwc {
     /// The epilogue (per-channel constants and verified lines over Σ x·w; its packed GEMM
-    /// weights are not used), made on the first run: verifying the lines of MobileNetV2's five
-    /// depthwise layers took 10–14 ms of its 41–45 ms `IntModel::new`, which a model built
-    /// only for tapped (NCHW) runs, as evaluation's, never needs.
+    /// weights are not used), made on the first run: made with the layer, verifying the lines
+    /// of MobileNetV2's five depthwise layers took its `IntModel::new` from 31 to 41–46 ms (one
+    /// thread, mean of 10 builds), which a model built only for tapped (NCHW) runs, as
+    /// evaluation's, never needs.
     gemm: OnceLock<IntGemm>,
     /// What the epilogue is made from.
     layer: Box<Layer>,
@@ -125,7 +123,6 @@ impl DepthwiseNhwc {
             "input shorter than [n, h, w, c]"
         );
         let (opix, (_, wp)) = (g.out_pixels(), g.padded_dims());
-        assert!(wp == g.pad[1] + g.w + g.pad[3]);
         // Every code is written below: each block's rows are requantized whole.
         let mut out = crate::engine::recycle::codes(n * opix * c);
         if opix == 0 {
@@ -210,10 +207,17 @@ impl DepthwiseNhwc {
             // cb..cb + 16 (c is a multiple of 16), the quads of column sw·ox + kx·dw < wp lie in
             // `quads`, and `acc` holds ow rows of c.
             unsafe {
-                match groups * kw {
-                    3 => self.channel_block::<3>(&rows, &taps, cb, acc),
-                    n => self.channel_block_any(&rows, &taps[..n], cb, acc),
+                // The weights in registers: a loop that reads them per output ran MobileNetV2
+                // 12% slower (11.4-11.7 against 10.3-10.5 ms per 128, one thread, min of 40).
+                macro_rules! taps {
+                    ($($n:literal)*) => {
+                        match groups * kw {
+                            $($n => self.channel_block::<$n>(&rows, &taps, cb, acc),)*
+                            n => unreachable!("{n} taps, at most MAX_TAPS"),
+                        }
+                    };
                 }
+                taps!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
             }
         }
     }
@@ -245,32 +249,6 @@ impl DepthwiseNhwc {
                 for t in 0..T {
                     let v = _mm512_loadu_si512(col.add(taps[t]).cast());
                     s = _mm512_dpbusd_epi32(s, v, w[t]);
-                }
-                _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
-            }
-        }
-    }
-
-    /// [`DepthwiseNhwc::channel_block`] for any number of taps (weights read per output).
-    ///
-    /// # Safety
-    /// As [`DepthwiseNhwc::output_row`]'s body.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn channel_block_any(&self, rows: &Rows, taps: &[usize], cb: usize, acc: &mut [i32]) {
-        use std::arch::x86_64::*;
-        let c = self.c;
-        // SAFETY: per this fn's contract.
-        unsafe {
-            let init = _mm512_loadu_si512(self.init.as_ptr().add(cb).cast());
-            let base = rows.quads.as_ptr().add(cb * 4);
-            for ox in 0..rows.ow {
-                let col = base.add(ox * rows.step);
-                let mut s = init;
-                for (t, &at) in taps.iter().enumerate() {
-                    let v = _mm512_loadu_si512(col.add(at).cast());
-                    let w = _mm512_loadu_si512(self.w.as_ptr().add(t * c + cb).cast());
-                    s = _mm512_dpbusd_epi32(s, v, w);
                 }
                 _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
             }
@@ -308,17 +286,11 @@ impl Sample<'_> {
     }
 }
 
-/// Whether this CPU runs the kernel (detected once).
+/// Whether this CPU runs the kernel: the VNNI GEMM's CPU, with AVX-512BW for the byte unpacks.
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        })
-    }
+    return crate::engine::kernels::Kernel::Avx512Vnni.is_supported()
+        && crate::engine::im2col::has_avx512bw();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -405,6 +377,9 @@ unsafe fn quad_row(
                 _mm512_storeu_si512(d.add(192).cast(), _mm512_unpackhi_epi16(hi01, hi23));
                 ch += 64;
             }
+            // The 16 to 48 channels left: 16 at a time in SSE registers. (One loop of masked
+            // 64-channel loads storing only the quad vectors it filled ran MobileNetV2 12%
+            // slower: 11.0-11.6 against 10.2-10.6 ms per 128, one thread, min of 40.)
             while ch < c {
                 let at = x * c + ch;
                 let r: [__m128i; 4] = std::array::from_fn(|j| {

@@ -6,10 +6,10 @@ use super::*;
 use crate::quant::{ClipRange, Granularity, Scheme};
 
 /// A xorshift stream.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -17,18 +17,24 @@ impl Rng {
     }
 
     /// Uniform in lo..=hi.
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+    pub(super) fn range(&mut self, lo: i64, hi: i64) -> i64 {
         lo + (self.next() % (hi - lo + 1) as u64) as i64
     }
 
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, v: &[T]) -> T {
         v[self.next() as usize % v.len()]
     }
 }
 
 /// Random per-channel weights of `bits` with per-channel scales and zero points (asymmetric)
 /// or symmetric ones.
-fn random_weights(rng: &mut Rng, rows: usize, cols: usize, bits: u8, asym: bool) -> QWeights {
+pub(super) fn random_weights(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    asym: bool,
+) -> QWeights {
     let (qmin, qmax) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
     let params: Vec<QParams> = (0..rows)
         .map(|_| QParams {
