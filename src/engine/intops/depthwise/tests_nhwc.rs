@@ -89,6 +89,32 @@ fn the_channels_last_kernel_equals_the_direct_loop_on_random_depthwise_layers() 
 }
 
 #[test]
+fn output_rows_in_pairs_on_kernels_of_up_to_three_rows_equal_the_direct_loop() {
+    if !supported() {
+        return;
+    }
+    let mut rng = Rng(7);
+    // Stride 1 down the image, kernels of 1 to 3 rows: two output rows on one set of quads.
+    // Odd and even output heights (a last row alone), pads that put the fourth quad row below
+    // the image, rows wide enough for one row a block of accumulators (then two) and narrow
+    // enough for many, strides and dilations across.
+    for kh in 1..=3 {
+        for kw in [1, 3] {
+            for (c, h, w) in [(16, 5, 9), (32, 6, 4), (144, 7, 56), (48, 2, 3)] {
+                let pad = [rng.range(0, 2) as usize, 1, rng.range(0, 2) as usize, 1];
+                let across = (rng.range(1, 3) as usize, 1);
+                let g = ConvGeom::general(&[c, h, w], (kh, kw), (1, across.0), pad, (1, 1));
+                let g = g.expect("a valid geometry");
+                check(&mut rng, c, g, (8, false), 2);
+            }
+        }
+    }
+    // The extreme codes and biases on pairs.
+    let g = ConvGeom::general(&[64, 8, 8], (3, 3), (1, 1), [1, 1, 1, 1], (1, 1)).unwrap();
+    check(&mut rng, 64, g, (8, true), 1);
+}
+
+#[test]
 fn the_channels_last_kernel_keeps_extreme_codes_and_biases_and_many_row_blocks() {
     if !supported() {
         return;
