@@ -73,8 +73,8 @@ fn depthwise_layers() -> Vec<Layer> {
         percentile: 99.99,
         clip: None,
     };
-    let in_q = input_q();
-    let out_q = QParams::from_range(ClipRange::new(0.0, 6.0), 8, Scheme::Asymmetric);
+    // Outputs in a ReLU6's range too.
+    let (in_q, out_q) = (input_q(), input_q());
     let mut layers = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
         let Op::Conv2d {

@@ -242,9 +242,11 @@ impl DepthwiseNhwc {
                 macro_rules! taps {
                     ($($n:literal)*) => {
                         match (groups * kw, &mut next) {
-                            $(($n, None) => self.channel_block::<$n>(&rows, &taps, cb, acc),)*
+                            $(($n, None) => {
+                                self.channel_block::<$n, false>(&rows, &taps, cb, (acc, &mut []))
+                            })*
                             $(($n, Some(next)) => {
-                                self.channel_block_pair::<$n>(&rows, &taps, cb, (acc, next))
+                                self.channel_block::<$n, true>(&rows, &taps, cb, (acc, next))
                             })*
                             (n, _) => unreachable!("{n} taps, at most MAX_TAPS"),
                         }
@@ -255,49 +257,16 @@ impl DepthwiseNhwc {
         }
     }
 
-    /// Channels cb..cb + 16 of one output row, `T` taps with the weights in registers.
+    /// Channels cb..cb + 16 of one output row, `T` taps with the weights in registers; with
+    /// `TWO`, also of the next output row into `next`, on the same quads (each tap's quads
+    /// loaded once for both rows) against `w_next`.
     ///
     /// # Safety
-    /// As [`DepthwiseNhwc::output_row`]'s body.
+    /// As [`DepthwiseNhwc::output_row`]'s body; `TWO` only with `w_next` (one group of kernel
+    /// rows).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn channel_block<const T: usize>(
-        &self,
-        rows: &Rows,
-        taps: &[usize; MAX_TAPS],
-        cb: usize,
-        acc: &mut [i32],
-    ) {
-        use std::arch::x86_64::*;
-        let c = self.c;
-        // SAFETY: per this fn's contract.
-        unsafe {
-            let init = _mm512_loadu_si512(self.init.as_ptr().add(cb).cast());
-            let w: [__m512i; T] =
-                std::array::from_fn(|t| _mm512_loadu_si512(self.w.as_ptr().add(t * c + cb).cast()));
-            let base = rows.quads.as_ptr().add(cb * 4);
-            for ox in 0..rows.ow {
-                let col = base.add(ox * rows.step);
-                let mut s = init;
-                for t in 0..T {
-                    let v = _mm512_loadu_si512(col.add(taps[t]).cast());
-                    s = _mm512_dpbusd_epi32(s, v, w[t]);
-                }
-                _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
-            }
-        }
-    }
-}
-
-impl DepthwiseNhwc {
-    /// [`DepthwiseNhwc::channel_block`] for two output rows on the same quads: each tap's quads
-    /// loaded once for both, against `w` and `w_next`.
-    ///
-    /// # Safety
-    /// As [`DepthwiseNhwc::output_row`]'s body, with `w_next` (one group of kernel rows).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn channel_block_pair<const T: usize>(
+    unsafe fn channel_block<const T: usize, const TWO: bool>(
         &self,
         rows: &Rows,
         taps: &[usize; MAX_TAPS],
@@ -305,16 +274,20 @@ impl DepthwiseNhwc {
         (acc, next): (&mut [i32], &mut [i32]),
     ) {
         use std::arch::x86_64::*;
-        let (c, w_next) = (
-            self.c,
-            self.w_next.as_deref().expect("weights of the next row"),
-        );
+        let c = self.c;
+        let w_next = match TWO {
+            true => self.w_next.as_deref().expect("weights of the next row"),
+            false => &self.w,
+        };
         // SAFETY: per this fn's contract.
         unsafe {
             let init = _mm512_loadu_si512(self.init.as_ptr().add(cb).cast());
             let load = |w: &[i32], t: usize| _mm512_loadu_si512(w.as_ptr().add(t * c + cb).cast());
             let w: [__m512i; T] = std::array::from_fn(|t| load(&self.w, t));
-            let wn: [__m512i; T] = std::array::from_fn(|t| load(w_next, t));
+            let wn: [__m512i; T] = std::array::from_fn(|t| match TWO {
+                true => load(w_next, t),
+                false => _mm512_setzero_si512(),
+            });
             let base = rows.quads.as_ptr().add(cb * 4);
             for ox in 0..rows.ow {
                 let col = base.add(ox * rows.step);
@@ -322,10 +295,14 @@ impl DepthwiseNhwc {
                 for t in 0..T {
                     let v = _mm512_loadu_si512(col.add(taps[t]).cast());
                     s = _mm512_dpbusd_epi32(s, v, w[t]);
-                    sn = _mm512_dpbusd_epi32(sn, v, wn[t]);
+                    if TWO {
+                        sn = _mm512_dpbusd_epi32(sn, v, wn[t]);
+                    }
                 }
                 _mm512_storeu_si512(acc.as_mut_ptr().add(ox * c + cb).cast(), s);
-                _mm512_storeu_si512(next.as_mut_ptr().add(ox * c + cb).cast(), sn);
+                if TWO {
+                    _mm512_storeu_si512(next.as_mut_ptr().add(ox * c + cb).cast(), sn);
+                }
             }
         }
     }

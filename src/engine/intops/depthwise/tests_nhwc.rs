@@ -97,7 +97,7 @@ fn output_rows_in_pairs_on_kernels_of_up_to_three_rows_equal_the_direct_loop() {
     // Stride 1 down the image, kernels of 1 to 3 rows: two output rows on one set of quads.
     // Odd and even output heights (a last row alone), pads that put the fourth quad row below
     // the image, rows wide enough for one row a block of accumulators (then two) and narrow
-    // enough for many, strides and dilations across.
+    // enough for many, strides 1–3 across.
     for kh in 1..=3 {
         for kw in [1, 3] {
             for (c, h, w) in [(16, 5, 9), (32, 6, 4), (144, 7, 56), (48, 2, 3)] {
