@@ -23,6 +23,7 @@ use crate::quant::weights::QWeights;
 use crate::quant::{ClipRange, FixedMultiplier, QParams, Scheme};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The integer bounds of a clamp at real bounds (a fused Relu: [0, ∞)) in `q`.
 pub(crate) fn clamp_bounds(q: QParams, clamp: Option<(f32, f32)>) -> (i32, i32) {
@@ -445,19 +446,19 @@ impl WeightKernel {
 type Tap<'a> = &'a mut dyn FnMut(usize, ValueId, &Tensor, Ran);
 
 /// How the integer engine runs one node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Step {
     /// A weight node in integers (one GEMM per channel group) writing its (fused) point.
     Gemm {
-        /// The kernel.
-        kernel: WeightKernel,
+        /// The kernel (shared with the builds that reuse it).
+        kernel: Arc<WeightKernel>,
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
     /// An embedding: int8 rows picked by the integer indices, requantized to its point.
     Embed {
-        /// The kernel.
-        kernel: IntEmbedding,
+        /// The kernel (shared with the builds that reuse it).
+        kernel: Arc<IntEmbedding>,
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
@@ -524,10 +525,12 @@ fn turned(y: Tensor) -> (Tensor, bool) {
 /// codes (Relu, Clip, Add, Sub).
 fn turned_outputs(model: &Model, steps: &[Step]) -> Vec<bool> {
     let reads_channels_last = |j: usize| match &steps[j] {
-        Step::Gemm {
-            kernel: WeightKernel::Nhwc(_) | WeightKernel::Group(_, Some(_)),
-            ..
-        } => matches!(model.layers[j].op, Op::Conv2d { .. }),
+        Step::Gemm { kernel, .. } => {
+            matches!(
+                **kernel,
+                WeightKernel::Nhwc(_) | WeightKernel::Group(_, Some(_))
+            ) && matches!(model.layers[j].op, Op::Conv2d { .. })
+        }
         // Not the pools: their channels-last loops run over the channels of one pixel, short
         // rows where the convs these are (grouped, one-channel stems) have few channels; the
         // bundled CNN's first MaxPool took 30% longer so than on its NCHW planes.
@@ -623,44 +626,48 @@ impl<'m> IntModel<'m> {
     /// Prepares the integer engine for `model` with `params`; tensors may hold `limit` elements
     /// per sample.
     pub fn new(model: &'m Model, params: &ModelParams, limit: usize) -> Self {
+        Self::build(model, params, limit, None)
+    }
+
+    /// [`IntModel::new`] that takes each weight node's kernel from `base` (built for the same
+    /// model with `base_params`) where that node's weights, bias and input and output qparams
+    /// are those `base` built it from, and builds the others: a candidate that changes one
+    /// layer or one point costs the kernels it changes, not a whole build.
+    pub fn reusing(
+        model: &'m Model,
+        params: &ModelParams,
+        limit: usize,
+        base: (&IntModel<'m>, &ModelParams),
+    ) -> Self {
+        Self::build(model, params, limit, Some(base))
+    }
+
+    /// [`IntModel::new`] and [`IntModel::reusing`].
+    fn build(
+        model: &'m Model,
+        params: &ModelParams,
+        limit: usize,
+        base: Option<(&IntModel<'m>, &ModelParams)>,
+    ) -> Self {
         let points = point_qparams(model, params);
         let mut steps: Vec<Step> = model.layers.iter().map(|_| Step::Node).collect();
         for lp in &params.layers {
             let (i, layer) = (lp.index, &model.layers[lp.index]);
-            if layer.op.is_embedding() {
-                let (Some(wq), Some(act)) = (&lp.weight, &lp.act) else {
-                    continue;
-                };
-                let fused = model.fused_activation(i);
-                let bounds = clamp_bounds(act.qparams, fused.map(|j| fused_clamp(model, j)));
-                steps[i] = Step::Embed {
-                    kernel: IntEmbedding::new(&wq.q, act.qparams, bounds),
-                    out: model.point_value(i),
-                };
-                if let Some(j) = fused {
-                    steps[j] = Step::Fused;
-                }
-                continue;
-            }
-            let in_q = layer
-                .data_input()
-                .and_then(|d| Self::source_q(model, &points, d));
-            let (Some(wq), Some(act), Some(in_q)) = (&lp.weight, &lp.act, in_q) else {
-                continue;
-            };
             let fused = model.fused_activation(i);
-            let clamp = fused.map(|j| fused_clamp(model, j));
-            let model_bias = layer.op.bias().expect("weight layer");
-            let bias = wq
-                .bias_or(model_bias.as_slice().expect("contiguous bias"))
-                .to_vec();
-            let groups = layer.op.channel_groups();
-            let kernel =
-                Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q, act.qparams), clamp);
-            steps[i] = Step::Gemm {
-                kernel,
-                out: model.point_value(i),
+            let in_q = match layer.op.is_embedding() {
+                true => None,
+                false => layer
+                    .data_input()
+                    .and_then(|d| Self::source_q(model, &points, d)),
             };
+            let step = match base.and_then(|b| Self::same_step(b, lp, in_q)) {
+                Some(step) => step,
+                None => match Self::weight_step(model, lp, in_q) {
+                    Some(step) => step,
+                    None => continue,
+                },
+            };
+            steps[i] = step;
             if let Some(j) = fused {
                 steps[j] = Step::Fused;
             }
@@ -674,6 +681,56 @@ impl<'m> IntModel<'m> {
             limit,
             into_softmax: softmax_adds(model),
         }
+    }
+
+    /// The step `base` built for `lp`'s node when it was built from the same weights, bias and
+    /// output qparams as `lp` and (for a GEMM) the input qparams `in_q`.
+    fn same_step(
+        (base, base_params): (&IntModel<'m>, &ModelParams),
+        lp: &crate::params::LayerParams,
+        in_q: Option<QParams>,
+    ) -> Option<Step> {
+        let old = base_params.layers.iter().find(|l| l.index == lp.index)?;
+        let out_q = |l: &crate::params::LayerParams| l.act.as_ref().map(|a| a.qparams);
+        if old.weight != lp.weight || out_q(old) != out_q(lp) || lp.weight.is_none() {
+            return None;
+        }
+        let step = base.steps.get(lp.index)?;
+        match step {
+            Step::Gemm { kernel, .. } if Some(kernel.in_q()) == in_q => Some(step.clone()),
+            Step::Embed { .. } if in_q.is_none() => Some(step.clone()),
+            _ => None,
+        }
+    }
+
+    /// The integer step of weight layer `lp` (input qparams `in_q`, `None` for an embedding),
+    /// or `None` when it has no weights, output qparams or (but for an embedding) input qparams.
+    fn weight_step(
+        model: &Model,
+        lp: &crate::params::LayerParams,
+        in_q: Option<QParams>,
+    ) -> Option<Step> {
+        let (i, layer) = (lp.index, &model.layers[lp.index]);
+        let (wq, act) = (lp.weight.as_ref()?, lp.act.as_ref()?);
+        let fused = model.fused_activation(i);
+        let clamp = fused.map(|j| fused_clamp(model, j));
+        if layer.op.is_embedding() {
+            let bounds = clamp_bounds(act.qparams, clamp);
+            return Some(Step::Embed {
+                kernel: Arc::new(IntEmbedding::new(&wq.q, act.qparams, bounds)),
+                out: model.point_value(i),
+            });
+        }
+        let model_bias = layer.op.bias().expect("weight layer");
+        let bias = wq
+            .bias_or(model_bias.as_slice().expect("contiguous bias"))
+            .to_vec();
+        let groups = layer.op.channel_groups();
+        let kernel = Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q?, act.qparams), clamp);
+        Some(Step::Gemm {
+            kernel: Arc::new(kernel),
+            out: model.point_value(i),
+        })
     }
 
     /// The kernel of a weight node: a direct loop for a grouped conv whose weights have one
@@ -751,6 +808,11 @@ impl<'m> IntModel<'m> {
             }
             v = l.data_input()?;
         }
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &'m Model {
+        self.model
     }
 
     /// Whether node `i` runs as an integer weight node (linear, conv or embedding).
@@ -1414,6 +1476,10 @@ pub(crate) fn point_qparams(model: &Model, params: &ModelParams) -> HashMap<Valu
     });
     entries.chain(layers).collect()
 }
+
+#[cfg(test)]
+#[path = "int_reuse_tests.rs"]
+mod reuse_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -102,20 +102,21 @@ pub fn loss(
     float_out: &[f32],
     lc: (usize, &Cancel),
 ) -> Result<f64> {
-    loss_from(model, params, data, float_out, None, lc)
+    let int = IntModel::new(model, params, lc.0);
+    loss_from(&int, data, float_out, None, lc.1)
 }
 
-/// [`loss`], continuing each batch from `prefix` (its value tables before node `start`, made
-/// under parameters that agree with `params` before that node) instead of from the inputs.
+/// [`loss`] of the integer engine `int`, continuing each batch from `prefix` (its value tables
+/// before node `start`, made under parameters that agree with `int`'s before that node) instead
+/// of from the inputs.
 fn loss_from(
-    model: &Model,
-    params: &ModelParams,
+    int: &IntModel,
     data: &Dataset,
     float_out: &[f32],
     prefix: Option<(&[Values], usize)>,
-    (limit, cancel): (usize, &Cancel),
+    cancel: &Cancel,
 ) -> Result<f64> {
-    let int = IntModel::new(model, params, limit);
+    let model = int.model();
     let per = (float_out.len() / data.n.max(1)).max(1);
     let batch = |s: usize, e: usize| -> Result<f64> {
         cancel.check()?;
@@ -142,15 +143,16 @@ fn loss_from(
 const PREFIX_BYTES: usize = 512 << 20;
 
 /// The node a point's candidates change first, and the calibration batches' value tables
-/// before it under `params` (`None`: a graph input, or the tables exceed [`PREFIX_BYTES`]).
+/// before it in `int`, built for `params` (`None`: a graph input, or the tables exceed
+/// [`PREFIX_BYTES`]).
 fn prefixes<'m>(
-    model: &'m Model,
+    int: &IntModel<'m>,
     params: &ModelParams,
     s: Slot,
     data: &Dataset,
-    (limit, cancel): (usize, &Cancel),
+    cancel: &Cancel,
 ) -> Result<Option<(Vec<Values<'m>>, usize)>> {
-    let int = IntModel::new(model, params, limit);
+    let model = int.model();
     let v = match s {
         Slot::Point(k) => params.points[k].value,
         Slot::Layer(k) => model.point_value(params.layers[k].index),
@@ -194,7 +196,10 @@ pub fn refine(
             cancel.progress(&format!("act refine {name} ({}/{})", t + 1, slots.len()));
             let base = act_mut(params, s).clone();
             let current = base.qparams;
-            let pre = prefixes(model, params, s, data, lc)?;
+            // Every candidate changes this point alone: its builds take the other kernels
+            // from this one.
+            let base_int = IntModel::new(model, params, lc.0);
+            let pre = prefixes(&base_int, params, s, data, cancel)?;
             let pre = pre.as_ref().map(|(t, start)| (t.as_slice(), *start));
             let mut pick = None;
             for &f in &grid {
@@ -206,7 +211,8 @@ pub fn refine(
                 }
                 let mut cand = params.clone();
                 *act_mut(&mut cand, s) = a.clone();
-                let l = loss_from(model, &cand, data, float, pre, lc)?;
+                let int = IntModel::reusing(model, &cand, lc.0, (&base_int, params));
+                let l = loss_from(&int, data, float, pre, cancel)?;
                 if l < best {
                     (best, pick) = (l, Some(a));
                 }

@@ -112,18 +112,17 @@ pub fn corrected_bias(deq: &[f32], float_means: &[f64], means: &[Vec<f64>]) -> V
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Score(usize, f64);
 
-/// One pass of the integer engine of `model` with `params` over `data`: the mean input patch
+/// One pass of the integer engine `int` (built for `params`) over `data`: the mean input patch
 /// per channel group of weight node `target` as the engine feeds it (dequantized; a graph
 /// input quantized as the engine quantizes it), and the [`Score`] against `float_out`.
 fn engine_pass(
-    model: &Model,
-    params: &ModelParams,
+    (int, params): (&IntModel, &ModelParams),
     target: Option<usize>,
     data: &Dataset,
     float_out: &[f32],
     (limit, cancel): (usize, &Cancel),
 ) -> Result<(Vec<Vec<f64>>, Score)> {
-    let int = IntModel::new(model, params, limit);
+    let model = int.model();
     let in_qs = input_qparams(model, params);
     let stats_of = |i: usize| {
         let op = &model.layers[i].op;
@@ -230,7 +229,10 @@ pub fn correct_biases(
     let nodes: Vec<usize> = todo.iter().map(|&j| params.layers[j].index).collect();
     let node = |t: usize| nodes.get(t).copied();
     let out = &float.output;
-    let (mut means, mut score) = engine_pass(model, params, node(0), data, out, lc)?;
+    // Each candidate changes one layer's bias: its build takes the other kernels from the
+    // engine of the parameters kept so far.
+    let mut int = IntModel::new(model, params, lc.0);
+    let (mut means, mut score) = engine_pass((&int, params), node(0), data, out, lc)?;
     let mut kept = 0;
     for (t, (&j, &i)) in todo.iter().zip(&nodes).enumerate() {
         let name = &model.layers[i].name;
@@ -246,12 +248,13 @@ pub fn correct_biases(
             .expect("a weight layer's float means");
         wq.bias = Some(corrected_bias(&wq.q.dequantize(), fm, &means));
         let next = node(t + 1);
-        let (m, s) = engine_pass(model, &cand, next, data, out, lc)?;
+        let cand_int = IntModel::reusing(model, &cand, lc.0, (&int, params));
+        let (m, s) = engine_pass((&cand_int, &cand), next, data, out, lc)?;
         if s >= score {
-            (*params, means, score) = (cand, m, s);
+            (*params, means, score, int) = (cand, m, s, cand_int);
             kept += 1;
         } else if next.is_some() {
-            means = engine_pass(model, params, next, data, out, lc)?.0;
+            means = engine_pass((&int, params), next, data, out, lc)?.0;
         }
     }
     Ok((score, kept))

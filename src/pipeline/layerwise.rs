@@ -65,11 +65,12 @@ impl InputStats {
     fn add(&mut self, g: usize, patches: &[f32]) {
         let k = self.k;
         let rows = patches.len() / k.max(1);
-        let x: Vec<f64> = patches.iter().map(|&v| v as f64).collect();
-        for row in x.chunks(k) {
-            self.sum[g].iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        for row in patches.chunks(k.max(1)) {
+            let sum = self.sum[g].iter_mut();
+            sum.zip(row).for_each(|(s, &v)| *s += v as f64);
         }
         if let Some(h) = &mut self.xxt {
+            let x: Vec<f64> = patches.iter().map(|&v| v as f64).collect();
             let xv = ArrayView2::from_shape((rows, k), &x).expect("patch matrix");
             let mut hv = ArrayViewMut2::from_shape((k, k), &mut h[g]).expect("k×k");
             general_mat_mul(1.0, &xv.t(), &xv, 1.0, &mut hv);
@@ -122,8 +123,15 @@ pub(super) fn add_batch(
             )?;
             let n = x.shape[0];
             let cg = g.c / groups;
+            // Sums alone take the patches a sample at a time (the same rows in the same order,
+            // without the batch's patch matrix); Σ x·xᵀ takes the batch's in one product.
+            let per = if stats.xxt.is_some() { n } else { 1 };
+            let chunk = per * g.c * g.h * g.w;
             for gi in 0..*groups {
-                stats.add(gi, &im2col_channels(xs, n, &g, gi * cg, cg, 0.0));
+                for part in xs[..n * g.c * g.h * g.w].chunks(chunk.max(1)) {
+                    let rows = part.len() / (g.c * g.h * g.w).max(1);
+                    stats.add(gi, &im2col_channels(part, rows, &g, gi * cg, cg, 0.0));
+                }
             }
             stats.count += n * g.out_pixels();
         }

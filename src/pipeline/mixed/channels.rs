@@ -111,7 +111,8 @@ pub(super) fn measure(
                 let mut p = base.clone();
                 let w = p.layers[li].weight.as_mut().expect("checked by weights_of");
                 with_row(&mut w.q, lowered[k], r);
-                let int = IntModel::new(model, &p, usize::MAX);
+                // One layer's kernel changes: the others are `top`'s.
+                let int = IntModel::reusing(model, &p, usize::MAX, (&top, base));
                 let y = int.forward_resume(prefix.clone(), start, |_, _, _, _| {})?;
                 Ok(nsr(&float, &y[0].to_f32_vec()))
             })
