@@ -872,6 +872,18 @@ impl<'m> IntModel<'m> {
         self.outputs(vals)
     }
 
+    /// [`IntModel::forward_resume`] when only the graph outputs are wanted: nodes `start..` run
+    /// on `vals` in channels-last mode, as in [`IntModel::forward_outputs`] (the same outputs;
+    /// the table's values are in shape order, as every tapped run leaves them).
+    pub fn forward_resume_outputs(
+        &self,
+        mut vals: Values<'m>,
+        start: usize,
+    ) -> Result<Vec<Tensor>> {
+        self.run_nodes(&mut vals, start..self.model.layers.len(), None)?;
+        self.outputs(vals)
+    }
+
     /// The graph outputs of a finished run, as reals.
     fn outputs(&self, mut vals: Values<'m>) -> Result<Vec<Tensor>> {
         let model = self.model;

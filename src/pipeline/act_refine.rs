@@ -122,7 +122,7 @@ fn loss_from(
         cancel.check()?;
         let out = match prefix {
             Some((tables, start)) => {
-                int.forward_resume(tables[s / super::BATCH].clone(), start, |_, _, _, _| {})?
+                int.forward_resume_outputs(tables[s / super::BATCH].clone(), start)?
             }
             None => int.forward_outputs(make_batch(model, data, s, e)?)?,
         };

@@ -306,7 +306,8 @@ fn normalized(model: &Model, n: usize) -> Vec<f32> {
 fn the_channels_last_run_gives_the_tapped_runs_outputs() {
     // `forward_outputs` keeps conv outputs channels-last between convs (residual adds, clamps
     // and downsampling shortcuts in between, depthwise convs and pools reading NCHW copies);
-    // the tapped run, held to the references by the other tests, never does. Same bits.
+    // the tapped run, held to the references by the other tests, never does. Same bits, from
+    // the input and from a tapped run's value table.
     use qscope::pipeline::{Cancel, run};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let fixtures = ["resnet_ts", "resnet_dynamo", "mobilenetv2_ts"]
@@ -335,6 +336,14 @@ fn the_channels_last_run_gives_the_tapped_runs_outputs() {
         let tapped = int.forward(input(), |_, _, _, _| {}).unwrap();
         let outputs = int.forward_outputs(input()).unwrap();
         assert_eq!(outputs, tapped, "{}", model.name);
+        // Resumed channels-last from a tapped prefix cut anywhere (what activation refinement
+        // and the channel search run for each candidate).
+        for c in (1..model.layers.len()).step_by(3) {
+            let cut = int.cut_at_or_before(c);
+            let prefix = int.forward_prefix(input(), cut).unwrap();
+            let resumed = int.forward_resume_outputs(prefix, cut).unwrap();
+            assert_eq!(resumed, tapped, "{}: resumed at node {cut}", model.name);
+        }
     }
 }
 

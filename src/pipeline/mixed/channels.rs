@@ -113,7 +113,7 @@ pub(super) fn measure(
                 with_row(&mut w.q, lowered[k], r);
                 // One layer's kernel changes: the others are `top`'s.
                 let int = IntModel::reusing(model, &p, usize::MAX, (&top, base));
-                let y = int.forward_resume(prefix.clone(), start, |_, _, _, _| {})?;
+                let y = int.forward_resume_outputs(prefix.clone(), start)?;
                 Ok(nsr(&float, &y[0].to_f32_vec()))
             })
             .collect::<Result<_>>()?;
