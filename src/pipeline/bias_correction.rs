@@ -6,12 +6,12 @@
 //! error of everything upstream, not only of the layer's own weights.
 
 use super::batch::{fold_batches, make_batch};
-use super::layerwise::{InputStats, add_batch};
+pub use super::bias_passes::Score;
+use super::bias_passes::{PassData, Tables, pass};
 use super::{Calibration, Cancel, calibrate, choose_ranges};
 use crate::config::QuantConfig;
-use crate::engine::float::argmax;
-use crate::engine::int::{IntModel, input_qparams};
-use crate::error::{Error, Result};
+use crate::engine::int::IntModel;
+use crate::error::Result;
 use crate::model::{Dataset, Model, Op};
 use crate::params::ModelParams;
 
@@ -107,73 +107,6 @@ pub fn corrected_bias(deq: &[f32], float_means: &[f64], means: &[Vec<f64>]) -> V
         .collect()
 }
 
-/// How well the integer engine matches on the calibration set: top-1 hits against the labels
-/// (0 without labels), then the negated mean squared error against the float outputs.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub struct Score(usize, f64);
-
-/// One pass of the integer engine `int` (built for `params`) over `data`: the mean input patch
-/// per channel group of weight node `target` as the engine feeds it (dequantized; a graph
-/// input quantized as the engine quantizes it), and the [`Score`] against `float_out`.
-fn engine_pass(
-    (int, params): (&IntModel, &ModelParams),
-    target: Option<usize>,
-    data: &Dataset,
-    float_out: &[f32],
-    (limit, cancel): (usize, &Cancel),
-) -> Result<(Vec<Vec<f64>>, Score)> {
-    let model = int.model();
-    let in_qs = input_qparams(model, params);
-    let stats_of = |i: usize| {
-        let op = &model.layers[i].op;
-        let (_, _, k) = op.weight_rows().expect("weight layer");
-        InputStats::new(k, op.channel_groups(), false)
-    };
-    let want = target.map(|i| model.layers[i].data_input().expect("weight input"));
-    let per_sample = float_out.len() / data.n.max(1);
-    let batch = |s: usize, e: usize| -> Result<_> {
-        cancel.check()?;
-        let inputs = make_batch(model, data, s, e)?;
-        let mut seen = want.and_then(|v| {
-            let k = model.inputs.iter().position(|g| g.value == v)?;
-            Some(inputs[k].clone())
-        });
-        let out = int.forward(inputs, |_, v, t, _| {
-            if Some(v) == want && seen.is_none() {
-                seen = Some(t.clone());
-            }
-        })?;
-        let mut stats = target.map(stats_of);
-        if let (Some(i), Some(st)) = (target, &mut stats) {
-            let layer = &model.layers[i];
-            let err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-            let x = seen.ok_or_else(|| err("its input was not computed".into()))?;
-            let x = match in_qs.get(&i).copied().flatten() {
-                Some(q) => x.dequantized().quantize(q).dequantized(),
-                None => x.dequantized(),
-            };
-            add_batch(&layer.op, &x, limit, st).map_err(err)?;
-        }
-        let q = out[0].to_f32_vec();
-        let f = &float_out[s * per_sample..e * per_sample];
-        let sq = f.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2));
-        let hits = data.labels.as_ref().map_or(0, |labels| {
-            let rows = q.chunks(per_sample.max(1)).zip(&labels[s..e]);
-            rows.filter(|(r, l)| argmax(r) as i64 == **l).count()
-        });
-        Ok((stats, Score(hits, -sq.sum::<f64>())))
-    };
-    let (mut total, mut score) = (target.map(stats_of), Score(0, 0.0));
-    fold_batches(data.n, batch, |(st, sc)| {
-        if let (Some(a), Some(b)) = (&mut total, &st) {
-            a.merge(b);
-        }
-        score = Score(score.0 + sc.0, score.1 + sc.1);
-    })?;
-    let means = total.map(|st| (0..st.sum.len()).map(|g| st.mean(g)).collect());
-    Ok((means.unwrap_or_default(), score))
-}
-
 /// Bias correction as a run applies it: the biases of `params` corrected; then, if any
 /// correction was kept, the activation histograms measured again with the corrected biases
 /// (they shift the activations the ranges were chosen on), the ranges chosen again and the
@@ -218,7 +151,12 @@ pub fn correct_biases(
     float: &FloatReference,
     cancel: &Cancel,
 ) -> Result<(Score, usize)> {
-    let lc = (config.max_sample_elems(), cancel);
+    let pd = PassData {
+        data,
+        float_out: &float.output,
+        limit: config.max_sample_elems(),
+        cancel,
+    };
     let todo: Vec<usize> = (0..params.layers.len())
         .filter(|&j| {
             let l = &params.layers[j];
@@ -228,11 +166,11 @@ pub fn correct_biases(
         .collect();
     let nodes: Vec<usize> = todo.iter().map(|&j| params.layers[j].index).collect();
     let node = |t: usize| nodes.get(t).copied();
-    let out = &float.output;
     // Each candidate changes one layer's bias: its build takes the other kernels from the
-    // engine of the parameters kept so far.
-    let mut int = IntModel::new(model, params, lc.0);
-    let (mut means, mut score) = engine_pass((&int, params), node(0), data, out, lc)?;
+    // engine of the parameters kept so far, and its pass starts from that engine's tables.
+    let mut int = IntModel::new(model, params, pd.limit);
+    let first = pass((&int, params), &Tables::inputs(), node(0), true, &pd)?;
+    let (mut means, mut score, mut tables) = (first.means, first.score, first.tables);
     let mut kept = 0;
     for (t, (&j, &i)) in todo.iter().zip(&nodes).enumerate() {
         let name = &model.layers[i].name;
@@ -248,13 +186,15 @@ pub fn correct_biases(
             .expect("a weight layer's float means");
         wq.bias = Some(corrected_bias(&wq.q.dequantize(), fm, &means));
         let next = node(t + 1);
-        let cand_int = IntModel::reusing(model, &cand, lc.0, (&int, params));
-        let (m, s) = engine_pass((&cand_int, &cand), next, data, out, lc)?;
-        if s >= score {
-            (*params, means, score, int) = (cand, m, s, cand_int);
+        let cand_int = IntModel::reusing(model, &cand, pd.limit, (&int, params));
+        let p = pass((&cand_int, &cand), &tables, next, true, &pd)?;
+        if p.score >= score {
+            (*params, means, score, tables) = (cand, p.means, p.score, p.tables);
+            int = cand_int;
             kept += 1;
         } else if next.is_some() {
-            means = engine_pass((&int, params), next, data, out, lc)?.0;
+            let p = pass((&int, params), &tables, next, false, &pd)?;
+            (means, tables) = (p.means, p.tables);
         }
     }
     Ok((score, kept))

@@ -71,6 +71,7 @@ pub mod act_refine;
 mod batch;
 pub mod bench;
 pub mod bias_correction;
+pub mod bias_passes;
 mod calibrate;
 pub mod cle;
 mod evaluate;

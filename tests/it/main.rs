@@ -4,6 +4,7 @@ mod act_refine;
 mod adaround;
 mod bad_input;
 mod bench_cmd;
+mod bias_passes;
 mod campaign;
 mod channel_bits;
 mod engine;
