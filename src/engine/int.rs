@@ -452,6 +452,8 @@ enum Step {
     Gemm {
         /// The kernel (shared with the builds that reuse it).
         kernel: Arc<WeightKernel>,
+        /// The float bias it was built with (the model's or the parameters').
+        bias: Arc<[f32]>,
         /// The value it writes (the fused activation's output, if any).
         out: ValueId,
     },
@@ -467,6 +469,11 @@ enum Step {
     /// A fused activation: its weight node already applied it.
     Fused,
 }
+
+/// The kernels of an [`IntModel`], which a later build for other parameters of the same model
+/// may share ([`IntModel::reusing`]); they hold no reference to the model.
+#[derive(Debug, Clone)]
+pub struct Kernels(Vec<Step>);
 
 /// A graph prepared for the integer engine: a step per node and the qparams of every point.
 #[derive(Debug)]
@@ -542,7 +549,7 @@ fn turned_outputs(model: &Model, steps: &[Step]) -> Vec<bool> {
     };
     (steps.iter().zip(&model.layers))
         .map(|(st, layer)| match st {
-            Step::Gemm { kernel, out }
+            Step::Gemm { kernel, out, .. }
                 if matches!(layer.op, Op::Conv2d { .. })
                     && !kernel.writes_channels_last()
                     && !model.outputs.contains(out) =>
@@ -629,17 +636,22 @@ impl<'m> IntModel<'m> {
         Self::build(model, params, limit, None)
     }
 
-    /// [`IntModel::new`] that takes each weight node's kernel from `base` (built for the same
-    /// model with `base_params`) where that node's weights, bias and input and output qparams
-    /// are those `base` built it from, and builds the others: a candidate that changes one
-    /// layer or one point costs the kernels it changes, not a whole build.
+    /// [`IntModel::new`] that takes each weight node's kernel from `base` (the kernels of a
+    /// build for the same model with `base_params`) where that node's weights, bias and input
+    /// and output qparams are those `base` was built from, and builds the others: a candidate
+    /// that changes one layer or one point costs the kernels it changes, not a whole build.
     pub fn reusing(
         model: &'m Model,
         params: &ModelParams,
         limit: usize,
-        base: (&IntModel<'m>, &ModelParams),
+        base: (&Kernels, &ModelParams),
     ) -> Self {
         Self::build(model, params, limit, Some(base))
+    }
+
+    /// Its kernels (shared, not copied), for [`IntModel::reusing`].
+    pub fn kernels(&self) -> Kernels {
+        Kernels(self.steps.clone())
     }
 
     /// [`IntModel::new`] and [`IntModel::reusing`].
@@ -647,7 +659,7 @@ impl<'m> IntModel<'m> {
         model: &'m Model,
         params: &ModelParams,
         limit: usize,
-        base: Option<(&IntModel<'m>, &ModelParams)>,
+        base: Option<(&Kernels, &ModelParams)>,
     ) -> Self {
         let points = point_qparams(model, params);
         let mut steps: Vec<Step> = model.layers.iter().map(|_| Step::Node).collect();
@@ -660,7 +672,7 @@ impl<'m> IntModel<'m> {
                     .data_input()
                     .and_then(|d| Self::source_q(model, &points, d)),
             };
-            let step = match base.and_then(|b| Self::same_step(b, lp, in_q)) {
+            let step = match base.and_then(|b| Self::same_step(model, b, lp, in_q)) {
                 Some(step) => step,
                 None => match Self::weight_step(model, lp, in_q) {
                     Some(step) => step,
@@ -686,18 +698,26 @@ impl<'m> IntModel<'m> {
     /// The step `base` built for `lp`'s node when it was built from the same weights, bias and
     /// output qparams as `lp` and (for a GEMM) the input qparams `in_q`.
     fn same_step(
-        (base, base_params): (&IntModel<'m>, &ModelParams),
+        model: &Model,
+        (base, base_params): (&Kernels, &ModelParams),
         lp: &crate::params::LayerParams,
         in_q: Option<QParams>,
     ) -> Option<Step> {
         let old = base_params.layers.iter().find(|l| l.index == lp.index)?;
         let out_q = |l: &crate::params::LayerParams| l.act.as_ref().map(|a| a.qparams);
-        if old.weight != lp.weight || out_q(old) != out_q(lp) || lp.weight.is_none() {
+        if old.weight != lp.weight || out_q(old) != out_q(lp) {
             return None;
         }
-        let step = base.steps.get(lp.index)?;
+        let step = base.0.get(lp.index)?;
         match step {
-            Step::Gemm { kernel, .. } if Some(kernel.in_q()) == in_q => Some(step.clone()),
+            // The bias compared too: the base may have been built for a model whose float
+            // biases differ (SmoothQuant's) where the parameters keep the model's.
+            Step::Gemm { kernel, bias, .. }
+                if Some(kernel.in_q()) == in_q
+                    && Some(&bias[..]) == Self::bias_of(model, lp).as_deref() =>
+            {
+                Some(step.clone())
+            }
             Step::Embed { .. } if in_q.is_none() => Some(step.clone()),
             _ => None,
         }
@@ -721,16 +741,22 @@ impl<'m> IntModel<'m> {
                 out: model.point_value(i),
             });
         }
-        let model_bias = layer.op.bias().expect("weight layer");
-        let bias = wq
-            .bias_or(model_bias.as_slice().expect("contiguous bias"))
-            .to_vec();
+        let bias: Arc<[f32]> = Self::bias_of(model, lp)?.into();
         let groups = layer.op.channel_groups();
         let kernel = Self::weight_kernel(layer, &wq.q, &bias, groups, (in_q?, act.qparams), clamp);
         Some(Step::Gemm {
             kernel: Arc::new(kernel),
+            bias,
             out: model.point_value(i),
         })
+    }
+
+    /// The float bias weight layer `lp` runs with: its parameters' when a method set one, else
+    /// the model's (`None` without integer weights).
+    fn bias_of(model: &Model, lp: &crate::params::LayerParams) -> Option<Vec<f32>> {
+        let model_bias = model.layers[lp.index].op.bias()?;
+        let model_bias = model_bias.as_slice().expect("contiguous bias");
+        Some(lp.weight.as_ref()?.bias_or(model_bias).to_vec())
     }
 
     /// The kernel of a weight node: a direct loop for a grouped conv whose weights have one
@@ -1028,7 +1054,7 @@ impl<'m> IntModel<'m> {
         }
         Ok(match &self.steps[i] {
             Step::Fused => return Err("is fused into its weight node".into()),
-            Step::Gemm { kernel, out } => {
+            Step::Gemm { kernel, out, .. } => {
                 let layouts = (stored.first() == Some(&true), channels_last);
                 let (y, y_nhwc) = self.run_gemm(&layer.op, kernel, x()?, layouts)?;
                 let (y, y_nhwc) = if channels_last && !y_nhwc && self.turn_output[i] {

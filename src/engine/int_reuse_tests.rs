@@ -3,7 +3,7 @@
 //! rebuilds each kernel whose weights, bias, input or output qparams moved.
 
 use super::*;
-use crate::model::Model;
+use crate::model::{Model, Op};
 use crate::params::LayerParams;
 use crate::pipeline::{Cancel, make_batch, run};
 
@@ -88,14 +88,20 @@ fn a_build_reusing_unchanged_kernels_gives_a_fresh_builds_codes() {
         let base = IntModel::new(model, &base_params, usize::MAX);
         let all = weight_nodes(&base);
         // Unchanged parameters share every kernel.
-        let same = IntModel::reusing(model, &base_params, usize::MAX, (&base, &base_params));
+        let same = IntModel::reusing(
+            model,
+            &base_params,
+            usize::MAX,
+            (&base.kernels(), &base_params),
+        );
         assert_eq!(shared(&base, &same), all, "{}", model.name);
         let input = make_batch(model, &test, 0, test.n).unwrap();
         for change in changes() {
             let mut params = base_params.clone();
             let what = change(model, &mut params);
             let fresh = IntModel::new(model, &params, usize::MAX);
-            let reused = IntModel::reusing(model, &params, usize::MAX, (&base, &base_params));
+            let reused =
+                IntModel::reusing(model, &params, usize::MAX, (&base.kernels(), &base_params));
             let want = fresh.forward_outputs(input.clone()).unwrap()[0].to_f32_vec();
             let got = reused.forward_outputs(input.clone()).unwrap()[0].to_f32_vec();
             let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -122,5 +128,25 @@ fn a_build_reusing_unchanged_kernels_gives_a_fresh_builds_codes() {
             let kept: Vec<usize> = all.iter().copied().filter(|i| !moved.contains(i)).collect();
             assert_eq!(shared(&base, &reused), kept, "{}: {what}", model.name);
         }
+        // The same parameters on a model whose middle layer's float bias differs (as
+        // SmoothQuant's model does): that layer's kernel alone is built again.
+        let mut other = model.clone();
+        let k = base_params.layers[base_params.layers.len() / 2].index;
+        match &mut other.layers[k].op {
+            Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => bias.mapv_inplace(|b| b + 0.05),
+            op => panic!("{}: node {k} is a {}", model.name, op.kind()),
+        }
+        let fresh = IntModel::new(&other, &base_params, usize::MAX);
+        let reused = IntModel::reusing(
+            &other,
+            &base_params,
+            usize::MAX,
+            (&base.kernels(), &base_params),
+        );
+        let want = fresh.forward_outputs(input.clone()).unwrap()[0].to_f32_vec();
+        let got = reused.forward_outputs(input.clone()).unwrap()[0].to_f32_vec();
+        assert!(got == want, "{}: model bias: outputs differ", model.name);
+        let kept: Vec<usize> = all.iter().copied().filter(|&i| i != k).collect();
+        assert_eq!(shared(&base, &reused), kept, "{}: model bias", model.name);
     }
 }

@@ -199,6 +199,7 @@ pub fn refine(
             // Every candidate changes this point alone: its builds take the other kernels
             // from this one.
             let base_int = IntModel::new(model, params, lc.0);
+            let kernels = base_int.kernels();
             let pre = prefixes(&base_int, params, s, data, cancel)?;
             let pre = pre.as_ref().map(|(t, start)| (t.as_slice(), *start));
             let mut pick = None;
@@ -211,7 +212,7 @@ pub fn refine(
                 }
                 let mut cand = params.clone();
                 *act_mut(&mut cand, s) = a.clone();
-                let int = IntModel::reusing(model, &cand, lc.0, (&base_int, params));
+                let int = IntModel::reusing(model, &cand, lc.0, (&kernels, params));
                 let l = loss_from(&int, data, float, pre, cancel)?;
                 if l < best {
                     (best, pick) = (l, Some(a));

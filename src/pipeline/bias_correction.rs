@@ -186,7 +186,7 @@ pub fn correct_biases(
             .expect("a weight layer's float means");
         wq.bias = Some(corrected_bias(&wq.q.dequantize(), fm, &means));
         let next = node(t + 1);
-        let cand_int = IntModel::reusing(model, &cand, pd.limit, (&int, params));
+        let cand_int = IntModel::reusing(model, &cand, pd.limit, (&int.kernels(), params));
         let p = pass((&cand_int, &cand), &tables, next, true, &pd)?;
         if p.score >= score {
             (*params, means, score, tables) = (cand, p.means, p.score, p.tables);

@@ -183,7 +183,16 @@ pub fn evaluate_with(
 ) -> Result<Evaluation> {
     let limit = config.max_sample_elems();
     check_eval_inputs(model, params, data, limit)?;
-    let int = IntModel::new(model, params, limit);
+    // A session's last evaluation left its kernels: the layers this change leaves alone keep
+    // theirs.
+    let last = match &side {
+        FloatSide::Cached(slot) => slot.as_ref().and_then(|c| c.checkpoint.as_ref()),
+        _ => None,
+    };
+    let int = match last {
+        Some(cp) => IntModel::reusing(model, params, limit, (&cp.kernels, &cp.params)),
+        None => IntModel::new(model, params, limit),
+    };
     let wl = model.weight_layers();
     let wanted = wanted_values(model);
     let zero = || Evaluation {
@@ -261,6 +270,7 @@ pub fn evaluate_with(
             limit,
             take,
             prefixes,
+            kernels: int.kernels(),
         };
         keep_in_session(slot, kept, &total, resume);
     }
@@ -293,6 +303,8 @@ struct Resume<'p> {
     take: usize,
     /// Per batch, the integer engine's values at `take`.
     prefixes: Vec<Option<BatchPrefix>>,
+    /// The integer engine's kernels.
+    kernels: crate::engine::int::Kernels,
 }
 
 /// What a session keeps of an evaluation in its float-side cache `slot`: the float batches
@@ -313,7 +325,7 @@ fn keep_in_session(
             .zip(total.isolated.iter().copied())
             .collect();
         c.checkpoint = Some(Checkpoint::new(
-            r.params.clone(),
+            (r.params.clone(), r.kernels),
             r.limit,
             r.take,
             r.prefixes,

@@ -7,6 +7,7 @@
 //! live at that node and what the evaluation had summed over the nodes before it, so a resumed
 //! evaluation reports exactly what a full one does.
 
+use crate::engine::int::Kernels;
 use crate::engine::tensor::Tensor;
 use crate::eval::sqnr::SqnrAcc;
 use crate::model::{Model, ValueId};
@@ -48,13 +49,16 @@ pub struct Checkpoint {
     pub cut: usize,
     /// One per batch of the evaluation set, in order (empty when `cut == 0`).
     pub batches: Vec<BatchPrefix>,
+    /// The integer engine's kernels for `params`, which the next evaluation's build shares
+    /// where its layers are unchanged.
+    pub kernels: Kernels,
 }
 
 impl Checkpoint {
     /// A checkpoint of `batches` at `cut`, or of the parameters alone when the batches are
     /// missing or hold more than [`CHECKPOINT_BYTES`].
     pub fn new(
-        params: ModelParams,
+        (params, kernels): (ModelParams, Kernels),
         limit: usize,
         cut: usize,
         batches: Vec<Option<BatchPrefix>>,
@@ -71,6 +75,7 @@ impl Checkpoint {
             limit,
             cut,
             batches,
+            kernels,
         }
     }
 }

@@ -223,6 +223,10 @@ fn a_session_resumed_inside_a_transformer_reports_what_a_fresh_run_reports() {
         c.layers.insert(name.into(), bits(b));
         c
     };
+    let smooth = |alpha: f32| QuantConfig {
+        smoothquant: Some(alpha),
+        ..base.clone()
+    };
     let steps = [
         (layer(mid, bits(6)), false),
         (layer(mid, bits(5)), true),
@@ -231,6 +235,11 @@ fn a_session_resumed_inside_a_transformer_reports_what_a_fresh_run_reports() {
         (softmax(6), true),
         (softmax(5), true),
         (base.clone(), true),
+        // SmoothQuant migrates scales into the LayerNorms and linears: another model under
+        // each α, whose kernels the build must not take from the one before.
+        (smooth(0.5), false),
+        (smooth(0.8), false),
+        (base.clone(), false),
     ];
     let kept = (&base, Session::resume_node as fn(&Session) -> usize);
     check_resumed(model.clone(), (d.take(100), d.take(60)), kept, &steps);

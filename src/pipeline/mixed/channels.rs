@@ -75,6 +75,7 @@ pub(super) fn measure(
     let float = crate::engine::float::forward_outputs(model, inputs.clone(), usize::MAX)?;
     let float = float[0].to_f32_vec();
     let top = IntModel::new(model, base, usize::MAX);
+    let kernels = top.kernels();
     let base_nsr = nsr(
         &float,
         &top.forward_outputs(inputs.clone())?[0].to_f32_vec(),
@@ -112,7 +113,7 @@ pub(super) fn measure(
                 let w = p.layers[li].weight.as_mut().expect("checked by weights_of");
                 with_row(&mut w.q, lowered[k], r);
                 // One layer's kernel changes: the others are `top`'s.
-                let int = IntModel::reusing(model, &p, usize::MAX, (&top, base));
+                let int = IntModel::reusing(model, &p, usize::MAX, (&kernels, base));
                 let y = int.forward_resume_outputs(prefix.clone(), start)?;
                 Ok(nsr(&float, &y[0].to_f32_vec()))
             })
