@@ -100,7 +100,8 @@ pub struct BenchArgs {
 /// Options shared by the commands that load a model and quantize it.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Common {
-    /// Model: `mnist-mlp`, `mnist-cnn` (bundled) or a .safetensors path [default: mnist-mlp].
+    /// Model: `mnist-mlp`, `mnist-cnn`, `mnist-resnet` (bundled) or a .safetensors or .onnx path
+    /// [default: mnist-mlp].
     #[arg(long, global = true)]
     pub model: Option<String>,
     /// Spec TOML (otherwise the spec embedded in the model file).
