@@ -1733,6 +1733,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// The bundled CNN and ResNet and the MobileNetV2 fixture: every kind of conv the engine
+    /// runs (one-channel stems, 1×1, strided, depthwise) and residual Adds.
+    pub(crate) fn conv_models() -> [Model; 3] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        [
+            crate::bundled::model("mnist-cnn").unwrap(),
+            crate::bundled::model("mnist-resnet").unwrap(),
+            crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
+                .unwrap(),
+        ]
+    }
+
     #[test]
     fn only_convs_writing_planes_for_channels_last_readers_turn_their_output() {
         // The CNN's one-channel conv is read by a MaxPool, which runs on NCHW planes: it does
@@ -1742,13 +1754,7 @@ pub(crate) mod tests {
         // run on NCHW planes: not where the channels-last depthwise kernel runs them (AVX-512
         // VNNI), as convs that write channels-last themselves never turn.
         use crate::pipeline::{Cancel, run};
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let models = [
-            crate::bundled::model("mnist-cnn").unwrap(),
-            crate::bundled::model("mnist-resnet").unwrap(),
-            crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
-                .unwrap(),
-        ];
+        let models = conv_models();
         let (calib, test) = (
             crate::bundled::calib().take(8),
             crate::bundled::test().take(2),

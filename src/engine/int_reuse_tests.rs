@@ -70,13 +70,7 @@ fn weight_nodes(int: &IntModel) -> Vec<usize> {
 
 #[test]
 fn a_build_reusing_unchanged_kernels_gives_a_fresh_builds_codes() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let models = [
-        crate::bundled::model("mnist-cnn").unwrap(),
-        crate::bundled::model("mnist-resnet").unwrap(),
-        crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
-            .unwrap(),
-    ];
+    let models = super::tests::conv_models();
     let (calib, test) = (
         crate::bundled::calib().take(16),
         crate::bundled::test().take(8),
