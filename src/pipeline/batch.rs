@@ -20,15 +20,35 @@ pub fn fold_batches<T: Send>(
     map: impl Fn(usize, usize) -> Result<T> + Sync,
     mut fold: impl FnMut(T),
 ) -> Result<()> {
+    fold_batches_while(n, map, |t| {
+        fold(t);
+        true
+    })
+    .map(|_| ())
+}
+
+/// [`fold_batches`] that stops after the few batches in flight when `fold` returns `false`
+/// (the batches after them are never run); returns whether every batch was folded.
+pub fn fold_batches_while<T: Send>(
+    n: usize,
+    map: impl Fn(usize, usize) -> Result<T> + Sync,
+    mut fold: impl FnMut(T) -> bool,
+) -> Result<bool> {
     use rayon::prelude::*;
     for chunk in batches(n).chunks(2 * rayon::current_num_threads().max(1)) {
         let parts = chunk
             .par_iter()
             .map(|&(s, e)| map(s, e))
             .collect::<Result<Vec<_>>>()?;
-        parts.into_iter().for_each(&mut fold);
+        let mut go = true;
+        for part in parts {
+            go &= fold(part);
+        }
+        if !go {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Samples `start..end` as one tensor per graph input: a tensor named after the input, or
@@ -131,4 +151,40 @@ pub fn check_data(model: &Model, data: &Dataset) -> Result<()> {
         data.check_fits(model.input_len(), &model.input_shape)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_fold_that_says_stop_runs_no_batch_after_those_in_flight() {
+        let n = 10 * BATCH + 3;
+        let in_flight = 2 * rayon::current_num_threads().max(1);
+        let ran = AtomicUsize::new(0);
+        let map = |s: usize, e: usize| -> Result<(usize, usize)> {
+            ran.fetch_add(1, Ordering::Relaxed);
+            Ok((s, e))
+        };
+        // Every batch, in order, when the fold never says stop.
+        let mut seen = Vec::new();
+        let all = fold_batches_while(n, map, |b| {
+            seen.push(b);
+            true
+        });
+        assert!(all.unwrap());
+        assert_eq!(seen, batches(n));
+        assert_eq!(ran.swap(0, Ordering::Relaxed), 11);
+        // Stop at the second batch: its chunk is folded to its end, nothing after it runs.
+        let mut seen = Vec::new();
+        let all = fold_batches_while(n, map, |b| {
+            seen.push(b);
+            seen.len() < 2
+        });
+        assert!(!all.unwrap());
+        let chunk = in_flight.clamp(2, 11);
+        assert_eq!(seen, batches(n)[..chunk].to_vec());
+        assert_eq!(ran.load(Ordering::Relaxed), chunk);
+    }
 }
