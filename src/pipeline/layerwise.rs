@@ -6,11 +6,11 @@
 use super::Cancel;
 use super::batch::{fold_batches, make_batch};
 use crate::config::{QuantConfig, WeightRounding};
-use crate::engine::float::{Values, checked_conv_geom, last_uses, op_geom, run_node};
+use crate::engine::float::{Values, checked_conv_geom, op_geom, run_range};
 use crate::engine::im2col::im2col_channels;
 use crate::engine::tensor::Tensor;
 use crate::error::{Error, Result};
-use crate::model::{Dataset, Model, Op};
+use crate::model::{Dataset, Model, Op, ValueId};
 use crate::params::WeightQuant;
 use crate::quant::adaround::{AdaroundError, AdaroundOptions, adaround_rows};
 use crate::quant::gptq::gptq_rows;
@@ -78,27 +78,6 @@ impl InputStats {
     }
 }
 
-/// Runs the nodes before weight node `i` on a batch and returns node `i`'s data input.
-fn forward_until(model: &Model, inputs: Vec<Tensor>, i: usize, limit: usize) -> Result<Tensor> {
-    let target = model.layers[i]
-        .data_input()
-        .expect("a weight node has an input");
-    let last = last_uses(model);
-    let mut vals = Values::new(model, inputs);
-    for (j, layer) in model.layers[..i].iter().enumerate() {
-        if vals.get(target).is_some() {
-            break;
-        }
-        let node_err = |m| Error::node(&model.source, &layer.name, layer.op.kind(), m);
-        let y =
-            run_node(layer, &vals.inputs_of(layer).map_err(node_err)?, limit).map_err(node_err)?;
-        vals.set(layer.output, y);
-        vals.free_after(model, &last, j);
-    }
-    vals.take(target)
-        .ok_or_else(|| Error::format(&model.source, "a weight node's input was not computed"))
-}
-
 /// Adds one batch's input `x` of weight node `op` to `stats`.
 pub(super) fn add_batch(
     op: &Op,
@@ -149,41 +128,76 @@ pub(super) fn add_batch(
     Ok(())
 }
 
-/// The input statistics of weight node `i` of `model` over `data` (Σ x·xᵀ when `second`).
+/// Bytes of float values [`Prefix`] keeps at most; past it, the next layer's runs start from
+/// the inputs.
+const PREFIX_BYTES: usize = 256 << 20;
+
+/// The calibration batches' float values just before node `at` (owned copies, in batch order),
+/// where the next layer's statistics continue from; `None` when they would exceed
+/// [`PREFIX_BYTES`] (runs then start from the inputs).
+pub struct Prefix {
+    at: usize,
+    batches: Option<Vec<Vec<(ValueId, Tensor)>>>,
+}
+
+impl Prefix {
+    /// The start of a run: the inputs.
+    pub fn inputs() -> Self {
+        Prefix {
+            at: 0,
+            batches: None,
+        }
+    }
+}
+
+/// The input statistics of weight node `i` of `model` over `data` (Σ x·xᵀ when `second`), with
+/// the nodes before `i` run from `from` (made by a model that computes the same before
+/// `from.at`); and the values just before node `i`, for the next layer.
 pub fn input_stats(
     model: &Model,
     i: usize,
     data: &Dataset,
-    second: bool,
-    limit: usize,
+    (second, limit): (bool, usize),
+    from: &Prefix,
     cancel: &Cancel,
-) -> Result<InputStats> {
+) -> Result<(InputStats, Prefix)> {
     let layer = &model.layers[i];
     let (_, _, k) = layer.op.weight_rows().expect("weight layer");
     let groups = layer.op.channel_groups();
-    let mut total = InputStats::new(k, groups, second);
+    let target = layer.data_input().expect("a weight node has an input");
+    let node_err = |m: String| Error::node(&model.source, &layer.name, layer.op.kind(), m);
     // Batches are summed in order, so that the sums (and the biases and roundings made from
     // them) are the same bit for bit on every run.
-    let batch = |s: usize, e: usize| -> Result<InputStats> {
+    let batch = |s: usize, e: usize| -> Result<_> {
         cancel.check()?;
-        let inputs = make_batch(model, data, s, e)?;
-        super::calibrate::check_finite(model, data, s, &inputs)?;
-        let x = forward_until(model, inputs, i, limit)?;
+        let (mut vals, start) = match &from.batches {
+            Some(b) => (Values::with_owned(model, &b[s / super::BATCH]), from.at),
+            None => {
+                let inputs = make_batch(model, data, s, e)?;
+                super::calibrate::check_finite(model, data, s, &inputs)?;
+                (Values::new(model, inputs), 0)
+            }
+        };
+        run_range(model, &mut vals, start..i, limit, &mut |_, _| {})?;
+        let x = vals
+            .get(target)
+            .ok_or_else(|| node_err("its input was not computed".into()))?;
         if x.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
-            return Err(super::calibrate::float_overflow(
-                model,
-                data,
-                s,
-                &layer.name,
-            ));
+            let name = &layer.name;
+            return Err(super::calibrate::float_overflow(model, data, s, name));
         }
         let mut st = InputStats::new(k, groups, second);
-        add_batch(&layer.op, &x, limit, &mut st)
-            .map_err(|m| Error::node(&model.source, &layer.name, layer.op.kind(), m))?;
-        Ok(st)
+        add_batch(&layer.op, x, limit, &mut st).map_err(node_err)?;
+        Ok((st, vals.owned_values()))
     };
-    fold_batches(data.n, batch, |st| total.merge(&st))?;
-    Ok(total)
+    let (mut total, mut kept) = (InputStats::new(k, groups, second), Vec::new());
+    fold_batches(data.n, batch, |(st, vals)| {
+        total.merge(&st);
+        kept.push(vals);
+    })?;
+    let bytes: usize = kept.iter().flatten().map(|(_, t)| t.bytes()).sum();
+    let batches = (bytes <= PREFIX_BYTES).then_some(kept);
+    Ok((total, Prefix { at: i, batches }))
 }
 
 /// Time spent in each layer-by-layer method, in milliseconds.
@@ -243,6 +257,7 @@ pub fn apply(
     let mut work = model.clone();
     let total = weights.iter().filter(|w| w.is_some()).count();
     let mut done = 0;
+    let mut prefix = Prefix::inputs();
     for (&i, wq) in model.weight_layers().iter().zip(weights.iter_mut()) {
         let Some(wq) = wq else { continue };
         if !model.layers[i].op.is_gemm() {
@@ -254,7 +269,10 @@ pub fn apply(
         let what = format!("{rounding} {} ({done}/{total})", model.layers[i].name);
         cancel.progress(&what);
         let t = std::time::Instant::now();
-        let stats = input_stats(&work, i, data, second, limit, cancel)?;
+        let (stats, next) = input_stats(&work, i, data, (second, limit), &prefix, cancel)?;
+        // The values before node i do not depend on its weights: the next layer continues
+        // from them with the rounded ones.
+        prefix = next;
         times.stats += super::ms(t);
         let layer = &model.layers[i];
         let (w, rows, _) = layer.op.weight_rows().expect("weight layer");
@@ -279,4 +297,58 @@ pub fn apply(
         }
     }
     Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::batches;
+
+    #[test]
+    fn statistics_continued_from_the_layer_before_equal_a_whole_runs() {
+        // Each weight layer of the ResNet (residual branches, a strided shortcut) and of
+        // MobileNetV2 (depthwise layers), its statistics taken from the values the layer
+        // before it left: the sums and Σ x·xᵀ of its input as a whole tapped float run gives
+        // it, bit for bit.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let models = [
+            crate::bundled::model("mnist-resnet").unwrap(),
+            crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
+                .unwrap(),
+        ];
+        let data = crate::bundled::calib().take(70);
+        let cancel = Cancel::new();
+        for model in &models {
+            let mut from = Prefix::inputs();
+            for i in model.weight_layers() {
+                let (got, next) =
+                    input_stats(model, i, &data, (true, usize::MAX), &from, &cancel).unwrap();
+                assert_eq!(next.at, i);
+                assert!(next.batches.is_some(), "{}: node {i} kept", model.name);
+                from = next;
+                let layer = &model.layers[i];
+                let v = layer.data_input().unwrap();
+                let (_, _, k) = layer.op.weight_rows().unwrap();
+                let mut want = InputStats::new(k, layer.op.channel_groups(), true);
+                for (s, e) in batches(data.n) {
+                    let inputs = make_batch(model, &data, s, e).unwrap();
+                    let mut x = model
+                        .inputs
+                        .iter()
+                        .position(|g| g.value == v)
+                        .map(|k| inputs[k].clone());
+                    crate::engine::float::forward(model, inputs, usize::MAX, |j, t| {
+                        if model.layers[j].output == v {
+                            x = Some(t.clone());
+                        }
+                    })
+                    .unwrap();
+                    let mut st = InputStats::new(k, layer.op.channel_groups(), true);
+                    add_batch(&layer.op, &x.unwrap(), usize::MAX, &mut st).unwrap();
+                    want.merge(&st);
+                }
+                assert_eq!(got, want, "{}: {}", model.name, layer.name);
+            }
+        }
+    }
 }
