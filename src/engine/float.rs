@@ -372,6 +372,20 @@ impl<'m> Values<'m> {
         self.slots.iter().enumerate().filter_map(owned).collect()
     }
 
+    /// The owned values (activations and graph inputs, not constants), by value id, moved out
+    /// of the table.
+    pub fn into_owned_values(self) -> Vec<(ValueId, Tensor)> {
+        let owned = |(v, c): (usize, Option<std::borrow::Cow<'m, Tensor>>)| match c {
+            Some(std::borrow::Cow::Owned(t)) => Some((v, t)),
+            _ => None,
+        };
+        self.slots
+            .into_iter()
+            .enumerate()
+            .filter_map(owned)
+            .collect()
+    }
+
     /// A table holding the model's constants and copies of `owned` (from
     /// [`Values::owned_values`] of a table of the same model).
     pub fn with_owned(model: &'m Model, owned: &[(ValueId, Tensor)]) -> Self {

@@ -17,6 +17,7 @@ use crate::quant::gptq::gptq_rows;
 use crate::quant::weights::QWeights;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+use std::sync::Mutex;
 
 /// A weight layer's inputs over the calibration set, per channel group, as the patches its
 /// matrix multiplies (a linear layer's input rows, a conv's im2col rows, padding included).
@@ -137,8 +138,12 @@ const PREFIX_BYTES: usize = 256 << 20;
 /// [`PREFIX_BYTES`] (runs then start from the inputs).
 pub struct Prefix {
     at: usize,
-    batches: Option<Vec<Vec<(ValueId, Tensor)>>>,
+    /// Per batch; a run takes its batch's values out (each is read once).
+    batches: Option<Vec<Mutex<OwnedValues>>>,
 }
+
+/// One batch's owned float values, by value id.
+type OwnedValues = Vec<(ValueId, Tensor)>;
 
 impl Prefix {
     /// The start of a run: the inputs.
@@ -152,13 +157,13 @@ impl Prefix {
 
 /// The input statistics of weight node `i` of `model` over `data` (Σ x·xᵀ when `second`), with
 /// the nodes before `i` run from `from` (made by a model that computes the same before
-/// `from.at`); and the values just before node `i`, for the next layer.
+/// `from.at`, whose values it takes); and the values just before node `i`, for the next layer.
 pub fn input_stats(
     model: &Model,
     i: usize,
     data: &Dataset,
     (second, limit): (bool, usize),
-    from: &Prefix,
+    from: Prefix,
     cancel: &Cancel,
 ) -> Result<(InputStats, Prefix)> {
     let layer = &model.layers[i];
@@ -171,7 +176,14 @@ pub fn input_stats(
     let batch = |s: usize, e: usize| -> Result<_> {
         cancel.check()?;
         let (mut vals, start) = match &from.batches {
-            Some(b) => (Values::with_owned(model, &b[s / super::BATCH]), from.at),
+            Some(b) => {
+                let mut owned = b[s / super::BATCH].lock().expect("not poisoned");
+                let mut vals = Values::new(model, Vec::new());
+                for (v, t) in std::mem::take(&mut *owned) {
+                    vals.set(v, t);
+                }
+                (vals, from.at)
+            }
             None => {
                 let inputs = make_batch(model, data, s, e)?;
                 super::calibrate::check_finite(model, data, s, &inputs)?;
@@ -188,7 +200,7 @@ pub fn input_stats(
         }
         let mut st = InputStats::new(k, groups, second);
         add_batch(&layer.op, x, limit, &mut st).map_err(node_err)?;
-        Ok((st, vals.owned_values()))
+        Ok((st, vals.into_owned_values()))
     };
     let (mut total, mut kept) = (InputStats::new(k, groups, second), Vec::new());
     fold_batches(data.n, batch, |(st, vals)| {
@@ -196,7 +208,7 @@ pub fn input_stats(
         kept.push(vals);
     })?;
     let bytes: usize = kept.iter().flatten().map(|(_, t)| t.bytes()).sum();
-    let batches = (bytes <= PREFIX_BYTES).then_some(kept);
+    let batches = (bytes <= PREFIX_BYTES).then(|| kept.into_iter().map(Mutex::new).collect());
     Ok((total, Prefix { at: i, batches }))
 }
 
@@ -269,7 +281,7 @@ pub fn apply(
         let what = format!("{rounding} {} ({done}/{total})", model.layers[i].name);
         cancel.progress(&what);
         let t = std::time::Instant::now();
-        let (stats, next) = input_stats(&work, i, data, (second, limit), &prefix, cancel)?;
+        let (stats, next) = input_stats(&work, i, data, (second, limit), prefix, cancel)?;
         // The values before node i do not depend on its weights: the next layer continues
         // from them with the rounded ones.
         prefix = next;
@@ -322,7 +334,7 @@ mod tests {
             let mut from = Prefix::inputs();
             for i in model.weight_layers() {
                 let (got, next) =
-                    input_stats(model, i, &data, (true, usize::MAX), &from, &cancel).unwrap();
+                    input_stats(model, i, &data, (true, usize::MAX), from, &cancel).unwrap();
                 assert_eq!(next.at, i);
                 assert!(next.batches.is_some(), "{}: node {i} kept", model.name);
                 from = next;
