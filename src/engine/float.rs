@@ -389,9 +389,14 @@ impl<'m> Values<'m> {
     /// A table holding the model's constants and copies of `owned` (from
     /// [`Values::owned_values`] of a table of the same model).
     pub fn with_owned(model: &'m Model, owned: &[(ValueId, Tensor)]) -> Self {
+        Values::from_owned(model, owned.to_vec())
+    }
+
+    /// [`Values::with_owned`] that moves `owned` in (from [`Values::into_owned_values`]).
+    pub fn from_owned(model: &'m Model, owned: Vec<(ValueId, Tensor)>) -> Self {
         let mut vals = Values::new(model, Vec::new());
         for (v, t) in owned {
-            vals.set(*v, t.clone());
+            vals.set(v, t);
         }
         vals
     }

@@ -713,8 +713,7 @@ impl<'m> IntModel<'m> {
             // The bias compared too: the base may have been built for a model whose float
             // biases differ (SmoothQuant's) where the parameters keep the model's.
             Step::Gemm { kernel, bias, .. }
-                if Some(kernel.in_q()) == in_q
-                    && Some(&bias[..]) == Self::bias_of(model, lp).as_deref() =>
+                if Some(kernel.in_q()) == in_q && Some(&bias[..]) == Self::bias_of(model, lp) =>
             {
                 Some(step.clone())
             }
@@ -753,10 +752,10 @@ impl<'m> IntModel<'m> {
 
     /// The float bias weight layer `lp` runs with: its parameters' when a method set one, else
     /// the model's (`None` without integer weights).
-    fn bias_of(model: &Model, lp: &crate::params::LayerParams) -> Option<Vec<f32>> {
+    fn bias_of<'a>(model: &'a Model, lp: &'a crate::params::LayerParams) -> Option<&'a [f32]> {
         let model_bias = model.layers[lp.index].op.bias()?;
         let model_bias = model_bias.as_slice().expect("contiguous bias");
-        Some(lp.weight.as_ref()?.bias_or(model_bias).to_vec())
+        Some(lp.weight.as_ref()?.bias_or(model_bias))
     }
 
     /// The kernel of a weight node: a direct loop for a grouped conv whose weights have one

@@ -11,10 +11,10 @@
 //! reproduces the run.
 
 use super::Cancel;
-use super::batch::{fold_batches, fold_batches_while, make_batch};
+use super::batch::{Kept, fold_batches, fold_batches_while, make_batch};
 use crate::config::QuantConfig;
 use crate::engine::float::Values;
-use crate::engine::int::IntModel;
+use crate::engine::int::{IntModel, Kernels};
 use crate::error::Result;
 use crate::model::{Dataset, Model};
 use crate::params::{ActQuant, ModelParams};
@@ -106,9 +106,10 @@ pub fn loss(
     loss_from(&int, data, float_out, (None, f64::INFINITY), lc.1)
 }
 
-/// How far above a bound a partial loss must be before a candidate is given up: the per-sample
-/// KL terms are never below zero by more than rounding (about 1e-14), so the samples not yet
-/// run cannot bring a mean this far above the bound back below it.
+/// How far above a bound a partial loss must be before a candidate is given up: a per-sample KL
+/// term is below zero only by the rounding of its f64 log-softmax differences (a few ulps of
+/// logits of order 10, some 1e-14; an estimate, not a measurement), so the samples not yet run
+/// cannot bring a mean this far above the bound back below it.
 const GIVE_UP_MARGIN: f64 = 1e-9;
 
 /// [`loss`] of the integer engine `int`, continuing each batch from `prefix` (its value tables
@@ -171,17 +172,16 @@ fn prefixes<'m>(
     let Some(start) = int.first_writer(v) else {
         return Ok(None);
     };
-    let mut tables = Vec::new();
-    let mut bytes = 0usize;
+    let mut tables = Kept::new(PREFIX_BYTES);
     let batch = |s: usize, e: usize| -> Result<Values<'m>> {
         cancel.check()?;
         int.forward_prefix(make_batch(model, data, s, e)?, start)
     };
     fold_batches(data.n, batch, |t| {
-        bytes += t.owned_bytes();
-        tables.push(t);
+        let bytes = t.owned_bytes();
+        tables.push(t, bytes);
     })?;
-    Ok((bytes <= PREFIX_BYTES).then_some((tables, start)))
+    Ok(tables.finish().map(|t| (t, start)))
 }
 
 /// Refines the activation ranges of `params` (for `model`) on the calibration set `data`, as
@@ -200,6 +200,8 @@ pub fn refine(
     let grid = factors();
     let before = loss(model, params, data, float, lc)?;
     let mut best = before;
+    // The kernels of the parameters as they stand, and those parameters.
+    let mut last: Option<(Kernels, ModelParams)> = None;
     for _ in 0..SWEEPS {
         let mut moved = false;
         for (t, &s) in slots.iter().enumerate() {
@@ -208,8 +210,11 @@ pub fn refine(
             let base = act_mut(params, s).clone();
             let current = base.qparams;
             // Every candidate changes this point alone: its builds take the other kernels
-            // from this one.
-            let base_int = IntModel::new(model, params, lc.0);
+            // from this one, which takes its own from the last point's.
+            let base_int = match &last {
+                Some((k, p)) => IntModel::reusing(model, params, lc.0, (k, p)),
+                None => IntModel::new(model, params, lc.0),
+            };
             let kernels = base_int.kernels();
             let pre = prefixes(&base_int, params, s, data, cancel)?;
             let pre = pre.as_ref().map(|(t, start)| (t.as_slice(), *start));
@@ -226,13 +231,18 @@ pub fn refine(
                 let int = IntModel::reusing(model, &cand, lc.0, (&kernels, params));
                 let l = loss_from(&int, data, float, (pre, best), cancel)?;
                 if l < best {
-                    (best, pick) = (l, Some(a));
+                    (best, pick) = (l, Some((a, int.kernels())));
                 }
             }
-            if let Some(a) = pick {
-                *act_mut(params, s) = a;
-                moved = true;
-            }
+            let kept = match pick {
+                Some((a, picked)) => {
+                    *act_mut(params, s) = a;
+                    moved = true;
+                    picked
+                }
+                None => kernels,
+            };
+            last = Some((kept, params.clone()));
         }
         if !moved {
             break;

@@ -51,6 +51,41 @@ pub fn fold_batches_while<T: Send>(
     Ok(true)
 }
 
+/// Per-batch results kept in batch order while their bytes stay within a budget: once the
+/// total passes it, everything kept is freed and nothing more is kept, so what a run holds for
+/// the next one stays within the budget (plus the batches in flight).
+pub struct Kept<T> {
+    budget: usize,
+    bytes: usize,
+    items: Option<Vec<T>>,
+}
+
+impl<T> Kept<T> {
+    /// Nothing kept yet, at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
+        Kept {
+            budget,
+            bytes: 0,
+            items: Some(Vec::new()),
+        }
+    }
+
+    /// Keeps `item` of `bytes` bytes, unless the budget is (or now gets) exceeded.
+    pub fn push(&mut self, item: T, bytes: usize) {
+        self.bytes = self.bytes.saturating_add(bytes);
+        match &mut self.items {
+            Some(_) if self.bytes > self.budget => self.items = None,
+            Some(v) => v.push(item),
+            None => {}
+        }
+    }
+
+    /// Every item pushed, in order, or `None` when they came to more than the budget.
+    pub fn finish(self) -> Option<Vec<T>> {
+        self.items
+    }
+}
+
 /// Samples `start..end` as one tensor per graph input: a tensor named after the input, or
 /// (for the first input) the data set's `inputs`, normalized with the model's mean and std.
 pub fn make_batch(model: &Model, data: &Dataset, start: usize, end: usize) -> Result<Vec<Tensor>> {
@@ -186,5 +221,21 @@ mod tests {
         let chunk = in_flight.clamp(2, 11);
         assert_eq!(seen, batches(n)[..chunk].to_vec());
         assert_eq!(ran.load(Ordering::Relaxed), chunk);
+    }
+
+    #[test]
+    fn kept_items_are_all_within_the_budget_or_none() {
+        let mut k = Kept::new(10);
+        [(1, 4), (2, 6)].into_iter().for_each(|(i, b)| k.push(i, b));
+        assert_eq!(k.finish(), Some(vec![1, 2]), "10 bytes fit a budget of 10");
+        let mut k = Kept::new(10);
+        [(1, 4), (2, 7), (3, 0)]
+            .into_iter()
+            .for_each(|(i, b)| k.push(i, b));
+        assert_eq!(
+            k.finish(),
+            None,
+            "11 bytes do not, nor does anything after them"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! runs in shape order (tapped) up to the next layer, whose input it measures, and
 //! channels-last from there to the outputs it scores.
 
-use super::batch::{fold_batches, make_batch};
+use super::batch::{Kept, fold_batches, make_batch};
 use super::layerwise::{InputStats, add_batch};
 use super::{BATCH, Cancel};
 use crate::engine::float::{Values, argmax};
@@ -116,23 +116,24 @@ pub fn pass<'m>(
         };
         Ok((stats, vals, score))
     };
-    let (mut total, mut tables, mut score) = (None::<InputStats>, Vec::new(), Score(0, 0.0));
+    let (mut total, mut score) = (None::<InputStats>, Score(0, 0.0));
+    let mut tables = Kept::new(TABLE_BYTES);
     fold_batches(pd.data.n, batch, |(st, vals, sc)| {
         match (&mut total, st) {
             (Some(a), Some(b)) => a.merge(&b),
             (t, st) => *t = t.take().or(st),
         }
-        tables.push(vals);
+        let bytes = vals.owned_bytes();
+        tables.push(vals, bytes);
         score = Score(score.0 + sc.0, score.1 + sc.1);
     })?;
-    let bytes: usize = tables.iter().map(Values::owned_bytes).sum();
     let means = total.map(|st| (0..st.sum.len()).map(|g| st.mean(g)).collect());
     Ok(Pass {
         means: means.unwrap_or_default(),
         score,
         tables: Tables {
             cut: to,
-            batches: (bytes <= TABLE_BYTES).then_some(tables),
+            batches: tables.finish(),
         },
     })
 }

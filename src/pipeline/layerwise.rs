@@ -4,7 +4,7 @@
 //! (`super::bias_correction`) reuses the input statistics.
 
 use super::Cancel;
-use super::batch::{fold_batches, make_batch};
+use super::batch::{Kept, fold_batches, make_batch};
 use crate::config::{QuantConfig, WeightRounding};
 use crate::engine::float::{Values, checked_conv_geom, op_geom, run_range};
 use crate::engine::im2col::im2col_channels;
@@ -105,11 +105,11 @@ pub(super) fn add_batch(
             let cg = g.c / groups;
             // Sums alone take the patches a sample at a time (the same rows in the same order,
             // without the batch's patch matrix); Σ x·xᵀ takes the batch's in one product.
+            let sample = (g.c * g.h * g.w).max(1);
             let per = if stats.xxt.is_some() { n } else { 1 };
-            let chunk = per * g.c * g.h * g.w;
             for gi in 0..*groups {
-                for part in xs[..n * g.c * g.h * g.w].chunks(chunk.max(1)) {
-                    let rows = part.len() / (g.c * g.h * g.w).max(1);
+                for part in xs[..n * sample].chunks(per.max(1) * sample) {
+                    let rows = part.len() / sample;
                     stats.add(gi, &im2col_channels(part, rows, &g, gi * cg, cg, 0.0));
                 }
             }
@@ -177,12 +177,8 @@ pub fn input_stats(
         cancel.check()?;
         let (mut vals, start) = match &from.batches {
             Some(b) => {
-                let mut owned = b[s / super::BATCH].lock().expect("not poisoned");
-                let mut vals = Values::new(model, Vec::new());
-                for (v, t) in std::mem::take(&mut *owned) {
-                    vals.set(v, t);
-                }
-                (vals, from.at)
+                let owned = std::mem::take(&mut *b[s / super::BATCH].lock().expect("not poisoned"));
+                (Values::from_owned(model, owned), from.at)
             }
             None => {
                 let inputs = make_batch(model, data, s, e)?;
@@ -202,13 +198,13 @@ pub fn input_stats(
         add_batch(&layer.op, x, limit, &mut st).map_err(node_err)?;
         Ok((st, vals.into_owned_values()))
     };
-    let (mut total, mut kept) = (InputStats::new(k, groups, second), Vec::new());
+    let (mut total, mut kept) = (InputStats::new(k, groups, second), Kept::new(PREFIX_BYTES));
     fold_batches(data.n, batch, |(st, vals)| {
         total.merge(&st);
-        kept.push(vals);
+        let bytes = vals.iter().map(|(_, t)| t.bytes()).sum();
+        kept.push(vals, bytes);
     })?;
-    let bytes: usize = kept.iter().flatten().map(|(_, t)| t.bytes()).sum();
-    let batches = (bytes <= PREFIX_BYTES).then(|| kept.into_iter().map(Mutex::new).collect());
+    let batches = (kept.finish()).map(|b| b.into_iter().map(Mutex::new).collect());
     Ok((total, Prefix { at: i, batches }))
 }
 
