@@ -119,3 +119,52 @@ fn passes_from_kept_tables_measure_a_whole_runs_inputs_and_outputs() {
         tables = got.tables;
     }
 }
+
+#[test]
+fn without_labels_a_pass_scores_the_summed_kl_of_the_outputs_from_the_float_models() {
+    // The reference: each sample's softmax probabilities by a direct f64 loop (exponentials
+    // normalized, not log-softmax), KL(p_float ‖ p_int) = Σ p_f·ln(p_f / p_int), summed.
+    let model = qscope::bundled::model("mnist-mlp").unwrap();
+    let mut data = qscope::bundled::calib().take(300);
+    data.labels = None;
+    let params = run(&model, &data, &data, &Default::default(), &Cancel::new())
+        .unwrap()
+        .params;
+    let int = IntModel::new(&model, &params, usize::MAX);
+    let inputs = make_batch(&model, &data, 0, data.n).unwrap();
+    let float_out =
+        qscope::engine::float::forward_outputs(&model, inputs, usize::MAX).unwrap()[0].to_f32_vec();
+    let cancel = Cancel::new();
+    let pd = PassData {
+        data: &data,
+        float_out: &float_out,
+        limit: usize::MAX,
+        cancel: &cancel,
+    };
+    let got = pass((&int, &params), &Tables::inputs(), None, true, &pd).unwrap();
+    let probs = |r: &[f32]| -> Vec<f64> {
+        let m = r.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+        let e: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / s).collect()
+    };
+    let mut kl = 0.0;
+    for (s, e) in batches(data.n) {
+        let out = int
+            .forward_outputs(make_batch(&model, &data, s, e).unwrap())
+            .unwrap();
+        let q = out[0].to_f32_vec();
+        for (k, r) in q.chunks(10).enumerate() {
+            let (pf, pq) = (probs(&float_out[(s + k) * 10..][..10]), probs(r));
+            kl += pf
+                .iter()
+                .zip(&pq)
+                .map(|(a, b)| if *a > 0.0 { a * (a / b).ln() } else { 0.0 })
+                .sum::<f64>();
+        }
+    }
+    assert!(kl > 0.0, "the integer outputs differ from the float ones");
+    assert_eq!(got.score.0, 0, "no hits without labels");
+    let Score(_, neg) = got.score;
+    assert!((-neg - kl).abs() <= 1e-9 * kl, "{} vs {kl}", -neg);
+}
