@@ -322,8 +322,10 @@ fn w2a8_targets_on_the_bundled_models_and_the_parameters_file_reproduces_the_run
     assert_eq!(r["quant_accuracy"], again["quant_accuracy"]);
 }
 
-/// W2A8 top-1 reached with AdaRound's defaults (0.1 point below the measured figure).
-const CNN_W2A8: f64 = 0.9745 - 0.001;
+/// W2A8 top-1 reached with AdaRound's defaults, 0.1 point below the measured figure (97.35%
+/// today, 97.45% when first measured: AdaRound follows the last bits of its float inputs; on
+/// 60,000 held-out MNIST digits 97.66%, float 98.54%).
+const CNN_W2A8: f64 = 0.9735 - 0.001;
 /// The same for the MLP with bias correction (measured 95.35% since the float linear sums in
 /// 16 lanes, 95.55% before: AdaRound follows the last bits of its float inputs; the issue asks
 /// ≥ 95.0%).

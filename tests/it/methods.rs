@@ -849,7 +849,7 @@ fn without_calibration_labels_bias_correction_keeps_what_lowers_the_kl_on_the_ml
 }
 
 #[test]
-fn cnn_w3a3_is_within_one_and_a_half_points_of_float_with_gptq_and_bias_correction() {
+fn cnn_w3a3_is_within_one_and_a_half_points_of_float_with_gptq_bias_correction_and_act_refine() {
     let (ok, out, err) = qscope(&[
         "eval",
         "--model",
@@ -861,10 +861,11 @@ fn cnn_w3a3_is_within_one_and_a_half_points_of_float_with_gptq_and_bias_correcti
         "--weight-strategy",
         "mse",
         "--act-strategy",
-        "mse",
+        "kl",
         "--weight-rounding",
         "gptq",
         "--bias-correction",
+        "--act-refine",
         "--json",
     ]);
     assert!(ok, "{err}");
@@ -873,8 +874,10 @@ fn cnn_w3a3_is_within_one_and_a_half_points_of_float_with_gptq_and_bias_correcti
         r["fp32_accuracy"].as_f64().unwrap(),
         r["quant_accuracy"].as_f64().unwrap(),
     );
-    // Measured 97.35% (nearest rounding: 96.40%); float 98.35%.
-    assert!(int >= 0.9735 - 0.001, "CNN W3A3 {int}");
+    // Chosen on 50,000 MNIST digits outside the bundled ones (scripts/validation): 0.64 pt
+    // below float there, 0.67 on 10,000 more; with mse activations and no refinement (97.35%
+    // here) 1.44 and 1.57. Measured 97.30% (nearest rounding: 96.40%); float 98.35%.
+    assert!(int >= 0.9730 - 0.001, "CNN W3A3 {int}");
     assert!(float - int <= 0.015, "{float} − {int}");
 }
 
