@@ -183,25 +183,9 @@ pub fn evaluate_with(
 ) -> Result<Evaluation> {
     let limit = config.max_sample_elems();
     check_eval_inputs(model, params, data, limit)?;
-    // A session's last evaluation left its kernels: the layers this change leaves alone keep
-    // theirs.
-    let last = match &side {
-        FloatSide::Cached(slot) => slot.as_ref().and_then(|c| c.checkpoint.as_ref()),
-        _ => None,
-    };
-    let int = match last {
-        Some(cp) => IntModel::reusing(model, params, limit, (&cp.kernels, &cp.params)),
-        None => IntModel::new(model, params, limit),
-    };
-    let wl = model.weight_layers();
+    let int = engine_for(model, params, limit, &side);
     let wanted = wanted_values(model);
-    let zero = || Evaluation {
-        act: vec![SqnrAcc::default(); wl.len()],
-        isolated: vec![SqnrAcc::default(); wl.len()],
-        islands: vec![false; model.layers.len()],
-        saved: save.then(Default::default),
-        ..Default::default()
-    };
+    let zero = || Evaluation::empty(model, save);
     let slot = match side {
         FloatSide::Cached(slot) if has_float => Some(slot),
         _ => None,
@@ -275,6 +259,39 @@ pub fn evaluate_with(
         keep_in_session(slot, kept, &total, resume);
     }
     Ok(total)
+}
+
+impl Evaluation {
+    /// Nothing measured yet on `model`'s weight layers and nodes (with an empty store of
+    /// outputs when `save`).
+    fn empty(model: &Model, save: bool) -> Self {
+        let layers = model.weight_layers().len();
+        Evaluation {
+            act: vec![SqnrAcc::default(); layers],
+            isolated: vec![SqnrAcc::default(); layers],
+            islands: vec![false; model.layers.len()],
+            saved: save.then(Default::default),
+            ..Default::default()
+        }
+    }
+}
+
+/// The integer engine for `params`: built from the kernels of a session's last evaluation when
+/// `side` holds one (the layers a change leaves alone keep theirs), else from scratch.
+fn engine_for<'m>(
+    model: &'m Model,
+    params: &ModelParams,
+    limit: usize,
+    side: &FloatSide,
+) -> IntModel<'m> {
+    let last = match side {
+        FloatSide::Cached(slot) => slot.as_ref().and_then(|c| c.checkpoint.as_ref()),
+        _ => None,
+    };
+    match last {
+        Some(cp) => IntModel::reusing(model, params, limit, (&cp.kernels, &cp.params)),
+        None => IntModel::new(model, params, limit),
+    }
 }
 
 /// The checks before an evaluation: the data fits the model (and its labels its outputs),

@@ -145,9 +145,77 @@ fn binary(b: BinaryOp) -> Pending {
 pub fn convert(node: &Node<'_>) -> Result<Pending, String> {
     let a = Attrs::of(node);
     let op_type = node.op_type.as_str();
-    Ok(match op_type {
+    if op_type == "Constant" {
+        return Err("Constant is handled by the importer".into());
+    }
+    if let Some(b) = binary_op(op_type) {
+        return Ok(binary(b));
+    }
+    if let Some(u) = unary_op(op_type, &a) {
+        return Ok(unary(u));
+    }
+    if let Some(p) = layer_op(op_type, &a)? {
+        return Ok(p);
+    }
+    match shape_op(op_type, &a)? {
+        Some(op) => Ok(Pending::Op(op)),
+        None => Err(format!(
+            "op type {} is not supported (supported: {SUPPORTED})",
+            crate::error::clip(op_type, crate::error::NAME_MAX)
+        )),
+    }
+}
+
+/// The element-wise binary op of ONNX type `op_type`, if it is one.
+fn binary_op(op_type: &str) -> Option<BinaryOp> {
+    Some(match op_type {
+        "Add" => BinaryOp::Add,
+        "Sub" => BinaryOp::Sub,
+        "Mul" => BinaryOp::Mul,
+        "Div" => BinaryOp::Div,
+        "Pow" => BinaryOp::Pow,
+        "Equal" => BinaryOp::Equal,
+        "Greater" => BinaryOp::Greater,
+        "GreaterOrEqual" => BinaryOp::GreaterOrEqual,
+        "Less" => BinaryOp::Less,
+        "LessOrEqual" => BinaryOp::LessOrEqual,
+        "And" => BinaryOp::And,
+        "Or" => BinaryOp::Or,
+        _ => return None,
+    })
+}
+
+/// The element-wise unary op of ONNX type `op_type` with attributes `a`, if it is one.
+fn unary_op(op_type: &str, a: &Attrs) -> Option<UnaryOp> {
+    Some(match op_type {
+        "Sqrt" => UnaryOp::Sqrt,
+        "Erf" => UnaryOp::Erf,
+        "Sigmoid" => UnaryOp::Sigmoid,
+        "Tanh" => UnaryOp::Tanh,
+        "Exp" => UnaryOp::Exp,
+        "Log" => UnaryOp::Log,
+        "Neg" => UnaryOp::Neg,
+        "Abs" => UnaryOp::Abs,
+        "Reciprocal" => UnaryOp::Reciprocal,
+        "Not" => UnaryOp::Not,
+        "HardSigmoid" => UnaryOp::HardSigmoid {
+            alpha: a.float("alpha", 0.2),
+            beta: a.float("beta", 0.5),
+        },
+        "HardSwish" => UnaryOp::HardSwish,
+        "Gelu" => UnaryOp::Gelu {
+            tanh: a.string("approximate").as_deref() == Some("tanh"),
+        },
+        _ => return None,
+    })
+}
+
+/// The layers (weights, normalization, activations, pooling) of ONNX type `op_type`, if it is
+/// one; `Err` for an attribute qscope does not support.
+fn layer_op(op_type: &str, a: &Attrs) -> Result<Option<Pending>, String> {
+    Ok(Some(match op_type {
         "Conv" => {
-            no_auto_pad(&a)?;
+            no_auto_pad(a)?;
             Pending::Conv {
                 kernel: a.ints("kernel_shape"),
                 strides: a.ints("strides").unwrap_or(vec![1, 1]),
@@ -167,48 +235,14 @@ pub fn convert(node: &Node<'_>) -> Result<Pending, String> {
             eps: a.float("epsilon", 1e-5),
         },
         "Identity" | "Dropout" => Pending::Identity,
-        "Constant" => return Err("Constant is handled by the importer".into()),
-        "Add" => binary(BinaryOp::Add),
-        "Sub" => binary(BinaryOp::Sub),
-        "Mul" => binary(BinaryOp::Mul),
-        "Div" => binary(BinaryOp::Div),
-        "Pow" => binary(BinaryOp::Pow),
-        "Equal" => binary(BinaryOp::Equal),
-        "Greater" => binary(BinaryOp::Greater),
-        "GreaterOrEqual" => binary(BinaryOp::GreaterOrEqual),
-        "Less" => binary(BinaryOp::Less),
-        "LessOrEqual" => binary(BinaryOp::LessOrEqual),
-        "And" => binary(BinaryOp::And),
-        "Or" => binary(BinaryOp::Or),
-        "Sqrt" => unary(UnaryOp::Sqrt),
-        "Erf" => unary(UnaryOp::Erf),
-        "Sigmoid" => unary(UnaryOp::Sigmoid),
-        "Tanh" => unary(UnaryOp::Tanh),
-        "Exp" => unary(UnaryOp::Exp),
-        "Log" => unary(UnaryOp::Log),
-        "Neg" => unary(UnaryOp::Neg),
-        "Abs" => unary(UnaryOp::Abs),
-        "Reciprocal" => unary(UnaryOp::Reciprocal),
-        "Not" => unary(UnaryOp::Not),
-        "HardSigmoid" => unary(UnaryOp::HardSigmoid {
-            alpha: a.float("alpha", 0.2),
-            beta: a.float("beta", 0.5),
-        }),
-        "HardSwish" => unary(UnaryOp::HardSwish),
-        "Gelu" => unary(UnaryOp::Gelu {
-            tanh: a.string("approximate").as_deref() == Some("tanh"),
-        }),
         "Relu" => Pending::Op(Op::Relu),
         "Clip" => Pending::Op(Op::Clip {
             min: a.float("min", f32::NEG_INFINITY),
             max: a.float("max", f32::INFINITY),
         }),
-        "MaxPool" => Pending::Op(pool(&a, true)?),
-        "AveragePool" => Pending::Op(pool(&a, false)?),
+        "MaxPool" => Pending::Op(pool(a, true)?),
+        "AveragePool" => Pending::Op(pool(a, false)?),
         "GlobalAveragePool" => Pending::Op(Op::GlobalAvgPool),
-        "Flatten" => Pending::Op(Op::Flatten {
-            axis: a.int("axis", 1),
-        }),
         "Softmax" => Pending::Op(Op::Softmax {
             axis: a.int("axis", -1),
         }),
@@ -220,66 +254,72 @@ pub fn convert(node: &Node<'_>) -> Result<Pending, String> {
             axes: a.ints("axes"),
             keepdims: a.int("keepdims", 1) != 0,
         }),
-        "Reshape" => Pending::Op(Op::Reshape {
+        _ => return Ok(None),
+    }))
+}
+
+/// The shape, indexing and type ops of ONNX type `op_type`, if it is one; `Err` for an
+/// attribute qscope does not support.
+fn shape_op(op_type: &str, a: &Attrs) -> Result<Option<Op>, String> {
+    Ok(Some(match op_type {
+        "Flatten" => Op::Flatten {
+            axis: a.int("axis", 1),
+        },
+        "Reshape" => Op::Reshape {
             allowzero: a.int("allowzero", 0) != 0,
-        }),
-        "Transpose" => Pending::Op(Op::Transpose {
-            perm: match a.ints("perm") {
-                None => None,
-                Some(p) => Some(
-                    p.iter()
-                        .map(|&x| {
-                            usize::try_from(x)
-                                .map_err(|_| format!("perm {p:?} has a negative axis"))
-                        })
-                        .collect::<Result<_, _>>()?,
-                ),
-            },
-        }),
-        "Concat" => Pending::Op(Op::Concat {
+        },
+        "Transpose" => Op::Transpose { perm: perm(a)? },
+        "Concat" => Op::Concat {
             axis: a.int("axis", 0),
-        }),
-        "Squeeze" => Pending::Op(Op::Squeeze {
+        },
+        "Squeeze" => Op::Squeeze {
             axes: a.ints("axes"),
-        }),
-        "Unsqueeze" => Pending::Op(Op::Unsqueeze {
+        },
+        "Unsqueeze" => Op::Unsqueeze {
             axes: a.ints("axes"),
-        }),
-        "Gather" => Pending::Op(Op::Gather {
+        },
+        "Gather" => Op::Gather {
             axis: a.int("axis", 0),
-        }),
-        "GatherND" => Pending::Op(Op::GatherNd {
+        },
+        "GatherND" => Op::GatherNd {
             batch_dims: usize::try_from(a.int("batch_dims", 0))
                 .map_err(|_| "batch_dims must be >= 0".to_string())?,
-        }),
-        "Slice" => Pending::Op(Op::Slice),
-        "Expand" => Pending::Op(Op::Expand),
-        "Cast" => Pending::Op(Op::Cast {
+        },
+        "Slice" => Op::Slice,
+        "Expand" => Op::Expand,
+        "Cast" => Op::Cast {
             to: dtype(a.int("to", 1))?,
-        }),
-        "Shape" => Pending::Op(Op::Shape {
+        },
+        "Shape" => Op::Shape {
             start: a.int("start", 0),
             end: a.has("end").then(|| a.int("end", 0)),
-        }),
-        "Range" => Pending::Op(Op::Range),
-        "ConstantOfShape" => {
-            let (value, dt) = match a.tensor("value") {
-                Some(t) => {
-                    let v = super::tensor::to_tensor(t, None)?;
-                    let is_float = v.as_f32().is_some();
-                    let x = v.to_f32_vec().first().copied().unwrap_or(0.0);
-                    (x, if is_float { DType::F32 } else { DType::I64 })
-                }
-                None => (0.0, DType::F32),
-            };
-            Pending::Op(Op::ConstantOfShape { value, dtype: dt })
+        },
+        "Range" => Op::Range,
+        "ConstantOfShape" => constant_of_shape(a)?,
+        "Where" => Op::Where,
+        _ => return Ok(None),
+    }))
+}
+
+/// A Transpose's `perm` attribute (`None`: reverse the axes); a negative axis is an `Err`.
+fn perm(a: &Attrs) -> Result<Option<Vec<usize>>, String> {
+    let Some(p) = a.ints("perm") else {
+        return Ok(None);
+    };
+    let axis = |&x: &i64| usize::try_from(x).map_err(|_| format!("perm {p:?} has a negative axis"));
+    p.iter().map(axis).collect::<Result<_, _>>().map(Some)
+}
+
+/// ConstantOfShape with its `value` attribute (a one-element tensor; absent: float 0).
+fn constant_of_shape(a: &Attrs) -> Result<Op, String> {
+    let (value, dtype) = match a.tensor("value") {
+        Some(t) => {
+            let v = super::tensor::to_tensor(t, None)?;
+            let is_float = v.as_f32().is_some();
+            let x = v.to_f32_vec().first().copied().unwrap_or(0.0);
+            (x, if is_float { DType::F32 } else { DType::I64 })
         }
-        "Where" => Pending::Op(Op::Where),
-        _ => {
-            return Err(format!(
-                "op type {} is not supported (supported: {SUPPORTED})",
-                crate::error::clip(op_type, crate::error::NAME_MAX)
-            ));
-        }
-    })
+        None => (0.0, DType::F32),
+    };
+    Ok(Op::ConstantOfShape { value, dtype })
 }
