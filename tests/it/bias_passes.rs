@@ -44,6 +44,26 @@ fn masked_graph() -> Model {
     m
 }
 
+/// The float model's first output on `data`, flattened in sample order.
+fn float_out(model: &Model, data: &qscope::Dataset) -> Vec<f32> {
+    let inputs = make_batch(model, data, 0, data.n).unwrap();
+    qscope::engine::float::forward_outputs(model, inputs, usize::MAX).unwrap()[0].to_f32_vec()
+}
+
+/// The passes' shared inputs, with no element limit.
+fn pass_data<'a>(
+    data: &'a qscope::Dataset,
+    float_out: &'a [f32],
+    cancel: &'a Cancel,
+) -> PassData<'a> {
+    PassData {
+        data,
+        float_out,
+        limit: usize::MAX,
+        cancel,
+    }
+}
+
 #[test]
 fn passes_from_kept_tables_measure_a_whole_runs_inputs_and_outputs() {
     let model = masked_graph();
@@ -57,16 +77,9 @@ fn passes_from_kept_tables_measure_a_whole_runs_inputs_and_outputs() {
         1,
         "fc1's pass stops at the mask Add"
     );
-    let inputs = make_batch(&model, &data, 0, data.n).unwrap();
-    let float_out =
-        qscope::engine::float::forward_outputs(&model, inputs, usize::MAX).unwrap()[0].to_f32_vec();
+    let float_out = float_out(&model, &data);
     let cancel = Cancel::new();
-    let pd = PassData {
-        data: &data,
-        float_out: &float_out,
-        limit: usize::MAX,
-        cancel: &cancel,
-    };
+    let pd = pass_data(&data, &float_out, &cancel);
     let in_qs = input_qparams(&model, &params);
     let labels = data.labels.as_ref().unwrap();
     let mut tables = Tables::inputs();
@@ -131,16 +144,9 @@ fn without_labels_a_pass_scores_the_summed_kl_of_the_outputs_from_the_float_mode
         .unwrap()
         .params;
     let int = IntModel::new(&model, &params, usize::MAX);
-    let inputs = make_batch(&model, &data, 0, data.n).unwrap();
-    let float_out =
-        qscope::engine::float::forward_outputs(&model, inputs, usize::MAX).unwrap()[0].to_f32_vec();
+    let float_out = float_out(&model, &data);
     let cancel = Cancel::new();
-    let pd = PassData {
-        data: &data,
-        float_out: &float_out,
-        limit: usize::MAX,
-        cancel: &cancel,
-    };
+    let pd = pass_data(&data, &float_out, &cancel);
     let got = pass((&int, &params), &Tables::inputs(), None, true, &pd).unwrap();
     let probs = |r: &[f32]| -> Vec<f64> {
         let m = r.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
