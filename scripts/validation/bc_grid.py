@@ -5,18 +5,16 @@ three both ways.
 
 Usage: python bc_grid.py QSCOPE EVAL.safetensors [CALIB.safetensors]
 (QSCOPE: the release binary; CALIB defaults to the bundled calibration digits.) Standard
-library only.
+library only (and `method_grid.py` beside it).
 """
 
-import json
-import subprocess
 import sys
+
+from method_grid import run
 
 
 def top1(qscope, args):
-    out = subprocess.run([qscope, "eval", "--json", *args], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out)["quant_accuracy"] * 100
+    return run(qscope, args)["quant_accuracy"] * 100
 
 
 def main():
