@@ -323,3 +323,34 @@ fn constant_of_shape(a: &Attrs) -> Result<Op, String> {
     };
     Ok(Op::ConstantOfShape { value, dtype })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_type(op_type: &str) -> Result<Pending, String> {
+        let node = Node {
+            op_type: op_type.into(),
+            ..Default::default()
+        };
+        convert(&node)
+    }
+
+    #[test]
+    fn every_listed_op_type_is_converted_and_others_are_refused_by_name() {
+        // Without attributes a pool is refused for its missing kernel_shape; no listed type
+        // may be refused as unsupported (the list in errors and the converter agree).
+        for op_type in SUPPORTED.split(", ").filter(|&t| t != "Constant") {
+            if let Err(e) = convert_type(op_type) {
+                assert!(!e.contains("not supported"), "{op_type}: {e}");
+            }
+        }
+        let e = convert_type("Constant").unwrap_err();
+        assert!(e.contains("importer"), "{e}");
+        let e = convert_type("NonMaxSuppression").unwrap_err();
+        assert!(
+            e.starts_with("op type NonMaxSuppression is not supported"),
+            "{e}"
+        );
+    }
+}
