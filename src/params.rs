@@ -16,6 +16,20 @@ pub struct ActQuant {
     pub qparams: QParams,
 }
 
+impl ActQuant {
+    /// The same point with its range scaled about zero by `factor` and the qparams of that range
+    /// at its bits and scheme.
+    pub fn scaled(&self, factor: f32) -> Self {
+        let range = self.range.scaled(factor);
+        let qparams = QParams::from_range(range, self.settings.bits, self.settings.scheme);
+        ActQuant {
+            settings: self.settings,
+            range,
+            qparams,
+        }
+    }
+}
+
 /// A weight layer's quantized weights and the settings they came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightQuant {

@@ -23,8 +23,7 @@ fn changes() -> [Change; 4] {
     [
         |_, p| {
             let a = middle(p).act.as_mut().expect("an integer layer");
-            a.range = a.range.scaled(1.25);
-            a.qparams = QParams::from_range(a.range, a.settings.bits, a.settings.scheme);
+            *a = a.scaled(1.25);
             "output range"
         },
         |m, p| {
@@ -46,8 +45,7 @@ fn changes() -> [Change; 4] {
         },
         |_, p| {
             let a = &mut p.points[0].act;
-            a.range = a.range.scaled(1.5);
-            a.qparams = QParams::from_range(a.range, a.settings.bits, a.settings.scheme);
+            *a = a.scaled(1.5);
             "input range"
         },
     ]

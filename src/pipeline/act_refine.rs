@@ -18,7 +18,6 @@ use crate::engine::int::{IntModel, Kernels};
 use crate::error::Result;
 use crate::model::{Dataset, Model};
 use crate::params::{ActQuant, ModelParams};
-use crate::quant::QParams;
 
 /// Sweeps over the points at most.
 pub const SWEEPS: usize = 2;
@@ -220,9 +219,7 @@ pub fn refine(
             let pre = pre.as_ref().map(|(t, start)| (t.as_slice(), *start));
             let mut pick = None;
             for &f in &grid {
-                let mut a = base.clone();
-                a.range = base.range.scaled(f);
-                a.qparams = QParams::from_range(a.range, a.settings.bits, a.settings.scheme);
+                let a = base.scaled(f);
                 if a.qparams == current {
                     continue;
                 }

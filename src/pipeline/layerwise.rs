@@ -314,16 +314,11 @@ mod tests {
 
     #[test]
     fn statistics_continued_from_the_layer_before_equal_a_whole_runs() {
-        // Each weight layer of the ResNet (residual branches, a strided shortcut) and of
+        // Each weight layer of the CNN, the ResNet (residual branches, a strided shortcut) and
         // MobileNetV2 (depthwise layers), its statistics taken from the values the layer
         // before it left: the sums and Σ x·xᵀ of its input as a whole tapped float run gives
         // it, bit for bit.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let models = [
-            crate::bundled::model("mnist-resnet").unwrap(),
-            crate::model::load_model(&dir.join("tests/fixtures/onnx/mobilenetv2_ts.onnx"), None)
-                .unwrap(),
-        ];
+        let models = crate::engine::int::tests::conv_models();
         let data = crate::bundled::calib().take(70);
         let cancel = Cancel::new();
         for model in &models {

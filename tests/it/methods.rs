@@ -782,6 +782,26 @@ fn cle_on_one_pair_applies_the_papers_scales() {
 // Bias correction on the bundled MLP, the table: best of minmax/mse/kl activations,
 // mse weights per channel.
 
+/// The bundled MLP's int top-1 (in samples of the 2,000 test digits) in `session` with
+/// `bits` = (weight, activation), mse weights, `act_strategy` and bias correction if `bc`.
+fn mlp_hits(
+    session: &mut qscope::pipeline::Session,
+    (weight_bits, act_bits): (u8, u8),
+    act_strategy: Strategy,
+    bc: bool,
+) -> usize {
+    let config = QuantConfig {
+        weight_bits,
+        act_bits,
+        weight_strategy: Strategy::Mse,
+        act_strategy,
+        bias_correction: bc,
+        ..Default::default()
+    };
+    let r = session.run(&config, &Cancel::new()).unwrap().report;
+    (r.quant_accuracy.unwrap() * 2000.0).round() as usize
+}
+
 /// The best int top-1 (in samples of the 2,000) over the three activation strategies.
 fn best_mlp_hits(weight_bits: u8, act_bits: u8, bc: bool) -> usize {
     let model = qscope::bundled::model("mnist-mlp").unwrap();
@@ -789,18 +809,7 @@ fn best_mlp_hits(weight_bits: u8, act_bits: u8, bc: bool) -> usize {
         qscope::pipeline::Session::new(model, qscope::bundled::calib(), qscope::bundled::test());
     [Strategy::MinMax, Strategy::Mse, Strategy::Kl]
         .into_iter()
-        .map(|act_strategy| {
-            let config = QuantConfig {
-                weight_bits,
-                act_bits,
-                weight_strategy: Strategy::Mse,
-                act_strategy,
-                bias_correction: bc,
-                ..Default::default()
-            };
-            let r = session.run(&config, &Cancel::new()).unwrap().report;
-            (r.quant_accuracy.unwrap() * 2000.0).round() as usize
-        })
+        .map(|s| mlp_hits(&mut session, (weight_bits, act_bits), s, bc))
         .max()
         .unwrap()
 }
@@ -832,18 +841,7 @@ fn without_calibration_labels_bias_correction_keeps_what_lowers_the_kl_on_the_ml
     let mut calib = qscope::bundled::calib();
     calib.labels = None;
     let mut session = qscope::pipeline::Session::new(model, calib, qscope::bundled::test());
-    let mut hits = |bias_correction| {
-        let config = QuantConfig {
-            weight_bits: 3,
-            act_bits: 3,
-            weight_strategy: Strategy::Mse,
-            act_strategy: Strategy::Mse,
-            bias_correction,
-            ..Default::default()
-        };
-        let r = session.run(&config, &Cancel::new()).unwrap().report;
-        (r.quant_accuracy.unwrap() * 2000.0).round() as usize
-    };
+    let mut hits = |bc| mlp_hits(&mut session, (3, 3), Strategy::Mse, bc);
     let (plain, bc) = (hits(false), hits(true));
     assert!(bc + 8 >= plain, "{plain} → {bc} with bias correction");
 }
